@@ -1,0 +1,141 @@
+"""arm64: AAPCS64, struct pt_regs/ftrace_regs, patchable-function-entry sites (arch/arm64/kernel/ftrace.c)."""
+import struct
+from pathlib import Path
+
+import capstone
+import keystone
+import unicorn
+from unicorn import arm64_const as A
+
+from ..base import Arch, Layout, Reloc
+
+X = [f"x{n}" for n in range(31)]
+
+# struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc, pstate, orig_x0 ... PT_REGS_SIZE 336.
+PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)},
+                                  "sp": 248, "pc": 256, "pstate": 264, "orig_x0": 272})
+# struct __arch_ftrace_regs (arch/arm64/include/asm/ftrace.h), FREGS_SIZE 112.
+FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
+                                          "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104})
+
+REGS = {**{x: getattr(A, f"UC_ARM64_REG_X{n}") for n, x in enumerate(X)},
+        "sp": A.UC_ARM64_REG_SP, "pc": A.UC_ARM64_REG_PC, "pstate": A.UC_ARM64_REG_PSTATE}
+
+NOP = 0xD503201F
+MOV_X9_LR = 0xAA1E03E9          # what ftrace_init_nop writes before the BL slot
+BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}   # bti, bti c, bti j, bti jc
+word = struct.Struct("<I")
+
+
+def encode_call(ip: int, target: int) -> bytes:
+    """`BL target` (aarch64_insn_gen_branch_imm); ±128 MiB, as the kernel's reachable_by_bl()."""
+    rel = target - ip
+    if rel % 4 or not -(1 << 27) <= rel < (1 << 27):
+        raise ValueError(f"bl from {ip:#x} to {target:#x} is out of range")
+    return word.pack(0x94000000 | ((rel >> 2) & 0x3FFFFFF))
+
+
+def adjust_site(addr, read, is_function_start):
+    """ftrace_call_adjust: the recorded address -> rec->ip, the NOP that becomes BL.
+
+    -fpatchable-function-entry=2 records the first NOP (after a BTI, if any): ip = addr + 4.
+    =4,2 (CALL_OPS) records the first of two NOPs *before* the function, an 8-byte ops literal.
+    """
+    if not is_function_start(addr + 8):
+        return addr + 4, None
+    ip = addr + 8
+    if word.unpack(read(ip, 4))[0] in BTI_HINTS:
+        ip += 4
+    return ip + 4, addr
+
+
+def init_site(ip, window, mcount):
+    """ftrace_init_nop: NOP; NOP  ->  MOV X9, LR; NOP (x9 is a scratch register, so this is harmless)."""
+    if window == word.pack(NOP) * 2:
+        return word.pack(MOV_X9_LR) + word.pack(NOP)
+    return None
+
+
+def setup_cpu(uc, page):
+    """EL1h with interrupts unmasked, as kernel code normally runs. SCR_EL3.RW=1 so that an EL1->EL1
+    eret is legal (unicorn.md §A3); SP_EL0 points at a zeroed "task" page (the stack canary lives there)."""
+    uc.reg_write(A.UC_ARM64_REG_PSTATE, 0x5)
+    uc.reg_write(A.UC_ARM64_REG_SP_EL0, page)
+    uc.cpr_write(3, 6, 1, 1, 0, 0x400)         # SCR_EL3; a CP_REG write also rebuilds the cached EL
+
+
+def _field(shift, width, scale=0):
+    mask = ((1 << width) - 1) << shift
+    return lambda old, value: (old & ~mask) | (((value >> scale) << shift) & mask)
+
+
+def _adr(old, value):
+    """ADR/ADRP immediate: immlo in bits 29-30, immhi in bits 5-23."""
+    return (old & ~((3 << 29) | (0x7FFFF << 5))) | ((value & 3) << 29) | (((value >> 2) & 0x7FFFF) << 5)
+
+
+def _page(x):
+    return x & ~0xFFF
+
+
+def _lo12(shift):
+    return Reloc(f"R_AARCH64_LDST{8 << shift}_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF,
+                 _field(10, 12, shift))
+
+
+RELOCS = {
+    257: Reloc("R_AARCH64_ABS64", 8, lambda S, A, P: S + A),
+    258: Reloc("R_AARCH64_ABS32", 4, lambda S, A, P: S + A, bits=(32, False)),
+    260: Reloc("R_AARCH64_PREL64", 8, lambda S, A, P: S + A - P),
+    261: Reloc("R_AARCH64_PREL32", 4, lambda S, A, P: S + A - P, bits=(32, True)),
+    273: Reloc("R_AARCH64_LD_PREL_LO19", 4, lambda S, A, P: S + A - P, _field(5, 19, 2), (21, True)),
+    274: Reloc("R_AARCH64_ADR_PREL_LO21", 4, lambda S, A, P: S + A - P, _adr, (21, True)),
+    275: Reloc("R_AARCH64_ADR_PREL_PG_HI21", 4, lambda S, A, P: (_page(S + A) - _page(P)) >> 12, _adr,
+               (21, True)),
+    276: Reloc("R_AARCH64_ADR_PREL_PG_HI21_NC", 4, lambda S, A, P: (_page(S + A) - _page(P)) >> 12, _adr),
+    277: Reloc("R_AARCH64_ADD_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF, _field(10, 12)),
+    278: _lo12(0), 284: _lo12(1), 285: _lo12(2), 286: _lo12(3), 299: _lo12(4),
+    279: Reloc("R_AARCH64_TSTBR14", 4, lambda S, A, P: S + A - P, _field(5, 14, 2), (16, True)),
+    280: Reloc("R_AARCH64_CONDBR19", 4, lambda S, A, P: S + A - P, _field(5, 19, 2), (21, True)),
+    282: Reloc("R_AARCH64_JUMP26", 4, lambda S, A, P: S + A - P, _field(0, 26, 2), (28, True)),
+    283: Reloc("R_AARCH64_CALL26", 4, lambda S, A, P: S + A - P, _field(0, 26, 2), (28, True)),
+}
+
+ARCH = Arch(
+    name="arm64",
+    elf_machine="EM_AARCH64",
+    uc=(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
+    cs=(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
+    ks=(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN),
+    cpu_model=A.UC_CPU_ARM64_MAX,   # MAX has PAN, UAO and BTI (unicorn.md §A1)
+    insn_align=4,
+    regs=REGS,
+    pc="pc",
+    sp="sp",
+    arg_regs=tuple(X[:8]),
+    ret_regs=("x0", "x1"),
+    lr="x30",
+    stack_args_offset=0,
+    pt_regs=PT_REGS,
+    ftrace_regs=FTRACE_REGS,
+    ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
+    ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
+    # fregs->pc is x30 after the site's BL: the instruction after the BL.
+    ftrace_regs_meaning={"pc": lambda site: site + 4},
+    site_tables=("__patchable_function_entries",),
+    site_call_symbols=(),
+    site_size=4,
+    nop=word.pack(NOP),
+    adjust_site=adjust_site,
+    site_window=4,
+    init_site=init_site,
+    encode_call=encode_call,
+    site_offset_from_reloc=0,
+    relocs=RELOCS,
+    setup_cpu=setup_cpu,
+    asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),
+                   **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
+                   "S_LR": PT_REGS.offsets["x30"], "S_FP": PT_REGS.offsets["x29"],
+                   "PT_REGS_SIZE": PT_REGS.size},
+    source_dir=Path(__file__).parent,
+)

@@ -1,0 +1,99 @@
+"""What every architecture description provides: data and small functions, no control flow.
+
+The core (machine, loader, ftrace) only ever talks to an `Arch`; it never tests the arch's name.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kernel struct made only of u64 slots, as an offset table (what asm-offsets gives the kernel)."""
+
+    name: str
+    size: int
+    offsets: dict[str, int]
+
+    def __post_init__(self):
+        object.__setattr__(self, "_words", struct.Struct(f"<{self.size // 8}Q"))
+
+    def unpack(self, buf, offset: int = 0) -> tuple[int, ...]:
+        """All slots of the struct at `offset` in `buf`, in one bulk read."""
+        return self._words.unpack_from(buf, offset)
+
+    def get(self, words: tuple[int, ...], name: str) -> int:
+        return words[self.offsets[name] // 8]
+
+    def asm_constants(self, prefix: str) -> dict[str, int]:
+        """`PREFIX_FIELD` names for the assembly sources, like the kernel's asm-offsets."""
+        consts = {f"{prefix}{name.upper()}": off for name, off in self.offsets.items()}
+        consts[f"{prefix}SIZE"] = self.size
+        return consts
+
+
+@dataclass(frozen=True)
+class Reloc:
+    """One ELF relocation type: how to compute its value and how to store it at the place."""
+
+    name: str
+    size: int                                  # bytes at the place
+    value: Callable[[int, int, int], int]      # (S, A, P) -> value
+    store: Callable[[int, int], int] | None = None   # (old field, value) -> new field; None: plain little-endian
+    bits: tuple[int, bool] | None = None       # (width, signed) range check of the value before storing
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    elf_machine: str                 # e_machine as pyelftools names it
+    uc: tuple[int, int]              # unicorn (arch, mode)
+    cs: tuple[int, int]              # capstone (arch, mode)
+    ks: tuple[int, int]              # keystone (arch, mode)
+    insn_align: int                  # instruction alignment (1 on x86, 4 on arm64)
+    cpu_model: int | None            # unicorn CPU model to select before anything else, if not the default
+
+    # Registers, named as the kernel's struct pt_regs members, with their unicorn ids.
+    regs: dict[str, int]
+    pc: str
+    sp: str
+    arg_regs: tuple[str, ...]        # calling convention: integer argument registers in order
+    ret_regs: tuple[str, ...]        # return value registers (low, high)
+    lr: str | None                   # link register; None: the call pushes the return address
+    stack_args_offset: int           # where the first stack argument sits relative to SP at entry
+
+    pt_regs: Layout
+    ftrace_regs: Layout
+    ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
+    ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
+    # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
+    ftrace_regs_meaning: dict[str, Callable[[int], int]]
+
+    # Patch sites (kernel: ftrace_call_adjust, ftrace_init_nop, ftrace_make_call/_nop).
+    site_tables: tuple[str, ...]           # sections listing the sites
+    site_call_symbols: tuple[str, ...]     # relocations against these mark sites when no table exists
+    site_size: int                         # bytes that toggle between NOP and call
+    nop: bytes                             # the disabled site
+    # (recorded address, read(addr, n), is_function_start(addr)) -> (rec ip, CALL_OPS literal address or None)
+    adjust_site: Callable
+    site_window: int                       # bytes before ip that init rewrites too (arm64: the MOV X9, LR)
+    # (ip, compiled window bytes, address of the mcount symbol) -> the window after init, or None if unrecognised
+    init_site: Callable
+    encode_call: Callable[[int, int], bytes]   # (site ip, target) -> the enabled site bytes
+    site_offset_from_reloc: int            # call-site ip = relocation place + this
+
+    relocs: dict[int, Reloc]
+    setup_cpu: Callable                    # (uc, per-cpu page address) -> None: kernel privilege, selectors ...
+    asm_constants: dict[str, int] = field(default_factory=dict)
+    source_dir: Path = Path(".")           # runtime.S lives here
+
+
+def sign_check(value: int, bits: int, signed: bool) -> bool:
+    if signed:
+        return -(1 << (bits - 1)) <= value < (1 << (bits - 1))
+    return 0 <= value < (1 << bits)

@@ -1,0 +1,136 @@
+"""The lab's own code: assembled with keystone from readable .S sources, checked with capstone.
+
+Sources use `//` and `/* */` comments, `NAME:` labels, `.globl NAME` for exported symbols, and
+UPPERCASE constants (struct offsets from the arch's layout tables, like the kernel's asm-offsets)
+that are substituted before keystone sees the text. Keystone's own option API is never touched: any
+syntax option makes it read bare numbers as hex (unicorn.md §19).
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import capstone
+import keystone
+
+from .errors import FtlabError
+
+LABEL = re.compile(r"^([A-Za-z_.$][\w.$]*):$")
+CONSTANT = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
+
+
+@dataclass(frozen=True)
+class Assembly:
+    base: int
+    code: bytes
+    symbols: dict[str, int]        # every label
+    exported: tuple[str, ...]      # the .globl ones
+    statements: tuple[str, ...]    # instruction and data lines, in order, after substitution
+
+
+@cache
+def _ks(arch_id):
+    return keystone.Ks(*arch_id)
+
+
+@cache
+def _cs(arch_id):
+    return capstone.Cs(*arch_id)
+
+
+def _statements(source: str, constants: dict[str, int]) -> list[str]:
+    source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    out = []
+    for line in source.splitlines():
+        line = line.split("//", 1)[0].strip()
+        if line:
+            out.append(CONSTANT.sub(lambda m: str(constants.get(m.group(), m.group())), line))
+    return out
+
+
+def assemble(arch, source: str, base: int, constants: dict[str, int] | None = None,
+             name: str = "<lab>") -> Assembly:
+    consts = {**arch.asm_constants, **(constants or {})}
+    stmts = _statements(source, consts)
+    labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
+    exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
+    body = [s for s in stmts if not s.startswith(".globl")]
+    # Keystone reports no symbols, so a table of every label's address is appended and read back.
+    text = "\n".join(body + [".balign 8"] + [f".quad {label}" for label in labels]) + "\n"
+    try:
+        encoding, _ = _ks(arch.ks).asm(text, base)
+    except keystone.KsError as err:
+        raise FtlabError(f"{name}: keystone cannot assemble it: {err}") from None
+    code = bytes(encoding or b"")
+    table = code[len(code) - 8 * len(labels):]
+    symbols = dict(zip(labels, struct.unpack(f"<{len(labels)}Q", table)))
+    code = code[:len(code) - 8 * len(labels)]
+    return Assembly(base, code, symbols, exported, tuple(s for s in body if not LABEL.match(s)))
+
+
+def disassemble(arch, code: bytes, addr: int) -> list[tuple[int, int, str]]:
+    """(address, size, text) for each instruction capstone decodes."""
+    return [(i.address, i.size, f"{i.mnemonic} {i.op_str}".strip()) for i in _cs(arch.cs).disasm(code, addr)]
+
+
+def disassemble_one(arch, code: bytes, addr: int) -> str:
+    insns = disassemble(arch, code, addr)
+    return insns[0][2] if insns else f"(undecodable: {code.hex()})"
+
+
+# -- the capstone round trip ------------------------------------------------------------------
+
+# Spellings keystone needs that capstone prints differently (unicorn.md §18).
+ALIASES = {"hint34": "btic", "hint32": "bti", "hint36": "btij", "hint38": "btijc"}
+STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")   # implicit operands
+SIZE_WORDS = re.compile(r"\b(?:xmm|[xy]?mm)?(?:qword|dword|word|byte)\s+ptr\b")
+
+
+def _normal(text: str, symbols: dict[str, int]) -> str:
+    for label in sorted(symbols, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.$]){re.escape(label)}(?![\w.$])", str(symbols[label]), text)
+    text = STRING_OP.sub(r"\1", text.lower())
+    text = SIZE_WORDS.sub("", text).replace("#", "")
+    text = re.sub(r"0x[0-9a-f]+", lambda m: str(int(m.group(), 16)), text)
+    text = re.sub(r"\s+", "", text)
+    # fold "168+8" style constant arithmetic, as the assembler did
+    chain = re.compile(r"(?<![\w])(-?\d+)((?:[+-]\d+)+)(?![\w])")
+    while (m := chain.search(text)):
+        total = int(m.group(1)) + sum(int(t) for t in re.findall(r"[+-]\d+", m.group(2)))
+        text = text[:m.start()] + str(total) + text[m.end():]
+    text = re.sub(r"\+-", "-", text)
+    return ALIASES.get(text, text)
+
+
+def roundtrip(arch, asm: Assembly) -> list[str]:
+    """Decode the assembled bytes with capstone and compare every instruction with its source line.
+
+    Returns the disagreements (empty when keystone encoded exactly what the source says).
+    """
+    problems, addr, end = [], asm.base, asm.base + len(asm.code)
+    for stmt in asm.statements:
+        directive = stmt.split()[0]
+        if directive == ".balign":
+            align = int(stmt.split()[1], 0)
+            addr = (addr + align - 1) // align * align
+            continue
+        if directive in (".quad", ".byte"):
+            addr += (8 if directive == ".quad" else 1) * len(stmt.split(None, 1)[1].split(","))
+            continue
+        off = addr - asm.base
+        decoded = disassemble(arch, asm.code[off:off + 16], addr)
+        if addr >= end or not decoded:
+            problems.append(f"{addr:#x}: '{stmt}' did not decode")
+            break
+        _, size, text = decoded[0]
+        if _normal(stmt, asm.symbols) != _normal(text, {}):
+            problems.append(f"{addr:#x}: source '{stmt}' assembled as '{text}'")
+        addr += size
+    return problems
+
+
+def load_source(path: Path) -> str:
+    return Path(path).read_text()

@@ -1,0 +1,320 @@
+"""Unicorn at kernel privilege: the memory map, calls into the guest, the budget, faults, patching.
+
+Memory is mapped from host buffers (mem_map_ptr), so Python reads guest memory through a
+memoryview without a copy or a call into Unicorn (unicorn.md §11). Code is only ever written
+through `patch()`/`write_code()`, which go through Unicorn and flush its translation cache.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import unicorn
+from unicorn import UcError
+
+from . import asm
+from .arch import Arch
+from .errors import BudgetExhausted, FtlabError, GuestFault
+from .regfile import RegisterBatch
+from .symbols import Symbol, SymbolTable
+
+DEFAULT_BUDGET = 200_000_000     # instructions per call into the guest
+MASK64 = (1 << 64) - 1
+U64 = struct.Struct("<Q")
+
+RETURN_KINDS = {
+    "i64": lambda lo, hi: lo - (1 << 64) if lo >> 63 else lo,
+    "u64": lambda lo, hi: lo,
+    "i32": lambda lo, hi: (lo & 0xFFFFFFFF) - ((lo & 0x80000000) << 1),
+    "u32": lambda lo, hi: lo & 0xFFFFFFFF,
+    "u16": lambda lo, hi: lo & 0xFFFF,
+    "u8": lambda lo, hi: lo & 0xFF,
+    "pair": lambda lo, hi: (RETURN_KINDS["i64"](lo, 0), RETURN_KINDS["i64"](hi, 0)),
+}
+
+
+@dataclass
+class Region:
+    name: str
+    base: int
+    size: int
+    buf: ctypes.Array
+    view: memoryview
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+class Machine:
+    # The memory map. Objects load at 1 GiB (below 2 GiB so -mcmodel=kernel's R_X86_64_32S fits,
+    # fixtures.md §14) and the lab's code sits 16 MiB below them, within arm64's ±128 MiB BL reach.
+    HEAP = 0x1000_0000, 0x0100_0000         # buffers passed to calls by pointer
+    STACK = 0x2000_0000, 0x0010_0000        # the task's kernel stack
+    LAB_DATA = 0x3E00_0000, 0x0100_0000     # per-cpu page, ops, buffers of the tracers
+    LAB_TEXT = 0x3F00_0000, 0x0010_0000     # the lab's runtime and trampolines
+    OBJECTS = 0x4000_0000                   # loaded objects, one mapping each
+
+    def __init__(self, arch: Arch, budget: int = DEFAULT_BUDGET):
+        self.arch = arch
+        self.budget = budget
+        self.uc = unicorn.Uc(*arch.uc)
+        if arch.cpu_model is not None:
+            self.uc.ctl_set_cpu_model(arch.cpu_model)
+        self.regions: list[Region] = []
+        self.symbols = SymbolTable()
+        self.objects = []
+        for name, (base, size) in (("heap", self.HEAP), ("stack", self.STACK),
+                                   ("lab data", self.LAB_DATA), ("lab text", self.LAB_TEXT)):
+            self._map(name, base, size)
+        self._cursor = {"heap": self.HEAP[0], "lab data": self.LAB_DATA[0], "lab text": self.LAB_TEXT[0]}
+        self._next_object = self.OBJECTS
+        self.percpu = self.alloc("lab data", 0x10000, 0x1000)
+        arch.setup_cpu(self.uc, self.percpu)
+        self._reg = {name: uid for name, uid in arch.regs.items()}
+        self._fault_access = None
+        self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, self._on_bad_access)
+        self._running = 0
+        self._insn_hook = None
+        self.insns = 0                  # emulated instructions, while counting is on
+        self.insns_before_block = 0
+        self._block_insns: dict[tuple[int, int], int] = {}
+        runtime = self.load_lab_code(arch.source_dir / "runtime.S")
+        self.exit_addr = runtime["ftlab_caller"]
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def _map(self, name: str, base: int, size: int) -> Region:
+        buf = (ctypes.c_ubyte * size)()
+        self.uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, ctypes.addressof(buf))
+        region = Region(name, base, size, buf, memoryview(buf).cast("B"))
+        self.regions.append(region)
+        return region
+
+    def region(self, addr: int) -> Region | None:
+        return next((r for r in self.regions if r.base <= addr < r.end), None)
+
+    def view(self, addr: int, size: int) -> memoryview:
+        """Guest memory without a copy. Only for data: writing code this way would bypass Unicorn."""
+        r = self.region(addr)
+        if r is None or addr + size > r.end:
+            raise FtlabError(f"guest address {addr:#x}+{size} is not mapped")
+        return r.view[addr - r.base:addr - r.base + size]
+
+    def read(self, addr: int, size: int) -> bytes:
+        return bytes(self.view(addr, size))
+
+    def u64(self, addr: int) -> int:
+        return U64.unpack(self.view(addr, 8))[0]
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write data memory (not code: see patch)."""
+        self.view(addr, len(data))[:] = data
+
+    def alloc(self, where: str, size: int, align: int = 16) -> int:
+        addr = -(-self._cursor[where] // align) * align
+        region = self.region(addr)
+        if region is None or addr + size > region.end or region.name != where:
+            raise FtlabError(f"out of {where} memory allocating {size} bytes")
+        self._cursor[where] = addr + size
+        return addr
+
+    def map_object(self, size: int) -> int:
+        base = self._next_object
+        size = max(0x10000, -(-size // 0x10000) * 0x10000)
+        self._map("object", base, size)
+        self._next_object = base + size
+        return base
+
+    # -- code -----------------------------------------------------------------------------------
+
+    def write_code(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, data)
+        self.uc.ctl_remove_cache(addr, addr + len(data))
+        self._block_insns.clear()
+
+    def patch(self, addr: int, old: bytes, new: bytes) -> None:
+        """Replace code after checking what is there, as ftrace_modify_code() does."""
+        found = self.read(addr, len(old))
+        if found != old:
+            raise FtlabError(f"refusing to patch {self.symbols.name(addr)} at {addr:#x}: expected "
+                             f"{old.hex(' ')}, found {found.hex(' ')} ({self.disasm(addr)})")
+        self.write_code(addr, new)
+
+    def load_lab_code(self, source: str | Path, constants: dict[str, int] | None = None) -> dict[str, int]:
+        """Assemble a .S file into lab text; its .globl labels become lab symbols."""
+        path = Path(source)
+        base = self.alloc("lab text", 0, 16)
+        code = asm.assemble(self.arch, path.read_text(), base, constants, name=path.name)
+        self.alloc("lab text", len(code.code), 1)
+        self.write_code(base, code.code)
+        ends = sorted(set(code.symbols.values()) | {base + len(code.code)})
+        for name in code.exported:
+            addr = code.symbols[name]
+            nxt = next(e for e in ends if e > addr) if addr < ends[-1] else addr
+            self.symbols.add(Symbol(name, addr, nxt - addr, "lab"))
+        return code.symbols
+
+    def disasm(self, addr: int) -> str:
+        try:
+            return asm.disassemble_one(self.arch, self.read(addr, 16), addr)
+        except FtlabError:
+            return "(unmapped)"
+
+    def where(self, addr: int) -> str:
+        """`0x40000012 <fib+0x12>: mov rax, qword ptr [rbx]` for error messages."""
+        return f"{addr:#x} <{self.symbols.name(addr)}>: {self.disasm(addr)}"
+
+    def load(self, path, stubs=()):
+        from .elf import load_object
+        obj = load_object(self, Path(path), stubs)
+        self.objects.append(obj)
+        return obj
+
+    # -- registers ------------------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(self._reg[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(self._reg[name], value & MASK64)
+
+    def register_batch(self, names) -> RegisterBatch:
+        return RegisterBatch(self.uc, [self._reg[n] for n in names])
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def hook_code(self, callback, begin: int, end: int | None = None):
+        """callback(addr) before each instruction in [begin, end]; costs nothing outside it."""
+        end = begin if end is None else end
+        handle = self.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr),
+                                  begin=begin, end=end)
+        self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
+        return handle
+
+    def unhook(self, handle) -> None:
+        self.uc.hook_del(handle)
+
+    def count_instructions(self, on: bool = True) -> None:
+        """Count every emulated instruction: a block hook adds each block's instruction count.
+
+        Slower than running free (unicorn.md §16), so only while a consumer needs it.
+        """
+        if on and self._insn_hook is None:
+            self._insn_hook = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
+            self.uc.ctl_flush_tb()
+        elif not on and self._insn_hook is not None:
+            self.uc.hook_del(self._insn_hook)
+            self._insn_hook = None
+
+    def _on_block(self, uc, addr, size, _):
+        if addr == self.exit_addr:
+            return                      # emulation stops before the exit's instruction runs
+        n = self._block_insns.get((addr, size))
+        if n is None:
+            n = self._block_insns[(addr, size)] = len(asm.disassemble(self.arch, self.read(addr, size), addr))
+        self.insns_before_block = self.insns
+        self.insns += n
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def address_of(self, target) -> int:
+        if isinstance(target, int):
+            return target
+        sym = self.symbols.get(target)
+        if sym is None:
+            raise FtlabError(f"no symbol '{target}' in the loaded objects")
+        return sym.addr
+
+    def call(self, target, *args, ret: str = "i64"):
+        """Run one function to completion and return its result.
+
+        Integer arguments go in the argument registers, then on the stack; bytes are copied into
+        guest memory and passed by pointer (a bytearray is copied back after the call). `ret`
+        says how to read the return registers: i64 (default), u64, i32, u32, u16, u8 or pair.
+        Calls made from inside a hook (a handler calling the guest) run on the same stack, below
+        the interrupted code, and leave its registers as they were.
+        """
+        decode = RETURN_KINDS.get(ret)
+        if decode is None:
+            raise FtlabError(f"unknown return kind '{ret}' (known: {', '.join(RETURN_KINDS)})")
+        func = self.address_of(target)
+        nested = self._running > 0
+        saved = self.uc.context_save() if nested else None
+        heap = self._cursor["heap"]
+        try:
+            values, copy_back = self._marshal(args)
+            top = (self.reg(self.arch.sp) - 512) if nested else self.STACK[0] + self.STACK[1]
+            self._enter(func, values, top)
+            self._run(func)
+            lo, hi = (self.reg(r) for r in self.arch.ret_regs)
+            for addr, buf in copy_back:
+                buf[:] = self.read(addr, len(buf))
+        finally:
+            self._cursor["heap"] = heap
+            if saved is not None:
+                self.uc.context_restore(saved)
+        return decode(lo, hi)
+
+    def _marshal(self, args):
+        values, copy_back = [], []
+        for n, arg in enumerate(args, 1):
+            if isinstance(arg, bool) or not isinstance(arg, (int, bytes, bytearray)):
+                raise FtlabError(f"argument {n}: {type(arg).__name__} is not an int or bytes")
+            if isinstance(arg, int):
+                if not -(1 << 63) <= arg < (1 << 64):
+                    raise FtlabError(f"argument {n}: {arg} does not fit in 64 bits")
+                values.append(arg & MASK64)
+                continue
+            addr = self.alloc("heap", max(len(arg), 1), 16)
+            self.write(addr, bytes(arg))
+            values.append(addr)
+            if isinstance(arg, bytearray):
+                copy_back.append((addr, arg))
+        return values, copy_back
+
+    def _enter(self, func: int, values: list[int], top: int) -> None:
+        arch = self.arch
+        in_regs, on_stack = values[:len(arch.arg_regs)], values[len(arch.arg_regs):]
+        first_stack_arg = (top - 8 * len(on_stack) - 64) & ~15      # 16-byte aligned at the call
+        sp = first_stack_arg - arch.stack_args_offset
+        for i, v in enumerate(on_stack):
+            self.write(first_stack_arg + 8 * i, U64.pack(v))
+        if arch.lr is None:
+            self.write(sp, U64.pack(self.exit_addr))      # the call's pushed return address
+        else:
+            self.set_reg(arch.lr, self.exit_addr)
+        for name, v in zip(arch.arg_regs, in_regs):
+            self.set_reg(name, v)
+        self.set_reg(arch.sp, sp)
+
+    def _run(self, begin: int) -> None:
+        self._running += 1
+        try:
+            self.uc.emu_start(begin, self.exit_addr, count=self.budget)
+        except UcError as err:
+            raise self._fault(err) from None
+        finally:
+            self._running -= 1
+        pc = self.reg(self.arch.pc)
+        if pc != self.exit_addr:
+            raise BudgetExhausted(f"instruction budget of {self.budget:,} exhausted at {self.where(pc)} "
+                                  f"(raise it with --budget)")
+
+    def _on_bad_access(self, uc, access, addr, size, value, _):
+        self._fault_access = (access, addr, size)
+        return False
+
+    def _fault(self, err: UcError) -> GuestFault:
+        pc = self.reg(self.arch.pc)
+        what = {unicorn.UC_ERR_INSN_INVALID: "invalid instruction",
+                unicorn.UC_ERR_EXCEPTION: "unhandled trap or exception"}.get(err.errno, str(err))
+        if self._fault_access is not None:
+            access, addr, size = self._fault_access
+            kind = {unicorn.UC_MEM_READ_UNMAPPED: "read of", unicorn.UC_MEM_WRITE_UNMAPPED: "write to",
+                    unicorn.UC_MEM_FETCH_UNMAPPED: "execution of"}.get(access, "bad access to")
+            what = f"{kind} unmapped address {addr:#x}"
+            self._fault_access = None
+        return GuestFault(f"guest fault: {what} at {self.where(pc)}")

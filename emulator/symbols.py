@@ -1,0 +1,61 @@
+"""Symbols of everything in guest memory: the lab's own code and the loaded objects."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    name: str
+    addr: int
+    size: int
+    kind: str          # 'func', 'object' or 'lab' (the lab's own code and data)
+
+
+class SymbolTable:
+    def __init__(self):
+        self._by_name: dict[str, Symbol] = {}
+        self._starts: list[int] = []
+        self._sorted: list[Symbol] = []
+
+    def add(self, sym: Symbol) -> None:
+        self._by_name.setdefault(sym.name, sym)
+        i = bisect.bisect_right(self._starts, sym.addr)
+        self._starts.insert(i, sym.addr)
+        self._sorted.insert(i, sym)
+
+    def get(self, name: str) -> Symbol | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def lookup(self, addr: int) -> tuple[Symbol, int] | None:
+        """The symbol containing addr (a zero-sized one counts only for its own address)."""
+        i = bisect.bisect_right(self._starts, addr)
+        while i > 0:
+            sym = self._sorted[i - 1]
+            off = addr - sym.addr
+            if off < sym.size or off == 0:
+                return sym, off
+            if sym.size:
+                return None
+            i -= 1
+        return None
+
+    def is_function_start(self, addr: int) -> bool:
+        i = bisect.bisect_left(self._starts, addr)
+        return i < len(self._starts) and self._starts[i] == addr and any(
+            s.addr == addr and s.kind == "func" for s in self._sorted[i:i + 4])
+
+    def name(self, addr: int) -> str:
+        """`sym`, `sym+0x10`, or the bare address: for messages and trace output."""
+        hit = self.lookup(addr)
+        if hit is None:
+            return f"{addr:#x}"
+        sym, off = hit
+        return f"{sym.name}+{off:#x}" if off else sym.name
+
+    def functions(self) -> list[Symbol]:
+        return [s for s in self._sorted if s.kind == "func"]
