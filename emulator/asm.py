@@ -89,7 +89,7 @@ STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*
 SIZE_WORDS = re.compile(r"\b(?:xmm|[xy]?mm)?(?:qword|dword|word|byte)\s+ptr\b")
 
 
-def _normal(text: str, symbols: dict[str, int]) -> str:
+def _normal(text: str, symbols: dict[str, int], next_ip: int | None = None) -> str:
     for label in sorted(symbols, key=len, reverse=True):
         text = re.sub(rf"(?<![\w.$]){re.escape(label)}(?![\w.$])", str(symbols[label]), text)
     text = STRING_OP.sub(r"\1", text.lower())
@@ -101,7 +101,9 @@ def _normal(text: str, symbols: dict[str, int]) -> str:
     while (m := chain.search(text)):
         total = int(m.group(1)) + sum(int(t) for t in re.findall(r"[+-]\d+", m.group(2)))
         text = text[:m.start()] + str(total) + text[m.end():]
-    text = re.sub(r"\+-", "-", text)
+    text = re.sub(r"\+-", "-", text).replace(",0]", "]")
+    if next_ip is not None:     # capstone prints rip-relative operands as a displacement
+        text = re.sub(r"rip([+-]\d+)", lambda m: f"rip+{next_ip + int(m.group(1))}", text)
     return ALIASES.get(text, text)
 
 
@@ -126,7 +128,7 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
             problems.append(f"{addr:#x}: '{stmt}' did not decode")
             break
         _, size, text = decoded[0]
-        if _normal(stmt, asm.symbols) != _normal(text, {}):
+        if _normal(stmt, asm.symbols) != _normal(text, {}, addr + size):
             problems.append(f"{addr:#x}: source '{stmt}' assembled as '{text}'")
         addr += size
     return problems

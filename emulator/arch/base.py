@@ -65,12 +65,14 @@ class Arch:
     arg_regs: tuple[str, ...]        # calling convention: integer argument registers in order
     ret_regs: tuple[str, ...]        # return value registers (low, high)
     lr: str | None                   # link register; None: the call pushes the return address
+    fp: str                          # frame pointer register
     stack_args_offset: int           # where the first stack argument sits relative to SP at entry
 
     pt_regs: Layout
     ftrace_regs: Layout
     ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
     ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
+    ftrace_regs_stack_args: bool           # ftrace_regs_get_argument(n) past the registers reads the stack
     # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
     ftrace_regs_meaning: dict[str, Callable[[int], int]]
 

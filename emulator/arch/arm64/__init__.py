@@ -11,9 +11,9 @@ from ..base import Arch, Layout, Reloc
 
 X = [f"x{n}" for n in range(31)]
 
-# struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc, pstate, orig_x0 ... PT_REGS_SIZE 336.
-PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)},
-                                  "sp": 248, "pc": 256, "pstate": 264, "orig_x0": 272})
+# struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc, pstate, then software state
+# (orig_x0, syscallno, stackframe ...) the lab does not use. PT_REGS_SIZE 336.
+PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)}, "sp": 248, "pc": 256, "pstate": 264})
 # struct __arch_ftrace_regs (arch/arm64/include/asm/ftrace.h), FREGS_SIZE 112.
 FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
                                           "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104})
@@ -115,11 +115,13 @@ ARCH = Arch(
     arg_regs=tuple(X[:8]),
     ret_regs=("x0", "x1"),
     lr="x30",
+    fp="x29",
     stack_args_offset=0,
     pt_regs=PT_REGS,
     ftrace_regs=FTRACE_REGS,
     ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
     ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
+    ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
     # fregs->pc is x30 after the site's BL: the instruction after the BL.
     ftrace_regs_meaning={"pc": lambda site: site + 4},
     site_tables=("__patchable_function_entries",),

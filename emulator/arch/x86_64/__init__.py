@@ -88,6 +88,7 @@ ARCH = Arch(
     arg_regs=("di", "si", "dx", "cx", "r8", "r9"),
     ret_regs=("ax", "dx"),
     lr=None,
+    fp="bp",
     stack_args_offset=8,                       # above the return address
     pt_regs=PT_REGS,
     ftrace_regs=FTRACE_REGS,
@@ -95,6 +96,7 @@ ARCH = Arch(
     # ("not a full pt_regs"), not captured registers.
     ftrace_regs_saved=("ax", "cx", "dx", "si", "di", "r8", "r9", "bp", "ip", "sp"),
     ftrace_regs_aliases={},
+    ftrace_regs_stack_args=True,             # regs_get_kernel_argument: n >= 6 is sp[n - 5]
     # regs.ip is the return address the site's call pushed: the instruction after the 5-byte site.
     ftrace_regs_meaning={"ip": lambda site: site + 5},
     site_tables=("__mcount_loc",),

@@ -1,0 +1,59 @@
+/*
+ * ftrace_caller for x86_64, after arch/x86/kernel/ftrace_64.S (Intel syntax; offsets are the
+ * kernel's ptrace-abi.h names, filled in from the lab's pt_regs table).
+ *
+ * Entered by `call ftrace_caller` at an enabled fentry site:
+ *     [rsp]     = site + 5, the return into the traced function
+ *     [rsp + 8] = parent ip, the traced function's own return address
+ * It builds a pt_regs-shaped struct ftrace_regs on the stack holding what ftrace_regs promises
+ * (argument registers, rax, rbp, ip, sp), marks it partial with cs = 0, calls
+ * ftrace_ops_list_func(ip, parent_ip, op, fregs), restores, and returns into the traced function.
+ * Simplification: the kernel also pushes two fake frames under CONFIG_FRAME_POINTER; not here.
+ */
+.globl ftrace_caller
+ftrace_caller:
+    sub rsp, FRAME_SIZE                 // save_mcount_regs: room for a pt_regs
+    mov [rsp+RAX], rax
+    mov [rsp+RCX], rcx
+    mov [rsp+RDX], rdx
+    mov [rsp+RSI], rsi
+    mov [rsp+RDI], rdi
+    mov [rsp+R8], r8
+    mov [rsp+R9], r9
+    mov qword ptr [rsp+ORIG_RAX], 0
+    mov [rsp+RBP], rbp
+    mov rdi, [rsp+FRAME_SIZE]           // the return address the site's call pushed
+    mov [rsp+RIP], rdi
+    sub rdi, 5                          // ip = the call site (MCOUNT_INSN_SIZE)
+    mov rsi, [rsp+FRAME_SIZE+8]         // parent_ip
+    lea rdx, [rsp+FRAME_SIZE+8]
+    mov [rsp+RSP], rdx                  // sp = the traced function's sp at entry
+    mov qword ptr [rsp+CS], 0           // "not a full pt_regs": ftrace_get_regs() gives NULL
+    mov rdx, [rip+function_trace_op]    // op
+    mov rcx, rsp                        // fregs
+.globl ftrace_call
+ftrace_call:
+    call ftrace_ops_list_func
+    mov rax, [rsp+RIP]                  // handlers may change the ip: return there
+    mov [rsp+FRAME_SIZE], rax
+    mov rax, [rsp+RAX]                  // restore_mcount_regs
+    mov rcx, [rsp+RCX]
+    mov rdx, [rsp+RDX]
+    mov rsi, [rsp+RSI]
+    mov rdi, [rsp+RDI]
+    mov r8, [rsp+R8]
+    mov r9, [rsp+R9]
+    mov rbp, [rsp+RBP]
+    add rsp, FRAME_SIZE
+    ret
+
+/* The ops dispatch. Its one instruction carries the lab's code hook, where the registered
+ * ftrace_ops run (kernel/trace/ftrace.c: ftrace_ops_list_func); then it returns. */
+.globl ftrace_ops_list_func
+ftrace_ops_list_func:
+    ret
+
+.balign 8
+.globl function_trace_op
+function_trace_op:                      // the ftrace_ops passed as `op`
+    .quad 0

@@ -1,0 +1,204 @@
+"""The ftrace core, after kernel/trace/ftrace.c: patch sites, ftrace_ops and their dispatch.
+
+Arch-neutral: every encoding comes from the Arch description, every trampoline from
+tracers/arch/<arch>/*.S.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntFlag
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Callable
+
+from emulator import FtlabError
+from emulator.symbols import Symbol
+
+from .regs import FtraceRegs
+
+TRAMPOLINES = Path(__file__).parent / "arch"
+U64 = struct.Struct("<Q")
+
+
+class OpsFlag(IntFlag):
+    NONE = 0
+    RECURSION = 1        # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
+
+
+@dataclass(eq=False)
+class FtraceOps:
+    """struct ftrace_ops: a callback func(ip, parent_ip, op, fregs) and the sites it wants."""
+
+    func: Callable[[int, int, "FtraceOps", FtraceRegs], None]
+    flags: OpsFlag = OpsFlag.NONE
+    name: str = "ops"
+    filter: set[int] = field(default_factory=set)     # empty: every site (the kernel's empty hash)
+    notrace: set[int] = field(default_factory=set)
+    recursion_blocked: int = 0                       # nested hits RECURSION kept from the callback
+    _busy: bool = False
+
+    def traces(self, ip: int) -> bool:
+        return (not self.filter or ip in self.filter) and ip not in self.notrace
+
+
+@dataclass(eq=False)
+class Site:
+    """struct dyn_ftrace: one patch site, and the bytes of each of its states."""
+
+    ip: int                  # the instruction that becomes the call (rec->ip)
+    func: Symbol
+    addr: int                # first byte init rewrites (arm64: the MOV X9, LR before ip)
+    compiled: bytes
+    disabled: bytes          # after ftrace_init_nop
+    enabled: bytes           # calling ftrace_caller
+    literal: int | None      # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
+    on: bool = False
+
+
+class Ftrace:
+    def __init__(self, machine):
+        self.m, arch = machine, machine.arch
+        syms = machine.load_lab_code(TRAMPOLINES / arch.name / "ftrace_caller.S")
+        self.caller = syms["ftrace_caller"]
+        self.list_ops = machine.alloc("lab data", 64, 64)       # ftrace_list_ops, passed as op
+        machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
+        self.sites: list[Site] = []
+        self.by_ip: dict[int, Site] = {}
+        self.ops: list[FtraceOps] = []
+        self._args = machine.register_batch(arch.arg_regs[:4])
+        machine.hook_code(self._dispatch, syms["ftrace_ops_list_func"])
+        self.verifying = False
+        self._truth_names = list(arch.regs)
+        self._truth_regs = machine.register_batch(self._truth_names)
+        self._truth_hooks: dict[int, object] = {}
+        self._truth: tuple[int, dict[str, int]] | None = None
+
+    # -- sites (ftrace_process_locs, ftrace_init_nop) --------------------------------------------
+
+    def add_object(self, obj) -> list[Site]:
+        m, arch = self.m, self.m.arch
+        mcount = next((m.symbols.get(s).addr for s in ("__fentry__", "mcount", "_mcount") if s in m.symbols))
+        added = []
+        for recorded in sorted(set(self._recorded(obj))):
+            ip, literal = arch.adjust_site(recorded, m.read, m.symbols.is_function_start)
+            hit = m.symbols.lookup(ip)
+            if hit is None or hit[0].kind != "func":
+                raise FtlabError(f"{obj.path}: patch site at {ip:#x} is outside any function")
+            start = ip - arch.site_window
+            compiled = m.read(start, arch.site_window + arch.site_size)
+            disabled = arch.init_site(ip, compiled, mcount)
+            if disabled is None:
+                raise FtlabError(f"{obj.path}: unrecognised patch site at {m.where(ip)} "
+                                 f"(bytes {compiled.hex(' ')})")
+            m.patch(start, compiled, disabled)
+            enabled = disabled[:arch.site_window] + arch.encode_call(ip, self.caller)
+            site = Site(ip, hit[0], start, compiled, disabled, enabled, literal)
+            self.sites.append(site)
+            self.by_ip[ip] = site
+            added.append(site)
+        return added
+
+    def _recorded(self, obj) -> list[int]:
+        """Site addresses from the compiler's tables, else from calls to the mcount symbol."""
+        arch, addrs = self.m.arch, []
+        for table in arch.site_tables:
+            for addr, size in obj.sections.get(table, []):
+                addrs += struct.unpack(f"<{size // 8}Q", self.m.read(addr, size))
+        if not addrs:
+            for sym in arch.site_call_symbols:
+                addrs += [place + arch.site_offset_from_reloc for place in obj.imports.get(sym, [])]
+        return addrs
+
+    def site(self, func: str) -> Site:
+        found = next((s for s in self.sites if s.func.name == func), None)
+        if found is None:
+            raise FtlabError(f"'{func}' has no patch site (traceable: {', '.join(s.func.name for s in self.sites)})")
+        return found
+
+    # -- ops (register_ftrace_function, ftrace_set_filter) ----------------------------------------
+
+    def register(self, ops: FtraceOps) -> None:
+        if ops in self.ops:
+            raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
+        self.ops.append(ops)
+        self._update()
+
+    def unregister(self, ops: FtraceOps) -> None:
+        if ops not in self.ops:
+            raise FtlabError(f"ftrace_ops '{ops.name}' is not registered")
+        self.ops.remove(ops)
+        self._update()
+
+    def match(self, pattern: str) -> set[int]:
+        """Sites whose function matches a set_ftrace_filter glob."""
+        ips = {s.ip for s in self.sites if fnmatchcase(s.func.name, pattern)}
+        if not ips:
+            raise FtlabError(f"filter '{pattern}' matches no traceable function")
+        return ips
+
+    def set_filter(self, ops: FtraceOps, patterns, reset: bool = True) -> None:
+        """Globs as in set_ftrace_filter; `!glob` removes what it matches."""
+        self._set_hash(ops.filter, patterns, reset)
+
+    def set_notrace(self, ops: FtraceOps, patterns, reset: bool = True) -> None:
+        self._set_hash(ops.notrace, patterns, reset)
+
+    def _set_hash(self, hash_: set[int], patterns, reset: bool) -> None:
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        new = set() if reset else set(hash_)
+        for p in patterns:
+            if p.startswith("!"):
+                new -= self.match(p[1:])
+            else:
+                new |= self.match(p)
+        hash_.clear()
+        hash_.update(new)
+        self._update()
+
+    def _update(self) -> None:
+        """ftrace_replace_code: each site calls the trampoline iff some ops wants it."""
+        for site in self.sites:
+            want = any(ops.traces(site.ip) for ops in self.ops)
+            if want != site.on:
+                self.m.patch(site.addr, site.disabled if want else site.enabled,
+                             site.enabled if want else site.disabled)
+                site.on = want
+            self._hook_truth(site, want and self.verifying)
+
+    # -- verify: the true registers at the patch-site instant -------------------------------------
+
+    def set_verify(self, on: bool) -> None:
+        self.verifying = on
+        self._update()
+
+    def _hook_truth(self, site: Site, want: bool) -> None:
+        hooked = site.ip in self._truth_hooks
+        if want and not hooked:
+            self._truth_hooks[site.ip] = self.m.hook_code(self._capture_truth, site.ip)
+        elif hooked and not want:
+            self.m.unhook(self._truth_hooks.pop(site.ip))
+
+    def _capture_truth(self, addr: int) -> None:
+        self._truth = (addr, dict(zip(self._truth_names, self._truth_regs.read())))
+
+    # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
+
+    def _dispatch(self, _addr: int) -> None:
+        ip, parent_ip, _op, fregs_addr = self._args.read()
+        truth = None
+        if self._truth is not None and self._truth[0] == ip:
+            truth, self._truth = self._truth[1], None
+        fregs = FtraceRegs(self.m, fregs_addr, ip, truth)
+        for ops in tuple(self.ops):
+            if not ops.traces(ip):
+                continue
+            if ops._busy and ops.flags & OpsFlag.RECURSION:
+                ops.recursion_blocked += 1
+                continue
+            ops._busy = True
+            try:
+                ops.func(ip, parent_ip, ops, fregs)
+            finally:
+                ops._busy = False

@@ -1,0 +1,104 @@
+"""A machine with one object loaded and its patch sites initialised: what the CLI and tests use.
+
+    lab = Lab.open("funcs", "arm64")          # a bundled fixture, or a path to a .o/.ko
+    lab.call("fib", 10)                       # 55
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator import FtlabError, Machine, arch as arches
+from emulator.elf import elf_arch
+from emulator.machine import DEFAULT_BUDGET
+from fixtures import catalog
+
+from .ftrace import Ftrace
+
+
+@dataclass(frozen=True)
+class Target:
+    """An object to load, and for which architecture."""
+
+    path: Path
+    arch: object
+    fixture: str | None          # the bundled fixture's name, if it is one
+
+
+def resolve(obj: str, arch: str | None) -> list[Target]:
+    """OBJ as the CLI takes it: a file (its ELF header names the arch) or a bundled fixture name.
+
+    `arch` may be None for a file, a name, or 'all' (a bundled fixture on every arch)."""
+    path = Path(obj)
+    if path.exists() or "/" in obj or path.suffix in (".o", ".ko"):
+        actual = elf_arch(path)
+        if arch not in (None, actual.name) and arches.get(arch) is not actual:
+            raise FtlabError(f"{path} is an {actual.name} object; --arch {arch} contradicts it")
+        return [Target(path, actual, None)]
+    if arch is None:
+        raise FtlabError(f"'{obj}' is a bundled fixture: say which --arch (x86_64, arm64 or all)")
+    names = list(arches.ARCHES) if arch == "all" else [arches.get(arch).name]
+    try:
+        return [Target(catalog.variant(a, obj).path, arches.get(a), obj) for a in names]
+    except LookupError as err:
+        raise FtlabError(str(err).strip("'\"")) from None
+
+
+class Lab:
+    def __init__(self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET):
+        self.target = target
+        self.machine = Machine(target.arch, budget)
+        self.ftrace = Ftrace(self.machine)
+        self.obj = self.machine.load(target.path, stubs)
+        self.sites = self.ftrace.add_object(self.obj)
+
+    @classmethod
+    def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
+        targets = resolve(obj, arch)
+        if len(targets) != 1:
+            raise FtlabError("Lab.open takes one architecture")
+        return cls(targets[0], **kw)
+
+    @property
+    def arch(self):
+        return self.machine.arch
+
+    def signature(self, func: str):
+        return catalog.FUNCTIONS.get(func) if self.target.fixture else None
+
+    def call(self, func: str, *args, ret: str | None = None):
+        """Run func; for a bundled fixture the return registers are read as its C type says."""
+        if ret is None:
+            known = self.signature(func)
+            ret = known.ret if known else "i64"
+        return self.machine.call(func, *args, ret=ret)
+
+
+def parse_call(text: str) -> tuple[str, tuple]:
+    """`fib(20)` or `crc32_bitwise(0, b"123456789", 9)`: a name and int/bytes/str literals."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
+        raise FtlabError(f"malformed CALL '{text}': expected NAME(ARG, ...), e.g. fib(20)")
+    args = []
+    for arg in node.args:
+        try:
+            value = ast.literal_eval(arg)
+        except ValueError:
+            value = None
+        if isinstance(value, str):
+            value = value.encode()
+        if isinstance(value, bool) or not isinstance(value, (int, bytes)):
+            raise FtlabError(f"malformed CALL '{text}': argument '{ast.unparse(arg)}' is not an "
+                             f"integer, bytes or string literal")
+        args.append(value)
+    return node.func.id, tuple(args)
+
+
+def format_result(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(str(v) for v in value) + ")"
+    return f"{value} ({value & (1 << 64) - 1:#x})" if value < 0 or value > 9 else str(value)
