@@ -1,0 +1,139 @@
+"""ftlab: run real x86_64 and arm64 functions under emulation and trace them as the kernel does."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from emulator import FtlabError
+from emulator.machine import DEFAULT_BUDGET
+
+from .function import FunctionTracer
+from .lab import Lab, format_result, parse_call, resolve
+from .output import SINKS
+from .trace_clock import CLOCKS
+
+TRACERS = {"function": FunctionTracer}
+
+
+def _labs(args):
+    for target in resolve(args.obj, args.arch):
+        yield Lab(target, stubs=args.stub, budget=args.budget)
+
+
+def _banner(args, lab, out):
+    if args.arch == "all":
+        out.write(f"# arch: {lab.arch.name}\n")
+
+
+def cmd_run(args, out):
+    name, call_args = parse_call(args.call)
+    for lab in _labs(args):
+        prefix = f"{lab.arch.name}: " if args.arch == "all" else ""
+        out.write(f"{prefix}{args.call.strip()} = {format_result(lab.call(name, *call_args))}\n")
+
+
+def site_rows(lab):
+    """(function, ip, [(state, bytes, disassembly)]) for every site: compiled, after init, enabled."""
+    m = lab.machine
+    from emulator.asm import disassemble
+    for s in lab.sites:
+        states = []
+        for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
+            text = "; ".join(t for _, _, t in disassemble(m.arch, code, s.addr))
+            states.append((state, code, text.replace(f"{lab.ftrace.caller:#x}", "ftrace_caller")))
+        yield s.func.name, s.ip, states
+
+
+def cmd_sites(args, out):
+    for lab in _labs(args):
+        _banner(args, lab, out)
+        out.write(f"# {lab.target.path.name}: {len(lab.sites)} patch sites ({lab.arch.name})\n")
+        for func, ip, states in site_rows(lab):
+            sym_off = ip - lab.machine.symbols.get(func).addr
+            out.write(f"{func}+{sym_off:#x} at {ip:#x}\n")
+            for state, code, text in states:
+                out.write(f"    {state:<9} {code.hex(' '):<24} {text}\n")
+
+
+def cmd_trace(args, out):
+    name, call_args = parse_call(args.call)
+    for lab in _labs(args):
+        _banner(args, lab, out)
+        sink = SINKS[args.format](out, lab.machine)
+        tracer = TRACERS[args.tracer](lab.ftrace, sink, clock=args.clock, filters=args.filter,
+                                      notrace=args.notrace, verify=args.verify)
+        with tracer:
+            result = lab.call(name, *call_args)
+        if args.format == "text":
+            out.write(f"# {args.call.strip()} = {format_result(result)}\n")
+
+
+def cmd_demo(args, out):
+    from .demo import demo
+    demo(out)
+
+
+def cmd_bench(args, out):
+    from .bench import bench
+    bench(out, args.json)
+
+
+def _add_target(p, call=True):
+    p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); "
+                                  "optional when OBJ is a file")
+    p.add_argument("obj", metavar="OBJ", help="an object file (.o, .ko) or a bundled fixture name (funcs, ...)")
+    if call:
+        p.add_argument("call", metavar="CALL", help='the call to run, e.g. "fib(20)" or '
+                                                    '\'crc32_bitwise(0, b"123456789", 9)\'')
+    p.add_argument("--stub", action="append", default=[], metavar="NAME[=data]",
+                   help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="instructions per call (default %(default)s)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ftlab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run a function and print its result")
+    _add_target(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("sites", help="list patch sites: compiled, after init, enabled")
+    _add_target(p, call=False)
+    p.set_defaults(func=cmd_sites)
+    p = sub.add_parser("trace", help="run a function under a tracer")
+    _add_target(p)
+    p.add_argument("--tracer", choices=sorted(TRACERS), default="function")
+    p.add_argument("--filter", action="append", default=[], metavar="GLOB",
+                   help="trace only matching functions (set_ftrace_filter; !GLOB removes)")
+    p.add_argument("--notrace", action="append", default=[], metavar="GLOB", help="never trace these")
+    p.add_argument("--verify", action="store_true",
+                   help="compare every snapshot with the true registers at the patch site")
+    p.add_argument("--format", choices=sorted(SINKS), default="text")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="counter",
+                   help="trace_clock: counter (one per event) or insns (emulated instructions)")
+    p.set_defaults(func=cmd_trace)
+    p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="emulation and tracing speed on both arches")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args, sys.stdout)
+    except FtlabError as err:
+        sys.stdout.flush()
+        print(f"ftlab: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except Exception as err:          # a lab bug: one line, the traceback on request
+        if os.environ.get("FTLAB_DEBUG"):
+            raise
+        print(f"ftlab: internal error: {type(err).__name__}: {err} (FTLAB_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2
+    return 0
