@@ -7,6 +7,7 @@ through `patch()`/`write_code()`, which go through Unicorn and flush its transla
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +160,18 @@ class Machine:
 
     def disasm(self, addr: int) -> str:
         try:
-            return asm.disassemble_one(self.arch, self.read(addr, 16), addr)
+            return self.annotate(asm.disassemble_one(self.arch, self.read(addr, 16), addr))
         except FtlabError:
             return "(unmapped)"
+
+    def annotate(self, text: str) -> str:
+        """Name branch targets as objdump does: `call 0x3f000000 <__fentry__>`."""
+        target = re.search(r"#?(0x[0-9a-f]+)$", text)
+        if target:
+            hit = self.symbols.lookup(int(target.group(1), 16))
+            if hit and hit[1] == 0:
+                text += f" <{hit[0].name}>"
+        return text
 
     def where(self, addr: int) -> str:
         """`0x40000012 <fib+0x12>: mov rax, qword ptr [rbx]` for error messages."""

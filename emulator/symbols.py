@@ -21,7 +21,7 @@ class SymbolTable:
 
     def add(self, sym: Symbol) -> None:
         self._by_name.setdefault(sym.name, sym)
-        i = bisect.bisect_right(self._starts, sym.addr)
+        i = bisect.bisect_left(self._starts, sym.addr)     # aliases: lookup() finds the first added
         self._starts.insert(i, sym.addr)
         self._sorted.insert(i, sym)
 

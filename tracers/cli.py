@@ -40,8 +40,8 @@ def site_rows(lab):
     for s in lab.sites:
         states = []
         for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
-            text = "; ".join(t for _, _, t in disassemble(m.arch, code, s.addr))
-            states.append((state, code, text.replace(f"{lab.ftrace.caller:#x}", "ftrace_caller")))
+            text = "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, s.addr))
+            states.append((state, code, text))
         yield s.func.name, s.ip, states
 
 

@@ -1,0 +1,74 @@
+"""The machine: kernel privilege, calls, the budget, faults, nested calls, instruction counting."""
+import pytest
+import unicorn
+
+from emulator import BudgetExhausted, GuestFault, Machine, arch as arches
+from fixtures import catalog
+
+
+@pytest.fixture
+def machine(arch):
+    m = Machine(arches.get(arch))
+    m.load(catalog.variant(arch, "funcs").path)
+    return m
+
+
+def test_runs_at_kernel_privilege(machine):
+    if machine.arch.name == "arm64":
+        assert machine.reg("pstate") & 0xF == 0x5                # EL1h
+    else:
+        assert (machine.reg("cs"), machine.reg("ss")) == (0x10, 0x18)   # __KERNEL_CS / __KERNEL_DS
+        assert machine.reg("cs") & 3 == 0                         # CPL 0
+
+
+def test_stack_arguments(machine):
+    # sum10 takes 4 (x86_64) or 2 (arm64) of its ten arguments from the stack
+    args = (1, -2, 3, -4, 5, -6, 7, -8, 9, -10)
+    assert machine.call("sum10", *args) == sum(k * a for k, a in enumerate(args, 1))
+
+
+def test_struct_returned_in_two_registers(machine):
+    assert machine.call("divmod", -47, 5, ret="pair") == (-9, -2)
+
+
+def test_budget_stops_runaway_code(machine):
+    machine.budget = 10_000
+    with pytest.raises(BudgetExhausted, match=r"instruction budget of 10,000 exhausted at 0x[0-9a-f]+ <fib(\+0x[0-9a-f]+)?>: \w+"):
+        machine.call("fib", 30)
+    machine.budget = 10**8
+    assert machine.call("fib", 10) == 55          # the machine is still usable
+
+
+def test_fault_names_pc_and_instruction(machine):
+    with pytest.raises(GuestFault, match=r"read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: \w+"):
+        machine.call("popcount_buf", 0x10, 4)
+
+
+def test_nested_call_from_a_hook_leaves_the_caller_intact(machine):
+    inner = []
+    machine.hook_code(lambda addr: inner.append(machine.call("fib", 10)), machine.address_of("chain_c"))
+    assert machine.call("chain_a", 10) == 129
+    assert inner == [55, 55]
+
+
+def test_instruction_count_is_exact(machine):
+    """The block-hook count equals a per-instruction hook's count (the slow, obvious reference)."""
+    seen = [0]
+
+    def every_insn(uc, addr, size, _):
+        seen[0] += 1
+
+    machine.count_instructions(True)
+    h = machine.uc.hook_add(unicorn.UC_HOOK_CODE, every_insn)
+    machine.uc.ctl_flush_tb()
+    before = machine.insns
+    machine.call("fib", 12)
+    machine.call("crc32_bitwise", 0, b"123456789" * 7, 63)
+    assert machine.insns - before == seen[0] > 1000
+    machine.uc.hook_del(h)
+    machine.count_instructions(False)
+
+
+def test_unknown_symbol(machine):
+    with pytest.raises(Exception, match="no symbol 'nosuch'"):
+        machine.call("nosuch")
