@@ -85,6 +85,7 @@ class Check:
     field: str
     captured: int
     truth: int
+    by_meaning: bool = False      # the truth is the kernel's definition of the field, not a register
 
     @property
     def equal(self) -> bool:
@@ -108,4 +109,5 @@ def expected(arch, member: str, truth: dict[str, int], site: int) -> int:
 
 
 def verify(arch, fields: dict[str, int], truth: dict[str, int], site: int) -> Verification:
-    return Verification(tuple(Check(f, v, expected(arch, f, truth, site)) for f, v in fields.items()))
+    return Verification(tuple(Check(f, v, expected(arch, f, truth, site), f in arch.ftrace_regs_meaning)
+                              for f, v in fields.items()))

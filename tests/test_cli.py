@@ -1,0 +1,108 @@
+"""The ftlab command line: what the README's tour shows, and a one-line error for each bad input."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fixtures import catalog
+from tracers.cli import main
+
+LINE = re.compile(r"^ {11}ftlab-1 {7}\[000\] \.{5} +\d+: \w+ <-\w+$")
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_prints_the_result(capsys, arch):
+    assert run(capsys, "run", "--arch", arch, "funcs", "fib(20)") == (0, "fib(20) = 6765 (0x1a6d)\n", "")
+    code, out, _ = run(capsys, "run", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)')
+    assert out.endswith("= 3421780262 (0xcbf43926)\n")
+    assert run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)")[1] == "divmod(-47, 5) = (-9, -2)\n"
+
+
+def test_run_on_both_arches_and_on_a_file(capsys):
+    assert run(capsys, "run", "--arch", "all", "funcs", "add3(-1, 0x100000000, 5)")[1] == \
+        "x86_64: add3(-1, 0x100000000, 5) = 4\narm64: add3(-1, 0x100000000, 5) = 4\n"
+    path = str(catalog.variant("arm64", "funcs-bti").path)
+    assert run(capsys, "run", path, "fib(10)")[1] == "fib(10) = 55 (0x37)\n"     # arch from the ELF header
+
+
+def test_sites_lists_three_states(capsys, arch):
+    code, out, _ = run(capsys, "sites", "--arch", arch, "funcs")
+    assert code == 0 and out.startswith("# funcs.o: 12 patch sites")
+    assert out.count("    compiled ") == out.count("    init ") == out.count("    enabled ") == 12
+    assert out.count("<ftrace_caller>") == 12
+
+
+def test_trace_text_is_the_kernel_function_format(capsys, arch):
+    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "chain_a(10)", "--verify")
+    lines = out.splitlines()
+    assert lines[0] == "# tracer: function"
+    events = [l for l in lines if not l.startswith("#")]
+    assert all(LINE.match(l) for l in events) and len(events) == 4
+    assert events[1].endswith("2: chain_b <-chain_a")
+    assert "# verify: 4 of 4 snapshots equal the true registers in every captured field" in lines
+    assert lines[-1] == "# chain_a(10) = 129 (0x81)"
+
+
+def test_trace_json_events(capsys, arch):
+    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "sum10(1,2,3,4,5,6,7,8,9,10)",
+                       "--format", "json", "--verify", "--filter", "sum*")
+    [event] = [json.loads(l) for l in out.splitlines()]
+    assert {k: event[k] for k in ("arch", "tracer", "type", "func", "depth", "args", "ts")} == {
+        "arch": arch, "tracer": "function", "type": "entry", "func": "sum10", "depth": 0,
+        "args": [1, 2, 3, 4, 5, 6], "ts": 1}
+    regs = event["regs"]
+    assert regs["kind"] == "ftrace_regs" and regs["mismatch"] == []
+    assert "pstate" in regs["missing"] or "flags" in regs["missing"]
+    assert event["ip"] < event["regs"]["fields"]["ip" if arch == "x86_64" else "pc"]
+
+
+def test_python_m_tracers_is_the_cli():
+    done = subprocess.run([sys.executable, "-m", "tracers", "run", "--arch", "arm64", "funcs", "fib(12)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == "fib(12) = 144 (0x90)\n"
+
+
+BAD = [
+    (["run", "--arch", "arm64", "nosuch", "fib(1)"], r"unknown fixture 'nosuch' for arm64"),
+    (["run", "funcs", "fib(1)"], r"'funcs' is a bundled fixture: say which --arch"),
+    (["run", "--arch", "sparc", "funcs", "fib(1)"], r"unknown architecture 'sparc'"),
+    (["run", "--arch", "arm64", "funcs", "nosuch(1)"], r"no symbol 'nosuch' in the loaded objects"),
+    (["run", "--arch", "arm64", "funcs", "fib("], r"malformed CALL 'fib\(': expected NAME\(ARG, \.\.\.\)"),
+    (["run", "--arch", "arm64", "funcs", "fib(n)"], r"malformed CALL 'fib\(n\)': argument 'n' is not"),
+    (["run", "--arch", "x86_64", "fixtures/obj/arm64/funcs.o", "fib(1)"],
+     r"fixtures/obj/arm64/funcs.o is an arm64 object; --arch x86_64 contradicts it"),
+    (["run", "--arch", "arm64", "funcs", "popcount_buf(16, 4)"],
+     r"guest fault: read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: ldrb"),
+    (["run", "--arch", "x86_64", "--budget", "5000", "funcs", "fib(25)"],
+     r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib"),
+    (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"undefined symbol 'helper'"),
+    (["trace", "--arch", "arm64", "funcs", "fib(3)", "--filter", "nope"], r"filter 'nope' matches no"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[:4]) for a, _ in BAD])
+def test_bad_input_is_one_line_and_nonzero(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("ftlab: error: ")
+    assert re.search(message, err), err
+
+
+def test_non_elf_file(capsys, tmp_path):
+    bad = tmp_path / "notes.o"
+    bad.write_text("hello")
+    code, _, err = run(capsys, "run", str(bad), "f(1)")
+    assert (code, err) == (1, f"ftlab: error: {bad}: not an ELF file\n")
+
+
+def test_stubs_from_the_command_line(capsys):
+    code, out, _ = run(capsys, "run", "fixtures/obj/arm64/imports.o", "use_helper(1)",
+                       "--stub", "helper", "--stub", "jiffies_like=data")
+    assert (code, out) == (0, "use_helper(1) = 1\n")

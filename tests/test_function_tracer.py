@@ -1,0 +1,206 @@
+"""The function tracer and ftrace_ops, against the catalog's references and the kernel's selftests."""
+from collections import Counter
+
+import pytest
+
+from fixtures import catalog
+from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
+
+from conftest import all_variants
+
+MISSING = {
+    "x86_64": ["r15", "r14", "r13", "r12", "bx", "r11", "r10", "orig_ax", "cs", "flags", "ss"],
+    "arm64": [f"x{n}" for n in range(9, 29)] + ["pstate"],
+}
+
+
+class ListSink:
+    def __init__(self):
+        self.events, self.summary = [], None
+
+    def begin(self, tracer, clock):
+        pass
+
+    def event(self, ev):
+        self.events.append(ev)
+
+    def end(self, summary):
+        self.summary = summary
+
+
+def trace(lab, func, *args, **kw):
+    sink = ListSink()
+    with FunctionTracer(lab.ftrace, sink, **kw):
+        result = lab.call(func, *args)
+    return result, sink
+
+
+@pytest.mark.parametrize("arch_name,variant", all_variants())
+def test_traced_results_counts_args_and_snapshots(arch_name, variant):
+    lab = Lab.open(variant, arch_name)
+    m = lab.machine
+    for f in catalog.FUNCTIONS.values():
+        for args in f.examples:
+            result, sink = trace(lab, f.name, *args, verify=True)
+            assert result == f.reference(*args)
+            names = [m.symbols.lookup(ev.ip)[0].name for ev in sink.events]
+            if f.calls:
+                assert Counter(names) == Counter(f.calls(*args))
+            first = sink.events[0]
+            assert names[0] == f.name and first.parent_ip == m.exit_addr and first.depth == 0
+            for got, want in zip(first.args, args):
+                if isinstance(want, int):
+                    assert got == want & (1 << 64) - 1
+                else:                                   # a buffer, passed by pointer
+                    assert m.read(got, len(want)) == want
+            for ev in sink.events:
+                assert ev.mismatch == [], (f.name, ev.verification)
+                assert list(ev.missing) == MISSING[arch_name]
+                assert ev.regs_kind == "ftrace_regs"
+                assert set(ev.regs) == set(m.arch.ftrace_regs_saved)
+    # tracing off again: the text is back to its post-init bytes and results are unchanged
+    assert not any(s.on for s in lab.sites)
+    assert lab.call("fib", 15) == 610
+
+
+def test_call_chain_depths_and_parents(lab):
+    _, sink = trace(lab, "chain_a", 10)
+    sym = lab.machine.symbols
+    assert [(sym.lookup(e.ip)[0].name, sym.lookup(e.parent_ip)[0].name, e.depth) for e in sink.events] == [
+        ("chain_a", "ftlab_caller", 0), ("chain_b", "chain_a", 1), ("chain_c", "chain_b", 2),
+        ("chain_c", "chain_a", 1)]
+    assert [e.ts for e in sink.events] == [1, 2, 3, 4]            # the counter clock
+
+
+def test_insns_clock_is_deterministic_and_rising(lab):
+    _, first = trace(lab, "fib", 8, clock="insns")
+    _, second = trace(lab, "fib", 8, clock="insns")
+    stamps = [e.ts for e in first.events]
+    assert stamps == [e.ts for e in second.events]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps) == 67
+
+
+def test_insns_clock_counts_exactly(lab):
+    """Each stamp equals a per-instruction hook's count (the slow, obvious reference) at the
+    dispatch, up to whether that hook saw the dispatch instruction itself first."""
+    import unicorn
+    m, seen, stamps = lab.machine, [0], []
+
+    def every_insn(uc, addr, size, _):
+        seen[0] += 1
+
+    ops = FtraceOps(lambda *a: stamps.append(seen[0]))
+    sink = ListSink()
+    with FunctionTracer(lab.ftrace, sink, clock="insns"):
+        lab.ftrace.register(ops)
+        h = m.uc.hook_add(unicorn.UC_HOOK_CODE, every_insn)
+        m.uc.ctl_flush_tb()
+        lab.call("chain_a", 10)
+        m.uc.hook_del(h)
+        lab.ftrace.unregister(ops)
+    diffs = {ref - ev.ts for ref, ev in zip(stamps, sink.events)}
+    assert len(sink.events) == 4 and len(diffs) == 1 and diffs <= {0, 1}, diffs
+
+
+def test_filters_notrace_and_negation(lab):
+    _, sink = trace(lab, "chain_a", 10, filters=["chain_*"], notrace=["chain_b"])
+    assert [lab.machine.symbols.lookup(e.ip)[0].name for e in sink.events] == ["chain_a", "chain_c", "chain_c"]
+
+
+def test_filter_matching_nothing_is_an_error(lab):
+    with pytest.raises(Exception, match="filter 'nosuch\\*' matches no traceable function"):
+        lab.ftrace.set_filter(FtraceOps(lambda *a: None), "nosuch*")
+
+
+def test_several_ops_as_trace_selftest_ops(lab):
+    """kernel/trace/trace_selftest.c trace_selftest_ops: func1 = add3, func2 = divmod."""
+    ft = lab.ftrace
+    counts = Counter()
+
+    def counting(name):
+        return FtraceOps(lambda ip, pip, op, fregs: counts.update([name]), name=name)
+
+    p1, p2, p3 = counting("probe1"), counting("probe2"), counting("probe3")
+    ft.set_filter(p1, "add3")
+    ft.set_filter(p2, "divmod")
+    ft.set_filter(p3, ["add3", "divmod"])
+    for ops in (p1, p2, p3):
+        ft.register(ops)
+
+    def after(func, *expect):
+        lab.call(func, *((1, 2, 3) if func == "add3" else (7, 2)))
+        assert (counts["probe1"], counts["probe2"], counts["probe3"]) == expect
+
+    after("add3", 1, 0, 1)
+    after("divmod", 1, 1, 2)
+    dyn = counting("dyn")
+    ft.register(dyn)                     # unfiltered
+    after("add3", 2, 1, 3)
+    after("divmod", 2, 2, 4)
+    ft.set_filter(p3, "!add3", reset=False)
+    after("add3", 3, 2, 4)
+    after("divmod", 3, 3, 5)
+    assert counts["dyn"] == 4
+    for ops in (p1, p2, p3, dyn):
+        ft.unregister(ops)
+    counts.clear()
+    lab.call("add3", 1, 2, 3)
+    lab.call("divmod", 7, 2)
+    assert not counts
+
+
+def test_recursion_protection(lab):
+    """trace_selftest's recursion tests: the callback calls the traced function again."""
+    ft, calls = lab.ftrace, Counter()
+
+    def recurse(name):
+        def func(ip, parent_ip, op, fregs):
+            calls[name] += 1
+            if calls[name] == 1:              # a recursion-safe callback guards itself after one
+                lab.call("add3", 1, 2, 3)
+        return func
+
+    guarded = FtraceOps(recurse("guarded"), OpsFlag.RECURSION, name="guarded")
+    ft.set_filter(guarded, "add3")
+    ft.register(guarded)
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["guarded"] == 1 and guarded.recursion_blocked == 1
+    ft.unregister(guarded)
+
+    safe = FtraceOps(recurse("safe"), name="safe")
+    ft.set_filter(safe, "add3")
+    ft.register(safe)
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["safe"] == 2 and safe.recursion_blocked == 0
+
+
+def test_handler_changes_the_ip(lab):
+    """Like livepatch: chain_c's saved ip is pointed at tail_b (7x+2), so chain_c runs as tail_b."""
+    tail_b = lab.machine.address_of("tail_b")
+    ops = FtraceOps(lambda ip, pip, op, fregs: fregs.set_instruction_pointer(tail_b))
+    lab.ftrace.set_filter(ops, "chain_c")
+    lab.ftrace.register(ops)
+    # chain_a(10) = chain_b(15) + chain_c(10) = 2 * c(16) + c(10), with c(x) = 7x + 2
+    assert lab.call("chain_a", 10) == 2 * (7 * 16 + 2) + (7 * 10 + 2)
+    lab.ftrace.unregister(ops)
+    assert lab.call("chain_a", 10) == 129
+
+
+def test_accessors_against_the_call(lab):
+    m, seen = lab.machine, {}
+
+    def grab(ip, parent_ip, op, fregs):
+        seen.update(args=[fregs.get_argument(n) for n in range(10)], ra=fregs.get_return_address(),
+                    parent=parent_ip, ip=fregs.get_instruction_pointer(), site=ip,
+                    sp=fregs.get_stack_pointer(), fp=fregs.get_frame_pointer())
+
+    ops = FtraceOps(grab)
+    lab.ftrace.set_filter(ops, "sum10")
+    lab.ftrace.register(ops)
+    assert lab.call("sum10", *range(1, 11)) == 385
+    assert seen["ra"] == seen["parent"] == m.exit_addr
+    assert seen["ip"] == seen["site"] + m.arch.site_size
+    if m.arch.ftrace_regs_stack_args:           # x86: regs_get_kernel_argument reads the stack
+        assert seen["args"] == list(range(1, 11))
+    else:                                       # arm64: ftrace_regs_get_argument is 0 past x7
+        assert seen["args"] == list(range(1, 9)) + [0, 0]
