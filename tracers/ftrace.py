@@ -181,16 +181,21 @@ class Ftrace:
             self.m.unhook(self._truth_hooks.pop(site.ip))
 
     def _capture_truth(self, addr: int) -> None:
-        self._truth = (addr, dict(zip(self._truth_names, self._truth_regs.read())))
+        self._truth = (addr, self.true_registers())
+
+    def true_registers(self) -> dict[str, int]:
+        """Every register, read from the emulator now: only ever compared with, never copied."""
+        return dict(zip(self._truth_names, self._truth_regs.read()))
 
     # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
 
     def _dispatch(self, _addr: int) -> None:
         ip, parent_ip, _op, fregs_addr = self._args.read()
-        truth = None
+        truth = meaning = None
         if self._truth is not None and self._truth[0] == ip:
             truth, self._truth = self._truth[1], None
-        fregs = FtraceRegs(self.m, fregs_addr, ip, truth)
+            meaning = {member: f(ip) for member, f in self.m.arch.ftrace_regs_meaning.items()}
+        fregs = FtraceRegs(self.m, fregs_addr, truth, meaning)
         for ops in tuple(self.ops):
             if not ops.traces(ip):
                 continue

@@ -13,16 +13,22 @@ U64 = struct.Struct("<Q")
 
 
 class FtraceRegs:
-    """struct ftrace_regs as ftrace_caller left it, with the kernel's accessors."""
+    """struct ftrace_regs as a trampoline left it, with the kernel's accessors.
+
+    `saved` names the members the trampoline stored (ftrace_caller's by default; return_to_handler
+    stores fewer). With verify mode on, `truth` holds the true registers at the instant the
+    snapshot stands for, and `meaning` the true value of members the kernel defines by meaning."""
 
     kind = "ftrace_regs"
 
-    def __init__(self, machine, addr: int, site: int, truth: dict[str, int] | None = None):
+    def __init__(self, machine, addr: int, truth: dict[str, int] | None = None,
+                 meaning: dict[str, int] | None = None, saved: tuple[str, ...] | None = None):
         arch = machine.arch
         self._m, self._arch, self._layout = machine, arch, arch.ftrace_regs
-        self.addr, self.site, self.truth = addr, site, truth
+        self.addr, self.truth, self.meaning = addr, truth, meaning or {}
+        self.saved = saved or arch.ftrace_regs_saved
         self.words = self._layout.unpack(machine.view(addr, self._layout.size))
-        self._member = {arch.ftrace_regs_aliases.get(m, m): m for m in arch.ftrace_regs_saved}
+        self._member = {arch.ftrace_regs_aliases.get(m, m): m for m in self.saved}
 
     def _get(self, reg: str) -> int:
         """The saved value of a pt_regs-named register (x29 is ftrace_regs' fp on arm64)."""
@@ -66,18 +72,31 @@ class FtraceRegs:
         arch = self._arch
         return self._get(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
 
+    def set_return_address(self, value: int) -> None:
+        """Where fgraph and rethook hook a return: lr in fregs on arm64, the stack slot on x86."""
+        arch = self._arch
+        if arch.lr:
+            self._set(arch.lr, value)
+        else:
+            self._m.write(self.get_stack_pointer(), U64.pack(value))
+
     # What the mechanism captured, by the struct's member names.
     @property
     def fields(self) -> dict[str, int]:
         layout = self._layout
-        return {m: self.words[layout.offsets[m] // 8] for m in self._arch.ftrace_regs_saved}
+        return {m: self.words[layout.offsets[m] // 8] for m in self.saved}
 
     @property
     def missing(self) -> list[str]:
         return [r for r in self._arch.pt_regs.offsets if r not in self._member]
 
     def verify(self) -> Verification | None:
-        return None if self.truth is None else verify(self._arch, self.fields, self.truth, self.site)
+        if self.truth is None:
+            return None
+        aliases = self._arch.ftrace_regs_aliases
+        return Verification(tuple(
+            Check(f, v, self.meaning[f], True) if f in self.meaning else Check(f, v, self.truth[aliases.get(f, f)])
+            for f, v in self.fields.items()))
 
 
 @dataclass(frozen=True)
@@ -99,15 +118,3 @@ class Verification:
     @property
     def mismatch(self) -> list[str]:
         return [c.field for c in self.checks if not c.equal]
-
-
-def expected(arch, member: str, truth: dict[str, int], site: int) -> int:
-    """The true value of a ftrace_regs member: the register at the site, or what the kernel defines
-    the member to mean (the saved ip/pc is the address after the patch site)."""
-    meaning = arch.ftrace_regs_meaning.get(member)
-    return meaning(site) if meaning else truth[arch.ftrace_regs_aliases.get(member, member)]
-
-
-def verify(arch, fields: dict[str, int], truth: dict[str, int], site: int) -> Verification:
-    return Verification(tuple(Check(f, v, expected(arch, f, truth, site), f in arch.ftrace_regs_meaning)
-                              for f, v in fields.items()))

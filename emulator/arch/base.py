@@ -73,6 +73,11 @@ class Arch:
     ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
     ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
     ftrace_regs_stack_args: bool           # ftrace_regs_get_argument(n) past the registers reads the stack
+    # fgraph: what return_to_handler saves, the word unwinders match a hooked frame by (retp), and
+    # whether the frame pointer is checked on return (HAVE_FUNCTION_GRAPH_FP_TEST).
+    fgraph_exit_saved: tuple[str, ...]
+    fgraph_retp: str                       # 'sp' (the return slot's address) or 'fp'
+    fgraph_fp_test: bool
     # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
     ftrace_regs_meaning: dict[str, Callable[[int], int]]
 

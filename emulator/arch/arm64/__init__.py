@@ -122,6 +122,9 @@ ARCH = Arch(
     ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
     ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
     ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
+    fgraph_exit_saved=tuple(X[:8]) + ("fp", "pc"),   # pc: the real return address, set by fgraph
+    fgraph_retp="fp",
+    fgraph_fp_test=True,
     # fregs->pc is x30 after the site's BL: the instruction after the BL.
     ftrace_regs_meaning={"pc": lambda site: site + 4},
     site_tables=("__patchable_function_entries",),

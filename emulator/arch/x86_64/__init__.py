@@ -97,6 +97,9 @@ ARCH = Arch(
     ftrace_regs_saved=("ax", "cx", "dx", "si", "di", "r8", "r9", "bp", "ip", "sp"),
     ftrace_regs_aliases={},
     ftrace_regs_stack_args=True,             # regs_get_kernel_argument: n >= 6 is sp[n - 5]
+    fgraph_exit_saved=("ax", "dx", "bp", "ip"),   # ip: the real return address, set by fgraph
+    fgraph_retp="sp",
+    fgraph_fp_test=False,
     # regs.ip is the return address the site's call pushed: the instruction after the 5-byte site.
     ftrace_regs_meaning={"ip": lambda site: site + 5},
     site_tables=("__mcount_loc",),

@@ -1,0 +1,32 @@
+/*
+ * return_to_handler for arm64, after arch/arm64/kernel/entry-ftrace.S (6.14+: fgraph passes
+ * ftrace_regs).
+ *
+ * fgraph replaced the lr saved in a traced function's ftrace_regs with this address, so the
+ * function's `ret` lands here. Only x0-x7 (the return registers) and x29 are saved, in a struct
+ * ftrace_regs; ftrace_return_to_handler(fregs) checks the frame pointer, runs the exit callbacks
+ * and stores the real return address in fregs->pc, and we return there.
+ */
+.globl return_to_handler
+return_to_handler:
+    sub sp, sp, #FREGS_SIZE
+    stp x0, x1, [sp, #FREGS_X0]
+    stp x2, x3, [sp, #FREGS_X2]
+    stp x4, x5, [sp, #FREGS_X4]
+    stp x6, x7, [sp, #FREGS_X6]
+    str x29, [sp, #FREGS_FP]
+    mov x0, sp                          // fregs
+    bl ftrace_return_to_handler
+    ldr x30, [sp, #FREGS_PC]            // the real return address
+    ldp x0, x1, [sp, #FREGS_X0]
+    ldp x2, x3, [sp, #FREGS_X2]
+    ldp x4, x5, [sp, #FREGS_X4]
+    ldp x6, x7, [sp, #FREGS_X6]
+    add sp, sp, #FREGS_SIZE
+    ret
+
+/* The graph exit dispatch: its one instruction carries the lab's code hook, where fgraph pops
+ * the shadow stack and runs the fgraph_ops retfuncs (kernel/trace/fgraph.c). */
+.globl ftrace_return_to_handler
+ftrace_return_to_handler:
+    ret

@@ -1,0 +1,282 @@
+"""Function graph (kernel/trace/fgraph.c, the 6.11+ multi-user design, 6.14+ ftrace_regs).
+
+A registered fgraph_ops gets entryfunc(trace, gops, fregs) at a function's entry; if any returns
+non-zero, the function's return is hooked (x86: the return slot on the stack, arm64: lr in
+fregs) to return_to_handler, and retfunc(trace, gops, fregs) runs when it returns.
+
+The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as the kernel's:
+
+    | bitmap word: offset to frame | type 1 << 10 | gops bitmap << 12 |  <- curr_ret_stack - 1
+    | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |   (per reserved data)
+    | data words ...                                                   |
+    | struct ftrace_ret_stack { ret, func, [fp], retp }                |  <- frame start
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from emulator import FtlabError
+
+from .ftrace import TRAMPOLINES, Ftrace, FtraceOps
+from .regs import FtraceRegs
+
+SHADOW_STACK_SIZE = 4096
+SHADOW_STACK_WORDS = SHADOW_STACK_SIZE // 8
+FGRAPH_ARRAY_SIZE = 16                      # users at once; the top 16 words are their task vars
+SHADOW_STACK_MAX_OFFSET = SHADOW_STACK_WORDS - FGRAPH_ARRAY_SIZE
+FGRAPH_MAX_DATA_SIZE = 256                  # bytes one user may reserve per frame
+OFFSET_MASK, TYPE_SHIFT, TYPE_BITMAP, TYPE_DATA = 0x3FF, 10, 1, 2
+BITMAP_SHIFT, DATA_SIZE_SHIFT, DATA_INDEX_SHIFT = 12, 12, 17
+WORD = struct.Struct("<Q")
+
+
+@dataclass
+class FtraceGraphEnt:
+    func: int                     # the patch-site ip of the function
+    depth: int
+
+
+@dataclass
+class FtraceGraphRet:
+    func: int
+    depth: int
+    retval: int
+    overrun: int
+
+
+@dataclass(eq=False)
+class FgraphOps:
+    """struct fgraph_ops. `filter`/`notrace` are set_ftrace_filter globs, as for an ftrace_ops."""
+
+    entryfunc: Callable[[FtraceGraphEnt, "FgraphOps", FtraceRegs], int]
+    retfunc: Callable[[FtraceGraphRet, "FgraphOps", FtraceRegs], None] | None = None
+    name: str = "fgraph_ops"
+    ops: FtraceOps = field(default_factory=lambda: FtraceOps(None))   # its filter hashes
+    idx: int = -1
+
+
+@dataclass
+class _Frame:
+    index: int                    # word index of struct ftrace_ret_stack
+    ret: int
+    func: int
+    fp: int
+    retp: int
+    bitmap: int
+    data: dict[int, int]          # gops idx -> word index of its reserved data
+
+
+class Fgraph:
+    def __init__(self, ftrace: Ftrace):
+        self.ftrace, self.m = ftrace, ftrace.m
+        arch = self.m.arch
+        syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "return_to_handler.S")
+        self.return_to_handler = syms["return_to_handler"]
+        self.m.hook_code(self._return, syms["ftrace_return_to_handler"])
+        self._fregs_arg = self.m.register_batch([arch.arg_regs[0]])
+        self.frame_words = 4 if arch.fgraph_fp_test else 3      # fp is kept only where it is checked
+        self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
+        self.graph_ops = FtraceOps(self._entry, name="graph_ops")
+        self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
+        self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
+        self.curr_ret_stack = 0        # task->curr_ret_stack, in words
+        self.curr_ret_depth = -1       # task->curr_ret_depth
+        self.trace_overrun = 0         # task->trace_overrun
+        self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
+        self._retrieving: _Frame | None = None
+        self._busy = False
+        self.verifying = False
+        self._exit_truth_hook = None
+        self._exit_truth: dict[str, int] | None = None
+
+    # -- registration (register_ftrace_graph) -----------------------------------------------------
+
+    def register(self, gops: FgraphOps) -> None:
+        if gops in self.array:
+            raise FtlabError(f"fgraph_ops '{gops.name}' is already registered")
+        free = [i for i, g in enumerate(self.array) if g is None]
+        if not free:
+            raise FtlabError(f"fgraph: all {FGRAPH_ARRAY_SIZE} fgraph_ops slots are in use")
+        gops.idx = free[0]
+        self.array[gops.idx] = gops
+        self.stack[8 * (SHADOW_STACK_MAX_OFFSET + gops.idx):][:8] = WORD.pack(0)   # its task var
+        self._update_graph_ops()
+
+    def unregister(self, gops: FgraphOps) -> None:
+        if gops not in self.array:
+            raise FtlabError(f"fgraph_ops '{gops.name}' is not registered")
+        self.array[gops.idx] = None
+        gops.idx = -1
+        self._update_graph_ops()
+
+    def users(self) -> list[FgraphOps]:
+        return [g for g in self.array if g is not None]
+
+    def _update_graph_ops(self) -> None:
+        """graph_ops traces the union of what its users trace (the kernel's subops manager)."""
+        users, ft = self.users(), self.ftrace
+        if self.graph_ops in ft.ops:
+            ft.unregister(self.graph_ops)
+        if not users:
+            return
+        everything = any(not g.ops.filter for g in users)
+        self.graph_ops.filter = set() if everything else set().union(*(g.ops.filter for g in users))
+        self.graph_ops.notrace = set.intersection(*(g.ops.notrace for g in users))
+        ft.register(self.graph_ops)
+
+    def set_verify(self, on: bool) -> None:
+        """Capture the true registers as each hooked function returns into return_to_handler."""
+        self.verifying = on
+        if on and self._exit_truth_hook is None:
+            self._exit_truth_hook = self.m.hook_code(self._capture_exit_truth, self.return_to_handler)
+        elif not on and self._exit_truth_hook is not None:
+            self.m.unhook(self._exit_truth_hook)
+            self._exit_truth_hook = None
+
+    def _capture_exit_truth(self, addr: int) -> None:
+        self._exit_truth = self.ftrace.true_registers()
+
+    # -- the shadow stack -------------------------------------------------------------------------
+
+    def _word(self, index: int) -> int:
+        return WORD.unpack_from(self.stack, 8 * index)[0]
+
+    def _put(self, index: int, value: int) -> None:
+        WORD.pack_into(self.stack, 8 * index, value)
+
+    def reserve_data(self, size: int) -> int | None:
+        """fgraph_reserve_data: guest address of `size` bytes kept until this frame's return
+        (None if called outside an entryfunc, twice, too large, or the stack is full)."""
+        if self._reserving is None or size > FGRAPH_MAX_DATA_SIZE or size <= 0:
+            return None
+        idx, reserved = self._reserving
+        if reserved:
+            return None
+        words = -(-size // 8)
+        start = self.curr_ret_stack
+        if start + words + 1 + 1 >= SHADOW_STACK_MAX_OFFSET:      # + header + bitmap word
+            return None
+        reserved.append((idx, start, words))
+        self.curr_ret_stack = start + words + 1
+        return self.ret_stack + 8 * start
+
+    def retrieve_data(self) -> int | None:
+        """fgraph_retrieve_data, in a retfunc: the address its entryfunc reserved, or None."""
+        frame, gops = self._retrieving, self._current
+        if frame is None or gops is None or gops.idx not in frame.data:
+            return None
+        return self.ret_stack + 8 * frame.data[gops.idx]
+
+    def task_var(self, gops: FgraphOps) -> int:
+        """fgraph_get_task_var: the address of this user's per-task word."""
+        return self.ret_stack + 8 * (SHADOW_STACK_MAX_OFFSET + gops.idx)
+
+    def _frames(self):
+        """The frames on the shadow stack, innermost first (as unwinders walk them)."""
+        top = self.curr_ret_stack
+        while top > 0:
+            bitmap_word = self._word(top - 1)
+            start = top - 1 - (bitmap_word & OFFSET_MASK)
+            yield self._frame(start, top - 1, bitmap_word)
+            top = start
+
+    def _frame(self, start: int, bitmap_index: int, bitmap_word: int) -> _Frame:
+        words = [self._word(start + i) for i in range(self.frame_words)]
+        ret, func, *rest = words
+        fp, retp = (rest[0], rest[1]) if self.frame_words == 4 else (0, rest[0])
+        data, i = {}, bitmap_index - 1
+        while i >= start + self.frame_words:
+            header = self._word(i)
+            size = ((header >> DATA_SIZE_SHIFT) & 0x1F) + 1
+            data[(header >> DATA_INDEX_SHIFT) & 0xF] = i - size
+            i -= size + 1
+        return _Frame(start, ret, func, fp, retp, (bitmap_word >> BITMAP_SHIFT) & 0xFFFF, data)
+
+    def ret_addr(self, ret: int, retp: int) -> int:
+        """ftrace_graph_ret_addr: undo the hook for an unwinder that found `ret` at `retp`."""
+        if ret != self.return_to_handler:
+            return ret
+        return next((f.ret for f in self._frames() if f.retp == retp), ret)
+
+    # -- entry (ftrace_graph_func, function_graph_enter_regs) -------------------------------------
+
+    def _entry(self, ip: int, parent_ip: int, op, fregs: FtraceRegs) -> None:
+        if self._busy:                       # ftrace_test_recursion_trylock
+            return
+        self._busy = True
+        try:
+            if self._enter(ip, fregs) == 0:
+                fregs.set_return_address(self.return_to_handler)
+        finally:
+            self._busy = False
+
+    def _enter(self, func: int, fregs: FtraceRegs) -> int:
+        arch = self.m.arch
+        ret = fregs.get_return_address()
+        retp = fregs.get_stack_pointer() if arch.fgraph_retp == "sp" else fregs.get_frame_pointer()
+        start = self.curr_ret_stack
+        if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
+            self.trace_overrun += 1
+            return -1
+        self.curr_ret_depth += 1
+        frame = [ret, func, fregs.get_frame_pointer(), retp] if self.frame_words == 4 else [ret, func, retp]
+        for i, w in enumerate(frame):
+            self._put(start + i, w)
+        self.curr_ret_stack = start + self.frame_words
+        trace, bitmap = FtraceGraphEnt(func, self.curr_ret_depth), 0
+        for gops in self.users():
+            if not gops.ops.traces(func):
+                continue
+            reserved, mark = [], self.curr_ret_stack
+            self._reserving = (gops.idx, reserved)
+            try:
+                wanted = gops.entryfunc(trace, gops, fregs)
+            finally:
+                self._reserving = None
+            if wanted:
+                bitmap |= 1 << gops.idx
+                for idx, data_start, words in reserved:
+                    header = data_start + words
+                    self._put(header, (header - start) | TYPE_DATA << TYPE_SHIFT
+                              | (words - 1) << DATA_SIZE_SHIFT | idx << DATA_INDEX_SHIFT)
+            else:
+                self.curr_ret_stack = mark            # its reserved data is discarded
+        if not bitmap:
+            self.curr_ret_stack, self.curr_ret_depth = start, self.curr_ret_depth - 1
+            return -1
+        top = self.curr_ret_stack
+        self._put(top, (top - start) | TYPE_BITMAP << TYPE_SHIFT | bitmap << BITMAP_SHIFT)
+        self.curr_ret_stack = top + 1
+        return 0
+
+    # -- exit (return_to_handler -> ftrace_return_to_handler) -------------------------------------
+
+    _current: FgraphOps | None = None
+
+    def _return(self, _addr: int) -> None:
+        [fregs_addr] = self._fregs_arg.read()
+        if self.curr_ret_stack <= 0:
+            raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
+        top = self.curr_ret_stack
+        frame = self._frame(top - 1 - (self._word(top - 1) & OFFSET_MASK), top - 1, self._word(top - 1))
+        truth, self._exit_truth = self._exit_truth, None
+        fregs = FtraceRegs(self.m, fregs_addr, truth, {self.m.arch.pc: frame.ret} if truth else None,
+                           saved=self.m.arch.fgraph_exit_saved)
+        if self.m.arch.fgraph_fp_test and frame.fp != fregs.get_frame_pointer():
+            raise FtlabError(f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "
+                             f"expected {frame.fp:#x}, received {fregs.get_frame_pointer():#x}")
+        fregs.set_instruction_pointer(frame.ret)
+        trace = FtraceGraphRet(frame.func, self.curr_ret_depth, fregs.get_return_value(), self.trace_overrun)
+        self._retrieving = frame
+        try:
+            for idx in range(FGRAPH_ARRAY_SIZE):
+                gops = self.array[idx]
+                if frame.bitmap >> idx & 1 and gops is not None and gops.retfunc is not None:
+                    self._current = gops
+                    gops.retfunc(trace, gops, fregs)
+        finally:
+            self._retrieving = self._current = None
+            self.curr_ret_stack = frame.index
+            self.curr_ret_depth -= 1
