@@ -48,7 +48,7 @@ def measure(arch: str) -> dict:
     m.count_instructions(False)
     raw = _median(lambda: lab.call(*WORKLOAD))
     sink = _Count()
-    with FunctionTracer(lab.ftrace, sink):
+    with FunctionTracer(lab, sink):
         lab.call(*WORKLOAD)
         calls = sink.n
         traced = _median(lambda: lab.call(*WORKLOAD))

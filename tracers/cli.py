@@ -10,10 +10,11 @@ from emulator.machine import DEFAULT_BUDGET
 
 from .function import FunctionTracer
 from .lab import Lab, format_result, parse_call, resolve
-from .output import SINKS
+from .function_graph import FunctionGraphTracer
+from .output import FORMATS, make_sink
 from .trace_clock import CLOCKS
 
-TRACERS = {"function": FunctionTracer}
+TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 
 def _labs(args):
@@ -60,9 +61,12 @@ def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
     for lab in _labs(args):
         _banner(args, lab, out)
-        sink = SINKS[args.format](out, lab.machine)
-        tracer = TRACERS[args.tracer](lab.ftrace, sink, clock=args.clock, filters=args.filter,
-                                      notrace=args.notrace, verify=args.verify)
+        graph = args.tracer == "function_graph"
+        options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+        sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
+        extra = {"max_depth": args.max_graph_depth} if graph else {}
+        tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
+                                      notrace=args.notrace, verify=args.verify, **extra)
         with tracer:
             result = lab.call(name, *call_args)
         if args.format == "text":
@@ -108,9 +112,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB", help="never trace these")
     p.add_argument("--verify", action="store_true",
                    help="compare every snapshot with the true registers at the patch site")
-    p.add_argument("--format", choices=sorted(SINKS), default="text")
+    p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="counter",
                    help="trace_clock: counter (one per event) or insns (emulated instructions)")
+    g = p.add_argument_group("function_graph options (the kernel's trace_options)")
+    g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
+    g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
+    g.add_argument("--max-graph-depth", type=int, default=0, metavar="N", help="trace only N levels deep")
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)

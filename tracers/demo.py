@@ -35,11 +35,11 @@ def demo(out) -> None:
                 for state, code, text in states:
                     out.write(f"    {state:<9} {code.hex(' '):<24} {text}\n")
         out.write(f"\nThe function tracer on {CALL[0]}{CALL[1:]!r}:\n\n".replace(",)", ")"))
-        with FunctionTracer(lab.ftrace, TextSink(out, lab.machine)):
+        with FunctionTracer(lab, TextSink(out, lab.machine)):
             result = lab.call(*CALL)
         out.write(f"# result: {result}\n\n")
         keep = _Keep()
-        with FunctionTracer(lab.ftrace, keep, filters=[SNAPSHOT[0]], verify=True):
+        with FunctionTracer(lab, keep, filters=[SNAPSHOT[0]], verify=True):
             lab.call(*SNAPSHOT)
         ev = keep.events[0]
         out.write(f"The ftrace_regs ftrace_caller saved at {SNAPSHOT[0]}(1, ..., 10), against the true "

@@ -9,16 +9,18 @@ from .regs import Verification
 @dataclass(slots=True)
 class Event:
     tracer: str
-    type: str                     # 'entry'
-    ip: int                       # the patch site (the kernel's ip)
-    parent_ip: int
+    type: str                     # 'entry' or 'exit'
+    ip: int                       # the patch site of the function (the kernel's ip)
+    parent_ip: int                # where it returns to
     depth: int
     ts: int
-    args: tuple[int, ...]         # the first six arguments, from the snapshot
+    args: tuple[int, ...] | None  # the first six arguments, from the snapshot (entries only)
     regs_kind: str                # 'ftrace_regs' ...
     regs: dict[str, int]          # the fields the mechanism captured
     missing: tuple[str, ...]      # the registers it does not capture
     verification: Verification | None = None     # with verify mode: captured vs true
+    retval: int | None = None     # exits: the return value register
+    duration: int | None = None   # exits: trace-clock ticks since the entry
 
     @property
     def mismatch(self) -> list[str] | None:

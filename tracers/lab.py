@@ -52,6 +52,7 @@ class Lab:
         self.ftrace = Ftrace(self.machine)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj)
+        self._fgraph = None
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
@@ -59,6 +60,14 @@ class Lab:
         if len(targets) != 1:
             raise FtlabError("Lab.open takes one architecture")
         return cls(targets[0], **kw)
+
+    @property
+    def fgraph(self):
+        """The function-graph core, made on first use (it adds return_to_handler to the lab text)."""
+        if self._fgraph is None:
+            from .fgraph import Fgraph
+            self._fgraph = Fgraph(self.ftrace)
+        return self._fgraph
 
     @property
     def arch(self):

@@ -1,0 +1,48 @@
+"""What every tracer shares: a sink, a trace clock, verify mode, and a `with` block that runs it."""
+from __future__ import annotations
+
+from .trace_clock import CLOCKS
+
+NR_ARGS = 6          # arguments recorded per entry event
+
+
+class Tracer:
+    name = "tracer"
+
+    def __init__(self, lab, sink, clock: str = "counter", verify: bool = False):
+        self.lab, self.sink, self.verify = lab, sink, verify
+        self.clock_name = clock
+        self.clock = None
+        self.counts: dict[str, int] = {}       # shown at the end of the trace
+        self.mismatching = 0
+        self.snapshots = 0
+
+    def __enter__(self):
+        self.clock = CLOCKS[self.clock_name](self.lab.machine)
+        self.sink.begin(self.name, self.clock_name)
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.clock.close()
+        self.sink.end(self.summary())
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def emit(self, event) -> None:
+        if event.verification is not None:
+            self.snapshots += 1
+            self.mismatching += bool(event.verification.mismatch)
+        self.sink.event(event)
+
+    def summary(self) -> list[str]:
+        lines = [", ".join(f"{k}: {v}" for k, v in self.counts.items())]
+        if self.verify:
+            lines.append(f"verify: {self.snapshots - self.mismatching} of {self.snapshots} snapshots equal "
+                         f"the true registers in every captured field")
+        return lines
