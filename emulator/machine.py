@@ -36,6 +36,11 @@ RETURN_KINDS = {
 }
 
 
+def decode_return(kind: str, lo: int, hi: int = 0):
+    """Read return registers (or any register value) as a C type: i64, u64, i32, u32, u16, u8, pair."""
+    return RETURN_KINDS[kind](lo, hi)
+
+
 @dataclass
 class Region:
     name: str

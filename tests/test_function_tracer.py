@@ -30,7 +30,7 @@ class ListSink:
 
 def trace(lab, func, *args, **kw):
     sink = ListSink()
-    with FunctionTracer(lab.ftrace, sink, **kw):
+    with FunctionTracer(lab, sink, **kw):
         result = lab.call(func, *args)
     return result, sink
 
@@ -91,7 +91,7 @@ def test_insns_clock_counts_exactly(lab):
 
     ops = FtraceOps(lambda *a: stamps.append(seen[0]))
     sink = ListSink()
-    with FunctionTracer(lab.ftrace, sink, clock="insns"):
+    with FunctionTracer(lab, sink, clock="insns"):
         lab.ftrace.register(ops)
         h = m.uc.hook_add(unicorn.UC_HOOK_CODE, every_insn)
         m.uc.ctl_flush_tb()
