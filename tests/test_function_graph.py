@@ -151,7 +151,9 @@ def test_graph_storage_as_trace_selftest(lab):
             return 1
 
         def ret(trace, gops, fregs):
-            found[size] = struct.unpack(fmt, m.read(fg.retrieve_data(), size))[0]
+            addr, stored = fg.retrieve_data()
+            assert stored == 8                              # reservations are whole words
+            found[size] = struct.unpack(fmt, m.read(addr, size))[0]
         return FgraphOps(entry, ret, name=f"store{size}")
 
     users = [user(*v) for v in values]

@@ -65,7 +65,7 @@ class _Frame:
     fp: int
     retp: int
     bitmap: int
-    data: dict[int, int]          # gops idx -> word index of its reserved data
+    data: dict[int, tuple[int, int]]   # gops idx -> (word index, words) of its reserved data
 
 
 class Fgraph:
@@ -162,12 +162,14 @@ class Fgraph:
         self.curr_ret_stack = start + words + 1
         return self.ret_stack + 8 * start
 
-    def retrieve_data(self) -> int | None:
-        """fgraph_retrieve_data, in a retfunc: the address its entryfunc reserved, or None."""
+    def retrieve_data(self) -> tuple[int, int] | None:
+        """fgraph_retrieve_data, in a retfunc: (address, size in bytes, rounded up to words) of
+        what its entryfunc reserved, or None."""
         frame, gops = self._retrieving, self._current
         if frame is None or gops is None or gops.idx not in frame.data:
             return None
-        return self.ret_stack + 8 * frame.data[gops.idx]
+        index, words = frame.data[gops.idx]
+        return self.ret_stack + 8 * index, 8 * words
 
     def task_var(self, gops: FgraphOps) -> int:
         """fgraph_get_task_var: the address of this user's per-task word."""
@@ -190,7 +192,7 @@ class Fgraph:
         while i >= start + self.frame_words:
             header = self._word(i)
             size = ((header >> DATA_SIZE_SHIFT) & 0x1F) + 1
-            data[(header >> DATA_INDEX_SHIFT) & 0xF] = i - size
+            data[(header >> DATA_INDEX_SHIFT) & 0xF] = (i - size, size)
             i -= size + 1
         return _Frame(start, ret, func, fp, retp, (bitmap_word >> BITMAP_SHIFT) & 0xFFFF, data)
 

@@ -56,7 +56,8 @@ class FunctionGraphTracer(Tracer):
 
     def _return(self, trace, gops, fregs) -> None:
         now = self.clock.now()
-        [calltime] = CALLTIME.unpack(self.lab.machine.view(self.fgraph.retrieve_data(), CALLTIME.size))
+        addr, _ = self.fgraph.retrieve_data()
+        [calltime] = CALLTIME.unpack(self.lab.machine.view(addr, CALLTIME.size))
         self.counts["exits"] += 1
         self.emit(Event(self.name, "exit", trace.func, fregs.get_instruction_pointer(), trace.depth, now,
                         None, fregs.kind, fregs.fields, tuple(fregs.missing), fregs.verify(),

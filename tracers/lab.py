@@ -53,6 +53,7 @@ class Lab:
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj)
         self._fgraph = None
+        self._rethook = None
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
@@ -68,6 +69,14 @@ class Lab:
             from .fgraph import Fgraph
             self._fgraph = Fgraph(self.ftrace)
         return self._fgraph
+
+    @property
+    def rethook(self):
+        """The rethook trampoline and task list, made on first use."""
+        if self._rethook is None:
+            from .rethook import RethookCore
+            self._rethook = RethookCore(self.ftrace)
+        return self._rethook
 
     @property
     def arch(self):

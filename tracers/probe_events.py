@@ -208,11 +208,8 @@ class _Parser:
         colon = head.find(":")
         between = head[1:] if colon < 0 else head[1:colon]
         maxactive = self._maxactive(kind, between, hpos + 1)
-        if kind == "f":
-            spec = self._fprobe_point()
-        else:
-            spec = self._kprobe_point(kind)
-        symbol, offset, address, is_return, where = spec
+        point = self._fprobe_point() if kind == "f" else self._kprobe_point(kind)
+        symbol, offset, address, is_return, where = point
 
         group = "fprobes" if kind == "f" else "kprobes"
         event = None

@@ -1,8 +1,8 @@
 """Register snapshots as the guest saved them, and their comparison with the true registers.
 
 A snapshot's fields are decoded from the bytes a trampoline stored in guest memory (one bulk
-read over the arch's offset table). The truth is read from the emulator at the patch-site
-instant, separately, and only used to check: never to fill a snapshot field.
+read over the arch's offset table). The truth is read from the emulator at the instant the
+snapshot stands for, separately, and only used to check: never to fill a snapshot field.
 """
 from __future__ import annotations
 
@@ -10,38 +10,70 @@ import struct
 from dataclasses import dataclass
 
 U64 = struct.Struct("<Q")
+MASK64 = (1 << 64) - 1
 
 
-class FtraceRegs:
-    """struct ftrace_regs as a trampoline left it, with the kernel's accessors.
+class Snapshot:
+    """A struct of u64 slots in guest memory that some trampoline filled.
 
-    `saved` names the members the trampoline stored (ftrace_caller's by default; return_to_handler
-    stores fewer). With verify mode on, `truth` holds the true registers at the instant the
-    snapshot stands for, and `meaning` the true value of members the kernel defines by meaning."""
+    `saved` names the members it stored. With verify mode on, `truth` holds the true registers at
+    the instant the snapshot stands for, and `meaning` the true value of members the kernel defines
+    by meaning rather than by a register (a saved ip that is the address after a patch site)."""
 
-    kind = "ftrace_regs"
+    kind = "snapshot"
 
-    def __init__(self, machine, addr: int, truth: dict[str, int] | None = None,
-                 meaning: dict[str, int] | None = None, saved: tuple[str, ...] | None = None):
-        arch = machine.arch
-        self._m, self._arch, self._layout = machine, arch, arch.ftrace_regs
-        self.addr, self.truth, self.meaning = addr, truth, meaning or {}
-        self.saved = saved or arch.ftrace_regs_saved
-        self.words = self._layout.unpack(machine.view(addr, self._layout.size))
-        self._member = {arch.ftrace_regs_aliases.get(m, m): m for m in self.saved}
+    def __init__(self, machine, layout, addr: int, saved, aliases=None, truth=None, meaning=None):
+        self._m, self._arch, self._layout = machine, machine.arch, layout
+        self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
+        self._aliases = aliases or {}
+        self.words = layout.unpack(machine.view(addr, layout.size))
+        self._member = {self._aliases.get(m, m): m for m in self.saved}
 
     def _get(self, reg: str) -> int:
-        """The saved value of a pt_regs-named register (x29 is ftrace_regs' fp on arm64)."""
+        """The saved value of a pt_regs-named register."""
         return self.words[self._layout.offsets[self._member[reg]] // 8]
 
     def _set(self, reg: str, value: int) -> None:
-        offset = self._layout.offsets[self._member[reg]]
-        self._m.write(self.addr + offset, U64.pack(value & (1 << 64) - 1))
+        """Write a member in guest memory (software fix-ups may write members nothing captured)."""
+        offset = self._layout.offsets[self._member.get(reg, reg)]
+        self._m.write(self.addr + offset, U64.pack(value & MASK64))
         words = list(self.words)
-        words[offset // 8] = value & (1 << 64) - 1
+        words[offset // 8] = value & MASK64
         self.words = tuple(words)
 
-    # The kernel's ftrace_regs accessors (include/linux/ftrace.h), same names without the prefix.
+    @property
+    def fields(self) -> dict[str, int]:
+        """What the mechanism captured, by the struct's member names."""
+        return {m: self.words[self._layout.offsets[m] // 8] for m in self.saved}
+
+    @property
+    def missing(self) -> list[str]:
+        """The pt_regs registers this mechanism does not capture."""
+        return [r for r in self._arch.pt_regs.offsets if r not in self._member]
+
+    def verify(self) -> Verification | None:
+        if self.truth is None:
+            return None
+        checks = []
+        for f, v in self.fields.items():
+            if f in self.meaning:
+                checks.append(Check(f, v, self.meaning[f], True))
+            else:
+                reg = self._aliases.get(f, f)
+                checks.append(Check(f, v, self.truth[reg], flags=reg == self._arch.flags_reg))
+        return Verification(tuple(checks), self._arch)
+
+
+class FtraceRegs(Snapshot):
+    """struct ftrace_regs, with the kernel's ftrace_regs_* accessors (without the prefix)."""
+
+    kind = "ftrace_regs"
+
+    def __init__(self, machine, addr: int, truth=None, meaning=None, saved=None):
+        arch = machine.arch
+        super().__init__(machine, arch.ftrace_regs, addr, saved or arch.ftrace_regs_saved,
+                         arch.ftrace_regs_aliases, truth, meaning)
+
     def get_argument(self, n: int) -> int:
         regs = self._arch.arg_regs
         if n < len(regs):
@@ -74,29 +106,42 @@ class FtraceRegs:
 
     def set_return_address(self, value: int) -> None:
         """Where fgraph and rethook hook a return: lr in fregs on arm64, the stack slot on x86."""
-        arch = self._arch
-        if arch.lr:
-            self._set(arch.lr, value)
+        if self._arch.lr:
+            self._set(self._arch.lr, value)
         else:
             self._m.write(self.get_stack_pointer(), U64.pack(value))
 
-    # What the mechanism captured, by the struct's member names.
-    @property
-    def fields(self) -> dict[str, int]:
-        layout = self._layout
-        return {m: self.words[layout.offsets[m] // 8] for m in self.saved}
 
-    @property
-    def missing(self) -> list[str]:
-        return [r for r in self._arch.pt_regs.offsets if r not in self._member]
+class PtRegs(Snapshot):
+    """struct pt_regs, with the kernel's regs_* helpers."""
 
-    def verify(self) -> Verification | None:
-        if self.truth is None:
-            return None
-        aliases = self._arch.ftrace_regs_aliases
-        return Verification(tuple(
-            Check(f, v, self.meaning[f], True) if f in self.meaning else Check(f, v, self.truth[aliases.get(f, f)])
-            for f, v in self.fields.items()))
+    kind = "pt_regs"
+
+    def __init__(self, machine, addr: int, saved, truth=None, meaning=None):
+        super().__init__(machine, machine.arch.pt_regs, addr, saved, None, truth, meaning)
+
+    def regs_return_value(self) -> int:
+        return self._get(self._arch.ret_regs[0])
+
+    def instruction_pointer(self) -> int:
+        return self._get(self._arch.pc)
+
+    def instruction_pointer_set(self, value: int) -> None:
+        self._set(self._arch.pc, value)
+
+    def kernel_stack_pointer(self) -> int:
+        return self._get(self._arch.sp)
+
+    def frame_pointer(self) -> int:
+        return self._get(self._arch.fp)
+
+    def regs_get_kernel_argument(self, n: int) -> int:
+        regs = self._arch.arg_regs
+        if n < len(regs):
+            return self._get(regs[n])
+        if self._arch.ftrace_regs_stack_args:
+            return self._m.u64(self.kernel_stack_pointer() + 8 * (n - len(regs) + 1))
+        return 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +150,7 @@ class Check:
     captured: int
     truth: int
     by_meaning: bool = False      # the truth is the kernel's definition of the field, not a register
+    flags: bool = False           # RFLAGS / PSTATE: differences are named bit by bit
 
     @property
     def equal(self) -> bool:
@@ -114,7 +160,17 @@ class Check:
 @dataclass(frozen=True)
 class Verification:
     checks: tuple[Check, ...]
+    arch: object = None
 
     @property
     def mismatch(self) -> list[str]:
         return [c.field for c in self.checks if not c.equal]
+
+    def lost_bits(self, check: Check) -> list[str]:
+        """For a flags register: the named bits whose saved value differs from the true one."""
+        return decode_flags(self.arch, check.captured ^ check.truth)
+
+
+def decode_flags(arch, value: int) -> list[str]:
+    """Names of the RFLAGS/PSTATE fields that are non-zero in value (e.g. ['Z', 'C', 'PAN'])."""
+    return [name for name, (shift, width) in arch.flag_bits.items() if value >> shift & ((1 << width) - 1)]

@@ -66,6 +66,8 @@ class Arch:
     ret_regs: tuple[str, ...]        # return value registers (low, high)
     lr: str | None                   # link register; None: the call pushes the return address
     fp: str                          # frame pointer register
+    flags_reg: str                   # RFLAGS / PSTATE, as pt_regs names it
+    flag_bits: dict[str, tuple[int, int]]    # its named fields: name -> (shift, width)
     stack_args_offset: int           # where the first stack argument sits relative to SP at entry
 
     pt_regs: Layout
@@ -93,6 +95,11 @@ class Arch:
     init_site: Callable
     encode_call: Callable[[int, int], bytes]   # (site ip, target) -> the enabled site bytes
     site_offset_from_reloc: int            # call-site ip = relocation place + this
+
+    # rethook (arch/*/kernel/rethook.c): what the trampoline saves, and the callback's fix-ups.
+    rethook_saved: tuple[str, ...]
+    rethook_enter: Callable                # (pt_regs view) -> frame, after fixing up the saved regs
+    rethook_leave: Callable                # (pt_regs view, frame, real return address, write) -> None
 
     relocs: dict[int, Reloc]
     setup_cpu: Callable                    # (uc, per-cpu page address) -> None: kernel privilege, selectors ...

@@ -21,6 +21,14 @@ FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
 REGS = {**{x: getattr(A, f"UC_ARM64_REG_X{n}") for n, x in enumerate(X)},
         "sp": A.UC_ARM64_REG_SP, "pc": A.UC_ARM64_REG_PC, "pstate": A.UC_ARM64_REG_PSTATE}
 
+# PSTATE as SPSR_EL1 lays it out (what pt_regs->pstate holds).
+PSTATE_BITS = {"N": (31, 1), "Z": (30, 1), "C": (29, 1), "V": (28, 1), "TCO": (25, 1), "DIT": (24, 1),
+               "UAO": (23, 1), "PAN": (22, 1), "SS": (21, 1), "IL": (20, 1), "ALLINT": (13, 1),
+               "SSBS": (12, 1), "BTYPE": (10, 2), "D": (9, 1), "A": (8, 1), "I": (7, 1), "F": (6, 1),
+               "nRW": (4, 1), "EL": (2, 2), "SP": (0, 1)}
+
+PSTATE_PAN = 1 << 22
+
 NOP = 0xD503201F
 MOV_X9_LR = 0xAA1E03E9          # what ftrace_init_nop writes before the BL slot
 BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}   # bti, bti c, bti j, bti jc
@@ -33,6 +41,15 @@ def encode_call(ip: int, target: int) -> bytes:
     if rel % 4 or not -(1 << 27) <= rel < (1 << 27):
         raise ValueError(f"bl from {ip:#x} to {target:#x} is out of range")
     return word.pack(0x94000000 | ((rel >> 2) & 0x3FFFFFF))
+
+
+def rethook_enter(regs):
+    """arch_rethook_trampoline_callback: the frame is the fp the hooked function returned with."""
+    return regs.frame_pointer()
+
+
+def rethook_leave(regs, frame, ret, write):
+    """Nothing to fix up: the trampoline takes lr from regs->pc, which the handler set."""
 
 
 def adjust_site(addr, read, is_function_start):
@@ -57,9 +74,10 @@ def init_site(ip, window, mcount):
 
 
 def setup_cpu(uc, page):
-    """EL1h with interrupts unmasked, as kernel code normally runs. SCR_EL3.RW=1 so that an EL1->EL1
-    eret is legal (unicorn.md §A3); SP_EL0 points at a zeroed "task" page (the stack canary lives there)."""
-    uc.reg_write(A.UC_ARM64_REG_PSTATE, 0x5)
+    """EL1h with interrupts unmasked and PAN set, as kernel code normally runs (CONFIG_ARM64_PAN).
+    SCR_EL3.RW=1 so that an EL1->EL1 eret is legal (unicorn.md §A3); SP_EL0 points at a zeroed
+    "task" page (the stack canary lives there)."""
+    uc.reg_write(A.UC_ARM64_REG_PSTATE, PSTATE_PAN | 0x5)
     uc.reg_write(A.UC_ARM64_REG_SP_EL0, page)
     uc.cpr_write(3, 6, 1, 1, 0, 0x400)         # SCR_EL3; a CP_REG write also rebuilds the cached EL
 
@@ -116,6 +134,8 @@ ARCH = Arch(
     ret_regs=("x0", "x1"),
     lr="x30",
     fp="x29",
+    flags_reg="pstate",
+    flag_bits=PSTATE_BITS,
     stack_args_offset=0,
     pt_regs=PT_REGS,
     ftrace_regs=FTRACE_REGS,
@@ -136,6 +156,10 @@ ARCH = Arch(
     init_site=init_site,
     encode_call=encode_call,
     site_offset_from_reloc=0,
+    # The reverted 5.18 trampoline stores every register, but its pstate is only what MRS reads.
+    rethook_saved=tuple(PT_REGS.offsets),
+    rethook_enter=rethook_enter,
+    rethook_leave=rethook_leave,
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),

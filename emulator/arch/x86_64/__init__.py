@@ -26,6 +26,11 @@ REGS = {
     "sp": X.UC_X86_REG_RSP, "ss": X.UC_X86_REG_SS,
 }
 
+# RFLAGS fields (bit 1 always reads 1 and is not named).
+RFLAGS_BITS = {"CF": (0, 1), "PF": (2, 1), "AF": (4, 1), "ZF": (6, 1), "SF": (7, 1), "TF": (8, 1),
+               "IF": (9, 1), "DF": (10, 1), "OF": (11, 1), "IOPL": (12, 2), "NT": (14, 1), "RF": (16, 1),
+               "VM": (17, 1), "AC": (18, 1), "VIF": (19, 1), "VIP": (20, 1), "ID": (21, 1)}
+
 KERNEL_CS, KERNEL_DS = 0x10, 0x18      # __KERNEL_CS / __KERNEL_DS
 CALL, NOP5 = 0xE8, bytes.fromhex("0f1f440000")   # x86_nops[5], what ftrace_make_nop writes
 ENDBR64 = bytes.fromhex("f30f1efa")
@@ -37,6 +42,21 @@ def encode_call(ip: int, target: int) -> bytes:
     if not -(1 << 31) <= rel < (1 << 31):
         raise ValueError(f"call from {ip:#x} to {target:#x} is out of rel32 range")
     return bytes([CALL]) + struct.pack("<i", rel)
+
+
+def rethook_enter(regs):
+    """arch_rethook_trampoline_callback's fix-ups; the frame is the fake return slot above regs."""
+    regs._set("cs", KERNEL_CS)
+    regs._set("orig_ax", (1 << 64) - 1)
+    regs._set("sp", regs.kernel_stack_pointer() + 16)      # the trampoline pushed sp - 16
+    return regs.addr + PT_REGS.size
+
+
+def rethook_leave(regs, frame, ret, write):
+    """arch_rethook_fixup_return writes the real return address for the final ret; flags are
+    copied into the ss slot so the trampoline can popfq right before that ret."""
+    write(frame, struct.pack("<Q", ret))
+    regs._set("ss", regs.fields["flags"])
 
 
 def adjust_site(addr, read, is_function_start):
@@ -89,6 +109,8 @@ ARCH = Arch(
     ret_regs=("ax", "dx"),
     lr=None,
     fp="bp",
+    flags_reg="flags",
+    flag_bits=RFLAGS_BITS,
     stack_args_offset=8,                       # above the return address
     pt_regs=PT_REGS,
     ftrace_regs=FTRACE_REGS,
@@ -111,6 +133,10 @@ ARCH = Arch(
     init_site=init_site,
     encode_call=encode_call,
     site_offset_from_reloc=-1,                 # the PLT32 relocation is on the rel32 after the e8 byte
+    # A complete pt_regs without an exception: every register, flags from pushfq, fixed cs/ss.
+    rethook_saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
+    rethook_enter=rethook_enter,
+    rethook_leave=rethook_leave,
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     # The kernel's ptrace-abi.h names for the pt_regs offsets: RAX, RIP, EFLAGS, ORIG_RAX ...

@@ -1,0 +1,57 @@
+/*
+ * arch_rethook_trampoline for x86_64, after arch/x86/kernel/rethook.c.
+ *
+ * rethook replaced a function's return address on the stack with this address, so its `ret`
+ * lands here. x86 can build a complete pt_regs without an exception: pushfq gives the flags,
+ * cs/ss are the fixed kernel selectors, and sp is fixed up by the callback.
+ */
+.globl arch_rethook_trampoline
+arch_rethook_trampoline:
+    push arch_rethook_trampoline        // a fake return address, so unwinders recognise us
+    push KERNEL_DS                      // ss
+    push rsp                            // sp - 16: the callback adds 16
+    pushfq                              // flags
+    sub rsp, 24                         // skip cs, ip, orig_ax (the callback fills them)
+    push rdi                            // SAVE_REGS_STRING: the GPRs in pt_regs order
+    push rsi
+    push rdx
+    push rcx
+    push rax
+    push r8
+    push r9
+    push r10
+    push r11
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp                        // regs
+    call arch_rethook_trampoline_callback
+    pop r15                             // RESTORE_REGS_STRING
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rax
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    add rsp, 24                         // orig_ax, ip, cs
+    add rsp, 16                         // flags and sp: the callback copied flags into the ss slot
+    popfq
+    ret                                 // to the real return address, written over the fake one
+
+/* The callback (arch_rethook_trampoline_callback(regs)): its one instruction carries the lab's
+ * code hook, which fixes up cs, ip, orig_ax and sp, runs rethook_trampoline_handler(regs, frame)
+ * and copies flags into the ss slot, as the kernel's C does. */
+.globl arch_rethook_trampoline_callback
+arch_rethook_trampoline_callback:
+    ret

@@ -1,0 +1,113 @@
+"""rethook (kernel/trace/rethook.c): hook a function's return through a trampoline that builds a
+pt_regs, run the handlers of every node returning through it, and return to the real address.
+
+Each user has a bounded pool of nodes (rethook_alloc); hooked nodes form one per-task LIFO keyed
+by frame (x86: the return slot's address, arm64: the frame pointer at entry), which unwinders
+search to undo the hook (rethook_find_ret_addr).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from emulator import FtlabError
+
+from .ftrace import TRAMPOLINES, Ftrace
+from .regs import PtRegs
+
+
+@dataclass(eq=False)
+class RethookNode:
+    rethook: "Rethook"
+    data: int | None              # guest address of the node's private data (data_size bytes)
+    ret_addr: int = 0
+    frame: int = 0
+    func: int = 0                 # the hooked function's entry ip
+
+
+class Rethook:
+    """One user's pool (rethook_alloc(data, handler, size, num)); handler(node, regs) at return."""
+
+    def __init__(self, core: "RethookCore", handler: Callable[[RethookNode, PtRegs], None],
+                 data_size: int, num: int):
+        if num <= 0:
+            raise FtlabError(f"rethook: a pool needs at least one node, not {num}")
+        self.core, self.handler = core, handler
+        alloc = core.m.alloc
+        self.free = [RethookNode(self, alloc("lab data", data_size, 16) if data_size else None)
+                     for _ in range(num)]
+
+    def try_get(self) -> RethookNode | None:
+        return self.free.pop() if self.free else None
+
+    def recycle(self, node: RethookNode) -> None:
+        self.free.append(node)
+
+    def hook(self, node: RethookNode, regs, func: int) -> None:
+        """arch_rethook_prepare: remember the return address and frame, then replace it."""
+        arch = self.core.m.arch
+        node.ret_addr = regs.get_return_address()
+        node.frame = regs.get_stack_pointer() if arch.fgraph_retp == "sp" else regs.get_frame_pointer()
+        node.func = func
+        regs.set_return_address(self.core.trampoline)
+        self.core.task.append(node)
+
+
+class RethookCore:
+    """The trampoline and the task's list of hooked nodes (current->rethooks)."""
+
+    def __init__(self, ftrace: Ftrace):
+        self.ftrace, self.m = ftrace, ftrace.m
+        syms = self.m.load_lab_code(TRAMPOLINES / self.m.arch.name / "rethook_trampoline.S")
+        self.trampoline = syms["arch_rethook_trampoline"]
+        self.m.hook_code(self._callback, syms["arch_rethook_trampoline_callback"])
+        self._regs_arg = self.m.register_batch([self.m.arch.arg_regs[0]])
+        self.task: list[RethookNode] = []
+        self._truth_hook = None
+        self._truth: dict[str, int] | None = None
+
+    def set_verify(self, on: bool) -> None:
+        """Capture the true registers as a hooked function returns into the trampoline."""
+        if on and self._truth_hook is None:
+            self._truth_hook = self.m.hook_code(self._capture_truth, self.trampoline)
+        elif not on and self._truth_hook is not None:
+            self.m.unhook(self._truth_hook)
+            self._truth_hook = None
+
+    def _capture_truth(self, addr: int) -> None:
+        self._truth = self.ftrace.true_registers()
+
+    def find_ret_addr(self, ret: int, frame: int) -> int:
+        """rethook_find_ret_addr for unwinders: the real return address of a hooked frame."""
+        if ret != self.trampoline:
+            return ret
+        return next((n.ret_addr for n in reversed(self.task) if n.frame == frame), ret)
+
+    def _callback(self, _addr: int) -> None:
+        """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
+        arch = self.m.arch
+        [regs_addr] = self._regs_arg.read()
+        truth, self._truth = self._truth, None
+        if not self.task:
+            raise FtlabError("rethook: the trampoline was reached with no hooked return")
+        # The first node returning to a real address (not the trampoline) is this frame's.
+        nodes = []
+        for node in reversed(self.task):
+            nodes.append(node)
+            if node.ret_addr != self.trampoline:
+                break
+        correct = nodes[-1].ret_addr
+        regs = PtRegs(self.m, regs_addr, arch.rethook_saved, truth, {arch.pc: correct} if truth else None)
+        frame = arch.rethook_enter(regs)
+        regs.instruction_pointer_set(correct)
+        try:
+            for node in nodes:
+                if node.frame != frame:
+                    raise FtlabError(f"rethook: node for {self.m.symbols.name(node.func)} has frame "
+                                     f"{node.frame:#x}, the trampoline {frame:#x}")
+                node.rethook.handler(node, regs)
+        finally:
+            arch.rethook_leave(regs, frame, correct, self.m.write)
+            del self.task[len(self.task) - len(nodes):]
+            for node in nodes:
+                node.rethook.recycle(node)
