@@ -53,7 +53,9 @@ def test_trace_text_is_the_kernel_function_format(capsys, arch):
 def test_trace_json_events(capsys, arch):
     code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "sum10(1,2,3,4,5,6,7,8,9,10)",
                        "--format", "json", "--verify", "--filter", "sum*")
-    [event] = [json.loads(l) for l in out.splitlines()]
+    [event, summary] = [json.loads(l) for l in out.splitlines()]
+    assert summary == {"arch": arch, "tracer": "function", "type": "summary",
+                       "counters": {"entries-written": 1}, "verify": {"snapshots": 1, "mismatching": 0}}
     assert {k: event[k] for k in ("arch", "tracer", "type", "func", "depth", "args", "ts")} == {
         "arch": arch, "tracer": "function", "type": "entry", "func": "sum10", "depth": 0,
         "args": [1, 2, 3, 4, 5, 6], "ts": 1}
@@ -61,6 +63,47 @@ def test_trace_json_events(capsys, arch):
     assert regs["kind"] == "ftrace_regs" and regs["mismatch"] == []
     assert "pstate" in regs["missing"] or "flags" in regs["missing"]
     assert event["ip"] < event["regs"]["fields"]["ip" if arch == "x86_64" else "pc"]
+
+
+def test_function_graph_text_and_json(capsys, arch):
+    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "tail_a(5)", "--tracer", "function_graph",
+                       "--funcgraph-tail")
+    assert [l[4:] for l in out.splitlines() if not l.startswith("#")] == [
+        "              |  tail_a() {", "  1 ev        |    tail_b();", "  3 ev        |  } /* tail_a */"]
+    assert "# entries: 2, exits: 2, trace_overrun: 0" in out
+    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "--tracer", "function_graph",
+                       "--format", "json", "--verify")
+    records = [json.loads(l) for l in out.splitlines()]
+    assert [(r["type"], r.get("depth")) for r in records] == [
+        ("entry", 0), ("entry", 1), ("exit", 1), ("entry", 1), ("exit", 1), ("exit", 0), ("summary", None)]
+    assert [r["retval"] for r in records if r["type"] == "exit"] == [1, 0, 1]
+    assert all(r["regs"]["mismatch"] == [] for r in records[:-1])
+    assert records[-1]["counters"] == {"entries": 3, "exits": 3, "trace_overrun": 0}
+
+
+PROBES = ['f:crc crc32_bitwise crc=$arg1:x32 buf=+0($arg2):string second=+1($arg2):u8 len=$arg3',
+          'f crc32_bitwise%return $retval:x32 len=$arg3:u32',
+          'r2:grp/ret crc32_bitwise r=$retval:u32']
+
+
+@pytest.mark.parametrize("design", ["fgraph", "rethook"])
+def test_probe_events(capsys, arch, design):
+    argv = ["trace", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)', "--fprobe-design", design]
+    code, out, _ = run(capsys, *argv, *sum((["-e", p] for p in PROBES), []))
+    lines = [l.split(": ", 1)[1] for l in out.splitlines() if not l.startswith("#")]
+    site = "0x0" if arch == "x86_64" else "0x4"
+    assert lines[0].startswith(f"crc: (crc32_bitwise+{site}/0x")
+    assert lines[0].endswith(') crc=0x0 buf="123456789" second=50 len=0x9')
+    assert sorted(l.split(": ")[0] for l in lines[1:]) == ["crc32_bitwise__exit", "ret"]
+    # the kretprobe hooked the return after the fprobe did, so its caller may be the other hook's
+    # trampoline (return_to_handler / arch_rethook_trampoline), exactly as the kernel would print
+    assert any(l.startswith("ret: (") and l.endswith("<- crc32_bitwise) r=3421780262") for l in lines)
+    assert any(l.endswith("<- crc32_bitwise) arg1=0xcbf43926 len=9") for l in lines)
+    assert "# fprobes/crc: hits 1 nmissed 0" in out and "# grp/ret: hits 1 nmissed 0" in out
+    code, out, _ = run(capsys, *argv, "-e", PROBES[0], "--format", "json")
+    event = json.loads(out.splitlines()[0])
+    assert (event["event"], event["tracer"], event["type"]) == ("fprobes/crc", "fprobe", "entry")
+    assert event["fetch"] == {"crc": 0, "buf": '"123456789"', "second": 50, "len": 9}
 
 
 def test_python_m_tracers_is_the_cli():
@@ -84,6 +127,11 @@ BAD = [
      r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib"),
     (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"undefined symbol 'helper'"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "--filter", "nope"], r"filter 'nope' matches no"),
+    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f fib $retval $foo"],
+     r"bad probe spec 'f fib \$retval \$foo': Invalid \$-valiable specified: '\$foo' \(column 15\)"),
+    (["trace", "--arch", "x86_64", "funcs", "fib(3)", "-e", "f fib %x0"], r"Invalid \$-valiable specified"),
+    (["trace", "--arch", "x86_64", "funcs", "fib(3)", "-e", "r fib %x0"], r"Invalid register name: '%x0'"),
+    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f nosuch"], r"'nosuch' has no patch site"),
 ]
 
 

@@ -11,7 +11,9 @@ from emulator.machine import DEFAULT_BUDGET
 from .function import FunctionTracer
 from .lab import Lab, format_result, parse_call, resolve
 from .function_graph import FunctionGraphTracer
+from .fprobe import DESIGNS
 from .output import FORMATS, make_sink
+from .probe_tracer import ProbeEventTracer
 from .trace_clock import CLOCKS
 
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
@@ -59,8 +61,19 @@ def cmd_sites(args, out):
 
 def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
+    if args.event and args.tracer:
+        raise FtlabError("give either --tracer or -e probe events, not both")
     for lab in _labs(args):
         _banner(args, lab, out)
+        if args.event:
+            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine), args.event,
+                                      clock=args.clock, verify=args.verify, design=args.fprobe_design)
+            with tracer:
+                result = lab.call(name, *call_args)
+            if args.format == "text":
+                out.write(f"# {args.call.strip()} = {format_result(result)}\n")
+            continue
+        args.tracer = args.tracer or "function"
         graph = args.tracer == "function_graph"
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
         sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
@@ -106,7 +119,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sites)
     p = sub.add_parser("trace", help="run a function under a tracer")
     _add_target(p)
-    p.add_argument("--tracer", choices=sorted(TRACERS), default="function")
+    p.add_argument("--tracer", choices=sorted(TRACERS), help="function (the default) or function_graph")
+    p.add_argument("-e", "--event", action="append", default=[], metavar="SPEC",
+                   help="a probe event in dynamic_events syntax: 'f:[GRP/]EVENT SYM[%%return] FETCHARGS' "
+                        "or 'r[MAXACTIVE]:[GRP/]EVENT SYM FETCHARGS' (repeatable)")
+    p.add_argument("--fprobe-design", choices=DESIGNS, default="fgraph",
+                   help="fprobe on fgraph (6.14+, ftrace_regs) or on ftrace+rethook (5.18-6.13, pt_regs)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
                    help="trace only matching functions (set_ftrace_filter; !GLOB removes)")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB", help="never trace these")

@@ -21,6 +21,8 @@ class Event:
     verification: Verification | None = None     # with verify mode: captured vs true
     retval: int | None = None     # exits: the return value register
     duration: int | None = None   # exits: trace-clock ticks since the entry
+    probe: object = None          # probe events: the ProbeSpec
+    fetch: tuple = ()             # probe events: (FetchArg, value) pairs
 
     @property
     def mismatch(self) -> list[str] | None:

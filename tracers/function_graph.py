@@ -37,8 +37,10 @@ class FunctionGraphTracer(Tracer):
             self.fgraph.set_verify(False)
             self.lab.ftrace.set_verify(False)
 
-    def summary(self) -> list[str]:
-        return super().summary() + [f"trace_overrun: {self.fgraph.trace_overrun}"]
+    def summary(self) -> dict:
+        out = super().summary()
+        out["counters"]["trace_overrun"] = self.fgraph.trace_overrun
+        return out
 
     def _entry(self, trace, gops, fregs) -> int:
         if self.max_depth and trace.depth >= self.max_depth:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from .events import Event
+from .probe_events import format_args, format_value
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
@@ -34,20 +35,43 @@ class TextSink:
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
-        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} {ev.ts:12d}: "
-                       f"{self._func(ev.ip)} <-{self._func(ev.parent_ip)}\n")
+        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} {ev.ts:12d}: {self._body(ev)}\n")
         if ev.verification is not None and ev.mismatch:
             for c in ev.verification.checks:
                 if not c.equal:
-                    self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}\n")
+                    bits = f" (bits that differ: {' '.join(ev.verification.lost_bits(c))})" if c.flags else ""
+                    self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
+
+    def _body(self, ev: Event) -> str:
+        if ev.probe is None:
+            return f"{self._func(ev.ip)} <-{self._func(ev.parent_ip)}"
+        # probe events: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit
+        where = self._location(ev.ip)
+        if ev.type == "exit":
+            where = f"{self._location(ev.parent_ip)} <- {self._func(ev.ip)}"
+        return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch)) if ev.fetch else ''}"
+
+    def _location(self, addr: int) -> str:
+        hit = self.sym.lookup(addr)
+        return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
 
     def _func(self, addr: int) -> str:
         hit = self.sym.lookup(addr)
         return hit[0].name if hit else f"{addr:#x}"
 
-    def end(self, summary: list[str]) -> None:
-        for line in summary:
-            self.out.write(f"# {line}\n")
+    def end(self, summary: dict) -> None:
+        write_summary(self.out, summary)
+
+
+def write_summary(out, summary: dict) -> None:
+    """A trace's closing comment lines: counters, per-probe hits and misses, the verify tally."""
+    out.write("# " + ", ".join(f"{k}: {v}" for k, v in summary["counters"].items()) + "\n")
+    for event, c in summary.get("probes", {}).items():
+        out.write(f"# {event}: hits {c['hits']} nmissed {c['nmissed']}\n")
+    if "verify" in summary:
+        v = summary["verify"]
+        out.write(f"# verify: {v['snapshots'] - v['mismatching']} of {v['snapshots']} snapshots equal the "
+                  f"true registers in every captured field\n")
 
 
 GRAPH_HEADER = """\
@@ -117,22 +141,22 @@ class GraphTextSink:
                           else f" /* {name} */" if self.tail else "")
         self._line(ev.duration, ev.depth, text)
 
-    def end(self, summary: list[str]) -> None:
+    def end(self, summary: dict) -> None:
         if self._held is not None:
             self._open(self._held)
             self._held = None
-        for line in summary:
-            self.out.write(f"# {line}\n")
+        write_summary(self.out, summary)
 
 
 class JsonSink:
-    """One JSON object per event per line."""
+    """One JSON object per event per line, then one `summary` record with the counters."""
 
     def __init__(self, out, machine):
         self.out, self.sym, self.arch = out, machine.symbols, machine.arch.name
+        self.tracer = None
 
     def begin(self, tracer: str, clock: str) -> None:
-        pass
+        self.tracer = tracer
 
     def event(self, ev: Event) -> None:
         hit = self.sym.lookup(ev.ip)
@@ -146,12 +170,20 @@ class JsonSink:
         }
         if ev.type == "exit":
             record["retval"], record["duration"] = ev.retval, ev.duration
+        if ev.probe is not None:
+            record["event"] = f"{ev.probe.group}/{ev.probe.event}"
+            record["fetch"] = {a.name: _json_value(a, v) for a, v in ev.fetch}
         if ev.verification is not None:
             record["regs"]["truth"] = {c.field: c.truth for c in ev.verification.checks}
         self.out.write(json.dumps(record) + "\n")
 
-    def end(self, summary: list[str]) -> None:
-        pass
+    def end(self, summary: dict) -> None:
+        self.out.write(json.dumps({"arch": self.arch, "tracer": self.tracer, "type": "summary", **summary}) + "\n")
+
+
+def _json_value(arg, value):
+    """Numbers as numbers (typed as the fetcharg says); strings, symbols and faults as text."""
+    return value if isinstance(value, int) else format_value(arg, value)
 
 
 def make_sink(fmt: str, tracer: str, out, machine, **options):

@@ -40,9 +40,9 @@ class Tracer:
             self.mismatching += bool(event.verification.mismatch)
         self.sink.event(event)
 
-    def summary(self) -> list[str]:
-        lines = [", ".join(f"{k}: {v}" for k, v in self.counts.items())]
+    def summary(self) -> dict:
+        """What the trace ends with: its counters, and with verify mode the snapshot tally."""
+        out = {"counters": dict(self.counts)}
         if self.verify:
-            lines.append(f"verify: {self.snapshots - self.mismatching} of {self.snapshots} snapshots equal "
-                         f"the true registers in every captured field")
-        return lines
+            out["verify"] = {"snapshots": self.snapshots, "mismatching": self.mismatching}
+        return out

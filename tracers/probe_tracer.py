@@ -1,0 +1,163 @@
+"""Probe events (`ftlab trace -e SPEC`): the kernel's dynamic_events, on this lab's mechanisms.
+
+    f[:[GRP/]EVENT] SYM [FETCHARGS]            an fprobe entry handler
+    f[:[GRP/]EVENT] SYM%return [FETCHARGS]     an fprobe exit handler ($retval; $argN as at entry)
+    r[MAXACTIVE][:[GRP/]EVENT] SYM [FETCHARGS] a kretprobe (rethook) return handler
+
+Each hit becomes an event whose fetchargs are evaluated against the snapshot the mechanism really
+gave (ftrace_regs for fprobes on fgraph, the rethook pt_regs for the others): a register it did not
+capture reads as a fault, never as the emulator's value.
+"""
+from __future__ import annotations
+
+import struct
+
+from emulator import FtlabError
+
+from .events import Event
+from .fprobe import Fprobe, Fprobes
+from .kretprobe import Kretprobe, Kretprobes
+from .probe_events import FetchFault, ProbeSpec, evaluate, parse
+from .tracer import NR_ARGS, Tracer
+
+MECHANISM = {"f": "fprobe", "r": "kretprobe"}
+SAVED_ARGS = 8                         # $argN of a return probe: saved at entry, as the kernel does
+ENTRY = struct.Struct(f"<{1 + SAVED_ARGS}Q")      # depth, then the arguments
+
+
+class _Context:
+    """probe_events.FetchContext over one snapshot."""
+
+    comm = "ftlab"
+
+    def __init__(self, lab, regs, entry_args=None):
+        self.m, self.regs, self.entry_args = lab.machine, regs, entry_args
+
+    def register(self, name: str) -> int:
+        try:
+            return self.regs._get(name)
+        except KeyError:
+            raise FetchFault(f"%{name} is not in this {self.regs.kind}") from None
+
+    def argument(self, n: int) -> int:
+        if self.entry_args is not None:
+            return self.entry_args[n - 1] if n <= len(self.entry_args) else 0
+        return _argument(self.regs, n - 1)
+
+    def return_value(self) -> int:
+        return _retval(self.regs)
+
+    def stack_pointer(self) -> int:
+        return self.regs._get(self.m.arch.sp)
+
+    def stack(self, n: int) -> int:
+        return int.from_bytes(self.read(self.stack_pointer() + 8 * n, 8), "little")
+
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return self.m.read(addr, size)
+        except FtlabError:
+            raise FetchFault(f"{addr:#x}") from None
+
+    def address_of(self, symbol: str) -> int:
+        return self.m.address_of(symbol)
+
+    def symbolize(self, addr: int) -> str:
+        return location(self.m, addr)
+
+
+def location(machine, addr: int) -> str:
+    """%pS: `sym+0x4/0x30`."""
+    hit = machine.symbols.lookup(addr)
+    return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
+
+
+def _argument(regs, n: int) -> int:
+    return regs.get_argument(n) if regs.kind == "ftrace_regs" else regs.regs_get_kernel_argument(n)
+
+
+def _retval(regs) -> int:
+    return regs.get_return_value() if regs.kind == "ftrace_regs" else regs.regs_return_value()
+
+
+class ProbeEventTracer(Tracer):
+    """The `nop` tracer with probe events enabled, as `echo SPEC > dynamic_events` would."""
+
+    name = "nop"
+
+    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False,
+                 design: str = "fgraph"):
+        super().__init__(lab, sink, clock, verify)
+        registers = list(lab.arch.pt_regs.offsets)
+        self.specs = [parse(s, registers) for s in specs]
+        for spec in self.specs:
+            if spec.kind not in ("f", "r"):
+                raise FtlabError(f"'{spec.text}': ftlab has fprobe (f) and kretprobe (r) events; "
+                                 f"kprobe (p) events need exception support, not built yet")
+            lab.ftrace.site(spec.symbol)              # a clear error for a function with no site
+        self.fprobes = Fprobes(lab, design)
+        self.kretprobes = Kretprobes(lab)
+        self.hits = {spec: 0 for spec in self.specs}
+        self.counts = {"events": 0}
+        self._probes = []
+
+    def start(self) -> None:
+        if self.verify:
+            self.lab.ftrace.set_verify(True)
+            self.lab.fgraph.set_verify(True)
+            self.lab.rethook.set_verify(True)
+        for spec in self.specs:
+            if spec.kind == "r":
+                rp = Kretprobe(spec.symbol, lambda ri, regs, s=spec: self._exit(s, ri.data, ri.func, regs),
+                               lambda ri, fregs: self._save_entry(ri.data, fregs),
+                               maxactive=spec.maxactive or 0, data_size=ENTRY.size)
+                self.kretprobes.register(rp)
+                self._probes.append(rp)
+            else:
+                fp = Fprobe(entry_data_size=ENTRY.size if spec.is_return else 0)
+                if spec.is_return:
+                    fp.entry_handler = lambda fp, ip, ret_ip, regs, data: self._save_entry(data, regs)
+                    fp.exit_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._exit(s, data, ip, regs)
+                else:
+                    fp.entry_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._entry(s, ip, regs)
+                self.fprobes.register_syms(fp, [spec.symbol])
+                self._probes.append(fp)
+
+    def stop(self) -> None:
+        for probe in self._probes:
+            (self.kretprobes if isinstance(probe, Kretprobe) else self.fprobes).unregister(probe)
+        if self.verify:
+            self.lab.rethook.set_verify(False)
+            self.lab.fgraph.set_verify(False)
+            self.lab.ftrace.set_verify(False)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        # kprobe_profile's columns: event, hits, misses
+        out["probes"] = {f"{s.group}/{s.event}": {"hits": self.hits[s], "nmissed": p.nmissed}
+                         for s, p in zip(self.specs, self._probes)}
+        return out
+
+    def _save_entry(self, data: int, regs) -> int:
+        sp = regs._get(self.lab.arch.sp)
+        self.lab.machine.write(data, ENTRY.pack(sp, *(_argument(regs, n) for n in range(SAVED_ARGS))))
+        return 0
+
+    def _entry(self, spec: ProbeSpec, ip: int, regs) -> int:
+        values = tuple(evaluate(a, _Context(self.lab, regs)) for a in spec.args)
+        self._emit(spec, "entry", ip, regs.get_return_address(), regs, values,
+                   tuple(_argument(regs, n) for n in range(NR_ARGS)))
+        return 0
+
+    def _exit(self, spec: ProbeSpec, data: int, func: int, regs) -> None:
+        _, *args = ENTRY.unpack(self.lab.machine.view(data, ENTRY.size))
+        values = tuple(evaluate(a, _Context(self.lab, regs, args)) for a in spec.args)
+        ret = regs.get_instruction_pointer() if regs.kind == "ftrace_regs" else regs.instruction_pointer()
+        self._emit(spec, "exit", func, ret, regs, values, tuple(args[:NR_ARGS]), retval=_retval(regs))
+
+    def _emit(self, spec, type_, ip, parent_ip, regs, values, args, retval=None) -> None:
+        self.hits[spec] += 1
+        self.counts["events"] += 1
+        self.emit(Event(MECHANISM[spec.kind], type_, ip, parent_ip, 0, self.clock.now(), args, regs.kind,
+                        regs.fields, tuple(regs.missing), regs.verify(), retval=retval,
+                        probe=spec, fetch=tuple(zip(spec.args, values))))
