@@ -241,10 +241,10 @@ def test_fprobe_disable(lab, fprobes):
     st = Selftest(lab)
     fp = Fprobe(st.entry, st.exit)
     fprobes.register(fp, "chain_c")
-    fp.disabled = True
+    fprobes.disable(fp)
     st.run(TARGET)
     assert st.entry_val == 0
-    fp.disabled = False
+    fprobes.enable(fp)
     st.run(TARGET)
     assert st.exit_val == st.entry_val + 3
 

@@ -83,6 +83,14 @@ class Fprobes:
             self.lab.ftrace.unregister(fp._ops)
         self._update_graph()
 
+    def enable(self, fp: Fprobe) -> None:
+        """enable_fprobe: handlers run again (the probe stays registered either way)."""
+        fp.disabled = False
+
+    def disable(self, fp: Fprobe) -> None:
+        """disable_fprobe: a soft disable; hits are ignored, hooks stay in place."""
+        fp.disabled = True
+
     def _add(self, fp: Fprobe, ips: set[int]) -> None:
         if fp.id in self.probes:
             raise FtlabError("fprobe: already registered")
