@@ -8,6 +8,7 @@ import pytest
 
 from emulator.machine import decode_return
 from fixtures import catalog
+from tracers.output import ListSink
 from tracers import Lab
 from tracers.fgraph import FgraphOps
 from tracers.function_graph import FunctionGraphTracer
@@ -17,18 +18,6 @@ from tracers.stacktrace import stack_trace
 from conftest import all_variants
 
 
-class ListSink:
-    def __init__(self):
-        self.events, self.summary = [], None
-
-    def begin(self, tracer, clock):
-        pass
-
-    def event(self, ev):
-        self.events.append(ev)
-
-    def end(self, summary):
-        self.summary = summary
 
 
 def graph(lab, func, *args, **kw):

@@ -4,6 +4,7 @@ from collections import Counter
 import pytest
 
 from fixtures import catalog
+from tracers.output import ListSink
 from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
 
 from conftest import all_variants
@@ -14,18 +15,6 @@ MISSING = {
 }
 
 
-class ListSink:
-    def __init__(self):
-        self.events, self.summary = [], None
-
-    def begin(self, tracer, clock):
-        pass
-
-    def event(self, ev):
-        self.events.append(ev)
-
-    def end(self, summary):
-        self.summary = summary
 
 
 def trace(lab, func, *args, **kw):

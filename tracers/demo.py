@@ -3,24 +3,12 @@ from emulator import arch as arches
 
 from .function import FunctionTracer
 from .lab import Lab
-from .output import TextSink
+from .output import ListSink, TextSink
 
 CALL = ("chain_a", 10)
 SNAPSHOT = ("sum10", *range(1, 11))
 
 
-class _Keep:
-    def __init__(self):
-        self.events = []
-
-    def begin(self, *a):
-        pass
-
-    def event(self, ev):
-        self.events.append(ev)
-
-    def end(self, summary):
-        pass
 
 
 def demo(out) -> None:
@@ -38,7 +26,7 @@ def demo(out) -> None:
         with FunctionTracer(lab, TextSink(out, lab.machine)):
             result = lab.call(*CALL)
         out.write(f"# result: {result}\n\n")
-        keep = _Keep()
+        keep = ListSink()
         with FunctionTracer(lab, keep, filters=[SNAPSHOT[0]], verify=True):
             lab.call(*SNAPSHOT)
         ev = keep.events[0]

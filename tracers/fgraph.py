@@ -19,7 +19,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import TRAMPOLINES, Ftrace, FtraceOps
+from .ftrace import TRAMPOLINES, Ftrace, FtraceOps, TruthCapture
 from .regs import FtraceRegs
 
 SHADOW_STACK_SIZE = 4096
@@ -87,9 +87,7 @@ class Fgraph:
         self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
         self._busy = False
-        self.verifying = False
-        self._exit_truth_hook = None
-        self._exit_truth: dict[str, int] | None = None
+        self.exit_truth = TruthCapture(ftrace, self.return_to_handler)
 
     # -- registration (register_ftrace_graph) -----------------------------------------------------
 
@@ -128,15 +126,7 @@ class Fgraph:
 
     def set_verify(self, on: bool) -> None:
         """Capture the true registers as each hooked function returns into return_to_handler."""
-        self.verifying = on
-        if on and self._exit_truth_hook is None:
-            self._exit_truth_hook = self.m.hook_code(self._capture_exit_truth, self.return_to_handler)
-        elif not on and self._exit_truth_hook is not None:
-            self.m.unhook(self._exit_truth_hook)
-            self._exit_truth_hook = None
-
-    def _capture_exit_truth(self, addr: int) -> None:
-        self._exit_truth = self.ftrace.true_registers()
+        self.exit_truth.set(on)
 
     # -- the shadow stack -------------------------------------------------------------------------
 
@@ -263,7 +253,7 @@ class Fgraph:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
         top = self.curr_ret_stack
         frame = self._frame(top - 1 - (self._word(top - 1) & OFFSET_MASK), top - 1, self._word(top - 1))
-        truth, self._exit_truth = self._exit_truth, None
+        truth = self.exit_truth.take()
         fregs = FtraceRegs(self.m, fregs_addr, truth, {self.m.arch.pc: frame.ret} if truth else None,
                            saved=self.m.arch.fgraph_exit_saved)
         if self.m.arch.fgraph_fp_test and frame.fp != fregs.get_frame_pointer():

@@ -42,6 +42,29 @@ class FtraceOps:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
 
 
+class TruthCapture:
+    """In verify mode, the true registers at one code address (a trampoline's first instruction),
+    held until the snapshot taken there is built."""
+
+    def __init__(self, ftrace: "Ftrace", addr: int):
+        self.ftrace, self.addr, self._hook, self._truth = ftrace, addr, None, None
+
+    def set(self, on: bool) -> None:
+        m = self.ftrace.m
+        if on and self._hook is None:
+            self._hook = m.hook_code(self._capture, self.addr)
+        elif not on and self._hook is not None:
+            m.unhook(self._hook)
+            self._hook = None
+
+    def _capture(self, _addr: int) -> None:
+        self._truth = self.ftrace.true_registers()
+
+    def take(self) -> dict[str, int] | None:
+        truth, self._truth = self._truth, None
+        return truth
+
+
 @dataclass(eq=False)
 class Site:
     """struct dyn_ftrace: one patch site, and the bytes of each of its states."""

@@ -181,6 +181,23 @@ class JsonSink:
         self.out.write(json.dumps({"arch": self.arch, "tracer": self.tracer, "type": "summary", **summary}) + "\n")
 
 
+class ListSink:
+    """Keeps the events (and the summary) in memory: for tests, the demo and the Python API."""
+
+    def __init__(self):
+        self.events: list[Event] = []
+        self.summary: dict | None = None
+
+    def begin(self, tracer: str, clock: str) -> None:
+        pass
+
+    def event(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def end(self, summary: dict) -> None:
+        self.summary = summary
+
+
 def _json_value(arg, value):
     """Numbers as numbers (typed as the fetcharg says); strings, symbols and faults as text."""
     return value if isinstance(value, int) else format_value(arg, value)

@@ -41,6 +41,16 @@ class Snapshot:
         words[offset // 8] = value & MASK64
         self.words = tuple(words)
 
+    def _argument(self, n: int) -> int:
+        """Argument n (0-based): a register, then (x86) the stack above the return address, or
+        (arm64) 0 past x7, as regs_get_kernel_argument and ftrace_regs_get_argument do."""
+        regs = self._arch.arg_regs
+        if n < len(regs):
+            return self._get(regs[n])
+        if self._arch.ftrace_regs_stack_args:
+            return self._m.u64(self._get(self._arch.sp) + 8 * (n - len(regs) + 1))
+        return 0
+
     @property
     def fields(self) -> dict[str, int]:
         """What the mechanism captured, by the struct's member names."""
@@ -75,12 +85,7 @@ class FtraceRegs(Snapshot):
                          arch.ftrace_regs_aliases, truth, meaning)
 
     def get_argument(self, n: int) -> int:
-        regs = self._arch.arg_regs
-        if n < len(regs):
-            return self._get(regs[n])
-        if self._arch.ftrace_regs_stack_args:
-            return self._m.u64(self.get_stack_pointer() + 8 * (n - len(regs) + 1))
-        return 0
+        return self._argument(n)
 
     def get_return_value(self) -> int:
         return self._get(self._arch.ret_regs[0])
@@ -136,12 +141,7 @@ class PtRegs(Snapshot):
         return self._get(self._arch.fp)
 
     def regs_get_kernel_argument(self, n: int) -> int:
-        regs = self._arch.arg_regs
-        if n < len(regs):
-            return self._get(regs[n])
-        if self._arch.ftrace_regs_stack_args:
-            return self._m.u64(self.kernel_stack_pointer() + 8 * (n - len(regs) + 1))
-        return 0
+        return self._argument(n)
 
 
 @dataclass(frozen=True)

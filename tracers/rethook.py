@@ -12,7 +12,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import TRAMPOLINES, Ftrace
+from .ftrace import TRAMPOLINES, Ftrace, TruthCapture
 from .regs import PtRegs
 
 
@@ -63,19 +63,11 @@ class RethookCore:
         self.m.hook_code(self._callback, syms["arch_rethook_trampoline_callback"])
         self._regs_arg = self.m.register_batch([self.m.arch.arg_regs[0]])
         self.task: list[RethookNode] = []
-        self._truth_hook = None
-        self._truth: dict[str, int] | None = None
+        self.truth = TruthCapture(ftrace, self.trampoline)
 
     def set_verify(self, on: bool) -> None:
         """Capture the true registers as a hooked function returns into the trampoline."""
-        if on and self._truth_hook is None:
-            self._truth_hook = self.m.hook_code(self._capture_truth, self.trampoline)
-        elif not on and self._truth_hook is not None:
-            self.m.unhook(self._truth_hook)
-            self._truth_hook = None
-
-    def _capture_truth(self, addr: int) -> None:
-        self._truth = self.ftrace.true_registers()
+        self.truth.set(on)
 
     def find_ret_addr(self, ret: int, frame: int) -> int:
         """rethook_find_ret_addr for unwinders: the real return address of a hooked frame."""
@@ -87,7 +79,7 @@ class RethookCore:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
         arch = self.m.arch
         [regs_addr] = self._regs_arg.read()
-        truth, self._truth = self._truth, None
+        truth = self.truth.take()
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")
         # The first node returning to a real address (not the trampoline) is this frame's.
