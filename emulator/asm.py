@@ -41,6 +41,18 @@ def _cs(arch_id):
     return capstone.Cs(*arch_id)
 
 
+@cache
+def _cs_detail(arch_id):
+    cs = capstone.Cs(*arch_id)
+    cs.detail = True
+    return cs
+
+
+def decode(arch, code: bytes, addr: int):
+    """The first instruction of code with capstone's operand details, or None."""
+    return next(_cs_detail(arch.cs).disasm(code, addr, 1), None)
+
+
 def _statements(source: str, constants: dict[str, int]) -> list[str]:
     source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
     out = []
@@ -118,6 +130,9 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
         if directive == ".balign":
             align = int(stmt.split()[1], 0)
             addr = (addr + align - 1) // align * align
+            continue
+        if directive == ".space":
+            addr += int(stmt.split()[1], 0)
             continue
         if directive in (".quad", ".byte"):
             addr += (8 if directive == ".quad" else 1) * len(stmt.split(None, 1)[1].split(","))

@@ -81,6 +81,7 @@ class Machine:
         arch.setup_cpu(self.uc, self.percpu)
         self._reg = {name: uid for name, uid in arch.regs.items()}
         self._fault_access = None
+        self._trap_hook = None
         self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, self._on_bad_access)
         self._running = 0
         self._insn_hook = None
@@ -211,6 +212,18 @@ class Machine:
 
     def unhook(self, handle) -> None:
         self.uc.hook_del(handle)
+
+    def install_trap_vector(self, addr: int) -> None:
+        """Take breakpoint exceptions (int3 / brk) as the hardware does, into the guest's own
+        handler at addr (arm64: the vector table VBAR_EL1 points at; x86_64: IDT gate 3)."""
+        self.arch.install_trap_vector(self.uc, addr, self.percpu)
+        if self._trap_hook is None:
+            self._trap_hook = self.uc.hook_add(unicorn.UC_HOOK_INTR, self._on_trap)
+
+    def _on_trap(self, uc, intno, _):
+        refused = self.arch.deliver_trap(uc, intno, self.read)
+        if refused is not None:
+            raise GuestFault(f"guest fault: unhandled {refused} at {self.where(self.reg(self.arch.pc))}")
 
     def count_instructions(self, on: bool = True) -> None:
         """Count every emulated instruction: a block hook adds each block's instruction count.

@@ -54,6 +54,7 @@ class Lab:
         self.sites = self.ftrace.add_object(self.obj)
         self._fgraph = None
         self._rethook = None
+        self._kprobes = None
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
@@ -77,6 +78,14 @@ class Lab:
             from .rethook import RethookCore
             self._rethook = RethookCore(self.ftrace)
         return self._rethook
+
+    @property
+    def kprobes(self):
+        """kprobes: the exception entry code and trap vector, made on first use."""
+        if self._kprobes is None:
+            from .kprobes import Kprobes
+            self._kprobes = Kprobes(self)
+        return self._kprobes
 
     @property
     def arch(self):

@@ -51,6 +51,24 @@ class Snapshot:
             return self._m.u64(self._get(self._arch.sp) + 8 * (n - len(regs) + 1))
         return 0
 
+    def get_stack_pointer(self) -> int:
+        return self._get(self._arch.sp)
+
+    def get_frame_pointer(self) -> int:
+        return self._get(self._arch.fp)
+
+    def get_return_address(self) -> int:
+        """At a function's entry: lr on arm64, the word at sp on x86."""
+        arch = self._arch
+        return self._get(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
+
+    def set_return_address(self, value: int) -> None:
+        """Where fgraph and rethook hook a return: lr on arm64, the stack slot on x86."""
+        if self._arch.lr:
+            self._set(self._arch.lr, value)
+        else:
+            self._m.write(self.get_stack_pointer(), U64.pack(value))
+
     @property
     def fields(self) -> dict[str, int]:
         """What the mechanism captured, by the struct's member names."""
@@ -99,22 +117,6 @@ class FtraceRegs(Snapshot):
     def set_instruction_pointer(self, value: int) -> None:
         self._set(self._arch.pc, value)
 
-    def get_stack_pointer(self) -> int:
-        return self._get(self._arch.sp)
-
-    def get_frame_pointer(self) -> int:
-        return self._get(self._arch.fp)
-
-    def get_return_address(self) -> int:
-        arch = self._arch
-        return self._get(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
-
-    def set_return_address(self, value: int) -> None:
-        """Where fgraph and rethook hook a return: lr in fregs on arm64, the stack slot on x86."""
-        if self._arch.lr:
-            self._set(self._arch.lr, value)
-        else:
-            self._m.write(self.get_stack_pointer(), U64.pack(value))
 
 
 class PtRegs(Snapshot):
@@ -139,6 +141,9 @@ class PtRegs(Snapshot):
 
     def frame_pointer(self) -> int:
         return self._get(self._arch.fp)
+
+    def get_instruction_pointer(self) -> int:
+        return self.instruction_pointer()
 
     def regs_get_kernel_argument(self, n: int) -> int:
         return self._argument(n)

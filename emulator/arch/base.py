@@ -101,6 +101,10 @@ class Arch:
     rethook_enter: Callable                # (pt_regs view) -> frame, after fixing up the saved regs
     rethook_leave: Callable                # (pt_regs view, frame, real return address, write) -> None
 
+    # Exceptions, as the hardware takes them (unicorn reports them but delivers nothing).
+    install_trap_vector: Callable          # (uc, vector address, scratch page) -> None: VBAR_EL1 / IDT gate 3
+    deliver_trap: Callable                 # (uc, intno, read) -> str | None: None if taken, else why not
+
     relocs: dict[int, Reloc]
     setup_cpu: Callable                    # (uc, per-cpu page address) -> None: kernel privilege, selectors ...
     asm_constants: dict[str, int] = field(default_factory=dict)

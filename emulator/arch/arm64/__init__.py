@@ -43,6 +43,33 @@ def encode_call(ip: int, target: int) -> bytes:
     return word.pack(0x94000000 | ((rel >> 2) & 0x3FFFFFF))
 
 
+EXCP_BKPT = 7                 # unicorn's intno for brk (PC still at the brk)
+ESR_ELx_EC_BRK64, ESR_ELx_IL = 0x3C << 26, 1 << 25
+DAIF_MASK, MODE_EL1H = 0x3C0, 0x5
+PSTATE_KEEP = 0xF0000000 | 1 << 22 | 1 << 23    # NZCV, PAN, UAO (PAN stays set: SCTLR_EL1.SPAN)
+
+
+def install_trap_vector(uc, vectors, page):
+    uc.reg_write(A.UC_ARM64_REG_VBAR_EL1, vectors)
+
+
+def deliver_trap(uc, intno, read):
+    """What the CPU does for BRK at EL1h: ELR_EL1 = the brk, ESR_EL1 = EC BRK64 with the
+    immediate, SPSR_EL1 = PSTATE, then DAIF masked, EL1h, and the vector at VBAR_EL1 + 0x200
+    (current EL, SP_ELx, synchronous)."""
+    if intno != EXCP_BKPT:
+        return f"exception {intno} (only brk is delivered)"
+    pc = uc.reg_read(A.UC_ARM64_REG_PC)
+    imm = (word.unpack(read(pc, 4))[0] >> 5) & 0xFFFF
+    old = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+    uc.reg_write(A.UC_ARM64_REG_ELR_EL1, pc)
+    uc.reg_write(A.UC_ARM64_REG_ESR_EL1, ESR_ELx_EC_BRK64 | ESR_ELx_IL | imm)
+    uc.reg_write(A.UC_ARM64_REG_PSTATE, (old & PSTATE_KEEP) | DAIF_MASK | MODE_EL1H)
+    uc.cpr_write(3, 0, 4, 0, 0, old)       # SPSR_EL1; a CP_REG write also rebuilds the cached EL
+    uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) + 0x200)
+    return None
+
+
 def rethook_enter(regs):
     """arch_rethook_trampoline_callback: the frame is the fp the hooked function returned with."""
     return regs.frame_pointer()
@@ -160,6 +187,8 @@ ARCH = Arch(
     rethook_saved=tuple(PT_REGS.offsets),
     rethook_enter=rethook_enter,
     rethook_leave=rethook_leave,
+    install_trap_vector=install_trap_vector,
+    deliver_trap=deliver_trap,
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),

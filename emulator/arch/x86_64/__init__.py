@@ -44,6 +44,37 @@ def encode_call(ip: int, target: int) -> bytes:
     return bytes([CALL]) + struct.pack("<i", rel)
 
 
+IDT_OFFSET = 0x400                     # the IDT's place in the per-cpu page
+INT3_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_TF = 3, 1 << 9, 1 << 8
+INT3_STACK_GAP = 16                    # room below the interrupted sp for int3 call emulation
+
+
+def install_trap_vector(uc, handler, page):
+    """An IDT whose gate 3 (#BP, int3) is a 64-bit interrupt gate to handler."""
+    idt = page + IDT_OFFSET
+    gate = struct.pack("<HHBBHIi", handler & 0xFFFF, KERNEL_CS, 0, 0x8E, (handler >> 16) & 0xFFFF,
+                       handler >> 32, 0)
+    uc.mem_write(idt + 16 * INT3_VECTOR, gate)
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, idt, 16 * 256 - 1, 0))
+
+
+def deliver_trap(uc, intno, read):
+    """What the CPU does for int3 through an interrupt gate: align the stack, push ss, rsp,
+    rflags, cs and rip (already past the int3), clear IF and TF, jump to the gate's handler.
+    The kernel's int3 entry leaves a gap under the interrupted stack for emulated calls."""
+    if intno != INT3_VECTOR:
+        return f"interrupt {intno} (only int3 is delivered)"
+    base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)[1:]
+    lo, sel, _, attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
+    rip, rsp, flags = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
+    frame = ((rsp - INT3_STACK_GAP) & ~0xF) - 40
+    uc.mem_write(frame, struct.pack("<5Q", rip, KERNEL_CS, flags, rsp, KERNEL_DS))
+    uc.reg_write(X.UC_X86_REG_RSP, frame)
+    uc.reg_write(X.UC_X86_REG_RFLAGS, flags & ~(X86_EFLAGS_IF | X86_EFLAGS_TF))
+    uc.reg_write(X.UC_X86_REG_RIP, lo | mid << 16 | hi << 32)
+    return None
+
+
 def rethook_enter(regs):
     """arch_rethook_trampoline_callback's fix-ups; the frame is the fake return slot above regs."""
     regs._set("cs", KERNEL_CS)
@@ -137,6 +168,8 @@ ARCH = Arch(
     rethook_saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
     rethook_enter=rethook_enter,
     rethook_leave=rethook_leave,
+    install_trap_vector=install_trap_vector,
+    deliver_trap=deliver_trap,
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     # The kernel's ptrace-abi.h names for the pt_regs offsets: RAX, RIP, EFLAGS, ORIG_RAX ...

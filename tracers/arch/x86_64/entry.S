@@ -1,0 +1,54 @@
+/*
+ * int3 entry for x86_64, after arch/x86/entry/entry_64.S (idtentry, PUSH_AND_CLEAR_REGS).
+ *
+ * The lab's CPU model takes an int3 as the hardware does through IDT gate 3 (ss, rsp, rflags,
+ * cs, rip pushed, IF cleared); from there everything is guest code. The pt_regs is complete: the
+ * general registers, orig_ax = -1 (no error code), and the hardware's own frame.
+ */
+.globl asm_exc_int3
+.globl trap_vector
+asm_exc_int3:
+trap_vector:                            // what the lab's CPU model enters (arch-neutral name)
+    push -1                             // orig_ax
+    push rdi                            // PUSH_REGS: pt_regs from the top down
+    push rsi
+    push rdx
+    push rcx
+    push rax
+    push r8
+    push r9
+    push r10
+    push r11
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp                        // regs
+    call do_int3
+    pop r15                             // POP_REGS
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rax
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    add rsp, 8                          // orig_ax
+    iretq                               // handlers may have changed ip, flags and sp
+
+/* The C side (do_int3(regs) -> kprobe_int3_handler): its one instruction carries the lab's code
+ * hook, where kprobes run. */
+.globl do_int3
+.globl trap_dispatch
+do_int3:
+trap_dispatch:
+    ret

@@ -1,0 +1,97 @@
+"""x86_64 kprobes: what arch/x86/kernel/kprobes/core.c decides per instruction.
+
+A probe is an int3 (0xCC) over the instruction's first byte; the trap leaves ip one past it. The
+instruction then runs out of line, copied into a slot followed by another int3 (rip-relative
+displacements rewritten for the slot), or, when it is a branch, call or return, it is emulated
+here as the kernel's emulate_op does.
+"""
+import struct
+
+from capstone import x86_const as C
+
+BREAKPOINT = b"\xcc"                   # INT3_INSN_OPCODE
+SS_BREAKPOINT = b"\xcc"                # after the copy in its slot
+TRAP_IP_OFFSET = 1                     # regs->ip = probe address + 1 at the trap
+IRQ_BITS = 1 << 9                      # IF: cleared while the copy runs
+REFUSED = {"int3", "int", "int1", "into", "iret", "iretq", "iretd", "hlt", "syscall", "sysret",
+           "sysretq", "ud2", "ljmp", "lcall", "cli", "sti", "pushfq", "popfq", "pushf", "popf"}
+JCC = {  # condition on (CF, PF, ZF, SF, OF)
+    "jo": lambda c, p, z, s, o: o, "jno": lambda c, p, z, s, o: not o,
+    "jb": lambda c, p, z, s, o: c, "jae": lambda c, p, z, s, o: not c,
+    "je": lambda c, p, z, s, o: z, "jne": lambda c, p, z, s, o: not z,
+    "jbe": lambda c, p, z, s, o: c or z, "ja": lambda c, p, z, s, o: not (c or z),
+    "js": lambda c, p, z, s, o: s, "jns": lambda c, p, z, s, o: not s,
+    "jp": lambda c, p, z, s, o: p, "jnp": lambda c, p, z, s, o: not p,
+    "jl": lambda c, p, z, s, o: s != o, "jge": lambda c, p, z, s, o: s == o,
+    "jle": lambda c, p, z, s, o: z or s != o, "jg": lambda c, p, z, s, o: not z and s == o,
+}
+REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp",
+       "rsp": "sp"}
+U64 = struct.Struct("<Q")
+
+
+def irqs_masked(flags: int) -> int:
+    return flags & ~IRQ_BITS
+
+
+def decode(insn) -> str:
+    """'simulate', 'xol', or why the instruction cannot be probed."""
+    if insn.mnemonic in REFUSED or insn.mnemonic.startswith("rep") and "ret" in insn.mnemonic:
+        return f"'{insn.mnemonic}' is not probed on x86 (the kernel refuses or emulates it specially)"
+    if insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL) or insn.group(C.X86_GRP_RET):
+        return "simulate"
+    return "xol"
+
+
+def copy_for_slot(insn, slot: int) -> bytes:
+    """The instruction for its slot, rip-relative displacement adjusted, then the SS int3."""
+    code = bytearray(insn.bytes)
+    if insn.disp_size == 4 and any(op.type == C.X86_OP_MEM and op.mem.base == C.X86_REG_RIP
+                                   for op in insn.operands):
+        disp = struct.unpack_from("<i", code, insn.disp_offset)[0] + insn.address - slot
+        if not -(1 << 31) <= disp < (1 << 31):
+            raise ValueError("rip-relative target out of reach from the slot")
+        struct.pack_into("<i", code, insn.disp_offset, disp)
+    return bytes(code) + SS_BREAKPOINT
+
+
+def _reg(regs, insn, reg_id) -> int:
+    name = insn.reg_name(reg_id)
+    return regs._get(REG.get(name, name))
+
+
+def _operand(insn, op, regs, machine) -> int:
+    if op.type == C.X86_OP_IMM:
+        return op.imm & (1 << 64) - 1
+    if op.type == C.X86_OP_REG:
+        return _reg(regs, insn, op.reg)
+    m = op.mem
+    base = insn.address + insn.size if m.base == C.X86_REG_RIP else _reg(regs, insn, m.base) if m.base else 0
+    index = _reg(regs, insn, m.index) * m.scale if m.index else 0
+    return machine.u64((base + index + m.disp) & (1 << 64) - 1)
+
+
+def simulate(insn, regs, machine) -> None:
+    """Emulate a branch, call or return on the saved registers (the kernel's int3_emulate_*)."""
+    nxt, mnem = insn.address + insn.size, insn.mnemonic
+    sp = regs.kernel_stack_pointer()
+    flags = regs.fields["flags"]
+    cf, pf, zf, sf, of = (flags >> b & 1 for b in (0, 2, 6, 7, 11))
+    if mnem == "call":
+        target = _operand(insn, insn.operands[0], regs, machine)
+        machine.write(sp - 8, U64.pack(nxt))           # into the gap the int3 entry leaves
+        regs._set("sp", sp - 8)
+    elif mnem == "jmp":
+        target = _operand(insn, insn.operands[0], regs, machine)
+    elif mnem in JCC:
+        target = insn.operands[0].imm if JCC[mnem](cf, pf, zf, sf, of) else nxt
+    elif mnem in ("jrcxz", "jecxz"):
+        mask = (1 << 64) - 1 if mnem == "jrcxz" else 0xFFFFFFFF
+        target = insn.operands[0].imm if regs._get("cx") & mask == 0 else nxt
+    elif mnem in ("ret", "retq"):
+        target = machine.u64(sp)
+        pop = insn.operands[0].imm if insn.operands else 0
+        regs._set("sp", sp + 8 + pop)
+    else:
+        raise ValueError(f"ftlab cannot emulate '{mnem}'")
+    regs.instruction_pointer_set(target)
