@@ -145,6 +145,16 @@ class PtRegs(Snapshot):
     def get_instruction_pointer(self) -> int:
         return self.instruction_pointer()
 
+    def override_function_with_return(self) -> None:
+        """Return to the caller at once (error injection): pc = lr on arm64; on x86 pop the
+        return address. Only meaningful at a function's entry, before it pushed anything."""
+        if self._arch.lr:
+            self.instruction_pointer_set(self._get(self._arch.lr))
+        else:
+            sp = self.kernel_stack_pointer()
+            self.instruction_pointer_set(self._m.u64(sp))
+            self._set(self._arch.sp, sp + 8)
+
     def regs_get_kernel_argument(self, n: int) -> int:
         return self._argument(n)
 

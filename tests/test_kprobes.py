@@ -1,0 +1,208 @@
+"""kprobes: a breakpoint on any instruction, the exception's complete pt_regs, single-stepping out
+of line or simulated, and the kernel's test_kprobes cases, on both arches."""
+from collections import Counter
+
+import pytest
+import unicorn
+
+from emulator import FtlabError
+from emulator.asm import disassemble
+from fixtures import catalog
+from tracers import Lab
+from tracers.kprobes import Kprobe
+from tracers.regs import decode_flags
+
+from conftest import all_variants
+
+# Every example, with fib small enough to probe every instruction quickly but deep enough to recurse.
+CALLS = [(f, args) for f in catalog.FUNCTIONS.values() for args in f.examples if f.name != "fib"]
+CALLS += [(catalog.FUNCTIONS["fib"], (7,)), (catalog.FUNCTIONS["popcount_buf"], (b"", 0))]
+
+
+def executed(lab):
+    """How often each instruction runs over CALLS: the slow, obvious per-instruction reference."""
+    counts, m = Counter(), lab.machine
+    h = m.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: counts.update([addr]),
+                      begin=lab.obj.base, end=lab.obj.base + lab.obj.size)
+    m.uc.ctl_flush_tb()
+    for f, args in CALLS:
+        lab.call(f.name, *args)
+    m.uc.hook_del(h)
+    return counts
+
+
+@pytest.mark.parametrize("arch_name,variant", all_variants())
+def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
+    lab = Lab.open(variant, arch_name)
+    m, runs = lab.machine, executed(lab)
+    probed = 0
+    for fn in lab.obj.functions:
+        for addr, _, text in disassemble(m.arch, m.read(fn.addr, fn.size), fn.addr):
+            if addr in lab.ftrace.by_ip:
+                continue                              # the ftrace site: see the KPROBES_ON_FTRACE test
+            hits = Counter()
+            p = Kprobe(fn.name, addr - fn.addr, lambda p, regs: hits.update(["pre"]) and 0,
+                       lambda p, regs, flags: hits.update(["post"]))
+            lab.kprobes.register(p)
+            for f, args in CALLS:
+                assert lab.call(f.name, *args) == f.reference(*args), (fn.name, hex(addr), text, f.name)
+            lab.kprobes.unregister(p)
+            assert hits["pre"] == hits["post"] == runs[addr] == p.nhit, (fn.name, text)
+            probed += 1
+    assert probed > 100
+    assert m.read(lab.obj.base, lab.obj.size) == lab.machine.read(lab.obj.base, lab.obj.size)
+
+
+def test_disarm_restores_the_bytes(lab):
+    m, fib = lab.machine, lab.machine.symbols.get("fib")
+    before = m.read(fib.addr, fib.size)
+    insns = disassemble(m.arch, before, fib.addr)
+    probes = [Kprobe("fib", a - fib.addr) for a, _, _ in insns[2:6]]
+    for p in probes:
+        lab.kprobes.register(p)
+    assert m.read(fib.addr, fib.size) != before
+    for p in probes:
+        lab.kprobes.unregister(p)
+    assert m.read(fib.addr, fib.size) == before
+
+
+def _body(lab, func, n):
+    """The nth instruction after the patch site: (offset, text)."""
+    m, sym = lab.machine, lab.machine.symbols.get(func)
+    site = lab.ftrace.site(func).ip
+    insns = [(a - sym.addr, t) for a, _, t in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr) if a > site]
+    return insns[n]
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_pt_regs_equal_the_truth_at_every_probe_point(lab, n):
+    checks = []
+    lab.kprobes.set_verify(True)
+    for func, args in (("fib", (6,)), ("sum10", tuple(range(1, 11))), ("crc32_bitwise", (0, b"abc", 3))):
+        off, _ = _body(lab, func, n)
+        p = Kprobe(func, off, lambda p, regs: checks.append((regs.verify(), regs.fields)) and 0)
+        lab.kprobes.register(p)
+        assert lab.call(func, *args) == catalog.FUNCTIONS[func].reference(*args)
+        lab.kprobes.unregister(p)
+    assert checks
+    for verification, fields in checks:
+        assert verification.mismatch == []
+        assert len(verification.checks) == len(lab.arch.regs)     # every register, flags included
+
+
+@pytest.mark.parametrize("n,expect", [(0, {"x86_64": {"CF", "SF", "PF"}, "arm64": {"N"}}),
+                                      (1, {"x86_64": {"ZF", "PF"}, "arm64": {"Z", "C"}}),
+                                      (2, {"x86_64": set(), "arm64": {"C"}})])
+def test_flags_after_a_compare(lab, n, expect):
+    """fib(n) compares n with 1 first. At the next instruction the pt_regs flags are the compare's:
+    the expected bits are worked out by hand from cmp's definition (n - 1)."""
+    body = [_body(lab, "fib", i) for i in range(8)]
+    after, _ = body[next(i for i, (_, text) in enumerate(body) if text.startswith("cmp")) + 1]
+    got = []
+    lab.kprobes.set_verify(True)
+    lab.kprobes.register(Kprobe("fib", after, lambda p, regs: got.append((regs.fields, regs.verify())) and 0))
+    lab.call("fib", n)
+    fields, verification = got[0]
+    arith = {"x86_64": {"CF", "PF", "ZF", "SF", "OF"}, "arm64": {"N", "Z", "C", "V"}}[lab.arch.name]
+    assert set(decode_flags(lab.arch, fields[lab.arch.flags_reg])) & arith == expect[lab.arch.name]
+    assert verification.mismatch == []
+
+
+def test_pre_handler_sees_the_kernel_ip_convention(lab):
+    seen = []
+    off, _ = _body(lab, "fib", 1)
+    addr = lab.machine.address_of("fib") + off
+    size = disassemble(lab.arch, lab.machine.read(addr, 16), addr)[0][1]      # before it is armed
+    lab.kprobes.register(Kprobe("fib", off, lambda p, regs: seen.append(regs.instruction_pointer()) and 0,
+                                lambda p, regs, f: seen.append(regs.instruction_pointer())))
+    lab.call("fib", 1)
+    assert seen == [addr + (1 if lab.arch.name == "x86_64" else 0), addr + size]
+
+
+def test_pre_handler_changing_the_ip_skips_the_step(lab):
+    """Error injection: at chain_c's entry, return 42 at once (override_function_with_return)."""
+    off = 5 if lab.arch.name == "x86_64" else 0            # after the fentry NOP / the MOV X9, LR
+
+    def inject(p, regs):
+        regs._set(lab.arch.ret_regs[0], 42)
+        regs.override_function_with_return()
+        return 1
+    p = Kprobe("chain_c", off, inject, lambda p, regs, f: pytest.fail("post_handler after a skip"))
+    lab.kprobes.register(p)
+    assert lab.call("chain_a", 10) == 2 * 42 + 42
+    assert p.nhit == 2
+
+
+# -- lib/tests/test_kprobes.c ----------------------------------------------------------------------
+
+RAND1 = 0x1234567
+TARGET, TARGET2, RECURSED = "chain_c", "tail_b", "add3"
+
+
+def test_kprobe(lab):
+    """pre and post handler on the target; the pre_handler calls another function."""
+    vals = {}
+    off, _ = _body(lab, TARGET, 0)
+
+    def pre(p, regs):
+        vals["recursed"] = lab.call(RECURSED, 1, 2, 3)
+        vals["preh"] = RAND1 // 3
+        return 0
+
+    def post(p, regs, flags):
+        assert vals["preh"] == RAND1 // 3
+        vals["posth"] = RAND1
+
+    lab.kprobes.register(Kprobe(TARGET, off, pre, post))
+    assert lab.call(TARGET, RAND1) == 3 * RAND1 + 1
+    assert vals == {"recursed": 6, "preh": RAND1 // 3, "posth": RAND1}
+
+
+def test_kprobes(lab):
+    hits = Counter()
+    for t in (TARGET, TARGET2):
+        off, _ = _body(lab, t, 0)
+        lab.kprobes.register(Kprobe(t, off, lambda p, r: hits.update([p.symbol + ".pre"]) and 0,
+                                    lambda p, r, f: hits.update([p.symbol + ".post"])))
+    lab.call(TARGET, RAND1)
+    lab.call(TARGET2, RAND1)
+    assert hits == Counter({f"{t}.{w}": 1 for t in (TARGET, TARGET2) for w in ("pre", "post")})
+
+
+def test_kprobe_missed(lab):
+    """Handlers that call the probed function itself: each nested hit is missed (nmissed == 2),
+    and the handlers still ran once each."""
+    ran = Counter()
+    off, _ = _body(lab, RECURSED, 0)
+
+    def pre(p, regs):
+        ran["pre"] += 1
+        lab.call(RECURSED, 1, 2, 3)
+        return 0
+
+    def post(p, regs, flags):
+        ran["post"] += 1
+        lab.call(RECURSED, 1, 2, 3)
+
+    p = Kprobe(RECURSED, off, pre, post)
+    lab.kprobes.register(p)
+    assert lab.call(RECURSED, 4, 5, 6) == 15
+    assert (p.nmissed, p.nhit, ran["pre"], ran["post"]) == (2, 1, 1, 1)
+
+
+# -- bad probes ----------------------------------------------------------------------------------
+
+def test_probe_inside_an_instruction_is_refused(lab):
+    m, fib = lab.machine, lab.machine.symbols.get("fib")
+    starts = {a - fib.addr for a, _, _ in disassemble(m.arch, m.read(fib.addr, fib.size), fib.addr)}
+    inside = next(o for o in range(1, fib.size) if o not in starts)
+    with pytest.raises(FtlabError, match=rf"Probe point is not an instruction boundary: fib\+{inside:#x}"):
+        lab.kprobes.register(Kprobe("fib", inside))
+
+
+def test_probe_outside_the_function_is_refused(lab):
+    size = lab.machine.symbols.get("fib").size
+    with pytest.raises(FtlabError, match=rf"fib\+{size:#x} is outside fib \(size {size:#x}\)"):
+        lab.kprobes.register(Kprobe("fib", size))
+    with pytest.raises(FtlabError, match="no function 'nosuch'"):
+        lab.kprobes.register(Kprobe("nosuch"))
