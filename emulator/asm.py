@@ -113,7 +113,7 @@ def _normal(text: str, symbols: dict[str, int], next_ip: int | None = None) -> s
     while (m := chain.search(text)):
         total = int(m.group(1)) + sum(int(t) for t in re.findall(r"[+-]\d+", m.group(2)))
         text = text[:m.start()] + str(total) + text[m.end():]
-    text = re.sub(r"\+-", "-", text).replace(",0]", "]")
+    text = re.sub(r"\+-", "-", text).replace(",0]", "]").replace("+0]", "]")
     if next_ip is not None:     # capstone prints rip-relative operands as a displacement
         text = re.sub(r"rip([+-]\d+)", lambda m: f"rip+{next_ip + int(m.group(1))}", text)
     return ALIASES.get(text, text)

@@ -22,15 +22,24 @@ ref = {name: catalog.FUNCTIONS[name].reference for name in (TARGET, TARGET2)}
 def test_kretprobe_return_value(lab):
     seen = {}
 
-    def entry(ri, fregs):
-        seen["entry_arg"] = fregs.get_argument(0)
+    def entry(ri, regs):
+        seen["entry"] = (regs.kind, regs.regs_get_kernel_argument(0))
         return 0
 
     rp = Kretprobe(TARGET, lambda ri, regs: seen.update(ret=regs.regs_return_value()), entry)
     Kretprobes(lab).register(rp)
     assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
-    assert seen == {"entry_arg": RAND1, "ret": ref[TARGET](RAND1)}
+    assert seen == {"entry": ("pt_regs", RAND1), "ret": ref[TARGET](RAND1)}   # entered by a kprobe
     assert (rp.nhit, rp.nmissed) == (1, 0)
+
+
+def test_kretprobe_entered_through_ftrace(lab):
+    seen = []
+    rp = Kretprobe(TARGET, lambda ri, regs: seen.append(regs.regs_return_value()),
+                   lambda ri, fregs: seen.append((fregs.kind, fregs.get_argument(0))) and 0, via="ftrace")
+    Kretprobes(lab).register(rp)
+    assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
+    assert seen == [("ftrace_regs", RAND1), ref[TARGET](RAND1)]
 
 
 def test_two_kretprobes(lab):
@@ -67,8 +76,8 @@ def test_entry_data(lab):
     rp = Kretprobe(TARGET, None, data_size=8)
     got = []
 
-    def entry(ri, fregs):
-        lab.machine.write(ri.data, struct.pack("<Q", fregs.get_argument(0) * 2))
+    def entry(ri, regs):
+        lab.machine.write(ri.data, struct.pack("<Q", regs.regs_get_kernel_argument(0) * 2))
         return 0
     rp.entry_handler = entry
     rp.handler = lambda ri, regs: got.append(struct.unpack("<Q", lab.machine.read(ri.data, 8))[0])

@@ -23,7 +23,9 @@ U64 = struct.Struct("<Q")
 
 class OpsFlag(IntFlag):
     NONE = 0
-    RECURSION = 1        # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
+    RECURSION = 1                  # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
+    SAVE_REGS = 2                  # FTRACE_OPS_FL_SAVE_REGS: a full pt_regs (ftrace_regs_caller)
+    SAVE_REGS_IF_SUPPORTED = 4     # ... if the arch can; else ftrace_get_regs() is NULL
 
 
 @dataclass(eq=False)
@@ -40,6 +42,10 @@ class FtraceOps:
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
+
+    @property
+    def wants_regs(self) -> bool:
+        return bool(self.flags & (OpsFlag.SAVE_REGS | OpsFlag.SAVE_REGS_IF_SUPPORTED))
 
 
 class TruthCapture:
@@ -76,7 +82,16 @@ class Site:
     disabled: bytes          # after ftrace_init_nop
     enabled: bytes           # calling ftrace_caller
     literal: int | None      # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
-    on: bool = False
+    target: int | None = None    # the trampoline it calls now (None: disabled)
+
+    @property
+    def on(self) -> bool:
+        return self.target is not None
+
+    def calling(self, target: int | None, arch) -> bytes:
+        """The bytes at ip when the site calls target (None: the disabled NOP). Only these change
+        at run time, as ftrace_make_call/ftrace_make_nop do; arm64's MOV X9, LR is written once."""
+        return arch.nop if target is None else arch.encode_call(self.ip, target)
 
 
 class Ftrace:
@@ -84,6 +99,7 @@ class Ftrace:
         self.m, arch = machine, machine.arch
         syms = machine.load_lab_code(TRAMPOLINES / arch.name / "ftrace_caller.S")
         self.caller = syms["ftrace_caller"]
+        self.regs_caller = syms.get("ftrace_regs_caller")    # x86 only: DYNAMIC_FTRACE_WITH_REGS
         self.list_ops = machine.alloc("lab data", 64, 64)       # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
         self.sites: list[Site] = []
@@ -144,6 +160,8 @@ class Ftrace:
     def register(self, ops: FtraceOps) -> None:
         if ops in self.ops:
             raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
+        if ops.flags & OpsFlag.SAVE_REGS and self.regs_caller is None:
+            raise FtlabError(f"ftrace_ops '{ops.name}' asks for SAVE_REGS: {self.m.arch.no_regs_caller_reason}")
         self.ops.append(ops)
         self._update()
 
@@ -181,14 +199,19 @@ class Ftrace:
         self._update()
 
     def _update(self) -> None:
-        """ftrace_replace_code: each site calls the trampoline iff some ops wants it."""
+        """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
+        trampoline where one of those ops wants a full pt_regs and the arch has one."""
+        arch = self.m.arch
         for site in self.sites:
-            want = any(ops.traces(site.ip) for ops in self.ops)
-            if want != site.on:
-                self.m.patch(site.addr, site.disabled if want else site.enabled,
-                             site.enabled if want else site.disabled)
-                site.on = want
-            self._hook_truth(site, want and self.verifying)
+            users = [ops for ops in self.ops if ops.traces(site.ip)]
+            target = None
+            if users:
+                regs = self.regs_caller is not None and any(ops.wants_regs for ops in users)
+                target = self.regs_caller if regs else self.caller
+            if target != site.target:
+                self.m.patch(site.ip, site.calling(site.target, arch), site.calling(target, arch))
+                site.target = target
+            self._hook_truth(site, site.on and self.verifying)
 
     # -- verify: the true registers at the patch-site instant -------------------------------------
 
@@ -214,11 +237,13 @@ class Ftrace:
 
     def _dispatch(self, _addr: int) -> None:
         ip, parent_ip, _op, fregs_addr = self._args.read()
+        arch = self.m.arch
         truth = meaning = None
         if self._truth is not None and self._truth[0] == ip:
             truth, self._truth = self._truth[1], None
-            meaning = {member: f(ip) for member, f in self.m.arch.ftrace_regs_meaning.items()}
-        fregs = FtraceRegs(self.m, fregs_addr, truth, meaning)
+            meaning = {member: f(ip) for member, f in arch.ftrace_regs_meaning.items()}
+        saved = arch.ftrace_regs_caller_saved if self.by_ip[ip].target == self.regs_caller else None
+        fregs = FtraceRegs(self.m, fregs_addr, truth, meaning, saved)
         for ops in tuple(self.ops):
             if not ops.traces(ip):
                 continue

@@ -16,7 +16,7 @@ from typing import Callable
 from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
 
-from .ftrace import TRAMPOLINES
+from .ftrace import TRAMPOLINES, FtraceOps, OpsFlag
 from .regs import PtRegs
 
 SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
@@ -37,6 +37,7 @@ class Kprobe:
     how: str = ""                      # 'xol' or 'simulate'
     slot: int | None = None
     opcode: bytes = b""                # the bytes the breakpoint replaced
+    ftrace_ops: FtraceOps | None = field(default=None, repr=False)   # a kprobe on an ftrace site
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Kprobes:
 
     def register(self, p: Kprobe) -> None:
         p.addr = self._check(p)
+        if p.addr in self.lab.ftrace.by_ip:
+            return self._register_on_ftrace(p)
         p.insn = decode(self.m.arch, self.m.read(p.addr, 16), p.addr)
         how = self.ops.decode(p.insn)
         if how not in ("xol", "simulate"):
@@ -87,6 +90,10 @@ class Kprobes:
     def unregister(self, p: Kprobe) -> None:
         if self.probes.get(p.addr) is not p:
             raise FtlabError(f"kprobe at {p.symbol}+{p.offset:#x} is not registered")
+        if p.ftrace_ops is not None:
+            self.lab.ftrace.unregister(p.ftrace_ops)
+            del self.probes[p.addr]
+            return
         self.m.patch(p.addr, self.ops.BREAKPOINT, p.opcode)        # disarm: the original bytes
         del self.probes[p.addr]
         if p.slot is not None:
@@ -106,17 +113,47 @@ class Kprobes:
         starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
         if addr not in starts:
             raise FtlabError(f"kprobe: Probe point is not an instruction boundary: {where}")
-        if addr in self.lab.ftrace.by_ip:
-            raise FtlabError(f"kprobe: {where} is an ftrace site; probing it needs KPROBES_ON_FTRACE")
+        if addr in self.lab.ftrace.by_ip and self.lab.ftrace.regs_caller is None:
+            raise FtlabError(f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: "
+                             f"{m.arch.no_regs_caller_reason}")
         if addr in self.probes:
             raise FtlabError(f"kprobe: {where} is already probed")
         return addr
+
+    def _register_on_ftrace(self, p: Kprobe) -> None:
+        """KPROBES_ON_FTRACE: the site is already a call to ftrace, so the probe is an ftrace_ops
+        that asks for a full pt_regs (x86's ftrace_regs_caller) instead of a breakpoint."""
+        p.ftrace_ops = FtraceOps(lambda ip, parent, op, fregs: self._ftrace_hit(p, ip, fregs),
+                                 OpsFlag.SAVE_REGS, name=f"kprobe:{p.symbol}", filter={p.addr})
+        self.probes[p.addr] = p
+        self.lab.ftrace.register(p.ftrace_ops)
+
+    def _ftrace_hit(self, p: Kprobe, ip: int, fregs) -> None:
+        """kprobe_ftrace_handler: ip as if a breakpoint had hit, then as if the site's NOP ran."""
+        regs = fregs.ftrace_get_regs()
+        if self.running:
+            p.nmissed += 1
+            return
+        orig = regs.instruction_pointer()
+        regs.meaning = {**regs.meaning, self.m.arch.pc: ip + self.ops.TRAP_IP_OFFSET} if regs.truth else {}
+        regs.instruction_pointer_set(ip + self.ops.TRAP_IP_OFFSET)
+        p.nhit += 1
+        self.running.append(_Running(p, False))
+        try:
+            if not p.pre_handler or not p.pre_handler(p, regs):
+                regs.instruction_pointer_set(ip + self.m.arch.site_size)
+                if p.post_handler:
+                    p.post_handler(p, regs, 0)
+                regs.instruction_pointer_set(orig)
+        finally:
+            self.running.pop()
 
     # -- verify: the true registers at the probe instant ------------------------------------------
 
     def set_verify(self, on: bool) -> None:
         self.verifying = on
-        for addr in self.probes:
+        self.lab.ftrace.set_verify(on)                  # kprobes on ftrace sites
+        for addr in (a for a, p in self.probes.items() if p.ftrace_ops is None):
             if on and addr not in self._truth_hooks:
                 self._hook_truth(addr)
             elif not on and addr in self._truth_hooks:

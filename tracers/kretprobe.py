@@ -1,8 +1,9 @@
 """kretprobes on rethook (kernel/kprobes.c with CONFIG_KRETPROBE_ON_RETHOOK).
 
-The entry is taken at the function's patch site through ftrace (as a kprobe on an fentry site is,
-KPROBES_ON_FTRACE), so the entry handler sees ftrace_regs; the return handler sees the pt_regs the
-rethook trampoline built.
+The entry is a kprobe at the function's first instruction (`via="kprobe"`): a breakpoint and the
+exception's pt_regs, or on x86 the ftrace site with ftrace_regs_caller's pt_regs, as the kernel
+does. `via="ftrace"` takes it through a plain ftrace_ops instead, with ftrace_regs (the cheaper
+entry fprobe uses). The return handler sees the pt_regs the rethook trampoline built.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 from emulator import FtlabError
 
 from .ftrace import FtraceOps, OpsFlag
+from .kprobes import Kprobe
 from .regs import FtraceRegs, PtRegs
 from .rethook import Rethook, RethookNode
 
@@ -21,17 +23,19 @@ DEFAULT_MAXACTIVE = max(10, 2 * NR_CPUS)        # kretprobe's default pool size
 
 @dataclass(eq=False)
 class Kretprobe:
-    """struct kretprobe. handler(ri, regs) at return; entry_handler(ri, fregs) returning non-zero
-    means "don't hook this call". `ri` is the rethook node: ri.data is its private data's address."""
+    """struct kretprobe. handler(ri, regs) at return; entry_handler(ri, regs) returning non-zero
+    means "don't hook this call" (regs: the kprobe's pt_regs, or ftrace_regs with via="ftrace").
+    `ri` is the rethook node: ri.data is its private data's address."""
 
     symbol: str
     handler: Callable[[RethookNode, PtRegs], None] | None
-    entry_handler: Callable[[RethookNode, FtraceRegs], int] | None = None
+    entry_handler: Callable[[RethookNode, PtRegs | FtraceRegs], int] | None = None
     maxactive: int = 0
     data_size: int = 0
     nmissed: int = 0
     nhit: int = 0
-    ops: FtraceOps | None = field(default=None, repr=False)
+    via: str = "kprobe"                # how the entry is taken: 'kprobe' or 'ftrace'
+    ops: object = field(default=None, repr=False)    # the FtraceOps or Kprobe behind the entry
     rethook: Rethook | None = field(default=None, repr=False)
 
 
@@ -43,30 +47,39 @@ class Kretprobes:
     def register(self, rp: Kretprobe) -> None:
         if rp in self.probes:
             raise FtlabError(f"kretprobe on {rp.symbol} is already registered")
+        if rp.via not in ("kprobe", "ftrace"):
+            raise FtlabError(f"kretprobe: via must be 'kprobe' or 'ftrace', not '{rp.via}'")
         site = self.lab.ftrace.site(rp.symbol)
         rp.rethook = Rethook(self.lab.rethook, lambda node, regs: self._return(rp, node, regs),
                              rp.data_size, rp.maxactive or DEFAULT_MAXACTIVE)
-        rp.ops = FtraceOps(lambda ip, parent, op, fregs: self._entry(rp, ip, fregs), OpsFlag.RECURSION,
-                           name=f"kretprobe:{rp.symbol}", filter={site.ip})
+        if rp.via == "ftrace":
+            rp.ops = FtraceOps(lambda ip, parent, op, fregs: self._entry(rp, ip, fregs), OpsFlag.RECURSION,
+                               name=f"kretprobe:{rp.symbol}", filter={site.ip})
+            self.lab.ftrace.register(rp.ops)
+        else:
+            rp.ops = Kprobe(rp.symbol, 0, lambda p, regs: self._entry(rp, site.ip, regs) or 0)
+            self.lab.kprobes.register(rp.ops)
         self.probes.append(rp)
-        self.lab.ftrace.register(rp.ops)
 
     def unregister(self, rp: Kretprobe) -> None:
         if rp not in self.probes:
             raise FtlabError(f"kretprobe on {rp.symbol} is not registered")
-        self.lab.ftrace.unregister(rp.ops)
+        if rp.via == "ftrace":
+            self.lab.ftrace.unregister(rp.ops)
+        else:
+            self.lab.kprobes.unregister(rp.ops)
         self.probes.remove(rp)
 
-    def _entry(self, rp: Kretprobe, ip: int, fregs: FtraceRegs) -> None:
+    def _entry(self, rp: Kretprobe, ip: int, regs) -> None:
         node = rp.rethook.try_get()
         if node is None:                       # the pool is empty: this return is missed
             rp.nmissed += 1
             return
         rp.nhit += 1
-        if rp.entry_handler and rp.entry_handler(node, fregs):
+        if rp.entry_handler and rp.entry_handler(node, regs):
             rp.rethook.recycle(node)
             return
-        rp.rethook.hook(node, fregs, ip)
+        rp.rethook.hook(node, regs, ip)
 
     def _return(self, rp: Kretprobe, node: RethookNode, regs: PtRegs) -> None:
         if rp.handler:

@@ -105,6 +105,13 @@ class FtraceRegs(Snapshot):
     def get_argument(self, n: int) -> int:
         return self._argument(n)
 
+    def ftrace_get_regs(self) -> PtRegs | None:
+        """The full pt_regs when ftrace_regs_caller built this (x86: cs != 0), else None."""
+        marker = self._arch.ftrace_regs_full_marker
+        if marker is None or self.words[self._layout.offsets[marker] // 8] == 0:
+            return None
+        return PtRegs(self._m, self.addr, self.saved, self.truth, self.meaning)
+
     def get_return_value(self) -> int:
         return self._get(self._arch.ret_regs[0])
 
@@ -157,6 +164,22 @@ class PtRegs(Snapshot):
 
     def regs_get_kernel_argument(self, n: int) -> int:
         return self._argument(n)
+
+
+def ftrace_partial_regs(fregs: FtraceRegs, scratch: int) -> PtRegs:
+    """The pt_regs BPF and perf get from ftrace_regs: on x86 the same memory (only the captured
+    fields are meaningful); on arm64 the captured members copied into a pt_regs at scratch
+    (fp -> x29, lr -> x30) with pstate left unfilled. Missing fields are listed, never invented."""
+    arch, m = fregs._arch, fregs._m
+    aliases = arch.ftrace_regs_aliases
+    saved = tuple(aliases.get(f, f) for f in fregs.saved)
+    meaning = {aliases.get(f, f): v for f, v in fregs.meaning.items()}
+    if arch.ftrace_regs_is_pt_regs:
+        return PtRegs(m, fregs.addr, saved, fregs.truth, meaning)
+    m.write(scratch, bytes(arch.pt_regs.size))
+    for member, value in fregs.fields.items():
+        m.write(scratch + arch.pt_regs.offsets[aliases.get(member, member)], U64.pack(value))
+    return PtRegs(m, scratch, saved, fregs.truth, meaning)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,12 @@ class Arch:
     ftrace_regs: Layout
     ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
     ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
+    # ftrace_regs_caller (DYNAMIC_FTRACE_WITH_REGS): what it saves, and the member that is non-zero
+    # when a ftrace_regs is such a full pt_regs (x86: cs). None: the arch has no such trampoline.
+    ftrace_regs_caller_saved: tuple[str, ...] | None
+    ftrace_regs_full_marker: str | None
+    no_regs_caller_reason: str | None      # why not, in the kernel's words
+    ftrace_regs_is_pt_regs: bool           # ftrace_partial_regs() can return the same memory
     ftrace_regs_stack_args: bool           # ftrace_regs_get_argument(n) past the registers reads the stack
     # fgraph: what return_to_handler saves, the word unwinders match a hooked frame by (retp), and
     # whether the frame pointer is checked on return (HAVE_FUNCTION_GRAPH_FP_TEST).

@@ -168,6 +168,12 @@ ARCH = Arch(
     ftrace_regs=FTRACE_REGS,
     ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
     ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
+    ftrace_regs_caller_saved=None,
+    ftrace_regs_full_marker=None,
+    no_regs_caller_reason=("arm64 has no ftrace_regs_caller since 6.2 (DYNAMIC_FTRACE_WITH_ARGS): "
+                           "PSTATE cannot be saved without taking an exception, so ftrace_get_regs() "
+                           "is always NULL and there are no kprobes on ftrace"),
+    ftrace_regs_is_pt_regs=False,
     ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
     fgraph_exit_saved=tuple(X[:8]) + ("fp", "pc"),   # pc: the real return address, set by fgraph
     fgraph_retp="fp",

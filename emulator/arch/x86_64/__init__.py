@@ -149,6 +149,10 @@ ARCH = Arch(
     # ("not a full pt_regs"), not captured registers.
     ftrace_regs_saved=("ax", "cx", "dx", "si", "di", "r8", "r9", "bp", "ip", "sp"),
     ftrace_regs_aliases={},
+    ftrace_regs_caller_saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
+    ftrace_regs_full_marker="cs",               # arch_ftrace_get_regs(): NULL when regs.cs == 0
+    no_regs_caller_reason=None,
+    ftrace_regs_is_pt_regs=True,                # HAVE_FTRACE_REGS_HAVING_PT_REGS
     ftrace_regs_stack_args=True,             # regs_get_kernel_argument: n >= 6 is sp[n - 5]
     fgraph_exit_saved=("ax", "dx", "bp", "ip"),   # ip: the real return address, set by fgraph
     fgraph_retp="sp",

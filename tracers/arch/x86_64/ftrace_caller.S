@@ -47,6 +47,70 @@ ftrace_call:
     add rsp, FRAME_SIZE
     ret
 
+/*
+ * ftrace_regs_caller: for ops with FTRACE_OPS_FL_SAVE_REGS (kprobes on ftrace, livepatch). The flags
+ * are pushed first, before anything can change them; then the rest of pt_regs is filled (rbx,
+ * r10-r15), with the pushed flags, the fixed kernel cs/ss and the site's sp, so ftrace_get_regs()
+ * gives a complete pt_regs. Handlers may change flags and ip. As in the kernel, r11 is saved but
+ * not restored. (Direct-call trampolines through orig_ax are not modelled.)
+ */
+.globl ftrace_regs_caller
+ftrace_regs_caller:
+    pushfq
+    sub rsp, FRAME_SIZE                 // save_mcount_regs 8: the pt_regs sits under the flags
+    mov [rsp+RAX], rax
+    mov [rsp+RCX], rcx
+    mov [rsp+RDX], rdx
+    mov [rsp+RSI], rsi
+    mov [rsp+RDI], rdi
+    mov [rsp+R8], r8
+    mov [rsp+R9], r9
+    mov qword ptr [rsp+ORIG_RAX], 0
+    mov [rsp+RBP], rbp
+    mov [rsp+R15], r15
+    mov [rsp+R14], r14
+    mov [rsp+R13], r13
+    mov [rsp+R12], r12
+    mov [rsp+R11], r11
+    mov [rsp+R10], r10
+    mov [rsp+RBX], rbx
+    mov rdi, [rsp+FRAME_SIZE+8]         // the return address the site's call pushed
+    mov [rsp+RIP], rdi
+    sub rdi, 5                          // ip = the call site
+    mov rsi, [rsp+FRAME_SIZE+16]        // parent_ip
+    mov rcx, [rsp+FRAME_SIZE]           // the flags pushed first
+    mov [rsp+EFLAGS], rcx
+    mov qword ptr [rsp+SS], KERNEL_DS
+    mov qword ptr [rsp+CS], KERNEL_CS   // a full pt_regs: ftrace_get_regs() gives it
+    lea rcx, [rsp+FRAME_SIZE+16]
+    mov [rsp+RSP], rcx                  // sp = the traced function's sp at entry
+    mov rdx, [rip+function_trace_op]    // op
+    mov rcx, rsp                        // regs
+.globl ftrace_regs_call
+ftrace_regs_call:
+    call ftrace_ops_list_func
+    mov rax, [rsp+EFLAGS]               // handlers may change the flags and the ip
+    mov [rsp+FRAME_SIZE], rax
+    mov rax, [rsp+RIP]
+    mov [rsp+FRAME_SIZE+8], rax
+    mov r15, [rsp+R15]
+    mov r14, [rsp+R14]
+    mov r13, [rsp+R13]
+    mov r12, [rsp+R12]
+    mov r10, [rsp+R10]
+    mov rbx, [rsp+RBX]
+    mov rax, [rsp+RAX]
+    mov rcx, [rsp+RCX]
+    mov rdx, [rsp+RDX]
+    mov rsi, [rsp+RSI]
+    mov rdi, [rsp+RDI]
+    mov r8, [rsp+R8]
+    mov r9, [rsp+R9]
+    mov rbp, [rsp+RBP]
+    add rsp, FRAME_SIZE
+    popfq
+    ret
+
 /* The ops dispatch. Its one instruction carries the lab's code hook, where the registered
  * ftrace_ops run (kernel/trace/ftrace.c: ftrace_ops_list_func); then it returns. */
 .globl ftrace_ops_list_func
