@@ -93,6 +93,24 @@ def disassemble_one(arch, code: bytes, addr: int) -> str:
     return insns[0][2] if insns else f"(undecodable: {code.hex()})"
 
 
+def store_bytes(insn) -> int:
+    """Bytes an instruction writes to memory (capstone-decoded, with details): explicit memory
+    destinations, and the implicit stack writes of push/pushfq/call. For the lab's own code."""
+    name = insn.mnemonic
+    if insn._cs.arch == capstone.CS_ARCH_X86:
+        if name.startswith("push") or name == "call":
+            return 8
+        return sum(op.size for op in insn.operands
+                   if op.type == capstone.x86_const.X86_OP_MEM and op.access & capstone.CS_AC_WRITE)
+    if not name.startswith("st") or name.startswith(("stlx", "stx")):
+        return 0
+    width = {"b": 1, "h": 2}.get(name[-1]) if name.startswith(("strb", "strh", "sturb", "sturh")) else None
+    regs = [op for op in insn.operands if op.type == capstone.arm64_const.ARM64_OP_REG]
+    if width is None:
+        width = 8 if insn.reg_name(regs[0].reg).startswith("x") or insn.reg_name(regs[0].reg) == "xzr" else 4
+    return width * (2 if name.startswith("stp") else 1)
+
+
 # -- the capstone round trip ------------------------------------------------------------------
 
 # Spellings keystone needs that capstone prints differently (unicorn.md §18).

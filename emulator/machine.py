@@ -82,6 +82,9 @@ class Machine:
         self._reg = {name: uid for name, uid in arch.regs.items()}
         self._fault_access = None
         self._trap_hook = None
+        self._lab_hook = None
+        self._lab_blocks: dict[tuple[int, int], tuple[int, int]] = {}
+        self.lab_insns = self.lab_stored = 0
         self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, self._on_bad_access)
         self._running = 0
         self._insn_hook = None
@@ -141,6 +144,7 @@ class Machine:
         self.uc.mem_write(addr, data)
         self.uc.ctl_remove_cache(addr, addr + len(data))
         self._block_insns.clear()
+        self._lab_blocks.clear()
 
     def patch(self, addr: int, old: bytes, new: bytes) -> None:
         """Replace code after checking what is there, as ftrace_modify_code() does."""
@@ -224,6 +228,30 @@ class Machine:
         refused = self.arch.deliver_trap(uc, intno, self.read)
         if refused is not None:
             raise GuestFault(f"guest fault: unhandled {refused} at {self.where(self.reg(self.arch.pc))}")
+
+    def count_lab_code(self, on: bool = True) -> None:
+        """Count, exactly, the instructions the lab's own code runs and the bytes it stores: a
+        block hook limited to the lab text range, so traced code runs at full speed."""
+        if on and self._lab_hook is None:
+            self.lab_insns = self.lab_stored = 0
+            base, size = self.LAB_TEXT
+            self._lab_hook = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_lab_block,
+                                              begin=base, end=base + size - 1)
+            self.uc.ctl_remove_cache(base, base + size)
+        elif not on and self._lab_hook is not None:
+            self.uc.hook_del(self._lab_hook)
+            self._lab_hook = None
+
+    def _on_lab_block(self, uc, addr, size, _):
+        cost = self._lab_blocks.get((addr, size))
+        if cost is None:
+            code, insns, stored, offset = self.read(addr, size), 0, 0, 0
+            while offset < size:
+                insn = asm.decode(self.arch, code[offset:offset + 16], addr + offset)
+                insns, stored, offset = insns + 1, stored + asm.store_bytes(insn), offset + insn.size
+            cost = self._lab_blocks[(addr, size)] = (insns, stored)
+        self.lab_insns += cost[0]
+        self.lab_stored += cost[1]
 
     def count_instructions(self, on: bool = True) -> None:
         """Count every emulated instruction: a block hook adds each block's instruction count.

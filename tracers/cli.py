@@ -86,6 +86,37 @@ def cmd_trace(args, out):
             out.write(f"# {args.call.strip()} = {format_result(result)}\n")
 
 
+def cmd_regs(args, out):
+    from .mechanisms import capture_all
+    from .views import dump_json, parse_at, regs_json, regs_table
+    call = parse_call(args.call)
+    reports = []
+    for lab in _labs(args):
+        func, offset = parse_at(lab, args.at)
+        captures = capture_all(lab, func, call, offset)
+        if args.format == "json":
+            reports.append(regs_json(lab, captures))
+        else:
+            out.write(f"# {lab.arch.name}: one hit at {args.at} during {args.call.strip()}\n\n")
+            regs_table(lab, captures, out)
+    if reports:
+        dump_json(reports if len(reports) > 1 else reports[0], out)
+
+
+def cmd_compare(args, out):
+    from .views import compare, dump_json
+    name, call_args = parse_call(args.call)
+    labs = list(_labs(args))
+    rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else _Null())
+    if args.format == "json":
+        dump_json(rows, out)
+
+
+class _Null:
+    def write(self, text):
+        pass
+
+
 def cmd_demo(args, out):
     from .demo import demo
     demo(out)
@@ -138,6 +169,17 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
     g.add_argument("--max-graph-depth", type=int, default=0, metavar="N", help="trace only N levels deep")
     p.set_defaults(func=cmd_trace)
+    p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
+    _add_target(p)
+    p.add_argument("--at", required=True, metavar="SPEC",
+                   help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)")
+    p.add_argument("--format", choices=FORMATS, default="text")
+    p.set_defaults(func=cmd_regs)
+    p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
+    _add_target(p)
+    p.add_argument("--at", metavar="SYM", help="the function to attach to (default: the one CALL calls)")
+    p.add_argument("--format", choices=FORMATS, default="text")
+    p.set_defaults(func=cmd_compare, arch="all")
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")

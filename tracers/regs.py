@@ -210,5 +210,11 @@ class Verification:
 
 
 def decode_flags(arch, value: int) -> list[str]:
-    """Names of the RFLAGS/PSTATE fields that are non-zero in value (e.g. ['Z', 'C', 'PAN'])."""
-    return [name for name, (shift, width) in arch.flag_bits.items() if value >> shift & ((1 << width) - 1)]
+    """The RFLAGS/PSTATE fields that are non-zero in value: a bit by its name ('Z', 'PAN'), a wider
+    field with its value ('EL=1', 'IOPL=3')."""
+    out = []
+    for name, (shift, width) in arch.flag_bits.items():
+        field = value >> shift & ((1 << width) - 1)
+        if field:
+            out.append(name if width == 1 else f"{name}={field}")
+    return out

@@ -1,0 +1,129 @@
+"""Every mechanism's snapshot of the same moment, side by side, with what it costs.
+
+For one function (and for kprobes one instruction), each mechanism is attached alone, the call is
+run once with verify mode on and the lab's code counted, and its first snapshot is kept with its
+comparison against the true registers. Costs are per event: the instructions the lab's guest code
+(trampolines, exception entry, single-step slots) ran, and the bytes it stored. The CPU's own
+exception frame (x86's 40 bytes) and the Python handlers are not counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emulator import FtlabError
+
+from .fgraph import FgraphOps
+from .ftrace import FtraceOps, OpsFlag
+from .kprobes import Kprobe
+from .kretprobe import Kretprobe, Kretprobes
+from .regs import ftrace_partial_regs
+
+MECHANISMS = {
+    "kprobe": "kprobe: a breakpoint, the exception's pt_regs",
+    "ftrace_caller": "fentry: ftrace_caller's ftrace_regs",
+    "ftrace_regs_caller": "fentry with SAVE_REGS: ftrace_regs_caller's pt_regs",
+    "partial_regs": "ftrace_partial_regs(): the pt_regs BPF gets from ftrace_regs",
+    "rethook": "kretprobe return: the rethook trampoline's pt_regs",
+    "fgraph_exit": "fgraph return: return_to_handler's ftrace_regs",
+}
+
+
+@dataclass
+class Capture:
+    mechanism: str
+    title: str
+    at: str                             # where the snapshot stands: 'fib+0x4' or 'return from fib'
+    kind: str = ""
+    fields: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    checks: list = field(default_factory=list)
+    verification: object = None
+    events: int = 0
+    insns: float = 0.0                  # lab-code instructions per event
+    stored: float = 0.0                 # bytes the lab code stored per event
+    refused: str | None = None          # why this arch cannot do it
+
+    @property
+    def mismatch(self) -> list[str]:
+        return self.verification.mismatch if self.verification else []
+
+
+def _snap(capture: Capture, regs) -> None:
+    if capture.kind:
+        return                          # the first hit is the one shown
+    capture.kind, capture.fields, capture.missing = regs.kind, regs.fields, list(regs.missing)
+    capture.verification = regs.verify()
+
+
+def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = None) -> Capture:
+    """Run call = (name, args) with one mechanism attached at func (offset: the kprobe's, default
+    the instruction after the patch site) and return its first snapshot and its cost."""
+    site = lab.ftrace.site(func)
+    sym = lab.machine.symbols.get(func)
+    c = Capture(mechanism, MECHANISMS[mechanism], f"{func}+{site.ip - sym.addr:#x}")
+    attach, detach = _attachments(lab, mechanism, func, site, sym, offset, c)
+    if c.refused:
+        return c
+    m = lab.machine
+    for verifier in (lab.ftrace, lab.kprobes, lab.fgraph, lab.rethook):
+        verifier.set_verify(True)
+    try:
+        attach()
+        m.count_lab_code(True)
+        lab.call(call[0], *call[1])
+        m.count_lab_code(False)
+        detach()
+    finally:
+        for verifier in (lab.ftrace, lab.kprobes, lab.fgraph, lab.rethook):
+            verifier.set_verify(False)
+    if c.events:
+        c.insns, c.stored = m.lab_insns / c.events, m.lab_stored / c.events
+    return c
+
+
+def _attachments(lab, mechanism, func, site, sym, offset, c):
+    def count(regs):
+        c.events += 1
+        _snap(c, regs)
+
+    if mechanism == "kprobe":
+        off = offset if offset is not None else _first_probeable(lab, sym, site)
+        c.at = f"{func}+{off:#x}"
+        p = Kprobe(func, off, lambda p, regs: count(regs) or 0)
+        try:
+            lab.kprobes._check(p)
+        except FtlabError as err:
+            c.refused = str(err)
+        return (lambda: lab.kprobes.register(p)), (lambda: lab.kprobes.unregister(p))
+    if mechanism in ("ftrace_caller", "ftrace_regs_caller", "partial_regs"):
+        regs_wanted = mechanism == "ftrace_regs_caller"
+        if regs_wanted and lab.ftrace.regs_caller is None:
+            c.refused = lab.arch.no_regs_caller_reason
+        scratch = lab.machine.percpu + 0x1000
+
+        def handler(ip, parent, op, fregs):
+            regs = fregs.ftrace_get_regs() if regs_wanted else fregs
+            count(ftrace_partial_regs(fregs, scratch) if mechanism == "partial_regs" else regs)
+        ops = FtraceOps(handler, OpsFlag.SAVE_REGS if regs_wanted else OpsFlag.NONE, filter={site.ip})
+        return (lambda: lab.ftrace.register(ops)), (lambda: lab.ftrace.unregister(ops))
+    c.at = f"return from {func}"
+    if mechanism == "rethook":
+        krp, rp = Kretprobes(lab), Kretprobe(func, lambda ri, regs: count(regs), via="ftrace")
+        return (lambda: krp.register(rp)), (lambda: krp.unregister(rp))
+    gops = FgraphOps(lambda trace, g, fregs: 1, lambda trace, g, fregs: count(fregs))
+    gops.ops.filter = {site.ip}
+    return (lambda: lab.fgraph.register(gops)), (lambda: lab.fgraph.unregister(gops))
+
+
+def _first_probeable(lab, sym, site) -> int:
+    """The instruction after the patch site: the breakpoint path on both arches (a probe on the
+    site itself is x86's kprobe-on-ftrace, which is the ftrace_regs_caller row)."""
+    return site.ip + lab.arch.site_size - sym.addr
+
+
+def capture_all(lab, func: str, call: tuple, offset: int | None = None) -> list[Capture]:
+    """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere."""
+    at_entry = offset is None or lab.machine.address_of(func) + offset == lab.ftrace.site(func).ip
+    if not at_entry:
+        lab.kprobes._check(Kprobe(func, offset))      # a bad probe point is the user's error
+    return [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]
