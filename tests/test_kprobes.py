@@ -206,3 +206,23 @@ def test_probe_outside_the_function_is_refused(lab):
         lab.kprobes.register(Kprobe("fib", size))
     with pytest.raises(FtlabError, match="no function 'nosuch'"):
         lab.kprobes.register(Kprobe("nosuch"))
+
+
+def test_two_probes_on_one_instruction(lab):
+    """Aggregate kprobes: one breakpoint, both handlers; the bytes come back with the last one."""
+    m, hits = lab.machine, Counter()
+    off, _ = _body(lab, "fib", 1)
+    addr = m.address_of("fib") + off
+    before = m.read(addr, 4)
+    a = Kprobe("fib", off, lambda p, r: hits.update(["a"]) and 0)
+    b = Kprobe("fib", off, lambda p, r: hits.update(["b"]) and 0, lambda p, r, f: hits.update(["b.post"]))
+    lab.kprobes.register(a)
+    lab.kprobes.register(b)
+    assert lab.call("fib", 4) == 3
+    assert hits == Counter({"a": 9, "b": 9, "b.post": 9}) and (a.nhit, b.nhit) == (9, 9)
+    lab.kprobes.unregister(a)
+    assert m.read(addr, 4) != before
+    lab.kprobes.unregister(b)
+    assert m.read(addr, 4) == before
+    with pytest.raises(FtlabError, match="not registered"):
+        lab.kprobes.unregister(b)

@@ -33,18 +33,27 @@ class Kprobe:
     nmissed: int = 0
     nhit: int = 0
     addr: int = 0
-    insn: object = field(default=None, repr=False)
-    how: str = ""                      # 'xol' or 'simulate'
+
+
+@dataclass(eq=False)
+class _Point:
+    """One probed address. Several kprobes may share it (the kernel's aggregate kprobe): one
+    breakpoint, one prepared instruction, every probe's handlers in turn."""
+
+    addr: int
+    probes: list[Kprobe]
+    insn: object = None
+    how: str = ""                      # 'xol', 'simulate' or 'ftrace' (a kprobe on an ftrace site)
     slot: int | None = None
     opcode: bytes = b""                # the bytes the breakpoint replaced
-    ftrace_ops: FtraceOps | None = field(default=None, repr=False)   # a kprobe on an ftrace site
+    ftrace_ops: FtraceOps | None = None
 
 
 @dataclass
 class _Running:
-    """kprobe_ctlblk: the probe being handled, and the interrupt bits the step masked."""
+    """kprobe_ctlblk: the point being handled, and the interrupt bits the step masked."""
 
-    probe: Kprobe
+    point: _Point
     reentered: bool
     saved_irq: int = 0
 
@@ -59,8 +68,8 @@ class Kprobes:
         self.m.hook_code(self._dispatch, syms["trap_dispatch"])
         self._regs_arg = self.m.register_batch([arch.arg_regs[0]])
         self.saved = tuple(r for r in arch.pt_regs.offsets if r in arch.regs)   # every register
-        self.probes: dict[int, Kprobe] = {}
-        self.trailers: dict[int, Kprobe] = {}      # slot breakpoint address -> its probe
+        self.points: dict[int, _Point] = {}
+        self.trailers: dict[int, _Point] = {}      # slot breakpoint address -> its point
         self.running: list[_Running] = []
         self.verifying = False
         self._truth_hooks: dict[int, object] = {}
@@ -70,34 +79,44 @@ class Kprobes:
 
     def register(self, p: Kprobe) -> None:
         p.addr = self._check(p)
+        point = self.points.get(p.addr)
+        if point is not None:
+            if any(q is p for q in point.probes):
+                raise FtlabError(f"kprobe at {p.symbol}+{p.offset:#x} is already registered")
+            point.probes.append(p)
+            return
+        point = self.points[p.addr] = _Point(p.addr, [p])
         if p.addr in self.lab.ftrace.by_ip:
-            return self._register_on_ftrace(p)
-        p.insn = decode(self.m.arch, self.m.read(p.addr, 16), p.addr)
-        how = self.ops.decode(p.insn)
+            return self._register_on_ftrace(point)
+        point.insn = decode(self.m.arch, self.m.read(p.addr, 16), p.addr)
+        how = self.ops.decode(point.insn)
         if how not in ("xol", "simulate"):
+            del self.points[p.addr]
             raise FtlabError(f"cannot probe {p.symbol}+{p.offset:#x}: {how}")
-        p.how, p.slot = how, None
+        point.how = how
         if how == "xol":
-            p.slot = self.m.alloc("lab text", SLOT_SIZE, 16)
-            self.m.write_code(p.slot, self.ops.copy_for_slot(p.insn, p.slot))
-            self.trailers[p.slot + p.insn.size] = p
-        p.opcode = self.m.read(p.addr, len(self.ops.BREAKPOINT))
-        self.m.patch(p.addr, p.opcode, self.ops.BREAKPOINT)
-        self.probes[p.addr] = p
+            point.slot = self.m.alloc("lab text", SLOT_SIZE, 16)
+            self.m.write_code(point.slot, self.ops.copy_for_slot(point.insn, point.slot))
+            self.trailers[point.slot + point.insn.size] = point
+        point.opcode = self.m.read(p.addr, len(self.ops.BREAKPOINT))
+        self.m.patch(p.addr, point.opcode, self.ops.BREAKPOINT)
         if self.verifying:
             self._hook_truth(p.addr)
 
     def unregister(self, p: Kprobe) -> None:
-        if self.probes.get(p.addr) is not p:
+        point = self.points.get(p.addr)
+        if point is None or not any(q is p for q in point.probes):
             raise FtlabError(f"kprobe at {p.symbol}+{p.offset:#x} is not registered")
-        if p.ftrace_ops is not None:
-            self.lab.ftrace.unregister(p.ftrace_ops)
-            del self.probes[p.addr]
+        point.probes = [q for q in point.probes if q is not p]
+        if point.probes:
             return
-        self.m.patch(p.addr, self.ops.BREAKPOINT, p.opcode)        # disarm: the original bytes
-        del self.probes[p.addr]
-        if p.slot is not None:
-            del self.trailers[p.slot + p.insn.size]
+        del self.points[p.addr]
+        if point.how == "ftrace":
+            self.lab.ftrace.unregister(point.ftrace_ops)
+            return
+        self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)        # disarm: the original bytes
+        if point.slot is not None:
+            del self.trailers[point.slot + point.insn.size]
         if p.addr in self._truth_hooks:
             self.m.unhook(self._truth_hooks.pop(p.addr))
 
@@ -110,50 +129,63 @@ class Kprobes:
         if not 0 <= p.offset < sym.size:
             raise FtlabError(f"kprobe: {where} is outside {p.symbol} (size {sym.size:#x})")
         addr = sym.addr + p.offset
+        if addr in self.points:
+            return addr                                # checked when the first probe came
         starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
         if addr not in starts:
             raise FtlabError(f"kprobe: Probe point is not an instruction boundary: {where}")
         if addr in self.lab.ftrace.by_ip and self.lab.ftrace.regs_caller is None:
             raise FtlabError(f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: "
                              f"{m.arch.no_regs_caller_reason}")
-        if addr in self.probes:
-            raise FtlabError(f"kprobe: {where} is already probed")
         return addr
 
-    def _register_on_ftrace(self, p: Kprobe) -> None:
+    def _register_on_ftrace(self, point: _Point) -> None:
         """KPROBES_ON_FTRACE: the site is already a call to ftrace, so the probe is an ftrace_ops
         that asks for a full pt_regs (x86's ftrace_regs_caller) instead of a breakpoint."""
-        p.ftrace_ops = FtraceOps(lambda ip, parent, op, fregs: self._ftrace_hit(p, ip, fregs),
-                                 OpsFlag.SAVE_REGS, name=f"kprobe:{p.symbol}", filter={p.addr})
-        self.probes[p.addr] = p
-        self.lab.ftrace.register(p.ftrace_ops)
+        point.how = "ftrace"
+        point.ftrace_ops = FtraceOps(lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
+                                     OpsFlag.SAVE_REGS, name="kprobe", filter={point.addr})
+        self.lab.ftrace.register(point.ftrace_ops)
 
-    def _ftrace_hit(self, p: Kprobe, ip: int, fregs) -> None:
+    def _ftrace_hit(self, point: _Point, ip: int, fregs) -> None:
         """kprobe_ftrace_handler: ip as if a breakpoint had hit, then as if the site's NOP ran."""
         regs = fregs.ftrace_get_regs()
         if self.running:
-            p.nmissed += 1
+            for p in point.probes:
+                p.nmissed += 1
             return
         orig = regs.instruction_pointer()
         regs.meaning = {**regs.meaning, self.m.arch.pc: ip + self.ops.TRAP_IP_OFFSET} if regs.truth else {}
         regs.instruction_pointer_set(ip + self.ops.TRAP_IP_OFFSET)
-        p.nhit += 1
-        self.running.append(_Running(p, False))
+        self.running.append(_Running(point, False))
         try:
-            if not p.pre_handler or not p.pre_handler(p, regs):
+            if not self._pre_handlers(point, regs):
                 regs.instruction_pointer_set(ip + self.m.arch.site_size)
-                if p.post_handler:
-                    p.post_handler(p, regs, 0)
+                self._post_handlers(point, regs)
                 regs.instruction_pointer_set(orig)
         finally:
             self.running.pop()
+
+    def _pre_handlers(self, point: _Point, regs: PtRegs) -> bool:
+        """Every probe's pre_handler (aggregate_pre_handler); True if one moved the ip."""
+        skip = False
+        for p in list(point.probes):
+            p.nhit += 1
+            if p.pre_handler and p.pre_handler(p, regs):
+                skip = True
+        return skip
+
+    def _post_handlers(self, point: _Point, regs: PtRegs) -> None:
+        for p in list(point.probes):
+            if p.post_handler:
+                p.post_handler(p, regs, 0)
 
     # -- verify: the true registers at the probe instant ------------------------------------------
 
     def set_verify(self, on: bool) -> None:
         self.verifying = on
         self.lab.ftrace.set_verify(on)                  # kprobes on ftrace sites
-        for addr in (a for a, p in self.probes.items() if p.ftrace_ops is None):
+        for addr in (a for a, point in self.points.items() if point.how != "ftrace"):
             if on and addr not in self._truth_hooks:
                 self._hook_truth(addr)
             elif not on and addr in self._truth_hooks:
@@ -169,47 +201,47 @@ class Kprobes:
         [regs_addr] = self._regs_arg.read()
         m, arch = self.m, self.m.arch
         trap = PtRegs(m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
-        if trap in self.probes:
+        if trap in self.points:
             truth = self._truth.pop(trap, None)
             meaning = {arch.pc: trap + self.ops.TRAP_IP_OFFSET} if truth else None
-            return self._hit(self.probes[trap], PtRegs(m, regs_addr, self.saved, truth, meaning))
-        if trap in self.trailers and self.running and self.running[-1].probe is self.trailers[trap]:
+            return self._hit(self.points[trap], PtRegs(m, regs_addr, self.saved, truth, meaning))
+        if trap in self.trailers and self.running and self.running[-1].point is self.trailers[trap]:
             return self._single_stepped(PtRegs(m, regs_addr, self.saved))
         raise GuestFault(f"guest fault: a breakpoint no kprobe owns at {m.where(trap)}")
 
-    def _hit(self, p: Kprobe, regs: PtRegs) -> None:
+    def _hit(self, point: _Point, regs: PtRegs) -> None:
         if self.running:                          # reentered from a handler: count and step
-            p.nmissed += 1
-            self.running.append(_Running(p, True))
-            return self._step(p, regs)
-        p.nhit += 1
-        self.running.append(_Running(p, False))
-        if p.pre_handler and p.pre_handler(p, regs):
-            self.running.pop()                    # the handler moved the ip: no single-step
+            for p in point.probes:
+                p.nmissed += 1
+            self.running.append(_Running(point, True))
+            return self._step(point, regs)
+        self.running.append(_Running(point, False))
+        if self._pre_handlers(point, regs):
+            self.running.pop()                    # a handler moved the ip: no single-step
             return
-        self._step(p, regs)
+        self._step(point, regs)
 
-    def _step(self, p: Kprobe, regs: PtRegs) -> None:
-        if p.how == "simulate":
-            self.ops.simulate(p.insn, regs, self.m)
+    def _step(self, point: _Point, regs: PtRegs) -> None:
+        if point.how == "simulate":
+            self.ops.simulate(point.insn, regs, self.m)
             return self._done(regs)
         flags_reg = self.m.arch.flags_reg
         flags = regs.fields[flags_reg]
         self.running[-1].saved_irq = flags & self.ops.IRQ_BITS
         regs._set(flags_reg, self.ops.irqs_masked(flags))
-        regs.instruction_pointer_set(p.slot)
+        regs.instruction_pointer_set(point.slot)
 
     def _single_stepped(self, regs: PtRegs) -> None:
         run = self.running[-1]
         flags_reg = self.m.arch.flags_reg
         regs._set(flags_reg, regs.fields[flags_reg] & ~self.ops.IRQ_BITS | run.saved_irq)
-        regs.instruction_pointer_set(run.probe.addr + run.probe.insn.size)
+        regs.instruction_pointer_set(run.point.addr + run.point.insn.size)
         self._done(regs)
 
     def _done(self, regs: PtRegs) -> None:
         run = self.running[-1]
         try:
-            if not run.reentered and run.probe.post_handler:
-                run.probe.post_handler(run.probe, regs, 0)
+            if not run.reentered:
+                self._post_handlers(run.point, regs)
         finally:
             self.running.pop()

@@ -1,26 +1,29 @@
 """Probe events (`ftlab trace -e SPEC`): the kernel's dynamic_events, on this lab's mechanisms.
 
-    f[:[GRP/]EVENT] SYM [FETCHARGS]            an fprobe entry handler
-    f[:[GRP/]EVENT] SYM%return [FETCHARGS]     an fprobe exit handler ($retval; $argN as at entry)
-    r[MAXACTIVE][:[GRP/]EVENT] SYM [FETCHARGS] a kretprobe (rethook) return handler
+    p[:[GRP/]EVENT] SYM[+OFFS]|ADDR [FETCHARGS]   a kprobe pre_handler (the exception's pt_regs)
+    f[:[GRP/]EVENT] SYM [FETCHARGS]               an fprobe entry handler
+    f[:[GRP/]EVENT] SYM%return [FETCHARGS]        an fprobe exit handler ($retval; $argN as at entry)
+    r[MAXACTIVE][:[GRP/]EVENT] SYM [FETCHARGS]    a kretprobe return handler (also p SYM%return)
 
 Each hit becomes an event whose fetchargs are evaluated against the snapshot the mechanism really
-gave (ftrace_regs for fprobes on fgraph, the rethook pt_regs for the others): a register it did not
+gave (pt_regs for kprobes and kretprobes, ftrace_regs for fprobes on fgraph): a register it did not
 capture reads as a fault, never as the emulator's value.
 """
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from emulator import FtlabError
 
 from .events import Event
 from .fprobe import Fprobe, Fprobes
+from .kprobes import Kprobe
 from .kretprobe import Kretprobe, Kretprobes
 from .probe_events import FetchFault, ProbeSpec, evaluate, parse
 from .tracer import NR_ARGS, Tracer
 
-MECHANISM = {"f": "fprobe", "r": "kretprobe"}
+MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
 SAVED_ARGS = 8                         # $argN of a return probe: saved at entry, as the kernel does
 ENTRY = struct.Struct(f"<{1 + SAVED_ARGS}Q")      # depth, then the arguments
 
@@ -89,25 +92,39 @@ class ProbeEventTracer(Tracer):
                  design: str = "fgraph"):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.arch.pt_regs.offsets)
-        self.specs = [parse(s, registers) for s in specs]
-        for spec in self.specs:
-            if spec.kind not in ("f", "r"):
-                raise FtlabError(f"'{spec.text}': ftlab has fprobe (f) and kretprobe (r) events; "
-                                 f"kprobe (p) events need exception support, not built yet")
-            lab.ftrace.site(spec.symbol)              # a clear error for a function with no site
+        self.specs = [self._resolve(parse(s, registers)) for s in specs]
         self.fprobes = Fprobes(lab, design)
         self.kretprobes = Kretprobes(lab)
         self.hits = {spec: 0 for spec in self.specs}
         self.counts = {"events": 0}
         self._probes = []
 
+    def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
+        if spec.kind not in ("f", "r", "p"):
+            raise FtlabError(f"'{spec.text}': only p, r and f events can be traced")
+        if spec.kind == "p" and spec.is_return:
+            spec = replace(spec, kind="r")            # p SYM%return is a kretprobe
+        if spec.address is not None:                  # p ADDR: the function it is in
+            hit = self.lab.machine.symbols.lookup(spec.address)
+            if hit is None or hit[0].kind != "func":
+                raise FtlabError(f"'{spec.text}': {spec.address:#x} is in no function")
+            spec = replace(spec, symbol=hit[0].name, offset=hit[1])
+        if spec.kind != "p":
+            self.lab.ftrace.site(spec.symbol)         # a clear error for a function with no site
+        return spec
+
     def start(self) -> None:
         if self.verify:
             self.lab.ftrace.set_verify(True)
             self.lab.fgraph.set_verify(True)
             self.lab.rethook.set_verify(True)
+            self.lab.kprobes.set_verify(True)
         for spec in self.specs:
-            if spec.kind == "r":
+            if spec.kind == "p":
+                p = Kprobe(spec.symbol, spec.offset, lambda p, regs, s=spec: self._entry(s, p.addr, regs))
+                self.lab.kprobes.register(p)
+                self._probes.append(p)
+            elif spec.kind == "r":
                 rp = Kretprobe(spec.symbol, lambda ri, regs, s=spec: self._exit(s, ri.data, ri.func, regs),
                                lambda ri, fregs: self._save_entry(ri.data, fregs),
                                maxactive=spec.maxactive or 0, data_size=ENTRY.size)
@@ -125,8 +142,10 @@ class ProbeEventTracer(Tracer):
 
     def stop(self) -> None:
         for probe in self._probes:
-            (self.kretprobes if isinstance(probe, Kretprobe) else self.fprobes).unregister(probe)
+            owner = {Kretprobe: self.kretprobes, Kprobe: self.lab.kprobes}.get(type(probe), self.fprobes)
+            owner.unregister(probe)
         if self.verify:
+            self.lab.kprobes.set_verify(False)
             self.lab.rethook.set_verify(False)
             self.lab.fgraph.set_verify(False)
             self.lab.ftrace.set_verify(False)
@@ -145,8 +164,9 @@ class ProbeEventTracer(Tracer):
 
     def _entry(self, spec: ProbeSpec, ip: int, regs) -> int:
         values = tuple(evaluate(a, _Context(self.lab, regs)) for a in spec.args)
-        self._emit(spec, "entry", ip, regs.get_return_address(), regs, values,
-                   tuple(_argument(regs, n) for n in range(NR_ARGS)))
+        # a probe inside a function has no return address to show: the stack has moved
+        parent = regs.get_return_address() if spec.offset == 0 else None
+        self._emit(spec, "entry", ip, parent, regs, values, tuple(_argument(regs, n) for n in range(NR_ARGS)))
         return 0
 
     def _exit(self, spec: ProbeSpec, data: int, func: int, regs) -> None:
