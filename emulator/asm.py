@@ -1,8 +1,10 @@
 """The lab's own code: assembled with keystone from readable .S sources, checked with capstone.
 
-Sources use `//` and `/* */` comments, `NAME:` labels, `.globl NAME` for exported symbols, and
+Sources use `//` and `/* */` comments, `NAME:` labels, `.globl NAME` for exported symbols,
 UPPERCASE constants (struct offsets from the arch's layout tables, like the kernel's asm-offsets)
-that are substituted before keystone sees the text. Keystone's own option API is never touched: any
+that are substituted before keystone sees the text, `.include "FILE"` (beside the source) and
+parameterless `.macro NAME` ... `.endm` blocks; macros are expanded here too, so that every
+statement keystone sees is one instruction the capstone round trip can check. Keystone's own option API is never touched: any
 syntax option makes it read bare numbers as hex (unicorn.md §19).
 """
 from __future__ import annotations
@@ -53,20 +55,40 @@ def decode(arch, code: bytes, addr: int):
     return next(_cs_detail(arch.cs).disasm(code, addr, 1), None)
 
 
-def _statements(source: str, constants: dict[str, int]) -> list[str]:
+def _lines(source: str, where: Path | None) -> list[str]:
+    """Statements without comments, with `.include "FILE"` replaced by that file's statements."""
     source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
     out = []
     for line in source.splitlines():
         line = line.split("//", 1)[0].strip()
-        if line:
-            out.append(CONSTANT.sub(lambda m: str(constants.get(m.group(), m.group())), line))
+        if line.startswith(".include"):
+            name = line.split(None, 1)[1].strip('"')
+            if where is None:
+                raise FtlabError(f"cannot .include {name}: the source has no directory")
+            out += _lines((where / name).read_text(), where)
+        elif line:
+            out.append(line)
     return out
 
 
+def _statements(source: str, constants: dict[str, int], where: Path | None = None) -> list[str]:
+    macros, out, body = {}, [], None
+    for line in _lines(source, where):
+        if line.startswith(".macro"):
+            body = macros[line.split()[1]] = []
+        elif line == ".endm":
+            body = None
+        elif body is not None:
+            body.append(line)
+        else:
+            out += macros.get(line, [line])
+    return [CONSTANT.sub(lambda m: str(constants.get(m.group(), m.group())), line) for line in out]
+
+
 def assemble(arch, source: str, base: int, constants: dict[str, int] | None = None,
-             name: str = "<lab>") -> Assembly:
+             name: str = "<lab>", where: Path | None = None) -> Assembly:
     consts = {**arch.asm_constants, **(constants or {})}
-    stmts = _statements(source, consts)
+    stmts = _statements(source, consts, where)
     labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
     exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
     body = [s for s in stmts if not s.startswith(".globl")]

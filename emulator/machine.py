@@ -158,7 +158,7 @@ class Machine:
         """Assemble a .S file into lab text; its .globl labels become lab symbols."""
         path = Path(source)
         base = self.alloc("lab text", 0, 16)
-        code = asm.assemble(self.arch, path.read_text(), base, constants, name=path.name)
+        code = asm.assemble(self.arch, path.read_text(), base, constants, name=path.name, where=path.parent)
         self.alloc("lab text", len(code.code), 1)
         self.write_code(base, code.code)
         ends = sorted(set(code.symbols.values()) | {base + len(code.code)})

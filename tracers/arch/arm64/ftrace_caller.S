@@ -1,3 +1,4 @@
+.include "macros.S"
 /*
  * ftrace_caller for arm64 with DYNAMIC_FTRACE_WITH_ARGS, after arch/arm64/kernel/entry-ftrace.S.
  * Offsets are the kernel's asm-offsets names, filled in from the lab's ftrace_regs table.
@@ -16,10 +17,7 @@ ftrace_caller:
     hint #34                            // bti c
     mov x10, sp                         // the traced function's sp
     sub sp, sp, #FREGS_SIZE + 32        // ftrace_regs and two frame records
-    stp x0, x1, [sp, #FREGS_X0]
-    stp x2, x3, [sp, #FREGS_X2]
-    stp x4, x5, [sp, #FREGS_X4]
-    stp x6, x7, [sp, #FREGS_X6]
+    save_x0_x7_fregs
     str x8, [sp, #FREGS_X8]
     str xzr, [sp, #FREGS_DIRECT_TRAMP]
     str x29, [sp, #FREGS_FP]
@@ -37,10 +35,7 @@ ftrace_caller:
 .globl ftrace_call
 ftrace_call:
     bl ftrace_ops_list_func
-    ldp x0, x1, [sp, #FREGS_X0]
-    ldp x2, x3, [sp, #FREGS_X2]
-    ldp x4, x5, [sp, #FREGS_X4]
-    ldp x6, x7, [sp, #FREGS_X6]
+    restore_x0_x7_fregs
     ldr x8, [sp, #FREGS_X8]
     ldr x29, [sp, #FREGS_FP]
     ldr x30, [sp, #FREGS_LR]

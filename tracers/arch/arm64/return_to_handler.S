@@ -1,3 +1,4 @@
+.include "macros.S"
 /*
  * return_to_handler for arm64, after arch/arm64/kernel/entry-ftrace.S (6.14+: fgraph passes
  * ftrace_regs).
@@ -10,18 +11,12 @@
 .globl return_to_handler
 return_to_handler:
     sub sp, sp, #FREGS_SIZE
-    stp x0, x1, [sp, #FREGS_X0]
-    stp x2, x3, [sp, #FREGS_X2]
-    stp x4, x5, [sp, #FREGS_X4]
-    stp x6, x7, [sp, #FREGS_X6]
+    save_x0_x7_fregs
     str x29, [sp, #FREGS_FP]
     mov x0, sp                          // fregs
     bl ftrace_return_to_handler
     ldr x30, [sp, #FREGS_PC]            // the real return address
-    ldp x0, x1, [sp, #FREGS_X0]
-    ldp x2, x3, [sp, #FREGS_X2]
-    ldp x4, x5, [sp, #FREGS_X4]
-    ldp x6, x7, [sp, #FREGS_X6]
+    restore_x0_x7_fregs
     add sp, sp, #FREGS_SIZE
     ret
 

@@ -1,3 +1,4 @@
+.include "macros.S"
 /*
  * int3 entry for x86_64, after arch/x86/entry/entry_64.S (idtentry, PUSH_AND_CLEAR_REGS).
  *
@@ -10,38 +11,10 @@
 asm_exc_int3:
 trap_vector:                            // what the lab's CPU model enters (arch-neutral name)
     push -1                             // orig_ax
-    push rdi                            // PUSH_REGS: pt_regs from the top down
-    push rsi
-    push rdx
-    push rcx
-    push rax
-    push r8
-    push r9
-    push r10
-    push r11
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
+    push_regs                           // pt_regs from the top down
     mov rdi, rsp                        // regs
     call do_int3
-    pop r15                             // POP_REGS
-    pop r14
-    pop r13
-    pop r12
-    pop rbp
-    pop rbx
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rax
-    pop rcx
-    pop rdx
-    pop rsi
-    pop rdi
+    pop_regs
     add rsp, 8                          // orig_ax
     iretq                               // handlers may have changed ip, flags and sp
 

@@ -10,18 +10,12 @@
  * ftrace_ops_list_func(ip, parent_ip, op, fregs), restores, and returns into the traced function.
  * Simplification: the kernel also pushes two fake frames under CONFIG_FRAME_POINTER; not here.
  */
+.include "macros.S"
+
 .globl ftrace_caller
 ftrace_caller:
-    sub rsp, FRAME_SIZE                 // save_mcount_regs: room for a pt_regs
-    mov [rsp+RAX], rax
-    mov [rsp+RCX], rcx
-    mov [rsp+RDX], rdx
-    mov [rsp+RSI], rsi
-    mov [rsp+RDI], rdi
-    mov [rsp+R8], r8
-    mov [rsp+R9], r9
-    mov qword ptr [rsp+ORIG_RAX], 0
-    mov [rsp+RBP], rbp
+    sub rsp, FRAME_SIZE                 // room for a pt_regs
+    save_mcount_regs
     mov rdi, [rsp+FRAME_SIZE]           // the return address the site's call pushed
     mov [rsp+RIP], rdi
     sub rdi, 5                          // ip = the call site (MCOUNT_INSN_SIZE)
@@ -36,14 +30,7 @@ ftrace_call:
     call ftrace_ops_list_func
     mov rax, [rsp+RIP]                  // handlers may change the ip: return there
     mov [rsp+FRAME_SIZE], rax
-    mov rax, [rsp+RAX]                  // restore_mcount_regs
-    mov rcx, [rsp+RCX]
-    mov rdx, [rsp+RDX]
-    mov rsi, [rsp+RSI]
-    mov rdi, [rsp+RDI]
-    mov r8, [rsp+R8]
-    mov r9, [rsp+R9]
-    mov rbp, [rsp+RBP]
+    restore_mcount_regs
     add rsp, FRAME_SIZE
     ret
 
@@ -58,15 +45,7 @@ ftrace_call:
 ftrace_regs_caller:
     pushfq
     sub rsp, FRAME_SIZE                 // save_mcount_regs 8: the pt_regs sits under the flags
-    mov [rsp+RAX], rax
-    mov [rsp+RCX], rcx
-    mov [rsp+RDX], rdx
-    mov [rsp+RSI], rsi
-    mov [rsp+RDI], rdi
-    mov [rsp+R8], r8
-    mov [rsp+R9], r9
-    mov qword ptr [rsp+ORIG_RAX], 0
-    mov [rsp+RBP], rbp
+    save_mcount_regs
     mov [rsp+R15], r15
     mov [rsp+R14], r14
     mov [rsp+R13], r13
@@ -99,14 +78,7 @@ ftrace_regs_call:
     mov r12, [rsp+R12]
     mov r10, [rsp+R10]
     mov rbx, [rsp+RBX]
-    mov rax, [rsp+RAX]
-    mov rcx, [rsp+RCX]
-    mov rdx, [rsp+RDX]
-    mov rsi, [rsp+RSI]
-    mov rdi, [rsp+RDI]
-    mov r8, [rsp+R8]
-    mov r9, [rsp+R9]
-    mov rbp, [rsp+RBP]
+    restore_mcount_regs
     add rsp, FRAME_SIZE
     popfq
     ret

@@ -1,3 +1,4 @@
+.include "macros.S"
 /*
  * arch_rethook_trampoline for x86_64, after arch/x86/kernel/rethook.c.
  *
@@ -12,38 +13,10 @@ arch_rethook_trampoline:
     push rsp                            // sp - 16: the callback adds 16
     pushfq                              // flags
     sub rsp, 24                         // skip cs, ip, orig_ax (the callback fills them)
-    push rdi                            // SAVE_REGS_STRING: the GPRs in pt_regs order
-    push rsi
-    push rdx
-    push rcx
-    push rax
-    push r8
-    push r9
-    push r10
-    push r11
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
+    push_regs                           // pt_regs from the top down
     mov rdi, rsp                        // regs
     call arch_rethook_trampoline_callback
-    pop r15                             // RESTORE_REGS_STRING
-    pop r14
-    pop r13
-    pop r12
-    pop rbp
-    pop rbx
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rax
-    pop rcx
-    pop rdx
-    pop rsi
-    pop rdi
+    pop_regs
     add rsp, 24                         // orig_ax, ip, cs
     add rsp, 16                         // flags and sp: the callback copied flags into the ss slot
     popfq

@@ -1,0 +1,65 @@
+/*
+ * Register save/restore sequences shared by the x86_64 trampolines (the kernel's save_mcount_regs
+ * in ftrace_64.S and PUSH_REGS/POP_REGS in calling.h). Offsets are pt_regs' (ptrace-abi.h names).
+ */
+
+/* The registers ftrace_regs promises: arguments, rax and rbp; orig_ax = 0 (not a syscall). */
+.macro save_mcount_regs
+    mov [rsp+RAX], rax
+    mov [rsp+RCX], rcx
+    mov [rsp+RDX], rdx
+    mov [rsp+RSI], rsi
+    mov [rsp+RDI], rdi
+    mov [rsp+R8], r8
+    mov [rsp+R9], r9
+    mov qword ptr [rsp+ORIG_RAX], 0
+    mov [rsp+RBP], rbp
+.endm
+
+.macro restore_mcount_regs
+    mov rax, [rsp+RAX]
+    mov rcx, [rsp+RCX]
+    mov rdx, [rsp+RDX]
+    mov rsi, [rsp+RSI]
+    mov rdi, [rsp+RDI]
+    mov r8, [rsp+R8]
+    mov r9, [rsp+R9]
+    mov rbp, [rsp+RBP]
+.endm
+
+/* Every general register, pushed into pt_regs order (r15 ends lowest). */
+.macro push_regs
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rax
+    push r8
+    push r9
+    push r10
+    push r11
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+.endm
+
+.macro pop_regs
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rax
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+.endm
