@@ -6,6 +6,7 @@ import pytest
 
 from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
+from tracers.ring_buffer import asm_constants
 
 SOURCES = [p for p in sorted(Path("emulator/arch").glob("*/*.S")) + sorted(Path("tracers/arch").glob("*/*.S"))
            if p.name != "macros.S"]
@@ -14,7 +15,7 @@ SOURCES = [p for p in sorted(Path("emulator/arch").glob("*/*.S")) + sorted(Path(
 @pytest.mark.parametrize("path", SOURCES, ids=str)
 def test_lab_sources_roundtrip(path):
     arch = arches.get(path.parent.name)
-    asm = assemble(arch, path.read_text(), 0x3F000000, where=path.parent)
+    asm = assemble(arch, path.read_text(), 0x3F000000, asm_constants(arch), where=path.parent)
     assert asm.code and asm.exported
     assert roundtrip(arch, asm) == []
 

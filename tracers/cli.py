@@ -21,7 +21,7 @@ TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 def _labs(args):
     for target in resolve(args.obj, args.arch):
-        yield Lab(target, stubs=args.stub, budget=args.budget)
+        yield Lab(target, stubs=args.stub, budget=args.budget, ring_records=getattr(args, "buffer_size", None))
 
 
 def _banner(args, lab, out):
@@ -77,7 +77,7 @@ def cmd_trace(args, out):
         graph = args.tracer == "function_graph"
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
         sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
-        extra = {"max_depth": args.max_graph_depth} if graph else {}
+        extra = {"max_depth": args.max_graph_depth} if graph else {"buffer_mode": args.buffer_mode}
         tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
                                       notrace=args.notrace, verify=args.verify, **extra)
         with tracer:
@@ -117,6 +117,21 @@ class _Null:
         pass
 
 
+def cmd_record(args, out):
+    from .record import record
+    name, call_args = parse_call(args.call)
+    [lab] = list(_labs(args))
+    record(lab, (name, call_args), args.call.strip(), args.output, args.filter, args.notrace)
+
+
+def cmd_replay(args, out):
+    from .record import replay
+    info = replay(args.file, args.format, out)
+    if args.format == "text":
+        result = info["result"]
+        out.write(f"# {info['call']} = {format_result(tuple(result) if isinstance(result, list) else result)}\n")
+
+
 def cmd_demo(args, out):
     from .demo import demo
     demo(out)
@@ -136,7 +151,9 @@ def _add_target(p, call=True):
                                                     '\'crc32_bitwise(0, b"123456789", 9)\'')
     p.add_argument("--stub", action="append", default=[], metavar="NAME[=data]",
                    help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="instructions per call (default %(default)s)")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
+                        "which runs about twice as fast)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,11 +181,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="counter",
                    help="trace_clock: counter (one per event) or insns (emulated instructions)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
+    p.add_argument("--buffer-size", type=int, metavar="RECORDS",
+                   help="the function tracer's ring buffer, in records (default 16384)")
+    p.add_argument("--buffer-mode", choices=("stream", "overwrite", "drop"), default="stream",
+                   help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
+                        "buffer with no reader, overwrite the oldest or drop the newest (both counted)")
     g = p.add_argument_group("function_graph options (the kernel's trace_options)")
     g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
     g.add_argument("--max-graph-depth", type=int, default=0, metavar="N", help="trace only N levels deep")
     p.set_defaults(func=cmd_trace)
+    p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
+    _add_target(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--filter", action="append", default=[], metavar="GLOB")
+    p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
+    p.set_defaults(func=cmd_record)
+    p = sub.add_parser("replay", help="format a recording exactly as `ftlab trace` would have")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=FORMATS, default="text")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
     _add_target(p)
     p.add_argument("--at", required=True, metavar="SPEC",
@@ -191,7 +224,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args, sys.stdout)
+        if args.cmd == "trace" and args.output:
+            try:
+                out = open(args.output, "w")
+            except OSError as err:
+                raise FtlabError(f"{args.output}: {err.strerror}") from None
+            with out:
+                args.func(args, out)
+        else:
+            args.func(args, sys.stdout)
     except FtlabError as err:
         sys.stdout.flush()
         print(f"ftlab: error: {err}", file=sys.stderr)

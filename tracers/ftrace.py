@@ -38,6 +38,7 @@ class FtraceOps:
     filter: set[int] = field(default_factory=set)     # empty: every site (the kernel's empty hash)
     notrace: set[int] = field(default_factory=set)
     recursion_blocked: int = 0                       # nested hits RECURSION kept from the callback
+    guest_func: int | None = None                    # the same callback in guest code, if there is one
     _busy: bool = False
 
     def traces(self, ip: int) -> bool:
@@ -100,6 +101,9 @@ class Ftrace:
         syms = machine.load_lab_code(TRAMPOLINES / arch.name / "ftrace_caller.S")
         self.caller = syms["ftrace_caller"]
         self.regs_caller = syms.get("ftrace_regs_caller")    # x86 only: DYNAMIC_FTRACE_WITH_REGS
+        self.list_func = syms["ftrace_ops_list_func"]
+        # the trampolines' patchable calls of the ops function (ftrace_update_ftrace_func)
+        self._call_sites = {syms[s]: self.list_func for s in ("ftrace_call", "ftrace_regs_call") if s in syms}
         self.list_ops = machine.alloc("lab data", 64, 64)       # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
         self.sites: list[Site] = []
@@ -200,8 +204,15 @@ class Ftrace:
 
     def _update(self) -> None:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
-        trampoline where one of those ops wants a full pt_regs and the arch has one."""
+        trampoline where one of those ops wants a full pt_regs and the arch has one. Then
+        ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python."""
         arch = self.m.arch
+        lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verifying else None
+        for addr, current in self._call_sites.items():
+            func = lone or self.list_func
+            if func != current:
+                self.m.patch(addr, arch.encode_call(addr, current), arch.encode_call(addr, func))
+                self._call_sites[addr] = func
         for site in self.sites:
             users = [ops for ops in self.ops if ops.traces(site.ip)]
             target = None

@@ -46,15 +46,20 @@ def resolve(obj: str, arch: str | None) -> list[Target]:
 
 
 class Lab:
-    def __init__(self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET):
+    def __init__(self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET, init: bool = True,
+                 ring_records: int | None = None):
+        """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
+        ring_records sizes the guest ring buffer (in records) when it is first needed."""
         self.target = target
+        self.ring_records = ring_records
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
         self.obj = self.machine.load(target.path, stubs)
-        self.sites = self.ftrace.add_object(self.obj)
+        self.sites = self.ftrace.add_object(self.obj) if init else []
         self._fgraph = None
         self._rethook = None
         self._kprobes = None
+        self._ring_buffer = None
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
@@ -86,6 +91,14 @@ class Lab:
             from .kprobes import Kprobes
             self._kprobes = Kprobes(self)
         return self._kprobes
+
+    @property
+    def ring_buffer(self):
+        """The guest ring buffer and function_trace_call, made on first use."""
+        if self._ring_buffer is None:
+            from .ring_buffer import DEFAULT_RECORDS, RingBuffer
+            self._ring_buffer = RingBuffer(self, self.ring_records or DEFAULT_RECORDS)
+        return self._ring_buffer
 
     @property
     def arch(self):

@@ -77,7 +77,7 @@ class Snapshot:
     @property
     def missing(self) -> list[str]:
         """The pt_regs registers this mechanism does not capture."""
-        return [r for r in self._arch.pt_regs.offsets if r not in self._member]
+        return missing_registers(self._arch, self.saved, self._aliases)
 
     def verify(self) -> Verification | None:
         if self.truth is None:
@@ -90,6 +90,12 @@ class Snapshot:
                 reg = self._aliases.get(f, f)
                 checks.append(Check(f, v, self.truth[reg], flags=reg == self._arch.flags_reg))
         return Verification(tuple(checks), self._arch)
+
+
+def missing_registers(arch, saved, aliases=None) -> list[str]:
+    """The pt_regs members a snapshot of these saved members does not capture."""
+    have = {(aliases or {}).get(m, m) for m in saved}
+    return [r for r in arch.pt_regs.offsets if r not in have]
 
 
 class FtraceRegs(Snapshot):

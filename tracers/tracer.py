@@ -26,7 +26,8 @@ class Tracer:
     def __exit__(self, *exc):
         self.stop()
         self.clock.close()
-        self.sink.end(self.summary())
+        self.summary_seen = self.summary()
+        self.sink.end(self.summary_seen)
 
     def start(self) -> None:
         raise NotImplementedError

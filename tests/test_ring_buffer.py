@@ -1,0 +1,82 @@
+"""The guest ring buffer: the same events as the Python path, guest code on the hot path, lost
+events counted, and record/replay identical to a direct trace."""
+import pytest
+
+from fixtures import catalog
+from tracers import FtraceOps, FunctionTracer, Lab
+from tracers.cli import main
+from tracers.output import ListSink
+
+from conftest import all_variants
+
+
+def _events(lab, ring, func, args, **kw):
+    sink = ListSink()
+    with FunctionTracer(lab, sink, ring=ring, **kw):
+        result = lab.call(func, *args)
+    return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing) for e in sink.events]
+
+
+@pytest.mark.parametrize("arch_name,variant", all_variants())
+def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
+    # two machines running the same calls, so that even leftover register values agree
+    ring = Lab.open(variant, arch_name, ring_records=100)     # small: it fills and drains often
+    plain = Lab.open(variant, arch_name)
+    for f in catalog.FUNCTIONS.values():
+        for args in f.examples:
+            r1, guest = _events(ring, True, f.name, args)
+            r2, python = _events(plain, False, f.name, args)
+            assert r1 == r2 == f.reference(*args)
+            assert guest == python and guest
+
+
+def test_the_hot_path_is_guest_code(lab):
+    tracer = FunctionTracer(lab, ListSink())
+    with tracer:
+        assert set(lab.ftrace._call_sites.values()) == {lab.ring_buffer.function_trace_call}
+        calls = []
+        lab.ftrace._dispatch = lambda addr: calls.append(addr)       # Python dispatch must not run
+        lab.machine.hook_code(lambda a: calls.append(a), lab.ftrace.list_func)
+        lab.call("fib", 10)
+    assert calls == [] and len(tracer.sink.events) == 177
+    assert set(lab.ftrace._call_sites.values()) == {lab.ftrace.list_func}     # back after unregister
+
+
+def test_sharing_the_sites_falls_back_to_the_same_records(arch):
+    """With another ops on the sites, the list function runs and Python writes the same records."""
+    shared, alone = Lab.open("funcs", arch), Lab.open("funcs", arch)
+    shared.ftrace.register(FtraceOps(lambda *a: None, name="other"))
+    _, via_python = _events(shared, True, "chain_a", (10,))
+    _, via_guest = _events(alone, True, "chain_a", (10,))
+    assert via_python == via_guest and len(via_guest) == 4
+
+
+@pytest.mark.parametrize("mode", ["drop", "overwrite"])
+def test_a_full_buffer_without_a_reader_counts_what_it_loses(arch, mode):
+    lab = Lab.open("funcs", arch, ring_records=50)
+    sink = ListSink()
+    with FunctionTracer(lab, sink, buffer_mode=mode):
+        lab.call("fib", 10)                                            # 177 calls
+    kept = [e.ts for e in sink.events]
+    counters = sink.summary["counters"]
+    if mode == "drop":
+        assert kept == list(range(1, 51)) and counters["lost"] == 127
+    else:
+        assert kept == list(range(128, 178)) and counters["overwritten"] == 127
+
+
+def test_record_then_replay_is_the_direct_trace(capsys, arch, tmp_path):
+    path = str(tmp_path / "fib.ftl")
+    for fmt in ("text", "json"):
+        assert main(["trace", "--arch", arch, "funcs", "fib(12)", "--format", fmt]) == 0
+        direct = capsys.readouterr().out
+        assert main(["record", "--arch", arch, "funcs", "fib(12)", "-o", path, "--buffer-size", "64"]) == 0
+        assert main(["replay", path, "--format", fmt]) == 0
+        assert capsys.readouterr().out == direct
+
+
+def test_replay_refuses_other_files(capsys, tmp_path):
+    bad = tmp_path / "x.ftl"
+    bad.write_text("hello\n")
+    assert main(["replay", str(bad)]) == 1
+    assert capsys.readouterr().err == f"ftlab: error: {bad}: not an ftlab recording\n"

@@ -1,0 +1,113 @@
+"""The trace ring buffer (kernel/trace/ring_buffer.c, much simplified): one CPU's buffer of
+fixed-size records in guest memory, written by guest code (function_trace_call) or by Python
+handlers in the same format, and read by Python in bulk.
+
+A full buffer makes the guest call ring_buffer_full. In `stream` mode the consumer drains it
+there and tracing goes on (nothing is lost); as the kernel's buffer without a reader, `overwrite`
+replaces the oldest records and `drop` refuses new ones, each counting what it lost.
+"""
+from __future__ import annotations
+
+import struct
+
+from emulator import FtlabError
+
+from .ftrace import TRAMPOLINES
+
+CONTROL = ("head", "nr", "base", "clock", "lost", "overwritten")     # u64 words of the control block
+MODES = ("stream", "overwrite", "drop")
+REC_ENTRY, REC_EXIT = 1, 2
+REC_HEADER = ("type", "ts", "ip", "parent")
+DEFAULT_RECORDS = 16384
+
+
+def asm_constants(arch) -> dict[str, int]:
+    consts = {f"RB_{name.upper()}": 8 * i for i, name in enumerate(CONTROL)}
+    consts.update({f"REC_{name.upper()}": 8 * i for i, name in enumerate(REC_HEADER)})
+    consts.update(REC_FIELDS=8 * len(REC_HEADER), REC_SIZE=record_struct(arch).size, REC_ENTRY=REC_ENTRY)
+    return consts
+
+
+def record_struct(arch) -> struct.Struct:
+    """type, ts, ip, parent_ip, then the ftrace_regs fields ftrace_caller saves, in that order."""
+    return struct.Struct(f"<{len(REC_HEADER) + len(arch.ftrace_regs_saved)}Q")
+
+
+class RingBuffer:
+    def __init__(self, lab, nr_records: int = DEFAULT_RECORDS):
+        m = self.m = lab.machine
+        self.rec = record_struct(m.arch)
+        self.nr = nr_records
+        syms = m.load_lab_code(TRAMPOLINES / m.arch.name / "function_trace.S", asm_constants(m.arch))
+        self.function_trace_call = syms["function_trace_call"]
+        try:
+            self.control = m.alloc("lab data", 8 * len(CONTROL), 64)
+            self.base = m.alloc("lab data", nr_records * self.rec.size, 4096)
+        except FtlabError:
+            raise FtlabError(f"a ring buffer of {nr_records} records does not fit in the lab's memory") from None
+        m.write_code(syms["rb_control"], struct.pack("<Q", self.control))
+        self._ctl = m.view(self.control, 8 * len(CONTROL))
+        self._data = m.view(self.base, nr_records * self.rec.size)
+        m.hook_code(self._full, syms["ring_buffer_full"])
+        self.mode, self.consumer, self.wrapped = "stream", None, False
+        self._set(nr=nr_records, base=self.base)
+        self.reset("stream", None)
+
+    def _get(self, name: str) -> int:
+        return struct.unpack_from("<Q", self._ctl, 8 * CONTROL.index(name))[0]
+
+    def _set(self, **values) -> None:
+        for name, value in values.items():
+            struct.pack_into("<Q", self._ctl, 8 * CONTROL.index(name), value)
+
+    def reset(self, mode: str, consumer) -> None:
+        """Empty the buffer and the clock; consumer(bytes) receives whole records."""
+        if mode not in MODES:
+            raise FtlabError(f"unknown ring buffer mode '{mode}' (known: {', '.join(MODES)})")
+        self.mode, self.consumer, self.wrapped = mode, consumer, False
+        self._set(head=0, clock=0, lost=0, overwritten=0)
+
+    @property
+    def lost(self) -> int:
+        return self._get("lost")
+
+    @property
+    def overwritten(self) -> int:
+        return self._get("overwritten")
+
+    def write(self, *values) -> None:
+        """A record written by Python, exactly as function_trace_call writes it."""
+        head = self._get("head")
+        if head >= self.nr:
+            self._full(0)
+            head = self._get("head")
+            if head >= self.nr:
+                return
+        self.rec.pack_into(self._data, head * self.rec.size, *values)
+        self._set(head=head + 1)
+
+    def tick(self) -> int:
+        """The counter clock the guest keeps: the next timestamp."""
+        now = self._get("clock") + 1
+        self._set(clock=now)
+        return now
+
+    def _full(self, _addr: int) -> None:
+        if self.mode == "stream":
+            self.drain()
+        elif self.mode == "overwrite":            # the oldest records go, counted as they are
+            self._set(head=0, overwritten=self.overwritten + (self.nr if self.wrapped else 0))
+            self.wrapped = True
+        else:                                     # drop: the new record goes, counted
+            self._set(lost=self.lost + 1)
+
+    def drain(self) -> None:
+        """Hand the records written so far to the consumer, oldest first, and empty the buffer."""
+        head, size = self._get("head"), self.rec.size
+        if self.wrapped:                          # overwrite mode went round: the older part first
+            self._set(overwritten=self.overwritten + head)     # the records the newest replaced
+            self.consumer(bytes(self._data[head * size:]))
+        if head:
+            self.consumer(bytes(self._data[:head * size]))
+        self._set(head=0)
+        self.wrapped = False
