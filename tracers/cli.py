@@ -195,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--buffer-size", type=int, metavar="RECORDS", help="ring buffer size (default 16384)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
     p.set_defaults(func=cmd_record)
