@@ -137,11 +137,14 @@ def store_bytes(insn) -> int:
 
 # Spellings keystone needs that capstone prints differently (unicorn.md §18).
 ALIASES = {"hint34": "btic", "hint32": "bti", "hint36": "btij", "hint38": "btijc"}
+MNEMONIC_SYNONYMS = {"jz": "je", "jnz": "jne"}    # x86 condition spellings capstone prints one way
 STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")   # implicit operands
 SIZE_WORDS = re.compile(r"\b(?:xmm|[xy]?mm)?(?:qword|dword|word|byte)\s+ptr\b")
 
 
 def _normal(text: str, symbols: dict[str, int], next_ip: int | None = None) -> str:
+    mnemonic, _, rest = text.partition(" ")
+    text = f"{MNEMONIC_SYNONYMS.get(mnemonic, mnemonic)} {rest}"
     for label in sorted(symbols, key=len, reverse=True):
         text = re.sub(rf"(?<![\w.$]){re.escape(label)}(?![\w.$])", str(symbols[label]), text)
     text = STRING_OP.sub(r"\1", text.lower())

@@ -80,3 +80,52 @@ def test_replay_refuses_other_files(capsys, tmp_path):
     bad.write_text("hello\n")
     assert main(["replay", str(bad)]) == 1
     assert capsys.readouterr().err == f"ftlab: error: {bad}: not an ftlab recording\n"
+
+
+def _graph(lab, ring, func, args, **kw):
+    from tracers.function_graph import FunctionGraphTracer
+    sink = ListSink()
+    with FunctionGraphTracer(lab, sink, ring=ring, **kw):
+        result = lab.call(func, *args)
+    return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing, e.retval, e.duration)
+                    for e in sink.events], sink.summary
+
+
+@pytest.mark.parametrize("arch_name,variant", all_variants())
+def test_guest_function_graph_equals_the_python_path(arch_name, variant):
+    ring, plain = Lab.open(variant, arch_name, ring_records=64), Lab.open(variant, arch_name)
+    for f in catalog.FUNCTIONS.values():
+        for args in f.examples:
+            r1, guest, s1 = _graph(ring, True, f.name, args)
+            r2, python, s2 = _graph(plain, False, f.name, args)
+            assert r1 == r2 == f.reference(*args)
+            assert guest == python and guest and s1 == s2
+    assert ring.fgraph.curr_ret_stack == 0 and ring.fgraph.curr_ret_depth == -1
+
+
+def test_guest_function_graph_runs_no_python_per_call(lab):
+    from tracers.function_graph import FunctionGraphTracer
+    calls = []
+    tracer = FunctionGraphTracer(lab, ListSink())
+    with tracer:
+        for stub in (lab.ftrace.list_func, lab.fgraph._python_return):
+            lab.machine.hook_code(lambda a: calls.append(a), stub)
+        lab.call("fib", 10)
+    assert calls == [] and len(tracer.sink.events) == 2 * 177
+
+
+def test_guest_function_graph_depth_limit_and_overrun_match_python(arch):
+    for kw, call in (({"max_depth": 2}, ("fib", (8,))),):
+        _, guest, s1 = _graph(Lab.open("funcs", arch), True, *call, **kw)
+        _, python, s2 = _graph(Lab.open("funcs", arch), False, *call, **kw)
+        assert guest == python and {e[3] for e in guest} == {0, 1} and s1 == s2
+
+
+def test_with_another_fgraph_user_the_records_come_from_python(arch):
+    """A second user takes fgraph off the guest fast path; the tracer's events stay the same."""
+    from tracers.fgraph import FgraphOps
+    shared, alone = Lab.open("funcs", arch), Lab.open("funcs", arch)
+    shared.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))
+    _, via_python, _ = _graph(shared, True, "chain_a", (10,))
+    _, via_guest, _ = _graph(alone, True, "chain_a", (10,))
+    assert via_python == via_guest and len(via_guest) == 8

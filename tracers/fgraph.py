@@ -46,15 +46,22 @@ class FtraceGraphRet:
     overrun: int
 
 
+def frame_words(arch) -> int:
+    """struct ftrace_ret_stack in words: ret, func, [fp where it is checked], retp."""
+    return 4 if arch.fgraph_fp_test else 3
+
+
 @dataclass(eq=False)
 class FgraphOps:
-    """struct fgraph_ops. `filter`/`notrace` are set_ftrace_filter globs, as for an ftrace_ops."""
+    """struct fgraph_ops. `filter`/`notrace` are set_ftrace_filter globs, as for an ftrace_ops.
+    `guest` names guest code doing what entryfunc/retfunc do, used when this is the only user."""
 
     entryfunc: Callable[[FtraceGraphEnt, "FgraphOps", FtraceRegs], int]
     retfunc: Callable[[FtraceGraphRet, "FgraphOps", FtraceRegs], None] | None = None
     name: str = "fgraph_ops"
     ops: FtraceOps = field(default_factory=lambda: FtraceOps(None))   # its filter hashes
     idx: int = -1
+    guest: tuple[int, int] | None = None       # (entry, return) addresses
 
 
 @dataclass
@@ -75,19 +82,65 @@ class Fgraph:
         syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "return_to_handler.S")
         self.return_to_handler = syms["return_to_handler"]
         self.m.hook_code(self._return, syms["ftrace_return_to_handler"])
+        self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
+        self._return_target = syms["ftrace_return_to_handler"]
+        self._python_return = syms["ftrace_return_to_handler"]
         self._fregs_arg = self.m.register_batch([arch.arg_regs[0]])
-        self.frame_words = 4 if arch.fgraph_fp_test else 3      # fp is kept only where it is checked
+        self.frame_words = frame_words(arch)      # fp is kept only where it is checked
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
-        self.curr_ret_stack = 0        # task->curr_ret_stack, in words
-        self.curr_ret_depth = -1       # task->curr_ret_depth
-        self.trace_overrun = 0         # task->trace_overrun
+        # task->curr_ret_stack (words), curr_ret_depth, trace_overrun ... in guest memory
+        from .ring_buffer import FG_CONTROL
+        self._fields = FG_CONTROL
+        self.control = self.m.alloc("lab data", 8 * len(FG_CONTROL), 64)
+        self._ctl = self.m.view(self.control, 8 * len(FG_CONTROL))
+        self._put_ctl(curr=0, depth=(1 << 64) - 1, max_depth=(1 << 64) - 1, overrun=0, stack=self.ret_stack,
+                      **{"return": self.return_to_handler})
         self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
         self._busy = False
         self.exit_truth = TruthCapture(ftrace, self.return_to_handler)
+
+    def _ctl_get(self, name: str) -> int:
+        return struct.unpack_from("<Q", self._ctl, 8 * self._fields.index(name))[0]
+
+    def _put_ctl(self, **values) -> None:
+        for name, value in values.items():
+            struct.pack_into("<Q", self._ctl, 8 * self._fields.index(name), value & (1 << 64) - 1)
+
+    @property
+    def curr_ret_stack(self) -> int:
+        return self._ctl_get("curr")
+
+    @curr_ret_stack.setter
+    def curr_ret_stack(self, value: int) -> None:
+        self._put_ctl(curr=value)
+
+    @property
+    def curr_ret_depth(self) -> int:
+        depth = self._ctl_get("depth")
+        return depth - (1 << 64) if depth >> 63 else depth
+
+    @curr_ret_depth.setter
+    def curr_ret_depth(self, value: int) -> None:
+        self._put_ctl(depth=value)
+
+    @property
+    def trace_overrun(self) -> int:
+        return self._ctl_get("overrun")
+
+    @trace_overrun.setter
+    def trace_overrun(self, value: int) -> None:
+        self._put_ctl(overrun=value)
+
+    def set_max_depth(self, depth: int) -> None:
+        """The guest fast path's max_graph_depth (0: none)."""
+        self._put_ctl(max_depth=depth or (1 << 64) - 1)
+
+    def bad_frame_pointer(self) -> None:
+        raise FtlabError("fgraph: bad frame pointer on return (the guest fast path's FP test failed)")
 
     # -- registration (register_ftrace_graph) -----------------------------------------------------
 
@@ -113,10 +166,23 @@ class Fgraph:
         return [g for g in self.array if g is not None]
 
     def _update_graph_ops(self) -> None:
-        """graph_ops traces the union of what its users trace (the kernel's subops manager)."""
+        """graph_ops traces the union of what its users trace (the kernel's subops manager). A lone
+        user with guest code runs there, entry and exit, with no Python per call."""
         users, ft = self.users(), self.ftrace
         if self.graph_ops in ft.ops:
             ft.unregister(self.graph_ops)
+        lone = users[0] if len(users) == 1 and users[0].guest else None
+        self.graph_ops.guest_func = lone.guest[0] if lone else None
+        if lone:
+            fw = self.frame_words     # the words the guest pushes: as _enter with 8 bytes reserved
+            self._put_ctl(header=(fw + 1) | TYPE_DATA << TYPE_SHIFT | lone.idx << DATA_INDEX_SHIFT,
+                          bitmap=(fw + 2) | TYPE_BITMAP << TYPE_SHIFT | (1 << lone.idx) << BITMAP_SHIFT)
+        target = lone.guest[1] if lone else self._python_return
+        if target != self._return_target:
+            encode = self.m.arch.encode_call
+            self.m.patch(self._return_call, encode(self._return_call, self._return_target),
+                         encode(self._return_call, target))
+            self._return_target = target
         if not users:
             return
         everything = any(not g.ops.filter for g in users)

@@ -58,8 +58,7 @@ class FunctionTracer(Tracer):
 
     def _record(self, ip, parent_ip, op, fregs) -> None:
         """What function_trace_call does, for when other ops share the sites (the list function)."""
-        rb = self.lab.ring_buffer
-        rb.write(REC_ENTRY, rb.tick(), ip, parent_ip, *fregs.fields.values())
+        self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *fregs.fields.values())
 
     def decode(self, chunk: bytes) -> None:
         """Records from the ring buffer, as the events the Python callback would have made."""
@@ -79,7 +78,7 @@ def decode_records(tracer, arch, chunk: bytes) -> None:
     saved, sp = arch.ftrace_regs_saved, arch.ftrace_regs_saved.index(arch.sp)
     args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
     missing = tuple(missing_registers(arch, saved, arch.ftrace_regs_aliases))
-    for _, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):
+    for _, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):     # entries only
         tracer.counts["entries-written"] += 1
         tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._depth(fields[sp]), ts,
                           tuple(fields[i] for i in args), "ftrace_regs", dict(zip(saved, fields)), missing))

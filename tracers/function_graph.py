@@ -1,10 +1,18 @@
-"""The `function_graph` tracer: an entry and an exit event per call, durations from the trace clock."""
+"""The `function_graph` tracer: an entry and an exit event per call, durations from the trace clock.
+
+With the counter clock and no verify mode it records through the guest ring buffer, and when it
+is fgraph's only user the entry and the exit both run as guest code (graph_trace_entry,
+graph_trace_return): no Python per call. With other users it is called from fgraph.py and
+writes the same records. Otherwise (insns clock, verify mode) Python builds each event directly.
+"""
 from __future__ import annotations
 
 import struct
 
 from .events import Event
 from .fgraph import FgraphOps
+from .regs import missing_registers
+from .ring_buffer import REC_ENTRY, REC_EXIT, record_struct
 from .tracer import NR_ARGS, Tracer
 
 CALLTIME = struct.Struct("<Q")
@@ -14,18 +22,30 @@ class FunctionGraphTracer(Tracer):
     name = "function_graph"
 
     def __init__(self, lab, sink, clock: str = "counter", filters=(), notrace=(), verify: bool = False,
-                 max_depth: int = 0):
+                 max_depth: int = 0, ring: bool | None = None, buffer_mode: str = "stream", consumer=None):
         super().__init__(lab, sink, clock, verify)
         self.fgraph = lab.fgraph
         self.max_depth = max_depth            # max_graph_depth; 0 is no limit
-        self.gops = FgraphOps(self._entry, self._return, name=self.name)
+        self.ring = (clock == "counter" and not verify) if ring is None else ring
+        self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
+        if self.ring:
+            rb = lab.ring_buffer
+            rb.attach_fgraph(self.fgraph)
+            self.gops = FgraphOps(self._entry_record, self._return_record, name=self.name,
+                                  guest=(rb.graph_trace_entry, rb.graph_trace_return))
+        else:
+            self.gops = FgraphOps(self._entry, self._return, name=self.name)
         if filters:
             lab.ftrace.set_filter(self.gops.ops, list(filters))
         if notrace:
             lab.ftrace.set_notrace(self.gops.ops, list(notrace))
         self.counts = {"entries": 0, "exits": 0}
+        self._depth = 0
 
     def start(self) -> None:
+        if self.ring:
+            self.lab.ring_buffer.reset(self.buffer_mode, self.consumer)
+            self.fgraph.set_max_depth(self.max_depth)
         if self.verify:
             self.lab.ftrace.set_verify(True)
             self.fgraph.set_verify(True)
@@ -36,31 +56,79 @@ class FunctionGraphTracer(Tracer):
         if self.verify:
             self.fgraph.set_verify(False)
             self.lab.ftrace.set_verify(False)
+        if self.ring:
+            self.fgraph.set_max_depth(0)
+            rb = self.lab.ring_buffer
+            rb.drain()
+            if rb.lost or rb.overwritten:
+                self.counts.update(lost=rb.lost, overwritten=rb.overwritten)
 
     def summary(self) -> dict:
         out = super().summary()
         out["counters"]["trace_overrun"] = self.fgraph.trace_overrun
         return out
 
-    def _entry(self, trace, gops, fregs) -> int:
+    # -- the Python paths ---------------------------------------------------------------------
+
+    def _reserve(self, trace, now_value) -> bool:
         if self.max_depth and trace.depth >= self.max_depth:
-            return 0
-        now = self.clock.now()
+            return False
         data = self.fgraph.reserve_data(CALLTIME.size)      # the calltime lives on the shadow stack
         if data is None:
+            return False
+        self.lab.machine.write(data, CALLTIME.pack(now_value()))
+        return True
+
+    def _calltime(self) -> int:
+        addr, _ = self.fgraph.retrieve_data()
+        return CALLTIME.unpack(self.lab.machine.view(addr, CALLTIME.size))[0]
+
+    def _entry(self, trace, gops, fregs) -> int:
+        now = []
+        if not self._reserve(trace, lambda: now.append(self.clock.now()) or now[0]):
             return 0
-        self.lab.machine.write(data, CALLTIME.pack(now))
         self.counts["entries"] += 1
-        self.emit(Event(self.name, "entry", trace.func, fregs.get_return_address(), trace.depth, now,
+        self.emit(Event(self.name, "entry", trace.func, fregs.get_return_address(), trace.depth, now[0],
                         tuple(fregs.get_argument(n) for n in range(NR_ARGS)), fregs.kind, fregs.fields,
                         tuple(fregs.missing), fregs.verify()))
         return 1
 
     def _return(self, trace, gops, fregs) -> None:
         now = self.clock.now()
-        addr, _ = self.fgraph.retrieve_data()
-        [calltime] = CALLTIME.unpack(self.lab.machine.view(addr, CALLTIME.size))
         self.counts["exits"] += 1
         self.emit(Event(self.name, "exit", trace.func, fregs.get_instruction_pointer(), trace.depth, now,
                         None, fregs.kind, fregs.fields, tuple(fregs.missing), fregs.verify(),
-                        retval=trace.retval, duration=now - calltime))
+                        retval=trace.retval, duration=now - self._calltime()))
+
+    # -- the ring-buffer path (what graph_trace_entry / graph_trace_return do) --------------------
+
+    def _entry_record(self, trace, gops, fregs) -> int:
+        rb = self.lab.ring_buffer
+        return int(self._reserve(trace, lambda: rb.write(REC_ENTRY, trace.func, fregs.get_return_address(),
+                                                         *fregs.fields.values()) or 0))
+
+    def _return_record(self, trace, gops, fregs) -> None:
+        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(),
+                                   *fregs.fields.values(), self._calltime())
+
+    def decode(self, chunk: bytes) -> None:
+        """Records from the ring buffer, as the events the Python path would have made."""
+        arch = self.lab.arch
+        saved, exit_saved = arch.ftrace_regs_saved, arch.fgraph_exit_saved
+        aliases = arch.ftrace_regs_aliases
+        args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
+        missing_in = tuple(missing_registers(arch, saved, aliases))
+        missing_out = tuple(missing_registers(arch, exit_saved, aliases))
+        ret, n = exit_saved.index(arch.ret_regs[0]), len(exit_saved)
+        for kind, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):
+            if kind == REC_ENTRY:
+                self.counts["entries"] += 1
+                self.emit(Event(self.name, "entry", ip, parent, self._depth, ts, tuple(fields[i] for i in args),
+                                "ftrace_regs", dict(zip(saved, fields)), missing_in))
+                self._depth += 1
+            else:
+                self._depth -= 1
+                self.counts["exits"] += 1
+                self.emit(Event(self.name, "exit", ip, parent, self._depth, ts, None, "ftrace_regs",
+                                dict(zip(exit_saved, fields[:n])), missing_out, retval=fields[ret],
+                                duration=ts - fields[n]))

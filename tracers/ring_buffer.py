@@ -15,6 +15,8 @@ from emulator import FtlabError
 from .ftrace import TRAMPOLINES
 
 CONTROL = ("head", "nr", "base", "clock", "lost", "overwritten")     # u64 words of the control block
+# fgraph's per-task state, in guest memory so that the guest fast path and fgraph.py share it
+FG_CONTROL = ("curr", "depth", "max_depth", "overrun", "stack", "return", "header", "bitmap")
 MODES = ("stream", "overwrite", "drop")
 REC_ENTRY, REC_EXIT = 1, 2
 REC_HEADER = ("type", "ts", "ip", "parent")
@@ -22,9 +24,12 @@ DEFAULT_RECORDS = 16384
 
 
 def asm_constants(arch) -> dict[str, int]:
+    from .fgraph import SHADOW_STACK_MAX_OFFSET, frame_words
     consts = {f"RB_{name.upper()}": 8 * i for i, name in enumerate(CONTROL)}
+    consts.update({f"FG_{name.upper()}": 8 * i for i, name in enumerate(FG_CONTROL)})
     consts.update({f"REC_{name.upper()}": 8 * i for i, name in enumerate(REC_HEADER)})
-    consts.update(REC_FIELDS=8 * len(REC_HEADER), REC_SIZE=record_struct(arch).size, REC_ENTRY=REC_ENTRY)
+    consts.update(REC_FIELDS=8 * len(REC_HEADER), REC_SIZE=record_struct(arch).size, REC_ENTRY=REC_ENTRY,
+                  REC_EXIT=REC_EXIT, FG_FRAME_WORDS=frame_words(arch), FG_MAX_OFFSET=SHADOW_STACK_MAX_OFFSET)
     return consts
 
 
@@ -40,6 +45,8 @@ class RingBuffer:
         self.nr = nr_records
         syms = m.load_lab_code(TRAMPOLINES / m.arch.name / "function_trace.S", asm_constants(m.arch))
         self.function_trace_call = syms["function_trace_call"]
+        self.graph_trace_entry, self.graph_trace_return = syms["graph_trace_entry"], syms["graph_trace_return"]
+        self._syms = syms
         try:
             self.control = m.alloc("lab data", 8 * len(CONTROL), 64)
             self.base = m.alloc("lab data", nr_records * self.rec.size, 4096)
@@ -75,22 +82,26 @@ class RingBuffer:
     def overwritten(self) -> int:
         return self._get("overwritten")
 
-    def write(self, *values) -> None:
-        """A record written by Python, exactly as function_trace_call writes it."""
+    def attach_fgraph(self, fgraph) -> None:
+        """Point the guest fast path at fgraph's control block (once)."""
+        self.m.write_code(self._syms["fg_control"], struct.pack("<Q", fgraph.control))
+        bad_fp = self._syms.get("fgraph_bad_fp")
+        if bad_fp is not None:
+            self.m.hook_code(lambda a: fgraph.bad_frame_pointer(), bad_fp)
+
+    def write(self, type_: int, ip: int, parent: int, *fields) -> int | None:
+        """A record written by Python, as the guest writes it: the timestamp, or None if dropped."""
         head = self._get("head")
         if head >= self.nr:
             self._full(0)
             head = self._get("head")
             if head >= self.nr:
-                return
-        self.rec.pack_into(self._data, head * self.rec.size, *values)
-        self._set(head=head + 1)
-
-    def tick(self) -> int:
-        """The counter clock the guest keeps: the next timestamp."""
-        now = self._get("clock") + 1
-        self._set(clock=now)
-        return now
+                return None
+        ts = self._get("clock") + 1
+        pad = (0,) * (self.rec.size // 8 - len(REC_HEADER) - len(fields))
+        self.rec.pack_into(self._data, head * self.rec.size, type_, ts, ip, parent, *fields, *pad)
+        self._set(head=head + 1, clock=ts)
+        return ts
 
     def _full(self, _addr: int) -> None:
         if self.mode == "stream":

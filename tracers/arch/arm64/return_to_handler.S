@@ -14,6 +14,8 @@ return_to_handler:
     save_x0_x7_fregs
     str x29, [sp, #FREGS_FP]
     mov x0, sp                          // fregs
+.globl return_to_handler_call
+return_to_handler_call:
     bl ftrace_return_to_handler
     ldr x30, [sp, #FREGS_PC]            // the real return address
     restore_x0_x7_fregs

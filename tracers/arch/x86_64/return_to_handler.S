@@ -14,6 +14,8 @@ return_to_handler:
     mov [rsp+RDX], rdx
     mov [rsp+RBP], rbp
     mov rdi, rsp                        // fregs
+.globl return_to_handler_call
+return_to_handler_call:
     call ftrace_return_to_handler
     mov rdi, [rsp+RIP]                  // the real return address
     mov rax, [rsp+RAX]
