@@ -70,6 +70,7 @@ class Machine:
         if arch.cpu_model is not None:
             self.uc.ctl_set_cpu_model(arch.cpu_model)
         self.regions: list[Region] = []
+        self._last_region: Region | None = None
         self.symbols = SymbolTable()
         self.objects = []
         for name, (base, size) in (("heap", self.HEAP), ("stack", self.STACK),
@@ -104,7 +105,12 @@ class Machine:
         return region
 
     def region(self, addr: int) -> Region | None:
-        return next((r for r in self.regions if r.base <= addr < r.end), None)
+        last = self._last_region                  # accesses cluster: the stack, one buffer ...
+        if last is not None and last.base <= addr < last.end:
+            return last
+        found = next((r for r in self.regions if r.base <= addr < r.end), None)
+        self._last_region = found or last
+        return found
 
     def view(self, addr: int, size: int) -> memoryview:
         """Guest memory without a copy. Only for data: writing code this way would bypass Unicorn."""

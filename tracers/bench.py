@@ -66,12 +66,12 @@ def _timed(fn) -> float:
     return statistics.median(times)
 
 
-def _record_rate(lab, n) -> float:
-    """Function tracer events/s through the ring buffer, recording only."""
+def _record_rate(lab, n, tracer=FunctionTracer) -> float:
+    """A built-in tracer's events/s through the ring buffer, recording only."""
     rates = []
     for _ in range(REPEAT):
         count = _Bytes(lab.ring_buffer.rec.size)
-        with FunctionTracer(lab, _Count(), consumer=count):
+        with tracer(lab, _Count(), consumer=count):
             start = time.perf_counter()
             lab.call("fib", n)
             took = time.perf_counter() - start
@@ -136,9 +136,8 @@ def measure(arch: str) -> dict:
     r["function_events_per_s_no_budget"] = _record_rate(free, 25)
     r["function_events_per_s_by_size"] = {f"fib({n})": _record_rate(lab, n) for n in (15, 20, 25, 27)}
     r["function_vs_raw"] = r["raw_fib25_calls_per_s"] / r["function_events_per_s"]
-    with FunctionGraphTracer(lab, _Count()):
-        graph = _timed(lambda: lab.call("fib", 20))
-    r["function_graph_events_per_s"] = 2 * (2 * 10946 - 1) / graph
+    r["function_graph_events_per_s"] = _record_rate(lab, 25, FunctionGraphTracer)
+    r["function_graph_events_per_s_no_budget"] = _record_rate(free, 25, FunctionGraphTracer)
     fprobes, calls = Fprobes(lab), [0]
     fp = Fprobe(lambda *a: calls.__setitem__(0, calls[0] + 1) and 0, lambda *a: calls.__setitem__(0, calls[0] + 1))
     fprobes.register(fp, "fib")
@@ -158,6 +157,9 @@ def measure(arch: str) -> dict:
         with FunctionTracer(lab, TextSink(null, lab.machine)):
             fmt = _timed(lambda: lab.call("fib", 20))
     r["function_text_events_per_s"] = (2 * 10946 - 1) / fmt
+    with FunctionGraphTracer(lab, _Count(), ring=False):
+        graph = _timed(lambda: lab.call("fib", 18))
+    r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "graph.txt")
         _, rss = _child(["trace", "--arch", arch, "funcs", "fib(27)", "--tracer", "function_graph",
@@ -199,7 +201,8 @@ def bench(out, json_path: str | None = None) -> list[dict]:
                 out.write(f"  {key:<40} {_fmt(value):>14}   {_verdict(key, r['arch'], value)}\n")
     out.write("\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
               "no_budget: the same with --budget 0 (unicorn's instruction counter costs about half);\n"
-              "function_graph, fprobe, verify, insns clock: a Python callback per event;\n"
+              "function_graph: both hooks in guest code, records through the ring buffer (as function);
+fprobe, verify, insns clock: a Python callback per event;\n"
               "naive: a Python code hook on every function reading registers through the stock binding;\n"
               "text: recording and formatting the kernel's text together.\n")
     if json_path:

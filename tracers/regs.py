@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 U64 = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
+
+
+@lru_cache(maxsize=None)
+def _members(saved: tuple[str, ...], aliases: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """pt_regs name -> the struct member holding it, for one mechanism's saved members."""
+    alias = dict(aliases)
+    return {alias.get(m, m): m for m in saved}
 
 
 class Snapshot:
@@ -27,7 +35,7 @@ class Snapshot:
         self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
         self._aliases = aliases or {}
         self.words = layout.unpack(machine.view(addr, layout.size))
-        self._member = {self._aliases.get(m, m): m for m in self.saved}
+        self._member = _members(self.saved, tuple(self._aliases.items()))
 
     def _get(self, reg: str) -> int:
         """The saved value of a pt_regs-named register."""
