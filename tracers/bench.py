@@ -201,8 +201,8 @@ def bench(out, json_path: str | None = None) -> list[dict]:
                 out.write(f"  {key:<40} {_fmt(value):>14}   {_verdict(key, r['arch'], value)}\n")
     out.write("\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
               "no_budget: the same with --budget 0 (unicorn's instruction counter costs about half);\n"
-              "function_graph: both hooks in guest code, records through the ring buffer (as function);
-fprobe, verify, insns clock: a Python callback per event;\n"
+              "function_graph: both hooks in guest code, records through the ring buffer (as function);\n"
+              "fprobe, verify, insns clock, function_graph_python: a Python callback per event;\n"
               "naive: a Python code hook on every function reading registers through the stock binding;\n"
               "text: recording and formatting the kernel's text together.\n")
     if json_path:

@@ -1,0 +1,13 @@
+"""The bench's own logic (its figures are measured by `make bench`, never asserted here)."""
+from tracers import bench
+
+
+def test_verdicts_compare_with_each_arch_target():
+    assert bench._verdict("function_events_per_s", "arm64", 999_999).endswith("MISSED")
+    assert bench._verdict("function_events_per_s", "x86_64", 500_000).endswith("ok")
+    assert bench._verdict("peak_rss_mb_function_graph_fib27", "arm64", 301).endswith("MISSED")
+    assert bench._verdict("buffer_loop_64k_s", "arm64", 1.0) == ""
+
+
+def test_naive_tracer_sees_every_call(lab):
+    assert bench._naive_rate(lab, 10) > 0
