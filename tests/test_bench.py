@@ -10,4 +10,7 @@ def test_verdicts_compare_with_each_arch_target():
 
 
 def test_naive_tracer_sees_every_call(lab):
-    assert bench._naive_rate(lab, 10) > 0
+    events, _ = bench.naive_trace(lab, 10)
+    fib = lab.machine.address_of("fib")
+    assert len(events) == 177 and all(addr == fib for addr, *_ in events)
+    assert events[0][3][0] == 10 and events[0][1] == lab.machine.exit_addr      # n, and the caller

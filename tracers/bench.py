@@ -80,8 +80,13 @@ def _record_rate(lab, n, tracer=FunctionTracer) -> float:
 
 
 def _naive_rate(lab, n) -> float:
+    events, took = naive_trace(lab, n)
+    return len(events) / took
+
+
+def naive_trace(lab, n) -> tuple[list, float]:
     """A tracer as a user would write it: a Python code hook on every function's entry, reading
-    what it needs through the stock unicorn binding."""
+    what it needs through the stock unicorn binding. Returns its events and the seconds fib(n) took."""
     m, uc, arch = lab.machine, lab.machine.uc, lab.arch
     ids = [arch.regs[r] for r in arch.arg_regs[:6]]
     sp_id, lr_id = arch.regs[arch.sp], arch.regs[arch.lr] if arch.lr else None
@@ -98,7 +103,7 @@ def _naive_rate(lab, n) -> float:
     took = time.perf_counter() - start
     for h in hooks:
         uc.hook_del(h)
-    return len(events) / took
+    return events, took
 
 
 CHILD = """import sys

@@ -241,8 +241,7 @@ class Fgraph:
             top = start
 
     def _frame(self, start: int, bitmap_index: int, bitmap_word: int) -> _Frame:
-        words = [self._word(start + i) for i in range(self.frame_words)]
-        ret, func, *rest = words
+        ret, func, *rest = struct.unpack_from(f"<{self.frame_words}Q", self.stack, 8 * start)
         fp, retp = (rest[0], rest[1]) if self.frame_words == 4 else (0, rest[0])
         data, i = {}, bitmap_index - 1
         while i >= start + self.frame_words:
@@ -278,12 +277,12 @@ class Fgraph:
         if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
             self.trace_overrun += 1
             return -1
-        self.curr_ret_depth += 1
-        frame = [ret, func, fregs.get_frame_pointer(), retp] if self.frame_words == 4 else [ret, func, retp]
-        for i, w in enumerate(frame):
-            self._put(start + i, w)
+        depth = self.curr_ret_depth + 1
+        self.curr_ret_depth = depth
+        frame = (ret, func, fregs.get_frame_pointer(), retp) if self.frame_words == 4 else (ret, func, retp)
+        struct.pack_into(f"<{len(frame)}Q", self.stack, 8 * start, *frame)
         self.curr_ret_stack = start + self.frame_words
-        trace, bitmap = FtraceGraphEnt(func, self.curr_ret_depth), 0
+        trace, bitmap = FtraceGraphEnt(func, depth), 0
         for gops in self.users():
             if not gops.ops.traces(func):
                 continue
@@ -302,7 +301,7 @@ class Fgraph:
             else:
                 self.curr_ret_stack = mark            # its reserved data is discarded
         if not bitmap:
-            self.curr_ret_stack, self.curr_ret_depth = start, self.curr_ret_depth - 1
+            self.curr_ret_stack, self.curr_ret_depth = start, depth - 1
             return -1
         top = self.curr_ret_stack
         self._put(top, (top - start) | TYPE_BITMAP << TYPE_SHIFT | bitmap << BITMAP_SHIFT)
