@@ -65,14 +65,17 @@ def test_a_full_buffer_without_a_reader_counts_what_it_loses(arch, mode):
         assert kept == list(range(128, 178)) and counters["overwritten"] == 127
 
 
-def test_record_then_replay_is_the_direct_trace(capsys, arch, tmp_path):
+@pytest.mark.parametrize("tracer", ["function", "function_graph"])
+def test_record_then_replay_is_the_direct_trace(capsys, arch, tmp_path, tracer):
     path = str(tmp_path / "fib.ftl")
+    graph = ["--funcgraph-retval"] if tracer == "function_graph" else []
     for fmt in ("text", "json"):
-        assert main(["trace", "--arch", arch, "funcs", "fib(12)", "--format", fmt]) == 0
+        assert main(["trace", "--arch", arch, "funcs", "fib(12)", "--tracer", tracer, "--format", fmt, *graph]) == 0
         direct = capsys.readouterr().out
-        assert main(["record", "--arch", arch, "funcs", "fib(12)", "-o", path, "--buffer-size", "64"]) == 0
-        assert main(["replay", path, "--format", fmt]) == 0
-        assert capsys.readouterr().out == direct
+        assert main(["record", "--arch", arch, "funcs", "fib(12)", "--tracer", tracer, "-o", path,
+                     "--buffer-size", "64"]) == 0
+        assert main(["replay", path, "--format", fmt, *graph]) == 0
+        assert capsys.readouterr().out == direct and direct.count("\n") > 400
 
 
 def test_replay_refuses_other_files(capsys, tmp_path):

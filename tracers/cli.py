@@ -121,12 +121,14 @@ def cmd_record(args, out):
     from .record import record
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
-    record(lab, (name, call_args), args.call.strip(), args.output, args.filter, args.notrace)
+    options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
+    record(lab, (name, call_args), args.call.strip(), args.output, args.tracer, args.filter, args.notrace,
+           **options)
 
 
 def cmd_replay(args, out):
     from .record import replay
-    info = replay(args.file, args.format, out)
+    info = replay(args.file, args.format, out, retval=args.funcgraph_retval, tail=args.funcgraph_tail)
     if args.format == "text":
         result = info["result"]
         out.write(f"# {info['call']} = {format_result(tuple(result) if isinstance(result, list) else result)}\n")
@@ -195,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
+    p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
     p.add_argument("--buffer-size", type=int, metavar="RECORDS", help="ring buffer size (default 16384)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
@@ -202,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="format a recording exactly as `ftlab trace` would have")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--format", choices=FORMATS, default="text")
+    p.add_argument("--funcgraph-retval", action="store_true")
+    p.add_argument("--funcgraph-tail", action="store_true")
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
     _add_target(p)

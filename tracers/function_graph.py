@@ -40,7 +40,7 @@ class FunctionGraphTracer(Tracer):
         if notrace:
             lab.ftrace.set_notrace(self.gops.ops, list(notrace))
         self.counts = {"entries": 0, "exits": 0}
-        self._depth = 0
+        self._open = 0                    # entries decoded and not yet exited: the depth
 
     def start(self) -> None:
         if self.ring:
@@ -113,22 +113,27 @@ class FunctionGraphTracer(Tracer):
 
     def decode(self, chunk: bytes) -> None:
         """Records from the ring buffer, as the events the Python path would have made."""
-        arch = self.lab.arch
-        saved, exit_saved = arch.ftrace_regs_saved, arch.fgraph_exit_saved
-        aliases = arch.ftrace_regs_aliases
-        args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
-        missing_in = tuple(missing_registers(arch, saved, aliases))
-        missing_out = tuple(missing_registers(arch, exit_saved, aliases))
-        ret, n = exit_saved.index(arch.ret_regs[0]), len(exit_saved)
-        for kind, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):
-            if kind == REC_ENTRY:
-                self.counts["entries"] += 1
-                self.emit(Event(self.name, "entry", ip, parent, self._depth, ts, tuple(fields[i] for i in args),
-                                "ftrace_regs", dict(zip(saved, fields)), missing_in))
-                self._depth += 1
-            else:
-                self._depth -= 1
-                self.counts["exits"] += 1
-                self.emit(Event(self.name, "exit", ip, parent, self._depth, ts, None, "ftrace_regs",
-                                dict(zip(exit_saved, fields[:n])), missing_out, retval=fields[ret],
-                                duration=ts - fields[n]))
+        decode_graph_records(self, self.lab.arch, chunk)
+
+
+def decode_graph_records(tracer, arch, chunk: bytes) -> None:
+    """function_graph records (entries and exits) to events through tracer.emit; the same for a
+    live trace and a replayed file."""
+    saved, exit_saved = arch.ftrace_regs_saved, arch.fgraph_exit_saved
+    aliases = arch.ftrace_regs_aliases
+    args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
+    missing_in = tuple(missing_registers(arch, saved, aliases))
+    missing_out = tuple(missing_registers(arch, exit_saved, aliases))
+    ret, n = exit_saved.index(arch.ret_regs[0]), len(exit_saved)
+    for kind, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):
+        if kind == REC_ENTRY:
+            tracer.counts["entries"] += 1
+            tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._open, ts, tuple(fields[i] for i in args),
+                              "ftrace_regs", dict(zip(saved, fields)), missing_in))
+            tracer._open += 1
+        else:
+            tracer._open -= 1
+            tracer.counts["exits"] += 1
+            tracer.emit(Event(tracer.name, "exit", ip, parent, tracer._open, ts, None, "ftrace_regs",
+                              dict(zip(exit_saved, fields[:n])), missing_out, retval=fields[ret],
+                              duration=ts - fields[n]))

@@ -16,8 +16,12 @@ from emulator import FtlabError, arch as arches
 from emulator.symbols import Symbol, SymbolTable
 
 from .function import FunctionTracer, decode_records
+from .function_graph import FunctionGraphTracer, decode_graph_records
 from .output import make_sink
-from .ring_buffer import record_struct
+from .ring_buffer import REC_ENTRY, REC_EXIT, record_struct
+
+TRACERS = {"function": (FunctionTracer, decode_records, {"entries-written": 0}),
+           "function_graph": (FunctionGraphTracer, decode_graph_records, {"entries": 0, "exits": 0})}
 
 MAGIC, VERSION = "ftlab-record", 1
 LENGTH = struct.Struct("<Q")
@@ -26,34 +30,46 @@ LENGTH = struct.Struct("<Q")
 class Recorder:
     """The ring buffer's consumer while recording: raw chunks straight into the file."""
 
-    def __init__(self, fh, lab, call_text: str):
+    def __init__(self, fh, lab, call_text: str, tracer: str):
         self.fh = fh
         arch = lab.arch
-        header = {"format": MAGIC, "version": VERSION, "arch": arch.name, "tracer": "function",
+        header = {"format": MAGIC, "version": VERSION, "arch": arch.name, "tracer": tracer,
                   "clock": "counter", "call": call_text, "record_size": record_struct(arch).size,
                   "fields": list(arch.ftrace_regs_saved),
                   "symbols": [[s.name, s.addr, s.size, s.kind] for s in lab.machine.symbols._sorted]}
         fh.write(json.dumps(header).encode() + b"\n")
-        self.size, self.records = header["record_size"], 0
+        self.size, self.entries, self.exits = header["record_size"], 0, 0
 
     def __call__(self, chunk: bytes) -> None:
         self.fh.write(LENGTH.pack(len(chunk)))
         self.fh.write(chunk)
-        self.records += len(chunk) // self.size
+        types = chunk[::self.size]                 # each record's type, its first (low) byte
+        self.entries += types.count(REC_ENTRY)
+        self.exits += types.count(REC_EXIT)
 
     def finish(self, trailer: dict) -> None:
         self.fh.write(LENGTH.pack(0))
         self.fh.write(json.dumps(trailer).encode() + b"\n")
 
 
-def record(lab, call: tuple, call_text: str, path: str, filters=(), notrace=()) -> None:
-    with open(path, "wb") as fh:
-        rec = Recorder(fh, lab, call_text)
-        tracer = FunctionTracer(lab, _NoSink(), filters=filters, notrace=notrace, ring=True, consumer=rec)
-        with tracer:
+def record(lab, call: tuple, call_text: str, path: str, tracer: str = "function", filters=(), notrace=(),
+           **options) -> None:
+    if tracer not in TRACERS:
+        raise FtlabError(f"record takes --tracer {' or '.join(TRACERS)}")
+    try:
+        fh = open(path, "wb")
+    except OSError as err:
+        raise FtlabError(f"{path}: {err.strerror}") from None
+    with fh:
+        rec = Recorder(fh, lab, call_text, tracer)
+        kind, _, _ = TRACERS[tracer]
+        live = kind(lab, _NoSink(), filters=filters, notrace=notrace, ring=True, consumer=rec, **options)
+        with live:
             result = lab.call(call[0], *call[1])
-        summary = tracer.summary_seen
-        summary["counters"]["entries-written"] = rec.records       # counted here, not decoded
+        summary = live.summary_seen                 # what decoding would have counted:
+        counts = {"entries-written": rec.entries} if tracer == "function" else \
+            {"entries": rec.entries, "exits": rec.exits}
+        summary["counters"].update(counts)
         rec.finish({"summary": summary, "result": list(result) if isinstance(result, tuple) else result})
 
 
@@ -68,7 +84,7 @@ class _NoSink:
         pass
 
 
-def replay(path: str, fmt: str, out) -> dict:
+def replay(path: str, fmt: str, out, **graph_options) -> dict:
     try:
         fh = open(path, "rb")
     except OSError as err:
@@ -89,8 +105,13 @@ def replay(path: str, fmt: str, out) -> dict:
         for name, addr, size, kind in header["symbols"]:
             symbols.add(Symbol(name, addr, size, kind))
         view = SimpleNamespace(symbols=symbols, arch=arch)
-        replayer = _Replayer(make_sink(fmt, "function", out, view), arch)
-        replayer.sink.begin("function", header["clock"])
+        tracer = header["tracer"]
+        if tracer not in TRACERS:
+            raise FtlabError(f"{path}: a {tracer} recording; this ftlab replays {', '.join(TRACERS)}")
+        options = graph_options if tracer == "function_graph" else {}
+        replayer = _Replayer(make_sink(fmt, tracer, out, view, **options), tracer)
+        decode = TRACERS[tracer][1]
+        replayer.sink.begin(tracer, header["clock"])
         while True:
             raw = fh.read(LENGTH.size)
             if len(raw) < LENGTH.size:
@@ -98,16 +119,18 @@ def replay(path: str, fmt: str, out) -> dict:
             [size] = LENGTH.unpack(raw)
             if size == 0:
                 break
-            decode_records(replayer, arch, fh.read(size))
+            decode(replayer, arch, fh.read(size))
         trailer = json.loads(fh.readline())
         replayer.sink.end(trailer["summary"])
         return {"call": header["call"], "result": trailer["result"]}
 
 
 class _Replayer(FunctionTracer):
-    """The function tracer's decoding half, without a machine."""
+    """A tracer's decoding half, without a machine: what the decoders need (emit, the counters,
+    the depth state of both tracers)."""
 
-    def __init__(self, sink, arch):
-        self.sink, self.verify, self.counts = sink, False, {"entries-written": 0}
+    def __init__(self, sink, tracer: str):
+        self.name, self.sink, self.verify = tracer, sink, False
+        self.counts = dict(TRACERS[tracer][2])
         self.snapshots = self.mismatching = 0
-        self._sps = []
+        self._sps, self._open = [], 0
