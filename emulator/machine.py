@@ -6,6 +6,7 @@ through `patch()`/`write_code()`, which go through Unicorn and flush its transla
 """
 from __future__ import annotations
 
+import bisect
 import ctypes
 import re
 import struct
@@ -70,7 +71,8 @@ class Machine:
         if arch.cpu_model is not None:
             self.uc.ctl_set_cpu_model(arch.cpu_model)
         self.regions: list[Region] = []
-        self._last_region: Region | None = None
+        self._bases: list[int] = []            # region bases, sorted, for lookups by address
+        self._by_base: list[Region] = []
         self.symbols = SymbolTable()
         self.objects = []
         for name, (base, size) in (("heap", self.HEAP), ("stack", self.STACK),
@@ -102,15 +104,18 @@ class Machine:
         self.uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, ctypes.addressof(buf))
         region = Region(name, base, size, buf, memoryview(buf).cast("B"))
         self.regions.append(region)
+        i = bisect.bisect_right(self._bases, base)
+        self._bases.insert(i, base)
+        self._by_base.insert(i, region)
         return region
 
     def region(self, addr: int) -> Region | None:
-        last = self._last_region                  # accesses cluster: the stack, one buffer ...
-        if last is not None and last.base <= addr < last.end:
-            return last
-        found = next((r for r in self.regions if r.base <= addr < r.end), None)
-        self._last_region = found or last
-        return found
+        i = bisect.bisect_right(self._bases, addr) - 1
+        if i >= 0:
+            r = self._by_base[i]
+            if addr < r.base + r.size:
+                return r
+        return None
 
     def view(self, addr: int, size: int) -> memoryview:
         """Guest memory without a copy. Only for data: writing code this way would bypass Unicorn."""

@@ -88,12 +88,14 @@ class Fgraph:
         self._fregs_arg = self.m.register_batch([arch.arg_regs[0]])
         self.frame_words = frame_words(arch)      # fp is kept only where it is checked
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
+        self._users: list[FgraphOps] = []        # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
         # task->curr_ret_stack (words), curr_ret_depth, trace_overrun ... in guest memory
         from .ring_buffer import FG_CONTROL
-        self._fields = FG_CONTROL
+        assert FG_CONTROL[:2] == ("curr", "depth")
+        self._offset = {name: 8 * i for i, name in enumerate(FG_CONTROL)}
         self.control = self.m.alloc("lab data", 8 * len(FG_CONTROL), 64)
         self._ctl = self.m.view(self.control, 8 * len(FG_CONTROL))
         self._put_ctl(curr=0, depth=(1 << 64) - 1, max_depth=(1 << 64) - 1, overrun=0, stack=self.ret_stack,
@@ -104,28 +106,29 @@ class Fgraph:
         self.exit_truth = TruthCapture(ftrace, self.return_to_handler)
 
     def _ctl_get(self, name: str) -> int:
-        return struct.unpack_from("<Q", self._ctl, 8 * self._fields.index(name))[0]
+        return WORD.unpack_from(self._ctl, self._offset[name])[0]
 
     def _put_ctl(self, **values) -> None:
         for name, value in values.items():
-            struct.pack_into("<Q", self._ctl, 8 * self._fields.index(name), value & (1 << 64) - 1)
+            WORD.pack_into(self._ctl, self._offset[name], value & (1 << 64) - 1)
 
+    # The hot ones, at fixed offsets (FG_CONTROL's first two words).
     @property
     def curr_ret_stack(self) -> int:
-        return self._ctl_get("curr")
+        return WORD.unpack_from(self._ctl, 0)[0]
 
     @curr_ret_stack.setter
     def curr_ret_stack(self, value: int) -> None:
-        self._put_ctl(curr=value)
+        WORD.pack_into(self._ctl, 0, value)
 
     @property
     def curr_ret_depth(self) -> int:
-        depth = self._ctl_get("depth")
+        depth = WORD.unpack_from(self._ctl, 8)[0]
         return depth - (1 << 64) if depth >> 63 else depth
 
     @curr_ret_depth.setter
     def curr_ret_depth(self, value: int) -> None:
-        self._put_ctl(depth=value)
+        WORD.pack_into(self._ctl, 8, value & (1 << 64) - 1)
 
     @property
     def trace_overrun(self) -> int:
@@ -163,12 +166,13 @@ class Fgraph:
         self._update_graph_ops()
 
     def users(self) -> list[FgraphOps]:
-        return [g for g in self.array if g is not None]
+        return self._users
 
     def _update_graph_ops(self) -> None:
         """graph_ops traces the union of what its users trace (the kernel's subops manager). A lone
         user with guest code runs there, entry and exit, with no Python per call."""
-        users, ft = self.users(), self.ftrace
+        self._users = [g for g in self.array if g is not None]
+        users, ft = self._users, self.ftrace
         if self.graph_ops in ft.ops:
             ft.unregister(self.graph_ops)
         lone = users[0] if len(users) == 1 and users[0].guest else None

@@ -50,6 +50,7 @@ class Fprobes:
             raise FtlabError(f"unknown fprobe design '{design}' (known: {', '.join(DESIGNS)})")
         self.lab, self.design = lab, design
         self.probes: dict[int, Fprobe] = {}
+        self._by_ip: dict[int, list[Fprobe]] = {}
         self._next_id = 1
         self._gops = FgraphOps(self._graph_entry, self._graph_exit, name="fprobe")
 
@@ -79,6 +80,7 @@ class Fprobes:
         if fp.id not in self.probes:
             raise FtlabError("fprobe: unregistering an fprobe that is not registered")
         del self.probes[fp.id]
+        self._by_ip.clear()
         if fp._ops is not None:
             self.lab.ftrace.unregister(fp._ops)
         self._update_graph()
@@ -99,6 +101,7 @@ class Fprobes:
         fp.ips, fp.id, fp.nmissed = ips, self._next_id, 0
         self._next_id += 1
         self.probes[fp.id] = fp
+        self._by_ip.clear()
         if self.design == "fgraph":
             self._update_graph()
         else:
@@ -121,10 +124,17 @@ class Fprobes:
 
     # -- the fgraph design (fprobe_entry / fprobe_return) -----------------------------------------
 
+    def _at(self, ip: int) -> list[Fprobe]:
+        """The fprobes on an address (the kernel's ip hash table), kept until registration changes."""
+        probes = self._by_ip.get(ip)
+        if probes is None:
+            probes = self._by_ip[ip] = [fp for fp in self.probes.values() if ip in fp.ips]
+        return probes
+
     def _graph_entry(self, trace, gops, fregs) -> int:
         ip, m = trace.func, self.lab.machine
         ret_ip = fregs.get_return_address()
-        probes = [fp for fp in self.probes.values() if ip in fp.ips and not fp.disabled]
+        probes = [fp for fp in self._at(ip) if not fp.disabled]
         with_exit = [fp for fp in probes if fp.exit_handler]
         need = sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in with_exit)
         base = self.lab.fgraph.reserve_data(need) if need else None

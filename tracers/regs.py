@@ -34,7 +34,7 @@ class Snapshot:
         self._m, self._arch, self._layout = machine, machine.arch, layout
         self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
         self._aliases = aliases or {}
-        self.words = layout.unpack(machine.view(addr, layout.size))
+        self.words = list(layout.unpack(machine.view(addr, layout.size)))
         self._member = _members(self.saved, tuple(self._aliases.items()))
 
     def _get(self, reg: str) -> int:
@@ -45,9 +45,7 @@ class Snapshot:
         """Write a member in guest memory (software fix-ups may write members nothing captured)."""
         offset = self._layout.offsets[self._member.get(reg, reg)]
         self._m.write(self.addr + offset, U64.pack(value & MASK64))
-        words = list(self.words)
-        words[offset // 8] = value & MASK64
-        self.words = tuple(words)
+        self.words[offset // 8] = value & MASK64
 
     def _argument(self, n: int) -> int:
         """Argument n (0-based): a register, then (x86) the stack above the return address, or
