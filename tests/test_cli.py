@@ -140,6 +140,11 @@ BAD = [
     (["run", "--arch", "x86_64", "--budget", "5000", "funcs", "fib(25)"],
      r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib"),
     (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"undefined symbol 'helper'"),
+    (["trace", "--arch", "arm64", "funcs", "fib(3)", "--buffer-size", "0"], r"at least one record, not 0"),
+    (["record", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.ftl"],
+     r"/nonexistent/dir/x.ftl: No such file or directory"),
+    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.txt"],
+     r"/nonexistent/dir/x.txt: No such file or directory"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "--filter", "nope"], r"filter 'nope' matches no"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f fib $retval $foo"],
      r"bad probe spec 'f fib \$retval \$foo': Invalid \$-valiable specified: '\$foo' \(column 15\)"),
@@ -157,6 +162,12 @@ def test_bad_input_is_one_line_and_nonzero(capsys, argv, message):
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("ftlab: error: ")
     assert re.search(message, err), err
+
+
+def test_negative_budget_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--arch", "arm64", "--budget", "-5", "funcs", "fib(3)"])
+    assert exit_.value.code == 2 and "-5 is negative" in capsys.readouterr().err
 
 
 def test_non_elf_file(capsys, tmp_path):

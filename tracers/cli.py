@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
@@ -107,14 +108,9 @@ def cmd_compare(args, out):
     from .views import compare, dump_json
     name, call_args = parse_call(args.call)
     labs = list(_labs(args))
-    rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else _Null())
+    rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else io.StringIO())
     if args.format == "json":
         dump_json(rows, out)
-
-
-class _Null:
-    def write(self, text):
-        pass
 
 
 def cmd_record(args, out):
@@ -144,6 +140,17 @@ def cmd_bench(args, out):
     bench(out, args.json)
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 for --budget and --buffer-size (argparse reports a bad one)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def _add_target(p, call=True):
     p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); "
                                   "optional when OBJ is a file")
@@ -153,7 +160,7 @@ def _add_target(p, call=True):
                                                     '\'crc32_bitwise(0, b"123456789", 9)\'')
     p.add_argument("--stub", action="append", default=[], metavar="NAME[=data]",
                    help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    p.add_argument("--budget", type=_count, default=DEFAULT_BUDGET,
                    help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
                         "which runs about twice as fast)")
 
@@ -184,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="counter",
                    help="trace_clock: counter (one per event) or insns (emulated instructions)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
-    p.add_argument("--buffer-size", type=int, metavar="RECORDS",
+    p.add_argument("--buffer-size", type=_count, metavar="RECORDS",
                    help="the function tracer's ring buffer, in records (default 16384)")
     p.add_argument("--buffer-mode", choices=("stream", "overwrite", "drop"), default="stream",
                    help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
@@ -199,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
     p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
-    p.add_argument("--buffer-size", type=int, metavar="RECORDS", help="ring buffer size (default 16384)")
+    p.add_argument("--buffer-size", type=_count, metavar="RECORDS", help="ring buffer size (default 16384)")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
     p.set_defaults(func=cmd_record)

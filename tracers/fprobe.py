@@ -22,6 +22,7 @@ from emulator import FtlabError
 
 from .fgraph import FgraphOps
 from .ftrace import FtraceOps, OpsFlag
+from .kretprobe import NR_CPUS
 from .rethook import Rethook
 
 DESIGNS = ("fgraph", "rethook")
@@ -34,6 +35,7 @@ class Fprobe:
     entry_handler: Callable | None = None
     exit_handler: Callable | None = None
     entry_data_size: int = 0
+    nr_maxactive: int = 0                  # the rethook design's node pool (0: the kernel's default)
     nmissed: int = 0
     disabled: bool = False
     ips: set[int] = field(default_factory=set)
@@ -106,8 +108,9 @@ class Fprobes:
             self._update_graph()
         else:
             if fp.exit_handler:
+                # 6.4-6.13 sized the pool as nr_maxactive, by default num * num_possible_cpus() * 2
                 fp._rethook = Rethook(self.lab.rethook, lambda node, regs: self._rethook_exit(fp, node, regs),
-                                      fp.entry_data_size, 2 * 2 * max(1, len(ips)) + 8)
+                                      fp.entry_data_size, fp.nr_maxactive or len(ips) * NR_CPUS * 2)
             fp._ops = FtraceOps(lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
                                 OpsFlag.RECURSION, name="fprobe", filter=set(ips))
             self.lab.ftrace.register(fp._ops)

@@ -78,7 +78,7 @@ class Kprobes:
     # -- registration (register_kprobe, arch_prepare_kprobe, arch_arm_kprobe) ---------------------
 
     def register(self, p: Kprobe) -> None:
-        p.addr = self._check(p)
+        p.addr = self.check(p)
         point = self.points.get(p.addr)
         if point is not None:
             if any(q is p for q in point.probes):
@@ -120,7 +120,8 @@ class Kprobes:
         if p.addr in self._truth_hooks:
             self.m.unhook(self._truth_hooks.pop(p.addr))
 
-    def _check(self, p: Kprobe) -> int:
+    def check(self, p: Kprobe) -> int:
+        """The probe's address, or FtlabError saying why it cannot be probed there."""
         m = self.m
         sym = m.symbols.get(p.symbol)
         if sym is None or sym.kind != "func":

@@ -97,7 +97,8 @@ class Lab:
         """The guest ring buffer and function_trace_call, made on first use."""
         if self._ring_buffer is None:
             from .ring_buffer import DEFAULT_RECORDS, RingBuffer
-            self._ring_buffer = RingBuffer(self, self.ring_records or DEFAULT_RECORDS)
+            size = DEFAULT_RECORDS if self.ring_records is None else self.ring_records
+            self._ring_buffer = RingBuffer(self, size)
         return self._ring_buffer
 
     @property

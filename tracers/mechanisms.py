@@ -91,7 +91,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         c.at = f"{func}+{off:#x}"
         p = Kprobe(func, off, lambda p, regs: count(regs) or 0)
         try:
-            lab.kprobes._check(p)
+            lab.kprobes.check(p)
         except FtlabError as err:
             c.refused = str(err)
         return (lambda: lab.kprobes.register(p)), (lambda: lab.kprobes.unregister(p))
@@ -125,5 +125,5 @@ def capture_all(lab, func: str, call: tuple, offset: int | None = None) -> list[
     """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere."""
     at_entry = offset is None or lab.machine.address_of(func) + offset == lab.ftrace.site(func).ip
     if not at_entry:
-        lab.kprobes._check(Kprobe(func, offset))      # a bad probe point is the user's error
+        lab.kprobes.check(Kprobe(func, offset))      # a bad probe point is the user's error
     return [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]

@@ -40,6 +40,8 @@ def record_struct(arch) -> struct.Struct:
 
 class RingBuffer:
     def __init__(self, lab, nr_records: int = DEFAULT_RECORDS):
+        if nr_records < 1:
+            raise FtlabError(f"a ring buffer needs at least one record, not {nr_records}")
         m = self.m = lab.machine
         self.rec = record_struct(m.arch)
         self.nr = nr_records
