@@ -132,3 +132,11 @@ def test_with_another_fgraph_user_the_records_come_from_python(arch):
     _, via_python, _ = _graph(shared, True, "chain_a", (10,))
     _, via_guest, _ = _graph(alone, True, "chain_a", (10,))
     assert via_python == via_guest and len(via_guest) == 8
+
+
+def test_graph_buffer_mode_from_the_command_line(capsys, arch):
+    assert main(["trace", "--arch", arch, "funcs", "fib(6)", "--tracer", "function_graph",
+                 "--buffer-size", "10", "--buffer-mode", "drop"]) == 0
+    out = capsys.readouterr().out
+    # 25 calls make 50 records; the first 10 are kept (7 entries, then 3 exits), 40 are lost
+    assert "# entries: 7, exits: 3, lost: 40, overwritten: 0, trace_overrun: 0" in out

@@ -78,7 +78,7 @@ def cmd_trace(args, out):
         graph = args.tracer == "function_graph"
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
         sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
-        extra = {"max_depth": args.max_graph_depth} if graph else {"buffer_mode": args.buffer_mode}
+        extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
         tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
                                       notrace=args.notrace, verify=args.verify, **extra)
         with tracer:
@@ -192,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
                    help="trace_clock: counter (one per event) or insns (emulated instructions)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
     p.add_argument("--buffer-size", type=_count, metavar="RECORDS",
-                   help="the function tracer's ring buffer, in records (default 16384)")
+                   help="the ring buffer of the function and function_graph tracers, in records "
+                        "(default 16384)")
     p.add_argument("--buffer-mode", choices=("stream", "overwrite", "drop"), default="stream",
                    help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
                         "buffer with no reader, overwrite the oldest or drop the newest (both counted)")
