@@ -38,3 +38,6 @@ def demo(out) -> None:
             out.write(f"    {check.field:<4} saved {check.captured:#018x}  true {check.truth:#018x}  {status}{note}\n")
         out.write(f"    not captured: {' '.join(ev.missing)}\n")
         out.write(f"    arguments: {list(ev.args)}\n\n")
+    out.write("More: ftlab compare funcs 'fib(3)' (every mechanism's snapshot and cost, both arches side by side),\n"
+              "ftlab regs --arch arm64 funcs 'fib(3)' --at fib (field by field against the truth),\n"
+              "ftlab trace --arch x86_64 funcs 'chain_a(10)' --tracer function_graph, and -e for probe events.\n")
