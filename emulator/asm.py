@@ -190,7 +190,3 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
             problems.append(f"{addr:#x}: source '{stmt}' assembled as '{text}'")
         addr += size
     return problems
-
-
-def load_source(path: Path) -> str:
-    return Path(path).read_text()

@@ -86,14 +86,13 @@ class Machine:
         self._fault_access = None
         self._trap_hook = None
         self._lab_hook = None
-        self._lab_blocks: dict[tuple[int, int], tuple[int, int]] = {}
         self.lab_insns = self.lab_stored = 0
         self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, self._on_bad_access)
         self._running = 0
         self._insn_hook = None
         self.insns = 0                  # emulated instructions, while counting is on
         self.insns_before_block = 0
-        self._block_insns: dict[tuple[int, int], int] = {}
+        self._blocks: dict[tuple[int, int], tuple[int, int]] = {}   # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.source_dir / "runtime.S")
         self.exit_addr = runtime["ftlab_caller"]
 
@@ -154,8 +153,7 @@ class Machine:
     def write_code(self, addr: int, data: bytes) -> None:
         self.uc.mem_write(addr, data)
         self.uc.ctl_remove_cache(addr, addr + len(data))
-        self._block_insns.clear()
-        self._lab_blocks.clear()
+        self._blocks.clear()
 
     def patch(self, addr: int, old: bytes, new: bytes) -> None:
         """Replace code after checking what is there, as ftrace_modify_code() does."""
@@ -253,16 +251,21 @@ class Machine:
             self.uc.hook_del(self._lab_hook)
             self._lab_hook = None
 
-    def _on_lab_block(self, uc, addr, size, _):
-        cost = self._lab_blocks.get((addr, size))
+    def _block_cost(self, addr: int, size: int) -> tuple[int, int]:
+        """A translated block's instructions and the bytes they store, decoded once per block."""
+        cost = self._blocks.get((addr, size))
         if cost is None:
             code, insns, stored, offset = self.read(addr, size), 0, 0, 0
             while offset < size:
                 insn = asm.decode(self.arch, code[offset:offset + 16], addr + offset)
                 insns, stored, offset = insns + 1, stored + asm.store_bytes(insn), offset + insn.size
-            cost = self._lab_blocks[(addr, size)] = (insns, stored)
-        self.lab_insns += cost[0]
-        self.lab_stored += cost[1]
+            cost = self._blocks[(addr, size)] = (insns, stored)
+        return cost
+
+    def _on_lab_block(self, uc, addr, size, _):
+        insns, stored = self._block_cost(addr, size)
+        self.lab_insns += insns
+        self.lab_stored += stored
 
     def count_instructions(self, on: bool = True) -> None:
         """Count every emulated instruction: a block hook adds each block's instruction count.
@@ -279,11 +282,8 @@ class Machine:
     def _on_block(self, uc, addr, size, _):
         if addr == self.exit_addr:
             return                      # emulation stops before the exit's instruction runs
-        n = self._block_insns.get((addr, size))
-        if n is None:
-            n = self._block_insns[(addr, size)] = len(asm.disassemble(self.arch, self.read(addr, size), addr))
         self.insns_before_block = self.insns
-        self.insns += n
+        self.insns += self._block_cost(addr, size)[0]
 
     # -- calls ----------------------------------------------------------------------------------
 

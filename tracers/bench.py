@@ -19,7 +19,7 @@ from .fprobe import Fprobe, Fprobes
 from .function import FunctionTracer
 from .function_graph import FunctionGraphTracer
 from .lab import Lab, resolve
-from .output import TextSink
+from .output import CountSink, TextSink
 
 REPEAT = 3
 TARGETS = {   # measure -> (arm64, x86_64, 'max' or 'min')
@@ -43,18 +43,6 @@ class _Bytes:
         self.n += len(chunk) // self.size
 
 
-class _Count:
-    def __init__(self):
-        self.n = 0
-
-    def begin(self, *a):
-        pass
-
-    def event(self, ev):
-        self.n += 1
-
-    def end(self, summary):
-        pass
 
 
 def _timed(fn) -> float:
@@ -71,7 +59,7 @@ def _record_rate(lab, n, tracer=FunctionTracer) -> float:
     rates = []
     for _ in range(REPEAT):
         count = _Bytes(lab.ring_buffer.rec.size)
-        with tracer(lab, _Count(), consumer=count):
+        with tracer(lab, CountSink(), consumer=count):
             start = time.perf_counter()
             lab.call("fib", n)
             took = time.perf_counter() - start
@@ -149,10 +137,10 @@ def measure(arch: str) -> dict:
     fprobe_s = _timed(lambda: lab.call("fib", 20))
     fprobes.unregister(fp)
     r["fprobe_handler_calls_per_s"] = 2 * (2 * 10946 - 1) / fprobe_s
-    with FunctionTracer(lab, _Count(), verify=True):
+    with FunctionTracer(lab, CountSink(), verify=True):
         verify = _timed(lambda: lab.call("fib", 18))
     r["verify_events_per_s"] = (2 * 4181 - 1) / verify
-    with FunctionTracer(lab, _Count(), clock="insns"):
+    with FunctionTracer(lab, CountSink(), clock="insns"):
         insns = _timed(lambda: lab.call("fib", 18))
     r["insns_clock_events_per_s"] = (2 * 4181 - 1) / insns
     r["naive_events_per_s"] = _naive_rate(lab, 20)
@@ -162,7 +150,7 @@ def measure(arch: str) -> dict:
         with FunctionTracer(lab, TextSink(null, lab.machine)):
             fmt = _timed(lambda: lab.call("fib", 20))
     r["function_text_events_per_s"] = (2 * 10946 - 1) / fmt
-    with FunctionGraphTracer(lab, _Count(), ring=False):
+    with FunctionGraphTracer(lab, CountSink(), ring=False):
         graph = _timed(lambda: lab.call("fib", 18))
     r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ class FunctionTracer(Tracer):
 
     def start(self) -> None:
         if self.ring:
-            self.lab.ring_buffer.reset(self.buffer_mode, self.consumer)
+            self.ring_start(self.buffer_mode, self.consumer)
         if self.verify:
             self.lab.ftrace.set_verify(True)
         self.lab.ftrace.register(self.ops)
@@ -44,10 +44,7 @@ class FunctionTracer(Tracer):
         if self.verify:
             self.lab.ftrace.set_verify(False)
         if self.ring:
-            rb = self.lab.ring_buffer
-            rb.drain()
-            if rb.lost or rb.overwritten:
-                self.counts.update(lost=rb.lost, overwritten=rb.overwritten)
+            self.ring_stop()
 
     def _depth(self, sp: int) -> int:
         """Call depth from the stack: entries whose sp is at or below this one have returned."""

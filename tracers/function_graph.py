@@ -44,7 +44,7 @@ class FunctionGraphTracer(Tracer):
 
     def start(self) -> None:
         if self.ring:
-            self.lab.ring_buffer.reset(self.buffer_mode, self.consumer)
+            self.ring_start(self.buffer_mode, self.consumer)
             self.fgraph.set_max_depth(self.max_depth)
         if self.verify:
             self.lab.ftrace.set_verify(True)
@@ -58,10 +58,7 @@ class FunctionGraphTracer(Tracer):
             self.lab.ftrace.set_verify(False)
         if self.ring:
             self.fgraph.set_max_depth(0)
-            rb = self.lab.ring_buffer
-            rb.drain()
-            if rb.lost or rb.overwritten:
-                self.counts.update(lost=rb.lost, overwritten=rb.overwritten)
+            self.ring_stop()
 
     def summary(self) -> dict:
         out = super().summary()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from emulator import FtlabError, Machine, arch as arches
@@ -56,10 +57,6 @@ class Lab:
         self.ftrace = Ftrace(self.machine)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
-        self._fgraph = None
-        self._rethook = None
-        self._kprobes = None
-        self._ring_buffer = None
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
@@ -68,38 +65,29 @@ class Lab:
             raise FtlabError("Lab.open takes one architecture")
         return cls(targets[0], **kw)
 
-    @property
+    @cached_property
     def fgraph(self):
         """The function-graph core, made on first use (it adds return_to_handler to the lab text)."""
-        if self._fgraph is None:
-            from .fgraph import Fgraph
-            self._fgraph = Fgraph(self.ftrace)
-        return self._fgraph
+        from .fgraph import Fgraph
+        return Fgraph(self.ftrace)
 
-    @property
+    @cached_property
     def rethook(self):
         """The rethook trampoline and task list, made on first use."""
-        if self._rethook is None:
-            from .rethook import RethookCore
-            self._rethook = RethookCore(self.ftrace)
-        return self._rethook
+        from .rethook import RethookCore
+        return RethookCore(self.ftrace)
 
-    @property
+    @cached_property
     def kprobes(self):
         """kprobes: the exception entry code and trap vector, made on first use."""
-        if self._kprobes is None:
-            from .kprobes import Kprobes
-            self._kprobes = Kprobes(self)
-        return self._kprobes
+        from .kprobes import Kprobes
+        return Kprobes(self)
 
-    @property
+    @cached_property
     def ring_buffer(self):
         """The guest ring buffer and function_trace_call, made on first use."""
-        if self._ring_buffer is None:
-            from .ring_buffer import DEFAULT_RECORDS, RingBuffer
-            size = DEFAULT_RECORDS if self.ring_records is None else self.ring_records
-            self._ring_buffer = RingBuffer(self, size)
-        return self._ring_buffer
+        from .ring_buffer import DEFAULT_RECORDS, RingBuffer
+        return RingBuffer(self, DEFAULT_RECORDS if self.ring_records is None else self.ring_records)
 
     @property
     def arch(self):

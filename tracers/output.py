@@ -181,6 +181,22 @@ class JsonSink:
         self.out.write(json.dumps({"arch": self.arch, "tracer": self.tracer, "type": "summary", **summary}) + "\n")
 
 
+class CountSink:
+    """Counts events and keeps none: for measuring, and for recording (the file is the output)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def begin(self, tracer: str, clock: str) -> None:
+        pass
+
+    def event(self, ev: Event) -> None:
+        self.n += 1
+
+    def end(self, summary: dict) -> None:
+        pass
+
+
 class ListSink:
     """Keeps the events (and the summary) in memory: for tests, the demo and the Python API."""
 

@@ -17,7 +17,7 @@ from emulator.symbols import Symbol, SymbolTable
 
 from .function import FunctionTracer, decode_records
 from .function_graph import FunctionGraphTracer, decode_graph_records
-from .output import make_sink
+from .output import CountSink, make_sink
 from .ring_buffer import REC_ENTRY, REC_EXIT, record_struct
 
 TRACERS = {"function": (FunctionTracer, decode_records, {"entries-written": 0}),
@@ -63,25 +63,15 @@ def record(lab, call: tuple, call_text: str, path: str, tracer: str = "function"
     with fh:
         rec = Recorder(fh, lab, call_text, tracer)
         kind, _, _ = TRACERS[tracer]
-        live = kind(lab, _NoSink(), filters=filters, notrace=notrace, ring=True, consumer=rec, **options)
+        live = kind(lab, CountSink(), filters=filters, notrace=notrace, ring=True, consumer=rec, **options)
         with live:
             result = lab.call(call[0], *call[1])
         summary = live.summary_seen                 # what decoding would have counted:
-        counts = {"entries-written": rec.entries} if tracer == "function" else \
-            {"entries": rec.entries, "exits": rec.exits}
-        summary["counters"].update(counts)
+        # the tracer's counter names in order: entries(-written), then exits for function_graph
+        summary["counters"].update(zip(TRACERS[tracer][2], (rec.entries, rec.exits)))
         rec.finish({"summary": summary, "result": list(result) if isinstance(result, tuple) else result})
 
 
-class _NoSink:
-    def begin(self, *a):
-        pass
-
-    def event(self, ev):
-        pass
-
-    def end(self, summary):
-        pass
 
 
 def replay(path: str, fmt: str, out, **graph_options) -> dict:

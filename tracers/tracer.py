@@ -35,6 +35,17 @@ class Tracer:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def ring_start(self, mode: str, consumer) -> None:
+        """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""
+        self.lab.ring_buffer.reset(mode, consumer)
+
+    def ring_stop(self) -> None:
+        """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
+        rb = self.lab.ring_buffer
+        rb.drain()
+        if rb.lost or rb.overwritten:
+            self.counts.update(lost=rb.lost, overwritten=rb.overwritten)
+
     def emit(self, event) -> None:
         if event.verification is not None:
             self.snapshots += 1
