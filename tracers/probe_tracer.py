@@ -25,7 +25,7 @@ from .tracer import NR_ARGS, Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
 SAVED_ARGS = 8                         # $argN of a return probe: saved at entry, as the kernel does
-ENTRY = struct.Struct(f"<{1 + SAVED_ARGS}Q")      # depth, then the arguments
+ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")           # the arguments at entry, for $argN at return
 
 
 class _Context:
@@ -158,8 +158,7 @@ class ProbeEventTracer(Tracer):
         return out
 
     def _save_entry(self, data: int, regs) -> int:
-        sp = regs._get(self.lab.arch.sp)
-        self.lab.machine.write(data, ENTRY.pack(sp, *(_argument(regs, n) for n in range(SAVED_ARGS))))
+        self.lab.machine.write(data, ENTRY.pack(*(_argument(regs, n) for n in range(SAVED_ARGS))))
         return 0
 
     def _entry(self, spec: ProbeSpec, ip: int, regs) -> int:
@@ -170,7 +169,7 @@ class ProbeEventTracer(Tracer):
         return 0
 
     def _exit(self, spec: ProbeSpec, data: int, func: int, regs) -> None:
-        _, *args = ENTRY.unpack(self.lab.machine.view(data, ENTRY.size))
+        args = ENTRY.unpack(self.lab.machine.view(data, ENTRY.size))
         values = tuple(evaluate(a, _Context(self.lab, regs, args)) for a in spec.args)
         ret = regs.get_instruction_pointer() if regs.kind == "ftrace_regs" else regs.instruction_pointer()
         self._emit(spec, "exit", func, ret, regs, values, tuple(args[:NR_ARGS]), retval=_retval(regs))
