@@ -25,6 +25,9 @@ from .symbols import Symbol, SymbolTable
 DEFAULT_BUDGET = 200_000_000     # instructions per call into the guest
 MASK64 = (1 << 64) - 1
 U64 = struct.Struct("<Q")
+PAGE_SHIFT = 12
+DATA_PERMS = unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE
+CODE_PERMS = unicorn.UC_PROT_ALL
 
 RETURN_KINDS = {
     "i64": lambda lo, hi: lo - (1 << 64) if lo >> 63 else lo,
@@ -55,6 +58,10 @@ class Region:
         return self.base + self.size
 
 
+class _AccessFault(Exception):
+    """Raised from the trap hook when a guest exception is a failed memory access."""
+
+
 class Machine:
     # The memory map. Objects load at 1 GiB (below 2 GiB so -mcmodel=kernel's R_X86_64_32S fits,
     # fixtures.md §14) and the lab's code sits 16 MiB below them, within arm64's ±128 MiB BL reach.
@@ -71,6 +78,7 @@ class Machine:
         if arch.cpu_model is not None:
             self.uc.ctl_set_cpu_model(arch.cpu_model)
         self.regions: list[Region] = []
+        self._exec_pages: set[int] = set()     # page numbers the guest may execute from
         self._bases: list[int] = []            # region bases, sorted, for lookups by address
         self._by_base: list[Region] = []
         self.symbols = SymbolTable()
@@ -78,6 +86,7 @@ class Machine:
         for name, (base, size) in (("heap", self.HEAP), ("stack", self.STACK),
                                    ("lab data", self.LAB_DATA), ("lab text", self.LAB_TEXT)):
             self._map(name, base, size)
+        self.mark_executable(*self.LAB_TEXT)
         self._cursor = {"heap": self.HEAP[0], "lab data": self.LAB_DATA[0], "lab text": self.LAB_TEXT[0]}
         self._next_object = self.OBJECTS
         self.percpu = self.alloc("lab data", 0x10000, 0x1000)
@@ -87,11 +96,17 @@ class Machine:
         self._trap_hook = None
         self._lab_hook = None
         self.lab_insns = self.lab_stored = 0
-        self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, self._on_bad_access)
+        # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (unicorn.md §14), which
+        # makes stores about 8x cheaper in unicorn 2.1.4. Two things keep them on QEMU's fast path:
+        # data pages are read+write only (a store to a page whose entry allows execution takes the
+        # self-modifying-code slow path), and no memory hook is installed (any UC_HOOK_MEM_* sends
+        # every access down the slow path): the fill itself notes what a fault touched.
+        self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+        self.uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._tlb_fill)
         self._running = 0
         self._insn_hook = None
         self.insns = 0                  # emulated instructions, while counting is on
-        self.insns_before_block = 0
+        self._counted = (None, 0)       # the block counted last: (address, insns before it)
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}   # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.source_dir / "runtime.S")
         self.exit_addr = runtime["ftlab_caller"]
@@ -107,6 +122,19 @@ class Machine:
         self._bases.insert(i, base)
         self._by_base.insert(i, region)
         return region
+
+    def mark_executable(self, addr: int, size: int) -> None:
+        """Let the guest execute from these pages (the others are data: read and write only)."""
+        self._exec_pages.update(range(addr >> PAGE_SHIFT, (addr + size - 1 >> PAGE_SHIFT) + 1))
+
+    def _tlb_fill(self, uc, vaddr, access, entry, _):
+        executable = vaddr >> PAGE_SHIFT in self._exec_pages
+        if self.region(vaddr) is None or (access == unicorn.UC_MEM_FETCH and not executable):
+            self._fault_access = (access, vaddr, self.region(vaddr) is not None)
+            return False                                  # the access faults
+        entry.paddr = vaddr                               # 1:1 (QEMU's page may be 1 KiB: keep the offset)
+        entry.perms = CODE_PERMS if executable else DATA_PERMS
+        return True
 
     def region(self, addr: int) -> Region | None:
         i = bisect.bisect_right(self._bases, addr) - 1
@@ -223,6 +251,16 @@ class Machine:
         self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
         return handle
 
+    def hook_call(self, callback, addr: int):
+        """callback(addr) each time the guest branches to addr, the entry of a lab function that
+        is only ever called (never fallen into). A block hook on the block that starts there: unlike
+        a code hook, it adds nothing to the cost of other instructions under the instruction
+        budget, where unicorn checks every code hook at every instruction (4-7 ns each)."""
+        handle = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda uc, a, size, _: callback(a),
+                                  begin=addr, end=addr)
+        self.uc.ctl_remove_cache(addr, addr + 1)
+        return handle
+
     def unhook(self, handle) -> None:
         self.uc.hook_del(handle)
 
@@ -234,9 +272,11 @@ class Machine:
             self._trap_hook = self.uc.hook_add(unicorn.UC_HOOK_INTR, self._on_trap)
 
     def _on_trap(self, uc, intno, _):
+        if self._fault_access is not None:          # a failed access (page fault / data abort)
+            raise _AccessFault
         refused = self.arch.deliver_trap(uc, intno, self.read)
         if refused is not None:
-            raise GuestFault(f"guest fault: unhandled {refused} at {self.where(self.reg(self.arch.pc))}")
+            raise self._fault(trap=refused)
 
     def count_lab_code(self, on: bool = True) -> None:
         """Count, exactly, the instructions the lab's own code runs and the bytes it stores: a
@@ -279,10 +319,16 @@ class Machine:
             self.uc.hook_del(self._insn_hook)
             self._insn_hook = None
 
+    def insns_before(self, block: int) -> int:
+        """Instructions executed before the block starting at `block` that is running now, from a
+        hook on that block: the counting hook may have run before it or not yet."""
+        addr, before = self._counted
+        return before if addr == block else self.insns
+
     def _on_block(self, uc, addr, size, _):
         if addr == self.exit_addr:
             return                      # emulation stops before the exit's instruction runs
-        self.insns_before_block = self.insns
+        self._counted = (addr, self.insns)
         self.insns += self._block_cost(addr, size)[0]
 
     # -- calls ----------------------------------------------------------------------------------
@@ -361,8 +407,8 @@ class Machine:
         self._running += 1
         try:
             self.uc.emu_start(begin, self.exit_addr, count=self.budget)
-        except UcError as err:
-            raise self._fault(err) from None
+        except (UcError, _AccessFault) as err:
+            raise self._fault(err if isinstance(err, UcError) else None) from None
         finally:
             self._running -= 1
         pc = self.reg(self.arch.pc)
@@ -370,18 +416,38 @@ class Machine:
             raise BudgetExhausted(f"instruction budget of {self.budget:,} exhausted at {self.where(pc)} "
                                   f"(raise it with --budget)")
 
-    def _on_bad_access(self, uc, access, addr, size, value, _):
-        self._fault_access = (access, addr, size)
-        return False
+    def _exact_fault_address(self, pc: int) -> int | None:
+        """The TLB fill sees only the page a failed load or store touched. To name the exact
+        address, run the faulting instruction (which did not complete) once more in unicorn's own
+        TLB mode, where a memory hook reports it."""
+        hits = []
+        hook = self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID,
+                                lambda uc, access, addr, size, value, _: hits.append(addr) or False)
+        self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_CPU)
+        try:
+            self.uc.emu_start(pc, 0, count=1)
+        except UcError:
+            pass
+        finally:
+            self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+            self.uc.hook_del(hook)
+        return hits[0] if hits else None
 
-    def _fault(self, err: UcError) -> GuestFault:
+    def _fault(self, err: UcError | None = None, trap: str | None = None) -> GuestFault:
+        """The one-line error for a guest fault: the access that failed (noted by the TLB fill),
+        else the trap or unicorn error, at the PC with its instruction."""
         pc = self.reg(self.arch.pc)
-        what = {unicorn.UC_ERR_INSN_INVALID: "invalid instruction",
-                unicorn.UC_ERR_EXCEPTION: "unhandled trap or exception"}.get(err.errno, str(err))
         if self._fault_access is not None:
-            access, addr, size = self._fault_access
-            kind = {unicorn.UC_MEM_READ_UNMAPPED: "read of", unicorn.UC_MEM_WRITE_UNMAPPED: "write to",
-                    unicorn.UC_MEM_FETCH_UNMAPPED: "execution of"}.get(access, "bad access to")
-            what = f"{kind} unmapped address {addr:#x}"
+            access, addr, mapped = self._fault_access
             self._fault_access = None
+            if not mapped and access != unicorn.UC_MEM_FETCH:
+                addr = self._exact_fault_address(pc) or addr
+            kind = {unicorn.UC_MEM_READ: "read of", unicorn.UC_MEM_WRITE: "write to",
+                    unicorn.UC_MEM_FETCH: "execution of"}.get(access, "access to")
+            what = f"{kind} {'non-executable' if mapped else 'unmapped'} address {addr:#x}"
+        elif trap is not None:
+            what = f"unhandled {trap}"
+        else:
+            what = {unicorn.UC_ERR_INSN_INVALID: "invalid instruction",
+                    unicorn.UC_ERR_EXCEPTION: "unhandled trap or exception"}.get(err.errno, str(err))
         return GuestFault(f"guest fault: {what} at {self.where(pc)}")

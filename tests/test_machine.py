@@ -44,6 +44,26 @@ def test_fault_names_pc_and_instruction(machine):
         machine.call("popcount_buf", 0x10, 4)
 
 
+STORE = {"arm64": "str x1, [x0, #8]\n    ret", "x86_64": "mov qword ptr [rdi + 8], rsi\n    ret"}
+
+
+def test_store_fault_names_the_exact_address(machine, tmp_path):
+    src = tmp_path / "store.S"
+    src.write_text(f".globl store\nstore:\n    {STORE[machine.arch.name]}\n")
+    store = machine.load_lab_code(src)["store"]
+    with pytest.raises(GuestFault, match=r"write to unmapped address 0x1238 at 0x[0-9a-f]+ <store>: "):
+        machine.call(store, 0x1230, 7)
+    heap = machine.HEAP[0] + 0x123
+    machine.call(store, heap, 0x55)             # the machine is still usable, and stores land
+    assert machine.u64(heap + 8) == 0x55
+
+
+def test_data_pages_are_not_executable(machine):
+    """As with the kernel's NX: the heap, stack and lab data are read+write only."""
+    with pytest.raises(GuestFault, match=r"execution of non-executable address 0x10000000 at 0x10000000 "):
+        machine.call(machine.HEAP[0])
+
+
 def test_nested_call_from_a_hook_leaves_the_caller_intact(machine):
     inner = []
     machine.hook_code(lambda addr: inner.append(machine.call("fib", 10)), machine.address_of("chain_c"))

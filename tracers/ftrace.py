@@ -110,7 +110,7 @@ class Ftrace:
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
         self._args = machine.register_batch(arch.arg_regs[:4])
-        machine.hook_code(self._dispatch, syms["ftrace_ops_list_func"])
+        machine.hook_call(self._dispatch, syms["ftrace_ops_list_func"])
         self.verifying = False
         self._truth_names = list(arch.regs)
         self._truth_regs = machine.register_batch(self._truth_names)

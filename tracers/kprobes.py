@@ -65,7 +65,7 @@ class Kprobes:
         self.ops = importlib.import_module(f"tracers.arch.{arch.name}.kprobes")
         syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "entry.S")
         self.m.install_trap_vector(syms["trap_vector"])
-        self.m.hook_code(self._dispatch, syms["trap_dispatch"])
+        self.m.hook_call(self._dispatch, syms["trap_dispatch"])
         self._regs_arg = self.m.register_batch([arch.arg_regs[0]])
         self.saved = tuple(r for r in arch.pt_regs.offsets if r in arch.regs)   # every register
         self.points: dict[int, _Point] = {}

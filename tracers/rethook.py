@@ -60,7 +60,7 @@ class RethookCore:
         self.ftrace, self.m = ftrace, ftrace.m
         syms = self.m.load_lab_code(TRAMPOLINES / self.m.arch.name / "rethook_trampoline.S")
         self.trampoline = syms["arch_rethook_trampoline"]
-        self.m.hook_code(self._callback, syms["arch_rethook_trampoline_callback"])
+        self.m.hook_call(self._callback, syms["arch_rethook_trampoline_callback"])
         self._regs_arg = self.m.register_batch([self.m.arch.arg_regs[0]])
         self.task: list[RethookNode] = []
         self.truth = TruthCapture(ftrace, self.trampoline)

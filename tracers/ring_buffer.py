@@ -57,7 +57,7 @@ class RingBuffer:
         m.write_code(syms["rb_control"], struct.pack("<Q", self.control))
         self._ctl = m.view(self.control, 8 * len(CONTROL))
         self._data = m.view(self.base, nr_records * self.rec.size)
-        m.hook_code(self._full, syms["ring_buffer_full"])
+        m.hook_call(self._full, syms["ring_buffer_full"])
         self.mode, self.consumer, self.wrapped = "stream", None, False
         self._set(nr=nr_records, base=self.base)
         self.reset("stream", None)
@@ -89,7 +89,7 @@ class RingBuffer:
         self.m.write_code(self._syms["fg_control"], struct.pack("<Q", fgraph.control))
         bad_fp = self._syms.get("fgraph_bad_fp")
         if bad_fp is not None:
-            self.m.hook_code(lambda a: fgraph.bad_frame_pointer(), bad_fp)
+            self.m.hook_call(lambda a: fgraph.bad_frame_pointer(), bad_fp)
 
     def write(self, type_: int, ip: int, parent: int, *fields) -> int | None:
         """A record written by Python, as the guest writes it: the timestamp, or None if dropped."""

@@ -34,7 +34,7 @@ class InsnsClock:
 
     def now(self) -> int:
         # Events are taken at the first instruction of a block (the dispatch is a call target).
-        return self._m.insns_before_block - self._start
+        return self._m.insns_before(self._m.reg(self._m.arch.pc)) - self._start
 
     def close(self) -> None:
         self._m.count_instructions(False)
