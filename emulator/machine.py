@@ -116,7 +116,7 @@ class Machine:
     def _map(self, name: str, base: int, size: int) -> Region:
         buf = (ctypes.c_ubyte * size)()
         self.uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, ctypes.addressof(buf))
-        region = Region(name, base, size, buf, memoryview(buf).cast("B"))
+        region = self._hot = self._warm = Region(name, base, size, buf, memoryview(buf).cast("B"))
         self.regions.append(region)
         i = bisect.bisect_right(self._bases, base)
         self._bases.insert(i, base)
@@ -144,18 +144,40 @@ class Machine:
                 return r
         return None
 
+    def locate(self, addr: int, size: int) -> tuple[memoryview, int]:
+        """The view of the region holding [addr, addr+size) and the offset there, for decoding in
+        place. The two regions found last are tried first: hooks go back and forth between the
+        stack and the lab's data."""
+        r = self._hot
+        offset = addr - r.base
+        if offset < 0 or offset + size > r.size:
+            r = self._warm
+            offset = addr - r.base
+            if offset < 0 or offset + size > r.size:
+                r = self.region(addr)
+                if r is None or addr + size > r.end:
+                    raise FtlabError(f"guest address {addr:#x}+{size} is not mapped")
+                offset = addr - r.base
+            self._hot, self._warm = r, self._hot
+        return r.view, offset
+
     def view(self, addr: int, size: int) -> memoryview:
         """Guest memory without a copy. Only for data: writing code this way would bypass Unicorn."""
-        r = self.region(addr)
-        if r is None or addr + size > r.end:
-            raise FtlabError(f"guest address {addr:#x}+{size} is not mapped")
-        return r.view[addr - r.base:addr - r.base + size]
+        view, offset = self.locate(addr, size)
+        return view[offset:offset + size]
+
+    def unpack(self, layout: struct.Struct, addr: int) -> tuple:
+        """Guest data decoded in place: one struct unpack, no copy."""
+        return layout.unpack_from(*self.locate(addr, layout.size))
+
+    def pack(self, layout: struct.Struct, addr: int, *values) -> None:
+        layout.pack_into(*self.locate(addr, layout.size), *values)
 
     def read(self, addr: int, size: int) -> bytes:
         return bytes(self.view(addr, size))
 
     def u64(self, addr: int) -> int:
-        return U64.unpack(self.view(addr, 8))[0]
+        return self.unpack(U64, addr)[0]
 
     def write(self, addr: int, data: bytes) -> None:
         """Write data memory (not code: see patch)."""
@@ -250,6 +272,13 @@ class Machine:
                                   begin=begin, end=end)
         self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
         return handle
+
+    def mailbox(self, literal: int, words: int) -> memoryview:
+        """Lab data where a stub leaves its arguments for a hook (one load instead of a register
+        read through the binding per argument); the stub's literal at `literal` points at it."""
+        addr = self.alloc("lab data", 8 * words, 64)
+        self.write_code(literal, U64.pack(addr))
+        return self.view(addr, 8 * words)
 
     def hook_call(self, callback, addr: int):
         """callback(addr) each time the guest branches to addr, the entry of a lab function that

@@ -30,15 +30,18 @@ FGRAPH_MAX_DATA_SIZE = 256                  # bytes one user may reserve per fra
 OFFSET_MASK, TYPE_SHIFT, TYPE_BITMAP, TYPE_DATA = 0x3FF, 10, 1, 2
 BITMAP_SHIFT, DATA_SIZE_SHIFT, DATA_INDEX_SHIFT = 12, 12, 17
 WORD = struct.Struct("<Q")
+HOT = struct.Struct("<2Q")                  # the control block's first words: curr_ret_stack, depth,
+HOT4 = struct.Struct("<4Q")                 # then max_graph_depth and trace_overrun
+MASK64 = (1 << 64) - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class FtraceGraphEnt:
     func: int                     # the patch-site ip of the function
     depth: int
 
 
-@dataclass
+@dataclass(slots=True)
 class FtraceGraphRet:
     func: int
     depth: int
@@ -64,7 +67,7 @@ class FgraphOps:
     guest: tuple[int, int] | None = None       # (entry, return) addresses
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
     index: int                    # word index of struct ftrace_ret_stack
     ret: int
@@ -72,7 +75,7 @@ class _Frame:
     fp: int
     retp: int
     bitmap: int
-    data: dict[int, tuple[int, int]]   # gops idx -> (word index, words) of its reserved data
+    top: int                      # word index of its bitmap word
 
 
 class Fgraph:
@@ -81,12 +84,14 @@ class Fgraph:
         arch = self.m.arch
         syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "return_to_handler.S")
         self.return_to_handler = syms["return_to_handler"]
-        self.m.hook_call(self._return, syms["ftrace_return_to_handler"])
+        self._fregs_arg = self.m.mailbox(syms["return_args"], 1)
+        self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]
         self._python_return = syms["ftrace_return_to_handler"]
-        self._fregs_arg = self.m.register_batch([arch.arg_regs[0]])
         self.frame_words = frame_words(arch)      # fp is kept only where it is checked
+        self._frame_codec = struct.Struct(f"<{self.frame_words}Q")
+        self._retp_is_sp = arch.fgraph_retp == "sp"
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
         self._users: list[FgraphOps] = []        # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
@@ -94,7 +99,7 @@ class Fgraph:
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
         # task->curr_ret_stack (words), curr_ret_depth, trace_overrun ... in guest memory
         from .ring_buffer import FG_CONTROL
-        assert FG_CONTROL[:2] == ("curr", "depth")
+        assert FG_CONTROL[:4] == ("curr", "depth", "max_depth", "overrun")
         self._offset = {name: 8 * i for i, name in enumerate(FG_CONTROL)}
         self.control = self.m.alloc("lab data", 8 * len(FG_CONTROL), 64)
         self._ctl = self.m.view(self.control, 8 * len(FG_CONTROL))
@@ -224,12 +229,18 @@ class Fgraph:
 
     def retrieve_data(self) -> tuple[int, int] | None:
         """fgraph_retrieve_data, in a retfunc: (address, size in bytes, rounded up to words) of
-        what its entryfunc reserved, or None."""
+        what its entryfunc reserved, or None. The data headers sit below the bitmap word."""
         frame, gops = self._retrieving, self._current
-        if frame is None or gops is None or gops.idx not in frame.data:
+        if frame is None or gops is None:
             return None
-        index, words = frame.data[gops.idx]
-        return self.ret_stack + 8 * index, 8 * words
+        i = frame.top - 1
+        while i >= frame.index + self.frame_words:
+            header = self._word(i)
+            words = ((header >> DATA_SIZE_SHIFT) & 0x1F) + 1
+            if (header >> DATA_INDEX_SHIFT) & 0xF == gops.idx:
+                return self.ret_stack + 8 * (i - words), 8 * words
+            i -= words + 1
+        return None
 
     def task_var(self, gops: FgraphOps) -> int:
         """fgraph_get_task_var: the address of this user's per-task word."""
@@ -245,15 +256,9 @@ class Fgraph:
             top = start
 
     def _frame(self, start: int, bitmap_index: int, bitmap_word: int) -> _Frame:
-        ret, func, *rest = struct.unpack_from(f"<{self.frame_words}Q", self.stack, 8 * start)
+        ret, func, *rest = self._frame_codec.unpack_from(self.stack, 8 * start)
         fp, retp = (rest[0], rest[1]) if self.frame_words == 4 else (0, rest[0])
-        data, i = {}, bitmap_index - 1
-        while i >= start + self.frame_words:
-            header = self._word(i)
-            size = ((header >> DATA_SIZE_SHIFT) & 0x1F) + 1
-            data[(header >> DATA_INDEX_SHIFT) & 0xF] = (i - size, size)
-            i -= size + 1
-        return _Frame(start, ret, func, fp, retp, (bitmap_word >> BITMAP_SHIFT) & 0xFFFF, data)
+        return _Frame(start, ret, func, fp, retp, (bitmap_word >> BITMAP_SHIFT) & 0xFFFF, bitmap_index)
 
     def ret_addr(self, ret: int, retp: int) -> int:
         """ftrace_graph_ret_addr: undo the hook for an unwinder that found `ret` at `retp`."""
@@ -274,23 +279,23 @@ class Fgraph:
             self._busy = False
 
     def _enter(self, func: int, fregs: FtraceRegs) -> int:
-        arch = self.m.arch
         ret = fregs.get_return_address()
-        retp = fregs.get_stack_pointer() if arch.fgraph_retp == "sp" else fregs.get_frame_pointer()
-        start = self.curr_ret_stack
+        fp = fregs.get_frame_pointer()
+        retp = fregs.get_stack_pointer() if self._retp_is_sp else fp
+        start, depth = HOT.unpack_from(self._ctl)
         if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
             self.trace_overrun += 1
             return -1
-        depth = self.curr_ret_depth + 1
-        self.curr_ret_depth = depth
-        frame = (ret, func, fregs.get_frame_pointer(), retp) if self.frame_words == 4 else (ret, func, retp)
-        struct.pack_into(f"<{len(frame)}Q", self.stack, 8 * start, *frame)
-        self.curr_ret_stack = start + self.frame_words
+        depth = (depth + 1) & MASK64                  # from -1 (u64) when the stack is empty
+        frame = (ret, func, fp, retp) if self.frame_words == 4 else (ret, func, retp)
+        self._frame_codec.pack_into(self.stack, 8 * start, *frame)
+        top = start + self.frame_words
+        HOT.pack_into(self._ctl, 0, top, depth)
         trace, bitmap = FtraceGraphEnt(func, depth), 0
-        for gops in self.users():
+        for gops in self._users:
             if not gops.ops.traces(func):
                 continue
-            reserved, mark = [], self.curr_ret_stack
+            reserved = []
             self._reserving = (gops.idx, reserved)
             try:
                 wanted = gops.entryfunc(trace, gops, fregs)
@@ -302,12 +307,12 @@ class Fgraph:
                     header = data_start + words
                     self._put(header, (header - start) | TYPE_DATA << TYPE_SHIFT
                               | (words - 1) << DATA_SIZE_SHIFT | idx << DATA_INDEX_SHIFT)
+                top = self.curr_ret_stack
             else:
-                self.curr_ret_stack = mark            # its reserved data is discarded
+                self.curr_ret_stack = top             # its reserved data is discarded
         if not bitmap:
-            self.curr_ret_stack, self.curr_ret_depth = start, depth - 1
+            HOT.pack_into(self._ctl, 0, start, (depth - 1) & MASK64)
             return -1
-        top = self.curr_ret_stack
         self._put(top, (top - start) | TYPE_BITMAP << TYPE_SHIFT | bitmap << BITMAP_SHIFT)
         self.curr_ret_stack = top + 1
         return 0
@@ -317,27 +322,27 @@ class Fgraph:
     _current: FgraphOps | None = None
 
     def _return(self, _addr: int) -> None:
-        [fregs_addr] = self._fregs_arg.read()
-        if self.curr_ret_stack <= 0:
+        [fregs_addr] = WORD.unpack_from(self._fregs_arg)
+        top, depth, _, overrun = HOT4.unpack_from(self._ctl)
+        if top <= 0:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
-        top = self.curr_ret_stack
-        frame = self._frame(top - 1 - (self._word(top - 1) & OFFSET_MASK), top - 1, self._word(top - 1))
+        bitmap_word = self._word(top - 1)
+        frame = self._frame(top - 1 - (bitmap_word & OFFSET_MASK), top - 1, bitmap_word)
         truth = self.exit_truth.take()
-        fregs = FtraceRegs(self.m, fregs_addr, truth, {self.m.arch.pc: frame.ret} if truth else None,
-                           saved=self.m.arch.fgraph_exit_saved)
-        if self.m.arch.fgraph_fp_test and frame.fp != fregs.get_frame_pointer():
+        arch = self.m.arch
+        fregs = FtraceRegs(self.m, fregs_addr, truth, {arch.pc: frame.ret} if truth else None,
+                           saved=arch.fgraph_exit_saved)
+        if arch.fgraph_fp_test and frame.fp != fregs.get_frame_pointer():
             raise FtlabError(f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "
                              f"expected {frame.fp:#x}, received {fregs.get_frame_pointer():#x}")
         fregs.set_instruction_pointer(frame.ret)
-        trace = FtraceGraphRet(frame.func, self.curr_ret_depth, fregs.get_return_value(), self.trace_overrun)
+        trace = FtraceGraphRet(frame.func, depth, fregs.get_return_value(), overrun)
         self._retrieving = frame
         try:
-            for idx in range(FGRAPH_ARRAY_SIZE):
-                gops = self.array[idx]
-                if frame.bitmap >> idx & 1 and gops is not None and gops.retfunc is not None:
+            for gops in self._users:                  # in index order, as the kernel's bitmap walk
+                if frame.bitmap >> gops.idx & 1 and gops.retfunc is not None:
                     self._current = gops
                     gops.retfunc(trace, gops, fregs)
         finally:
             self._retrieving = self._current = None
-            self.curr_ret_stack = frame.index
-            self.curr_ret_depth -= 1
+            HOT.pack_into(self._ctl, 0, frame.index, (depth - 1) & MASK64)

@@ -90,10 +90,12 @@ class Fprobes:
     def enable(self, fp: Fprobe) -> None:
         """enable_fprobe: handlers run again (the probe stays registered either way)."""
         fp.disabled = False
+        self._by_ip.clear()
 
     def disable(self, fp: Fprobe) -> None:
         """disable_fprobe: a soft disable; hits are ignored, hooks stay in place."""
         fp.disabled = True
+        self._by_ip.clear()
 
     def _add(self, fp: Fprobe, ips: set[int]) -> None:
         if fp.id in self.probes:
@@ -127,32 +129,32 @@ class Fprobes:
 
     # -- the fgraph design (fprobe_entry / fprobe_return) -----------------------------------------
 
-    def _at(self, ip: int) -> list[Fprobe]:
-        """The fprobes on an address (the kernel's ip hash table), kept until registration changes."""
-        probes = self._by_ip.get(ip)
-        if probes is None:
-            probes = self._by_ip[ip] = [fp for fp in self.probes.values() if ip in fp.ips]
-        return probes
+    def _at(self, ip: int) -> tuple[list[Fprobe], int]:
+        """The enabled fprobes on an address (the kernel's ip hash table) and the shadow-stack bytes
+        their exits need, kept until registration or enabling changes."""
+        at = self._by_ip.get(ip)
+        if at is None:
+            probes = [fp for fp in self.probes.values() if ip in fp.ips and not fp.disabled]
+            at = self._by_ip[ip] = (probes, sum(8 + 8 * -(-fp.entry_data_size // 8)
+                                                for fp in probes if fp.exit_handler))
+        return at
 
     def _graph_entry(self, trace, gops, fregs) -> int:
         ip, m = trace.func, self.lab.machine
-        ret_ip = fregs.get_return_address()
-        probes = [fp for fp in self._at(ip) if not fp.disabled]
-        with_exit = [fp for fp in probes if fp.exit_handler]
-        need = sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in with_exit)
-        base = self.lab.fgraph.reserve_data(need) if need else None
-        if need and base is None:                  # no room on the shadow stack: all missed
-            for fp in with_exit:
-                fp.nmissed += 1
-            with_exit = []
-        stored, cursor = False, base
+        probes, need = self._at(ip)
+        cursor = self.lab.fgraph.reserve_data(need) if need else None
+        if need and cursor is None:                # no room on the shadow stack: exits all missed
+            for fp in probes:
+                fp.nmissed += bool(fp.exit_handler)
+        ret_ip, stored = fregs.get_return_address(), False
         for fp in probes:
-            data = cursor + 8 if fp in with_exit and fp.entry_data_size else None
+            exits = fp.exit_handler is not None and cursor is not None
+            data = cursor + 8 if exits and fp.entry_data_size else None
             skip = fp.entry_handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0
-            if fp in with_exit:
+            if exits:
                 words = -(-fp.entry_data_size // 8)
                 # header: the fprobe (by id) and its data size in words; id 0 marks a skipped exit
-                m.write(cursor, HEADER.pack(0 if skip else fp.id | words << 60))
+                m.pack(HEADER, cursor, 0 if skip else fp.id | words << 60)
                 stored |= not skip
                 cursor += 8 + 8 * words
         return int(stored)
@@ -165,7 +167,7 @@ class Fprobes:
         cursor, size = reserved
         end, ret_ip = cursor + size, fregs.get_instruction_pointer()
         while cursor < end:
-            [header] = HEADER.unpack(m.view(cursor, 8))
+            [header] = m.unpack(HEADER, cursor)
             words, fp = header >> 60, self.probes.get(header & ((1 << 60) - 1))
             if fp is not None and not fp.disabled:
                 fp.exit_handler(fp, trace.func, ret_ip, fregs, cursor + 8 if fp.entry_data_size else None)

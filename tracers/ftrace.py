@@ -19,6 +19,7 @@ from .regs import FtraceRegs
 
 TRAMPOLINES = Path(__file__).parent / "arch"
 U64 = struct.Struct("<Q")
+ARGS = struct.Struct("<4Q")             # ftrace_ops_list_func(ip, parent_ip, op, fregs)
 
 
 class OpsFlag(IntFlag):
@@ -109,8 +110,8 @@ class Ftrace:
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
-        self._args = machine.register_batch(arch.arg_regs[:4])
-        machine.hook_call(self._dispatch, syms["ftrace_ops_list_func"])
+        self._args = machine.mailbox(syms["ops_list_args"], 4)
+        machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         self.verifying = False
         self._truth_names = list(arch.regs)
         self._truth_regs = machine.register_batch(self._truth_names)
@@ -247,7 +248,7 @@ class Ftrace:
     # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
 
     def _dispatch(self, _addr: int) -> None:
-        ip, parent_ip, _op, fregs_addr = self._args.read()
+        ip, parent_ip, _op, fregs_addr = ARGS.unpack_from(self._args)
         arch = self.m.arch
         truth = meaning = None
         if self._truth is not None and self._truth[0] == ip:

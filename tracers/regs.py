@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 
 U64 = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
 
 
-@lru_cache(maxsize=None)
-def _members(saved: tuple[str, ...], aliases: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """pt_regs name -> the struct member holding it, for one mechanism's saved members."""
-    alias = dict(aliases)
-    return {alias.get(m, m): m for m in saved}
+_SLOTS: dict[tuple[int, tuple[str, ...]], dict[str, int]] = {}
+
+
+def _slots(layout, saved: tuple[str, ...], aliases: dict[str, str]) -> dict[str, int]:
+    """pt_regs name -> the word index of the struct member holding it, for one mechanism's saved
+    members; worked out once per mechanism (the arch's layouts live as long as the program, and
+    a layout's aliases are its arch's), not per snapshot."""
+    key = (id(layout), saved)
+    slots = _SLOTS.get(key)
+    if slots is None:
+        slots = _SLOTS[key] = {aliases.get(m, m): layout.offsets[m] // 8 for m in saved}
+    return slots
 
 
 class Snapshot:
@@ -34,18 +40,21 @@ class Snapshot:
         self._m, self._arch, self._layout = machine, machine.arch, layout
         self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
         self._aliases = aliases or {}
-        self.words = list(layout.unpack(machine.view(addr, layout.size)))
-        self._member = _members(self.saved, tuple(self._aliases.items()))
+        self._view, self._offset = machine.locate(addr, layout.size)
+        self.words = list(layout.codec.unpack_from(self._view, self._offset))
+        self._slot = _slots(layout, self.saved, self._aliases)
 
     def _get(self, reg: str) -> int:
         """The saved value of a pt_regs-named register."""
-        return self.words[self._layout.offsets[self._member[reg]] // 8]
+        return self.words[self._slot[reg]]
 
     def _set(self, reg: str, value: int) -> None:
         """Write a member in guest memory (software fix-ups may write members nothing captured)."""
-        offset = self._layout.offsets[self._member.get(reg, reg)]
-        self._m.write(self.addr + offset, U64.pack(value & MASK64))
-        self.words[offset // 8] = value & MASK64
+        slot = self._slot.get(reg)
+        if slot is None:
+            slot = self._layout.offsets[reg] // 8
+        U64.pack_into(self._view, self._offset + 8 * slot, value & MASK64)
+        self.words[slot] = value & MASK64
 
     def _argument(self, n: int) -> int:
         """Argument n (0-based): a register, then (x86) the stack above the return address, or
@@ -73,7 +82,7 @@ class Snapshot:
         if self._arch.lr:
             self._set(self._arch.lr, value)
         else:
-            self._m.write(self.get_stack_pointer(), U64.pack(value))
+            self._m.pack(U64, self.get_stack_pointer(), value)
 
     @property
     def fields(self) -> dict[str, int]:

@@ -21,11 +21,8 @@ class Layout:
     offsets: dict[str, int]
 
     def __post_init__(self):
-        object.__setattr__(self, "_words", struct.Struct(f"<{self.size // 8}Q"))
-
-    def unpack(self, buf, offset: int = 0) -> tuple[int, ...]:
-        """All slots of the struct at `offset` in `buf`, in one bulk read."""
-        return self._words.unpack_from(buf, offset)
+        # all slots at once, for one bulk read of the struct
+        object.__setattr__(self, "codec", struct.Struct(f"<{self.size // 8}Q"))
 
     def get(self, words: tuple[int, ...], name: str) -> int:
         return words[self.offsets[name] // 8]

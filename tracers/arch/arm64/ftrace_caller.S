@@ -43,13 +43,23 @@ ftrace_call:
     add sp, sp, #FREGS_SIZE + 32
     ret x9
 
-/* The ops dispatch. Its one instruction carries the lab's code hook, where the registered
- * ftrace_ops run (kernel/trace/ftrace.c: ftrace_ops_list_func); then it returns. */
+/* The ops dispatch, ftrace_ops_list_func(ip, parent_ip, op, fregs) (kernel/trace/ftrace.c). The
+ * registered ftrace_ops run in the lab: this stub leaves its arguments in lab data, where the lab
+ * reads them with one load, and branches to ftrace_ops_list_lab, whose block carries the lab's
+ * hook; then it returns. */
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
+    ldr x9, ops_list_args
+    stp x0, x1, [x9]
+    stp x2, x3, [x9, #16]
+    b ftrace_ops_list_lab
+.globl ftrace_ops_list_lab
+ftrace_ops_list_lab:
     ret
 
 .balign 8
 .globl function_trace_op
 function_trace_op:                      // the ftrace_ops passed as `op`
+    .quad 0
+ops_list_args:                          // where ftrace_ops_list_func leaves its arguments
     .quad 0

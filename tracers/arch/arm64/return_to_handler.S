@@ -22,8 +22,18 @@ return_to_handler_call:
     add sp, sp, #FREGS_SIZE
     ret
 
-/* The graph exit dispatch: its one instruction carries the lab's code hook, where fgraph pops
- * the shadow stack and runs the fgraph_ops retfuncs (kernel/trace/fgraph.c). */
+/* The graph exit dispatch, ftrace_return_to_handler(fregs) (kernel/trace/fgraph.c): fgraph pops
+ * the shadow stack and runs the fgraph_ops retfuncs in the lab. As ftrace_ops_list_func, it
+ * leaves its argument in lab data and branches to the block that carries the lab's hook. */
 .globl ftrace_return_to_handler
 ftrace_return_to_handler:
+    ldr x9, return_args
+    str x0, [x9]
+    b ftrace_return_to_handler_lab
+.globl ftrace_return_to_handler_lab
+ftrace_return_to_handler_lab:
     ret
+
+.balign 8
+return_args:                            // where ftrace_return_to_handler leaves its argument
+    .quad 0

@@ -83,13 +83,25 @@ ftrace_regs_call:
     popfq
     ret
 
-/* The ops dispatch. Its one instruction carries the lab's code hook, where the registered
- * ftrace_ops run (kernel/trace/ftrace.c: ftrace_ops_list_func); then it returns. */
+/* The ops dispatch, ftrace_ops_list_func(ip, parent_ip, op, fregs) (kernel/trace/ftrace.c). The
+ * registered ftrace_ops run in the lab: this stub leaves its arguments in lab data, where the lab
+ * reads them with one load, and jumps to ftrace_ops_list_lab, whose block carries the lab's hook;
+ * then it returns. */
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
+    mov rax, [rip+ops_list_args]
+    mov [rax], rdi
+    mov [rax+8], rsi
+    mov [rax+16], rdx
+    mov [rax+24], rcx
+    jmp ftrace_ops_list_lab
+.globl ftrace_ops_list_lab
+ftrace_ops_list_lab:
     ret
 
 .balign 8
 .globl function_trace_op
 function_trace_op:                      // the ftrace_ops passed as `op`
+    .quad 0
+ops_list_args:                          // where ftrace_ops_list_func leaves its arguments
     .quad 0
