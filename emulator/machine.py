@@ -94,6 +94,7 @@ class Machine:
         self._reg = {name: uid for name, uid in arch.regs.items()}
         self._fault_access = None
         self._trap_hook = None
+        self.code_hooks: set = set()    # per-instruction hooks: each slows every instruction under the budget
         self._lab_hook = None
         self.lab_insns = self.lab_stored = 0
         # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (unicorn.md §14), which
@@ -270,6 +271,7 @@ class Machine:
         end = begin if end is None else end
         handle = self.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr),
                                   begin=begin, end=end)
+        self.code_hooks.add(handle)
         self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
         return handle
 
@@ -292,6 +294,7 @@ class Machine:
 
     def unhook(self, handle) -> None:
         self.uc.hook_del(handle)
+        self.code_hooks.discard(handle)
 
     def install_trap_vector(self, addr: int) -> None:
         """Take breakpoint exceptions (int3 / brk) as the hardware does, into the guest's own

@@ -34,6 +34,7 @@ def test_the_hot_path_is_guest_code(lab):
     tracer = FunctionTracer(lab, ListSink())
     with tracer:
         assert set(lab.ftrace._call_sites.values()) == {lab.ring_buffer.function_trace_call}
+        assert not lab.machine.code_hooks        # each would slow every instruction under the budget
         calls = []
         lab.ftrace._dispatch = lambda addr: calls.append(addr)       # Python dispatch must not run
         lab.machine.hook_code(lambda a: calls.append(a), lab.ftrace.list_func)
@@ -111,6 +112,7 @@ def test_guest_function_graph_runs_no_python_per_call(lab):
     calls = []
     tracer = FunctionGraphTracer(lab, ListSink())
     with tracer:
+        assert not lab.machine.code_hooks
         for stub in (lab.ftrace.list_func, lab.fgraph._python_return):
             lab.machine.hook_code(lambda a: calls.append(a), stub)
         lab.call("fib", 10)

@@ -193,7 +193,7 @@ def bench(out, json_path: str | None = None) -> list[dict]:
             if key != "arch":
                 out.write(f"  {key:<40} {_fmt(value):>14}   {_verdict(key, r['arch'], value)}\n")
     out.write("\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
-              "no_budget: the same with --budget 0 (unicorn's instruction counter costs about half);\n"
+              "no_budget: the same with --budget 0 (the difference is unicorn's instruction counter);\n"
               "function_graph: both hooks in guest code, records through the ring buffer (as function);\n"
               "fprobe, verify, insns clock, function_graph_python: a Python callback per event;\n"
               "naive: a Python code hook on every function reading registers through the stock binding;\n"
