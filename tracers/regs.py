@@ -35,13 +35,16 @@ class Snapshot:
     by meaning rather than by a register (a saved ip that is the address after a patch site)."""
 
     kind = "snapshot"
+    # one is made per event on the Python paths: slots keep making it cheap
+    __slots__ = ("_m", "_arch", "_layout", "addr", "saved", "truth", "meaning", "_aliases", "_view",
+                 "_offset", "words", "_slot")
 
     def __init__(self, machine, layout, addr: int, saved, aliases=None, truth=None, meaning=None):
         self._m, self._arch, self._layout = machine, machine.arch, layout
         self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
         self._aliases = aliases or {}
-        self._view, self._offset = machine.locate(addr, layout.size)
-        self.words = list(layout.codec.unpack_from(self._view, self._offset))
+        self._view, self._offset = view, offset = machine.locate(addr, layout.size)
+        self.words = list(layout.codec.unpack_from(view, offset))
         self._slot = _slots(layout, self.saved, self._aliases)
 
     def _get(self, reg: str) -> int:
@@ -117,6 +120,7 @@ class FtraceRegs(Snapshot):
     """struct ftrace_regs, with the kernel's ftrace_regs_* accessors (without the prefix)."""
 
     kind = "ftrace_regs"
+    __slots__ = ()
 
     def __init__(self, machine, addr: int, truth=None, meaning=None, saved=None):
         arch = machine.arch
@@ -146,11 +150,11 @@ class FtraceRegs(Snapshot):
         self._set(self._arch.pc, value)
 
 
-
 class PtRegs(Snapshot):
     """struct pt_regs, with the kernel's regs_* helpers."""
 
     kind = "pt_regs"
+    __slots__ = ()
 
     def __init__(self, machine, addr: int, saved, truth=None, meaning=None):
         super().__init__(machine, machine.arch.pt_regs, addr, saved, None, truth, meaning)
