@@ -15,6 +15,7 @@ from .function_graph import FunctionGraphTracer
 from .fprobe import DESIGNS
 from .output import FORMATS, make_sink
 from .probe_tracer import ProbeEventTracer
+from .ring_buffer import DEFAULT_RECORDS
 from .trace_clock import CLOCKS
 
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
@@ -193,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
     p.add_argument("--buffer-size", type=_count, metavar="RECORDS",
                    help="the ring buffer of the function and function_graph tracers, in records "
-                        "(default 16384)")
+                        f"(default {DEFAULT_RECORDS})")
     p.add_argument("--buffer-mode", choices=("stream", "overwrite", "drop"), default="stream",
                    help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
                         "buffer with no reader, overwrite the oldest or drop the newest (both counted)")
@@ -207,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
     p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
-    p.add_argument("--buffer-size", type=_count, metavar="RECORDS", help="ring buffer size (default 16384)")
+    p.add_argument("--buffer-size", type=_count, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
     p.set_defaults(func=cmd_record)
