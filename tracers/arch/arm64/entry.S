@@ -32,7 +32,7 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
     eret
 
 /* The C side (do_debug_exception(regs, esr) -> the brk handlers): its one instruction carries the
- * lab's code hook, where kprobes run. */
+ * lab's hook, where kprobes run. */
 .globl do_debug_exception
 .globl trap_dispatch
 do_debug_exception:

@@ -34,7 +34,7 @@ arch_rethook_trampoline:
     ret
 
 /* The callback (arch_rethook_trampoline_callback(regs)): its one instruction carries the lab's
- * code hook, which runs rethook_trampoline_handler(regs, regs->regs[29]); that sets regs->pc to
+ * hook, which runs rethook_trampoline_handler(regs, regs->regs[29]); that sets regs->pc to
  * the real return address. */
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:

@@ -150,7 +150,7 @@ gtr_done:
     pop rcx
     ret
 
-/* The consumer's side: its one instruction carries the lab's code hook. */
+/* The consumer's side: its one instruction carries the lab's hook. */
 .globl ring_buffer_full
 ring_buffer_full:
     ret

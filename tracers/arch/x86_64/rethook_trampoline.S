@@ -23,7 +23,7 @@ arch_rethook_trampoline:
     ret                                 // to the real return address, written over the fake one
 
 /* The callback (arch_rethook_trampoline_callback(regs)): its one instruction carries the lab's
- * code hook, which fixes up cs, ip, orig_ax and sp, runs rethook_trampoline_handler(regs, frame)
+ * hook, which fixes up cs, ip, orig_ax and sp, runs rethook_trampoline_handler(regs, frame)
  * and copies flags into the ss slot, as the kernel's C does. */
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
