@@ -19,7 +19,7 @@ from unicorn import UcError
 from . import asm
 from .arch import Arch
 from .errors import BudgetExhausted, FtlabError, GuestFault
-from .regfile import RegisterBatch
+from .binding import CallHooks, RegisterBatch
 from .symbols import Symbol, SymbolTable
 
 DEFAULT_BUDGET = 200_000_000     # instructions per call into the guest
@@ -95,6 +95,7 @@ class Machine:
         self._fault_access = None
         self._trap_hook = None
         self.code_hooks: set = set()    # per-instruction hooks: each slows every instruction under the budget
+        self._call_hooks = CallHooks(self.uc)
         self._lab_hook = None
         self.lab_insns = self.lab_stored = 0
         # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (unicorn.md §14), which
@@ -287,10 +288,8 @@ class Machine:
         is only ever called (never fallen into). A block hook on the block that starts there: unlike
         a code hook, it adds nothing to the cost of other instructions under the instruction
         budget, where unicorn checks every code hook at every instruction (4-7 ns each)."""
-        handle = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda uc, a, size, _: callback(a),
-                                  begin=addr, end=addr)
+        self._call_hooks.add(callback, addr)
         self.uc.ctl_remove_cache(addr, addr + 1)
-        return handle
 
     def unhook(self, handle) -> None:
         self.uc.hook_del(handle)
@@ -437,12 +436,18 @@ class Machine:
 
     def _run(self, begin: int) -> None:
         self._running += 1
+        fault = None
         try:
             self.uc.emu_start(begin, self.exit_addr, count=self.budget)
         except (UcError, _AccessFault) as err:
-            raise self._fault(err if isinstance(err, UcError) else None) from None
+            fault = self._fault(err if isinstance(err, UcError) else None)
         finally:
             self._running -= 1
+        raised = self._call_hooks.take()       # a lab callback's exception stopped the run
+        if raised is not None:
+            raise raised
+        if fault is not None:
+            raise fault
         pc = self.reg(self.arch.pc)
         if pc != self.exit_addr:
             raise BudgetExhausted(f"instruction budget of {self.budget:,} exhausted at {self.where(pc)} "

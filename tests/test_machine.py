@@ -64,6 +64,19 @@ def test_data_pages_are_not_executable(machine):
         machine.call(machine.HEAP[0])
 
 
+def test_call_hooks_fire_per_call_and_their_exceptions_end_the_run(machine):
+    seen = []
+    machine.hook_call(seen.append, machine.address_of("chain_c"))
+    assert machine.call("chain_a", 10) == 129 and seen == [machine.address_of("chain_c")] * 2
+
+    def boom(addr):
+        raise ValueError(f"boom at {addr:#x}")
+    machine.hook_call(boom, machine.address_of("chain_b"))
+    with pytest.raises(ValueError, match="boom at"):
+        machine.call("chain_a", 10)
+    assert machine.call("fib", 10) == 55          # nothing is left pending
+
+
 def test_nested_call_from_a_hook_leaves_the_caller_intact(machine):
     inner = []
     machine.hook_code(lambda addr: inner.append(machine.call("fib", 10)), machine.address_of("chain_c"))
