@@ -96,6 +96,7 @@ class Machine:
         self._trap_hook = None
         self.code_hooks: set = set()    # per-instruction hooks: each slows every instruction under the budget
         self._call_hooks = CallHooks(self.uc)
+        self._plumbing: set[int] = set()       # mailbox stubs' blocks, left out of lab-code costs
         self._lab_hook = None
         self.lab_insns = self.lab_stored = 0
         # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (unicorn.md §14), which
@@ -276,11 +277,13 @@ class Machine:
         self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
         return handle
 
-    def mailbox(self, literal: int, words: int) -> memoryview:
-        """Lab data where a stub leaves its arguments for a hook (one load instead of a register
-        read through the binding per argument); the stub's literal at `literal` points at it."""
+    def mailbox(self, stub: int, literal: int, words: int) -> memoryview:
+        """Lab data where the stub at `stub` leaves its arguments for a hook (one load instead of
+        a register read through the binding per argument); the stub's literal at `literal` points
+        at it. The stub is the lab's plumbing, not the kernel's code: lab-code costs leave it out."""
         addr = self.alloc("lab data", 8 * words, 64)
         self.write_code(literal, U64.pack(addr))
+        self._plumbing.add(stub)
         return self.view(addr, 8 * words)
 
     def hook_call(self, callback, addr: int):
@@ -334,6 +337,8 @@ class Machine:
         return cost
 
     def _on_lab_block(self, uc, addr, size, _):
+        if addr in self._plumbing:
+            return
         insns, stored = self._block_cost(addr, size)
         self.lab_insns += insns
         self.lab_stored += stored

@@ -84,7 +84,7 @@ class Fgraph:
         arch = self.m.arch
         syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "return_to_handler.S")
         self.return_to_handler = syms["return_to_handler"]
-        self._fregs_arg = self.m.mailbox(syms["return_args"], 1)
+        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], 1)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]

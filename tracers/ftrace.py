@@ -110,7 +110,7 @@ class Ftrace:
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
-        self._args = machine.mailbox(syms["ops_list_args"], 4)
+        self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], 4)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         self.verifying = False
         self._truth_names = list(arch.regs)

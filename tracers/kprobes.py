@@ -17,7 +17,7 @@ from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
 
 from .ftrace import TRAMPOLINES, FtraceOps, OpsFlag
-from .regs import PtRegs
+from .regs import U64, PtRegs
 
 SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
 
@@ -65,8 +65,8 @@ class Kprobes:
         self.ops = importlib.import_module(f"tracers.arch.{arch.name}.kprobes")
         syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "entry.S")
         self.m.install_trap_vector(syms["trap_vector"])
+        self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], 1)
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
-        self._regs_arg = self.m.register_batch([arch.arg_regs[0]])
         self.saved = tuple(r for r in arch.pt_regs.offsets if r in arch.regs)   # every register
         self.points: dict[int, _Point] = {}
         self.trailers: dict[int, _Point] = {}      # slot breakpoint address -> its point
@@ -199,7 +199,7 @@ class Kprobes:
     # -- the trap (kprobe_int3_handler / kprobe_brk_handler, kprobe_breakpoint_ss_handler) --------
 
     def _dispatch(self, _addr: int) -> None:
-        [regs_addr] = self._regs_arg.read()
+        [regs_addr] = U64.unpack_from(self._regs_arg)
         m, arch = self.m, self.m.arch
         trap = PtRegs(m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:

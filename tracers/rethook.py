@@ -13,7 +13,7 @@ from typing import Callable
 from emulator import FtlabError
 
 from .ftrace import TRAMPOLINES, Ftrace, TruthCapture
-from .regs import PtRegs
+from .regs import U64, PtRegs
 
 
 @dataclass(eq=False)
@@ -60,8 +60,8 @@ class RethookCore:
         self.ftrace, self.m = ftrace, ftrace.m
         syms = self.m.load_lab_code(TRAMPOLINES / self.m.arch.name / "rethook_trampoline.S")
         self.trampoline = syms["arch_rethook_trampoline"]
-        self.m.hook_call(self._callback, syms["arch_rethook_trampoline_callback"])
-        self._regs_arg = self.m.register_batch([self.m.arch.arg_regs[0]])
+        self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"], 1)
+        self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
         self.truth = TruthCapture(ftrace, self.trampoline)
 
@@ -78,7 +78,7 @@ class RethookCore:
     def _callback(self, _addr: int) -> None:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
         arch = self.m.arch
-        [regs_addr] = self._regs_arg.read()
+        [regs_addr] = U64.unpack_from(self._regs_arg)
         truth = self.truth.take()
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")

@@ -31,10 +31,19 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
     add sp, sp, #PT_REGS_SIZE
     eret
 
-/* The C side (do_debug_exception(regs, esr) -> the brk handlers): its one instruction carries the
- * lab's hook, where kprobes run. */
+/* The C side (do_debug_exception(regs, esr) -> the brk handlers), where kprobes run in the lab:
+ * it leaves regs in lab data and branches to trap_dispatch, whose block carries the lab's hook. */
 .globl do_debug_exception
-.globl trap_dispatch
+.globl trap_handler
 do_debug_exception:
+trap_handler:                           // (arch-neutral name)
+    ldr x9, trap_args
+    str x0, [x9]
+    b trap_dispatch
+.globl trap_dispatch
 trap_dispatch:
     ret
+
+.balign 8
+trap_args:                              // where do_debug_exception leaves regs
+    .quad 0

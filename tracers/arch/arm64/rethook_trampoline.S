@@ -33,9 +33,18 @@ arch_rethook_trampoline:
     add sp, sp, #PT_REGS_SIZE
     ret
 
-/* The callback (arch_rethook_trampoline_callback(regs)): its one instruction carries the lab's
- * hook, which runs rethook_trampoline_handler(regs, regs->regs[29]); that sets regs->pc to
- * the real return address. */
+/* The callback (arch_rethook_trampoline_callback(regs)) runs in the lab: it leaves regs in lab
+ * data and branches to the block that carries the lab's hook, which runs
+ * rethook_trampoline_handler(regs, regs->regs[29]); that sets regs->pc to the real return address. */
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
+    ldr x9, callback_args
+    str x0, [x9]
+    b rethook_callback_lab
+.globl rethook_callback_lab
+rethook_callback_lab:
     ret
+
+.balign 8
+callback_args:                          // where arch_rethook_trampoline_callback leaves regs
+    .quad 0

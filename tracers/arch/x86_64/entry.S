@@ -18,10 +18,19 @@ trap_vector:                            // what the lab's CPU model enters (arch
     add rsp, 8                          // orig_ax
     iretq                               // handlers may have changed ip, flags and sp
 
-/* The C side (do_int3(regs) -> kprobe_int3_handler): its one instruction carries the lab's code
- * hook, where kprobes run. */
+/* The C side (do_int3(regs) -> kprobe_int3_handler), where kprobes run in the lab: it leaves regs
+ * in lab data and jumps to trap_dispatch, whose block carries the lab's hook. */
 .globl do_int3
-.globl trap_dispatch
+.globl trap_handler
 do_int3:
+trap_handler:                           // (arch-neutral name)
+    mov rax, [rip+trap_args]
+    mov [rax], rdi
+    jmp trap_dispatch
+.globl trap_dispatch
 trap_dispatch:
     ret
+
+.balign 8
+trap_args:                              // where do_int3 leaves regs
+    .quad 0

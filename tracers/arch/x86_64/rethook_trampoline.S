@@ -22,9 +22,19 @@ arch_rethook_trampoline:
     popfq
     ret                                 // to the real return address, written over the fake one
 
-/* The callback (arch_rethook_trampoline_callback(regs)): its one instruction carries the lab's
- * hook, which fixes up cs, ip, orig_ax and sp, runs rethook_trampoline_handler(regs, frame)
- * and copies flags into the ss slot, as the kernel's C does. */
+/* The callback (arch_rethook_trampoline_callback(regs)) runs in the lab: it leaves regs in lab
+ * data and jumps to the block that carries the lab's hook, which fixes up cs, ip, orig_ax and sp,
+ * runs rethook_trampoline_handler(regs, frame) and copies flags into the ss slot, as the kernel's
+ * C does. */
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
+    mov rax, [rip+callback_args]
+    mov [rax], rdi
+    jmp rethook_callback_lab
+.globl rethook_callback_lab
+rethook_callback_lab:
     ret
+
+.balign 8
+callback_args:                          // where arch_rethook_trampoline_callback leaves regs
+    .quad 0
