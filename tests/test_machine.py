@@ -59,9 +59,17 @@ def test_store_fault_names_the_exact_address(machine, tmp_path):
 
 
 def test_data_pages_are_not_executable(machine):
-    """As with the kernel's NX: the heap, stack and lab data are read+write only."""
+    """As with the kernel's NX: the heap, stack and lab data are read+write only, and so is an
+    object's data once it is on pages of its own."""
     with pytest.raises(GuestFault, match=r"execution of non-executable address 0x10000000 at 0x10000000 "):
         machine.call(machine.HEAP[0])
+    table = machine.address_of("nibble_bits")               # .rodata, after .text
+    page = (table + 0xFFF) & ~0xFFF                          # a page holding no code
+    text_end = max(a + n for a, n in machine.objects[0].sections[".text"])
+    assert page >= text_end
+    with pytest.raises(GuestFault, match=rf"execution of non-executable address {page:#x} at {page:#x} "):
+        machine.call(page)
+    assert machine.call("fib", 10) == 55                     # code still runs
 
 
 def test_call_hooks_fire_per_call_and_their_exceptions_end_the_run(machine):
