@@ -13,14 +13,13 @@ U64 = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
 
 
-_SLOTS: dict[tuple[int, tuple[str, ...]], dict[str, int]] = {}
+_SLOTS: dict[tuple, dict[str, int]] = {}
 
 
 def _slots(layout, saved: tuple[str, ...], aliases: dict[str, str]) -> dict[str, int]:
     """pt_regs name -> the word index of the struct member holding it, for one mechanism's saved
-    members; worked out once per mechanism (the arch's layouts live as long as the program, and
-    a layout's aliases are its arch's), not per snapshot."""
-    key = (id(layout), saved)
+    members; worked out once per mechanism (a layout's aliases are its arch's), not per snapshot."""
+    key = (layout, saved)
     slots = _SLOTS.get(key)
     if slots is None:
         slots = _SLOTS[key] = {aliases.get(m, m): layout.offsets[m] // 8 for m in saved}

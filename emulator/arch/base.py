@@ -12,7 +12,7 @@ from typing import Callable
 MASK64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)          # one object per struct per arch, hashed by identity
 class Layout:
     """A kernel struct made only of u64 slots, as an offset table (what asm-offsets gives the kernel)."""
 
