@@ -132,8 +132,9 @@ class Machine:
 
     def _tlb_fill(self, uc, vaddr, access, entry, _):
         executable = vaddr >> PAGE_SHIFT in self._exec_pages
-        if self.region(vaddr) is None or (access == unicorn.UC_MEM_FETCH and not executable):
-            self._fault_access = (access, vaddr, self.region(vaddr) is not None)
+        mapped = self.region(vaddr) is not None
+        if not mapped or (access == unicorn.UC_MEM_FETCH and not executable):
+            self._fault_access = (access, vaddr, mapped)
             return False                                  # the access faults
         entry.paddr = vaddr                               # 1:1 (QEMU's page may be 1 KiB: keep the offset)
         entry.perms = CODE_PERMS if executable else DATA_PERMS
@@ -278,13 +279,14 @@ class Machine:
         return handle
 
     def mailbox(self, stub: int, literal: int, words: int) -> memoryview:
-        """Lab data where the stub at `stub` leaves its arguments for a hook (one load instead of
-        a register read through the binding per argument); the stub's literal at `literal` points
-        at it. The stub is the lab's plumbing, not the kernel's code: lab-code costs leave it out."""
+        """Lab data where the stub at `stub` leaves its arguments for a hook, as u64 words (one
+        load instead of a register read through the binding per argument); the stub's literal at
+        `literal` points at it. The stub is the lab's plumbing, not the kernel's code: lab-code
+        costs leave it out."""
         addr = self.alloc("lab data", 8 * words, 64)
         self.write_code(literal, U64.pack(addr))
         self._plumbing.add(stub)
-        return self.view(addr, 8 * words)
+        return self.view(addr, 8 * words).cast("Q")
 
     def hook_call(self, callback, addr: int):
         """callback(addr) each time the guest branches to addr, the entry of a lab function that

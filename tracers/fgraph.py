@@ -322,7 +322,7 @@ class Fgraph:
     _current: FgraphOps | None = None
 
     def _return(self, _addr: int) -> None:
-        [fregs_addr] = WORD.unpack_from(self._fregs_arg)
+        fregs_addr = self._fregs_arg[0]
         top, depth, _, overrun = HOT4.unpack_from(self._ctl)
         if top <= 0:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")

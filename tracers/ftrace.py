@@ -19,7 +19,6 @@ from .regs import FtraceRegs
 
 TRAMPOLINES = Path(__file__).parent / "arch"
 U64 = struct.Struct("<Q")
-ARGS = struct.Struct("<4Q")             # ftrace_ops_list_func(ip, parent_ip, op, fregs)
 
 
 class OpsFlag(IntFlag):
@@ -248,7 +247,7 @@ class Ftrace:
     # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
 
     def _dispatch(self, _addr: int) -> None:
-        ip, parent_ip, _op, fregs_addr = ARGS.unpack_from(self._args)
+        ip, parent_ip, _op, fregs_addr = self._args
         arch = self.m.arch
         truth = meaning = None
         if self._truth is not None and self._truth[0] == ip:

@@ -17,7 +17,7 @@ from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
 
 from .ftrace import TRAMPOLINES, FtraceOps, OpsFlag
-from .regs import U64, PtRegs
+from .regs import PtRegs
 
 SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
 
@@ -199,7 +199,7 @@ class Kprobes:
     # -- the trap (kprobe_int3_handler / kprobe_brk_handler, kprobe_breakpoint_ss_handler) --------
 
     def _dispatch(self, _addr: int) -> None:
-        [regs_addr] = U64.unpack_from(self._regs_arg)
+        regs_addr = self._regs_arg[0]
         m, arch = self.m, self.m.arch
         trap = PtRegs(m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:

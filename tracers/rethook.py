@@ -13,7 +13,7 @@ from typing import Callable
 from emulator import FtlabError
 
 from .ftrace import TRAMPOLINES, Ftrace, TruthCapture
-from .regs import U64, PtRegs
+from .regs import PtRegs
 
 
 @dataclass(eq=False)
@@ -78,7 +78,7 @@ class RethookCore:
     def _callback(self, _addr: int) -> None:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
         arch = self.m.arch
-        [regs_addr] = U64.unpack_from(self._regs_arg)
+        regs_addr = self._regs_arg[0]
         truth = self.truth.take()
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")
