@@ -99,14 +99,12 @@ class _Loader:
             obj.sections.setdefault(sec.name, []).append((addr, sec["sh_size"]))
             if sec["sh_type"] != "SHT_NOBITS":
                 self.m.write(addr, sec.data())      # fresh memory: nothing translated from it yet
+            if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
+                self.m.mark_executable(addr, sec["sh_size"])
         self.placed = placed
         self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.values = self._symbols(obj)
         self._relocate(obj)
-        for index, addr in placed.items():
-            sec = elf.get_section(index)
-            if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
-                self.m.mark_executable(addr, sec["sh_size"])
         self.m.write_code(self.base, self.m.read(self.base, self.size))   # one cache flush for it all
         return obj
 
