@@ -170,9 +170,6 @@ class Fgraph:
         gops.idx = -1
         self._update_graph_ops()
 
-    def users(self) -> list[FgraphOps]:
-        return self._users
-
     def _update_graph_ops(self) -> None:
         """graph_ops traces the union of what its users trace (the kernel's subops manager). A lone
         user with guest code runs there, entry and exit, with no Python per call."""
