@@ -87,8 +87,7 @@ def _statements(source: str, constants: dict[str, int], where: Path | None = Non
 
 def assemble(arch, source: str, base: int, constants: dict[str, int] | None = None,
              name: str = "<lab>", where: Path | None = None) -> Assembly:
-    consts = {**arch.asm_constants, **(constants or {})}
-    stmts = _statements(source, consts, where)
+    stmts = _statements(source, constants or {}, where)
     labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
     exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
     body = [s for s in stmts if not s.startswith(".globl")]

@@ -20,6 +20,7 @@ from . import asm
 from .arch import Arch
 from .errors import BudgetExhausted, FtlabError, GuestFault
 from .binding import CallHooks, RegisterBatch
+from .elf import load_object
 from .symbols import Symbol, SymbolTable
 
 DEFAULT_BUDGET = 200_000_000     # instructions per call into the guest
@@ -111,7 +112,7 @@ class Machine:
         self.insns = 0                  # emulated instructions, while counting is on
         self._counted = (None, 0)       # the block counted last: (address, insns before it)
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}   # (addr, size) -> _block_cost
-        runtime = self.load_lab_code(arch.source_dir / "runtime.S")
+        runtime = self.load_lab_code(arch.runtime)
         self.exit_addr = runtime["ftlab_caller"]
 
     # -- memory ---------------------------------------------------------------------------------
@@ -251,7 +252,6 @@ class Machine:
         return f"{addr:#x} <{self.symbols.name(addr)}>: {self.disasm(addr)}"
 
     def load(self, path, stubs=()):
-        from .elf import load_object
         obj = load_object(self, Path(path), stubs)
         self.objects.append(obj)
         return obj

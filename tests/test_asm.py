@@ -6,7 +6,8 @@ import pytest
 
 from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
-from tracers.ring_buffer import asm_constants
+from tracers.arch import kernel_arch
+from tracers.core.ring_buffer import asm_constants
 
 SOURCES = [p for p in sorted(Path("emulator/arch").glob("*/*.S")) + sorted(Path("tracers/arch").glob("*/*.S"))
            if p.name != "macros.S"]
@@ -15,7 +16,9 @@ SOURCES = [p for p in sorted(Path("emulator/arch").glob("*/*.S")) + sorted(Path(
 @pytest.mark.parametrize("path", SOURCES, ids=str)
 def test_lab_sources_roundtrip(path):
     arch = arches.get(path.parent.name)
-    asm = assemble(arch, path.read_text(), 0x3F000000, asm_constants(arch), where=path.parent)
+    karch = kernel_arch(arch)
+    asm = assemble(arch, path.read_text(), 0x3F000000, {**karch.asm_constants, **asm_constants(karch)},
+                   where=path.parent)
     assert asm.code and asm.exported
     assert roundtrip(arch, asm) == []
 
@@ -32,22 +35,23 @@ def test_roundtrip_catches_a_wrong_encoding():
 @pytest.mark.parametrize("arch_name", list(arches.ARCHES))
 def test_site_call_encoding_decodes_to_its_target(arch_name):
     arch = arches.get(arch_name)
+    sites = kernel_arch(arch).sites
     for ip, target in ((0x40000000, 0x3F000040), (0x40001000, 0x40000000), (0x3F000000, 0x40FFFFF0)):
-        code = arch.encode_call(ip, target)
+        code = sites.encode_call(ip, target)
         [(_, size, text)] = disassemble(arch, code, ip)
-        assert size == arch.site_size
+        assert size == sites.size
         assert int(text.split()[-1].lstrip("#"), 16) == target
 
 
 def test_site_call_out_of_range_is_refused():
     with pytest.raises(ValueError):
-        arches.get("arm64").encode_call(0x40000000, 0x40000000 + (128 << 20))
+        kernel_arch(arches.get("arm64")).sites.encode_call(0x40000000, 0x40000000 + (128 << 20))
     with pytest.raises(ValueError):
-        arches.get("x86_64").encode_call(0x40000000, 0x40000000 + 5 + (1 << 31))
+        kernel_arch(arches.get("x86_64")).sites.encode_call(0x40000000, 0x40000000 + 5 + (1 << 31))
 
 
 def test_nops_and_mov_x9_lr_are_what_the_kernel_writes():
     x86, a64 = arches.get("x86_64"), arches.get("arm64")
-    assert disassemble(x86, x86.nop, 0)[0][1:] == (5, "nop dword ptr [rax + rax]")
-    init = a64.init_site(0x1004, struct.pack("<II", 0xD503201F, 0xD503201F), 0)
+    assert disassemble(x86, kernel_arch(x86).sites.nop, 0)[0][1:] == (5, "nop dword ptr [rax + rax]")
+    init = kernel_arch(a64).sites.init(0x1004, struct.pack("<II", 0xD503201F, 0xD503201F), 0)
     assert [t for _, _, t in disassemble(a64, init, 0x1000)] == ["mov x9, x30", "nop"]

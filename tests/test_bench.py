@@ -1,5 +1,5 @@
 """The bench's own logic (its figures are measured by `make bench`, never asserted here)."""
-from tracers import bench
+from tracers.cli import bench
 
 
 def test_verdicts_compare_with_each_arch_target():

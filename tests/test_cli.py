@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fixtures import catalog
-from tracers.cli import main
+from tracers.cli.main import main
 
 LINE = re.compile(r"^ {11}ftlab-1 {7}\[000\] \.{5} +\d+: \w+ <-\w+$")
 

@@ -8,12 +8,12 @@ import pytest
 
 from emulator.machine import decode_return
 from fixtures import catalog
-from tracers.output import ListSink
+from tracers.output.sinks import ListSink
 from tracers import Lab
-from tracers.fgraph import FgraphOps
-from tracers.function_graph import FunctionGraphTracer
-from tracers.output import GraphTextSink
-from tracers.stacktrace import stack_trace
+from tracers.core.fgraph import FgraphOps
+from tracers.builtin.function_graph import FunctionGraphTracer
+from tracers.output.sinks import GraphTextSink
+from tracers.core.stacktrace import stack_trace
 
 from conftest import all_variants
 
@@ -190,7 +190,7 @@ def test_unwinding_through_hooked_frames(lab):
 
     def ret(trace, gops, fregs):
         if trace.depth == 2:
-            args = (m, fregs.get_instruction_pointer(), fregs.get_frame_pointer())
+            args = (m, lab.karch, fregs.get_instruction_pointer(), fregs.get_frame_pointer())
             traces.append(([m.symbols.lookup(a)[0].name for a in stack_trace(*args, [fg.ret_addr])],
                            [m.symbols.lookup(a)[0].name for a in stack_trace(*args)]))
     fg.register(FgraphOps(lambda t, g, f: 1, ret))

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from fixtures import catalog
-from tracers.output import ListSink
+from tracers.output.sinks import ListSink
 from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
 
 from conftest import all_variants
@@ -46,7 +46,7 @@ def test_traced_results_counts_args_and_snapshots(arch_name, variant):
                 assert ev.mismatch == [], (f.name, ev.verification)
                 assert list(ev.missing) == MISSING[arch_name]
                 assert ev.regs_kind == "ftrace_regs"
-                assert set(ev.regs) == set(m.arch.ftrace_regs_saved)
+                assert set(ev.regs) == set(lab.karch.ftrace_regs_saved)
     # tracing off again: the text is back to its post-init bytes and results are unchanged
     assert not any(s.on for s in lab.sites)
     assert lab.call("fib", 15) == 610
@@ -188,8 +188,8 @@ def test_accessors_against_the_call(lab):
     lab.ftrace.register(ops)
     assert lab.call("sum10", *range(1, 11)) == 385
     assert seen["ra"] == seen["parent"] == m.exit_addr
-    assert seen["ip"] == seen["site"] + m.arch.site_size
-    if m.arch.ftrace_regs_stack_args:           # x86: regs_get_kernel_argument reads the stack
+    assert seen["ip"] == seen["site"] + lab.karch.sites.size
+    if lab.karch.ftrace_regs_stack_args:           # x86: regs_get_kernel_argument reads the stack
         assert seen["args"] == list(range(1, 11))
     else:                                       # arm64: ftrace_regs_get_argument is 0 past x7
         assert seen["args"] == list(range(1, 9)) + [0, 0]

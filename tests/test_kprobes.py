@@ -9,8 +9,8 @@ from emulator import FtlabError
 from emulator.asm import disassemble
 from fixtures import catalog
 from tracers import Lab
-from tracers.kprobes import Kprobe
-from tracers.regs import decode_flags
+from tracers.core.kprobes import Kprobe
+from tracers.core.regs import decode_flags
 
 from conftest import all_variants
 
@@ -124,7 +124,7 @@ def test_pre_handler_changing_the_ip_skips_the_step(lab):
     off = 5 if lab.arch.name == "x86_64" else 0            # after the fentry NOP / the MOV X9, LR
 
     def inject(p, regs):
-        regs._set(lab.arch.ret_regs[0], 42)
+        regs.set_reg(lab.arch.ret_regs[0], 42)
         regs.override_function_with_return()
         return 1
     p = Kprobe("chain_c", off, inject, lambda p, regs, f: pytest.fail("post_handler after a skip"))

@@ -7,6 +7,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
 from emulator import FtlabError, Machine, arch as arches
+from tracers.arch import kernel_arch
 from emulator.asm import disassemble
 from fixtures import catalog
 
@@ -76,7 +77,7 @@ def test_relocated_code_points_where_the_relocation_says(arch_name, variant):
 def test_site_tables_are_relocated(arch):
     m = Machine(arches.get(arch))
     obj = m.load(catalog.variant(arch, "funcs").path)
-    [table] = [secs for name, secs in obj.sections.items() if name in m.arch.site_tables]
+    [table] = [secs for name, secs in obj.sections.items() if name in kernel_arch(m.arch).sites.tables]
     addr, size = table[0]
     entries = struct.unpack(f"<{size // 8}Q", m.read(addr, size))
     starts = {f.addr for f in obj.functions}

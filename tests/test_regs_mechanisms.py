@@ -4,8 +4,8 @@ import pytest
 
 from emulator import FtlabError
 from tracers import FtraceOps, OpsFlag
-from tracers.kprobes import Kprobe
-from tracers.regs import ftrace_partial_regs
+from tracers.core.kprobes import Kprobe
+from tracers.core.regs import ftrace_partial_regs
 
 
 def _grab(lab, flags, func="sum10", args=tuple(range(1, 11))):
@@ -23,7 +23,7 @@ def _grab(lab, flags, func="sum10", args=tuple(range(1, 11))):
 def test_save_regs_as_trace_selftest(lab):
     """trace_selftest's regs test: SAVE_REGS gives a pt_regs where the arch has ftrace_regs_caller,
     else registration fails, and SAVE_REGS_IF_SUPPORTED registers with ftrace_get_regs() NULL."""
-    if lab.arch.ftrace_regs_caller_saved is None:
+    if lab.karch.regs_caller is None:
         with pytest.raises(FtlabError, match="arm64 has no ftrace_regs_caller since 6.2 .* PSTATE cannot be saved"):
             lab.ftrace.register(FtraceOps(lambda *a: None, OpsFlag.SAVE_REGS))
         fregs, regs, _ = _grab(lab, OpsFlag.SAVE_REGS_IF_SUPPORTED)

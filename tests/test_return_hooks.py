@@ -7,10 +7,9 @@ import struct
 import pytest
 
 from fixtures import catalog
-from tracers import Lab
-from tracers.fprobe import DESIGNS, Fprobe, Fprobes
-from tracers.kretprobe import DEFAULT_MAXACTIVE, Kretprobe, Kretprobes
-from tracers.stacktrace import stack_trace
+from tracers.core.fprobe import DESIGNS, Fprobe
+from tracers.core.kretprobe import DEFAULT_MAXACTIVE, Kretprobe
+from tracers.core.stacktrace import stack_trace
 
 RAND1 = 0x1234567          # the suites' random value above 3
 TARGET, TARGET2 = "chain_c", "tail_b"
@@ -27,7 +26,7 @@ def test_kretprobe_return_value(lab):
         return 0
 
     rp = Kretprobe(TARGET, lambda ri, regs: seen.update(ret=regs.regs_return_value()), entry)
-    Kretprobes(lab).register(rp)
+    lab.kretprobes().register(rp)
     assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
     assert seen == {"entry": ("pt_regs", RAND1), "ret": ref[TARGET](RAND1)}   # entered by a kprobe
     assert (rp.nhit, rp.nmissed) == (1, 0)
@@ -37,14 +36,14 @@ def test_kretprobe_entered_through_ftrace(lab):
     seen = []
     rp = Kretprobe(TARGET, lambda ri, regs: seen.append(regs.regs_return_value()),
                    lambda ri, fregs: seen.append((fregs.kind, fregs.get_argument(0))) and 0, via="ftrace")
-    Kretprobes(lab).register(rp)
+    lab.kretprobes().register(rp)
     assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
     assert seen == [("ftrace_regs", RAND1), ref[TARGET](RAND1)]
 
 
 def test_two_kretprobes(lab):
     rets = {}
-    krp = Kretprobes(lab)
+    krp = lab.kretprobes()
     for name in (TARGET, TARGET2):
         krp.register(Kretprobe(name, lambda ri, regs, n=name: rets.__setitem__(n, regs.regs_return_value())))
     lab.call(TARGET, RAND1)
@@ -55,7 +54,7 @@ def test_two_kretprobes(lab):
 def test_entry_handler_refusal_skips_the_return(lab):
     calls = []
     rp = Kretprobe(TARGET, lambda ri, regs: calls.append("ret"), lambda ri, fregs: 1)
-    Kretprobes(lab).register(rp)
+    lab.kretprobes().register(rp)
     assert lab.call("chain_a", 10) == 129
     assert calls == [] and rp.nmissed == 0
 
@@ -64,7 +63,7 @@ def test_maxactive_exhausted_counts_nmissed(lab):
     """fib(n) nests n deep: a pool of 3 nodes hooks only the three outermost live calls."""
     returns = []
     rp = Kretprobe("fib", lambda ri, regs: returns.append(regs.regs_return_value()), maxactive=3)
-    Kretprobes(lab).register(rp)
+    lab.kretprobes().register(rp)
     assert lab.call("fib", 6) == 8
     calls = 2 * 13 - 1                                    # 2 fib(7) - 1
     assert len(returns) + rp.nmissed == calls == rp.nhit + rp.nmissed
@@ -81,7 +80,7 @@ def test_entry_data(lab):
         return 0
     rp.entry_handler = entry
     rp.handler = lambda ri, regs: got.append(struct.unpack("<Q", lab.machine.read(ri.data, 8))[0])
-    Kretprobes(lab).register(rp)
+    lab.kretprobes().register(rp)
     lab.call("chain_a", 10)
     assert got == [32, 20]                                # chain_c(16) from chain_b, chain_c(10)
 
@@ -95,9 +94,9 @@ def test_stacktrace_on_kretprobe(lab):
     m, traces = lab.machine, []
 
     def handler(ri, regs):
-        traces.append(stack_trace(m, regs.instruction_pointer(), regs.frame_pointer(),
+        traces.append(stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer(),
                                   [lab.rethook.find_ret_addr]))
-    Kretprobes(lab).register(Kretprobe("chain_b", handler))
+    lab.kretprobes().register(Kretprobe("chain_b", handler))
     lab.call("chain_a", 10)
     [trace] = traces
     assert _names(m, trace) == ["chain_a", "ftlab_caller"]
@@ -109,23 +108,23 @@ def test_stacktrace_on_nested_kretprobe(lab):
     m, traces = lab.machine, []
 
     def handler(ri, regs):
-        traces.append(_names(m, stack_trace(m, regs.instruction_pointer(), regs.frame_pointer(),
+        traces.append(_names(m, stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer(),
                                             [lab.rethook.find_ret_addr])))
-    krp = Kretprobes(lab)
+    krp = lab.kretprobes()
     krp.register(Kretprobe("chain_b", lambda ri, regs: None))
     krp.register(Kretprobe(TARGET, handler))
     lab.call("chain_a", 10)
     assert traces[0] == ["chain_b", "chain_a", "ftlab_caller"]
-    without = stack_trace(m, m.address_of("chain_b"), 0)
+    without = stack_trace(m, lab.karch, m.address_of("chain_b"), 0)
     assert without                                        # (trace without recovery: see below)
 
 
 def test_without_recovery_the_trampoline_shows(lab):
     m, raw = lab.machine, []
-    krp = Kretprobes(lab)
+    krp = lab.kretprobes()
     krp.register(Kretprobe("chain_b", lambda ri, regs: None))
     krp.register(Kretprobe(TARGET, lambda ri, regs: raw.append(
-        _names(m, stack_trace(m, regs.instruction_pointer(), regs.frame_pointer())))))
+        _names(m, stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer())))))
     lab.call("chain_a", 10)
     assert raw[0] == ["chain_b", "arch_rethook_trampoline", "ftlab_caller"]
 
@@ -135,7 +134,7 @@ def test_without_recovery_the_trampoline_shows(lab):
 def test_rethook_pt_regs_against_the_truth(lab):
     checks = []
     lab.rethook.set_verify(True)
-    Kretprobes(lab).register(Kretprobe("chain_a", lambda ri, regs: checks.append(regs.verify())))
+    lab.kretprobes().register(Kretprobe("chain_a", lambda ri, regs: checks.append(regs.verify())))
     lab.call("chain_a", 10)
     [v] = checks
     if lab.arch.name == "x86_64":
@@ -151,7 +150,7 @@ def test_rethook_pt_regs_against_the_truth(lab):
 
 @pytest.fixture(params=DESIGNS)
 def fprobes(request, lab):
-    return Fprobes(lab, request.param)
+    return lab.fprobes(request.param)
 
 
 class Selftest:

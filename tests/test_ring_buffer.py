@@ -4,8 +4,8 @@ import pytest
 
 from fixtures import catalog
 from tracers import FtraceOps, FunctionTracer, Lab
-from tracers.cli import main
-from tracers.output import ListSink
+from tracers.cli.main import main
+from tracers.output.sinks import ListSink
 
 from conftest import all_variants
 
@@ -87,7 +87,7 @@ def test_replay_refuses_other_files(capsys, tmp_path):
 
 
 def _graph(lab, ring, func, args, **kw):
-    from tracers.function_graph import FunctionGraphTracer
+    from tracers.builtin.function_graph import FunctionGraphTracer
     sink = ListSink()
     with FunctionGraphTracer(lab, sink, ring=ring, **kw):
         result = lab.call(func, *args)
@@ -108,7 +108,7 @@ def test_guest_function_graph_equals_the_python_path(arch_name, variant):
 
 
 def test_guest_function_graph_runs_no_python_per_call(lab):
-    from tracers.function_graph import FunctionGraphTracer
+    from tracers.builtin.function_graph import FunctionGraphTracer
     calls = []
     tracer = FunctionGraphTracer(lab, ListSink())
     with tracer:
@@ -128,7 +128,7 @@ def test_guest_function_graph_depth_limit_and_overrun_match_python(arch):
 
 def test_with_another_fgraph_user_the_records_come_from_python(arch):
     """A second user takes fgraph off the guest fast path; the tracer's events stay the same."""
-    from tracers.fgraph import FgraphOps
+    from tracers.core.fgraph import FgraphOps
     shared, alone = Lab.open("funcs", arch), Lab.open("funcs", arch)
     shared.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))
     _, via_python, _ = _graph(shared, True, "chain_a", (10,))

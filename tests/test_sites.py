@@ -75,7 +75,7 @@ def test_only_filtered_sites_are_patched(arch):
 def test_patch_refuses_unexpected_bytes(arch):
     lab = Lab.open("funcs", arch)
     site = lab.ftrace.site("fib")
-    lab.machine.write_code(site.ip, lab.machine.arch.nop[:1] + b"\x00" * (lab.machine.arch.site_size - 1))
+    lab.machine.write_code(site.ip, lab.karch.sites.nop[:1] + b"\x00" * (lab.karch.sites.size - 1))
     with pytest.raises(Exception, match=r"refusing to patch fib"):
         lab.ftrace.register(FtraceOps(lambda *a: None))
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tracers.cli import main
-from tracers.mechanisms import MECHANISMS, capture, capture_all
+from tracers.cli.main import main
+from tracers.cli.mechanisms import MECHANISMS, capture_all
 
 CALL = ("chain_a", (10,))
 

@@ -1,4 +1,5 @@
-"""A machine with one object loaded and its patch sites initialised: what the CLI and tests use.
+"""A machine with the tracing cores built and one object loaded, its patch sites initialised: what
+the CLI, the tests and Python users start from.
 
     lab = Lab.open("funcs", "arm64")          # a bundled fixture, or a path to a .o/.ko
     lab.call("fib", 10)                       # 55
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from emulator import FtlabError, Machine, arch as arches
@@ -15,7 +15,13 @@ from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
 from fixtures import catalog
 
-from .ftrace import Ftrace
+from .core.fgraph import Fgraph
+from .core.fprobe import Fprobes
+from .core.ftrace import Ftrace
+from .core.kprobes import Kprobes
+from .core.kretprobe import Kretprobes
+from .core.rethook import RethookCore
+from .core.ring_buffer import DEFAULT_RECORDS, RingBuffer
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,18 @@ class Lab:
     def __init__(self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET, init: bool = True,
                  ring_records: int | None = None):
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
-        ring_records sizes the guest ring buffer (in records) when it is first needed."""
+        ring_records sizes the guest ring buffer (in records).
+
+        Every core is built here, in one order, before the object loads: the lab's code and data
+        sit at the same addresses whatever is used later."""
         self.target = target
-        self.ring_records = ring_records
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
+        self.fgraph = Fgraph(self.ftrace)
+        self.rethook = RethookCore(self.ftrace)
+        self.kprobes = Kprobes(self.ftrace)
+        self.ring_buffer = RingBuffer(self.machine, self.ftrace.karch,
+                                      DEFAULT_RECORDS if ring_records is None else ring_records)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
 
@@ -65,33 +78,21 @@ class Lab:
             raise FtlabError("Lab.open takes one architecture")
         return cls(targets[0], **kw)
 
-    @cached_property
-    def fgraph(self):
-        """The function-graph core, made on first use (it adds return_to_handler to the lab text)."""
-        from .fgraph import Fgraph
-        return Fgraph(self.ftrace)
-
-    @cached_property
-    def rethook(self):
-        """The rethook trampoline and task list, made on first use."""
-        from .rethook import RethookCore
-        return RethookCore(self.ftrace)
-
-    @cached_property
-    def kprobes(self):
-        """kprobes: the exception entry code and trap vector, made on first use."""
-        from .kprobes import Kprobes
-        return Kprobes(self)
-
-    @cached_property
-    def ring_buffer(self):
-        """The guest ring buffer and function_trace_call, made on first use."""
-        from .ring_buffer import DEFAULT_RECORDS, RingBuffer
-        return RingBuffer(self, DEFAULT_RECORDS if self.ring_records is None else self.ring_records)
-
     @property
     def arch(self):
         return self.machine.arch
+
+    @property
+    def karch(self):
+        return self.ftrace.karch
+
+    def kretprobes(self) -> Kretprobes:
+        """A kretprobe registry on this lab's kprobes and rethook."""
+        return Kretprobes(self.ftrace, self.kprobes, self.rethook)
+
+    def fprobes(self, design: str = "fgraph") -> Fprobes:
+        """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13)."""
+        return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
 
     def signature(self, func: str):
         return catalog.FUNCTIONS.get(func) if self.target.fixture else None

@@ -1,8 +1,8 @@
 """The architectures the lab emulates, each described in one package (like the kernel's arch/)."""
 from ..errors import FtlabError
-from .arm64 import ARCH as ARM64
+from .arm64 import CPU as ARM64
 from .base import Arch
-from .x86_64 import ARCH as X86_64
+from .x86_64 import CPU as X86_64
 
 ARCHES: dict[str, Arch] = {a.name: a for a in (X86_64, ARM64)}
 ALIASES = {"x86": "x86_64", "amd64": "x86_64", "aarch64": "arm64"}

@@ -1,0 +1,100 @@
+"""arm64's kernel arch code: struct pt_regs and ftrace_regs, patchable-function-entry sites
+(arch/arm64/kernel/ftrace.c), rethook, kprobes (kprobes.py), and the trampolines (*.S)."""
+import struct
+from pathlib import Path
+
+from emulator.arch.arm64 import CPU
+from emulator.layout import Layout
+
+from ..base import FgraphArch, KernelArch, RethookArch, SiteEncoding
+from . import kprobes
+
+X = [f"x{n}" for n in range(31)]
+
+# struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc, pstate, then software state
+# (orig_x0, syscallno, stackframe ...) the lab does not use. PT_REGS_SIZE 336.
+PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)}, "sp": 248, "pc": 256, "pstate": 264})
+# struct __arch_ftrace_regs (arch/arm64/include/asm/ftrace.h), FREGS_SIZE 112.
+FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
+                                          "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104})
+
+NOP = 0xD503201F
+MOV_X9_LR = 0xAA1E03E9          # what ftrace_init_nop writes before the BL slot
+BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}   # bti, bti c, bti j, bti jc
+word = struct.Struct("<I")
+
+
+def encode_call(ip: int, target: int) -> bytes:
+    """`BL target` (aarch64_insn_gen_branch_imm); ±128 MiB, as the kernel's reachable_by_bl()."""
+    rel = target - ip
+    if rel % 4 or not -(1 << 27) <= rel < (1 << 27):
+        raise ValueError(f"bl from {ip:#x} to {target:#x} is out of range")
+    return word.pack(0x94000000 | ((rel >> 2) & 0x3FFFFFF))
+
+
+def rethook_enter(regs):
+    """arch_rethook_trampoline_callback: the frame is the fp the hooked function returned with."""
+    return regs.frame_pointer()
+
+
+def rethook_leave(regs, frame, ret, write):
+    """Nothing to fix up: the trampoline takes lr from regs->pc, which the handler set."""
+
+
+def adjust_site(addr, read, is_function_start):
+    """ftrace_call_adjust: the recorded address -> rec->ip, the NOP that becomes BL.
+
+    -fpatchable-function-entry=2 records the first NOP (after a BTI, if any): ip = addr + 4.
+    =4,2 (CALL_OPS) records the first of two NOPs *before* the function, an 8-byte ops literal.
+    """
+    if not is_function_start(addr + 8):
+        return addr + 4, None
+    ip = addr + 8
+    if word.unpack(read(ip, 4))[0] in BTI_HINTS:
+        ip += 4
+    return ip + 4, addr
+
+
+def init_site(ip, window, mcount):
+    """ftrace_init_nop: NOP; NOP  ->  MOV X9, LR; NOP (x9 is a scratch register, so this is harmless)."""
+    if window == word.pack(NOP) * 2:
+        return word.pack(MOV_X9_LR) + word.pack(NOP)
+    return None
+
+
+KERNEL = KernelArch(
+    cpu=CPU,
+    pt_regs=PT_REGS,
+    ftrace_regs=FTRACE_REGS,
+    ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
+    ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
+    # fregs->pc is x30 after the site's BL: the instruction after the BL.
+    ftrace_regs_meaning={"pc": lambda site: site + 4},
+    ftrace_regs_is_pt_regs=False,
+    ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
+    regs_caller=None,
+    no_regs_caller_reason=("arm64 has no ftrace_regs_caller since 6.2 (DYNAMIC_FTRACE_WITH_ARGS): "
+                           "PSTATE cannot be saved without taking an exception, so ftrace_get_regs() "
+                           "is always NULL and there are no kprobes on ftrace"),
+    sites=SiteEncoding(
+        tables=("__patchable_function_entries",),
+        call_symbols=(),
+        offset_from_reloc=0,
+        size=4,
+        nop=word.pack(NOP),
+        adjust=adjust_site,
+        window=4,
+        init=init_site,
+        encode_call=encode_call,
+    ),
+    fgraph=FgraphArch(exit_saved=tuple(X[:8]) + ("fp", "pc"),   # pc: the real return address, set by fgraph
+                      retp="fp", fp_test=True),
+    # The reverted 5.18 trampoline stores every register, but its pstate is only what MRS reads.
+    rethook=RethookArch(saved=tuple(PT_REGS.offsets), enter=rethook_enter, leave=rethook_leave),
+    kprobes=kprobes,
+    asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),
+                   **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
+                   "S_LR": PT_REGS.offsets["x30"], "S_FP": PT_REGS.offsets["x29"],
+                   "PT_REGS_SIZE": PT_REGS.size},
+    source_dir=Path(__file__).parent,
+)

@@ -53,14 +53,14 @@ def _reg(regs, insn, reg_id) -> int:
     name = insn.reg_name(reg_id)
     if name in ("xzr", "wzr"):
         return 0
-    value = regs._get("x" + name[1:] if name[0] == "w" else name)
+    value = regs.reg("x" + name[1:] if name[0] == "w" else name)
     return value & 0xFFFFFFFF if name[0] == "w" else value
 
 
 def _set(regs, insn, reg_id, value) -> None:
     name = insn.reg_name(reg_id)
     if name not in ("xzr", "wzr"):
-        regs._set("x" + name[1:] if name[0] == "w" else name, value & (0xFFFFFFFF if name[0] == "w" else -1))
+        regs.set_reg("x" + name[1:] if name[0] == "w" else name, value & (0xFFFFFFFF if name[0] == "w" else -1))
 
 
 def simulate(insn, regs, machine) -> None:
@@ -73,7 +73,7 @@ def simulate(insn, regs, machine) -> None:
         if not cond or CONDS[cond](*nzcv):
             target = ops[0].imm
         if base == "bl":
-            regs._set("x30", pc + 4)
+            regs.set_reg("x30", pc + 4)
     elif base in ("cbz", "cbnz"):
         if (_reg(regs, insn, ops[0].reg) == 0) == (base == "cbz"):
             target = ops[1].imm
@@ -89,9 +89,9 @@ def simulate(insn, regs, machine) -> None:
             value |= 0xFFFFFFFF00000000
         _set(regs, insn, ops[0].reg, value)
     elif base in ("ret", "br", "blr"):
-        target = _reg(regs, insn, ops[0].reg) if ops else regs._get("x30")
+        target = _reg(regs, insn, ops[0].reg) if ops else regs.reg("x30")
         if base == "blr":
-            regs._set("x30", pc + 4)
+            regs.set_reg("x30", pc + 4)
     else:
         raise ValueError(f"ftlab cannot simulate '{insn.mnemonic}'")
     regs.instruction_pointer_set(target)

@@ -57,7 +57,7 @@ def copy_for_slot(insn, slot: int) -> bytes:
 
 def _reg(regs, insn, reg_id) -> int:
     name = insn.reg_name(reg_id)
-    return regs._get(REG.get(name, name))
+    return regs.reg(REG.get(name, name))
 
 
 def _operand(insn, op, regs, machine) -> int:
@@ -80,18 +80,18 @@ def simulate(insn, regs, machine) -> None:
     if mnem == "call":
         target = _operand(insn, insn.operands[0], regs, machine)
         machine.write(sp - 8, U64.pack(nxt))           # into the gap the int3 entry leaves
-        regs._set("sp", sp - 8)
+        regs.set_reg("sp", sp - 8)
     elif mnem == "jmp":
         target = _operand(insn, insn.operands[0], regs, machine)
     elif mnem in JCC:
         target = insn.operands[0].imm if JCC[mnem](cf, pf, zf, sf, of) else nxt
     elif mnem in ("jrcxz", "jecxz"):
         mask = (1 << 64) - 1 if mnem == "jrcxz" else 0xFFFFFFFF
-        target = insn.operands[0].imm if regs._get("cx") & mask == 0 else nxt
+        target = insn.operands[0].imm if regs.reg("cx") & mask == 0 else nxt
     elif mnem in ("ret", "retq"):
         target = machine.u64(sp)
         pop = insn.operands[0].imm if insn.operands else 0
-        regs._set("sp", sp + 8 + pop)
+        regs.set_reg("sp", sp + 8 + pop)
     else:
         raise ValueError(f"ftlab cannot emulate '{mnem}'")
     regs.instruction_pointer_set(target)

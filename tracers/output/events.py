@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .regs import Verification
+from ..core.regs import Verification
 
 
 @dataclass(slots=True)

@@ -16,11 +16,11 @@ from dataclasses import replace
 
 from emulator import FtlabError
 
-from .events import Event
-from .fprobe import Fprobe, Fprobes
-from .kprobes import Kprobe
-from .kretprobe import Kretprobe, Kretprobes
-from .probe_events import FetchFault, ProbeSpec, evaluate, parse
+from ..output.events import Event
+from ..core.fprobe import Fprobe
+from ..core.kprobes import Kprobe
+from ..core.kretprobe import Kretprobe
+from ..probe_events import FetchFault, ProbeSpec, evaluate, parse
 from .tracer import NR_ARGS, Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
@@ -38,7 +38,7 @@ class _Context:
 
     def register(self, name: str) -> int:
         try:
-            return self.regs._get(name)
+            return self.regs.reg(name)
         except KeyError:
             raise FetchFault(f"%{name} is not in this {self.regs.kind}") from None
 
@@ -51,7 +51,7 @@ class _Context:
         return _retval(self.regs)
 
     def stack_pointer(self) -> int:
-        return self.regs._get(self.m.arch.sp)
+        return self.regs.reg(self.m.arch.sp)
 
     def stack(self, n: int) -> int:
         return int.from_bytes(self.read(self.stack_pointer() + 8 * n, 8), "little")
@@ -91,10 +91,10 @@ class ProbeEventTracer(Tracer):
     def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False,
                  design: str = "fgraph"):
         super().__init__(lab, sink, clock, verify)
-        registers = list(lab.arch.pt_regs.offsets)
+        registers = list(lab.karch.pt_regs.offsets)
         self.specs = [self._resolve(parse(s, registers)) for s in specs]
-        self.fprobes = Fprobes(lab, design)
-        self.kretprobes = Kretprobes(lab)
+        self.fprobes = lab.fprobes(design)
+        self.kretprobes = lab.kretprobes()
         self.hits = {spec: 0 for spec in self.specs}
         self.counts = {"events": 0}
         self._probes = []

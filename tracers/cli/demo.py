@@ -1,9 +1,10 @@
 """`ftlab demo`: the same fixture on both arches: a patch site, a function trace, a verified snapshot."""
 from emulator import arch as arches
 
-from .function import FunctionTracer
-from .lab import Lab
-from .output import ListSink, TextSink
+from ..builtin.function import FunctionTracer
+from ..lab import Lab
+from ..output.sinks import ListSink, TextSink
+from .views import site_rows
 
 CALL = ("chain_a", 10)
 SNAPSHOT = ("sum10", *range(1, 11))
@@ -12,7 +13,6 @@ SNAPSHOT = ("sum10", *range(1, 11))
 
 
 def demo(out) -> None:
-    from .cli import site_rows
     for name in arches.ARCHES:
         lab = Lab.open("funcs", name)
         rule = "=" * 78

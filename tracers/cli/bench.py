@@ -15,11 +15,11 @@ import unicorn
 
 from emulator import arch as arches
 
-from .fprobe import Fprobe, Fprobes
-from .function import FunctionTracer
-from .function_graph import FunctionGraphTracer
-from .lab import Lab, resolve
-from .output import CountSink, TextSink
+from ..core.fprobe import Fprobe
+from ..builtin.function import FunctionTracer
+from ..builtin.function_graph import FunctionGraphTracer
+from ..lab import Lab, resolve
+from ..output.sinks import CountSink, TextSink
 
 REPEAT = 3
 TARGETS = {   # measure -> (arm64, x86_64, 'max' or 'min')
@@ -95,7 +95,7 @@ def naive_trace(lab, n) -> tuple[list, float]:
 
 
 CHILD = """import sys
-from tracers.cli import main
+from tracers.cli.main import main
 code = main(sys.argv[1:])
 print(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1], file=sys.stderr)
 sys.exit(code)"""
@@ -131,7 +131,7 @@ def measure(arch: str) -> dict:
     r["function_vs_raw"] = r["raw_fib25_calls_per_s"] / r["function_events_per_s"]
     r["function_graph_events_per_s"] = _record_rate(lab, 25, FunctionGraphTracer)
     r["function_graph_events_per_s_no_budget"] = _record_rate(free, 25, FunctionGraphTracer)
-    fprobes, calls = Fprobes(lab), [0]
+    fprobes, calls = lab.fprobes(), [0]
     fp = Fprobe(lambda *a: calls.__setitem__(0, calls[0] + 1) and 0, lambda *a: calls.__setitem__(0, calls[0] + 1))
     fprobes.register(fp, "fib")
     fprobe_s = _timed(lambda: lab.call("fib", 20))

@@ -1,4 +1,4 @@
-"""Dynamic probe events: the kernel's kprobe_events / dynamic_events definitions, parsed and evaluated.
+"""Parsing dynamic probe events: the kernel's kprobe_events / dynamic_events definitions.
 
 After kernel/trace/trace_kprobe.c, trace_fprobe.c, trace_probe.c and trace_probe_tmpl.h (the 6.14+
 tree, where fprobe runs on fgraph) and Documentation/trace/{kprobetrace,fprobetrace}.rst:
@@ -29,77 +29,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, NoReturn, Protocol
+from typing import Iterable, NoReturn
 
-from emulator.errors import FtlabError
-
-U64 = (1 << 64) - 1
-MAX_EVENT_NAME_LEN = 64       # a group or event name is at most 63 characters
-MAX_ARG_NAME_LEN = 32
-MAX_ARGSTR_LEN = 63           # one argument's text after NAME=, type included
-MAX_TRACE_ARGS = 128
-MAX_FETCH_OPS = 15            # FETCH_INSN_MAX (16) minus the END slot: %REG plus 14 derefs
-MAX_STRING_SIZE = 4096        # PATH_MAX: a string reads at most 4095 bytes before its NUL
-PARAM_MAX_STACK = 2048        # THREAD_SIZE / sizeof(long): 16 KiB stacks on x86_64 and arm64
-KRETPROBE_MAXACTIVE_MAX = 4096
-DEFAULT_TYPE = "x64"          # DEFAULT_FETCH_TYPE on 64-bit: x##BITS_PER_LONG
-FAULT = "(fault)"             # evaluate()'s value for a fetch that faulted, printed as is
-RESERVED_NAMES = frozenset({
-    "common_type", "common_flags", "common_preempt_count", "common_pid", "common_tgid",
-    "__probe_ip", "__probe_ret_ip", "__probe_func"})
-
-# type -> (size in bytes, how it prints)
-TYPES = {f"{k}{bits}": (bits // 8, k) for k in "usx" for bits in (8, 16, 32, 64)}
-TYPES.update(string=(4, "string"), symbol=(8, "symbol"))
-_KERNEL_ONLY_TYPES = {"ustring", "symstr", "char"}
-
-# The kernel's error_log texts (kernel/trace/trace_probe.h ERRORS), spelling included.
-BAD_MAXACT_TYPE = "Maxactive is only for function exit"
-BAD_MAXACT = "Invalid maxactive number"
-MAXACT_TOO_BIG = "Maxactive is too big"
-BAD_PROBE_ADDR = "Invalid probed address or symbol"
-BAD_RETPROBE = "Retprobe address must be an function entry"
-BAD_ADDR_SUFFIX = "Invalid probed address suffix"
-NO_GROUP_NAME = "Group name is not specified"
-GROUP_TOO_LONG = "Group name is too long"
-BAD_GROUP_NAME = "Group name must follow the same rules as C identifiers"
-NO_EVENT_NAME = "Event name is not specified"
-EVENT_TOO_LONG = "Event name is too long"
-BAD_EVENT_NAME = "Event name must follow the same rules as C identifiers"
-RETVAL_ON_PROBE = "$retval is not available on probe"
-BAD_STACK_NUM = "Invalid stack number"
-BAD_ARG_NUM = "Invalid argument number"
-BAD_VAR = "Invalid $-valiable specified"
-BAD_REG_NAME = "Invalid register name"
-BAD_MEM_ADDR = "Invalid memory address"
-BAD_IMM = "Invalid immediate value"
-IMMSTR_NO_CLOSE = "String is not closed with '\"'"
-FILE_ON_KPROBE = "File offset is not available with kprobe"
-TOO_MANY_OPS = "Dereference is too much nested"
-DEREF_NEED_BRACE = "Dereference needs a brace"
-BAD_DEREF_OFFS = "Invalid dereference offset"
-DEREF_OPEN_BRACE = "Dereference brace is not closed"
-COMM_CANT_DEREF = "$comm can not be dereferenced"
-BAD_FETCH_ARG = "Invalid fetch argument"
-BAD_TYPE = "Unknown type is specified"
-BAD_STRING = "String accepts only memory argument"
-ARG_NAME_TOO_LONG = "Argument name is too long"
-NO_ARG_NAME = "Argument name is not specified"
-BAD_ARG_NAME = "Argument name must follow the same rules as C identifiers"
-USED_ARG_NAME = "This argument name is already used"
-ARG_TOO_LONG = "Argument expression is too long"
-NO_ARG_BODY = "No argument expression"
-NOSUP_BTFARG = "BTF is not available or not supported"
-NOFENTRY_ARGS = "$arg* can be used only on function entry or exit"
-NEED_STRING_TYPE = "$comm and immediate-string only accepts string type"
-TOO_MANY_ARGS = "Too many arguments are specified"
-# ftlab's own, where the kernel fails without an error_log line or accepts what ftlab does not model
-EMPTY = "Empty probe definition"
-BAD_KIND = "Unknown probe type (ftlab knows p, r, f and -)"
-NO_SYMBOL = "Probe point (SYM or MEMADDR) is not specified"
-NO_DELETE_TARGET = "'-:' needs [GRP/]EVENT and nothing after it"
-NOT_MODELLED_TYPE = "Type is valid in the kernel but not modelled by ftlab"
-NOT_MODELLED_UPROBE = "Uprobe events are not modelled by ftlab"
+from .spec import (ARG_NAME_TOO_LONG, ARG_TOO_LONG, BAD_ADDR_SUFFIX, BAD_ARG_NAME, BAD_ARG_NUM,
+                   BAD_DEREF_OFFS, BAD_EVENT_NAME, BAD_FETCH_ARG, BAD_GROUP_NAME, BAD_IMM, BAD_KIND,
+                   BAD_MAXACT, BAD_MAXACT_TYPE, BAD_MEM_ADDR, BAD_PROBE_ADDR, BAD_REG_NAME,
+                   BAD_RETPROBE, BAD_STACK_NUM, BAD_STRING, BAD_TYPE, BAD_VAR, COMM_CANT_DEREF,
+                   DEFAULT_TYPE, DEREF_NEED_BRACE, DEREF_OPEN_BRACE, EMPTY, EVENT_TOO_LONG,
+                   FILE_ON_KPROBE, Fetch, FetchArg, GROUP_TOO_LONG, IMMSTR_NO_CLOSE,
+                   KRETPROBE_MAXACTIVE_MAX, MAXACT_TOO_BIG, MAX_ARGSTR_LEN, MAX_ARG_NAME_LEN,
+                   MAX_EVENT_NAME_LEN, MAX_FETCH_OPS, MAX_TRACE_ARGS, NEED_STRING_TYPE,
+                   NOFENTRY_ARGS, NOSUP_BTFARG, NOT_MODELLED_TYPE, NOT_MODELLED_UPROBE, NO_ARG_BODY,
+                   NO_ARG_NAME, NO_DELETE_TARGET, NO_EVENT_NAME, NO_GROUP_NAME, NO_SYMBOL,
+                   PARAM_MAX_STACK, ProbeSpec, ProbeSpecError, RESERVED_NAMES, RETVAL_ON_PROBE,
+                   TOO_MANY_ARGS, TOO_MANY_OPS, TYPES, U64, USED_ARG_NAME, _KERNEL_ONLY_TYPES)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYSTEM_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")     # group names may also hold '-'
@@ -107,69 +50,6 @@ _KSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.][A-Za-z0-9_.$]*")
 _FSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.*?][A-Za-z0-9_.$*?]*")   # fprobe takes a glob
 _DIGITS = re.compile(r"[0-9]+")
 
-
-class ProbeSpecError(FtlabError):
-    """A malformed probe definition: the kernel's error_log text, the bad token and its column."""
-
-    def __init__(self, spec: str, message: str, token: str | None = None, column: int | None = None):
-        self.spec, self.message, self.token, self.column = spec, message, token, column
-        where = "" if token is None else f": '{_printable(token)}' (column {column})"
-        super().__init__(f"bad probe spec '{_printable(spec)}': {message}{where}")
-
-
-class FetchFault(Exception):
-    """Raised by FetchContext.read for memory the probe cannot read (copy_from_kernel_nofault)."""
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """One fetch: op is reg, arg, retval, stack, stackp, comm, imm, imm_str, mem (@ADDR), sym
-    (@SYM+OFFS) or deref (+OFFS(inner)). mem, sym and deref read memory."""
-
-    op: str
-    value: int | str | None = None   # register name, N of $argN/$stackN, immediate, address, symbol, text
-    offset: int = 0                  # deref offset, or @SYM's +/-OFFS
-    inner: Fetch | None = None       # the deref's operand
-    user: bool = False               # +uOFFS(...): a user-space dereference
-
-
-@dataclass(frozen=True)
-class FetchArg:
-    name: str        # NAME= if given, else arg<position> (the kernel's name without BTF)
-    fetch: Fetch
-    type: str        # a key of TYPES
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    kind: str                   # 'p' kprobe, 'r' kretprobe, 'f' fprobe, '-' delete
-    group: str                  # '-': '' for any group
-    event: str                  # '-': '' for every event of the group
-    symbol: str                 # '' for a MEMADDR kprobe and for '-'
-    offset: int                 # p SYM+OFFS
-    is_return: bool             # r, p SYM%return, f SYM%return (or f with $retval)
-    maxactive: int | None       # r[MAXACTIVE]
-    args: tuple[FetchArg, ...]
-    text: str                   # the spec as given
-    address: int | None = None  # p/r MEMADDR
-
-
-class FetchContext(Protocol):
-    """What evaluation reads; the tracer supplies it at a hit."""
-
-    comm: str
-
-    def register(self, name: str) -> int: ...
-    def argument(self, n: int) -> int: ...      # 1-based; on a return probe, its value at entry
-    def return_value(self) -> int: ...
-    def stack(self, n: int) -> int: ...         # $stackN: the N-th word on the stack at the probe
-    def stack_pointer(self) -> int: ...
-    def read(self, addr: int, size: int) -> bytes: ...   # raises FetchFault if unreadable
-    def address_of(self, symbol: str) -> int: ...
-    def symbolize(self, addr: int) -> str: ...  # 'sym+0x10/0x40' as %pS prints it
-
-
-# -- parsing ---------------------------------------------------------------------------------------
 
 def parse(spec: str, registers: Iterable[str]) -> ProbeSpec:
     """Parse one dynamic_events line; registers are the names %REG may use (pt_regs members)."""
@@ -486,10 +366,6 @@ class _Parser:
         return Fetch("deref", None, offset, inner, user), slots + 1
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _is_bitfield(name: str) -> bool:
     """find_fetch_type()'s bitfield: b<width>@<offset>/<container 8|16|32|64>."""
     return bool(re.fullmatch(r"b[^/]*/(?:8|16|32|64)", name))
@@ -541,119 +417,3 @@ def _decimal(s: str) -> int | None:
         return None
     value = int(s)
     return value if value <= U64 else None
-
-
-# -- evaluation -----------------------------------------------------------------------------------
-
-def evaluate(arg: FetchArg, ctx: FetchContext) -> int | bytes | str:
-    """The value the kernel would record: an int already truncated (u, x) or sign-extended (s) to
-    the type; bytes for string (up to its NUL); the ctx's %pS text for symbol; FAULT on a fault."""
-    size, kind = TYPES[arg.type]
-    f = arg.fetch
-    try:
-        if kind == "string":
-            return _string(f, ctx)
-        if f.op in ("deref", "mem", "sym"):      # the last load reads just the type's size
-            raw = int.from_bytes(_read(ctx, _address(f, ctx), size), "little")
-        else:
-            raw = _value(f, ctx)
-    except FetchFault:
-        return FAULT
-    if kind == "symbol":
-        return ctx.symbolize(raw & U64)
-    return _convert(raw, arg.type)
-
-
-def format_value(arg: FetchArg, value) -> str:
-    """One value as the kernel's print functions show it: %u, %d, 0x%x, \"%s\", %pS."""
-    if isinstance(value, str) and value == FAULT:
-        return FAULT
-    size, kind = TYPES[arg.type]
-    if kind == "string":
-        # trace_seq prints the bytes as they are; shown here as UTF-8
-        return '"' + bytes(value).decode("utf-8", "backslashreplace") + '"'
-    if kind == "symbol":
-        return value if isinstance(value, str) else f"0x{value & U64:x}"   # %pS with no symbol
-    value = _convert(value, arg.type)
-    return f"0x{value:x}" if kind == "x" else str(value)
-
-
-def format_args(args: Iterable[FetchArg], values: Iterable) -> str:
-    """' name=value ...' as trace_probe_print_args() appends them to an event line."""
-    return "".join(f" {a.name}={format_value(a, v)}" for a, v in zip(args, values, strict=True))
-
-
-def _convert(value: int, type_: str) -> int:
-    size, kind = TYPES[type_]
-    bits = 8 * size
-    value &= (1 << bits) - 1
-    if kind == "s" and value >> (bits - 1):
-        value -= 1 << bits
-    return value
-
-
-def _value(f: Fetch, ctx: FetchContext) -> int:
-    """The unsigned long a fetch produces (a memory fetch loads a whole word)."""
-    if f.op == "reg":
-        value = ctx.register(f.value)
-    elif f.op == "arg":
-        value = ctx.argument(f.value)
-    elif f.op == "retval":
-        value = ctx.return_value()
-    elif f.op == "stack":
-        value = ctx.stack(f.value)
-    elif f.op == "stackp":
-        value = ctx.stack_pointer()
-    elif f.op == "imm":
-        value = f.value
-    elif f.op in ("deref", "mem", "sym"):
-        value = int.from_bytes(_read(ctx, _address(f, ctx), 8), "little")
-    else:
-        raise ValueError(f"{f.op} has no numeric value")    # comm, imm_str: string-only
-    return value & U64
-
-
-def _address(f: Fetch, ctx: FetchContext) -> int:
-    """The address a memory fetch reads."""
-    if f.op == "deref":
-        return (_value(f.inner, ctx) + f.offset) & U64
-    if f.op == "mem":
-        return f.value
-    return (ctx.address_of(f.value) + f.offset) & U64
-
-
-def _read(ctx: FetchContext, addr: int, size: int) -> bytes:
-    data = ctx.read(addr, size)
-    if len(data) != size:
-        raise FetchFault(f"short read at {addr:#x}")
-    return data
-
-
-def _string(f: Fetch, ctx: FetchContext) -> bytes:
-    if f.op == "comm":
-        return ctx.comm.encode()
-    if f.op == "imm_str":
-        return f.value.encode()
-    addr = f.value if f.op == "imm" else _address(f, ctx)
-    return _read_string(ctx, addr)
-
-
-def _read_string(ctx: FetchContext, addr: int) -> bytes:
-    """strncpy_from_kernel_nofault(): up to the NUL or MAX_STRING_SIZE - 1 bytes; any fault on
-    the way (before the NUL) faults the whole string."""
-    out = bytearray()
-    limit = MAX_STRING_SIZE - 1
-    while len(out) < limit:
-        a = (addr + len(out)) & U64
-        n = min(limit - len(out), 4096 - a % 4096)      # read a page at a time
-        try:
-            chunk = _read(ctx, a, n)
-        except FetchFault:
-            chunk = b""                                   # the NUL may come before the fault
-            while len(chunk) < n and not chunk.endswith(b"\0"):
-                chunk += _read(ctx, (a + len(chunk)) & U64, 1)
-        nul = chunk.find(b"\0")
-        if nul >= 0:
-            return bytes(out + chunk[:nul])
-        out += chunk
-    return bytes(out)

@@ -6,10 +6,10 @@ function is guest code (function_trace_call) and Python only reads records in bu
 """
 from __future__ import annotations
 
-from .events import Event
-from .ftrace import FtraceOps, OpsFlag
-from .regs import missing_registers
-from .ring_buffer import REC_ENTRY, record_struct
+from ..output.events import Event
+from ..core.ftrace import FtraceOps, OpsFlag
+from ..core.regs import missing_registers
+from ..core.ring_buffer import REC_ENTRY, record_struct
 from .tracer import NR_ARGS, Tracer
 
 
@@ -59,7 +59,7 @@ class FunctionTracer(Tracer):
 
     def decode(self, chunk: bytes) -> None:
         """Records from the ring buffer, as the events the Python callback would have made."""
-        decode_records(self, self.lab.arch, chunk)
+        decode_records(self, self.lab.karch, chunk)
 
     def _callback(self, ip, parent_ip, op, fregs) -> None:
         self.counts["entries-written"] += 1
@@ -69,13 +69,14 @@ class FunctionTracer(Tracer):
             tuple(fregs.missing), fregs.verify()))
 
 
-def decode_records(tracer, arch, chunk: bytes) -> None:
+def decode_records(tracer, karch, chunk: bytes) -> None:
     """Function-tracer records (ring_buffer.record_struct) to events, through tracer.emit; the
     same for a live trace and a replayed file."""
-    saved, sp = arch.ftrace_regs_saved, arch.ftrace_regs_saved.index(arch.sp)
-    args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
-    missing = tuple(missing_registers(arch, saved, arch.ftrace_regs_aliases))
-    for _, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):     # entries only
+    cpu, saved = karch.cpu, karch.ftrace_regs_saved
+    sp = saved.index(cpu.sp)
+    args = [saved.index(r) for r in cpu.arg_regs[:NR_ARGS]]
+    missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
+    for _, ts, ip, parent, *fields in record_struct(karch).iter_unpack(chunk):     # entries only
         tracer.counts["entries-written"] += 1
         tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._depth(fields[sp]), ts,
                           tuple(fields[i] for i in args), "ftrace_regs", dict(zip(saved, fields)), missing))

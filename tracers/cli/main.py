@@ -9,14 +9,19 @@ import sys
 from emulator import FtlabError
 from emulator.machine import DEFAULT_BUDGET
 
-from .function import FunctionTracer
-from .lab import Lab, format_result, parse_call, resolve
-from .function_graph import FunctionGraphTracer
-from .fprobe import DESIGNS
-from .output import FORMATS, make_sink
-from .probe_tracer import ProbeEventTracer
-from .ring_buffer import DEFAULT_RECORDS
-from .trace_clock import CLOCKS
+from ..builtin.function import FunctionTracer
+from ..lab import Lab, format_result, parse_call, resolve
+from ..builtin.function_graph import FunctionGraphTracer
+from ..core.fprobe import DESIGNS
+from ..output.sinks import FORMATS, make_sink
+from ..builtin.probe import ProbeEventTracer
+from ..core.ring_buffer import DEFAULT_RECORDS
+from ..builtin.trace_clock import CLOCKS
+from ..output.record import record, replay
+from .bench import bench
+from .demo import demo
+from .mechanisms import capture_all
+from .views import compare, dump_json, parse_at, regs_json, regs_table, site_rows
 
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
@@ -36,18 +41,6 @@ def cmd_run(args, out):
     for lab in _labs(args):
         prefix = f"{lab.arch.name}: " if args.arch == "all" else ""
         out.write(f"{prefix}{args.call.strip()} = {format_result(lab.call(name, *call_args))}\n")
-
-
-def site_rows(lab):
-    """(function, ip, [(state, bytes, disassembly)]) for every site: compiled, after init, enabled."""
-    m = lab.machine
-    from emulator.asm import disassemble
-    for s in lab.sites:
-        states = []
-        for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
-            text = "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, s.addr))
-            states.append((state, code, text))
-        yield s.func.name, s.ip, states
 
 
 def cmd_sites(args, out):
@@ -89,8 +82,6 @@ def cmd_trace(args, out):
 
 
 def cmd_regs(args, out):
-    from .mechanisms import capture_all
-    from .views import dump_json, parse_at, regs_json, regs_table
     call = parse_call(args.call)
     reports = []
     for lab in _labs(args):
@@ -106,7 +97,6 @@ def cmd_regs(args, out):
 
 
 def cmd_compare(args, out):
-    from .views import compare, dump_json
     name, call_args = parse_call(args.call)
     labs = list(_labs(args))
     rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else io.StringIO())
@@ -115,7 +105,6 @@ def cmd_compare(args, out):
 
 
 def cmd_record(args, out):
-    from .record import record
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
@@ -124,7 +113,6 @@ def cmd_record(args, out):
 
 
 def cmd_replay(args, out):
-    from .record import replay
     info = replay(args.file, args.format, out, retval=args.funcgraph_retval, tail=args.funcgraph_tail)
     if args.format == "text":
         result = info["result"]
@@ -132,12 +120,10 @@ def cmd_replay(args, out):
 
 
 def cmd_demo(args, out):
-    from .demo import demo
     demo(out)
 
 
 def cmd_bench(args, out):
-    from .bench import bench
     bench(out, args.json)
 
 

@@ -12,11 +12,9 @@ import struct
 
 from emulator import FtlabError
 
-from .ftrace import TRAMPOLINES
+from .fgraph import FG_CONTROL, SHADOW_STACK_MAX_OFFSET, frame_words
 
 CONTROL = ("head", "nr", "base", "clock", "lost", "overwritten")     # u64 words of the control block
-# fgraph's per-task state, in guest memory so that the guest fast path and fgraph.py share it
-FG_CONTROL = ("curr", "depth", "max_depth", "overrun", "stack", "return", "header", "bitmap")
 MODES = ("stream", "overwrite", "drop")
 REC_ENTRY, REC_EXIT = 1, 2
 REC_HEADER = ("type", "ts", "ip", "parent")
@@ -25,29 +23,28 @@ REC_HEADER = ("type", "ts", "ip", "parent")
 DEFAULT_RECORDS = 1024
 
 
-def asm_constants(arch) -> dict[str, int]:
-    from .fgraph import SHADOW_STACK_MAX_OFFSET, frame_words
+def asm_constants(karch) -> dict[str, int]:
     consts = {f"RB_{name.upper()}": 8 * i for i, name in enumerate(CONTROL)}
     consts.update({f"FG_{name.upper()}": 8 * i for i, name in enumerate(FG_CONTROL)})
     consts.update({f"REC_{name.upper()}": 8 * i for i, name in enumerate(REC_HEADER)})
-    consts.update(REC_FIELDS=8 * len(REC_HEADER), REC_SIZE=record_struct(arch).size, REC_ENTRY=REC_ENTRY,
-                  REC_EXIT=REC_EXIT, FG_FRAME_WORDS=frame_words(arch), FG_MAX_OFFSET=SHADOW_STACK_MAX_OFFSET)
+    consts.update(REC_FIELDS=8 * len(REC_HEADER), REC_SIZE=record_struct(karch).size, REC_ENTRY=REC_ENTRY,
+                  REC_EXIT=REC_EXIT, FG_FRAME_WORDS=frame_words(karch), FG_MAX_OFFSET=SHADOW_STACK_MAX_OFFSET)
     return consts
 
 
-def record_struct(arch) -> struct.Struct:
+def record_struct(karch) -> struct.Struct:
     """type, ts, ip, parent_ip, then the ftrace_regs fields ftrace_caller saves, in that order."""
-    return struct.Struct(f"<{len(REC_HEADER) + len(arch.ftrace_regs_saved)}Q")
+    return struct.Struct(f"<{len(REC_HEADER) + len(karch.ftrace_regs_saved)}Q")
 
 
 class RingBuffer:
-    def __init__(self, lab, nr_records: int = DEFAULT_RECORDS):
+    def __init__(self, machine, karch, nr_records: int = DEFAULT_RECORDS):
         if nr_records < 1:
             raise FtlabError(f"a ring buffer needs at least one record, not {nr_records}")
-        m = self.m = lab.machine
-        self.rec = record_struct(m.arch)
+        m = self.m = machine
+        self.rec = record_struct(karch)
         self.nr = nr_records
-        syms = m.load_lab_code(TRAMPOLINES / m.arch.name / "function_trace.S", asm_constants(m.arch))
+        syms = karch.load(m, "function_trace.S", asm_constants(karch))
         self.function_trace_call = syms["function_trace_call"]
         self.graph_trace_entry, self.graph_trace_return = syms["graph_trace_entry"], syms["graph_trace_return"]
         self._syms = syms

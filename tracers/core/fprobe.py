@@ -45,12 +45,13 @@ class Fprobe:
 
 
 class Fprobes:
-    """register_fprobe and friends for one lab, on the chosen design."""
+    """register_fprobe and friends, on the chosen design."""
 
-    def __init__(self, lab, design: str = "fgraph"):
+    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph"):
         if design not in DESIGNS:
             raise FtlabError(f"unknown fprobe design '{design}' (known: {', '.join(DESIGNS)})")
-        self.lab, self.design = lab, design
+        self.ftrace, self.fgraph, self.rethook, self.design = ftrace, fgraph, rethook, design
+        self.m = ftrace.m
         self.probes: dict[int, Fprobe] = {}
         self._by_ip: dict[int, list[Fprobe]] = {}
         self._next_id = 1
@@ -60,7 +61,7 @@ class Fprobes:
 
     def register(self, fp: Fprobe, filter: str, notfilter: str | None = None) -> None:
         """register_fprobe(fp, filter, notfilter): comma-separated globs."""
-        sites = self.lab.ftrace.sites
+        sites = self.ftrace.sites
         want = {s.ip for s in sites if any(fnmatchcase(s.func.name, g) for g in filter.split(","))}
         if notfilter:
             want -= {s.ip for s in sites if any(fnmatchcase(s.func.name, g) for g in notfilter.split(","))}
@@ -69,13 +70,13 @@ class Fprobes:
         self._add(fp, want)
 
     def register_syms(self, fp: Fprobe, syms) -> None:
-        self._add(fp, {self.lab.ftrace.site(s).ip for s in syms})
+        self._add(fp, {self.ftrace.site(s).ip for s in syms})
 
     def register_ips(self, fp: Fprobe, ips) -> None:
         """Addresses must be patch sites (ftrace_location() must succeed for each)."""
         for ip in ips:
-            if ip not in self.lab.ftrace.by_ip:
-                raise FtlabError(f"fprobe: {ip:#x} ({self.lab.machine.symbols.name(ip)}) is not a patch site")
+            if ip not in self.ftrace.by_ip:
+                raise FtlabError(f"fprobe: {ip:#x} ({self.m.symbols.name(ip)}) is not a patch site")
         self._add(fp, set(ips))
 
     def unregister(self, fp: Fprobe) -> None:
@@ -84,7 +85,7 @@ class Fprobes:
         del self.probes[fp.id]
         self._by_ip.clear()
         if fp._ops is not None:
-            self.lab.ftrace.unregister(fp._ops)
+            self.ftrace.unregister(fp._ops)
         self._update_graph()
 
     def enable(self, fp: Fprobe) -> None:
@@ -111,16 +112,16 @@ class Fprobes:
         else:
             if fp.exit_handler:
                 # 6.4-6.13 sized the pool as nr_maxactive, by default num * num_possible_cpus() * 2
-                fp._rethook = Rethook(self.lab.rethook, lambda node, regs: self._rethook_exit(fp, node, regs),
+                fp._rethook = Rethook(self.rethook, lambda node, regs: self._rethook_exit(fp, node, regs),
                                       fp.entry_data_size, fp.nr_maxactive or len(ips) * NR_CPUS * 2)
             fp._ops = FtraceOps(lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
                                 OpsFlag.RECURSION, name="fprobe", filter=set(ips))
-            self.lab.ftrace.register(fp._ops)
+            self.ftrace.register(fp._ops)
 
     def _update_graph(self) -> None:
         if self.design != "fgraph":
             return
-        fgraph, ips = self.lab.fgraph, set().union(*(fp.ips for fp in self.probes.values()))
+        fgraph, ips = self.fgraph, set().union(*(fp.ips for fp in self.probes.values()))
         if self._gops in fgraph.array:
             fgraph.unregister(self._gops)
         if ips:
@@ -140,9 +141,9 @@ class Fprobes:
         return at
 
     def _graph_entry(self, trace, gops, fregs) -> int:
-        ip, m = trace.func, self.lab.machine
+        ip, m = trace.func, self.m
         probes, need = self._at(ip)
-        cursor = self.lab.fgraph.reserve_data(need) if need else None
+        cursor = self.fgraph.reserve_data(need) if need else None
         if need and cursor is None:                # no room on the shadow stack: exits all missed
             for fp in probes:
                 fp.nmissed += bool(fp.exit_handler)
@@ -161,7 +162,7 @@ class Fprobes:
 
     def _graph_exit(self, trace, gops, fregs) -> None:
         """Walk the headers stored at entry; call each fprobe still registered and enabled."""
-        m, reserved = self.lab.machine, self.lab.fgraph.retrieve_data()
+        m, reserved = self.m, self.fgraph.retrieve_data()
         if reserved is None:
             return
         cursor, size = reserved

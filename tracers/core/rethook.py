@@ -12,7 +12,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import TRAMPOLINES, Ftrace, TruthCapture
+from .ftrace import Ftrace, TruthCapture
 from .regs import PtRegs
 
 
@@ -45,9 +45,8 @@ class Rethook:
 
     def hook(self, node: RethookNode, regs, func: int) -> None:
         """arch_rethook_prepare: remember the return address and frame, then replace it."""
-        arch = self.core.m.arch
         node.ret_addr = regs.get_return_address()
-        node.frame = regs.get_stack_pointer() if arch.fgraph_retp == "sp" else regs.get_frame_pointer()
+        node.frame = regs.get_stack_pointer() if self.core.karch.fgraph.retp == "sp" else regs.get_frame_pointer()
         node.func = func
         regs.set_return_address(self.core.trampoline)
         self.core.task.append(node)
@@ -58,7 +57,8 @@ class RethookCore:
 
     def __init__(self, ftrace: Ftrace):
         self.ftrace, self.m = ftrace, ftrace.m
-        syms = self.m.load_lab_code(TRAMPOLINES / self.m.arch.name / "rethook_trampoline.S")
+        self.karch = ftrace.karch
+        syms = self.karch.load(self.m, "rethook_trampoline.S")
         self.trampoline = syms["arch_rethook_trampoline"]
         self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"], 1)
         self.m.hook_call(self._callback, syms["rethook_callback_lab"])
@@ -77,7 +77,7 @@ class RethookCore:
 
     def _callback(self, _addr: int) -> None:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
-        arch = self.m.arch
+        karch = self.karch
         regs_addr = self._regs_arg[0]
         truth = self.truth.take()
         if not self.task:
@@ -89,8 +89,8 @@ class RethookCore:
             if node.ret_addr != self.trampoline:
                 break
         correct = nodes[-1].ret_addr
-        regs = PtRegs(self.m, regs_addr, arch.rethook_saved, truth, {arch.pc: correct} if truth else None)
-        frame = arch.rethook_enter(regs)
+        regs = PtRegs(karch, self.m, regs_addr, karch.rethook.saved, truth, {karch.cpu.pc: correct} if truth else None)
+        frame = karch.rethook.enter(regs)
         regs.instruction_pointer_set(correct)
         try:
             for node in nodes:
@@ -99,7 +99,7 @@ class RethookCore:
                                      f"{node.frame:#x}, the trampoline {frame:#x}")
                 node.rethook.handler(node, regs)
         finally:
-            arch.rethook_leave(regs, frame, correct, self.m.write)
+            karch.rethook.leave(regs, frame, correct, self.m.write)
             del self.task[len(self.task) - len(nodes):]
             for node in nodes:
                 node.rethook.recycle(node)

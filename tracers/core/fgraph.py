@@ -19,7 +19,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import TRAMPOLINES, Ftrace, FtraceOps, TruthCapture
+from .ftrace import Ftrace, FtraceOps, TruthCapture
 from .regs import FtraceRegs
 
 SHADOW_STACK_SIZE = 4096
@@ -33,6 +33,8 @@ WORD = struct.Struct("<Q")
 HOT = struct.Struct("<2Q")                  # the control block's first words: curr_ret_stack, depth,
 HOT4 = struct.Struct("<4Q")                 # then max_graph_depth and trace_overrun
 MASK64 = (1 << 64) - 1
+# the task's fgraph state, in guest memory so that the guest fast path and this module share it
+FG_CONTROL = ("curr", "depth", "max_depth", "overrun", "stack", "return", "header", "bitmap")
 
 
 @dataclass(slots=True)
@@ -49,9 +51,9 @@ class FtraceGraphRet:
     overrun: int
 
 
-def frame_words(arch) -> int:
+def frame_words(karch) -> int:
     """struct ftrace_ret_stack in words: ret, func, [fp where it is checked], retp."""
-    return 4 if arch.fgraph_fp_test else 3
+    return 4 if karch.fgraph.fp_test else 3
 
 
 @dataclass(eq=False)
@@ -81,25 +83,23 @@ class _Frame:
 class Fgraph:
     def __init__(self, ftrace: Ftrace):
         self.ftrace, self.m = ftrace, ftrace.m
-        arch = self.m.arch
-        syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "return_to_handler.S")
+        self.karch = karch = ftrace.karch
+        syms = karch.load(self.m, "return_to_handler.S")
         self.return_to_handler = syms["return_to_handler"]
         self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], 1)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]
         self._python_return = syms["ftrace_return_to_handler"]
-        self.frame_words = frame_words(arch)      # fp is kept only where it is checked
+        self.frame_words = frame_words(karch)      # fp is kept only where it is checked
         self._frame_codec = struct.Struct(f"<{self.frame_words}Q")
-        self._retp_is_sp = arch.fgraph_retp == "sp"
+        self._retp_is_sp = karch.fgraph.retp == "sp"
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
         self._users: list[FgraphOps] = []        # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
         # task->curr_ret_stack (words), curr_ret_depth, trace_overrun ... in guest memory
-        from .ring_buffer import FG_CONTROL
-        assert FG_CONTROL[:4] == ("curr", "depth", "max_depth", "overrun")
         self._offset = {name: 8 * i for i, name in enumerate(FG_CONTROL)}
         self.control = self.m.alloc("lab data", 8 * len(FG_CONTROL), 64)
         self._ctl = self.m.view(self.control, 8 * len(FG_CONTROL))
@@ -185,7 +185,7 @@ class Fgraph:
                           bitmap=(fw + 2) | TYPE_BITMAP << TYPE_SHIFT | (1 << lone.idx) << BITMAP_SHIFT)
         target = lone.guest[1] if lone else self._python_return
         if target != self._return_target:
-            encode = self.m.arch.encode_call
+            encode = self.karch.sites.encode_call
             self.m.patch(self._return_call, encode(self._return_call, self._return_target),
                          encode(self._return_call, target))
             self._return_target = target
@@ -326,10 +326,10 @@ class Fgraph:
         bitmap_word = self._word(top - 1)
         frame = self._frame(top - 1 - (bitmap_word & OFFSET_MASK), top - 1, bitmap_word)
         truth = self.exit_truth.take()
-        arch = self.m.arch
-        fregs = FtraceRegs(self.m, fregs_addr, truth, {arch.pc: frame.ret} if truth else None,
-                           saved=arch.fgraph_exit_saved)
-        if arch.fgraph_fp_test and frame.fp != fregs.get_frame_pointer():
+        karch = self.karch
+        fregs = FtraceRegs(karch, self.m, fregs_addr, truth, {karch.cpu.pc: frame.ret} if truth else None,
+                           saved=karch.fgraph.exit_saved)
+        if karch.fgraph.fp_test and frame.fp != fregs.get_frame_pointer():
             raise FtlabError(f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "
                              f"expected {frame.fp:#x}, received {fregs.get_frame_pointer():#x}")
         fregs.set_instruction_pointer(frame.ret)

@@ -7,7 +7,7 @@ from emulator import FtlabError
 from emulator.asm import disassemble
 
 from .mechanisms import MECHANISMS, capture_all
-from .regs import decode_flags
+from ..core.regs import decode_flags
 
 
 def parse_at(lab, spec: str) -> tuple[str, int | None]:
@@ -66,6 +66,17 @@ def regs_json(lab, captures) -> dict:
     return {"arch": arch.name, "mechanisms": rows}
 
 
+def site_rows(lab):
+    """(function, ip, [(state, bytes, disassembly)]) for every site: compiled, after init, enabled."""
+    m = lab.machine
+    for s in lab.sites:
+        states = []
+        for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
+            text = "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, s.addr))
+            states.append((state, code, text))
+        yield s.func.name, s.ip, states
+
+
 def site_states(lab, func: str) -> list[tuple[str, str]]:
     """(state, 'bytes  disassembly') of the function's patch site: compiled, init, enabled, and a
     kprobe armed on the instruction after it."""
@@ -73,9 +84,9 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
 
     def show(code: bytes, addr: int) -> str:
         return f"{code.hex(' ')}  " + "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, addr))
-    after = site.ip + lab.arch.site_size
+    after = site.ip + lab.karch.sites.size
     size = disassemble(m.arch, m.read(after, 16), after)[0][1]
-    brk = lab.kprobes.ops.BREAKPOINT
+    brk = lab.karch.kprobes.BREAKPOINT
     return [("compiled", show(site.compiled, site.addr)), ("init", show(site.disabled, site.addr)),
             ("enabled", show(site.enabled, site.addr)),
             ("kprobe armed", f"at {m.symbols.name(after)}: " + show(brk + m.read(after, size)[len(brk):], after))]

@@ -40,8 +40,8 @@ class Kretprobe:
 
 
 class Kretprobes:
-    def __init__(self, lab):
-        self.lab = lab
+    def __init__(self, ftrace, kprobes, rethook):
+        self.ftrace, self.kprobes, self.rethook = ftrace, kprobes, rethook
         self.probes: list[Kretprobe] = []
 
     def register(self, rp: Kretprobe) -> None:
@@ -49,25 +49,25 @@ class Kretprobes:
             raise FtlabError(f"kretprobe on {rp.symbol} is already registered")
         if rp.via not in ("kprobe", "ftrace"):
             raise FtlabError(f"kretprobe: via must be 'kprobe' or 'ftrace', not '{rp.via}'")
-        site = self.lab.ftrace.site(rp.symbol)
-        rp.rethook = Rethook(self.lab.rethook, lambda node, regs: self._return(rp, node, regs),
+        site = self.ftrace.site(rp.symbol)
+        rp.rethook = Rethook(self.rethook, lambda node, regs: self._return(rp, node, regs),
                              rp.data_size, rp.maxactive or DEFAULT_MAXACTIVE)
         if rp.via == "ftrace":
             rp.ops = FtraceOps(lambda ip, parent, op, fregs: self._entry(rp, ip, fregs), OpsFlag.RECURSION,
                                name=f"kretprobe:{rp.symbol}", filter={site.ip})
-            self.lab.ftrace.register(rp.ops)
+            self.ftrace.register(rp.ops)
         else:
             rp.ops = Kprobe(rp.symbol, 0, lambda p, regs: self._entry(rp, site.ip, regs) or 0)
-            self.lab.kprobes.register(rp.ops)
+            self.kprobes.register(rp.ops)
         self.probes.append(rp)
 
     def unregister(self, rp: Kretprobe) -> None:
         if rp not in self.probes:
             raise FtlabError(f"kretprobe on {rp.symbol} is not registered")
         if rp.via == "ftrace":
-            self.lab.ftrace.unregister(rp.ops)
+            self.ftrace.unregister(rp.ops)
         else:
-            self.lab.kprobes.unregister(rp.ops)
+            self.kprobes.unregister(rp.ops)
         self.probes.remove(rp)
 
     def _entry(self, rp: Kretprobe, ip: int, regs) -> None:

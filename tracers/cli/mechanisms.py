@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from emulator import FtlabError
 
-from .fgraph import FgraphOps
-from .ftrace import FtraceOps, OpsFlag
-from .kprobes import Kprobe
-from .kretprobe import Kretprobe, Kretprobes
-from .regs import ftrace_partial_regs
+from ..core.fgraph import FgraphOps
+from ..core.ftrace import FtraceOps, OpsFlag
+from ..core.kprobes import Kprobe
+from ..core.kretprobe import Kretprobe
+from ..core.regs import ftrace_partial_regs
 
 MECHANISMS = {
     "kprobe": "kprobe: a breakpoint, the exception's pt_regs",
@@ -98,7 +98,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
     if mechanism in ("ftrace_caller", "ftrace_regs_caller", "partial_regs"):
         regs_wanted = mechanism == "ftrace_regs_caller"
         if regs_wanted and lab.ftrace.regs_caller is None:
-            c.refused = lab.arch.no_regs_caller_reason
+            c.refused = lab.karch.no_regs_caller_reason
         scratch = lab.machine.percpu + 0x1000
 
         def handler(ip, parent, op, fregs):
@@ -108,7 +108,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         return (lambda: lab.ftrace.register(ops)), (lambda: lab.ftrace.unregister(ops))
     c.at = f"return from {func}"
     if mechanism == "rethook":
-        krp, rp = Kretprobes(lab), Kretprobe(func, lambda ri, regs: count(regs), via="ftrace")
+        krp, rp = lab.kretprobes(), Kretprobe(func, lambda ri, regs: count(regs), via="ftrace")
         return (lambda: krp.register(rp)), (lambda: krp.unregister(rp))
     gops = FgraphOps(lambda trace, g, fregs: 1, lambda trace, g, fregs: count(fregs))
     gops.ops.filter = {site.ip}
@@ -118,7 +118,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
 def _first_probeable(lab, sym, site) -> int:
     """The instruction after the patch site: the breakpoint path on both arches (a probe on the
     site itself is x86's kprobe-on-ftrace, which is the ftrace_regs_caller row)."""
-    return site.ip + lab.arch.site_size - sym.addr
+    return site.ip + lab.karch.sites.size - sym.addr
 
 
 def capture_all(lab, func: str, call: tuple, offset: int | None = None) -> list[Capture]:

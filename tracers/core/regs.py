@@ -35,22 +35,22 @@ class Snapshot:
 
     kind = "snapshot"
     # one is made per event on the Python paths: slots keep making it cheap
-    __slots__ = ("_m", "_arch", "_layout", "addr", "saved", "truth", "meaning", "_aliases", "_view",
+    __slots__ = ("_m", "_k", "_arch", "_layout", "addr", "saved", "truth", "meaning", "_aliases", "_view",
                  "_offset", "words", "_slot")
 
-    def __init__(self, machine, layout, addr: int, saved, aliases=None, truth=None, meaning=None):
-        self._m, self._arch, self._layout = machine, machine.arch, layout
+    def __init__(self, karch, machine, layout, addr: int, saved, aliases=None, truth=None, meaning=None):
+        self._m, self._k, self._arch, self._layout = machine, karch, karch.cpu, layout
         self.addr, self.saved, self.truth, self.meaning = addr, tuple(saved), truth, meaning or {}
         self._aliases = aliases or {}
         self._view, self._offset = view, offset = machine.locate(addr, layout.size)
         self.words = list(layout.codec.unpack_from(view, offset))
         self._slot = _slots(layout, self.saved, self._aliases)
 
-    def _get(self, reg: str) -> int:
+    def reg(self, reg: str) -> int:
         """The saved value of a pt_regs-named register."""
         return self.words[self._slot[reg]]
 
-    def _set(self, reg: str, value: int) -> None:
+    def set_reg(self, reg: str, value: int) -> None:
         """Write a member in guest memory (software fix-ups may write members nothing captured)."""
         slot = self._slot.get(reg)
         if slot is None:
@@ -63,26 +63,26 @@ class Snapshot:
         (arm64) 0 past x7, as regs_get_kernel_argument and ftrace_regs_get_argument do."""
         regs = self._arch.arg_regs
         if n < len(regs):
-            return self._get(regs[n])
-        if self._arch.ftrace_regs_stack_args:
-            return self._m.u64(self._get(self._arch.sp) + 8 * (n - len(regs) + 1))
+            return self.reg(regs[n])
+        if self._k.ftrace_regs_stack_args:
+            return self._m.u64(self.reg(self._arch.sp) + 8 * (n - len(regs) + 1))
         return 0
 
     def get_stack_pointer(self) -> int:
-        return self._get(self._arch.sp)
+        return self.reg(self._arch.sp)
 
     def get_frame_pointer(self) -> int:
-        return self._get(self._arch.fp)
+        return self.reg(self._arch.fp)
 
     def get_return_address(self) -> int:
         """At a function's entry: lr on arm64, the word at sp on x86."""
         arch = self._arch
-        return self._get(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
+        return self.reg(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
 
     def set_return_address(self, value: int) -> None:
         """Where fgraph and rethook hook a return: lr on arm64, the stack slot on x86."""
         if self._arch.lr:
-            self._set(self._arch.lr, value)
+            self.set_reg(self._arch.lr, value)
         else:
             self._m.pack(U64, self.get_stack_pointer(), value)
 
@@ -94,7 +94,7 @@ class Snapshot:
     @property
     def missing(self) -> list[str]:
         """The pt_regs registers this mechanism does not capture."""
-        return missing_registers(self._arch, self.saved, self._aliases)
+        return missing_registers(self._k, self.saved, self._aliases)
 
     def verify(self) -> Verification | None:
         if self.truth is None:
@@ -109,10 +109,10 @@ class Snapshot:
         return Verification(tuple(checks), self._arch)
 
 
-def missing_registers(arch, saved, aliases=None) -> list[str]:
+def missing_registers(karch, saved, aliases=None) -> list[str]:
     """The pt_regs members a snapshot of these saved members does not capture."""
     have = {(aliases or {}).get(m, m) for m in saved}
-    return [r for r in arch.pt_regs.offsets if r not in have]
+    return [r for r in karch.pt_regs.offsets if r not in have]
 
 
 class FtraceRegs(Snapshot):
@@ -121,32 +121,31 @@ class FtraceRegs(Snapshot):
     kind = "ftrace_regs"
     __slots__ = ()
 
-    def __init__(self, machine, addr: int, truth=None, meaning=None, saved=None):
-        arch = machine.arch
-        super().__init__(machine, arch.ftrace_regs, addr, saved or arch.ftrace_regs_saved,
-                         arch.ftrace_regs_aliases, truth, meaning)
+    def __init__(self, karch, machine, addr: int, truth=None, meaning=None, saved=None):
+        super().__init__(karch, machine, karch.ftrace_regs, addr, saved or karch.ftrace_regs_saved,
+                         karch.ftrace_regs_aliases, truth, meaning)
 
     def get_argument(self, n: int) -> int:
         return self._argument(n)
 
     def ftrace_get_regs(self) -> PtRegs | None:
         """The full pt_regs when ftrace_regs_caller built this (x86: cs != 0), else None."""
-        marker = self._arch.ftrace_regs_full_marker
-        if marker is None or self.words[self._layout.offsets[marker] // 8] == 0:
+        caller = self._k.regs_caller
+        if caller is None or self.words[self._layout.offsets[caller.full_marker] // 8] == 0:
             return None
-        return PtRegs(self._m, self.addr, self.saved, self.truth, self.meaning)
+        return PtRegs(self._k, self._m, self.addr, self.saved, self.truth, self.meaning)
 
     def get_return_value(self) -> int:
-        return self._get(self._arch.ret_regs[0])
+        return self.reg(self._arch.ret_regs[0])
 
     def set_return_value(self, value: int) -> None:
-        self._set(self._arch.ret_regs[0], value)
+        self.set_reg(self._arch.ret_regs[0], value)
 
     def get_instruction_pointer(self) -> int:
-        return self._get(self._arch.pc)
+        return self.reg(self._arch.pc)
 
     def set_instruction_pointer(self, value: int) -> None:
-        self._set(self._arch.pc, value)
+        self.set_reg(self._arch.pc, value)
 
 
 class PtRegs(Snapshot):
@@ -155,23 +154,23 @@ class PtRegs(Snapshot):
     kind = "pt_regs"
     __slots__ = ()
 
-    def __init__(self, machine, addr: int, saved, truth=None, meaning=None):
-        super().__init__(machine, machine.arch.pt_regs, addr, saved, None, truth, meaning)
+    def __init__(self, karch, machine, addr: int, saved, truth=None, meaning=None):
+        super().__init__(karch, machine, karch.pt_regs, addr, saved, None, truth, meaning)
 
     def regs_return_value(self) -> int:
-        return self._get(self._arch.ret_regs[0])
+        return self.reg(self._arch.ret_regs[0])
 
     def instruction_pointer(self) -> int:
-        return self._get(self._arch.pc)
+        return self.reg(self._arch.pc)
 
     def instruction_pointer_set(self, value: int) -> None:
-        self._set(self._arch.pc, value)
+        self.set_reg(self._arch.pc, value)
 
     def kernel_stack_pointer(self) -> int:
-        return self._get(self._arch.sp)
+        return self.reg(self._arch.sp)
 
     def frame_pointer(self) -> int:
-        return self._get(self._arch.fp)
+        return self.reg(self._arch.fp)
 
     def get_instruction_pointer(self) -> int:
         return self.instruction_pointer()
@@ -180,11 +179,11 @@ class PtRegs(Snapshot):
         """Return to the caller at once (error injection): pc = lr on arm64; on x86 pop the
         return address. Only meaningful at a function's entry, before it pushed anything."""
         if self._arch.lr:
-            self.instruction_pointer_set(self._get(self._arch.lr))
+            self.instruction_pointer_set(self.reg(self._arch.lr))
         else:
             sp = self.kernel_stack_pointer()
             self.instruction_pointer_set(self._m.u64(sp))
-            self._set(self._arch.sp, sp + 8)
+            self.set_reg(self._arch.sp, sp + 8)
 
     def regs_get_kernel_argument(self, n: int) -> int:
         return self._argument(n)
@@ -194,16 +193,16 @@ def ftrace_partial_regs(fregs: FtraceRegs, scratch: int) -> PtRegs:
     """The pt_regs BPF and perf get from ftrace_regs: on x86 the same memory (only the captured
     fields are meaningful); on arm64 the captured members copied into a pt_regs at scratch
     (fp -> x29, lr -> x30) with pstate left unfilled. Missing fields are listed, never invented."""
-    arch, m = fregs._arch, fregs._m
-    aliases = arch.ftrace_regs_aliases
+    karch, m = fregs._k, fregs._m
+    aliases = karch.ftrace_regs_aliases
     saved = tuple(aliases.get(f, f) for f in fregs.saved)
     meaning = {aliases.get(f, f): v for f, v in fregs.meaning.items()}
-    if arch.ftrace_regs_is_pt_regs:
-        return PtRegs(m, fregs.addr, saved, fregs.truth, meaning)
-    m.write(scratch, bytes(arch.pt_regs.size))
+    if karch.ftrace_regs_is_pt_regs:
+        return PtRegs(karch, m, fregs.addr, saved, fregs.truth, meaning)
+    m.write(scratch, bytes(karch.pt_regs.size))
     for member, value in fregs.fields.items():
-        m.write(scratch + arch.pt_regs.offsets[aliases.get(member, member)], U64.pack(value))
-    return PtRegs(m, scratch, saved, fregs.truth, meaning)
+        m.write(scratch + karch.pt_regs.offsets[aliases.get(member, member)], U64.pack(value))
+    return PtRegs(karch, m, scratch, saved, fregs.truth, meaning)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from types import SimpleNamespace
 from emulator import FtlabError, arch as arches
 from emulator.symbols import Symbol, SymbolTable
 
-from .function import FunctionTracer, decode_records
-from .function_graph import FunctionGraphTracer, decode_graph_records
-from .output import CountSink, make_sink
-from .ring_buffer import REC_ENTRY, REC_EXIT, record_struct
+from ..arch import kernel_arch
+from ..builtin.function import FunctionTracer, decode_records
+from ..builtin.function_graph import FunctionGraphTracer, decode_graph_records
+from .sinks import CountSink, make_sink
+from ..core.ring_buffer import REC_ENTRY, REC_EXIT, record_struct
 
 TRACERS = {"function": (FunctionTracer, decode_records, {"entries-written": 0}),
            "function_graph": (FunctionGraphTracer, decode_graph_records, {"entries": 0, "exits": 0})}
@@ -32,7 +33,7 @@ class Recorder:
 
     def __init__(self, fh, lab, call_text: str, tracer: str):
         self.fh = fh
-        arch = lab.arch
+        arch = lab.karch
         header = {"format": MAGIC, "version": VERSION, "arch": arch.name, "tracer": tracer,
                   "clock": "counter", "call": call_text, "record_size": record_struct(arch).size,
                   "fields": list(arch.ftrace_regs_saved),
@@ -88,13 +89,13 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
             raise FtlabError(f"{path}: not an ftlab recording")
         if header["version"] != VERSION:
             raise FtlabError(f"{path}: recording version {header['version']}, this ftlab reads {VERSION}")
-        arch = arches.get(header["arch"])
+        arch = kernel_arch(arches.get(header["arch"]))
         if header["fields"] != list(arch.ftrace_regs_saved):
             raise FtlabError(f"{path}: recorded with a different {arch.name} record layout")
         symbols = SymbolTable()
         for name, addr, size, kind in header["symbols"]:
             symbols.add(Symbol(name, addr, size, kind))
-        view = SimpleNamespace(symbols=symbols, arch=arch)
+        view = SimpleNamespace(symbols=symbols, arch=arch.cpu)
         tracer = header["tracer"]
         if tracer not in TRACERS:
             raise FtlabError(f"{path}: a {tracer} recording; this ftlab replays {', '.join(TRACERS)}")

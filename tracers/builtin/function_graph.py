@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import struct
 
-from .events import Event
-from .fgraph import FgraphOps
-from .regs import missing_registers
-from .ring_buffer import REC_ENTRY, REC_EXIT, record_struct
+from ..output.events import Event
+from ..core.fgraph import FgraphOps
+from ..core.regs import missing_registers
+from ..core.ring_buffer import REC_ENTRY, REC_EXIT, record_struct
 from .tracer import NR_ARGS, Tracer
 
 CALLTIME = struct.Struct("<Q")
@@ -110,19 +110,19 @@ class FunctionGraphTracer(Tracer):
 
     def decode(self, chunk: bytes) -> None:
         """Records from the ring buffer, as the events the Python path would have made."""
-        decode_graph_records(self, self.lab.arch, chunk)
+        decode_graph_records(self, self.lab.karch, chunk)
 
 
-def decode_graph_records(tracer, arch, chunk: bytes) -> None:
+def decode_graph_records(tracer, karch, chunk: bytes) -> None:
     """function_graph records (entries and exits) to events through tracer.emit; the same for a
     live trace and a replayed file."""
-    saved, exit_saved = arch.ftrace_regs_saved, arch.fgraph_exit_saved
-    aliases = arch.ftrace_regs_aliases
-    args = [saved.index(r) for r in arch.arg_regs[:NR_ARGS]]
-    missing_in = tuple(missing_registers(arch, saved, aliases))
-    missing_out = tuple(missing_registers(arch, exit_saved, aliases))
-    ret, n = exit_saved.index(arch.ret_regs[0]), len(exit_saved)
-    for kind, ts, ip, parent, *fields in record_struct(arch).iter_unpack(chunk):
+    saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved
+    aliases = karch.ftrace_regs_aliases
+    args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
+    missing_in = tuple(missing_registers(karch, saved, aliases))
+    missing_out = tuple(missing_registers(karch, exit_saved, aliases))
+    ret, n = exit_saved.index(karch.cpu.ret_regs[0]), len(exit_saved)
+    for kind, ts, ip, parent, *fields in record_struct(karch).iter_unpack(chunk):
         if kind == REC_ENTRY:
             tracer.counts["entries"] += 1
             tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._open, ts, tuple(fields[i] for i in args),

@@ -13,15 +13,15 @@ from typing import Callable
 MAX_DEPTH = 64
 
 
-def stack_trace(machine, pc: int, fp: int,
+def stack_trace(machine, karch, pc: int, fp: int,
                 recover: list[Callable[[int, int], int]] = ()) -> list[int]:
     """Return addresses from pc outwards. `recover` maps (address, retp) to the real return
     address for each hook in place (fgraph's ret_addr, rethook's find_ret_addr)."""
-    arch, trace = machine.arch, [pc]
+    trace = [pc]
     stack = machine.region(machine.STACK[0])
     while fp and len(trace) < MAX_DEPTH and stack.base <= fp < stack.end - 16:
         prev_fp, ret = machine.u64(fp), machine.u64(fp + 8)
-        retp = fp + 8 if arch.fgraph_retp == "sp" else prev_fp
+        retp = fp + 8 if karch.fgraph.retp == "sp" else prev_fp
         for fix in recover:
             ret = fix(ret, retp)
         if ret == machine.exit_addr or prev_fp <= fp:

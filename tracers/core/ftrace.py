@@ -1,6 +1,6 @@
 """The ftrace core, after kernel/trace/ftrace.c: patch sites, ftrace_ops and their dispatch.
 
-Arch-neutral: every encoding comes from the Arch description, every trampoline from
+Arch-neutral: every encoding comes from the KernelArch description, every trampoline from
 tracers/arch/<arch>/*.S.
 """
 from __future__ import annotations
@@ -9,15 +9,14 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntFlag
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Callable
 
 from emulator import FtlabError
 from emulator.symbols import Symbol
 
+from ..arch import kernel_arch
 from .regs import FtraceRegs
 
-TRAMPOLINES = Path(__file__).parent / "arch"
 U64 = struct.Struct("<Q")
 
 
@@ -89,16 +88,17 @@ class Site:
     def on(self) -> bool:
         return self.target is not None
 
-    def calling(self, target: int | None, arch) -> bytes:
+    def calling(self, target: int | None, sites) -> bytes:
         """The bytes at ip when the site calls target (None: the disabled NOP). Only these change
         at run time, as ftrace_make_call/ftrace_make_nop do; arm64's MOV X9, LR is written once."""
-        return arch.nop if target is None else arch.encode_call(self.ip, target)
+        return sites.nop if target is None else sites.encode_call(self.ip, target)
 
 
 class Ftrace:
     def __init__(self, machine):
-        self.m, arch = machine, machine.arch
-        syms = machine.load_lab_code(TRAMPOLINES / arch.name / "ftrace_caller.S")
+        self.m = machine
+        self.karch = karch = kernel_arch(machine.arch)
+        syms = karch.load(machine, "ftrace_caller.S")
         self.caller = syms["ftrace_caller"]
         self.regs_caller = syms.get("ftrace_regs_caller")    # x86 only: DYNAMIC_FTRACE_WITH_REGS
         self.list_func = syms["ftrace_ops_list_func"]
@@ -112,7 +112,7 @@ class Ftrace:
         self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], 4)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         self.verifying = False
-        self._truth_names = list(arch.regs)
+        self._truth_names = list(machine.arch.regs)
         self._truth_regs = machine.register_batch(self._truth_names)
         self._truth_hooks: dict[int, object] = {}
         self._truth: tuple[int, dict[str, int]] | None = None
@@ -120,22 +120,22 @@ class Ftrace:
     # -- sites (ftrace_process_locs, ftrace_init_nop) --------------------------------------------
 
     def add_object(self, obj) -> list[Site]:
-        m, arch = self.m, self.m.arch
+        m, sites = self.m, self.karch.sites
         mcount = next((m.symbols.get(s).addr for s in ("__fentry__", "mcount", "_mcount") if s in m.symbols))
         added = []
         for recorded in sorted(set(self._recorded(obj))):
-            ip, literal = arch.adjust_site(recorded, m.read, m.symbols.is_function_start)
+            ip, literal = sites.adjust(recorded, m.read, m.symbols.is_function_start)
             hit = m.symbols.lookup(ip)
             if hit is None or hit[0].kind != "func":
                 raise FtlabError(f"{obj.path}: patch site at {ip:#x} is outside any function")
-            start = ip - arch.site_window
-            compiled = m.read(start, arch.site_window + arch.site_size)
-            disabled = arch.init_site(ip, compiled, mcount)
+            start = ip - sites.window
+            compiled = m.read(start, sites.window + sites.size)
+            disabled = sites.init(ip, compiled, mcount)
             if disabled is None:
                 raise FtlabError(f"{obj.path}: unrecognised patch site at {m.where(ip)} "
                                  f"(bytes {compiled.hex(' ')})")
             m.patch(start, compiled, disabled)
-            enabled = disabled[:arch.site_window] + arch.encode_call(ip, self.caller)
+            enabled = disabled[:sites.window] + sites.encode_call(ip, self.caller)
             site = Site(ip, hit[0], start, compiled, disabled, enabled, literal)
             self.sites.append(site)
             self.by_ip[ip] = site
@@ -144,13 +144,13 @@ class Ftrace:
 
     def _recorded(self, obj) -> list[int]:
         """Site addresses from the compiler's tables, else from calls to the mcount symbol."""
-        arch, addrs = self.m.arch, []
-        for table in arch.site_tables:
+        sites, addrs = self.karch.sites, []
+        for table in sites.tables:
             for addr, size in obj.sections.get(table, []):
                 addrs += struct.unpack(f"<{size // 8}Q", self.m.read(addr, size))
         if not addrs:
-            for sym in arch.site_call_symbols:
-                addrs += [place + arch.site_offset_from_reloc for place in obj.imports.get(sym, [])]
+            for sym in sites.call_symbols:
+                addrs += [place + sites.offset_from_reloc for place in obj.imports.get(sym, [])]
         return addrs
 
     def site(self, func: str) -> Site:
@@ -165,7 +165,7 @@ class Ftrace:
         if ops in self.ops:
             raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
         if ops.flags & OpsFlag.SAVE_REGS and self.regs_caller is None:
-            raise FtlabError(f"ftrace_ops '{ops.name}' asks for SAVE_REGS: {self.m.arch.no_regs_caller_reason}")
+            raise FtlabError(f"ftrace_ops '{ops.name}' asks for SAVE_REGS: {self.karch.no_regs_caller_reason}")
         self.ops.append(ops)
         self._update()
 
@@ -206,12 +206,12 @@ class Ftrace:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
         ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python."""
-        arch = self.m.arch
+        sites = self.karch.sites
         lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verifying else None
         for addr, current in self._call_sites.items():
             func = lone or self.list_func
             if func != current:
-                self.m.patch(addr, arch.encode_call(addr, current), arch.encode_call(addr, func))
+                self.m.patch(addr, sites.encode_call(addr, current), sites.encode_call(addr, func))
                 self._call_sites[addr] = func
         for site in self.sites:
             users = [ops for ops in self.ops if ops.traces(site.ip)]
@@ -220,7 +220,7 @@ class Ftrace:
                 regs = self.regs_caller is not None and any(ops.wants_regs for ops in users)
                 target = self.regs_caller if regs else self.caller
             if target != site.target:
-                self.m.patch(site.ip, site.calling(site.target, arch), site.calling(target, arch))
+                self.m.patch(site.ip, site.calling(site.target, sites), site.calling(target, sites))
                 site.target = target
             self._hook_truth(site, site.on and self.verifying)
 
@@ -248,13 +248,13 @@ class Ftrace:
 
     def _dispatch(self, _addr: int) -> None:
         ip, parent_ip, _op, fregs_addr = self._args
-        arch = self.m.arch
+        karch = self.karch
         truth = meaning = None
         if self._truth is not None and self._truth[0] == ip:
             truth, self._truth = self._truth[1], None
-            meaning = {member: f(ip) for member, f in arch.ftrace_regs_meaning.items()}
-        saved = arch.ftrace_regs_caller_saved if self.by_ip[ip].target == self.regs_caller else None
-        fregs = FtraceRegs(self.m, fregs_addr, truth, meaning, saved)
+            meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()}
+        saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
+        fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
         for ops in tuple(self.ops):
             if not ops.traces(ip):
                 continue

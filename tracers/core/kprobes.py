@@ -9,14 +9,13 @@ only single-stepped. A pre_handler returning non-zero has changed the ip: the st
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
 
-from .ftrace import TRAMPOLINES, FtraceOps, OpsFlag
+from .ftrace import FtraceOps, OpsFlag
 from .regs import PtRegs
 
 SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
@@ -59,15 +58,15 @@ class _Running:
 
 
 class Kprobes:
-    def __init__(self, lab):
-        self.lab, self.m = lab, lab.machine
+    def __init__(self, ftrace):
+        self.ftrace, self.m, self.karch = ftrace, ftrace.m, ftrace.karch
         arch = self.m.arch
-        self.ops = importlib.import_module(f"tracers.arch.{arch.name}.kprobes")
-        syms = self.m.load_lab_code(TRAMPOLINES / arch.name / "entry.S")
+        self.ops = ftrace.karch.kprobes
+        syms = self.karch.load(self.m, "entry.S")
         self.m.install_trap_vector(syms["trap_vector"])
         self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], 1)
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
-        self.saved = tuple(r for r in arch.pt_regs.offsets if r in arch.regs)   # every register
+        self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)   # every register
         self.points: dict[int, _Point] = {}
         self.trailers: dict[int, _Point] = {}      # slot breakpoint address -> its point
         self.running: list[_Running] = []
@@ -86,7 +85,7 @@ class Kprobes:
             point.probes.append(p)
             return
         point = self.points[p.addr] = _Point(p.addr, [p])
-        if p.addr in self.lab.ftrace.by_ip:
+        if p.addr in self.ftrace.by_ip:
             return self._register_on_ftrace(point)
         point.insn = decode(self.m.arch, self.m.read(p.addr, 16), p.addr)
         how = self.ops.decode(point.insn)
@@ -112,7 +111,7 @@ class Kprobes:
             return
         del self.points[p.addr]
         if point.how == "ftrace":
-            self.lab.ftrace.unregister(point.ftrace_ops)
+            self.ftrace.unregister(point.ftrace_ops)
             return
         self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)        # disarm: the original bytes
         if point.slot is not None:
@@ -135,9 +134,9 @@ class Kprobes:
         starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
         if addr not in starts:
             raise FtlabError(f"kprobe: Probe point is not an instruction boundary: {where}")
-        if addr in self.lab.ftrace.by_ip and self.lab.ftrace.regs_caller is None:
+        if addr in self.ftrace.by_ip and self.ftrace.regs_caller is None:
             raise FtlabError(f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: "
-                             f"{m.arch.no_regs_caller_reason}")
+                             f"{self.karch.no_regs_caller_reason}")
         return addr
 
     def _register_on_ftrace(self, point: _Point) -> None:
@@ -146,7 +145,7 @@ class Kprobes:
         point.how = "ftrace"
         point.ftrace_ops = FtraceOps(lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
                                      OpsFlag.SAVE_REGS, name="kprobe", filter={point.addr})
-        self.lab.ftrace.register(point.ftrace_ops)
+        self.ftrace.register(point.ftrace_ops)
 
     def _ftrace_hit(self, point: _Point, ip: int, fregs) -> None:
         """kprobe_ftrace_handler: ip as if a breakpoint had hit, then as if the site's NOP ran."""
@@ -161,7 +160,7 @@ class Kprobes:
         self.running.append(_Running(point, False))
         try:
             if not self._pre_handlers(point, regs):
-                regs.instruction_pointer_set(ip + self.m.arch.site_size)
+                regs.instruction_pointer_set(ip + self.karch.sites.size)
                 self._post_handlers(point, regs)
                 regs.instruction_pointer_set(orig)
         finally:
@@ -185,7 +184,7 @@ class Kprobes:
 
     def set_verify(self, on: bool) -> None:
         self.verifying = on
-        self.lab.ftrace.set_verify(on)                  # kprobes on ftrace sites
+        self.ftrace.set_verify(on)                  # kprobes on ftrace sites
         for addr in (a for a, point in self.points.items() if point.how != "ftrace"):
             if on and addr not in self._truth_hooks:
                 self._hook_truth(addr)
@@ -194,20 +193,20 @@ class Kprobes:
 
     def _hook_truth(self, addr: int) -> None:
         self._truth_hooks[addr] = self.m.hook_code(
-            lambda a: self._truth.__setitem__(a, self.lab.ftrace.true_registers()), addr)
+            lambda a: self._truth.__setitem__(a, self.ftrace.true_registers()), addr)
 
     # -- the trap (kprobe_int3_handler / kprobe_brk_handler, kprobe_breakpoint_ss_handler) --------
 
     def _dispatch(self, _addr: int) -> None:
         regs_addr = self._regs_arg[0]
         m, arch = self.m, self.m.arch
-        trap = PtRegs(m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
+        trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:
             truth = self._truth.pop(trap, None)
             meaning = {arch.pc: trap + self.ops.TRAP_IP_OFFSET} if truth else None
-            return self._hit(self.points[trap], PtRegs(m, regs_addr, self.saved, truth, meaning))
+            return self._hit(self.points[trap], PtRegs(self.karch, m, regs_addr, self.saved, truth, meaning))
         if trap in self.trailers and self.running and self.running[-1].point is self.trailers[trap]:
-            return self._single_stepped(PtRegs(m, regs_addr, self.saved))
+            return self._single_stepped(PtRegs(self.karch, m, regs_addr, self.saved))
         raise GuestFault(f"guest fault: a breakpoint no kprobe owns at {m.where(trap)}")
 
     def _hit(self, point: _Point, regs: PtRegs) -> None:
@@ -229,13 +228,13 @@ class Kprobes:
         flags_reg = self.m.arch.flags_reg
         flags = regs.fields[flags_reg]
         self.running[-1].saved_irq = flags & self.ops.IRQ_BITS
-        regs._set(flags_reg, self.ops.irqs_masked(flags))
+        regs.set_reg(flags_reg, self.ops.irqs_masked(flags))
         regs.instruction_pointer_set(point.slot)
 
     def _single_stepped(self, regs: PtRegs) -> None:
         run = self.running[-1]
         flags_reg = self.m.arch.flags_reg
-        regs._set(flags_reg, regs.fields[flags_reg] & ~self.ops.IRQ_BITS | run.saved_irq)
+        regs.set_reg(flags_reg, regs.fields[flags_reg] & ~self.ops.IRQ_BITS | run.saved_irq)
         regs.instruction_pointer_set(run.point.addr + run.point.insn.size)
         self._done(regs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .events import Event
-from .probe_events import format_args, format_value
+from ..probe_events import format_args, format_value
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task

@@ -1,0 +1,91 @@
+"""What the kernel's arch/ code provides to the arch-neutral tracing core, per architecture.
+
+One `KernelArch` per arch (tracers/arch/<arch>/__init__.py): the struct layouts its trampolines
+fill, how its patch sites are encoded, what fgraph and rethook need fixed up, and its kprobes
+decisions. Like the CPU's description, it is data and small functions; the core never tests the
+arch's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from emulator.arch import Arch
+from emulator.layout import Layout
+
+
+@dataclass(frozen=True)
+class SiteEncoding:
+    """Patch sites (ftrace_call_adjust, ftrace_init_nop, ftrace_make_call/_nop)."""
+
+    tables: tuple[str, ...]            # sections listing the sites
+    call_symbols: tuple[str, ...]      # relocations against these mark sites when no table exists
+    offset_from_reloc: int             # call-site ip = relocation place + this
+    size: int                          # bytes that toggle between NOP and call
+    nop: bytes                         # the disabled site
+    # (recorded address, read(addr, n), is_function_start(addr)) -> (rec ip, CALL_OPS literal or None)
+    adjust: Callable
+    window: int                        # bytes before ip that init rewrites too (arm64: the MOV X9, LR)
+    # (ip, compiled window bytes, address of the mcount symbol) -> the window after init, or None
+    init: Callable
+    encode_call: Callable[[int, int], bytes]   # (site ip, target) -> the enabled site bytes
+
+
+@dataclass(frozen=True)
+class RegsCaller:
+    """ftrace_regs_caller (DYNAMIC_FTRACE_WITH_REGS): what it saves, and the member that is non-zero
+    when a ftrace_regs is such a full pt_regs (x86: cs)."""
+
+    saved: tuple[str, ...]
+    full_marker: str
+
+
+@dataclass(frozen=True)
+class FgraphArch:
+    """What return_to_handler saves, the word unwinders match a hooked frame by (retp: 'sp', the
+    return slot's address, or 'fp'), and whether the frame pointer is checked on return
+    (HAVE_FUNCTION_GRAPH_FP_TEST)."""
+
+    exit_saved: tuple[str, ...]
+    retp: str
+    fp_test: bool
+
+
+@dataclass(frozen=True)
+class RethookArch:
+    """arch/*/kernel/rethook.c: what the trampoline saves, and the callback's fix-ups."""
+
+    saved: tuple[str, ...]
+    enter: Callable                    # (pt_regs view) -> frame, after fixing up the saved regs
+    leave: Callable                    # (pt_regs view, frame, real return address, write) -> None
+
+
+@dataclass(frozen=True)
+class KernelArch:
+    cpu: Arch
+    pt_regs: Layout
+    ftrace_regs: Layout
+    ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
+    ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
+    # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
+    ftrace_regs_meaning: dict[str, Callable[[int], int]]
+    ftrace_regs_is_pt_regs: bool           # ftrace_partial_regs() can return the same memory
+    ftrace_regs_stack_args: bool           # ftrace_regs_get_argument(n) past the registers reads the stack
+    regs_caller: RegsCaller | None         # None: the arch has no ftrace_regs_caller ...
+    no_regs_caller_reason: str | None      # ... and why not, in the kernel's words
+    sites: SiteEncoding
+    fgraph: FgraphArch
+    rethook: RethookArch
+    kprobes: ModuleType                    # tracers/arch/<arch>/kprobes.py
+    asm_constants: dict[str, int]          # asm-offsets for the .S files beside it
+    source_dir: Path                       # the arch's trampolines
+
+    @property
+    def name(self) -> str:
+        return self.cpu.name
+
+    def load(self, machine, source: str, constants: dict[str, int] | None = None) -> dict[str, int]:
+        """Assemble one of this arch's .S files into the lab text, with its asm-offsets."""
+        return machine.load_lab_code(self.source_dir / source, {**self.asm_constants, **(constants or {})})

@@ -1,0 +1,1 @@
+"""Events, the sinks that format them, and the record file format."""
