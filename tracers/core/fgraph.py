@@ -110,6 +110,7 @@ class Fgraph:
         self._busy = False
         self.verify = ftrace.verify           # the exit's snapshot stands at return_to_handler
         self.verify.add(self, "fgraph", lambda: (self.return_to_handler,))
+        self.m.on_abandoned_call(self.exit_task)
 
     def _ctl_get(self, name: str) -> int:
         return WORD.unpack_from(self._ctl, self._offset[name])[0]
@@ -196,6 +197,13 @@ class Fgraph:
         self.graph_ops.filter = set() if everything else set().union(*(g.ops.filter for g in users))
         self.graph_ops.notrace = set.intersection(*(g.ops.notrace for g in users))
         ft.register(self.graph_ops)
+
+    def exit_task(self) -> None:
+        """ftrace_graph_exit_task: the task's calls under way are gone, and their frames with them. The
+        next call starts on an empty shadow stack, as ftrace_graph_init_task leaves a new task's
+        (kernel/trace/fgraph.c, torvalds/linux f76ad354146d)."""
+        self.curr_ret_stack = 0
+        self.curr_ret_depth = -1
 
     # -- the shadow stack -------------------------------------------------------------------------
 

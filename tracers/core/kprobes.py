@@ -73,6 +73,7 @@ class Kprobes:
         # a probe's snapshot stands at its point; on an ftrace site, the ftrace dispatch takes the truth
         self.verify = ftrace.verify
         self.verify.add(self, "kprobes", self.points.keys)
+        self.m.on_abandoned_call(self.reset_current_kprobe)
 
     # -- registration (register_kprobe, arch_prepare_kprobe, arch_arm_kprobe) ---------------------
 
@@ -116,6 +117,13 @@ class Kprobes:
         if point.slot is not None:
             del self.trailers[point.slot + point.insn.size]
         self.verify.refresh()
+
+    def reset_current_kprobe(self) -> None:
+        """The call under way was abandoned (a fault in a slot, a handler's error): the probes it was
+        handling are over, as kprobe_fault_handler ends the one whose step faulted (reset_current_kprobe,
+        or restore_previous_kprobe when reentered: arch/x86/kernel/kprobes/core.c, torvalds/linux
+        59ab55f0aa9f). Else every later hit would count as reentered (nmissed)."""
+        self.running.clear()
 
     def check(self, p: Kprobe) -> int:
         """The probe's address, or FtlabError saying why it cannot be probed there."""

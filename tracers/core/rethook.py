@@ -65,6 +65,14 @@ class RethookCore:
         self.task: list[RethookNode] = []
         self.verify = ftrace.verify           # the return's snapshot stands at the trampoline
         self.verify.add(self, "rethook", lambda: (self.trampoline,))
+        self.m.on_abandoned_call(self.flush_task)
+
+    def flush_task(self) -> None:
+        """rethook_flush_task: the task's hooked calls will never return, so their nodes go back to
+        their pools (kernel/trace/rethook.c, torvalds/linux 03c11eb3b16d)."""
+        while self.task:
+            node = self.task.pop()
+            node.rethook.recycle(node)
 
     def find_ret_addr(self, ret: int, frame: int) -> int:
         """rethook_find_ret_addr for unwinders: the real return address of a hooked frame."""
