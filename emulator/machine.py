@@ -97,6 +97,7 @@ class Machine:
         self._trap_hook = None
         self.code_hooks: set = set()    # per-instruction hooks: each slows every instruction under the budget
         self._call_hooks = CallHooks(self.uc)
+        self._abandoned: list = []             # callbacks for a top-level call ending in an error
         self._plumbing: set[int] = set()       # mailbox stubs' blocks, left out of lab-code costs
         self._lab_hook = None
         self.lab_insns = self.lab_stored = 0
@@ -296,6 +297,12 @@ class Machine:
         self._call_hooks.add(callback, addr)
         self.uc.ctl_remove_cache(addr, addr + 1)
 
+    def on_abandoned_call(self, callback) -> None:
+        """callback() when a top-level call ends in an error (a fault, the budget, a hook's exception),
+        before the error is raised: what the guest had under way will never finish, as when a task
+        dies, so state kept for it (shadow stacks, return hooks) is dropped."""
+        self._abandoned.append(callback)
+
     def unhook(self, handle) -> None:
         self.uc.hook_del(handle)
         self.code_hooks.discard(handle)
@@ -403,6 +410,11 @@ class Machine:
             lo, hi = (self.reg(r) for r in self.arch.ret_regs)
             for addr, buf in copy_back:
                 buf[:] = self.read(addr, len(buf))
+        except BaseException:
+            if not nested:
+                for callback in self._abandoned:
+                    callback()
+            raise
         finally:
             self._cursor["heap"] = heap
             if saved is not None:

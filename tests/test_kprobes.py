@@ -77,7 +77,7 @@ def _body(lab, func, n):
 @pytest.mark.parametrize("n", range(6))
 def test_pt_regs_equal_the_truth_at_every_probe_point(lab, n):
     checks = []
-    lab.kprobes.set_verify(True)
+    lab.verify.acquire(lab.kprobes)
     for func, args in (("fib", (6,)), ("sum10", tuple(range(1, 11))), ("crc32_bitwise", (0, b"abc", 3))):
         off, _ = _body(lab, func, n)
         p = Kprobe(func, off, lambda p, regs: checks.append((regs.verify(), regs.fields)) and 0)
@@ -99,7 +99,7 @@ def test_flags_after_a_compare(lab, n, expect):
     body = [_body(lab, "fib", i) for i in range(8)]
     after, _ = body[next(i for i, (_, text) in enumerate(body) if text.startswith("cmp")) + 1]
     got = []
-    lab.kprobes.set_verify(True)
+    lab.verify.acquire(lab.kprobes)
     lab.kprobes.register(Kprobe("fib", after, lambda p, regs: got.append((regs.fields, regs.verify())) and 0))
     lab.call("fib", n)
     fields, verification = got[0]

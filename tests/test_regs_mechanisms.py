@@ -13,7 +13,7 @@ def _grab(lab, flags, func="sum10", args=tuple(range(1, 11))):
     ops = FtraceOps(lambda ip, parent, op, fregs: got.append((fregs, fregs.ftrace_get_regs(), fregs.verify())),
                     flags)
     lab.ftrace.set_filter(ops, func)
-    lab.ftrace.set_verify(True)
+    lab.verify.acquire(lab.ftrace)
     lab.ftrace.register(ops)
     assert lab.call(func, *args) == sum(k * a for k, a in enumerate(args, 1))
     lab.ftrace.unregister(ops)
@@ -68,7 +68,7 @@ def test_kprobe_on_an_ftrace_site(lab):
             lab.kprobes.register(Kprobe("fib", off))
         return
     seen = []
-    lab.kprobes.set_verify(True)
+    lab.verify.acquire(lab.kprobes)
     p = Kprobe("fib", off, lambda p, regs: seen.append((regs.instruction_pointer(), regs.verify().mismatch)) and 0,
                lambda p, regs, f: seen.append(regs.instruction_pointer()))
     lab.kprobes.register(p)

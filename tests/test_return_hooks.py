@@ -133,7 +133,7 @@ def test_without_recovery_the_trampoline_shows(lab):
 
 def test_rethook_pt_regs_against_the_truth(lab):
     checks = []
-    lab.rethook.set_verify(True)
+    lab.verify.acquire(lab.rethook)
     lab.kretprobes().register(Kretprobe("chain_a", lambda ri, regs: checks.append(regs.verify())))
     lab.call("chain_a", 10)
     [v] = checks

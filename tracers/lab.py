@@ -86,6 +86,11 @@ class Lab:
     def karch(self):
         return self.ftrace.karch
 
+    @property
+    def verify(self):
+        """Verify mode's owner: lab.verify.acquire(lab.ftrace, ...) / release, or holding(...)."""
+        return self.ftrace.verify
+
     def kretprobes(self) -> Kretprobes:
         """A kretprobe registry on this lab's kprobes and rethook."""
         return Kretprobes(self.ftrace, self.kprobes, self.rethook)

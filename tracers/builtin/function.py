@@ -36,13 +36,13 @@ class FunctionTracer(Tracer):
         if self.ring:
             self.ring_start(self.buffer_mode, self.consumer)
         if self.verify:
-            self.lab.ftrace.set_verify(True)
+            self.lab.verify.acquire(self.lab.ftrace)
         self.lab.ftrace.register(self.ops)
 
     def stop(self) -> None:
         self.lab.ftrace.unregister(self.ops)
         if self.verify:
-            self.lab.ftrace.set_verify(False)
+            self.lab.verify.release(self.lab.ftrace)
         if self.ring:
             self.ring_stop()
 

@@ -47,15 +47,13 @@ class FunctionGraphTracer(Tracer):
             self.ring_start(self.buffer_mode, self.consumer)
             self.fgraph.set_max_depth(self.max_depth)
         if self.verify:
-            self.lab.ftrace.set_verify(True)
-            self.fgraph.set_verify(True)
+            self.lab.verify.acquire(self.lab.ftrace, self.fgraph)       # entry and exit snapshots
         self.fgraph.register(self.gops)
 
     def stop(self) -> None:
         self.fgraph.unregister(self.gops)
         if self.verify:
-            self.fgraph.set_verify(False)
-            self.lab.ftrace.set_verify(False)
+            self.lab.verify.release(self.lab.ftrace, self.fgraph)
         if self.ring:
             self.fgraph.set_max_depth(0)
             self.ring_stop()

@@ -115,10 +115,7 @@ class ProbeEventTracer(Tracer):
 
     def start(self) -> None:
         if self.verify:
-            self.lab.ftrace.set_verify(True)
-            self.lab.fgraph.set_verify(True)
-            self.lab.rethook.set_verify(True)
-            self.lab.kprobes.set_verify(True)
+            self.lab.verify.acquire(*self._verified())
         for spec in self.specs:
             if spec.kind == "p":
                 p = Kprobe(spec.symbol, spec.offset, lambda p, regs, s=spec: self._entry(s, p.addr, regs))
@@ -145,10 +142,17 @@ class ProbeEventTracer(Tracer):
             owner = {Kretprobe: self.kretprobes, Kprobe: self.lab.kprobes}.get(type(probe), self.fprobes)
             owner.unregister(probe)
         if self.verify:
-            self.lab.kprobes.set_verify(False)
-            self.lab.rethook.set_verify(False)
-            self.lab.fgraph.set_verify(False)
-            self.lab.ftrace.set_verify(False)
+            self.lab.verify.release(*self._verified())
+
+    def _verified(self) -> tuple:
+        """The mechanisms whose snapshots the events show: a kprobe's at its point, a kretprobe's at
+        the rethook trampoline, an fprobe's at the ftrace site or, for its exit, where its design
+        hooks the return (a return probe's entry is no event)."""
+        lab = self.lab
+        fprobe_exit = lab.fgraph if self.fprobes.design == "fgraph" else lab.rethook
+        by_kind = {"p": lab.kprobes, "r": lab.rethook, "f": lab.ftrace}
+        return tuple(dict.fromkeys(fprobe_exit if s.kind == "f" and s.is_return else by_kind[s.kind]
+                                   for s in self.specs))
 
     def summary(self) -> dict:
         out = super().summary()

@@ -65,20 +65,20 @@ def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = No
     if c.refused:
         return c
     m = lab.machine
-    for verifier in (lab.ftrace, lab.kprobes, lab.fgraph, lab.rethook):
-        verifier.set_verify(True)
-    try:
+    with lab.verify.holding(_verified(lab, mechanism)):
         attach()
         m.count_lab_code(True)
         lab.call(call[0], *call[1])
         m.count_lab_code(False)
         detach()
-    finally:
-        for verifier in (lab.ftrace, lab.kprobes, lab.fgraph, lab.rethook):
-            verifier.set_verify(False)
     if c.events:
         c.insns, c.stored = m.lab_insns / c.events, m.lab_stored / c.events
     return c
+
+
+def _verified(lab, mechanism: str):
+    """The core whose instant the mechanism's snapshot stands for."""
+    return {"kprobe": lab.kprobes, "rethook": lab.rethook, "fgraph_exit": lab.fgraph}.get(mechanism, lab.ftrace)
 
 
 def _attachments(lab, mechanism, func, site, sym, offset, c):

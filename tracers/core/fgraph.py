@@ -19,7 +19,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import Ftrace, FtraceOps, TruthCapture
+from .ftrace import Ftrace, FtraceOps
 from .regs import FtraceRegs
 
 SHADOW_STACK_SIZE = 4096
@@ -108,7 +108,9 @@ class Fgraph:
         self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
         self._busy = False
-        self.exit_truth = TruthCapture(ftrace, self.return_to_handler)
+        self.verify = ftrace.verify           # the exit's snapshot stands at return_to_handler
+        self.verify.add(self, "fgraph", lambda: (self.return_to_handler,))
+        self.m.on_abandoned_call(self.exit_task)
 
     def _ctl_get(self, name: str) -> int:
         return WORD.unpack_from(self._ctl, self._offset[name])[0]
@@ -196,9 +198,12 @@ class Fgraph:
         self.graph_ops.notrace = set.intersection(*(g.ops.notrace for g in users))
         ft.register(self.graph_ops)
 
-    def set_verify(self, on: bool) -> None:
-        """Capture the true registers as each hooked function returns into return_to_handler."""
-        self.exit_truth.set(on)
+    def exit_task(self) -> None:
+        """ftrace_graph_exit_task: the task's calls under way are gone, and their frames with them. The
+        next call starts on an empty shadow stack, as ftrace_graph_init_task leaves a new task's
+        (kernel/trace/fgraph.c, torvalds/linux f76ad354146d)."""
+        self.curr_ret_stack = 0
+        self.curr_ret_depth = -1
 
     # -- the shadow stack -------------------------------------------------------------------------
 
@@ -325,7 +330,7 @@ class Fgraph:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
         bitmap_word = self._word(top - 1)
         frame = self._frame(top - 1 - (bitmap_word & OFFSET_MASK), top - 1, bitmap_word)
-        truth = self.exit_truth.take()
+        truth = self.verify.take(self.return_to_handler)
         karch = self.karch
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, {karch.cpu.pc: frame.ret} if truth else None,
                            saved=karch.fgraph.exit_saved)

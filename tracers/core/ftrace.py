@@ -16,6 +16,7 @@ from emulator.symbols import Symbol
 
 from ..arch import kernel_arch
 from .regs import FtraceRegs
+from .verify import Verify
 
 U64 = struct.Struct("<Q")
 
@@ -46,29 +47,6 @@ class FtraceOps:
     @property
     def wants_regs(self) -> bool:
         return bool(self.flags & (OpsFlag.SAVE_REGS | OpsFlag.SAVE_REGS_IF_SUPPORTED))
-
-
-class TruthCapture:
-    """In verify mode, the true registers at one code address (a trampoline's first instruction),
-    held until the snapshot taken there is built."""
-
-    def __init__(self, ftrace: "Ftrace", addr: int):
-        self.ftrace, self.addr, self._hook, self._truth = ftrace, addr, None, None
-
-    def set(self, on: bool) -> None:
-        m = self.ftrace.m
-        if on and self._hook is None:
-            self._hook = m.hook_code(self._capture, self.addr)
-        elif not on and self._hook is not None:
-            m.unhook(self._hook)
-            self._hook = None
-
-    def _capture(self, _addr: int) -> None:
-        self._truth = self.ftrace.true_registers()
-
-    def take(self) -> dict[str, int] | None:
-        truth, self._truth = self._truth, None
-        return truth
 
 
 @dataclass(eq=False)
@@ -111,11 +89,9 @@ class Ftrace:
         self.ops: list[FtraceOps] = []
         self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], 4)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
-        self.verifying = False
-        self._truth_names = list(machine.arch.regs)
-        self._truth_regs = machine.register_batch(self._truth_names)
-        self._truth_hooks: dict[int, object] = {}
-        self._truth: tuple[int, dict[str, int]] | None = None
+        # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
+        self.verify = Verify(machine)
+        self.verify.add(self, "ftrace", lambda: [s.ip for s in self.sites if s.on], self._update)
 
     # -- sites (ftrace_process_locs, ftrace_init_nop) --------------------------------------------
 
@@ -205,9 +181,10 @@ class Ftrace:
     def _update(self) -> None:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
-        ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python."""
+        ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python (not while
+        ftrace is verified: the Python dispatch takes the truth at each site)."""
         sites = self.karch.sites
-        lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verifying else None
+        lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verify.held(self) else None
         for addr, current in self._call_sites.items():
             func = lone or self.list_func
             if func != current:
@@ -222,37 +199,15 @@ class Ftrace:
             if target != site.target:
                 self.m.patch(site.ip, site.calling(site.target, sites), site.calling(target, sites))
                 site.target = target
-            self._hook_truth(site, site.on and self.verifying)
-
-    # -- verify: the true registers at the patch-site instant -------------------------------------
-
-    def set_verify(self, on: bool) -> None:
-        self.verifying = on
-        self._update()
-
-    def _hook_truth(self, site: Site, want: bool) -> None:
-        hooked = site.ip in self._truth_hooks
-        if want and not hooked:
-            self._truth_hooks[site.ip] = self.m.hook_code(self._capture_truth, site.ip)
-        elif hooked and not want:
-            self.m.unhook(self._truth_hooks.pop(site.ip))
-
-    def _capture_truth(self, addr: int) -> None:
-        self._truth = (addr, self.true_registers())
-
-    def true_registers(self) -> dict[str, int]:
-        """Every register, read from the emulator now: only ever compared with, never copied."""
-        return dict(zip(self._truth_names, self._truth_regs.read()))
+        self.verify.refresh()
 
     # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
 
     def _dispatch(self, _addr: int) -> None:
         ip, parent_ip, _op, fregs_addr = self._args
         karch = self.karch
-        truth = meaning = None
-        if self._truth is not None and self._truth[0] == ip:
-            truth, self._truth = self._truth[1], None
-            meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()}
+        truth = self.verify.take(ip)         # the patch-site instant (also a kprobe's there, on x86)
+        meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
         saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
         for ops in tuple(self.ops):

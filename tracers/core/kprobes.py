@@ -70,9 +70,10 @@ class Kprobes:
         self.points: dict[int, _Point] = {}
         self.trailers: dict[int, _Point] = {}      # slot breakpoint address -> its point
         self.running: list[_Running] = []
-        self.verifying = False
-        self._truth_hooks: dict[int, object] = {}
-        self._truth: dict[int, dict[str, int]] = {}
+        # a probe's snapshot stands at its point; on an ftrace site, the ftrace dispatch takes the truth
+        self.verify = ftrace.verify
+        self.verify.add(self, "kprobes", self.points.keys)
+        self.m.on_abandoned_call(self.reset_current_kprobe)
 
     # -- registration (register_kprobe, arch_prepare_kprobe, arch_arm_kprobe) ---------------------
 
@@ -99,8 +100,7 @@ class Kprobes:
             self.trailers[point.slot + point.insn.size] = point
         point.opcode = self.m.read(p.addr, len(self.ops.BREAKPOINT))
         self.m.patch(p.addr, point.opcode, self.ops.BREAKPOINT)
-        if self.verifying:
-            self._hook_truth(p.addr)
+        self.verify.refresh()
 
     def unregister(self, p: Kprobe) -> None:
         point = self.points.get(p.addr)
@@ -116,8 +116,14 @@ class Kprobes:
         self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)        # disarm: the original bytes
         if point.slot is not None:
             del self.trailers[point.slot + point.insn.size]
-        if p.addr in self._truth_hooks:
-            self.m.unhook(self._truth_hooks.pop(p.addr))
+        self.verify.refresh()
+
+    def reset_current_kprobe(self) -> None:
+        """The call under way was abandoned (a fault in a slot, a handler's error): the probes it was
+        handling are over, as kprobe_fault_handler ends the one whose step faulted (reset_current_kprobe,
+        or restore_previous_kprobe when reentered: arch/x86/kernel/kprobes/core.c, torvalds/linux
+        59ab55f0aa9f). Else every later hit would count as reentered (nmissed)."""
+        self.running.clear()
 
     def check(self, p: Kprobe) -> int:
         """The probe's address, or FtlabError saying why it cannot be probed there."""
@@ -180,21 +186,6 @@ class Kprobes:
             if p.post_handler:
                 p.post_handler(p, regs, 0)
 
-    # -- verify: the true registers at the probe instant ------------------------------------------
-
-    def set_verify(self, on: bool) -> None:
-        self.verifying = on
-        self.ftrace.set_verify(on)                  # kprobes on ftrace sites
-        for addr in (a for a, point in self.points.items() if point.how != "ftrace"):
-            if on and addr not in self._truth_hooks:
-                self._hook_truth(addr)
-            elif not on and addr in self._truth_hooks:
-                self.m.unhook(self._truth_hooks.pop(addr))
-
-    def _hook_truth(self, addr: int) -> None:
-        self._truth_hooks[addr] = self.m.hook_code(
-            lambda a: self._truth.__setitem__(a, self.ftrace.true_registers()), addr)
-
     # -- the trap (kprobe_int3_handler / kprobe_brk_handler, kprobe_breakpoint_ss_handler) --------
 
     def _dispatch(self, _addr: int) -> None:
@@ -202,7 +193,7 @@ class Kprobes:
         m, arch = self.m, self.m.arch
         trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:
-            truth = self._truth.pop(trap, None)
+            truth = self.verify.take(trap)
             meaning = {arch.pc: trap + self.ops.TRAP_IP_OFFSET} if truth else None
             return self._hit(self.points[trap], PtRegs(self.karch, m, regs_addr, self.saved, truth, meaning))
         if trap in self.trailers and self.running and self.running[-1].point is self.trailers[trap]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from emulator import FtlabError
 
-from .ftrace import Ftrace, TruthCapture
+from .ftrace import Ftrace
 from .regs import PtRegs
 
 
@@ -63,11 +63,16 @@ class RethookCore:
         self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"], 1)
         self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
-        self.truth = TruthCapture(ftrace, self.trampoline)
+        self.verify = ftrace.verify           # the return's snapshot stands at the trampoline
+        self.verify.add(self, "rethook", lambda: (self.trampoline,))
+        self.m.on_abandoned_call(self.flush_task)
 
-    def set_verify(self, on: bool) -> None:
-        """Capture the true registers as a hooked function returns into the trampoline."""
-        self.truth.set(on)
+    def flush_task(self) -> None:
+        """rethook_flush_task: the task's hooked calls will never return, so their nodes go back to
+        their pools (kernel/trace/rethook.c, torvalds/linux 03c11eb3b16d)."""
+        while self.task:
+            node = self.task.pop()
+            node.rethook.recycle(node)
 
     def find_ret_addr(self, ret: int, frame: int) -> int:
         """rethook_find_ret_addr for unwinders: the real return address of a hooked frame."""
@@ -79,7 +84,7 @@ class RethookCore:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
         karch = self.karch
         regs_addr = self._regs_arg[0]
-        truth = self.truth.take()
+        truth = self.verify.take(self.trampoline)
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")
         # The first node returning to a real address (not the trampoline) is this frame's.
