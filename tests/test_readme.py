@@ -7,7 +7,6 @@ for any number of lines, and `...` inside a line for any text there. A JSON reco
 commands are golden transcripts too (tests/golden/), where they can be copied from."""
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ ELLIPSIS = re.compile(r"\.\.\.|…")
 
 
 def test_readme_python_example_runs(capsys):
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+    text = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks
     for block in blocks:
