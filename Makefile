@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench fixtures clean
+.PHONY: demo test bench golden fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/ftlab bench --json bench.json
+
+# Rewrite the golden transcripts (tests/golden/) after a deliberate change of the output; review the diff.
+golden: $(STAMP)
+	$(BIN)/python -m tests.transcripts
 
 # Rebuild the committed fixture objects (installs the cross compilers when missing).
 fixtures:

@@ -22,7 +22,8 @@ def test_run_prints_the_result(capsys, arch):
     assert run(capsys, "run", "--arch", arch, "funcs", "fib(20)") == (0, "fib(20) = 6765 (0x1a6d)\n", "")
     code, out, _ = run(capsys, "run", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)')
     assert out.endswith("= 3421780262 (0xcbf43926)\n")
-    assert run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)")[1] == "divmod(-47, 5) = (-9, -2)\n"
+    assert run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)", "--ret", "pair")[1] == \
+        "divmod(-47, 5) = (-9, -2)\n"
 
 
 def test_run_on_both_arches_and_on_a_file(capsys):

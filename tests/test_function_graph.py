@@ -8,6 +8,7 @@ import pytest
 
 from emulator.machine import decode_return
 from fixtures import catalog
+from helpers import EXAMPLES, all_variants
 from tracers.output.sinks import ListSink
 from tracers import Lab
 from tracers.core.fgraph import FgraphOps
@@ -15,15 +16,11 @@ from tracers.builtin.function_graph import FunctionGraphTracer
 from tracers.output.sinks import GraphTextSink
 from tracers.core.stacktrace import stack_trace
 
-from conftest import all_variants
 
-
-
-
-def graph(lab, func, *args, **kw):
+def graph(lab, func, *args, ret="i64", **kw):
     sink = ListSink()
     with FunctionGraphTracer(lab, sink, **kw):
-        result = lab.call(func, *args)
+        result = lab.call(func, *args, ret=ret)
     return result, sink.events
 
 
@@ -47,26 +44,25 @@ def check_balanced(m, events):
 def test_every_function_graphs_balanced_with_true_return_values(arch_name, variant):
     lab = Lab.open(variant, arch_name)
     m = lab.machine
-    for f in catalog.FUNCTIONS.values():
-        for args in f.examples:
-            result, events = graph(lab, f.name, *args, verify=True)
-            assert result == f.reference(*args)
-            pairs = check_balanced(m, events)
-            names = Counter(m.symbols.lookup(e.ip)[0].name for e, _ in pairs)
-            if f.calls:
-                assert names == Counter(f.calls(*args))
-            assert all(ev.mismatch == [] for ev in events)
-            for entry, exit_ in pairs:
-                callee = catalog.FUNCTIONS[m.symbols.lookup(entry.ip)[0].name]
-                if callee.name == f.name and entry.depth == 0:
-                    call_args = args
-                elif all(isinstance(a, int) for a in args) and len(args) <= 6:
-                    nargs = callee.signature.count(",") + 1
-                    call_args = tuple(decode_return("i64", a) for a in entry.args[:nargs])
-                else:
-                    continue
-                hi = exit_.regs[m.arch.ret_regs[1]]             # rdx / x1: saved by return_to_handler
-                assert decode_return(callee.ret, exit_.retval, hi) == callee.reference(*call_args)
+    for ex in EXAMPLES:
+        result, events = graph(lab, ex.name, *ex.args, ret=ex.func.ret, verify=True)
+        assert result == ex.expected, ex
+        pairs = check_balanced(m, events)
+        names = Counter(m.symbols.lookup(e.ip)[0].name for e, _ in pairs)
+        if ex.calls:
+            assert names == Counter(ex.calls)
+        assert all(ev.mismatch == [] for ev in events)
+        for entry, exit_ in pairs:
+            callee = catalog.FUNCTIONS[m.symbols.lookup(entry.ip)[0].name]
+            if callee.name == ex.name and entry.depth == 0:
+                call_args = ex.args
+            elif all(isinstance(a, int) for a in ex.args) and len(ex.args) <= 6:
+                nargs = callee.signature.count(",") + 1
+                call_args = tuple(decode_return("i64", a) for a in entry.args[:nargs])
+            else:
+                continue
+            hi = exit_.regs[m.arch.ret_regs[1]]             # rdx / x1: saved by return_to_handler
+            assert decode_return(callee.ret, exit_.retval, hi) == callee.reference(*call_args)
     assert lab.call("fib", 12) == 144 and not any(s.on for s in lab.sites)
 
 

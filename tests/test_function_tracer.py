@@ -3,11 +3,9 @@ from collections import Counter
 
 import pytest
 
-from fixtures import catalog
+from helpers import EXAMPLES, all_variants
 from tracers.output.sinks import ListSink
 from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
-
-from conftest import all_variants
 
 MISSING = {
     "x86_64": ["r15", "r14", "r13", "r12", "bx", "r11", "r10", "orig_ax", "cs", "flags", "ss"],
@@ -15,12 +13,10 @@ MISSING = {
 }
 
 
-
-
-def trace(lab, func, *args, **kw):
+def trace(lab, func, *args, ret="i64", **kw):
     sink = ListSink()
     with FunctionTracer(lab, sink, **kw):
-        result = lab.call(func, *args)
+        result = lab.call(func, *args, ret=ret)
     return result, sink
 
 
@@ -28,25 +24,24 @@ def trace(lab, func, *args, **kw):
 def test_traced_results_counts_args_and_snapshots(arch_name, variant):
     lab = Lab.open(variant, arch_name)
     m = lab.machine
-    for f in catalog.FUNCTIONS.values():
-        for args in f.examples:
-            result, sink = trace(lab, f.name, *args, verify=True)
-            assert result == f.reference(*args)
-            names = [m.symbols.lookup(ev.ip)[0].name for ev in sink.events]
-            if f.calls:
-                assert Counter(names) == Counter(f.calls(*args))
-            first = sink.events[0]
-            assert names[0] == f.name and first.parent_ip == m.exit_addr and first.depth == 0
-            for got, want in zip(first.args, args):
-                if isinstance(want, int):
-                    assert got == want & (1 << 64) - 1
-                else:                                   # a buffer, passed by pointer
-                    assert m.read(got, len(want)) == want
-            for ev in sink.events:
-                assert ev.mismatch == [], (f.name, ev.verification)
-                assert list(ev.missing) == MISSING[arch_name]
-                assert ev.regs_kind == "ftrace_regs"
-                assert set(ev.regs) == set(lab.karch.ftrace_regs_saved)
+    for ex in EXAMPLES:
+        result, sink = trace(lab, ex.name, *ex.args, ret=ex.func.ret, verify=True)
+        assert result == ex.expected, ex
+        names = [m.symbols.lookup(ev.ip)[0].name for ev in sink.events]
+        if ex.calls:
+            assert Counter(names) == Counter(ex.calls)
+        first = sink.events[0]
+        assert names[0] == ex.name and first.parent_ip == m.exit_addr and first.depth == 0
+        for got, want in zip(first.args, ex.args):
+            if isinstance(want, int):
+                assert got == want & (1 << 64) - 1
+            else:                                   # a buffer, passed by pointer
+                assert m.read(got, len(want)) == want
+        for ev in sink.events:
+            assert ev.mismatch == [], (ex.name, ev.verification)
+            assert list(ev.missing) == MISSING[arch_name]
+            assert ev.regs_kind == "ftrace_regs"
+            assert set(ev.regs) == set(lab.karch.ftrace_regs_saved)
     # tracing off again: the text is back to its post-init bytes and results are unchanged
     assert not any(s.on for s in lab.sites)
     assert lab.call("fib", 15) == 610

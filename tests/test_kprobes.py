@@ -7,16 +7,13 @@ import unicorn
 
 from emulator import FtlabError
 from emulator.asm import disassemble
-from fixtures import catalog
+from helpers import EXAMPLES, all_variants, example
 from tracers import Lab
 from tracers.core.kprobes import Kprobe
 from tracers.core.regs import decode_flags
 
-from conftest import all_variants
-
 # Every example, with fib small enough to probe every instruction quickly but deep enough to recurse.
-CALLS = [(f, args) for f in catalog.FUNCTIONS.values() for args in f.examples if f.name != "fib"]
-CALLS += [(catalog.FUNCTIONS["fib"], (7,)), (catalog.FUNCTIONS["popcount_buf"], (b"", 0))]
+CALLS = [ex for ex in EXAMPLES if ex.name != "fib"] + [example("fib", 7), example("popcount_buf", b"", 0)]
 
 
 def executed(lab):
@@ -25,8 +22,8 @@ def executed(lab):
     h = m.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: counts.update([addr]),
                       begin=lab.obj.base, end=lab.obj.base + lab.obj.size)
     m.uc.ctl_flush_tb()
-    for f, args in CALLS:
-        lab.call(f.name, *args)
+    for ex in CALLS:
+        ex.call(lab)
     m.uc.hook_del(h)
     return counts
 
@@ -35,22 +32,23 @@ def executed(lab):
 def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
     lab = Lab.open(variant, arch_name)
     m, runs = lab.machine, executed(lab)
+    text = m.read(lab.obj.base, lab.obj.size)
     probed = 0
     for fn in lab.obj.functions:
-        for addr, _, text in disassemble(m.arch, m.read(fn.addr, fn.size), fn.addr):
+        for addr, _, insn in disassemble(m.arch, m.read(fn.addr, fn.size), fn.addr):
             if addr in lab.ftrace.by_ip:
                 continue                              # the ftrace site: see the KPROBES_ON_FTRACE test
             hits = Counter()
             p = Kprobe(fn.name, addr - fn.addr, lambda p, regs: hits.update(["pre"]) and 0,
                        lambda p, regs, flags: hits.update(["post"]))
             lab.kprobes.register(p)
-            for f, args in CALLS:
-                assert lab.call(f.name, *args) == f.reference(*args), (fn.name, hex(addr), text, f.name)
+            for ex in CALLS:
+                assert ex.call(lab) == ex.expected, (fn.name, hex(addr), insn, str(ex))
             lab.kprobes.unregister(p)
-            assert hits["pre"] == hits["post"] == runs[addr] == p.nhit, (fn.name, text)
+            assert hits["pre"] == hits["post"] == runs[addr] == p.nhit, (fn.name, insn)
             probed += 1
     assert probed > 100
-    assert m.read(lab.obj.base, lab.obj.size) == lab.machine.read(lab.obj.base, lab.obj.size)
+    assert m.read(lab.obj.base, lab.obj.size) == text           # every probe disarmed, byte for byte
 
 
 def test_disarm_restores_the_bytes(lab):
@@ -78,11 +76,11 @@ def _body(lab, func, n):
 def test_pt_regs_equal_the_truth_at_every_probe_point(lab, n):
     checks = []
     lab.verify.acquire(lab.kprobes)
-    for func, args in (("fib", (6,)), ("sum10", tuple(range(1, 11))), ("crc32_bitwise", (0, b"abc", 3))):
-        off, _ = _body(lab, func, n)
-        p = Kprobe(func, off, lambda p, regs: checks.append((regs.verify(), regs.fields)) and 0)
+    for ex in (example("fib", 6), example("sum10", *range(1, 11)), example("crc32_bitwise", 0, b"abc", 3)):
+        off, _ = _body(lab, ex.name, n)
+        p = Kprobe(ex.name, off, lambda p, regs: checks.append((regs.verify(), regs.fields)) and 0)
         lab.kprobes.register(p)
-        assert lab.call(func, *args) == catalog.FUNCTIONS[func].reference(*args)
+        assert ex.call(lab) == ex.expected
         lab.kprobes.unregister(p)
     assert checks
     for verification, fields in checks:

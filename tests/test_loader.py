@@ -10,17 +10,15 @@ from emulator import FtlabError, Machine, arch as arches
 from tracers.arch import kernel_arch
 from emulator.asm import disassemble
 from fixtures import catalog
-
-from conftest import all_variants
+from helpers import EXAMPLES, all_variants
 
 
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_every_function_matches_its_reference(arch_name, variant):
     m = Machine(arches.get(arch_name))
     m.load(catalog.variant(arch_name, variant).path)
-    for f in catalog.FUNCTIONS.values():
-        for args in f.examples:
-            assert m.call(f.name, *args, ret=f.ret) == f.reference(*args), (f.name, args)
+    for ex in EXAMPLES:
+        assert ex.call(m) == ex.expected, ex
 
 
 def _decode(m, addr):

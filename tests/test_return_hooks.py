@@ -104,29 +104,20 @@ def test_stacktrace_on_kretprobe(lab):
 
 
 def test_stacktrace_on_nested_kretprobe(lab):
-    """Two nested kretprobed functions: the inner real return address, then the outer one."""
+    """Two nested kretprobed functions: the inner real return address, then the outer one; the same
+    frames unwound without recovery show the trampoline where chain_b's return was hooked."""
     m, traces = lab.machine, []
 
     def handler(ri, regs):
-        traces.append(_names(m, stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer(),
-                                            [lab.rethook.find_ret_addr])))
+        where = (m, lab.karch, regs.instruction_pointer(), regs.frame_pointer())
+        traces.append((_names(m, stack_trace(*where, [lab.rethook.find_ret_addr])), _names(m, stack_trace(*where))))
     krp = lab.kretprobes()
     krp.register(Kretprobe("chain_b", lambda ri, regs: None))
     krp.register(Kretprobe(TARGET, handler))
     lab.call("chain_a", 10)
-    assert traces[0] == ["chain_b", "chain_a", "ftlab_caller"]
-    without = stack_trace(m, lab.karch, m.address_of("chain_b"), 0)
-    assert without                                        # (trace without recovery: see below)
-
-
-def test_without_recovery_the_trampoline_shows(lab):
-    m, raw = lab.machine, []
-    krp = lab.kretprobes()
-    krp.register(Kretprobe("chain_b", lambda ri, regs: None))
-    krp.register(Kretprobe(TARGET, lambda ri, regs: raw.append(
-        _names(m, stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer())))))
-    lab.call("chain_a", 10)
-    assert raw[0] == ["chain_b", "arch_rethook_trampoline", "ftlab_caller"]
+    recovered, raw = traces[0]
+    assert recovered == ["chain_b", "chain_a", "ftlab_caller"]
+    assert raw == ["chain_b", "arch_rethook_trampoline", "ftlab_caller"]
 
 
 # -- the pt_regs the rethook trampoline builds, against the truth -------------------------------

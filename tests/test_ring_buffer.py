@@ -2,18 +2,17 @@
 events counted, and record/replay identical to a direct trace."""
 import pytest
 
-from fixtures import catalog
+from helpers import EXAMPLES, all_variants
 from tracers import FtraceOps, FunctionTracer, Lab
 from tracers.cli.main import main
+from tracers.core.ftrace import Ftrace
 from tracers.output.sinks import ListSink
 
-from conftest import all_variants
 
-
-def _events(lab, ring, func, args, **kw):
+def _events(lab, ring, func, args, ret="i64", **kw):
     sink = ListSink()
     with FunctionTracer(lab, sink, ring=ring, **kw):
-        result = lab.call(func, *args)
+        result = lab.call(func, *args, ret=ret)
     return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing) for e in sink.events]
 
 
@@ -22,24 +21,33 @@ def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
     # two machines running the same calls, so that even leftover register values agree
     ring = Lab.open(variant, arch_name, ring_records=100)     # small: it fills and drains often
     plain = Lab.open(variant, arch_name)
-    for f in catalog.FUNCTIONS.values():
-        for args in f.examples:
-            r1, guest = _events(ring, True, f.name, args)
-            r2, python = _events(plain, False, f.name, args)
-            assert r1 == r2 == f.reference(*args)
-            assert guest == python and guest
+    for ex in EXAMPLES:
+        r1, guest = _events(ring, True, ex.name, ex.args, ex.func.ret)
+        r2, python = _events(plain, False, ex.name, ex.args, ex.func.ret)
+        assert r1 == r2 == ex.expected, ex
+        assert guest == python and guest
 
 
-def test_the_hot_path_is_guest_code(lab):
+def test_the_hot_path_is_guest_code(arch, monkeypatch):
+    dispatched = []
+    python_dispatch = Ftrace._dispatch                # the lab hooks it when it builds the Ftrace
+
+    def counted(self, addr):
+        dispatched.append(addr)
+        python_dispatch(self, addr)
+    monkeypatch.setattr(Ftrace, "_dispatch", counted)
+    lab = Lab.open("funcs", arch)
     tracer = FunctionTracer(lab, ListSink())
     with tracer:
         assert set(lab.ftrace._call_sites.values()) == {lab.ring_buffer.function_trace_call}
         assert not lab.machine.code_hooks        # each would slow every instruction under the budget
         calls = []
-        lab.ftrace._dispatch = lambda addr: calls.append(addr)       # Python dispatch must not run
         lab.machine.hook_code(lambda a: calls.append(a), lab.ftrace.list_func)
         lab.call("fib", 10)
-    assert calls == [] and len(tracer.sink.events) == 177
+    assert calls == [] and dispatched == [] and len(tracer.sink.events) == 177
+    lab.ftrace.register(FtraceOps(lambda *a: None))                  # the Python path, for contrast
+    lab.call("fib", 10)
+    assert len(dispatched) == 177
     assert set(lab.ftrace._call_sites.values()) == {lab.ftrace.list_func}     # back after unregister
 
 
@@ -86,11 +94,11 @@ def test_replay_refuses_other_files(capsys, tmp_path):
     assert capsys.readouterr().err == f"ftlab: error: {bad}: not an ftlab recording\n"
 
 
-def _graph(lab, ring, func, args, **kw):
+def _graph(lab, ring, func, args, ret="i64", **kw):
     from tracers.builtin.function_graph import FunctionGraphTracer
     sink = ListSink()
     with FunctionGraphTracer(lab, sink, ring=ring, **kw):
-        result = lab.call(func, *args)
+        result = lab.call(func, *args, ret=ret)
     return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing, e.retval, e.duration)
                     for e in sink.events], sink.summary
 
@@ -98,12 +106,11 @@ def _graph(lab, ring, func, args, **kw):
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_guest_function_graph_equals_the_python_path(arch_name, variant):
     ring, plain = Lab.open(variant, arch_name, ring_records=64), Lab.open(variant, arch_name)
-    for f in catalog.FUNCTIONS.values():
-        for args in f.examples:
-            r1, guest, s1 = _graph(ring, True, f.name, args)
-            r2, python, s2 = _graph(plain, False, f.name, args)
-            assert r1 == r2 == f.reference(*args)
-            assert guest == python and guest and s1 == s2
+    for ex in EXAMPLES:
+        r1, guest, s1 = _graph(ring, True, ex.name, ex.args, ex.func.ret)
+        r2, python, s2 = _graph(plain, False, ex.name, ex.args, ex.func.ret)
+        assert r1 == r2 == ex.expected, ex
+        assert guest == python and guest and s1 == s2
     assert ring.fgraph.curr_ret_stack == 0 and ring.fgraph.curr_ret_depth == -1
 
 

@@ -5,9 +5,8 @@ import pytest
 
 from emulator.asm import disassemble
 from fixtures import catalog
+from helpers import all_variants
 from tracers import FtraceOps, Lab
-
-from conftest import all_variants
 
 NOP5 = bytes.fromhex("0f1f440000")
 A64_NOP, MOV_X9_LR = struct.pack("<I", 0xD503201F), struct.pack("<I", 0xAA1E03E9)

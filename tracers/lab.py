@@ -13,7 +13,7 @@ from pathlib import Path
 from emulator import FtlabError, Machine, arch as arches
 from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
-from fixtures import catalog
+from fixtures import bundled
 
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
@@ -30,7 +30,6 @@ class Target:
 
     path: Path
     arch: object
-    fixture: str | None          # the bundled fixture's name, if it is one
 
 
 def resolve(obj: str, arch: str | None) -> list[Target]:
@@ -42,14 +41,14 @@ def resolve(obj: str, arch: str | None) -> list[Target]:
         actual = elf_arch(path)
         if arch not in (None, actual.name) and arches.get(arch) is not actual:
             raise FtlabError(f"{path} is an {actual.name} object; --arch {arch} contradicts it")
-        return [Target(path, actual, None)]
+        return [Target(path, actual)]
     if arch is None:
         raise FtlabError(f"'{obj}' is a bundled fixture: say which --arch (x86_64, arm64 or all)")
     names = list(arches.ARCHES) if arch == "all" else [arches.get(arch).name]
     try:
-        return [Target(catalog.variant(a, obj).path, arches.get(a), obj) for a in names]
+        return [Target(bundled(a, obj), arches.get(a)) for a in names]
     except LookupError as err:
-        raise FtlabError(str(err).strip("'\"")) from None
+        raise FtlabError(err.args[0]) from None
 
 
 class Lab:
@@ -99,14 +98,9 @@ class Lab:
         """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13)."""
         return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
 
-    def signature(self, func: str):
-        return catalog.FUNCTIONS.get(func) if self.target.fixture else None
-
-    def call(self, func: str, *args, ret: str | None = None):
-        """Run func; for a bundled fixture the return registers are read as its C type says."""
-        if ret is None:
-            known = self.signature(func)
-            ret = known.ret if known else "i64"
+    def call(self, func: str, *args, ret: str = "i64"):
+        """Run func; `ret` reads the return registers as its C type: i64, u64, i32, u32, u16, u8 or
+        pair (Machine.call). The object carries no signatures, so the caller says."""
         return self.machine.call(func, *args, ret=ret)
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from emulator import FtlabError
-from emulator.machine import DEFAULT_BUDGET
+from emulator.machine import DEFAULT_BUDGET, RETURN_KINDS
 
 from ..builtin.function import FunctionTracer
 from ..lab import Lab, format_result, parse_call, resolve
@@ -40,7 +40,7 @@ def cmd_run(args, out):
     name, call_args = parse_call(args.call)
     for lab in _labs(args):
         prefix = f"{lab.arch.name}: " if args.arch == "all" else ""
-        out.write(f"{prefix}{args.call.strip()} = {format_result(lab.call(name, *call_args))}\n")
+        out.write(f"{prefix}{args.call.strip()} = {format_result(lab.call(name, *call_args, ret=args.ret))}\n")
 
 
 def cmd_sites(args, out):
@@ -64,7 +64,7 @@ def cmd_trace(args, out):
             tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine), args.event,
                                       clock=args.clock, verify=args.verify, design=args.fprobe_design)
             with tracer:
-                result = lab.call(name, *call_args)
+                result = lab.call(name, *call_args, ret=args.ret)
             if args.format == "text":
                 out.write(f"# {args.call.strip()} = {format_result(result)}\n")
             continue
@@ -76,7 +76,7 @@ def cmd_trace(args, out):
         tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
                                       notrace=args.notrace, verify=args.verify, **extra)
         with tracer:
-            result = lab.call(name, *call_args)
+            result = lab.call(name, *call_args, ret=args.ret)
         if args.format == "text":
             out.write(f"# {args.call.strip()} = {format_result(result)}\n")
 
@@ -109,7 +109,7 @@ def cmd_record(args, out):
     [lab] = list(_labs(args))
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
     record(lab, (name, call_args), args.call.strip(), args.output, args.tracer, args.filter, args.notrace,
-           **options)
+           ret=args.ret, **options)
 
 
 def cmd_replay(args, out):
@@ -138,6 +138,19 @@ def _count(text: str) -> int:
     return value
 
 
+def _ret_kind(text: str) -> str:
+    """--ret: how to read the call's return registers (the object carries no signatures)."""
+    if text not in RETURN_KINDS:
+        raise argparse.ArgumentTypeError(f"unknown return kind '{text}' (known: {', '.join(RETURN_KINDS)})")
+    return text
+
+
+def _add_ret(p):
+    p.add_argument("--ret", type=_ret_kind, default="i64", metavar="KIND",
+                   help="the C type of CALL's result: i64 (the default), u64, i32, u32, u16, u8, or pair "
+                        "(a 16-byte struct in two registers)")
+
+
 def _add_target(p, call=True):
     p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); "
                                   "optional when OBJ is a file")
@@ -157,12 +170,14 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run a function and print its result")
     _add_target(p)
+    _add_ret(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("sites", help="list patch sites: compiled, after init, enabled")
     _add_target(p, call=False)
     p.set_defaults(func=cmd_sites)
     p = sub.add_parser("trace", help="run a function under a tracer")
     _add_target(p)
+    _add_ret(p)
     p.add_argument("--tracer", choices=sorted(TRACERS), help="function (the default) or function_graph")
     p.add_argument("-e", "--event", action="append", default=[], metavar="SPEC",
                    help="a probe event in dynamic_events syntax: 'f:[GRP/]EVENT SYM[%%return] FETCHARGS' "
@@ -191,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
+    _add_ret(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
     p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")

@@ -54,7 +54,7 @@ class Recorder:
 
 
 def record(lab, call: tuple, call_text: str, path: str, tracer: str = "function", filters=(), notrace=(),
-           **options) -> None:
+           ret: str = "i64", **options) -> None:
     if tracer not in TRACERS:
         raise FtlabError(f"record takes --tracer {' or '.join(TRACERS)}")
     try:
@@ -66,7 +66,7 @@ def record(lab, call: tuple, call_text: str, path: str, tracer: str = "function"
         kind, _, _ = TRACERS[tracer]
         live = kind(lab, CountSink(), filters=filters, notrace=notrace, ring=True, consumer=rec, **options)
         with live:
-            result = lab.call(call[0], *call[1])
+            result = lab.call(call[0], *call[1], ret=ret)
         summary = live.summary_seen                 # what decoding would have counted:
         # the tracer's counter names in order: entries(-written), then exits for function_graph
         summary["counters"].update(zip(TRACERS[tracer][2], (rec.entries, rec.exits)))

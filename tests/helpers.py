@@ -1,0 +1,52 @@
+"""What the tests share besides pytest fixtures (those stay in conftest.py, which tests never import):
+every bundled fixture variant, and every example call of the catalog with its independent reference."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from emulator import arch as arches
+from fixtures import catalog
+
+ARCHES = list(arches.ARCHES)
+
+
+def all_variants():
+    """(arch_name, variant) for every bundled funcs variant, as pytest parameters."""
+    return [pytest.param(a, n, id=f"{a}-{n}") for a in ARCHES for n in catalog.names(a)]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One call of a catalog function: what it must return, how to read its result, what it calls."""
+
+    func: catalog.Function
+    args: tuple
+
+    @property
+    def name(self) -> str:
+        return self.func.name
+
+    @property
+    def expected(self):
+        return self.func.reference(*self.args)
+
+    @property
+    def calls(self) -> dict | None:
+        """{function: entries} for this call, where the catalog knows them."""
+        return self.func.calls(*self.args) if self.func.calls else None
+
+    def call(self, target):
+        """Run it on a Lab or a Machine, its result read as the C type the catalog gives."""
+        return target.call(self.name, *self.args, ret=self.func.ret)
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.args!r}"
+
+
+def example(name: str, *args) -> Example:
+    return Example(catalog.FUNCTIONS[name], args)
+
+
+EXAMPLES = [Example(f, args) for f in catalog.FUNCTIONS.values() for args in f.examples]
