@@ -17,6 +17,7 @@ from dataclasses import replace
 from emulator import FtlabError
 
 from ..output.events import Event
+from ..output.sinks import location
 from ..core.fprobe import Fprobe
 from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
@@ -66,13 +67,7 @@ class _Context:
         return self.m.address_of(symbol)
 
     def symbolize(self, addr: int) -> str:
-        return location(self.m, addr)
-
-
-def location(machine, addr: int) -> str:
-    """%pS: `sym+0x4/0x30`."""
-    hit = machine.symbols.lookup(addr)
-    return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
+        return location(self.m.symbols, addr)
 
 
 def _argument(regs, n: int) -> int:

@@ -61,7 +61,7 @@ def cmd_trace(args, out):
     for lab in _labs(args):
         _banner(args, lab, out)
         if args.event:
-            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine), args.event,
+            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name), args.event,
                                       clock=args.clock, verify=args.verify, design=args.fprobe_design)
             with tracer:
                 result = lab.call(name, *call_args)
@@ -71,7 +71,7 @@ def cmd_trace(args, out):
         args.tracer = args.tracer or "function"
         graph = args.tracer == "function_graph"
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
-        sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
+        sink = make_sink(args.format, args.tracer, out, lab.machine.symbols, lab.arch.name, **options)
         extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
         tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
                                       notrace=args.notrace, verify=args.verify, **extra)

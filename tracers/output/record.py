@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-from types import SimpleNamespace
 
 from emulator import FtlabError, arch as arches
 from emulator.symbols import Symbol, SymbolTable
@@ -95,12 +94,11 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
         symbols = SymbolTable()
         for name, addr, size, kind in header["symbols"]:
             symbols.add(Symbol(name, addr, size, kind))
-        view = SimpleNamespace(symbols=symbols, arch=arch.cpu)
         tracer = header["tracer"]
         if tracer not in TRACERS:
             raise FtlabError(f"{path}: a {tracer} recording; this ftlab replays {', '.join(TRACERS)}")
         options = graph_options if tracer == "function_graph" else {}
-        replayer = _Replayer(make_sink(fmt, tracer, out, view, **options), tracer)
+        replayer = _Replayer(make_sink(fmt, tracer, out, symbols, arch.name, **options), tracer)
         decode = TRACERS[tracer][1]
         replayer.sink.begin(tracer, header["clock"])
         while True:
