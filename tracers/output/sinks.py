@@ -6,8 +6,8 @@ import json
 
 from emulator.symbols import SymbolTable
 
-from .events import Event
 from ..probe_events import format_args, format_value
+from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
