@@ -74,7 +74,7 @@ def test_fib_makes_the_known_number_of_calls(lab):
 def test_graph_text_is_the_kernel_format_and_deterministic(lab):
     def text():
         out = io.StringIO()
-        with FunctionGraphTracer(lab, GraphTextSink(out, lab.machine, retval=True), clock="insns"):
+        with FunctionGraphTracer(lab, GraphTextSink(out, lab.machine.symbols, retval=True), clock="insns"):
             lab.call("chain_a", 10)
         return out.getvalue()
 

@@ -41,7 +41,7 @@ def graph_session(lab, ring: bool):
     with FunctionGraphTracer(lab, sink, ring=ring) as t:
         assert lab.call("fib", 12) == 144
         assert lab.call("popcount_buf", BUF, 3) == 13
-    return t.summary_seen, [(e.type, e.ip, e.depth, e.retval, e.ts) for e in sink.events]
+    return sink.summary, [(e.type, e.ip, e.depth, e.retval, e.ts) for e in sink.events]
 
 
 @pytest.mark.parametrize("ring", [True, False], ids=["guest", "python"])

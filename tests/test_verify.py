@@ -23,12 +23,12 @@ class NestingSink(ListSink):
                 assert self.lab.call("fib", 3) == 2
 
 
-def checked(tracer, sink) -> None:
+def checked(sink) -> None:
     """Every event of this tracer carries a verification, all equal, and its summary says so."""
     assert sink.events
     assert all(ev.verification is not None for ev in sink.events)
     assert all(ev.mismatch == [] for ev in sink.events)
-    assert tracer.summary_seen["verify"] == {"snapshots": len(sink.events), "mismatching": 0}
+    assert sink.summary["verify"] == {"snapshots": len(sink.events), "mismatching": 0}
 
 
 def test_an_inner_tracer_run_from_the_handler_leaves_the_outer_verifying(lab):
@@ -37,7 +37,7 @@ def test_an_inner_tracer_run_from_the_handler_leaves_the_outer_verifying(lab):
         assert lab.call("chain_a", 10) == 129
     names = [lab.machine.symbols.lookup(ev.ip)[0].name for ev in sink.events]
     assert names == ["chain_a", "chain_b", "chain_c", "chain_c"]
-    checked(outer, sink)
+    checked(sink)
     assert len(sink.inner.events) == 5                       # fib(3): 5 calls, all checked too
     assert all(ev.verification is not None and ev.mismatch == [] for ev in sink.inner.events)
     assert not lab.machine.code_hooks
@@ -51,8 +51,8 @@ def test_an_inner_tracer_between_calls_leaves_the_outer_verifying(lab):
             lab.call("fib", 3)
         lab.call("sum10", *range(10))
     assert len(sink.events) == 4                             # 2 calls: an entry and an exit each
-    checked(outer, sink)
-    checked(nested, inner)
+    checked(sink)
+    checked(inner)
     assert not lab.machine.code_hooks
 
 
@@ -87,7 +87,7 @@ def test_two_verifying_tracers_stop_in_either_order(lab, first, second, order):
     tracers[staying].__exit__(None, None, None)
     for t, sink in zip(tracers, sinks):
         assert sink.events and all(ev.verification is not None for ev in sink.events)
-        assert t.summary_seen["verify"]["snapshots"] == len(sink.events)
+        assert sink.summary["verify"]["snapshots"] == len(sink.events)
     assert not lab.machine.code_hooks
 
 

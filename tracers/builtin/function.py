@@ -6,11 +6,11 @@ function is guest code (function_trace_call) and Python only reads records in bu
 """
 from __future__ import annotations
 
-from ..output.events import Event
 from ..core.ftrace import FtraceOps, OpsFlag
-from ..core.regs import missing_registers
-from ..core.ring_buffer import REC_ENTRY, record_struct
-from .tracer import NR_ARGS, Tracer
+from ..core.ring_buffer import REC_ENTRY
+from ..output.decode import FunctionDecoder, StackDepth
+from ..output.events import NR_ARGS, Event
+from .tracer import Tracer
 
 
 class FunctionTracer(Tracer):
@@ -29,8 +29,8 @@ class FunctionTracer(Tracer):
             lab.ftrace.set_filter(self.ops, list(filters))
         if notrace:
             lab.ftrace.set_notrace(self.ops, list(notrace))
-        self._sps: list[int] = []
-        self.counts = {"entries-written": 0}
+        self.decoder = FunctionDecoder(lab.karch)      # the ring buffer's records as events
+        self.depth = StackDepth()                       # the Python path's call depth
 
     def start(self) -> None:
         if self.ring:
@@ -46,37 +46,12 @@ class FunctionTracer(Tracer):
         if self.ring:
             self.ring_stop()
 
-    def _depth(self, sp: int) -> int:
-        """Call depth from the stack: entries whose sp is at or below this one have returned."""
-        while self._sps and self._sps[-1] <= sp:
-            self._sps.pop()
-        self._sps.append(sp)
-        return len(self._sps) - 1
-
     def _record(self, ip, parent_ip, op, fregs) -> None:
         """What function_trace_call does, for when other ops share the sites (the list function)."""
         self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *fregs.fields.values())
 
-    def decode(self, chunk: bytes) -> None:
-        """Records from the ring buffer, as the events the Python callback would have made."""
-        decode_records(self, self.lab.karch, chunk)
-
     def _callback(self, ip, parent_ip, op, fregs) -> None:
-        self.counts["entries-written"] += 1
         self.emit(Event(
-            self.name, "entry", ip, parent_ip, self._depth(fregs.get_stack_pointer()), self.clock.now(),
+            self.name, "entry", ip, parent_ip, self.depth(fregs.get_stack_pointer()), self.clock.now(),
             tuple(fregs.get_argument(n) for n in range(NR_ARGS)), fregs.kind, fregs.fields,
             tuple(fregs.missing), fregs.verify()))
-
-
-def decode_records(tracer, karch, chunk: bytes) -> None:
-    """Function-tracer records (ring_buffer.record_struct) to events, through tracer.emit; the
-    same for a live trace and a replayed file."""
-    cpu, saved = karch.cpu, karch.ftrace_regs_saved
-    sp = saved.index(cpu.sp)
-    args = [saved.index(r) for r in cpu.arg_regs[:NR_ARGS]]
-    missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
-    for _, ts, ip, parent, *fields in record_struct(karch).iter_unpack(chunk):     # entries only
-        tracer.counts["entries-written"] += 1
-        tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._depth(fields[sp]), ts,
-                          tuple(fields[i] for i in args), "ftrace_regs", dict(zip(saved, fields)), missing))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import struct
 
-from ..output.events import Event
 from ..core.fgraph import FgraphOps
-from ..core.regs import missing_registers
-from ..core.ring_buffer import REC_ENTRY, REC_EXIT, record_struct
-from .tracer import NR_ARGS, Tracer
+from ..core.ring_buffer import REC_ENTRY, REC_EXIT
+from ..output.decode import GraphDecoder
+from ..output.events import NR_ARGS, Event
+from .tracer import Tracer
 
 CALLTIME = struct.Struct("<Q")
 
@@ -39,8 +39,7 @@ class FunctionGraphTracer(Tracer):
             lab.ftrace.set_filter(self.gops.ops, list(filters))
         if notrace:
             lab.ftrace.set_notrace(self.gops.ops, list(notrace))
-        self.counts = {"entries": 0, "exits": 0}
-        self._open = 0                    # entries decoded and not yet exited: the depth
+        self.decoder = GraphDecoder(lab.karch)      # the ring buffer's records as events
 
     def start(self) -> None:
         if self.ring:
@@ -58,10 +57,8 @@ class FunctionGraphTracer(Tracer):
             self.fgraph.set_max_depth(0)
             self.ring_stop()
 
-    def summary(self) -> dict:
-        out = super().summary()
-        out["counters"]["trace_overrun"] = self.fgraph.trace_overrun
-        return out
+    def stats(self) -> dict:
+        return {**super().stats(), "trace_overrun": self.fgraph.trace_overrun}
 
     # -- the Python paths ---------------------------------------------------------------------
 
@@ -82,7 +79,6 @@ class FunctionGraphTracer(Tracer):
         now = []
         if not self._reserve(trace, lambda: now.append(self.clock.now()) or now[0]):
             return 0
-        self.counts["entries"] += 1
         self.emit(Event(self.name, "entry", trace.func, fregs.get_return_address(), trace.depth, now[0],
                         tuple(fregs.get_argument(n) for n in range(NR_ARGS)), fregs.kind, fregs.fields,
                         tuple(fregs.missing), fregs.verify()))
@@ -90,7 +86,6 @@ class FunctionGraphTracer(Tracer):
 
     def _return(self, trace, gops, fregs) -> None:
         now = self.clock.now()
-        self.counts["exits"] += 1
         self.emit(Event(self.name, "exit", trace.func, fregs.get_instruction_pointer(), trace.depth, now,
                         None, fregs.kind, fregs.fields, tuple(fregs.missing), fregs.verify(),
                         retval=trace.retval, duration=now - self._calltime()))
@@ -105,30 +100,3 @@ class FunctionGraphTracer(Tracer):
     def _return_record(self, trace, gops, fregs) -> None:
         self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(),
                                    *fregs.fields.values(), self._calltime())
-
-    def decode(self, chunk: bytes) -> None:
-        """Records from the ring buffer, as the events the Python path would have made."""
-        decode_graph_records(self, self.lab.karch, chunk)
-
-
-def decode_graph_records(tracer, karch, chunk: bytes) -> None:
-    """function_graph records (entries and exits) to events through tracer.emit; the same for a
-    live trace and a replayed file."""
-    saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved
-    aliases = karch.ftrace_regs_aliases
-    args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
-    missing_in = tuple(missing_registers(karch, saved, aliases))
-    missing_out = tuple(missing_registers(karch, exit_saved, aliases))
-    ret, n = exit_saved.index(karch.cpu.ret_regs[0]), len(exit_saved)
-    for kind, ts, ip, parent, *fields in record_struct(karch).iter_unpack(chunk):
-        if kind == REC_ENTRY:
-            tracer.counts["entries"] += 1
-            tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._open, ts, tuple(fields[i] for i in args),
-                              "ftrace_regs", dict(zip(saved, fields)), missing_in))
-            tracer._open += 1
-        else:
-            tracer._open -= 1
-            tracer.counts["exits"] += 1
-            tracer.emit(Event(tracer.name, "exit", ip, parent, tracer._open, ts, None, "ftrace_regs",
-                              dict(zip(exit_saved, fields[:n])), missing_out, retval=fields[ret],
-                              duration=ts - fields[n]))

@@ -16,12 +16,13 @@ from dataclasses import replace
 
 from emulator import FtlabError
 
-from ..output.events import Event
 from ..core.fprobe import Fprobe
 from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
+from ..output.events import NR_ARGS, Event
+from ..output.sinks import location
 from ..probe_events import FetchFault, ProbeSpec, evaluate, parse
-from .tracer import NR_ARGS, Tracer
+from .tracer import Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
 SAVED_ARGS = 8                         # $argN of a return probe: saved at entry, as the kernel does
@@ -66,13 +67,7 @@ class _Context:
         return self.m.address_of(symbol)
 
     def symbolize(self, addr: int) -> str:
-        return location(self.m, addr)
-
-
-def location(machine, addr: int) -> str:
-    """%pS: `sym+0x4/0x30`."""
-    hit = machine.symbols.lookup(addr)
-    return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
+        return location(self.m.symbols, addr)
 
 
 def _argument(regs, n: int) -> int:
@@ -96,7 +91,6 @@ class ProbeEventTracer(Tracer):
         self.fprobes = lab.fprobes(design)
         self.kretprobes = lab.kretprobes()
         self.hits = {spec: 0 for spec in self.specs}
-        self.counts = {"events": 0}
         self._probes = []
 
     def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
@@ -180,7 +174,6 @@ class ProbeEventTracer(Tracer):
 
     def _emit(self, spec, type_, ip, parent_ip, regs, values, args, retval=None) -> None:
         self.hits[spec] += 1
-        self.counts["events"] += 1
         self.emit(Event(MECHANISM[spec.kind], type_, ip, parent_ip, 0, self.clock.now(), args, regs.kind,
                         regs.fields, tuple(regs.missing), regs.verify(), retval=retval,
                         probe=spec, fetch=tuple(zip(spec.args, values))))

@@ -1,9 +1,8 @@
 """What every tracer shares: a sink, a trace clock, verify mode, and a `with` block that runs it."""
 from __future__ import annotations
 
+from ..output.events import COUNTERS
 from .trace_clock import CLOCKS
-
-NR_ARGS = 6          # arguments recorded per entry event
 
 
 class Tracer:
@@ -13,7 +12,9 @@ class Tracer:
         self.lab, self.sink, self.verify = lab, sink, verify
         self.clock_name = clock
         self.clock = None
-        self.counts: dict[str, int] = {}       # shown at the end of the trace
+        self.counters = COUNTERS[self.name]    # event type -> the counter it advances
+        self.counts = dict.fromkeys(self.counters.values(), 0)      # the events, at the end of the trace
+        self.ring_losses: dict[str, int] = {}  # what a full ring buffer lost, when it lost any
         self.mismatching = 0
         self.snapshots = 0
 
@@ -26,8 +27,7 @@ class Tracer:
     def __exit__(self, *exc):
         self.stop()
         self.clock.close()
-        self.summary_seen = self.summary()
-        self.sink.end(self.summary_seen)
+        self.sink.end(self.summary())
 
     def start(self) -> None:
         raise NotImplementedError
@@ -39,14 +39,21 @@ class Tracer:
         """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""
         self.lab.ring_buffer.reset(mode, consumer)
 
+    def decode(self, chunk: bytes) -> None:
+        """The ring-buffer consumer while tracing: the records, through the tracer's decoder (a
+        ring-buffer tracer's self.decoder), as the events its Python path would have made."""
+        for event in self.decoder.events(chunk):
+            self.emit(event)
+
     def ring_stop(self) -> None:
         """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
         rb = self.lab.ring_buffer
         rb.drain()
         if rb.lost or rb.overwritten:
-            self.counts.update(lost=rb.lost, overwritten=rb.overwritten)
+            self.ring_losses = {"lost": rb.lost, "overwritten": rb.overwritten}
 
     def emit(self, event) -> None:
+        self.counts[self.counters[event.type]] += 1
         if event.verification is not None:
             self.snapshots += 1
             self.mismatching += bool(event.verification.mismatch)
@@ -54,7 +61,11 @@ class Tracer:
 
     def summary(self) -> dict:
         """What the trace ends with: its counters, and with verify mode the snapshot tally."""
-        out = {"counters": dict(self.counts)}
+        out = {"counters": {**self.counts, **self.stats()}}
         if self.verify:
             out["verify"] = {"snapshots": self.snapshots, "mismatching": self.mismatching}
         return out
+
+    def stats(self) -> dict:
+        """The counters no event shows (a recording keeps them for its replay)."""
+        return dict(self.ring_losses)

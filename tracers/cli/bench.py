@@ -147,7 +147,7 @@ def measure(arch: str) -> dict:
     r["speedup_over_naive"] = r["function_events_per_s"] / r["naive_events_per_s"]
     r["speedup_over_naive_no_budget"] = r["function_events_per_s_no_budget"] / _naive_rate(free, 20)
     with open(os.devnull, "w") as null:
-        with FunctionTracer(lab, TextSink(null, lab.machine)):
+        with FunctionTracer(lab, TextSink(null, lab.machine.symbols)):
             fmt = _timed(lambda: lab.call("fib", 20))
     r["function_text_events_per_s"] = (2 * 10946 - 1) / fmt
     with FunctionGraphTracer(lab, CountSink(), ring=False):

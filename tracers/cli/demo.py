@@ -23,7 +23,7 @@ def demo(out) -> None:
                 for state, code, text in states:
                     out.write(f"    {state:<9} {code.hex(' '):<24} {text}\n")
         out.write(f"\nThe function tracer on {CALL[0]}{CALL[1:]!r}:\n\n".replace(",)", ")"))
-        with FunctionTracer(lab, TextSink(out, lab.machine)):
+        with FunctionTracer(lab, TextSink(out, lab.machine.symbols)):
             result = lab.call(*CALL)
         out.write(f"# result: {result}\n\n")
         keep = ListSink()

@@ -13,11 +13,11 @@ from ..builtin.function import FunctionTracer
 from ..lab import Lab, format_result, parse_call, resolve
 from ..builtin.function_graph import FunctionGraphTracer
 from ..core.fprobe import DESIGNS
-from ..output.sinks import FORMATS, make_sink
+from ..output.sinks import FORMATS, CountSink, make_sink
 from ..builtin.probe import ProbeEventTracer
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..builtin.trace_clock import CLOCKS
-from ..output.record import record, replay
+from ..output.record import Recorder, replay
 from .bench import bench
 from .demo import demo
 from .mechanisms import capture_all
@@ -61,7 +61,7 @@ def cmd_trace(args, out):
     for lab in _labs(args):
         _banner(args, lab, out)
         if args.event:
-            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine), args.event,
+            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name), args.event,
                                       clock=args.clock, verify=args.verify, design=args.fprobe_design)
             with tracer:
                 result = lab.call(name, *call_args, ret=args.ret)
@@ -71,7 +71,7 @@ def cmd_trace(args, out):
         args.tracer = args.tracer or "function"
         graph = args.tracer == "function_graph"
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
-        sink = make_sink(args.format, args.tracer, out, lab.machine, **options)
+        sink = make_sink(args.format, args.tracer, out, lab.machine.symbols, lab.arch.name, **options)
         extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
         tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
                                       notrace=args.notrace, verify=args.verify, **extra)
@@ -108,8 +108,13 @@ def cmd_record(args, out):
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
-    record(lab, (name, call_args), args.call.strip(), args.output, args.tracer, args.filter, args.notrace,
-           ret=args.ret, **options)
+    with Recorder(args.output, lab.karch, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
+        # the tracer's events are the file's records: it writes them and decodes none
+        tracer = TRACERS[args.tracer](lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True,
+                                      consumer=rec, **options)
+        with tracer:
+            result = lab.call(name, *call_args, ret=args.ret)
+        rec.finish(tracer.stats(), result)
 
 
 def cmd_replay(args, out):

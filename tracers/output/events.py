@@ -5,6 +5,13 @@ from dataclasses import dataclass
 
 from ..core.regs import Verification
 
+NR_ARGS = 6          # arguments recorded per entry event
+# The counters a trace ends with, per tracer: the one each event type advances. The live tracers
+# and a replayed recording count their events by the same names.
+COUNTERS = {"function": {"entry": "entries-written"},
+            "function_graph": {"entry": "entries", "exit": "exits"},
+            "nop": {"entry": "events", "exit": "events"}}
+
 
 @dataclass(slots=True)
 class Event:

@@ -1,10 +1,13 @@
-"""Sinks: the kernel's trace text, and JSON lines. Both stream, one event at a time."""
+"""Sinks: the kernel's trace text, and JSON lines. Both stream, one event at a time, and name
+addresses from a symbol table (a lab's, or a recording's)."""
 from __future__ import annotations
 
 import json
 
-from .events import Event
+from emulator.symbols import SymbolTable
+
 from ..probe_events import format_args, format_value
+from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
@@ -27,8 +30,8 @@ FUNCTION_HEADER = """\
 class TextSink:
     """The `trace` file of the function tracer: `comm-pid [cpu] flags ts: func <-parent`."""
 
-    def __init__(self, out, machine):
-        self.out, self.sym = out, machine.symbols
+    def __init__(self, out, symbols: SymbolTable):
+        self.out, self.sym = out, symbols
 
     def begin(self, tracer: str, clock: str) -> None:
         self.out.write(FUNCTION_HEADER.format(tracer=tracer) + "\n")
@@ -44,23 +47,27 @@ class TextSink:
 
     def _body(self, ev: Event) -> str:
         if ev.probe is None:
-            return f"{self._func(ev.ip)} <-{self._func(ev.parent_ip)}"
+            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, ev.parent_ip)}"
         # probe events: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit
-        where = self._location(ev.ip)
+        where = location(self.sym, ev.ip)
         if ev.type == "exit":
-            where = f"{self._location(ev.parent_ip)} <- {self._func(ev.ip)}"
+            where = f"{location(self.sym, ev.parent_ip)} <- {func_name(self.sym, ev.ip)}"
         return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch)) if ev.fetch else ''}"
-
-    def _location(self, addr: int) -> str:
-        hit = self.sym.lookup(addr)
-        return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
-
-    def _func(self, addr: int) -> str:
-        hit = self.sym.lookup(addr)
-        return hit[0].name if hit else f"{addr:#x}"
 
     def end(self, summary: dict) -> None:
         write_summary(self.out, summary)
+
+
+def func_name(symbols: SymbolTable, addr: int) -> str:
+    """%ps: the symbol's name, or the bare address."""
+    hit = symbols.lookup(addr)
+    return hit[0].name if hit else f"{addr:#x}"
+
+
+def location(symbols: SymbolTable, addr: int) -> str:
+    """%pS: `sym+0x4/0x30`."""
+    hit = symbols.lookup(addr)
+    return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
 
 
 def write_summary(out, summary: dict) -> None:
@@ -99,8 +106,8 @@ class GraphTextSink:
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
     the next event shows which it is; nothing else is buffered."""
 
-    def __init__(self, out, machine, retval: bool = False, tail: bool = False):
-        self.out, self.sym = out, machine.symbols
+    def __init__(self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False):
+        self.out, self.sym = out, symbols
         self.retval, self.tail = retval, tail
         self.unit = "ev"
         self._held: Event | None = None
@@ -108,10 +115,6 @@ class GraphTextSink:
     def begin(self, tracer: str, clock: str) -> None:
         self.unit = UNITS.get(clock, clock)
         self.out.write(GRAPH_HEADER + "\n")
-
-    def _name(self, ip: int) -> str:
-        hit = self.sym.lookup(ip)
-        return hit[0].name if hit else f"{ip:#x}"
 
     def _line(self, duration: int | None, depth: int, text: str) -> None:
         if duration is None:
@@ -122,7 +125,7 @@ class GraphTextSink:
         self.out.write(f" {CPU}) {column}|  {'  ' * depth}{text}\n")
 
     def _open(self, ev: Event) -> None:
-        self._line(None, ev.depth, f"{self._name(ev.ip)}() {{")
+        self._line(None, ev.depth, f"{func_name(self.sym, ev.ip)}() {{")
 
     def event(self, ev: Event) -> None:
         held, self._held = self._held, None
@@ -131,7 +134,7 @@ class GraphTextSink:
                 self._open(held)
             self._held = ev
             return
-        name = self._name(ev.ip)
+        name = func_name(self.sym, ev.ip)
         if held is not None and held.ip == ev.ip and held.depth == ev.depth:
             text = f"{name}();" + (f" /* = {graph_retval(ev.retval)} */" if self.retval else "")
         else:
@@ -151,8 +154,8 @@ class GraphTextSink:
 class JsonSink:
     """One JSON object per event per line, then one `summary` record with the counters."""
 
-    def __init__(self, out, machine):
-        self.out, self.sym, self.arch = out, machine.symbols, machine.arch.name
+    def __init__(self, out, symbols: SymbolTable, arch: str):
+        self.out, self.sym, self.arch = out, symbols, arch
         self.tracer = None
 
     def begin(self, tracer: str, clock: str) -> None:
@@ -219,13 +222,14 @@ def _json_value(arg, value):
     return value if isinstance(value, int) else format_value(arg, value)
 
 
-def make_sink(fmt: str, tracer: str, out, machine, **options):
-    """The sink for a format; `text` is the tracer's own trace-file format."""
+def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, **options):
+    """The sink for a format; `text` is the tracer's own trace-file format. arch names the
+    architecture in JSON records."""
     if fmt == "json":
-        return JsonSink(out, machine)
+        return JsonSink(out, symbols, arch)
     if tracer == "function_graph":
-        return GraphTextSink(out, machine, **options)
-    return TextSink(out, machine)
+        return GraphTextSink(out, symbols, **options)
+    return TextSink(out, symbols)
 
 
 FORMATS = ("text", "json")

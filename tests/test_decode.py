@@ -1,0 +1,125 @@
+"""Decoders as generators: ring-buffer records give the events the live Python paths make, on both
+arches; a recording replays byte for byte as the direct trace; the output layer stands alone."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from fixtures import catalog
+from tracers import FunctionGraphTracer, FunctionTracer, Lab
+from tracers.cli.main import main
+from tracers.output.decode import DECODERS, StackDepth
+from tracers.output.sinks import CountSink, ListSink
+
+FIELDS = ("tracer", "type", "ip", "parent_ip", "depth", "ts", "args", "regs_kind", "regs", "missing", "retval",
+          "duration")
+
+
+def _key(ev):
+    return tuple(getattr(ev, f) for f in FIELDS)
+
+
+def _python_path(lab, kind, func, args, **kw):
+    sink = ListSink()
+    with kind(lab, sink, ring=False, **kw):
+        lab.call(func, *args)
+    return [_key(e) for e in sink.events]
+
+
+def _records(lab, kind, func, args, **kw):
+    """The raw chunks the ring buffer hands its consumer: nothing is decoded while tracing."""
+    chunks = []
+    with kind(lab, CountSink(), ring=True, consumer=chunks.append, **kw) as tracer:
+        lab.call(func, *args)
+    assert tracer.sink.n == 0
+    return chunks
+
+
+@pytest.mark.parametrize("kind,kw", [(FunctionTracer, {}), (FunctionGraphTracer, {}),
+                                     (FunctionGraphTracer, {"max_depth": 2})], ids=["function", "graph", "depth2"])
+def test_decoded_records_are_the_python_path_events(arch, kind, kw):
+    # a small buffer, so a call's records come in many chunks and the decoder's depth spans them
+    ring, plain = Lab.open(catalog.DEFAULT, arch, ring_records=4), Lab.open(catalog.DEFAULT, arch)
+    most = 0
+    for f in catalog.FUNCTIONS.values():
+        for args in f.examples:
+            chunks = _records(ring, kind, f.name, args, **kw)
+            decoder = DECODERS[kind.name](ring.karch)
+            decoded = [_key(e) for chunk in chunks for e in decoder.events(chunk)]
+            assert decoded == _python_path(plain, kind, f.name, args, **kw) and decoded, (f.name, args)
+            # one chunk or many: the same events
+            whole = DECODERS[kind.name](ring.karch)
+            assert [_key(e) for e in whole.events(b"".join(chunks))] == decoded
+            most = max(most, len(chunks))
+    assert most > 1
+
+
+def test_stack_depth_from_the_saved_sp():
+    """The stack grows down: an entry at or above an earlier entry's sp means that one returned."""
+    depth = StackDepth()
+    assert [depth(sp) for sp in (0x100, 0xF0, 0xE0, 0xF0, 0xE0, 0x100, 0xF8, 0xF8)] == [0, 1, 2, 1, 2, 0, 1, 1]
+
+
+CASES = [
+    ("function", "fib(9)", [], []),
+    ("function", "chain_a(10)", ["--filter", "chain_*", "--notrace", "chain_b"], []),
+    ("function_graph", "fib(8)", ["--max-graph-depth", "3"], ["--funcgraph-tail"]),
+    ("function_graph", "tail_a(5)", [], ["--funcgraph-retval"]),
+    ("function_graph", "crc32_bitwise(0, b\"123456789\", 9)", [], []),
+]
+
+
+@pytest.mark.parametrize("tracer,call,options,view", CASES, ids=[f"{c[0]}-{c[1][:6]}-{len(c[2])}" for c in CASES])
+def test_replay_is_the_direct_trace_byte_for_byte(capsys, arch, tmp_path, tracer, call, options, view):
+    path = str(tmp_path / "trace.ftl")
+    assert main(["record", "--arch", arch, "funcs", call, "--tracer", tracer, "-o", path, "--buffer-size", "8",
+                 *options]) == 0
+    assert capsys.readouterr() == ("", "")
+    for fmt in ("text", "json"):
+        assert main(["trace", "--arch", arch, "funcs", call, "--tracer", tracer, "--format", fmt, *options,
+                     *(view if fmt == "text" else [])]) == 0
+        direct = capsys.readouterr().out
+        assert main(["replay", path, "--format", fmt, *(view if fmt == "text" else [])]) == 0
+        assert capsys.readouterr().out == direct and direct.count("\n") >= 3
+
+
+def _recording(arch, tmp_path):
+    path = tmp_path / "fib.ftl"
+    assert main(["record", "--arch", arch, "funcs", "fib(5)", "--tracer", "function_graph", "-o", str(path)]) == 0
+    return path
+
+
+def test_replay_refuses_a_recording_it_cannot_read(capsys, arch, tmp_path):
+    path = _recording(arch, tmp_path)
+    head, rest = path.read_bytes().split(b"\n", 1)
+    header = json.loads(head)
+    for change, message in (({"version": 1}, f"recording version 1, this ftlab reads {header['version']}"),
+                            ({"record_size": header["record_size"] + 8},
+                             f"recorded with a different {arch} record layout"),
+                            ({"tracer": "nop"}, "a nop recording; this ftlab replays function, function_graph")):
+        path.write_bytes(json.dumps({**header, **change}).encode() + b"\n" + rest)
+        assert main(["replay", str(path)]) == 1
+        assert capsys.readouterr().err == f"ftlab: error: {path}: {message}\n"
+    for cut in (4, 20):                           # in a chunk's length, in its records
+        path.write_bytes(head + b"\n" + rest[:cut])
+        assert main(["replay", str(path)]) == 1
+        assert capsys.readouterr().err == f"ftlab: error: {path}: truncated recording\n"
+
+
+def test_a_recording_holds_the_counters_no_event_shows(capsys, arch, tmp_path):
+    path = _recording(arch, tmp_path)
+    trailer = json.loads(path.read_bytes().rsplit(bytes(8), 1)[1])     # after the zero length
+    assert trailer == {"counters": {"trace_overrun": 0}, "result": 5}
+    assert main(["replay", str(path)]) == 0
+    assert "# entries: 15, exits: 15, trace_overrun: 0\n# fib(5) = 5\n" in capsys.readouterr().out
+
+
+def test_the_output_layer_imports_no_tracer_and_no_cli():
+    root = Path(__file__).parent.parent / "tracers" / "output"
+    for source in root.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert not module.startswith(("..builtin", "..cli", "tracers.builtin", "tracers.cli")), source
+                assert node.col_offset == 0, f"{source.name}: a function-local import"

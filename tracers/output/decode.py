@@ -1,0 +1,86 @@
+"""Ring-buffer records to events, for a live trace and a replayed recording alike.
+
+A decoder is built from the KernelArch (which fixes the record layout) and yields the events a
+chunk of records holds. It keeps only the state the records need to be read (the call depth);
+whoever consumes the events counts and formats them.
+"""
+from __future__ import annotations
+
+from ..core.regs import missing_registers
+from ..core.ring_buffer import REC_ENTRY, record_struct
+from .events import NR_ARGS, Event
+
+
+class StackDepth:
+    """The function tracer's call depth, from the stack pointer at each entry: it records no exits,
+    so entries whose sp is at or below this one have returned."""
+
+    def __init__(self):
+        self._sps: list[int] = []
+
+    def __call__(self, sp: int) -> int:
+        sps = self._sps
+        while sps and sps[-1] <= sp:
+            sps.pop()
+        sps.append(sp)
+        return len(sps) - 1
+
+
+class FunctionDecoder:
+    """The function tracer's records (entries only, ring_buffer.record_struct)."""
+
+    tracer = "function"
+
+    def __init__(self, karch):
+        self.rec = record_struct(karch)
+        self.saved = saved = karch.ftrace_regs_saved
+        self.sp = saved.index(karch.cpu.sp)
+        self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
+        self.missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
+        self.depth = StackDepth()
+
+    def events(self, chunk: bytes):
+        name, saved, sp, args, missing, depth = self.tracer, self.saved, self.sp, self.args, self.missing, self.depth
+        for _, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
+            yield Event(name, "entry", ip, parent, depth(fields[sp]), ts, tuple(fields[i] for i in args),
+                        "ftrace_regs", dict(zip(saved, fields)), missing)
+
+
+class GraphDecoder:
+    """function_graph's records: an entry's fields are ftrace_caller's, an exit's are what
+    return_to_handler saved, then the calltime."""
+
+    tracer = "function_graph"
+
+    def __init__(self, karch):
+        self.rec = record_struct(karch)
+        self.saved, self.exit_saved = saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved
+        aliases = karch.ftrace_regs_aliases
+        self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
+        self.missing_in = tuple(missing_registers(karch, saved, aliases))
+        self.missing_out = tuple(missing_registers(karch, exit_saved, aliases))
+        self.ret = exit_saved.index(karch.cpu.ret_regs[0])
+        self._open = 0
+
+    def depth(self, kind: int) -> int:
+        """A record's call depth: the entries decoded and not yet exited (an exit is at its entry's)."""
+        if kind == REC_ENTRY:
+            self._open += 1
+            return self._open - 1
+        self._open -= 1
+        return self._open
+
+    def events(self, chunk: bytes):
+        name, saved, exit_saved, args, ret = self.tracer, self.saved, self.exit_saved, self.args, self.ret
+        n = len(exit_saved)
+        for kind, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
+            if kind == REC_ENTRY:
+                yield Event(name, "entry", ip, parent, self.depth(kind), ts, tuple(fields[i] for i in args),
+                            "ftrace_regs", dict(zip(saved, fields)), self.missing_in)
+            else:
+                yield Event(name, "exit", ip, parent, self.depth(kind), ts, None, "ftrace_regs",
+                            dict(zip(exit_saved, fields[:n])), self.missing_out, retval=fields[ret],
+                            duration=ts - fields[n])
+
+
+DECODERS = {d.tracer: d for d in (FunctionDecoder, GraphDecoder)}
