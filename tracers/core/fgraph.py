@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emulator import FtlabError
+from emulator.layout import Layout
 
 from .ftrace import Ftrace, FtraceOps, TruthCapture
 from .regs import FtraceRegs
@@ -35,6 +36,8 @@ HOT4 = struct.Struct("<4Q")                 # then max_graph_depth and trace_ove
 MASK64 = (1 << 64) - 1
 # the task's fgraph state, in guest memory so that the guest fast path and this module share it
 FG_CONTROL = ("curr", "depth", "max_depth", "overrun", "stack", "return", "header", "bitmap")
+RETURN_ARGS = Layout.of("return_args", ("fregs",))     # ftrace_return_to_handler's mailbox
+FREGS_ARG = RETURN_ARGS.index("fregs")
 
 
 @dataclass(slots=True)
@@ -84,9 +87,9 @@ class Fgraph:
     def __init__(self, ftrace: Ftrace):
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = karch = ftrace.karch
-        syms = karch.load(self.m, "return_to_handler.S")
+        syms = karch.load(self.m, "return_to_handler.S", RETURN_ARGS.asm_constants("RETURN_ARGS_"))
         self.return_to_handler = syms["return_to_handler"]
-        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], 1)
+        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS.nr_words)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]
@@ -319,7 +322,7 @@ class Fgraph:
     _current: FgraphOps | None = None
 
     def _return(self, _addr: int) -> None:
-        fregs_addr = self._fregs_arg[0]
+        fregs_addr = self._fregs_arg[FREGS_ARG]
         top, depth, _, overrun = HOT4.unpack_from(self._ctl)
         if top <= 0:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")

@@ -38,7 +38,7 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
 do_debug_exception:
 trap_handler:                           // (arch-neutral name)
     ldr x9, trap_args
-    str x0, [x9]
+    str x0, [x9, #TRAP_ARGS_REGS]
     b trap_dispatch
 .globl trap_dispatch
 trap_dispatch:

@@ -50,8 +50,8 @@ ftrace_call:
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
     ldr x9, ops_list_args
-    stp x0, x1, [x9]
-    stp x2, x3, [x9, #16]
+    stp x0, x1, [x9, #OPS_LIST_ARGS_IP]         // ip, parent_ip
+    stp x2, x3, [x9, #OPS_LIST_ARGS_OP]         // op, fregs
     b ftrace_ops_list_lab
 .globl ftrace_ops_list_lab
 ftrace_ops_list_lab:

@@ -39,7 +39,7 @@ arch_rethook_trampoline:
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
     ldr x9, callback_args
-    str x0, [x9]
+    str x0, [x9, #CALLBACK_ARGS_REGS]
     b rethook_callback_lab
 .globl rethook_callback_lab
 rethook_callback_lab:

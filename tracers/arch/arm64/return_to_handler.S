@@ -28,7 +28,7 @@ return_to_handler_call:
 .globl ftrace_return_to_handler
 ftrace_return_to_handler:
     ldr x9, return_args
-    str x0, [x9]
+    str x0, [x9, #RETURN_ARGS_FREGS]
     b ftrace_return_to_handler_lab
 .globl ftrace_return_to_handler_lab
 ftrace_return_to_handler_lab:

@@ -90,10 +90,10 @@ ftrace_regs_call:
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
     mov rax, [rip+ops_list_args]
-    mov [rax], rdi
-    mov [rax+8], rsi
-    mov [rax+16], rdx
-    mov [rax+24], rcx
+    mov [rax+OPS_LIST_ARGS_IP], rdi
+    mov [rax+OPS_LIST_ARGS_PARENT_IP], rsi
+    mov [rax+OPS_LIST_ARGS_OP], rdx
+    mov [rax+OPS_LIST_ARGS_FREGS], rcx
     jmp ftrace_ops_list_lab
 .globl ftrace_ops_list_lab
 ftrace_ops_list_lab:
