@@ -33,7 +33,7 @@ def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
 def test_the_hot_path_is_guest_code(lab):
     tracer = FunctionTracer(lab, ListSink())
     with tracer:
-        assert set(lab.ftrace._call_sites.values()) == {lab.ring_buffer.function_trace_call}
+        assert set(lab.ftrace._call_sites.values()) == {lab.tracer_code.function_trace_call}
         assert not lab.machine.code_hooks        # each would slow every instruction under the budget
         calls = []
         lab.ftrace._dispatch = lambda addr: calls.append(addr)       # Python dispatch must not run

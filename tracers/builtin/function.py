@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..output.events import Event
 from ..core.ftrace import FtraceOps, OpsFlag
 from ..core.regs import missing_registers
-from ..core.ring_buffer import REC_ENTRY, record_struct
+from .guest import REC_ENTRY, record_struct
 from .tracer import NR_ARGS, Tracer
 
 
@@ -23,7 +23,7 @@ class FunctionTracer(Tracer):
         self.buffer_mode = buffer_mode
         self.consumer = consumer or self.decode
         callback = self._record if self.ring else self._callback
-        guest = lab.ring_buffer.function_trace_call if self.ring else None
+        guest = lab.tracer_code.function_trace_call if self.ring else None
         self.ops = FtraceOps(callback, OpsFlag.RECURSION, name=self.name, guest_func=guest)
         if filters:
             lab.ftrace.set_filter(self.ops, list(filters))
@@ -70,7 +70,7 @@ class FunctionTracer(Tracer):
 
 
 def decode_records(tracer, karch, chunk: bytes) -> None:
-    """Function-tracer records (ring_buffer.record_struct) to events, through tracer.emit; the
+    """Function-tracer records (guest.Records.function) to events, through tracer.emit; the
     same for a live trace and a replayed file."""
     cpu, saved = karch.cpu, karch.ftrace_regs_saved
     sp = saved.index(cpu.sp)

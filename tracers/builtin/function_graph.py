@@ -12,7 +12,7 @@ import struct
 from ..output.events import Event
 from ..core.fgraph import FgraphOps
 from ..core.regs import missing_registers
-from ..core.ring_buffer import REC_ENTRY, REC_EXIT, record_struct
+from .guest import REC_ENTRY, REC_EXIT, record_struct
 from .tracer import NR_ARGS, Tracer
 
 CALLTIME = struct.Struct("<Q")
@@ -29,10 +29,9 @@ class FunctionGraphTracer(Tracer):
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         if self.ring:
-            rb = lab.ring_buffer
-            rb.attach_fgraph(self.fgraph)
+            code = lab.tracer_code
             self.gops = FgraphOps(self._entry_record, self._return_record, name=self.name,
-                                  guest=(rb.graph_trace_entry, rb.graph_trace_return))
+                                  guest=(code.graph_trace_entry, code.graph_trace_return))
         else:
             self.gops = FgraphOps(self._entry, self._return, name=self.name)
         if filters:

@@ -19,7 +19,7 @@ from ..arch import kernel_arch
 from ..builtin.function import FunctionTracer, decode_records
 from ..builtin.function_graph import FunctionGraphTracer, decode_graph_records
 from .sinks import CountSink, make_sink
-from ..core.ring_buffer import REC_ENTRY, REC_EXIT, record_struct
+from ..builtin.guest import REC_ENTRY, REC_EXIT, record_struct
 
 TRACERS = {"function": (FunctionTracer, decode_records, {"entries-written": 0}),
            "function_graph": (FunctionGraphTracer, decode_graph_records, {"entries": 0, "exits": 0})}

@@ -92,7 +92,8 @@ KERNEL = KernelArch(
     rethook=RethookArch(saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
                         enter=rethook_enter, leave=rethook_leave),
     kprobes=kprobes,
-    asm_constants={**{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()}, "FRAME_SIZE": PT_REGS.size,
+    asm_constants={**{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()},
+                   **FTRACE_REGS.asm_constants("FREGS_"), "FRAME_SIZE": PT_REGS.size,
                    "MCOUNT_INSN_SIZE": MCOUNT_INSN_SIZE, "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS},
     source_dir=Path(__file__).parent,
 )

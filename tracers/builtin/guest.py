@@ -1,0 +1,69 @@
+"""The built-in tracers' guest side: the records they write into the ring buffer, declared once for
+their guest code, their Python writers and their decoders; and that guest code (what
+kernel/trace/trace_functions.c and trace_functions_graph.c do, in tracers/arch/<arch>/function_trace.S),
+assembled once per lab.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from emulator.layout import Layout
+
+from ..arch import KERNEL_ARCHES
+from ..core import fgraph
+from ..core.ring_buffer import RECORD_HEADER
+
+REC_ENTRY, REC_EXIT = 1, 2          # the records' types: a function's entry, its exit
+U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class Records:
+    """One arch's records, each the ring buffer's record header and then its own words (the kernel's
+    struct ftrace_entry, ftrace_graph_ent_entry and ftrace_graph_ret_entry). Every record in the
+    buffer has the size of the largest."""
+
+    function: Layout          # ip, parent_ip, the ftrace_regs fields ftrace_caller saved
+    graph_entry: Layout       # the function, its return address, the same fields
+    graph_exit: Layout        # the function, where it returned, the exit's fields, calltime
+    size: int
+    codec: struct.Struct      # all of a record's words, for decoding in bulk
+
+    @classmethod
+    def of(cls, karch) -> Records:
+        saved, exit_saved = (tuple(f"regs_{m}" for m in members)
+                             for members in (karch.ftrace_regs_saved, karch.fgraph.exit_saved))
+        layouts = (RECORD_HEADER.extend("ftrace_entry", ("ip", "parent", *saved)),
+                   RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", *saved)),
+                   RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", *exit_saved, "calltime")))
+        size = max(layout.size for layout in layouts)
+        return cls(*layouts, size, struct.Struct(f"<{size // 8}Q"))
+
+    def asm_constants(self) -> dict[str, int]:
+        return {**self.function.asm_constants("FN_"), **self.graph_entry.asm_constants("GRAPH_ENT_"),
+                **self.graph_exit.asm_constants("GRAPH_RET_"), "REC_ENTRY": REC_ENTRY, "REC_EXIT": REC_EXIT}
+
+
+RECORDS = {name: Records.of(karch) for name, karch in KERNEL_ARCHES.items()}
+
+
+def record_struct(karch) -> struct.Struct:
+    """A record's words: how the decoders and the record file read records in bulk."""
+    return RECORDS[karch.name].codec
+
+
+class TracerCode:
+    """The tracers' guest code in one lab: assembled after the cores, calling the ring buffer's
+    rb_reserve and pushing and popping fgraph's frames."""
+
+    def __init__(self, ftrace, fgraph_core, ring_buffer):
+        m, karch = ftrace.m, ftrace.karch
+        syms = karch.load(m, "function_trace.S", {**RECORDS[karch.name].asm_constants(), **fgraph.asm_constants(karch),
+                                                 "rb_reserve": ring_buffer.reserve})
+        self.function_trace_call = syms["function_trace_call"]
+        self.graph_trace_entry, self.graph_trace_return = syms["graph_trace_entry"], syms["graph_trace_return"]
+        m.write_code(syms["fg_control"], U64.pack(fgraph_core.control))
+        bad_fp = syms.get("fgraph_bad_fp")          # where the frame pointer is checked on return
+        if bad_fp is not None:
+            m.hook_call(lambda _addr: fgraph_core.bad_frame_pointer(), bad_fp)
