@@ -39,7 +39,6 @@ class FunctionGraphTracer(Tracer):
         if notrace:
             lab.ftrace.set_notrace(self.gops.ops, list(notrace))
         self.counts = {"entries": 0, "exits": 0}
-        self._open = 0                    # entries decoded and not yet exited: the depth
 
     def start(self) -> None:
         if self.ring:
@@ -97,14 +96,15 @@ class FunctionGraphTracer(Tracer):
                         retval=trace.retval, duration=now - self._calltime()))
 
     # -- the ring-buffer path (what graph_trace_entry / graph_trace_return do) --------------------
+    # The records' words after the header, in Records.graph_entry's and graph_exit's order.
 
     def _entry_record(self, trace, gops, fregs) -> int:
         rb = self.lab.ring_buffer
         return int(self._reserve(trace, lambda: rb.write(REC_ENTRY, trace.func, fregs.get_return_address(),
-                                                         *fregs.fields.values()) or 0))
+                                                         trace.depth, *fregs.fields.values()) or 0))
 
     def _return_record(self, trace, gops, fregs) -> None:
-        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(),
+        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth,
                                    *fregs.fields.values(), self._calltime())
 
     def decode(self, chunk: bytes) -> None:
@@ -121,15 +121,13 @@ def decode_graph_records(tracer, karch, chunk: bytes) -> None:
     missing_in = tuple(missing_registers(karch, saved, aliases))
     missing_out = tuple(missing_registers(karch, exit_saved, aliases))
     ret, n = exit_saved.index(karch.cpu.ret_regs[0]), len(exit_saved)
-    for kind, ts, ip, parent, *fields in record_struct(karch).iter_unpack(chunk):
+    for kind, ts, ip, parent, depth, *fields in record_struct(karch).iter_unpack(chunk):
         if kind == REC_ENTRY:
             tracer.counts["entries"] += 1
-            tracer.emit(Event(tracer.name, "entry", ip, parent, tracer._open, ts, tuple(fields[i] for i in args),
+            tracer.emit(Event(tracer.name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args),
                               "ftrace_regs", dict(zip(saved, fields)), missing_in))
-            tracer._open += 1
         else:
-            tracer._open -= 1
             tracer.counts["exits"] += 1
-            tracer.emit(Event(tracer.name, "exit", ip, parent, tracer._open, ts, None, "ftrace_regs",
+            tracer.emit(Event(tracer.name, "exit", ip, parent, depth, ts, None, "ftrace_regs",
                               dict(zip(exit_saved, fields[:n])), missing_out, retval=fields[ret],
                               duration=ts - fields[n]))

@@ -25,8 +25,8 @@ class Records:
     buffer has the size of the largest."""
 
     function: Layout          # ip, parent_ip, the ftrace_regs fields ftrace_caller saved
-    graph_entry: Layout       # the function, its return address, the same fields
-    graph_exit: Layout        # the function, where it returned, the exit's fields, calltime
+    graph_entry: Layout       # the function, its return address, its depth, the same fields
+    graph_exit: Layout        # the function, where it returned, its depth, the exit's fields, calltime
     size: int
     codec: struct.Struct      # all of a record's words, for decoding in bulk
 
@@ -35,8 +35,8 @@ class Records:
         saved, exit_saved = (tuple(f"regs_{m}" for m in members)
                              for members in (karch.ftrace_regs_saved, karch.fgraph.exit_saved))
         layouts = (RECORD_HEADER.extend("ftrace_entry", ("ip", "parent", *saved)),
-                   RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", *saved)),
-                   RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", *exit_saved, "calltime")))
+                   RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", "depth", *saved)),
+                   RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", "depth", *exit_saved, "calltime")))
         size = max(layout.size for layout in layouts)
         return cls(*layouts, size, struct.Struct(f"<{size // 8}Q"))
 

@@ -24,7 +24,7 @@ from ..builtin.guest import REC_ENTRY, REC_EXIT, record_struct
 TRACERS = {"function": (FunctionTracer, decode_records, {"entries-written": 0}),
            "function_graph": (FunctionGraphTracer, decode_graph_records, {"entries": 0, "exits": 0})}
 
-MAGIC, VERSION = "ftlab-record", 1
+MAGIC, VERSION = "ftlab-record", 2           # 2: graph records hold their depth
 LENGTH = struct.Struct("<Q")
 
 
@@ -118,10 +118,10 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
 
 class _Replayer(FunctionTracer):
     """A tracer's decoding half, without a machine: what the decoders need (emit, the counters,
-    the depth state of both tracers)."""
+    the function tracer's depth state)."""
 
     def __init__(self, sink, tracer: str):
         self.name, self.sink, self.verify = tracer, sink, False
         self.counts = dict(TRACERS[tracer][2])
         self.snapshots = self.mismatching = 0
-        self._sps, self._open = [], 0
+        self._sps = []

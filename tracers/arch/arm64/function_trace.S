@@ -68,6 +68,7 @@ graph_trace_entry:
     mov x11, #REC_ENTRY
     str x11, [x12, #GRAPH_ENT_TYPE]
     stp x0, x1, [x12, #GRAPH_ENT_IP]    // ip, parent
+    str x10, [x12, #GRAPH_ENT_DEPTH]
     record_fregs x3, x12, GRAPH_ENT
 ge_push:
     str x10, [x9, #FG_DEPTH]
@@ -107,8 +108,8 @@ graph_trace_return:
     and x14, x14, #FGRAPH_FRAME_OFFSET_MASK     // its offset back to the frame (__get_offset)
     sub x13, x13, x14                   // the frame's index
     str x13, [x10, #FG_CURR]            // pop
-    ldr x14, [x10, #FG_DEPTH]
-    sub x14, x14, #1
+    ldr x16, [x10, #FG_DEPTH]           // the frame's depth
+    sub x14, x16, #1
     str x14, [x10, #FG_DEPTH]
     add x15, x12, x13, lsl #3           // the frame
     ldr x14, [x15, #FG_FRAME_FP]        // the fp it was entered with
@@ -124,6 +125,7 @@ graph_trace_return:
     str x13, [x12, #GRAPH_RET_TYPE]
     ldp x13, x14, [x15, #FG_FRAME_RET]  // ret, func
     stp x14, x13, [x12, #GRAPH_RET_IP]  // ip = the function, parent = where it returns
+    str x16, [x12, #GRAPH_RET_DEPTH]
     .irp a, X0, X2, X4, X6              // the exit's fields (fgraph_exit_saved): x0-x7 ...
     record_pair x0, x12, GRAPH_RET, \a
     .endr

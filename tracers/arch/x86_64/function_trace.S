@@ -61,6 +61,7 @@ graph_trace_entry:
     mov qword ptr [rax+GRAPH_ENT_TYPE], REC_ENTRY
     mov [rax+GRAPH_ENT_IP], rdi
     mov [rax+GRAPH_ENT_PARENT], rsi
+    mov [rax+GRAPH_ENT_DEPTH], r9
     record_fregs rcx, rax, GRAPH_ENT
 ge_push:
     mov r11, [r10+FG_CURR]
@@ -100,6 +101,7 @@ graph_trace_return:
     sub rax, rdx
     sub rax, 1                          // the frame's index
     mov [r10+FG_CURR], rax              // pop
+    mov rdx, [r10+FG_DEPTH]             // the frame's depth
     sub qword ptr [r10+FG_DEPTH], 1
     lea rcx, [rcx+rax*8]                // the frame
     mov rax, [rcx+FG_FRAME_RET]
@@ -112,6 +114,7 @@ graph_trace_return:
     mov [rax+GRAPH_RET_IP], r11
     mov r11, [rcx+FG_FRAME_RET]
     mov [rax+GRAPH_RET_PARENT], r11     // where it returns
+    mov [rax+GRAPH_RET_DEPTH], rdx
     .irp m, AX, DX, BP, IP              // the exit's fields (fgraph_exit_saved)
     record_field rdi, rax, GRAPH_RET, \m
     .endr
