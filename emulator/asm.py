@@ -1,11 +1,14 @@
 """The lab's own code: assembled with keystone from readable .S sources, checked with capstone.
 
 Sources use `//` and `/* */` comments, `NAME:` labels, `.globl NAME` for exported symbols,
-UPPERCASE constants (struct offsets from the arch's layout tables, like the kernel's asm-offsets)
-that are substituted before keystone sees the text, `.include "FILE"` (beside the source) and
-parameterless `.macro NAME` ... `.endm` blocks; macros are expanded here too, so that every
-statement keystone sees is one instruction the capstone round trip can check. Keystone's own option API is never touched: any
-syntax option makes it read bare numbers as hex (unicorn.md §19).
+`.include "FILE"` (beside the source), and GNU as's `.macro NAME arg, arg=default` ... `.endm`
+(invoked with comma-separated arguments, positional or `arg=value`; `\\arg` in the body, `\\()`
+to end an argument's name inside a word) and `.irp SYM, VALUE, ...` ... `.endr`. Macros and
+repetitions are expanded here, so that every statement keystone sees is one instruction the
+capstone round trip can check. Then named constants are substituted: struct offsets from the
+layout tables (UPPERCASE, like the kernel's asm-offsets) and the addresses of other lab code's
+symbols (as a linker's --defsym). Keystone's own option API is never touched: any syntax option
+makes it read bare numbers as hex (unicorn.md §19).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import keystone
 from .errors import FtlabError
 
 LABEL = re.compile(r"^([A-Za-z_.$][\w.$]*):$")
-CONSTANT = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
+NAME = re.compile(r"(?<![\w.$])[A-Za-z_][\w]*(?![\w.$])")
+ARGUMENT = re.compile(r"\\(\w+)(\\\(\))?")      # \name, and the \() that may end it
+NESTING = 100                                       # macro expansions within one another
 
 
 @dataclass(frozen=True)
@@ -71,23 +76,93 @@ def _lines(source: str, where: Path | None) -> list[str]:
     return out
 
 
-def _statements(source: str, constants: dict[str, int], where: Path | None = None) -> list[str]:
-    macros, out, body = {}, [], None
-    for line in _lines(source, where):
-        if line.startswith(".macro"):
-            body = macros[line.split()[1]] = []
-        elif line == ".endm":
-            body = None
-        elif body is not None:
-            body.append(line)
+@dataclass(frozen=True)
+class _Macro:
+    params: tuple[str, ...]
+    defaults: dict[str, str]
+    body: tuple[str, ...]
+
+
+def _block(lines: list[str], start: int, opener: str, closer: str, name: str) -> tuple[list[str], int]:
+    """The lines from `start` to the `closer` that matches the opener before it, and the index
+    after that closer."""
+    depth = 1
+    for i in range(start, len(lines)):
+        word = lines[i].split(None, 1)[0]
+        depth += (word == opener) - (word == closer)
+        if depth == 0:
+            return lines[start:i], i + 1
+    raise FtlabError(f"{name}: {opener} without {closer}")
+
+
+def _substitute(lines, values: dict[str, str]) -> list[str]:
+    """`\\arg` (and a `\\()` ending it) replaced by its value; other arguments are left for the
+    macro or .irp they belong to."""
+    def value(m):
+        return values[m.group(1)] if m.group(1) in values else m.group(0)
+    return [ARGUMENT.sub(value, line) for line in lines]
+
+
+def _bind(macro: _Macro, call: str, text: str, name: str) -> dict[str, str]:
+    """A call's comma-separated arguments, positional or `arg=value`, over the defaults."""
+    values, free = dict(macro.defaults), list(macro.params)
+    for arg in (a.strip() for a in text.split(",")) if text.strip() else ():
+        key, eq, rest = arg.partition("=")
+        key = key.strip()
+        if eq and key in macro.params:
+            values[key] = rest.strip()
+            if key in free:
+                free.remove(key)
+        elif not free:
+            raise FtlabError(f"{name}: too many arguments to macro {call}: '{text}'")
         else:
-            out += macros.get(line, [line])
-    return [CONSTANT.sub(lambda m: str(constants.get(m.group(), m.group())), line) for line in out]
+            values[free.pop(0)] = arg
+    return {p: values.get(p, "") for p in macro.params}
+
+
+def _expand(lines: list[str], macros: dict[str, _Macro], name: str, nesting: int = 0) -> list[str]:
+    if nesting > NESTING:
+        raise FtlabError(f"{name}: macros nested more than {NESTING} deep (a macro that calls itself?)")
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        word, rest = (line.split(None, 1) + [""])[:2]
+        i += 1
+        if word == ".macro":
+            params = [p for p in re.split(r"[\s,]+", rest) if p]
+            if not params:
+                raise FtlabError(f"{name}: .macro without a name")
+            body, i = _block(lines, i, ".macro", ".endm", name)
+            args = [p.partition("=") for p in params[1:]]
+            macros[params[0]] = _Macro(tuple(a for a, _, _ in args), {a: d for a, eq, d in args if eq}, tuple(body))
+        elif word == ".irp":
+            symbol, *values = [v.strip() for v in rest.split(",")]
+            body, i = _block(lines, i, ".irp", ".endr", name)
+            for value in values:
+                out += _expand(_substitute(body, {symbol: value}), macros, name, nesting + 1)
+        elif word in macros:
+            macro = macros[word]
+            out += _expand(_substitute(macro.body, _bind(macro, word, rest, name)), macros, name, nesting + 1)
+        elif word in (".endm", ".endr"):
+            raise FtlabError(f"{name}: {word} without its .macro or .irp")
+        else:
+            out.append(line)
+    return out
+
+
+def _statements(source: str, constants: dict[str, int], where: Path | None = None,
+                name: str = "<lab>") -> list[str]:
+    out = []
+    for line in _expand(_lines(source, where), {}, name):
+        if "\\" in line:
+            raise FtlabError(f"{name}: '{line}' names an argument no macro or .irp around it has")
+        out.append(NAME.sub(lambda m: str(constants.get(m.group(), m.group())), line))
+    return out
 
 
 def assemble(arch, source: str, base: int, constants: dict[str, int] | None = None,
              name: str = "<lab>", where: Path | None = None) -> Assembly:
-    stmts = _statements(source, constants or {}, where)
+    stmts = _statements(source, constants or {}, where, name)
     labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
     exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
     body = [s for s in stmts if not s.startswith(".globl")]

@@ -39,7 +39,7 @@ def test_the_hot_path_is_guest_code(arch, monkeypatch):
     lab = Lab.open("funcs", arch)
     tracer = FunctionTracer(lab, ListSink())
     with tracer:
-        assert set(lab.ftrace._call_sites.values()) == {lab.ring_buffer.function_trace_call}
+        assert set(lab.ftrace._call_sites.values()) == {lab.tracer_code.function_trace_call}
         assert not lab.machine.code_hooks        # each would slow every instruction under the budget
         calls = []
         lab.machine.hook_code(lambda a: calls.append(a), lab.ftrace.list_func)

@@ -15,6 +15,8 @@ from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
+from .builtin.guest import TracerCode
+from .output.records import RECORDS
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
 from .core.ftrace import Ftrace
@@ -57,16 +59,18 @@ class Lab:
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
         ring_records sizes the guest ring buffer (in records).
 
-        Every core is built here, in one order, before the object loads: the lab's code and data
-        sit at the same addresses whatever is used later."""
+        Every core, then the built-in tracers' guest code, is built here in one order before the
+        object loads: the lab's code and data sit at the same addresses whatever is used later."""
         self.target = target
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
         self.fgraph = Fgraph(self.ftrace)
         self.rethook = RethookCore(self.ftrace)
         self.kprobes = Kprobes(self.ftrace)
-        self.ring_buffer = RingBuffer(self.machine, self.ftrace.karch,
+        karch = self.ftrace.karch
+        self.ring_buffer = RingBuffer(self.machine, karch, RECORDS[karch.name].size,
                                       DEFAULT_RECORDS if ring_records is None else ring_records)
+        self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
 

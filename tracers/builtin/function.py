@@ -7,7 +7,7 @@ function is guest code (function_trace_call) and Python only reads records in bu
 from __future__ import annotations
 
 from ..core.ftrace import FtraceOps, OpsFlag
-from ..core.ring_buffer import REC_ENTRY
+from ..output.records import REC_ENTRY
 from ..output.decode import FunctionDecoder, StackDepth
 from ..output.events import NR_ARGS, Event
 from .tracer import Tracer
@@ -23,7 +23,7 @@ class FunctionTracer(Tracer):
         self.buffer_mode = buffer_mode
         self.consumer = consumer or self.decode
         callback = self._record if self.ring else self._callback
-        guest = lab.ring_buffer.function_trace_call if self.ring else None
+        guest = lab.tracer_code.function_trace_call if self.ring else None
         self.ops = FtraceOps(callback, OpsFlag.RECURSION, name=self.name, guest_func=guest)
         if filters:
             lab.ftrace.set_filter(self.ops, list(filters))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from ..core.fgraph import FgraphOps
-from ..core.ring_buffer import REC_ENTRY, REC_EXIT
+from ..output.records import REC_ENTRY, REC_EXIT
 from ..output.decode import GraphDecoder
 from ..output.events import NR_ARGS, Event
 from .tracer import Tracer
@@ -29,10 +29,9 @@ class FunctionGraphTracer(Tracer):
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         if self.ring:
-            rb = lab.ring_buffer
-            rb.attach_fgraph(self.fgraph)
+            code = lab.tracer_code
             self.gops = FgraphOps(self._entry_record, self._return_record, name=self.name,
-                                  guest=(rb.graph_trace_entry, rb.graph_trace_return))
+                                  guest=(code.graph_trace_entry, code.graph_trace_return))
         else:
             self.gops = FgraphOps(self._entry, self._return, name=self.name)
         if filters:
@@ -91,12 +90,13 @@ class FunctionGraphTracer(Tracer):
                         retval=trace.retval, duration=now - self._calltime()))
 
     # -- the ring-buffer path (what graph_trace_entry / graph_trace_return do) --------------------
+    # The records' words after the header, in Records.graph_entry's and graph_exit's order.
 
     def _entry_record(self, trace, gops, fregs) -> int:
         rb = self.lab.ring_buffer
         return int(self._reserve(trace, lambda: rb.write(REC_ENTRY, trace.func, fregs.get_return_address(),
-                                                         *fregs.fields.values()) or 0))
+                                                         trace.depth, *fregs.fields.values()) or 0))
 
     def _return_record(self, trace, gops, fregs) -> None:
-        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(),
+        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth,
                                    *fregs.fields.values(), self._calltime())

@@ -10,6 +10,9 @@ The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as
     | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |   (per reserved data)
     | data words ...                                                   |
     | struct ftrace_ret_stack { ret, func, [fp], retp }                |  <- frame start
+
+Each of these is declared once below (FTRACE_RET_STACK, BITMAP_WORD, DATA_WORD, FG_CONTROL), for
+this module and for the guest code that pushes and pops frames (asm_constants).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emulator import FtlabError
+from emulator.layout import Bits, Layout
 
 from .ftrace import Ftrace, FtraceOps
 from .regs import FtraceRegs
@@ -27,14 +31,76 @@ SHADOW_STACK_WORDS = SHADOW_STACK_SIZE // 8
 FGRAPH_ARRAY_SIZE = 16                      # users at once; the top 16 words are their task vars
 SHADOW_STACK_MAX_OFFSET = SHADOW_STACK_WORDS - FGRAPH_ARRAY_SIZE
 FGRAPH_MAX_DATA_SIZE = 256                  # bytes one user may reserve per frame
-OFFSET_MASK, TYPE_SHIFT, TYPE_BITMAP, TYPE_DATA = 0x3FF, 10, 1, 2
-BITMAP_SHIFT, DATA_SIZE_SHIFT, DATA_INDEX_SHIFT = 12, 12, 17
 WORD = struct.Struct("<Q")
-HOT = struct.Struct("<2Q")                  # the control block's first words: curr_ret_stack, depth,
-HOT4 = struct.Struct("<4Q")                 # then max_graph_depth and trace_overrun
 MASK64 = (1 << 64) - 1
-# the task's fgraph state, in guest memory so that the guest fast path and this module share it
-FG_CONTROL = ("curr", "depth", "max_depth", "overrun", "stack", "return", "header", "bitmap")
+
+# The task's fgraph state, in guest memory so that the guest fast path and this module share it:
+# task->curr_ret_stack (words) and curr_ret_depth, max_graph_depth, trace_overrun, task->ret_stack,
+# and what the lone guest user pushes (the return hook, its data header and bitmap words).
+FG_CONTROL = Layout.of("fgraph task", ("curr", "depth", "max_depth", "overrun", "stack", "return_to_handler",
+                                       "header", "bitmap"))
+CURR, DEPTH, MAX_DEPTH, OVERRUN = (FG_CONTROL.index(n) for n in ("curr", "depth", "max_depth", "overrun"))
+# struct ftrace_ret_stack, the frame; fp where HAVE_FUNCTION_GRAPH_FP_TEST has it checked (by fp_test)
+FTRACE_RET_STACK = {fp_test: Layout.of("ftrace_ret_stack", ("ret", "func", "fp", "retp") if fp_test
+                                       else ("ret", "func", "retp")) for fp_test in (False, True)}
+# What a lone user with guest code pushes: its frame, one word of reserved data with its header, and
+# the bitmap word, as _enter pushes them for a user that reserves 8 bytes.
+GUEST_PUSH = {fp_test: frame.extend("fgraph guest push", ("data", "header", "bitmap"))
+              for fp_test, frame in FTRACE_RET_STACK.items()}
+RETURN_ARGS = Layout.of("return_args", ("fregs",))     # ftrace_return_to_handler's mailbox
+FREGS_ARG = RETURN_ARGS.index("fregs")
+
+# The words above a frame (kernel/trace/fgraph.c, gregkh/linux 000aa47a5123): the offset back to
+# the frame and the word's type, then for a BITMAP word the users that want the return, for a
+# DATA word the size (in words, minus one) and user of the data below it.
+FGRAPH_WORD = Bits("fgraph word", {"frame_offset": 10, "type": 2})
+BITMAP_WORD = FGRAPH_WORD.extend("fgraph bitmap word", {"index": 16})
+DATA_WORD = FGRAPH_WORD.extend("fgraph data word", {"data": 5, "data_index": 4})
+FGRAPH_TYPE_BITMAP, FGRAPH_TYPE_DATA = 1, 2
+_OFFSET_MASK = FGRAPH_WORD.mask("frame_offset")
+_TYPE_SHIFT, _TYPE_MASK = FGRAPH_WORD.shift("type"), FGRAPH_WORD.mask("type")
+_INDEX_SHIFT, _INDEX_MASK = BITMAP_WORD.shift("index"), BITMAP_WORD.mask("index")
+_DATA_SHIFT, _DATA_MASK = DATA_WORD.shift("data"), DATA_WORD.mask("data")
+_DATA_INDEX_SHIFT, _DATA_INDEX_MASK = DATA_WORD.shift("data_index"), DATA_WORD.mask("data_index")
+
+
+# fgraph.c's accessors of those words, by its names (without the leading underscores)
+def get_offset(val: int) -> int:
+    return val & _OFFSET_MASK
+
+
+def get_type(val: int) -> int:
+    return val >> _TYPE_SHIFT & _TYPE_MASK
+
+
+def get_bitmap_bits(val: int) -> int:
+    return val >> _INDEX_SHIFT & _INDEX_MASK
+
+
+def get_data_index(val: int) -> int:
+    return val >> _DATA_INDEX_SHIFT & _DATA_INDEX_MASK
+
+
+def get_data_size(val: int) -> int:
+    """In words."""
+    return (val >> _DATA_SHIFT & _DATA_MASK) + 1
+
+
+def make_bitmap_type_val(bitmap: int, offset: int) -> int:
+    """The word set_bitmap() writes."""
+    return bitmap << _INDEX_SHIFT | FGRAPH_TYPE_BITMAP << _TYPE_SHIFT | offset
+
+
+def make_data_type_val(idx: int, size: int, offset: int) -> int:
+    return idx << _DATA_INDEX_SHIFT | (size - 1) << _DATA_SHIFT | FGRAPH_TYPE_DATA << _TYPE_SHIFT | offset
+
+
+def asm_constants(karch) -> dict[str, int]:
+    """The layouts of fgraph's task state and frames, for guest code that pushes and pops them."""
+    frame, push = FTRACE_RET_STACK[karch.fgraph.fp_test], GUEST_PUSH[karch.fgraph.fp_test]
+    return {**FG_CONTROL.asm_constants("FG_"), **frame.asm_constants("FG_FRAME_"), **push.asm_constants("FG_PUSH_"),
+            **BITMAP_WORD.asm_constants("FGRAPH_"), **DATA_WORD.asm_constants("FGRAPH_"),
+            "FG_FRAME_WORDS": frame.nr_words, "FG_PUSH_WORDS": push.nr_words, "FG_MAX_OFFSET": SHADOW_STACK_MAX_OFFSET}
 
 
 @dataclass(slots=True)
@@ -49,11 +115,6 @@ class FtraceGraphRet:
     depth: int
     retval: int
     overrun: int
-
-
-def frame_words(karch) -> int:
-    """struct ftrace_ret_stack in words: ret, func, [fp where it is checked], retp."""
-    return 4 if karch.fgraph.fp_test else 3
 
 
 @dataclass(eq=False)
@@ -84,27 +145,27 @@ class Fgraph:
     def __init__(self, ftrace: Ftrace):
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = karch = ftrace.karch
-        syms = karch.load(self.m, "return_to_handler.S")
+        syms = karch.load(self.m, "return_to_handler.S", RETURN_ARGS.asm_constants("RETURN_ARGS_"))
         self.return_to_handler = syms["return_to_handler"]
-        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], 1)
+        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS.nr_words)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]
         self._python_return = syms["ftrace_return_to_handler"]
-        self.frame_words = frame_words(karch)      # fp is kept only where it is checked
-        self._frame_codec = struct.Struct(f"<{self.frame_words}Q")
+        frame = self._frame_layout = FTRACE_RET_STACK[karch.fgraph.fp_test]
+        self.frame_words = frame.nr_words
+        self._has_fp = "fp" in frame.offsets          # kept only where it is checked
+        self._frame_fields = frame.getter("ret", "func", *("fp",) * self._has_fp, "retp")
         self._retp_is_sp = karch.fgraph.retp == "sp"
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
         self._users: list[FgraphOps] = []        # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
-        # task->curr_ret_stack (words), curr_ret_depth, trace_overrun ... in guest memory
-        self._offset = {name: 8 * i for i, name in enumerate(FG_CONTROL)}
-        self.control = self.m.alloc("lab data", 8 * len(FG_CONTROL), 64)
-        self._ctl = self.m.view(self.control, 8 * len(FG_CONTROL))
+        self.control = self.m.alloc("lab data", FG_CONTROL.size, 64)
+        self._ctl = self.m.view(self.control, FG_CONTROL.size).cast("Q")
         self._put_ctl(curr=0, depth=(1 << 64) - 1, max_depth=(1 << 64) - 1, overrun=0, stack=self.ret_stack,
-                      **{"return": self.return_to_handler})
+                      return_to_handler=self.return_to_handler)
         self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
         self._busy = False
@@ -113,29 +174,28 @@ class Fgraph:
         self.m.on_abandoned_call(self.exit_task)
 
     def _ctl_get(self, name: str) -> int:
-        return WORD.unpack_from(self._ctl, self._offset[name])[0]
+        return self._ctl[FG_CONTROL.index(name)]
 
     def _put_ctl(self, **values) -> None:
         for name, value in values.items():
-            WORD.pack_into(self._ctl, self._offset[name], value & (1 << 64) - 1)
+            self._ctl[FG_CONTROL.index(name)] = value & MASK64
 
-    # The hot ones, at fixed offsets (FG_CONTROL's first two words).
     @property
     def curr_ret_stack(self) -> int:
-        return WORD.unpack_from(self._ctl, 0)[0]
+        return self._ctl[CURR]
 
     @curr_ret_stack.setter
     def curr_ret_stack(self, value: int) -> None:
-        WORD.pack_into(self._ctl, 0, value)
+        self._ctl[CURR] = value
 
     @property
     def curr_ret_depth(self) -> int:
-        depth = WORD.unpack_from(self._ctl, 8)[0]
+        depth = self._ctl[DEPTH]
         return depth - (1 << 64) if depth >> 63 else depth
 
     @curr_ret_depth.setter
     def curr_ret_depth(self, value: int) -> None:
-        WORD.pack_into(self._ctl, 8, value & (1 << 64) - 1)
+        self._ctl[DEPTH] = value & MASK64
 
     @property
     def trace_overrun(self) -> int:
@@ -147,7 +207,7 @@ class Fgraph:
 
     def set_max_depth(self, depth: int) -> None:
         """The guest fast path's max_graph_depth (0: none)."""
-        self._put_ctl(max_depth=depth or (1 << 64) - 1)
+        self._put_ctl(max_depth=depth or MASK64)
 
     def bad_frame_pointer(self) -> None:
         raise FtlabError("fgraph: bad frame pointer on return (the guest fast path's FP test failed)")
@@ -182,9 +242,10 @@ class Fgraph:
         lone = users[0] if len(users) == 1 and users[0].guest else None
         self.graph_ops.guest_func = lone.guest[0] if lone else None
         if lone:
-            fw = self.frame_words     # the words the guest pushes: as _enter with 8 bytes reserved
-            self._put_ctl(header=(fw + 1) | TYPE_DATA << TYPE_SHIFT | lone.idx << DATA_INDEX_SHIFT,
-                          bitmap=(fw + 2) | TYPE_BITMAP << TYPE_SHIFT | (1 << lone.idx) << BITMAP_SHIFT)
+            push = GUEST_PUSH[self.karch.fgraph.fp_test]
+            self._put_ctl(header=make_data_type_val(lone.idx, push.index("header") - push.index("data"),
+                                                    push.index("header")),
+                          bitmap=make_bitmap_type_val(1 << lone.idx, push.index("bitmap")))
         target = lone.guest[1] if lone else self._python_return
         if target != self._return_target:
             encode = self.karch.sites.encode_call
@@ -236,10 +297,9 @@ class Fgraph:
         if frame is None or gops is None:
             return None
         i = frame.top - 1
-        while i >= frame.index + self.frame_words:
-            header = self._word(i)
-            words = ((header >> DATA_SIZE_SHIFT) & 0x1F) + 1
-            if (header >> DATA_INDEX_SHIFT) & 0xF == gops.idx:
+        while i >= frame.index + self.frame_words and get_type(header := self._word(i)) == FGRAPH_TYPE_DATA:
+            words = get_data_size(header)
+            if get_data_index(header) == gops.idx:
                 return self.ret_stack + 8 * (i - words), 8 * words
             i -= words + 1
         return None
@@ -253,14 +313,13 @@ class Fgraph:
         top = self.curr_ret_stack
         while top > 0:
             bitmap_word = self._word(top - 1)
-            start = top - 1 - (bitmap_word & OFFSET_MASK)
+            start = top - 1 - get_offset(bitmap_word)
             yield self._frame(start, top - 1, bitmap_word)
             top = start
 
     def _frame(self, start: int, bitmap_index: int, bitmap_word: int) -> _Frame:
-        ret, func, *rest = self._frame_codec.unpack_from(self.stack, 8 * start)
-        fp, retp = (rest[0], rest[1]) if self.frame_words == 4 else (0, rest[0])
-        return _Frame(start, ret, func, fp, retp, (bitmap_word >> BITMAP_SHIFT) & 0xFFFF, bitmap_index)
+        ret, func, *fp, retp = self._frame_fields(self._frame_layout.codec.unpack_from(self.stack, 8 * start))
+        return _Frame(start, ret, func, fp[0] if fp else 0, retp, get_bitmap_bits(bitmap_word), bitmap_index)
 
     def ret_addr(self, ret: int, retp: int) -> int:
         """ftrace_graph_ret_addr: undo the hook for an unwinder that found `ret` at `retp`."""
@@ -284,15 +343,16 @@ class Fgraph:
         ret = fregs.get_return_address()
         fp = fregs.get_frame_pointer()
         retp = fregs.get_stack_pointer() if self._retp_is_sp else fp
-        start, depth = HOT.unpack_from(self._ctl)
+        ctl = self._ctl
+        start, depth = ctl[CURR], ctl[DEPTH]
         if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
             self.trace_overrun += 1
             return -1
         depth = (depth + 1) & MASK64                  # from -1 (u64) when the stack is empty
-        frame = (ret, func, fp, retp) if self.frame_words == 4 else (ret, func, retp)
-        self._frame_codec.pack_into(self.stack, 8 * start, *frame)
+        frame = (ret, func, fp, retp) if self._has_fp else (ret, func, retp)     # FTRACE_RET_STACK's order
+        self._frame_layout.codec.pack_into(self.stack, 8 * start, *frame)
         top = start + self.frame_words
-        HOT.pack_into(self._ctl, 0, top, depth)
+        ctl[CURR], ctl[DEPTH] = top, depth
         trace, bitmap = FtraceGraphEnt(func, depth), 0
         for gops in self._users:
             if not gops.ops.traces(func):
@@ -307,15 +367,14 @@ class Fgraph:
                 bitmap |= 1 << gops.idx
                 for idx, data_start, words in reserved:
                     header = data_start + words
-                    self._put(header, (header - start) | TYPE_DATA << TYPE_SHIFT
-                              | (words - 1) << DATA_SIZE_SHIFT | idx << DATA_INDEX_SHIFT)
+                    self._put(header, make_data_type_val(idx, words, header - start))
                 top = self.curr_ret_stack
             else:
                 self.curr_ret_stack = top             # its reserved data is discarded
         if not bitmap:
-            HOT.pack_into(self._ctl, 0, start, (depth - 1) & MASK64)
+            ctl[CURR], ctl[DEPTH] = start, (depth - 1) & MASK64
             return -1
-        self._put(top, (top - start) | TYPE_BITMAP << TYPE_SHIFT | bitmap << BITMAP_SHIFT)
+        self._put(top, make_bitmap_type_val(bitmap, top - start))
         self.curr_ret_stack = top + 1
         return 0
 
@@ -324,12 +383,13 @@ class Fgraph:
     _current: FgraphOps | None = None
 
     def _return(self, _addr: int) -> None:
-        fregs_addr = self._fregs_arg[0]
-        top, depth, _, overrun = HOT4.unpack_from(self._ctl)
+        fregs_addr = self._fregs_arg[FREGS_ARG]
+        ctl = self._ctl
+        top, depth, overrun = ctl[CURR], ctl[DEPTH], ctl[OVERRUN]
         if top <= 0:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
         bitmap_word = self._word(top - 1)
-        frame = self._frame(top - 1 - (bitmap_word & OFFSET_MASK), top - 1, bitmap_word)
+        frame = self._frame(top - 1 - get_offset(bitmap_word), top - 1, bitmap_word)
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, {karch.cpu.pc: frame.ret} if truth else None,
@@ -347,4 +407,4 @@ class Fgraph:
                     gops.retfunc(trace, gops, fregs)
         finally:
             self._retrieving = self._current = None
-            HOT.pack_into(self._ctl, 0, frame.index, (depth - 1) & MASK64)
+            ctl[CURR], ctl[DEPTH] = frame.index, (depth - 1) & MASK64

@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Callable
 
 from emulator import FtlabError
+from emulator.layout import Layout
 from emulator.symbols import Symbol
 
 from ..arch import kernel_arch
@@ -19,6 +20,9 @@ from .regs import FtraceRegs
 from .verify import Verify
 
 U64 = struct.Struct("<Q")
+# ftrace_ops_list_func's mailbox: its arguments, as the stub in ftrace_caller.S leaves them
+OPS_LIST_ARGS = Layout.of("ops_list_args", ("ip", "parent_ip", "op", "fregs"))
+DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "fregs")
 
 
 class OpsFlag(IntFlag):
@@ -76,7 +80,7 @@ class Ftrace:
     def __init__(self, machine):
         self.m = machine
         self.karch = karch = kernel_arch(machine.arch)
-        syms = karch.load(machine, "ftrace_caller.S")
+        syms = karch.load(machine, "ftrace_caller.S", OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
         self.caller = syms["ftrace_caller"]
         self.regs_caller = syms.get("ftrace_regs_caller")    # x86 only: DYNAMIC_FTRACE_WITH_REGS
         self.list_func = syms["ftrace_ops_list_func"]
@@ -87,7 +91,7 @@ class Ftrace:
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
-        self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], 4)
+        self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS.nr_words)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
         self.verify = Verify(machine)
@@ -204,7 +208,7 @@ class Ftrace:
     # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
 
     def _dispatch(self, _addr: int) -> None:
-        ip, parent_ip, _op, fregs_addr = self._args
+        ip, parent_ip, fregs_addr = DISPATCH_ARGS(self._args)
         karch = self.karch
         truth = self.verify.take(ip)         # the patch-site instant (also a kprobe's there, on x86)
         meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None

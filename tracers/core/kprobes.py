@@ -14,11 +14,14 @@ from typing import Callable
 
 from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
+from emulator.layout import Layout
 
 from .ftrace import FtraceOps, OpsFlag
 from .regs import PtRegs
 
 SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
+TRAP_ARGS = Layout.of("trap_args", ("regs",))      # the trap handler's mailbox (entry.S)
+REGS_ARG = TRAP_ARGS.index("regs")
 
 
 @dataclass(eq=False)
@@ -62,9 +65,9 @@ class Kprobes:
         self.ftrace, self.m, self.karch = ftrace, ftrace.m, ftrace.karch
         arch = self.m.arch
         self.ops = ftrace.karch.kprobes
-        syms = self.karch.load(self.m, "entry.S")
+        syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
         self.m.install_trap_vector(syms["trap_vector"])
-        self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], 1)
+        self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS.nr_words)
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
         self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)   # every register
         self.points: dict[int, _Point] = {}
@@ -189,7 +192,7 @@ class Kprobes:
     # -- the trap (kprobe_int3_handler / kprobe_brk_handler, kprobe_breakpoint_ss_handler) --------
 
     def _dispatch(self, _addr: int) -> None:
-        regs_addr = self._regs_arg[0]
+        regs_addr = self._regs_arg[REGS_ARG]
         m, arch = self.m, self.m.arch
         trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:

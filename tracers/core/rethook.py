@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from emulator import FtlabError
+from emulator.layout import Layout
 
 from .ftrace import Ftrace
 from .regs import PtRegs
+
+CALLBACK_ARGS = Layout.of("callback_args", ("regs",))      # the trampoline callback's mailbox
+REGS_ARG = CALLBACK_ARGS.index("regs")
 
 
 @dataclass(eq=False)
@@ -58,9 +62,10 @@ class RethookCore:
     def __init__(self, ftrace: Ftrace):
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = ftrace.karch
-        syms = self.karch.load(self.m, "rethook_trampoline.S")
+        syms = self.karch.load(self.m, "rethook_trampoline.S", CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
         self.trampoline = syms["arch_rethook_trampoline"]
-        self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"], 1)
+        self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"],
+                                        CALLBACK_ARGS.nr_words)
         self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
         self.verify = ftrace.verify           # the return's snapshot stands at the trampoline
@@ -83,7 +88,7 @@ class RethookCore:
     def _callback(self, _addr: int) -> None:
         """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
         karch = self.karch
-        regs_addr = self._regs_arg[0]
+        regs_addr = self._regs_arg[REGS_ARG]
         truth = self.verify.take(self.trampoline)
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")

@@ -7,7 +7,7 @@ whoever consumes the events counts and formats them.
 from __future__ import annotations
 
 from ..core.regs import missing_registers
-from ..core.ring_buffer import REC_ENTRY, record_struct
+from .records import REC_ENTRY, record_struct
 from .events import NR_ARGS, Event
 
 
@@ -27,7 +27,7 @@ class StackDepth:
 
 
 class FunctionDecoder:
-    """The function tracer's records (entries only, ring_buffer.record_struct)."""
+    """The function tracer's records (entries only: records.Records.function)."""
 
     tracer = "function"
 
@@ -47,8 +47,8 @@ class FunctionDecoder:
 
 
 class GraphDecoder:
-    """function_graph's records: an entry's fields are ftrace_caller's, an exit's are what
-    return_to_handler saved, then the calltime."""
+    """function_graph's records: each carries its call depth, as the kernel's graph entries do; an
+    entry's fields are ftrace_caller's, an exit's are what return_to_handler saved, then the calltime."""
 
     tracer = "function_graph"
 
@@ -60,25 +60,16 @@ class GraphDecoder:
         self.missing_in = tuple(missing_registers(karch, saved, aliases))
         self.missing_out = tuple(missing_registers(karch, exit_saved, aliases))
         self.ret = exit_saved.index(karch.cpu.ret_regs[0])
-        self._open = 0
-
-    def depth(self, kind: int) -> int:
-        """A record's call depth: the entries decoded and not yet exited (an exit is at its entry's)."""
-        if kind == REC_ENTRY:
-            self._open += 1
-            return self._open - 1
-        self._open -= 1
-        return self._open
 
     def events(self, chunk: bytes):
         name, saved, exit_saved, args, ret = self.tracer, self.saved, self.exit_saved, self.args, self.ret
         n = len(exit_saved)
-        for kind, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
+        for kind, ts, ip, parent, depth, *fields in self.rec.iter_unpack(chunk):
             if kind == REC_ENTRY:
-                yield Event(name, "entry", ip, parent, self.depth(kind), ts, tuple(fields[i] for i in args),
+                yield Event(name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args),
                             "ftrace_regs", dict(zip(saved, fields)), self.missing_in)
             else:
-                yield Event(name, "exit", ip, parent, self.depth(kind), ts, None, "ftrace_regs",
+                yield Event(name, "exit", ip, parent, depth, ts, None, "ftrace_regs",
                             dict(zip(exit_saved, fields[:n])), self.missing_out, retval=fields[ret],
                             duration=ts - fields[n])
 

@@ -20,7 +20,7 @@ from .decode import DECODERS
 from .events import COUNTERS
 from .sinks import make_sink
 
-MAGIC, VERSION = "ftlab-record", 2
+MAGIC, VERSION = "ftlab-record", 2           # 2: graph records hold their depth; the trailer its counters
 LENGTH = struct.Struct("<Q")
 
 

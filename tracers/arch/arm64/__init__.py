@@ -18,6 +18,7 @@ PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)}, "sp": 2
 FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
                                           "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104})
 
+AARCH64_INSN_SIZE = 4
 NOP = 0xD503201F
 MOV_X9_LR = 0xAA1E03E9          # what ftrace_init_nop writes before the BL slot
 BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}   # bti, bti c, bti j, bti jc
@@ -69,7 +70,7 @@ KERNEL = KernelArch(
     ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
     ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
     # fregs->pc is x30 after the site's BL: the instruction after the BL.
-    ftrace_regs_meaning={"pc": lambda site: site + 4},
+    ftrace_regs_meaning={"pc": lambda site: site + AARCH64_INSN_SIZE},
     ftrace_regs_is_pt_regs=False,
     ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
     regs_caller=None,
@@ -80,7 +81,7 @@ KERNEL = KernelArch(
         tables=("__patchable_function_entries",),
         call_symbols=(),
         offset_from_reloc=0,
-        size=4,
+        size=AARCH64_INSN_SIZE,
         nop=word.pack(NOP),
         adjust=adjust_site,
         window=4,
@@ -95,6 +96,6 @@ KERNEL = KernelArch(
     asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),
                    **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
                    "S_LR": PT_REGS.offsets["x30"], "S_FP": PT_REGS.offsets["x29"],
-                   "PT_REGS_SIZE": PT_REGS.size},
+                   "PT_REGS_SIZE": PT_REGS.size, "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE},
     source_dir=Path(__file__).parent,
 )

@@ -14,7 +14,7 @@ trap_vector:                            // VBAR_EL1; trap_vector is the arch-neu
     .space 0x200                        // EL1t vectors: never taken here
 el1h_64_sync:                           // current EL with SP_ELx, synchronous
     sub sp, sp, #PT_REGS_SIZE           // kernel_entry 1
-    save_x0_x29
+    pt_regs_x0_x29 stp
     add x21, sp, #PT_REGS_SIZE          // the interrupted sp
     mrs x22, elr_el1
     mrs x23, spsr_el1
@@ -26,7 +26,7 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
     ldp x21, x22, [sp, #S_PC]           // kernel_exit 1: handlers may change pc and pstate
     msr elr_el1, x21
     msr spsr_el1, x22
-    restore_x0_x29
+    pt_regs_x0_x29 ldp
     ldr x30, [sp, #S_LR]
     add sp, sp, #PT_REGS_SIZE
     eret
@@ -38,7 +38,7 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
 do_debug_exception:
 trap_handler:                           // (arch-neutral name)
     ldr x9, trap_args
-    str x0, [x9]
+    str x0, [x9, #TRAP_ARGS_REGS]
     b trap_dispatch
 .globl trap_dispatch
 trap_dispatch:

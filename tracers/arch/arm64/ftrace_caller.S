@@ -17,7 +17,7 @@ ftrace_caller:
     hint #34                            // bti c
     mov x10, sp                         // the traced function's sp
     sub sp, sp, #FREGS_SIZE + 32        // ftrace_regs and two frame records
-    save_x0_x7_fregs
+    fregs_x0_x7 stp
     str x8, [sp, #FREGS_X8]
     str xzr, [sp, #FREGS_DIRECT_TRAMP]
     str x29, [sp, #FREGS_FP]
@@ -28,14 +28,14 @@ ftrace_caller:
     add x29, sp, #FREGS_SIZE + 16
     stp x29, x30, [sp, #FREGS_SIZE]     // and our own
     add x29, sp, #FREGS_SIZE
-    sub x0, x30, #4                     // ip = the BL
+    sub x0, x30, #AARCH64_INSN_SIZE     // ip = the BL
     mov x1, x9                          // parent_ip = the callsite's lr
     ldr x2, function_trace_op           // op
     mov x3, sp                          // fregs
 .globl ftrace_call
 ftrace_call:
     bl ftrace_ops_list_func
-    restore_x0_x7_fregs
+    fregs_x0_x7 ldp
     ldr x8, [sp, #FREGS_X8]
     ldr x29, [sp, #FREGS_FP]
     ldr x30, [sp, #FREGS_LR]
@@ -50,8 +50,8 @@ ftrace_call:
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
     ldr x9, ops_list_args
-    stp x0, x1, [x9]
-    stp x2, x3, [x9, #16]
+    stp x0, x1, [x9, #OPS_LIST_ARGS_IP]         // ip, parent_ip
+    stp x2, x3, [x9, #OPS_LIST_ARGS_OP]         // op, fregs
     b ftrace_ops_list_lab
 .globl ftrace_ops_list_lab
 ftrace_ops_list_lab:

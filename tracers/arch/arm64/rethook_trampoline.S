@@ -11,7 +11,7 @@
 .globl arch_rethook_trampoline
 arch_rethook_trampoline:
     sub sp, sp, #PT_REGS_SIZE
-    save_x0_x29
+    pt_regs_x0_x29 stp
     add x0, sp, #PT_REGS_SIZE
     stp x30, x0, [sp, #S_LR]            // lr, and sp as it was before the trampoline
     mrs x0, nzcv                        // a "useful" PSTATE: all that MRS can see
@@ -29,7 +29,7 @@ arch_rethook_trampoline:
     ldr x0, [sp, #S_PSTATE]             // restore_all_base_regs: only NZCV goes back
     and x0, x0, #0xf0000000
     msr nzcv, x0
-    restore_x0_x29
+    pt_regs_x0_x29 ldp
     add sp, sp, #PT_REGS_SIZE
     ret
 
@@ -39,7 +39,7 @@ arch_rethook_trampoline:
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
     ldr x9, callback_args
-    str x0, [x9]
+    str x0, [x9, #CALLBACK_ARGS_REGS]
     b rethook_callback_lab
 .globl rethook_callback_lab
 rethook_callback_lab:

@@ -11,14 +11,14 @@
 .globl return_to_handler
 return_to_handler:
     sub sp, sp, #FREGS_SIZE
-    save_x0_x7_fregs
+    fregs_x0_x7 stp
     str x29, [sp, #FREGS_FP]
     mov x0, sp                          // fregs
 .globl return_to_handler_call
 return_to_handler_call:
     bl ftrace_return_to_handler
     ldr x30, [sp, #FREGS_PC]            // the real return address
-    restore_x0_x7_fregs
+    fregs_x0_x7 ldp
     add sp, sp, #FREGS_SIZE
     ret
 
@@ -28,7 +28,7 @@ return_to_handler_call:
 .globl ftrace_return_to_handler
 ftrace_return_to_handler:
     ldr x9, return_args
-    str x0, [x9]
+    str x0, [x9, #RETURN_ARGS_FREGS]
     b ftrace_return_to_handler_lab
 .globl ftrace_return_to_handler_lab
 ftrace_return_to_handler_lab:

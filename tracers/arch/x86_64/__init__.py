@@ -18,12 +18,13 @@ PT_REGS = Layout("pt_regs", 168, {
 FTRACE_REGS = Layout("ftrace_regs", 168, dict(PT_REGS.offsets))
 
 CALL, NOP5 = 0xE8, bytes.fromhex("0f1f440000")   # x86_nops[5], what ftrace_make_nop writes
+MCOUNT_INSN_SIZE = 5                             # the call at a site
 
 
 def encode_call(ip: int, target: int) -> bytes:
     """`call rel32` (ftrace_call_replace); keystone can't be trusted with it (it mis-encodes
     relative branches given as numbers)."""
-    rel = target - (ip + 5)
+    rel = target - (ip + MCOUNT_INSN_SIZE)
     if not -(1 << 31) <= rel < (1 << 31):
         raise ValueError(f"call from {ip:#x} to {target:#x} is out of rel32 range")
     return bytes([CALL]) + struct.pack("<i", rel)
@@ -68,7 +69,7 @@ KERNEL = KernelArch(
     ftrace_regs_saved=("ax", "cx", "dx", "si", "di", "r8", "r9", "bp", "ip", "sp"),
     ftrace_regs_aliases={},
     # regs.ip is the return address the site's call pushed: the instruction after the 5-byte site.
-    ftrace_regs_meaning={"ip": lambda site: site + 5},
+    ftrace_regs_meaning={"ip": lambda site: site + MCOUNT_INSN_SIZE},
     ftrace_regs_is_pt_regs=True,                # HAVE_FTRACE_REGS_HAVING_PT_REGS
     ftrace_regs_stack_args=True,                # regs_get_kernel_argument: n >= 6 is sp[n - 5]
     regs_caller=RegsCaller(saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
@@ -78,7 +79,7 @@ KERNEL = KernelArch(
         tables=("__mcount_loc",),
         call_symbols=("__fentry__",),
         offset_from_reloc=-1,                   # the PLT32 relocation is on the rel32 after the e8 byte
-        size=5,
+        size=MCOUNT_INSN_SIZE,
         nop=NOP5,
         adjust=adjust_site,
         window=0,
@@ -92,6 +93,7 @@ KERNEL = KernelArch(
                         enter=rethook_enter, leave=rethook_leave),
     kprobes=kprobes,
     asm_constants={**{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()},
-                   "FRAME_SIZE": PT_REGS.size, "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS},
+                   **FTRACE_REGS.asm_constants("FREGS_"), "FRAME_SIZE": PT_REGS.size,
+                   "MCOUNT_INSN_SIZE": MCOUNT_INSN_SIZE, "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS},
     source_dir=Path(__file__).parent,
 )

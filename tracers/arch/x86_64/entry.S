@@ -25,7 +25,7 @@ trap_vector:                            // what the lab's CPU model enters (arch
 do_int3:
 trap_handler:                           // (arch-neutral name)
     mov rax, [rip+trap_args]
-    mov [rax], rdi
+    mov [rax+TRAP_ARGS_REGS], rdi
     jmp trap_dispatch
 .globl trap_dispatch
 trap_dispatch:

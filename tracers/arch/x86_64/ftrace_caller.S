@@ -14,12 +14,7 @@
 
 .globl ftrace_caller
 ftrace_caller:
-    sub rsp, FRAME_SIZE                 // room for a pt_regs
     save_mcount_regs
-    mov rdi, [rsp+FRAME_SIZE]           // the return address the site's call pushed
-    mov [rsp+RIP], rdi
-    sub rdi, 5                          // ip = the call site (MCOUNT_INSN_SIZE)
-    mov rsi, [rsp+FRAME_SIZE+8]         // parent_ip
     lea rdx, [rsp+FRAME_SIZE+8]
     mov [rsp+RSP], rdx                  // sp = the traced function's sp at entry
     mov qword ptr [rsp+CS], 0           // "not a full pt_regs": ftrace_get_regs() gives NULL
@@ -31,7 +26,6 @@ ftrace_call:
     mov rax, [rsp+RIP]                  // handlers may change the ip: return there
     mov [rsp+FRAME_SIZE], rax
     restore_mcount_regs
-    add rsp, FRAME_SIZE
     ret
 
 /*
@@ -44,8 +38,7 @@ ftrace_call:
 .globl ftrace_regs_caller
 ftrace_regs_caller:
     pushfq
-    sub rsp, FRAME_SIZE                 // save_mcount_regs 8: the pt_regs sits under the flags
-    save_mcount_regs
+    save_mcount_regs 8                  // the pt_regs sits under the flags
     mov [rsp+R15], r15
     mov [rsp+R14], r14
     mov [rsp+R13], r13
@@ -53,10 +46,6 @@ ftrace_regs_caller:
     mov [rsp+R11], r11
     mov [rsp+R10], r10
     mov [rsp+RBX], rbx
-    mov rdi, [rsp+FRAME_SIZE+8]         // the return address the site's call pushed
-    mov [rsp+RIP], rdi
-    sub rdi, 5                          // ip = the call site
-    mov rsi, [rsp+FRAME_SIZE+16]        // parent_ip
     mov rcx, [rsp+FRAME_SIZE]           // the flags pushed first
     mov [rsp+EFLAGS], rcx
     mov qword ptr [rsp+SS], KERNEL_DS
@@ -79,7 +68,6 @@ ftrace_regs_call:
     mov r10, [rsp+R10]
     mov rbx, [rsp+RBX]
     restore_mcount_regs
-    add rsp, FRAME_SIZE
     popfq
     ret
 
@@ -90,10 +78,10 @@ ftrace_regs_call:
 .globl ftrace_ops_list_func
 ftrace_ops_list_func:
     mov rax, [rip+ops_list_args]
-    mov [rax], rdi
-    mov [rax+8], rsi
-    mov [rax+16], rdx
-    mov [rax+24], rcx
+    mov [rax+OPS_LIST_ARGS_IP], rdi
+    mov [rax+OPS_LIST_ARGS_PARENT_IP], rsi
+    mov [rax+OPS_LIST_ARGS_OP], rdx
+    mov [rax+OPS_LIST_ARGS_FREGS], rcx
     jmp ftrace_ops_list_lab
 .globl ftrace_ops_list_lab
 ftrace_ops_list_lab:

@@ -3,8 +3,11 @@
  * in ftrace_64.S and PUSH_REGS/POP_REGS in calling.h). Offsets are pt_regs' (ptrace-abi.h names).
  */
 
-/* The registers ftrace_regs promises: arguments, rax and rbp; orig_ax = 0 (not a syscall). */
-.macro save_mcount_regs
+/* A pt_regs below the return address, holding the registers ftrace_regs promises (arguments, rax
+ * and rbp; orig_ax = 0: not a syscall) and ip; then rdi = the call site and rsi = the parent ip.
+ * added: the bytes pushed before it (ftrace_regs_caller's flags). */
+.macro save_mcount_regs added=0
+    sub rsp, FRAME_SIZE
     mov [rsp+RAX], rax
     mov [rsp+RCX], rcx
     mov [rsp+RDX], rdx
@@ -14,6 +17,10 @@
     mov [rsp+R9], r9
     mov qword ptr [rsp+ORIG_RAX], 0
     mov [rsp+RBP], rbp
+    mov rdi, [rsp+FRAME_SIZE+\added]   // the return address the site's call pushed
+    mov [rsp+RIP], rdi
+    sub rdi, MCOUNT_INSN_SIZE           // ip = the call site
+    mov rsi, [rsp+FRAME_SIZE+\added+8] // parent_ip
 .endm
 
 .macro restore_mcount_regs
@@ -25,6 +32,7 @@
     mov r8, [rsp+R8]
     mov r9, [rsp+R9]
     mov rbp, [rsp+RBP]
+    add rsp, FRAME_SIZE
 .endm
 
 /* Every general register, pushed into pt_regs order (r15 ends lowest). */

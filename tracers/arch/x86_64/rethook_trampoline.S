@@ -29,7 +29,7 @@ arch_rethook_trampoline:
 .globl arch_rethook_trampoline_callback
 arch_rethook_trampoline_callback:
     mov rax, [rip+callback_args]
-    mov [rax], rdi
+    mov [rax+CALLBACK_ARGS_REGS], rdi
     jmp rethook_callback_lab
 .globl rethook_callback_lab
 rethook_callback_lab:

@@ -30,7 +30,7 @@ return_to_handler_call:
 .globl ftrace_return_to_handler
 ftrace_return_to_handler:
     mov rax, [rip+return_args]
-    mov [rax], rdi
+    mov [rax+RETURN_ARGS_FREGS], rdi
     jmp ftrace_return_to_handler_lab
 .globl ftrace_return_to_handler_lab
 ftrace_return_to_handler_lab:
