@@ -46,8 +46,8 @@ def deliver_trap(uc, intno, read):
     The kernel's int3 entry leaves a gap under the interrupted stack for emulated calls."""
     if intno != INT3_VECTOR:
         return f"interrupt {intno} (only int3 is delivered)"
-    base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)[1:]
-    lo, sel, _, attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
+    base = uc.reg_read(X.UC_X86_REG_IDTR)[1]
+    lo, _selector, _ist, _type_attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
     rip, rsp, flags = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
     frame = ((rsp - INT3_STACK_GAP) & ~0xF) - 40
     uc.mem_write(frame, struct.pack("<5Q", rip, KERNEL_CS, flags, rsp, KERNEL_DS))
