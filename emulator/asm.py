@@ -5,7 +5,7 @@ UPPERCASE constants (struct offsets from the arch's layout tables, like the kern
 that are substituted before keystone sees the text, `.include "FILE"` (beside the source) and
 parameterless `.macro NAME` ... `.endm` blocks; macros are expanded here too, so that every
 statement keystone sees is one instruction the capstone round trip can check. Keystone's own option API is never touched: any
-syntax option makes it read bare numbers as hex (unicorn.md §19).
+syntax option makes it read bare numbers as hex (keystone issues #436 and #571).
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def store_bytes(insn) -> int:
 
 # -- the capstone round trip ------------------------------------------------------------------
 
-# Spellings keystone needs that capstone prints differently (unicorn.md §18).
+# Spellings keystone needs that capstone prints differently (keystone 0.9.2 knows no `bti`).
 ALIASES = {"hint34": "btic", "hint32": "bti", "hint36": "btij", "hint38": "btijc"}
 MNEMONIC_SYNONYMS = {"jz": "je", "jnz": "jne"}    # x86 condition spellings capstone prints one way
 STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")   # implicit operands

@@ -58,8 +58,8 @@ def deliver_trap(uc, intno, read):
 
 
 def setup_cpu(uc, page):
-    """Long mode at CPL 0 with real kernel selectors: a GDT (iretq needs one, unicorn.md §8), IF on,
-    and GS pointing at a zeroed per-cpu page (the stack canary lives at %gs:0x28)."""
+    """Long mode at CPL 0 with real kernel selectors: a GDT (unicorn starts with none, and iretq then
+    raises #GP), IF on, and GS pointing at a zeroed per-cpu page (the stack canary lives at %gs:0x28)."""
     gdt = page + 0x800
     uc.mem_write(gdt, struct.pack("<4Q", 0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF))
     uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, 4 * 8 - 1, 0))
