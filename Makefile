@@ -1,10 +1,10 @@
-# ftlab: `make demo` and `make test` set everything up on a fresh machine.
+# ftlab: `make demo`, `make test` and `make check` set everything up on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench golden fixtures clean
+.PHONY: demo test check lint format-check types coverage bench golden fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ftlab demo
 
+# The whole suite (slow sweeps included) on every core; `$(BIN)/pytest -m 'not slow'` skips the sweeps.
 test: $(STAMP)
 	$(BIN)/pytest
+
+# What CI runs: lint, format, types, then the whole suite under coverage with its floor.
+# `make -k check` reports every step even when one fails.
+check: lint format-check types coverage
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format-check: $(STAMP)
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+coverage: $(STAMP)
+	$(BIN)/pytest --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/ftlab bench --json bench.json
@@ -30,4 +47,4 @@ fixtures:
 	bash fixtures/build.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info bench.json
+	rm -rf $(VENV) build *.egg-info bench.json .coverage .coverage.* .mypy_cache .ruff_cache

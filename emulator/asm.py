@@ -8,7 +8,7 @@ repetitions are expanded here, so that every statement keystone sees is one inst
 capstone round trip can check. Then named constants are substituted: struct offsets from the
 layout tables (UPPERCASE, like the kernel's asm-offsets) and the addresses of other lab code's
 symbols (as a linker's --defsym). Keystone's own option API is never touched: any syntax option
-makes it read bare numbers as hex (unicorn.md §19).
+makes it read bare numbers as hex (keystone issues #436 and #571).
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def store_bytes(insn) -> int:
 
 # -- the capstone round trip ------------------------------------------------------------------
 
-# Spellings keystone needs that capstone prints differently (unicorn.md §18).
+# Spellings keystone needs that capstone prints differently (keystone 0.9.2 knows no `bti`).
 ALIASES = {"hint34": "btic", "hint32": "bti", "hint36": "btij", "hint38": "btijc"}
 MNEMONIC_SYNONYMS = {"jz": "je", "jnz": "jne"}    # x86 condition spellings capstone prints one way
 STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")   # implicit operands

@@ -1,4 +1,4 @@
-"""Two hot paths around the stock unicorn binding, which is slow at both (unicorn.md §11).
+"""Two hot paths around the stock unicorn binding, which is slow at both (docs/unicorn.md).
 
 Its reg_read costs about 2 µs per register and its reg_read_batch rebuilds ctypes arrays on every
 call: RegisterBatch calls uc_reg_read_batch on arrays made once. Its hooks run each callback

@@ -130,7 +130,8 @@ class _Loader:
 
     def _symbols(self, obj: LoadedObject) -> list[int | None]:
         """Every symbol's address (None: undefined, bound later); defines functions and objects."""
-        values, common = [], self.base + self.common
+        values: list[int | None] = []
+        common = self.base + self.common
         for sym in (self.symtab.iter_symbols() if self.symtab else ()):
             shndx, kind = sym["st_shndx"], sym["st_info"]["type"]
             if shndx == "SHN_UNDEF":

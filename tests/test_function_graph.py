@@ -40,6 +40,7 @@ def check_balanced(m, events):
     return pairs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_every_function_graphs_balanced_with_true_return_values(arch_name, variant):
     lab = Lab.open(variant, arch_name)

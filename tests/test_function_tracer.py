@@ -20,6 +20,7 @@ def trace(lab, func, *args, ret="i64", **kw):
     return result, sink
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_traced_results_counts_args_and_snapshots(arch_name, variant):
     lab = Lab.open(variant, arch_name)

@@ -28,6 +28,7 @@ def executed(lab):
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
     lab = Lab.open(variant, arch_name)

@@ -16,6 +16,7 @@ def _events(lab, ring, func, args, ret="i64", **kw):
     return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing) for e in sink.events]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
     # two machines running the same calls, so that even leftover register values agree
@@ -103,6 +104,7 @@ def _graph(lab, ring, func, args, ret="i64", **kw):
                     for e in sink.events], sink.summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_guest_function_graph_equals_the_python_path(arch_name, variant):
     ring, plain = Lab.open(variant, arch_name, ring_records=64), Lab.open(variant, arch_name)

@@ -5,9 +5,10 @@ kernel's arch/ code knows (struct layouts, patch sites, trampolines) is in trace
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+
 
 @dataclass(frozen=True)
 class Reloc:

@@ -7,10 +7,10 @@ arch's name.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 from emulator.arch import Arch
 from emulator.layout import Layout

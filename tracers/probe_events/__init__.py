@@ -3,8 +3,7 @@ kernel's limits and error texts), parse, fetch (evaluation at a hit) and format.
 from .fetch import evaluate
 from .format import format_args, format_value
 from .parse import parse
-from .spec import (FAULT, TYPES, Fetch, FetchArg, FetchContext, FetchFault, ProbeSpec,
-                   ProbeSpecError)
+from .spec import FAULT, TYPES, Fetch, FetchArg, FetchContext, FetchFault, ProbeSpec, ProbeSpecError
 
 __all__ = ["FAULT", "TYPES", "Fetch", "FetchArg", "FetchContext", "FetchFault", "ProbeSpec",
            "ProbeSpecError", "evaluate", "format_args", "format_value", "parse"]

@@ -26,17 +26,17 @@ def evaluate(arg: FetchArg, ctx: FetchContext) -> int | bytes | str:
 def _value(f: Fetch, ctx: FetchContext) -> int:
     """The unsigned long a fetch produces (a memory fetch loads a whole word)."""
     if f.op == "reg":
-        value = ctx.register(f.value)
+        value = ctx.register(_text(f))
     elif f.op == "arg":
-        value = ctx.argument(f.value)
+        value = ctx.argument(_number(f))
     elif f.op == "retval":
         value = ctx.return_value()
     elif f.op == "stack":
-        value = ctx.stack(f.value)
+        value = ctx.stack(_number(f))
     elif f.op == "stackp":
         value = ctx.stack_pointer()
     elif f.op == "imm":
-        value = f.value
+        value = _number(f)
     elif f.op in ("deref", "mem", "sym"):
         value = int.from_bytes(_read(ctx, _address(f, ctx), 8), "little")
     else:
@@ -47,10 +47,21 @@ def _value(f: Fetch, ctx: FetchContext) -> int:
 def _address(f: Fetch, ctx: FetchContext) -> int:
     """The address a memory fetch reads."""
     if f.op == "deref":
+        assert f.inner is not None              # the parser gives every deref its operand
         return (_value(f.inner, ctx) + f.offset) & U64
     if f.op == "mem":
-        return f.value
-    return (ctx.address_of(f.value) + f.offset) & U64
+        return _number(f)
+    return (ctx.address_of(_text(f)) + f.offset) & U64
+
+
+def _number(f: Fetch) -> int:
+    assert isinstance(f.value, int), f          # arg, stack, imm and mem hold a number
+    return f.value
+
+
+def _text(f: Fetch) -> str:
+    assert isinstance(f.value, str), f          # reg, sym and imm_str hold a name or text
+    return f.value
 
 
 def _read(ctx: FetchContext, addr: int, size: int) -> bytes:
@@ -64,8 +75,8 @@ def _string(f: Fetch, ctx: FetchContext) -> bytes:
     if f.op == "comm":
         return ctx.comm.encode()
     if f.op == "imm_str":
-        return f.value.encode()
-    addr = f.value if f.op == "imm" else _address(f, ctx)
+        return _text(f).encode()
+    addr = _number(f) if f.op == "imm" else _address(f, ctx)
     return _read_string(ctx, addr)
 
 

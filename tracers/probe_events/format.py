@@ -1,7 +1,7 @@
 """Formatting fetched values as the kernel's print functions do."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .spec import FAULT, TYPES, U64, FetchArg, _convert
 
@@ -10,7 +10,7 @@ def format_value(arg: FetchArg, value) -> str:
     """One value as the kernel's print functions show it: %u, %d, 0x%x, \"%s\", %pS."""
     if isinstance(value, str) and value == FAULT:
         return FAULT
-    size, kind = TYPES[arg.type]
+    _, kind = TYPES[arg.type]
     if kind == "string":
         # trace_seq prints the bytes as they are; shown here as UTF-8
         return '"' + bytes(value).decode("utf-8", "backslashreplace") + '"'

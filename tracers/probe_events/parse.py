@@ -28,21 +28,73 @@ Where ftlab differs from the kernel (each on purpose):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NoReturn
+from typing import NoReturn
 
-from .spec import (ARG_NAME_TOO_LONG, ARG_TOO_LONG, BAD_ADDR_SUFFIX, BAD_ARG_NAME, BAD_ARG_NUM,
-                   BAD_DEREF_OFFS, BAD_EVENT_NAME, BAD_FETCH_ARG, BAD_GROUP_NAME, BAD_IMM, BAD_KIND,
-                   BAD_MAXACT, BAD_MAXACT_TYPE, BAD_MEM_ADDR, BAD_PROBE_ADDR, BAD_REG_NAME,
-                   BAD_RETPROBE, BAD_STACK_NUM, BAD_STRING, BAD_TYPE, BAD_VAR, COMM_CANT_DEREF,
-                   DEFAULT_TYPE, DEREF_NEED_BRACE, DEREF_OPEN_BRACE, EMPTY, EVENT_TOO_LONG,
-                   FILE_ON_KPROBE, Fetch, FetchArg, GROUP_TOO_LONG, IMMSTR_NO_CLOSE,
-                   KRETPROBE_MAXACTIVE_MAX, MAXACT_TOO_BIG, MAX_ARGSTR_LEN, MAX_ARG_NAME_LEN,
-                   MAX_EVENT_NAME_LEN, MAX_FETCH_OPS, MAX_TRACE_ARGS, NEED_STRING_TYPE,
-                   NOFENTRY_ARGS, NOSUP_BTFARG, NOT_MODELLED_TYPE, NOT_MODELLED_UPROBE, NO_ARG_BODY,
-                   NO_ARG_NAME, NO_DELETE_TARGET, NO_EVENT_NAME, NO_GROUP_NAME, NO_SYMBOL,
-                   PARAM_MAX_STACK, ProbeSpec, ProbeSpecError, RESERVED_NAMES, RETVAL_ON_PROBE,
-                   TOO_MANY_ARGS, TOO_MANY_OPS, TYPES, U64, USED_ARG_NAME, _KERNEL_ONLY_TYPES)
+from .spec import (
+    _KERNEL_ONLY_TYPES,
+    ARG_NAME_TOO_LONG,
+    ARG_TOO_LONG,
+    BAD_ADDR_SUFFIX,
+    BAD_ARG_NAME,
+    BAD_ARG_NUM,
+    BAD_DEREF_OFFS,
+    BAD_EVENT_NAME,
+    BAD_FETCH_ARG,
+    BAD_GROUP_NAME,
+    BAD_IMM,
+    BAD_KIND,
+    BAD_MAXACT,
+    BAD_MAXACT_TYPE,
+    BAD_MEM_ADDR,
+    BAD_PROBE_ADDR,
+    BAD_REG_NAME,
+    BAD_RETPROBE,
+    BAD_STACK_NUM,
+    BAD_STRING,
+    BAD_TYPE,
+    BAD_VAR,
+    COMM_CANT_DEREF,
+    DEFAULT_TYPE,
+    DEREF_NEED_BRACE,
+    DEREF_OPEN_BRACE,
+    EMPTY,
+    EVENT_TOO_LONG,
+    FILE_ON_KPROBE,
+    GROUP_TOO_LONG,
+    IMMSTR_NO_CLOSE,
+    KRETPROBE_MAXACTIVE_MAX,
+    MAX_ARG_NAME_LEN,
+    MAX_ARGSTR_LEN,
+    MAX_EVENT_NAME_LEN,
+    MAX_FETCH_OPS,
+    MAX_TRACE_ARGS,
+    MAXACT_TOO_BIG,
+    NEED_STRING_TYPE,
+    NO_ARG_BODY,
+    NO_ARG_NAME,
+    NO_DELETE_TARGET,
+    NO_EVENT_NAME,
+    NO_GROUP_NAME,
+    NO_SYMBOL,
+    NOFENTRY_ARGS,
+    NOSUP_BTFARG,
+    NOT_MODELLED_TYPE,
+    NOT_MODELLED_UPROBE,
+    PARAM_MAX_STACK,
+    RESERVED_NAMES,
+    RETVAL_ON_PROBE,
+    TOO_MANY_ARGS,
+    TOO_MANY_OPS,
+    TYPES,
+    U64,
+    USED_ARG_NAME,
+    Fetch,
+    FetchArg,
+    ProbeSpec,
+    ProbeSpecError,
+)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYSTEM_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")     # group names may also hold '-'
@@ -129,7 +181,7 @@ class _Parser:
             self.fail(NOT_MODELLED_UPROBE, pos, word)
         symbol = self._return_suffix(word, pos)
         is_return = is_return or symbol != word
-        offset = 0
+        offset: int | None = 0
         cut = min((i for i in (symbol.find("+"), symbol.find("-")) if i >= 0), default=-1)
         if cut >= 0:
             offset = _strtol(symbol[cut:])
@@ -258,7 +310,7 @@ class _Parser:
         # A string is read at an address: memory fetches (their last load becomes the string
         # read), an immediate address, $comm or an immediate string. Not a register or $argN.
         if type_ == "string" and fetch.op not in ("deref", "mem", "sym", "imm", "comm", "imm_str"):
-            self.fail(BAD_STRING, tpos, type_name)
+            self.fail(BAD_STRING, tpos, type_)     # as written: only "string" names the string type
         return FetchArg(name, fetch, type_)
 
     def _type(self, name: str | None, pos: int) -> str:
@@ -290,7 +342,8 @@ class _Parser:
                 return Fetch("mem", address), 2          # IMM, DEREF
             if expr[1:2] == "+":
                 self.fail(FILE_ON_KPROBE, pos, expr)
-            symbol, offset = expr[1:], 0
+            symbol = expr[1:]
+            offset: int | None = 0
             cut = min((i for i in (symbol.find("+"), symbol.find("-")) if i >= 0), default=-1)
             if cut >= 0:
                 offset, symbol = _strtol(symbol[cut:]), symbol[:cut]
@@ -373,8 +426,7 @@ def _is_bitfield(name: str) -> bool:
 
 def _strtoull(s: str) -> int | None:
     """kstrtoull(s, 0): 0x.. hex, 0.. octal, else decimal; a leading '+'; None if not a number."""
-    if s.startswith("+"):
-        s = s[1:]
+    s = s.removeprefix("+")
     return _strtoull_noplus(s)
 
 

@@ -52,8 +52,9 @@ def deliver_trap(uc, intno, read):
 
 def setup_cpu(uc, page):
     """EL1h with interrupts unmasked and PAN set, as kernel code normally runs (CONFIG_ARM64_PAN).
-    SCR_EL3.RW=1 so that an EL1->EL1 eret is legal (unicorn.md §A3); SP_EL0 points at a zeroed
-    "task" page (the stack canary lives there)."""
+    SCR_EL3.RW=1 so that an EL1->EL1 eret is legal (with unicorn's reset RW=0, EL1 counts as AArch32
+    and the eret is an illegal return that sets PSTATE.IL); SP_EL0 points at a zeroed "task" page
+    (the stack canary lives there)."""
     uc.reg_write(A.UC_ARM64_REG_PSTATE, PSTATE_PAN | 0x5)
     uc.reg_write(A.UC_ARM64_REG_SP_EL0, page)
     uc.cpr_write(3, 6, 1, 1, 0, 0x400)         # SCR_EL3; a CP_REG write also rebuilds the cached EL
@@ -102,7 +103,7 @@ CPU = Arch(
     uc=(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
     cs=(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
     ks=(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN),
-    cpu_model=A.UC_CPU_ARM64_MAX,   # MAX has PAN, UAO and BTI (unicorn.md §A1)
+    cpu_model=A.UC_CPU_ARM64_MAX,   # MAX has PAN, UAO and BTI; the default Cortex-A72 has none
     insn_align=4,
     regs=REGS,
     pc="pc",

@@ -46,8 +46,8 @@ def deliver_trap(uc, intno, read):
     The kernel's int3 entry leaves a gap under the interrupted stack for emulated calls."""
     if intno != INT3_VECTOR:
         return f"interrupt {intno} (only int3 is delivered)"
-    base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)[1:]
-    lo, sel, _, attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
+    base = uc.reg_read(X.UC_X86_REG_IDTR)[1]
+    lo, _selector, _ist, _type_attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
     rip, rsp, flags = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
     frame = ((rsp - INT3_STACK_GAP) & ~0xF) - 40
     uc.mem_write(frame, struct.pack("<5Q", rip, KERNEL_CS, flags, rsp, KERNEL_DS))
@@ -58,8 +58,8 @@ def deliver_trap(uc, intno, read):
 
 
 def setup_cpu(uc, page):
-    """Long mode at CPL 0 with real kernel selectors: a GDT (iretq needs one, unicorn.md §8), IF on,
-    and GS pointing at a zeroed per-cpu page (the stack canary lives at %gs:0x28)."""
+    """Long mode at CPL 0 with real kernel selectors: a GDT (unicorn starts with none, and iretq then
+    raises #GP), IF on, and GS pointing at a zeroed per-cpu page (the stack canary lives at %gs:0x28)."""
     gdt = page + 0x800
     uc.mem_write(gdt, struct.pack("<4Q", 0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF))
     uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, 4 * 8 - 1, 0))

@@ -36,7 +36,7 @@ def irqs_masked(flags: int) -> int:
 
 def decode(insn) -> str:
     """'simulate', 'xol', or why the instruction cannot be probed."""
-    if insn.mnemonic in REFUSED or insn.mnemonic.startswith("rep") and "ret" in insn.mnemonic:
+    if insn.mnemonic in REFUSED or (insn.mnemonic.startswith("rep") and "ret" in insn.mnemonic):
         return f"'{insn.mnemonic}' is not probed on x86 (the kernel refuses or emulates it specially)"
     if insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL) or insn.group(C.X86_GRP_RET):
         return "simulate"
