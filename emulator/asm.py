@@ -62,10 +62,10 @@ def decode(arch, code: bytes, addr: int):
 
 def _lines(source: str, where: Path | None) -> list[str]:
     """Statements without comments, with `.include "FILE"` replaced by that file's statements."""
-    source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    source = re.sub(r"/\*.*?\*/", "", source, flags=re.DOTALL)
     out = []
-    for line in source.splitlines():
-        line = line.split("//", 1)[0].strip()
+    for raw in source.splitlines():
+        line = raw.split("//", 1)[0].strip()
         if line.startswith(".include"):
             name = line.split(None, 1)[1].strip('"')
             if where is None:
@@ -174,7 +174,7 @@ def assemble(arch, source: str, base: int, constants: dict[str, int] | None = No
         raise FtlabError(f"{name}: keystone cannot assemble it: {err}") from None
     code = bytes(encoding or b"")
     table = code[len(code) - 8 * len(labels):]
-    symbols = dict(zip(labels, struct.unpack(f"<{len(labels)}Q", table)))
+    symbols = dict(zip(labels, struct.unpack(f"<{len(labels)}Q", table), strict=True))
     code = code[:len(code) - 8 * len(labels)]
     return Assembly(base, code, symbols, exported, tuple(s for s in body if not LABEL.match(s)))
 

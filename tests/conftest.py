@@ -1,9 +1,8 @@
 import pytest
 
 from fixtures import catalog
-from tracers import Lab
-
 from helpers import ARCHES
+from tracers import Lab
 
 
 @pytest.fixture(params=ARCHES)

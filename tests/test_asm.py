@@ -11,7 +11,8 @@ from unittest.mock import patch
 
 import pytest
 
-from emulator import FtlabError, arch as arches
+from emulator import FtlabError
+from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
@@ -71,9 +72,9 @@ def test_site_call_encoding_decodes_to_its_target(arch_name):
 
 
 def test_site_call_out_of_range_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out of range"):
         kernel_arch(arches.get("arm64")).sites.encode_call(0x40000000, 0x40000000 + (128 << 20))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out of rel32 range"):
         kernel_arch(arches.get("x86_64")).sites.encode_call(0x40000000, 0x40000000 + 5 + (1 << 31))
 
 

@@ -18,9 +18,16 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def ok(capsys, *argv) -> str:
+    """The output of a command that must succeed."""
+    code, out, err = run(capsys, *argv)
+    assert (code, err) == (0, "")
+    return out
+
+
 def test_run_prints_the_result(capsys, arch):
     assert run(capsys, "run", "--arch", arch, "funcs", "fib(20)") == (0, "fib(20) = 6765 (0x1a6d)\n", "")
-    code, out, _ = run(capsys, "run", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)')
+    out = ok(capsys, "run", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)')
     assert out.endswith("= 3421780262 (0xcbf43926)\n")
     assert run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)", "--ret", "pair")[1] == \
         "divmod(-47, 5) = (-9, -2)\n"
@@ -34,27 +41,27 @@ def test_run_on_both_arches_and_on_a_file(capsys):
 
 
 def test_sites_lists_three_states(capsys, arch):
-    code, out, _ = run(capsys, "sites", "--arch", arch, "funcs")
-    assert code == 0 and out.startswith("# funcs.o: 12 patch sites")
+    out = ok(capsys, "sites", "--arch", arch, "funcs")
+    assert out.startswith("# funcs.o: 12 patch sites")
     assert out.count("    compiled ") == out.count("    init ") == out.count("    enabled ") == 12
     assert out.count("<ftrace_caller>") == 12
 
 
 def test_trace_text_is_the_kernel_function_format(capsys, arch):
-    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "chain_a(10)", "--verify")
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "chain_a(10)", "--verify")
     lines = out.splitlines()
     assert lines[0] == "# tracer: function"
-    events = [l for l in lines if not l.startswith("#")]
-    assert all(LINE.match(l) for l in events) and len(events) == 4
+    events = [ln for ln in lines if not ln.startswith("#")]
+    assert all(LINE.match(ln) for ln in events) and len(events) == 4
     assert events[1].endswith("2: chain_b <-chain_a")
     assert "# verify: 4 of 4 snapshots equal the true registers in every captured field" in lines
     assert lines[-1] == "# chain_a(10) = 129 (0x81)"
 
 
 def test_trace_json_events(capsys, arch):
-    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "sum10(1,2,3,4,5,6,7,8,9,10)",
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "sum10(1,2,3,4,5,6,7,8,9,10)",
                        "--format", "json", "--verify", "--filter", "sum*")
-    [event, summary] = [json.loads(l) for l in out.splitlines()]
+    [event, summary] = [json.loads(ln) for ln in out.splitlines()]
     assert summary == {"arch": arch, "tracer": "function", "type": "summary",
                        "counters": {"entries-written": 1}, "verify": {"snapshots": 1, "mismatching": 0}}
     assert {k: event[k] for k in ("arch", "tracer", "type", "func", "depth", "args", "ts")} == {
@@ -67,14 +74,14 @@ def test_trace_json_events(capsys, arch):
 
 
 def test_function_graph_text_and_json(capsys, arch):
-    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "tail_a(5)", "--tracer", "function_graph",
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "tail_a(5)", "--tracer", "function_graph",
                        "--funcgraph-tail")
-    assert [l[4:] for l in out.splitlines() if not l.startswith("#")] == [
+    assert [ln[4:] for ln in out.splitlines() if not ln.startswith("#")] == [
         "              |  tail_a() {", "  1 ev        |    tail_b();", "  3 ev        |  } /* tail_a */"]
     assert "# entries: 2, exits: 2, trace_overrun: 0" in out
-    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "--tracer", "function_graph",
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "--tracer", "function_graph",
                        "--format", "json", "--verify")
-    records = [json.loads(l) for l in out.splitlines()]
+    records = [json.loads(ln) for ln in out.splitlines()]
     assert [(r["type"], r.get("depth")) for r in records] == [
         ("entry", 0), ("entry", 1), ("exit", 1), ("entry", 1), ("exit", 1), ("exit", 0), ("summary", None)]
     assert [r["retval"] for r in records if r["type"] == "exit"] == [1, 0, 1]
@@ -90,18 +97,18 @@ PROBES = ['f:crc crc32_bitwise crc=$arg1:x32 buf=+0($arg2):string second=+1($arg
 @pytest.mark.parametrize("design", ["fgraph", "rethook"])
 def test_probe_events(capsys, arch, design):
     argv = ["trace", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)', "--fprobe-design", design]
-    code, out, _ = run(capsys, *argv, *sum((["-e", p] for p in PROBES), []))
-    lines = [l.split(": ", 1)[1] for l in out.splitlines() if not l.startswith("#")]
+    out = ok(capsys, *argv, *(arg for p in PROBES for arg in ("-e", p)))
+    lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if not ln.startswith("#")]
     site = "0x0" if arch == "x86_64" else "0x4"
     assert lines[0].startswith(f"crc: (crc32_bitwise+{site}/0x")
     assert lines[0].endswith(') crc=0x0 buf="123456789" second=50 len=0x9')
-    assert sorted(l.split(": ")[0] for l in lines[1:]) == ["crc32_bitwise__exit", "ret"]
+    assert sorted(ln.split(": ")[0] for ln in lines[1:]) == ["crc32_bitwise__exit", "ret"]
     # the kretprobe hooked the return after the fprobe did, so its caller may be the other hook's
     # trampoline (return_to_handler / arch_rethook_trampoline), exactly as the kernel would print
-    assert any(l.startswith("ret: (") and l.endswith("<- crc32_bitwise) r=3421780262") for l in lines)
-    assert any(l.endswith("<- crc32_bitwise) arg1=0xcbf43926 len=9") for l in lines)
+    assert any(ln.startswith("ret: (") and ln.endswith("<- crc32_bitwise) r=3421780262") for ln in lines)
+    assert any(ln.endswith("<- crc32_bitwise) arg1=0xcbf43926 len=9") for ln in lines)
     assert "# fprobes/crc: hits 1 nmissed 0" in out and "# grp/ret: hits 1 nmissed 0" in out
-    code, out, _ = run(capsys, *argv, "-e", PROBES[0], "--format", "json")
+    out = ok(capsys, *argv, "-e", PROBES[0], "--format", "json")
     event = json.loads(out.splitlines()[0])
     assert (event["event"], event["tracer"], event["type"]) == ("fprobes/crc", "fprobe", "entry")
     assert event["fetch"] == {"crc": 0, "buf": '"123456789"', "second": 50, "len": 9}
@@ -109,13 +116,13 @@ def test_probe_events(capsys, arch, design):
 
 def test_kprobe_events(capsys, arch):
     reg = {"x86_64": "%di", "arm64": "%x0"}[arch]
-    code, out, _ = run(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "-e", f"p:myk fib+{{off}} n={reg}:u32"
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "-e", f"p:myk fib+{{off}} n={reg}:u32"
                        .format(off="0xf" if arch == "x86_64" else "0x18"), "-e", "p fib%return ret=$retval:s64",
                        "--verify")
-    lines = [l.split(": ", 1)[1] for l in out.splitlines() if not l.startswith("#")]
-    assert [l.split(" ", 1)[0] for l in lines].count("myk:") == 3
-    assert [l.rsplit(" ", 1)[1] for l in lines if l.startswith("myk:")] == ["n=2", "n=1", "n=0"]
-    assert sorted(l.rsplit(" ", 1)[1] for l in lines if l.startswith("r_fib_0:")) == ["ret=0", "ret=1", "ret=1"]
+    lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if not ln.startswith("#")]
+    assert [ln.split(" ", 1)[0] for ln in lines].count("myk:") == 3
+    assert [ln.rsplit(" ", 1)[1] for ln in lines if ln.startswith("myk:")] == ["n=2", "n=1", "n=0"]
+    assert sorted(ln.rsplit(" ", 1)[1] for ln in lines if ln.startswith("r_fib_0:")) == ["ret=0", "ret=1", "ret=1"]
     # arm64's kretprobe returns through the (reverted) rethook trampoline, whose PSTATE loses PAN
     good = 6 if arch == "x86_64" else 3
     assert f"# verify: {good} of 6 snapshots equal the true registers in every captured field" in out
@@ -159,7 +166,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[:4]) for a, _ in BAD])
 def test_bad_input_is_one_line_and_nonzero(capsys, argv, message):
-    code, out, err = run(capsys, *argv)
+    code, _, err = run(capsys, *argv)
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("ftlab: error: ")
     assert re.search(message, err), err
@@ -179,6 +186,6 @@ def test_non_elf_file(capsys, tmp_path):
 
 
 def test_stubs_from_the_command_line(capsys):
-    code, out, _ = run(capsys, "run", "fixtures/obj/arm64/imports.o", "use_helper(1)",
+    out = ok(capsys, "run", "fixtures/obj/arm64/imports.o", "use_helper(1)",
                        "--stub", "helper", "--stub", "jiffies_like=data")
-    assert (code, out) == (0, "use_helper(1) = 1\n")
+    assert out == "use_helper(1) = 1\n"

@@ -9,12 +9,11 @@ import pytest
 from emulator.machine import decode_return
 from fixtures import catalog
 from helpers import EXAMPLES, all_variants
-from tracers.output.sinks import ListSink
 from tracers import Lab
-from tracers.core.fgraph import FgraphOps
 from tracers.builtin.function_graph import FunctionGraphTracer
-from tracers.output.sinks import GraphTextSink
+from tracers.core.fgraph import FgraphOps
 from tracers.core.stacktrace import stack_trace
+from tracers.output.sinks import GraphTextSink, ListSink
 
 
 def graph(lab, func, *args, ret="i64", **kw):
@@ -84,7 +83,7 @@ def test_graph_text_is_the_kernel_format_and_deterministic(lab):
     lines = first.splitlines()
     assert lines[:4] == ["# tracer: function_graph", "#", "# CPU  DURATION                  FUNCTION CALLS",
                          "# |     |   |                     |   |   |   |"]
-    body = [l for l in lines if not l.startswith("#")]
+    body = [ln for ln in lines if not ln.startswith("#")]
     assert body[0] == " 0)               |  chain_a() {"
     assert body[1] == " 0)               |    chain_b() {"
     assert body[2].startswith(" 0)   ") and body[2].endswith(" insn     |      chain_c(); /* = 0x31 */")

@@ -40,8 +40,8 @@ def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
             if addr in lab.ftrace.by_ip:
                 continue                              # the ftrace site: see the KPROBES_ON_FTRACE test
             hits = Counter()
-            p = Kprobe(fn.name, addr - fn.addr, lambda p, regs: hits.update(["pre"]) and 0,
-                       lambda p, regs, flags: hits.update(["post"]))
+            p = Kprobe(fn.name, addr - fn.addr, lambda p, regs, hits=hits: hits.update(["pre"]) and 0,
+                       lambda p, regs, flags, hits=hits: hits.update(["post"]))
             lab.kprobes.register(p)
             for ex in CALLS:
                 assert ex.call(lab) == ex.expected, (fn.name, hex(addr), insn, str(ex))
@@ -84,7 +84,7 @@ def test_pt_regs_equal_the_truth_at_every_probe_point(lab, n):
         assert ex.call(lab) == ex.expected
         lab.kprobes.unregister(p)
     assert checks
-    for verification, fields in checks:
+    for verification, _fields in checks:
         assert verification.mismatch == []
         assert len(verification.checks) == len(lab.arch.regs)     # every register, flags included
 

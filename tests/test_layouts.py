@@ -3,16 +3,17 @@ codec agree, fgraph's word helpers are the kernel's macros, the guest and Python
 shadow-stack words, and the tracers' guest code is bound to a lab once."""
 import pytest
 
-from emulator import Machine, arch as arches
+from emulator import Machine
+from emulator import arch as arches
 from emulator.layout import Bits, Layout
 from tracers import FgraphOps, FunctionGraphTracer, Lab
 from tracers.arch import kernel_arch
-from tracers.output.records import RECORDS
 from tracers.core import fgraph
 from tracers.core.ftrace import OPS_LIST_ARGS
 from tracers.core.kprobes import TRAP_ARGS
 from tracers.core.rethook import CALLBACK_ARGS
 from tracers.core.ring_buffer import RB_CONTROL, RECORD_HEADER
+from tracers.output.records import RECORDS
 from tracers.output.sinks import ListSink
 
 

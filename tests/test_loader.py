@@ -6,11 +6,12 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from emulator import FtlabError, Machine, arch as arches
-from tracers.arch import kernel_arch
+from emulator import FtlabError, Machine
+from emulator import arch as arches
 from emulator.asm import disassemble
 from fixtures import catalog
 from helpers import EXAMPLES, all_variants
+from tracers.arch import kernel_arch
 
 
 @pytest.mark.parametrize("arch_name,variant", all_variants())
@@ -92,7 +93,7 @@ def test_other_arch_object_is_refused():
 def test_non_elf_is_refused(tmp_path):
     junk = tmp_path / "junk.o"
     junk.write_text("not an object")
-    with pytest.raises(FtlabError, match="junk.o: not an ELF file"):
+    with pytest.raises(FtlabError, match=r"junk\.o: not an ELF file"):
         Machine(arches.get("arm64")).load(junk)
 
 

@@ -2,7 +2,8 @@
 import pytest
 import unicorn
 
-from emulator import BudgetExhausted, GuestFault, Machine, arch as arches
+from emulator import BudgetExhausted, GuestFault, Machine
+from emulator import arch as arches
 from fixtures import catalog
 
 

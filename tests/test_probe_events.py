@@ -3,8 +3,17 @@ import pytest
 
 from emulator.errors import FtlabError
 from tracers import probe_events as pe
-from tracers.probe_events import (FAULT, Fetch, FetchArg, FetchFault, ProbeSpecError, evaluate,
-                                  format_args, format_value, parse)
+from tracers.probe_events import (
+    FAULT,
+    Fetch,
+    FetchArg,
+    FetchFault,
+    ProbeSpecError,
+    evaluate,
+    format_args,
+    format_value,
+    parse,
+)
 
 X86 = ["ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "r8", "r9", "r10", "r11", "r12", "r13",
        "r14", "r15", "ip", "flags", "cs", "ss", "orig_ax"]
@@ -498,5 +507,5 @@ def test_format_args_as_appended_to_an_event_line():
     assert format_args(spec.args, values) == (
         ' fd=-9 buf=0x7ffd1000 count=4096 name=(fault) arg5="cat" fn=vfs_read+0x4/0x340')
     assert format_args((), []) == ""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zip"):
         format_args(spec.args, values[:-1])

@@ -18,7 +18,7 @@ ELLIPSIS = re.compile(r"\.\.\.|…")
 
 def test_readme_python_example_runs(capsys):
     text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})

@@ -24,7 +24,7 @@ def test_save_regs_as_trace_selftest(lab):
     """trace_selftest's regs test: SAVE_REGS gives a pt_regs where the arch has ftrace_regs_caller,
     else registration fails, and SAVE_REGS_IF_SUPPORTED registers with ftrace_get_regs() NULL."""
     if lab.karch.regs_caller is None:
-        with pytest.raises(FtlabError, match="arm64 has no ftrace_regs_caller since 6.2 .* PSTATE cannot be saved"):
+        with pytest.raises(FtlabError, match=r"arm64 has no ftrace_regs_caller since 6\.2 .* PSTATE cannot be saved"):
             lab.ftrace.register(FtraceOps(lambda *a: None, OpsFlag.SAVE_REGS))
         fregs, regs, _ = _grab(lab, OpsFlag.SAVE_REGS_IF_SUPPORTED)
         assert regs is None and fregs.kind == "ftrace_regs"
@@ -39,7 +39,7 @@ def test_ftrace_regs_caller_pt_regs_equal_the_truth():
     """x86 only: arm64 has no ftrace_regs_caller (test_save_regs_as_trace_selftest checks the refusal)."""
     from tracers import Lab
     lab = Lab.open("funcs", "x86_64")
-    fregs, regs, verification = _grab(lab, OpsFlag.SAVE_REGS)
+    _, regs, verification = _grab(lab, OpsFlag.SAVE_REGS)
     assert verification.mismatch == []
     assert sorted(c.field for c in verification.checks) == sorted(lab.arch.regs)   # every register
     assert regs.missing == ["orig_ax"]

@@ -43,7 +43,7 @@ def test_the_hot_path_is_guest_code(arch, monkeypatch):
         assert set(lab.ftrace._call_sites.values()) == {lab.tracer_code.function_trace_call}
         assert not lab.machine.code_hooks        # each would slow every instruction under the budget
         calls = []
-        lab.machine.hook_code(lambda a: calls.append(a), lab.ftrace.list_func)
+        lab.machine.hook_code(calls.append, lab.ftrace.list_func)
         lab.call("fib", 10)
     assert calls == [] and dispatched == [] and len(tracer.sink.events) == 177
     lab.ftrace.register(FtraceOps(lambda *a: None))                  # the Python path, for contrast
@@ -123,7 +123,7 @@ def test_guest_function_graph_runs_no_python_per_call(lab):
     with tracer:
         assert not lab.machine.code_hooks
         for stub in (lab.ftrace.list_func, lab.fgraph._python_return):
-            lab.machine.hook_code(lambda a: calls.append(a), stub)
+            lab.machine.hook_code(calls.append, stub)
         lab.call("fib", 10)
     assert calls == [] and len(tracer.sink.events) == 2 * 177
 

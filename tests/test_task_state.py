@@ -38,7 +38,7 @@ def assert_task_clear(lab) -> None:
 
 def graph_session(lab, ring: bool):
     sink = ListSink()
-    with FunctionGraphTracer(lab, sink, ring=ring) as t:
+    with FunctionGraphTracer(lab, sink, ring=ring):
         assert lab.call("fib", 12) == 144
         assert lab.call("popcount_buf", BUF, 3) == 13
     return sink.summary, [(e.type, e.ip, e.depth, e.retval, e.ts) for e in sink.events]
@@ -115,7 +115,7 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
         return 1
     gops = FgraphOps(entry, lambda trace, gops, fregs: None, name="raises")
     lab.fgraph.register(gops)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="handler bug") as err:
         lab.call("chain_a", 10)
     assert err.value is raised
     assert_task_clear(lab)
@@ -124,7 +124,7 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
     p = Kprobe("chain_c", lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c"),
                lambda p, regs: (_ for _ in ()).throw(raised))
     lab.kprobes.register(p)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="handler bug") as err:
         lab.call("chain_a", 10)
     assert err.value is raised
     assert_task_clear(lab)
@@ -132,7 +132,7 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
 
     ops = FtraceOps(lambda *a: (_ for _ in ()).throw(raised), OpsFlag.RECURSION, filter={lab.ftrace.site("fib").ip})
     lab.ftrace.register(ops)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="handler bug"):
         lab.call("fib", 5)
     assert_task_clear(lab)
     lab.ftrace.unregister(ops)

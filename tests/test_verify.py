@@ -33,7 +33,7 @@ def checked(sink) -> None:
 
 def test_an_inner_tracer_run_from_the_handler_leaves_the_outer_verifying(lab):
     sink = NestingSink(lab)
-    with FunctionTracer(lab, sink, filters=["chain_*"], verify=True) as outer:
+    with FunctionTracer(lab, sink, filters=["chain_*"], verify=True):
         assert lab.call("chain_a", 10) == 129
     names = [lab.machine.symbols.lookup(ev.ip)[0].name for ev in sink.events]
     assert names == ["chain_a", "chain_b", "chain_c", "chain_c"]
@@ -45,9 +45,9 @@ def test_an_inner_tracer_run_from_the_handler_leaves_the_outer_verifying(lab):
 
 def test_an_inner_tracer_between_calls_leaves_the_outer_verifying(lab):
     sink, inner = ListSink(), ListSink()
-    with FunctionGraphTracer(lab, sink, filters=["sum10"], verify=True) as outer:
+    with FunctionGraphTracer(lab, sink, filters=["sum10"], verify=True):
         lab.call("sum10", *range(10))
-        with FunctionTracer(lab, inner, filters=["fib"], verify=True) as nested:
+        with FunctionTracer(lab, inner, filters=["fib"], verify=True):
             lab.call("fib", 3)
         lab.call("sum10", *range(10))
     assert len(sink.events) == 4                             # 2 calls: an entry and an exit each
@@ -85,7 +85,7 @@ def test_two_verifying_tracers_stop_in_either_order(lab, first, second, order):
     lab.call("chain_a", 10)
     assert len(sinks[staying].events) == 2 * before          # the second call was traced as the first
     tracers[staying].__exit__(None, None, None)
-    for t, sink in zip(tracers, sinks):
+    for sink in sinks:
         assert sink.events and all(ev.verification is not None for ev in sink.events)
         assert sink.summary["verify"]["snapshots"] == len(sink.events)
     assert not lab.machine.code_hooks

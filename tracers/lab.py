@@ -10,13 +10,13 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator import FtlabError, Machine, arch as arches
+from emulator import FtlabError, Machine
+from emulator import arch as arches
 from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
 from .builtin.guest import TracerCode
-from .output.records import RECORDS
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
 from .core.ftrace import Ftrace
@@ -24,6 +24,7 @@ from .core.kprobes import Kprobes
 from .core.kretprobe import Kretprobes
 from .core.rethook import RethookCore
 from .core.ring_buffer import DEFAULT_RECORDS, RingBuffer
+from .output.records import RECORDS
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Lab:
         self.sites = self.ftrace.add_object(self.obj) if init else []
 
     @classmethod
-    def open(cls, obj: str, arch: str | None = None, **kw) -> "Lab":
+    def open(cls, obj: str, arch: str | None = None, **kw) -> Lab:
         targets = resolve(obj, arch)
         if len(targets) != 1:
             raise FtlabError("Lab.open takes one architecture")

@@ -7,9 +7,9 @@ function is guest code (function_trace_call) and Python only reads records in bu
 from __future__ import annotations
 
 from ..core.ftrace import FtraceOps, OpsFlag
-from ..output.records import REC_ENTRY
 from ..output.decode import FunctionDecoder, StackDepth
 from ..output.events import NR_ARGS, Event
+from ..output.records import REC_ENTRY
 from .tracer import Tracer
 
 

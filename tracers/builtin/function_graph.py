@@ -10,9 +10,9 @@ from __future__ import annotations
 import struct
 
 from ..core.fgraph import FgraphOps
-from ..output.records import REC_ENTRY, REC_EXIT
 from ..output.decode import GraphDecoder
 from ..output.events import NR_ARGS, Event
+from ..output.records import REC_ENTRY, REC_EXIT
 from .tracer import Tracer
 
 CALLTIME = struct.Struct("<Q")

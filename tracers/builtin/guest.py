@@ -4,6 +4,7 @@ records it writes are declared in tracers/output/records.py."""
 from __future__ import annotations
 
 import struct
+
 from ..core import fgraph
 from ..output.records import RECORDS
 

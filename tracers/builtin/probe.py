@@ -90,7 +90,7 @@ class ProbeEventTracer(Tracer):
         self.specs = [self._resolve(parse(s, registers)) for s in specs]
         self.fprobes = lab.fprobes(design)
         self.kretprobes = lab.kretprobes()
-        self.hits = {spec: 0 for spec in self.specs}
+        self.hits = dict.fromkeys(self.specs, 0)
         self._probes = []
 
     def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
@@ -152,7 +152,7 @@ class ProbeEventTracer(Tracer):
         out = super().summary()
         # kprobe_profile's columns: event, hits, misses
         out["probes"] = {f"{s.group}/{s.event}": {"hits": self.hits[s], "nmissed": p.nmissed}
-                         for s, p in zip(self.specs, self._probes)}
+                         for s, p in zip(self.specs, self._probes, strict=True)}
         return out
 
     def _save_entry(self, data: int, regs) -> int:
@@ -176,4 +176,4 @@ class ProbeEventTracer(Tracer):
         self.hits[spec] += 1
         self.emit(Event(MECHANISM[spec.kind], type_, ip, parent_ip, 0, self.clock.now(), args, regs.kind,
                         regs.fields, tuple(regs.missing), regs.verify(), retval=retval,
-                        probe=spec, fetch=tuple(zip(spec.args, values))))
+                        probe=spec, fetch=tuple(zip(spec.args, values, strict=True))))

@@ -15,9 +15,9 @@ import unicorn
 
 from emulator import arch as arches
 
-from ..core.fprobe import Fprobe
 from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
+from ..core.fprobe import Fprobe
 from ..lab import Lab, resolve
 from ..output.sinks import CountSink, TextSink
 
@@ -75,7 +75,7 @@ def _naive_rate(lab, n) -> float:
 def naive_trace(lab, n) -> tuple[list, float]:
     """A tracer as a user would write it: a Python code hook on every function's entry, reading
     what it needs through the stock unicorn binding. Returns its events and the seconds fib(n) took."""
-    m, uc, arch = lab.machine, lab.machine.uc, lab.arch
+    uc, arch = lab.machine.uc, lab.arch
     ids = [arch.regs[r] for r in arch.arg_regs[:6]]
     sp_id, lr_id = arch.regs[arch.sp], arch.regs[arch.lr] if arch.lr else None
     events = []

@@ -18,7 +18,7 @@ def demo(out) -> None:
         rule = "=" * 78
         out.write(f"{rule}\n{name}: fixtures/obj/{name}/funcs.o ({len(lab.sites)} patch sites)\n{rule}\n\n")
         out.write("The patch site of fib, as compiled, after ftrace_init_nop, and enabled:\n")
-        for func, ip, states in site_rows(lab):
+        for func, _ip, states in site_rows(lab):
             if func == "fib":
                 for state, code, text in states:
                     out.write(f"    {state:<9} {code.hex(' '):<24} {text}\n")

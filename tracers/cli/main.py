@@ -10,14 +10,14 @@ from emulator import FtlabError
 from emulator.machine import DEFAULT_BUDGET, RETURN_KINDS
 
 from ..builtin.function import FunctionTracer
-from ..lab import Lab, format_result, parse_call, resolve
 from ..builtin.function_graph import FunctionGraphTracer
-from ..core.fprobe import DESIGNS
-from ..output.sinks import FORMATS, CountSink, make_sink
 from ..builtin.probe import ProbeEventTracer
-from ..core.ring_buffer import DEFAULT_RECORDS
 from ..builtin.trace_clock import CLOCKS
+from ..core.fprobe import DESIGNS
+from ..core.ring_buffer import DEFAULT_RECORDS
+from ..lab import Lab, format_result, parse_call, resolve
 from ..output.record import Recorder, replay
+from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
 from .demo import demo
 from .mechanisms import capture_all

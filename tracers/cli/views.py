@@ -6,8 +6,8 @@ import json
 from emulator import FtlabError
 from emulator.asm import disassemble
 
-from .mechanisms import MECHANISMS, capture_all
 from ..core.regs import decode_flags
+from .mechanisms import MECHANISMS, capture_all
 
 
 def parse_at(lab, spec: str) -> tuple[str, int | None]:
@@ -106,7 +106,7 @@ def compare(labs, func: str, call: tuple, out) -> list[dict]:
         out.write(f"\n{title}\n")
         cols = [results[n][1][mech] for n in names]
         rows = {
-            "snapshot": [c.refused and "none: refused (see `ftlab regs`)" or f"{c.kind}, {len(c.fields)} fields" for c in cols],
+            "snapshot": [(c.refused and "none: refused (see `ftlab regs`)") or f"{c.kind}, {len(c.fields)} fields" for c in cols],
             "not captured": [("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in cols],
             "wrong": [(" ".join(c.mismatch) or "-") if not c.refused else "" for c in cols],
             "cost/event": [f"{c.insns:.0f} insns, {c.stored:.0f} bytes stored" if not c.refused else "" for c in cols],

@@ -17,8 +17,8 @@ this module and for the guest code that pushes and pops frames (asm_constants).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from emulator import FtlabError
 from emulator.layout import Bits, Layout
@@ -122,8 +122,8 @@ class FgraphOps:
     """struct fgraph_ops. `filter`/`notrace` are set_ftrace_filter globs, as for an ftrace_ops.
     `guest` names guest code doing what entryfunc/retfunc do, used when this is the only user."""
 
-    entryfunc: Callable[[FtraceGraphEnt, "FgraphOps", FtraceRegs], int]
-    retfunc: Callable[[FtraceGraphRet, "FgraphOps", FtraceRegs], None] | None = None
+    entryfunc: Callable[[FtraceGraphEnt, FgraphOps, FtraceRegs], int]
+    retfunc: Callable[[FtraceGraphRet, FgraphOps, FtraceRegs], None] | None = None
     name: str = "fgraph_ops"
     ops: FtraceOps = field(default_factory=lambda: FtraceOps(None))   # its filter hashes
     idx: int = -1

@@ -14,9 +14,9 @@ guest address of entry_data_size bytes, or None when entry_data_size is 0.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Callable
 
 from emulator import FtlabError
 

@@ -6,10 +6,10 @@ tracers/arch/<arch>/*.S.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntFlag
 from fnmatch import fnmatchcase
-from typing import Callable
 
 from emulator import FtlabError
 from emulator.layout import Layout
@@ -36,7 +36,7 @@ class OpsFlag(IntFlag):
 class FtraceOps:
     """struct ftrace_ops: a callback func(ip, parent_ip, op, fregs) and the sites it wants."""
 
-    func: Callable[[int, int, "FtraceOps", FtraceRegs], None]
+    func: Callable[[int, int, FtraceOps, FtraceRegs], None]
     flags: OpsFlag = OpsFlag.NONE
     name: str = "ops"
     filter: set[int] = field(default_factory=set)     # empty: every site (the kernel's empty hash)
@@ -101,7 +101,7 @@ class Ftrace:
 
     def add_object(self, obj) -> list[Site]:
         m, sites = self.m, self.karch.sites
-        mcount = next((m.symbols.get(s).addr for s in ("__fentry__", "mcount", "_mcount") if s in m.symbols))
+        mcount = next(m.symbols.get(s).addr for s in ("__fentry__", "mcount", "_mcount") if s in m.symbols)
         added = []
         for recorded in sorted(set(self._recorded(obj))):
             ip, literal = sites.adjust(recorded, m.read, m.symbols.is_function_start)

@@ -9,8 +9,8 @@ only single-stepped. A pre_handler returning non-zero has changed the ip: the st
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from emulator import FtlabError, GuestFault
 from emulator.asm import decode, disassemble
@@ -30,8 +30,8 @@ class Kprobe:
 
     symbol: str
     offset: int = 0
-    pre_handler: Callable[["Kprobe", PtRegs], int] | None = None
-    post_handler: Callable[["Kprobe", PtRegs, int], None] | None = None
+    pre_handler: Callable[[Kprobe, PtRegs], int] | None = None
+    post_handler: Callable[[Kprobe, PtRegs, int], None] | None = None
     nmissed: int = 0
     nhit: int = 0
     addr: int = 0

@@ -7,8 +7,8 @@ entry fprobe uses). The return handler sees the pt_regs the rethook trampoline b
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from emulator import FtlabError
 

@@ -7,8 +7,8 @@ search to undo the hook (rethook_find_ret_addr).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from emulator import FtlabError
 from emulator.layout import Layout
@@ -22,7 +22,7 @@ REGS_ARG = CALLBACK_ARGS.index("regs")
 
 @dataclass(eq=False)
 class RethookNode:
-    rethook: "Rethook"
+    rethook: Rethook
     data: int | None              # guest address of the node's private data (data_size bytes)
     ret_addr: int = 0
     frame: int = 0
@@ -32,7 +32,7 @@ class RethookNode:
 class Rethook:
     """One user's pool (rethook_alloc(data, handler, size, num)); handler(node, regs) at return."""
 
-    def __init__(self, core: "RethookCore", handler: Callable[[RethookNode, PtRegs], None],
+    def __init__(self, core: RethookCore, handler: Callable[[RethookNode, PtRegs], None],
                  data_size: int, num: int):
         if num <= 0:
             raise FtlabError(f"rethook: a pool needs at least one node, not {num}")

@@ -8,7 +8,7 @@ caller's frame pointer.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 MAX_DEPTH = 64
 

@@ -10,9 +10,9 @@ every instruction under the budget.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from emulator import FtlabError
 
@@ -90,7 +90,7 @@ class Verify:
             self._hooks[addr] = self.m.hook_code(self._capture, addr)
 
     def _capture(self, addr: int) -> None:
-        self._truth[addr] = dict(zip(self._names, self._regs.read()))
+        self._truth[addr] = dict(zip(self._names, self._regs.read(), strict=True))
 
     def take(self, addr: int) -> dict[str, int] | None:
         """The true registers captured at addr since the last take there, if verifying."""

@@ -7,8 +7,8 @@ whoever consumes the events counts and formats them.
 from __future__ import annotations
 
 from ..core.regs import missing_registers
-from .records import REC_ENTRY, record_struct
 from .events import NR_ARGS, Event
+from .records import REC_ENTRY, record_struct
 
 
 class StackDepth:
@@ -39,11 +39,14 @@ class FunctionDecoder:
         self.missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
         self.depth = StackDepth()
 
+    # A record is as long as the tracers' largest: the fields a kind does not fill are padding, which
+    # zip(strict=False) leaves out.
+
     def events(self, chunk: bytes):
         name, saved, sp, args, missing, depth = self.tracer, self.saved, self.sp, self.args, self.missing, self.depth
         for _, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
             yield Event(name, "entry", ip, parent, depth(fields[sp]), ts, tuple(fields[i] for i in args),
-                        "ftrace_regs", dict(zip(saved, fields)), missing)
+                        "ftrace_regs", dict(zip(saved, fields, strict=False)), missing)
 
 
 class GraphDecoder:
@@ -67,10 +70,10 @@ class GraphDecoder:
         for kind, ts, ip, parent, depth, *fields in self.rec.iter_unpack(chunk):
             if kind == REC_ENTRY:
                 yield Event(name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args),
-                            "ftrace_regs", dict(zip(saved, fields)), self.missing_in)
+                            "ftrace_regs", dict(zip(saved, fields, strict=False)), self.missing_in)
             else:
                 yield Event(name, "exit", ip, parent, depth, ts, None, "ftrace_regs",
-                            dict(zip(exit_saved, fields[:n])), self.missing_out, retval=fields[ret],
+                            dict(zip(exit_saved, fields, strict=False)), self.missing_out, retval=fields[ret],
                             duration=ts - fields[n])
 
 

@@ -52,7 +52,7 @@ class TextSink:
         where = location(self.sym, ev.ip)
         if ev.type == "exit":
             where = f"{location(self.sym, ev.parent_ip)} <- {func_name(self.sym, ev.ip)}"
-        return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch)) if ev.fetch else ''}"
+        return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
 
     def end(self, summary: dict) -> None:
         write_summary(self.out, summary)
