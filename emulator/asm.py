@@ -10,6 +10,7 @@ layout tables (UPPERCASE, like the kernel's asm-offsets) and the addresses of ot
 symbols (as a linker's --defsym). Keystone's own option API is never touched: any syntax option
 makes it read bare numbers as hex (keystone issues #436 and #571).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,17 +26,17 @@ from .errors import FtlabError
 
 LABEL = re.compile(r"^([A-Za-z_.$][\w.$]*):$")
 NAME = re.compile(r"(?<![\w.$])[A-Za-z_][\w]*(?![\w.$])")
-ARGUMENT = re.compile(r"\\(\w+)(\\\(\))?")      # \name, and the \() that may end it
-NESTING = 100                                       # macro expansions within one another
+ARGUMENT = re.compile(r"\\(\w+)(\\\(\))?")  # \name, and the \() that may end it
+NESTING = 100  # macro expansions within one another
 
 
 @dataclass(frozen=True)
 class Assembly:
     base: int
     code: bytes
-    symbols: dict[str, int]        # every label
-    exported: tuple[str, ...]      # the .globl ones
-    statements: tuple[str, ...]    # instruction and data lines, in order, after substitution
+    symbols: dict[str, int]  # every label
+    exported: tuple[str, ...]  # the .globl ones
+    statements: tuple[str, ...]  # instruction and data lines, in order, after substitution
 
 
 @cache
@@ -98,8 +99,10 @@ def _block(lines: list[str], start: int, opener: str, closer: str, name: str) ->
 def _substitute(lines, values: dict[str, str]) -> list[str]:
     """`\\arg` (and a `\\()` ending it) replaced by its value; other arguments are left for the
     macro or .irp they belong to."""
+
     def value(m):
         return values[m.group(1)] if m.group(1) in values else m.group(0)
+
     return [ARGUMENT.sub(value, line) for line in lines]
 
 
@@ -150,8 +153,7 @@ def _expand(lines: list[str], macros: dict[str, _Macro], name: str, nesting: int
     return out
 
 
-def _statements(source: str, constants: dict[str, int], where: Path | None = None,
-                name: str = "<lab>") -> list[str]:
+def _statements(source: str, constants: dict[str, int], where: Path | None = None, name: str = "<lab>") -> list[str]:
     out = []
     for line in _expand(_lines(source, where), {}, name):
         if "\\" in line:
@@ -160,8 +162,14 @@ def _statements(source: str, constants: dict[str, int], where: Path | None = Non
     return out
 
 
-def assemble(arch, source: str, base: int, constants: dict[str, int] | None = None,
-             name: str = "<lab>", where: Path | None = None) -> Assembly:
+def assemble(
+    arch,
+    source: str,
+    base: int,
+    constants: dict[str, int] | None = None,
+    name: str = "<lab>",
+    where: Path | None = None,
+) -> Assembly:
     stmts = _statements(source, constants or {}, where, name)
     labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
     exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
@@ -173,9 +181,9 @@ def assemble(arch, source: str, base: int, constants: dict[str, int] | None = No
     except keystone.KsError as err:
         raise FtlabError(f"{name}: keystone cannot assemble it: {err}") from None
     code = bytes(encoding or b"")
-    table = code[len(code) - 8 * len(labels):]
+    table = code[len(code) - 8 * len(labels) :]
     symbols = dict(zip(labels, struct.unpack(f"<{len(labels)}Q", table), strict=True))
-    code = code[:len(code) - 8 * len(labels)]
+    code = code[: len(code) - 8 * len(labels)]
     return Assembly(base, code, symbols, exported, tuple(s for s in body if not LABEL.match(s)))
 
 
@@ -196,8 +204,11 @@ def store_bytes(insn) -> int:
     if insn._cs.arch == capstone.CS_ARCH_X86:
         if name.startswith("push") or name == "call":
             return 8
-        return sum(op.size for op in insn.operands
-                   if op.type == capstone.x86_const.X86_OP_MEM and op.access & capstone.CS_AC_WRITE)
+        return sum(
+            op.size
+            for op in insn.operands
+            if op.type == capstone.x86_const.X86_OP_MEM and op.access & capstone.CS_AC_WRITE
+        )
     if not name.startswith("st") or name.startswith(("stlx", "stx")):
         return 0
     width = {"b": 1, "h": 2}.get(name[-1]) if name.startswith(("strb", "strh", "sturb", "sturh")) else None
@@ -211,8 +222,8 @@ def store_bytes(insn) -> int:
 
 # Spellings keystone needs that capstone prints differently (keystone 0.9.2 knows no `bti`).
 ALIASES = {"hint34": "btic", "hint32": "bti", "hint36": "btij", "hint38": "btijc"}
-MNEMONIC_SYNONYMS = {"jz": "je", "jnz": "jne"}    # x86 condition spellings capstone prints one way
-STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")   # implicit operands
+MNEMONIC_SYNONYMS = {"jz": "je", "jnz": "jne"}  # x86 condition spellings capstone prints one way
+STRING_OP = re.compile(r"^((?:rep\w*\s+)?(?:movs|stos|lods|cmps|scas)[bwdq])\b.*")  # implicit operands
 SIZE_WORDS = re.compile(r"\b(?:xmm|[xy]?mm)?(?:qword|dword|word|byte)\s+ptr\b")
 
 
@@ -227,11 +238,11 @@ def _normal(text: str, symbols: dict[str, int], next_ip: int | None = None) -> s
     text = re.sub(r"\s+", "", text)
     # fold "168+8" style constant arithmetic, as the assembler did
     chain = re.compile(r"(?<![\w])(-?\d+)((?:[+-]\d+)+)(?![\w])")
-    while (m := chain.search(text)):
+    while m := chain.search(text):
         total = int(m.group(1)) + sum(int(t) for t in re.findall(r"[+-]\d+", m.group(2)))
-        text = text[:m.start()] + str(total) + text[m.end():]
+        text = text[: m.start()] + str(total) + text[m.end() :]
     text = re.sub(r"\+-", "-", text).replace(",0]", "]").replace("+0]", "]")
-    if next_ip is not None:     # capstone prints rip-relative operands as a displacement
+    if next_ip is not None:  # capstone prints rip-relative operands as a displacement
         text = re.sub(r"rip([+-]\d+)", lambda m: f"rip+{next_ip + int(m.group(1))}", text)
     return ALIASES.get(text, text)
 
@@ -255,7 +266,7 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
             addr += (8 if directive == ".quad" else 1) * len(stmt.split(None, 1)[1].split(","))
             continue
         off = addr - asm.base
-        decoded = disassemble(arch, asm.code[off:off + 16], addr)
+        decoded = disassemble(arch, asm.code[off : off + 16], addr)
         if addr >= end or not decoded:
             problems.append(f"{addr:#x}: '{stmt}' did not decode")
             break

@@ -6,13 +6,14 @@ through two Python layers of its own: CallHooks registers a ctypes callback with
 directly, about 0.2 µs less per call into the lab. Both use private names of unicorn 2.1's
 binding and fall back to the stock API without them.
 """
+
 import ctypes
 
 import unicorn
 
-try:                                    # private names of unicorn 2.1's binding
+try:  # private names of unicorn 2.1's binding
     from unicorn.unicorn_py3.unicorn import uclib
-except ImportError:                     # pragma: no cover - another binding: use the stock path
+except ImportError:  # pragma: no cover - another binding: use the stock path
     uclib = None
 
 BLOCK_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
@@ -43,7 +44,7 @@ class CallHooks:
     def __init__(self, uc):
         self._uc = uc
         self._native = uclib is not None and hasattr(uc, "_uch")
-        self._alive = []                # the ctypes callbacks, which must outlive the engine's use
+        self._alive = []  # the ctypes callbacks, which must outlive the engine's use
         self.pending: BaseException | None = None
 
     def add(self, callback, addr: int) -> None:
@@ -57,12 +58,19 @@ class CallHooks:
             except BaseException as err:
                 self.pending = err
                 uclib.uc_emu_stop(self._uc._uch)
+
         native = BLOCK_CALLBACK(entry)
         self._alive.append(native)
         handle = ctypes.c_size_t()
-        err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
-                                ctypes.cast(native, ctypes.c_void_p), None, ctypes.c_uint64(addr),
-                                ctypes.c_uint64(addr))
+        err = uclib.uc_hook_add(
+            self._uc._uch,
+            ctypes.byref(handle),
+            unicorn.UC_HOOK_BLOCK,
+            ctypes.cast(native, ctypes.c_void_p),
+            None,
+            ctypes.c_uint64(addr),
+            ctypes.c_uint64(addr),
+        )
         if err != unicorn.UC_ERR_OK:
             raise unicorn.UcError(err)
 

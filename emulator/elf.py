@@ -5,6 +5,7 @@ and undefined symbols are bound to the lab runtime (the ftrace entry symbols, th
 memcpy/memmove/memset), to earlier objects, or to stubs the user asked for. Anything else is an
 error naming the symbol and where it is used.
 """
+
 from __future__ import annotations
 
 import struct
@@ -21,7 +22,7 @@ from .arch.base import sign_check
 from .errors import FtlabError
 from .symbols import Symbol
 
-STUB_KINDS = ("ret0", "data")      # a function returning 0, or 4 KiB of zeroed data
+STUB_KINDS = ("ret0", "data")  # a function returning 0, or 4 KiB of zeroed data
 
 
 @dataclass
@@ -29,7 +30,7 @@ class LoadedObject:
     path: Path
     base: int
     size: int
-    sections: dict[str, list[tuple[int, int]]] = field(default_factory=dict)   # name -> [(addr, size)]
+    sections: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # name -> [(addr, size)]
     functions: list[Symbol] = field(default_factory=list)
     # relocation places that refer to each undefined symbol, e.g. the __fentry__ call sites
     imports: dict[str, list[int]] = field(default_factory=dict)
@@ -88,8 +89,7 @@ class _Loader:
         arch, elf = self.arch, self.elf
         if elf["e_machine"] != arch.elf_machine:
             other = by_elf_machine(elf["e_machine"])
-            raise FtlabError(f"{self.path}: built for {other.name if other else elf['e_machine']}, "
-                             f"not {arch.name}")
+            raise FtlabError(f"{self.path}: built for {other.name if other else elf['e_machine']}, not {arch.name}")
         if elf["e_type"] != "ET_REL":
             raise FtlabError(f"{self.path}: {elf['e_type']} file; only relocatable objects (.o, .ko) load")
         placed = self._layout()
@@ -98,20 +98,23 @@ class _Loader:
             sec = elf.get_section(index)
             obj.sections.setdefault(sec.name, []).append((addr, sec["sh_size"]))
             if sec["sh_type"] != "SHT_NOBITS":
-                self.m.write(addr, sec.data())      # fresh memory: nothing translated from it yet
+                self.m.write(addr, sec.data())  # fresh memory: nothing translated from it yet
             if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
                 self.m.mark_executable(addr, sec["sh_size"])
         self.placed = placed
         self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.values = self._symbols(obj)
         self._relocate(obj)
-        self.m.write_code(self.base, self.m.read(self.base, self.size))   # one cache flush for it all
+        self.m.write_code(self.base, self.m.read(self.base, self.size))  # one cache flush for it all
         return obj
 
     def _layout(self) -> dict[int, int]:
         """Address of each SHF_ALLOC section, text first, each at its own alignment."""
-        secs = [(i, s) for i, s in enumerate(self.elf.iter_sections())
-                if s["sh_flags"] & SH_FLAGS.SHF_ALLOC and s["sh_size"]]
+        secs = [
+            (i, s)
+            for i, s in enumerate(self.elf.iter_sections())
+            if s["sh_flags"] & SH_FLAGS.SHF_ALLOC and s["sh_size"]
+        ]
         secs.sort(key=lambda item: not item[1]["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
         offsets, end = {}, 0
         for i, s in secs:
@@ -132,7 +135,7 @@ class _Loader:
         """Every symbol's address (None: undefined, bound later); defines functions and objects."""
         values: list[int | None] = []
         common = self.base + self.common
-        for sym in (self.symtab.iter_symbols() if self.symtab else ()):
+        for sym in self.symtab.iter_symbols() if self.symtab else ():
             shndx, kind = sym["st_shndx"], sym["st_info"]["type"]
             if shndx == "SHN_UNDEF":
                 values.append(None)
@@ -145,7 +148,7 @@ class _Loader:
             elif shndx in self.placed:
                 addr = self.placed[shndx] + sym["st_value"]
             else:
-                values.append(None if kind == "STT_SECTION" else 0)   # a section we did not load
+                values.append(None if kind == "STT_SECTION" else 0)  # a section we did not load
                 continue
             values.append(addr)
             if kind in ("STT_FUNC", "STT_OBJECT") and sym.name:
@@ -161,8 +164,10 @@ class _Loader:
             return sym.addr
         kind = self.stubs.get(name)
         if kind is None:
-            raise FtlabError(f"{self.path}: undefined symbol '{name}' (used at {where}); "
-                             f"supply it with --stub {name} or --stub {name}=data")
+            raise FtlabError(
+                f"{self.path}: undefined symbol '{name}' (used at {where}); "
+                f"supply it with --stub {name} or --stub {name}=data"
+            )
         addr = self.m.alloc("lab data", 4096, 16) if kind == "data" else self.m.symbols.get("ftlab_ret0").addr
         self.m.symbols.add(Symbol(name, addr, 4096 if kind == "data" else 0, "lab"))
         return addr
@@ -174,8 +179,9 @@ class _Loader:
                 continue
             target = self.elf.get_section(sec["sh_info"])
             if sec["sh_type"] == "SHT_REL":
-                raise FtlabError(f"{self.path}: {sec.name}: REL relocations are not used on "
-                                 f"{self.arch.name}; only RELA is supported")
+                raise FtlabError(
+                    f"{self.path}: {sec.name}: REL relocations are not used on {self.arch.name}; only RELA is supported"
+                )
             base = self.placed[sec["sh_info"]]
             for rel in sec.iter_relocations():
                 place, kind = base + rel["r_offset"], rel["r_info_type"]
@@ -183,7 +189,7 @@ class _Loader:
                 sym = syms[rel["r_info_sym"]]
                 value = self.values[rel["r_info_sym"]]
                 if value is None and sym["st_info"]["type"] == "STT_SECTION":
-                    continue                          # against a section we did not load
+                    continue  # against a section we did not load
                 if value is None:
                     value = self._resolve(sym.name, f"{self.m.symbols.name(place)} ({where})")
                     obj.imports.setdefault(sym.name, []).append(place)
@@ -192,8 +198,7 @@ class _Loader:
     def _apply(self, kind: int, S: int, A: int, P: int, where: str) -> None:
         reloc = self.arch.relocs.get(kind)
         if reloc is None:
-            raise FtlabError(f"{self.path}: relocation type {kind} at {where} is not supported on "
-                             f"{self.arch.name}")
+            raise FtlabError(f"{self.path}: relocation type {kind} at {where} is not supported on {self.arch.name}")
         value = reloc.value(S, A, P)
         if reloc.bits and not sign_check(value, *reloc.bits):
             raise FtlabError(f"{self.path}: {reloc.name} at {where}: value {value:#x} out of range")

@@ -1,5 +1,6 @@
 """Structs and words that guest code and Python share, declared once: each table feeds both
 Python's accessors and the assembly's constants (what asm-offsets.c gives the kernel)."""
+
 from __future__ import annotations
 
 import struct
@@ -9,7 +10,7 @@ from operator import itemgetter
 from .errors import FtlabError
 
 
-@dataclass(frozen=True, eq=False)          # one object per struct per arch, hashed by identity
+@dataclass(frozen=True, eq=False)  # one object per struct per arch, hashed by identity
 class Layout:
     """A struct made only of u64 slots, as an offset table."""
 

@@ -5,6 +5,7 @@ memoryview without a copy or a call into Unicorn (0.3 µs for 256 bytes, against
 mem_read). Code is only ever written through `patch()`/`write_code()`, which go through Unicorn
 and flush its translation cache.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -25,12 +26,13 @@ from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
 from .symbols import Symbol, SymbolTable
 
-DEFAULT_BUDGET = 200_000_000     # instructions per call into the guest
+DEFAULT_BUDGET = 200_000_000  # instructions per call into the guest
 MASK64 = (1 << 64) - 1
 U64 = struct.Struct("<Q")
 PAGE_SHIFT = 12
 DATA_PERMS = unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE
 CODE_PERMS = unicorn.UC_PROT_ALL
+
 
 def _i64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
@@ -73,11 +75,11 @@ class Machine:
     # The memory map. Objects load at 1 GiB: unicorn cannot fetch from the kernel's 0xffffffffc0000000
     # (no page tables), and below 2 GiB -mcmodel=kernel's R_X86_64_32S (sign-extended) still fits.
     # The lab's code sits 16 MiB below them, within arm64's ±128 MiB BL reach.
-    HEAP = 0x1000_0000, 0x0100_0000         # buffers passed to calls by pointer
-    STACK = 0x2000_0000, 0x0010_0000        # the task's kernel stack
-    LAB_DATA = 0x3E00_0000, 0x0100_0000     # per-cpu page, ops, buffers of the tracers
-    LAB_TEXT = 0x3F00_0000, 0x0010_0000     # the lab's runtime and trampolines
-    OBJECTS = 0x4000_0000                   # loaded objects, one mapping each
+    HEAP = 0x1000_0000, 0x0100_0000  # buffers passed to calls by pointer
+    STACK = 0x2000_0000, 0x0010_0000  # the task's kernel stack
+    LAB_DATA = 0x3E00_0000, 0x0100_0000  # per-cpu page, ops, buffers of the tracers
+    LAB_TEXT = 0x3F00_0000, 0x0010_0000  # the lab's runtime and trampolines
+    OBJECTS = 0x4000_0000  # loaded objects, one mapping each
 
     def __init__(self, arch: Arch, budget: int = DEFAULT_BUDGET):
         self.arch = arch
@@ -86,13 +88,17 @@ class Machine:
         if arch.cpu_model is not None:
             self.uc.ctl_set_cpu_model(arch.cpu_model)
         self.regions: list[Region] = []
-        self._exec_pages: set[int] = set()     # page numbers the guest may execute from
-        self._bases: list[int] = []            # region bases, sorted, for lookups by address
+        self._exec_pages: set[int] = set()  # page numbers the guest may execute from
+        self._bases: list[int] = []  # region bases, sorted, for lookups by address
         self._by_base: list[Region] = []
         self.symbols = SymbolTable()
         self.objects: list[LoadedObject] = []
-        for name, (base, size) in (("heap", self.HEAP), ("stack", self.STACK),
-                                   ("lab data", self.LAB_DATA), ("lab text", self.LAB_TEXT)):
+        for name, (base, size) in (
+            ("heap", self.HEAP),
+            ("stack", self.STACK),
+            ("lab data", self.LAB_DATA),
+            ("lab text", self.LAB_TEXT),
+        ):
             self._map(name, base, size)
         self.mark_executable(*self.LAB_TEXT)
         self._cursor = {"heap": self.HEAP[0], "lab data": self.LAB_DATA[0], "lab text": self.LAB_TEXT[0]}
@@ -100,12 +106,12 @@ class Machine:
         self.percpu = self.alloc("lab data", 0x10000, 0x1000)
         arch.setup_cpu(self.uc, self.percpu)
         self._reg = dict(arch.regs)
-        self._fault_access: tuple[int, int, bool] | None = None    # (access, address, mapped)
+        self._fault_access: tuple[int, int, bool] | None = None  # (access, address, mapped)
         self._trap_hook = None
-        self.code_hooks: set = set()    # per-instruction hooks: each slows every instruction under the budget
+        self.code_hooks: set = set()  # per-instruction hooks: each slows every instruction under the budget
         self._call_hooks = CallHooks(self.uc)
-        self._abandoned: list = []             # callbacks for a top-level call ending in an error
-        self._plumbing: set[int] = set()       # mailbox stubs' blocks, left out of lab-code costs
+        self._abandoned: list = []  # callbacks for a top-level call ending in an error
+        self._plumbing: set[int] = set()  # mailbox stubs' blocks, left out of lab-code costs
         self._lab_hook: int | None = None
         self.lab_insns = self.lab_stored = 0
         # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (UC_TLB_VIRTUAL), which
@@ -117,9 +123,9 @@ class Machine:
         self.uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._tlb_fill)
         self._running = 0
         self._insn_hook: int | None = None
-        self.insns = 0                  # emulated instructions, while counting is on
-        self._counted = (None, 0)       # the block counted last: (address, insns before it)
-        self._blocks: dict[tuple[int, int], tuple[int, int]] = {}   # (addr, size) -> _block_cost
+        self.insns = 0  # emulated instructions, while counting is on
+        self._counted = (None, 0)  # the block counted last: (address, insns before it)
+        self._blocks: dict[tuple[int, int], tuple[int, int]] = {}  # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.runtime)
         self.exit_addr = runtime["ftlab_caller"]
 
@@ -144,8 +150,8 @@ class Machine:
         mapped = self.region(vaddr) is not None
         if not mapped or (access == unicorn.UC_MEM_FETCH and not executable):
             self._fault_access = (access, vaddr, mapped)
-            return False                                  # the access faults
-        entry.paddr = vaddr                               # 1:1 (QEMU's page may be 1 KiB: keep the offset)
+            return False  # the access faults
+        entry.paddr = vaddr  # 1:1 (QEMU's page may be 1 KiB: keep the offset)
         entry.perms = CODE_PERMS if executable else DATA_PERMS
         return True
 
@@ -177,7 +183,7 @@ class Machine:
     def view(self, addr: int, size: int) -> memoryview:
         """Guest memory without a copy. Only for data: writing code this way would bypass Unicorn."""
         view, offset = self.locate(addr, size)
-        return view[offset:offset + size]
+        return view[offset : offset + size]
 
     def unpack(self, layout: struct.Struct, addr: int) -> tuple:
         """Guest data decoded in place: one struct unpack, no copy."""
@@ -222,8 +228,10 @@ class Machine:
         """Replace code after checking what is there, as ftrace_modify_code() does."""
         found = self.read(addr, len(old))
         if found != old:
-            raise FtlabError(f"refusing to patch {self.symbols.name(addr)} at {addr:#x}: expected "
-                             f"{old.hex(' ')}, found {found.hex(' ')} ({self.disasm(addr)})")
+            raise FtlabError(
+                f"refusing to patch {self.symbols.name(addr)} at {addr:#x}: expected "
+                f"{old.hex(' ')}, found {found.hex(' ')} ({self.disasm(addr)})"
+            )
         self.write_code(addr, new)
 
     def load_lab_code(self, source: str | Path, constants: dict[str, int] | None = None) -> dict[str, int]:
@@ -280,10 +288,9 @@ class Machine:
     def hook_code(self, callback, begin: int, end: int | None = None):
         """callback(addr) before each instruction in [begin, end]; costs nothing outside it."""
         end = begin if end is None else end
-        handle = self.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr),
-                                  begin=begin, end=end)
+        handle = self.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr), begin=begin, end=end)
         self.code_hooks.add(handle)
-        self.uc.ctl_remove_cache(begin, end + 1)      # code translated before the hook has no call
+        self.uc.ctl_remove_cache(begin, end + 1)  # code translated before the hook has no call
         return handle
 
     def mailbox(self, stub: int, literal: int, words: int) -> memoryview:
@@ -322,7 +329,7 @@ class Machine:
             self._trap_hook = self.uc.hook_add(unicorn.UC_HOOK_INTR, self._on_trap)
 
     def _on_trap(self, uc, intno, _):
-        if self._fault_access is not None:          # a failed access (page fault / data abort)
+        if self._fault_access is not None:  # a failed access (page fault / data abort)
             raise _AccessFault
         refused = self.arch.deliver_trap(uc, intno, self.read)
         if refused is not None:
@@ -334,8 +341,9 @@ class Machine:
         if on and self._lab_hook is None:
             self.lab_insns = self.lab_stored = 0
             base, size = self.LAB_TEXT
-            self._lab_hook = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_lab_block,
-                                              begin=base, end=base + size - 1)
+            self._lab_hook = self.uc.hook_add(
+                unicorn.UC_HOOK_BLOCK, self._on_lab_block, begin=base, end=base + size - 1
+            )
             self.uc.ctl_remove_cache(base, base + size)
         elif not on and self._lab_hook is not None:
             self.uc.hook_del(self._lab_hook)
@@ -347,7 +355,7 @@ class Machine:
         if cost is None:
             code, insns, stored, offset = self.read(addr, size), 0, 0, 0
             while offset < size:
-                insn = asm.decode(self.arch, code[offset:offset + 16], addr + offset)
+                insn = asm.decode(self.arch, code[offset : offset + 16], addr + offset)
                 insns, stored, offset = insns + 1, stored + asm.store_bytes(insn), offset + insn.size
             cost = self._blocks[(addr, size)] = (insns, stored)
         return cost
@@ -379,7 +387,7 @@ class Machine:
 
     def _on_block(self, uc, addr, size, _):
         if addr == self.exit_addr:
-            return                      # emulation stops before the exit's instruction runs
+            return  # emulation stops before the exit's instruction runs
         self._counted = (addr, self.insns)
         self.insns += self._block_cost(addr, size)[0]
 
@@ -447,16 +455,16 @@ class Machine:
 
     def _enter(self, func: int, values: list[int], top: int) -> None:
         arch = self.arch
-        in_regs, on_stack = values[:len(arch.arg_regs)], values[len(arch.arg_regs):]
-        first_stack_arg = (top - 8 * len(on_stack) - 64) & ~15      # 16-byte aligned at the call
+        in_regs, on_stack = values[: len(arch.arg_regs)], values[len(arch.arg_regs) :]
+        first_stack_arg = (top - 8 * len(on_stack) - 64) & ~15  # 16-byte aligned at the call
         sp = first_stack_arg - arch.stack_args_offset
         for i, v in enumerate(on_stack):
             self.write(first_stack_arg + 8 * i, U64.pack(v))
         if arch.lr is None:
-            self.write(sp, U64.pack(self.exit_addr))      # the call's pushed return address
+            self.write(sp, U64.pack(self.exit_addr))  # the call's pushed return address
         else:
             self.set_reg(arch.lr, self.exit_addr)
-        for name, v in zip(arch.arg_regs, in_regs, strict=False):     # in_regs may be the shorter
+        for name, v in zip(arch.arg_regs, in_regs, strict=False):  # in_regs may be the shorter
             self.set_reg(name, v)
         self.set_reg(arch.sp, sp)
 
@@ -469,15 +477,16 @@ class Machine:
             fault = self._fault(err if isinstance(err, UcError) else None)
         finally:
             self._running -= 1
-        raised = self._call_hooks.take()       # a lab callback's exception stopped the run
+        raised = self._call_hooks.take()  # a lab callback's exception stopped the run
         if raised is not None:
             raise raised
         if fault is not None:
             raise fault
         pc = self.reg(self.arch.pc)
         if pc != self.exit_addr:
-            raise BudgetExhausted(f"instruction budget of {self.budget:,} exhausted at {self.where(pc)} "
-                                  f"(raise it with --budget)")
+            raise BudgetExhausted(
+                f"instruction budget of {self.budget:,} exhausted at {self.where(pc)} (raise it with --budget)"
+            )
 
     def _exact_fault_address(self, pc: int) -> int | None:
         """The TLB fill sees only the page a failed load or store touched. To name the exact
@@ -487,7 +496,7 @@ class Machine:
 
         def note(uc, access, addr, size, value, _):
             hits.append(addr)
-            return False                        # the access still fails
+            return False  # the access still fails
 
         hook = self.uc.hook_add(unicorn.UC_HOOK_MEM_INVALID, note)
         self.uc.ctl_set_tlb_mode(unicorn.UC_TLB_CPU)
@@ -509,12 +518,17 @@ class Machine:
             self._fault_access = None
             if not mapped and access != unicorn.UC_MEM_FETCH:
                 addr = self._exact_fault_address(pc) or addr
-            kind = {unicorn.UC_MEM_READ: "read of", unicorn.UC_MEM_WRITE: "write to",
-                    unicorn.UC_MEM_FETCH: "execution of"}.get(access, "access to")
+            kind = {
+                unicorn.UC_MEM_READ: "read of",
+                unicorn.UC_MEM_WRITE: "write to",
+                unicorn.UC_MEM_FETCH: "execution of",
+            }.get(access, "access to")
             what = f"{kind} {'non-executable' if mapped else 'unmapped'} address {addr:#x}"
         elif err is None:
             what = f"unhandled {trap}"
         else:
-            what = {unicorn.UC_ERR_INSN_INVALID: "invalid instruction",
-                    unicorn.UC_ERR_EXCEPTION: "unhandled trap or exception"}.get(err.errno, str(err))
+            what = {
+                unicorn.UC_ERR_INSN_INVALID: "invalid instruction",
+                unicorn.UC_ERR_EXCEPTION: "unhandled trap or exception",
+            }.get(err.errno, str(err))
         return GuestFault(f"guest fault: {what} at {self.where(pc)}")

@@ -1,4 +1,5 @@
 """Symbols of everything in guest memory: the lab's own code and the loaded objects."""
+
 from __future__ import annotations
 
 import bisect
@@ -10,7 +11,7 @@ class Symbol:
     name: str
     addr: int
     size: int
-    kind: str          # 'func', 'object' or 'lab' (the lab's own code and data)
+    kind: str  # 'func', 'object' or 'lab' (the lab's own code and data)
 
 
 class SymbolTable:
@@ -21,7 +22,7 @@ class SymbolTable:
 
     def add(self, sym: Symbol) -> None:
         self._by_name.setdefault(sym.name, sym)
-        i = bisect.bisect_left(self._starts, sym.addr)     # aliases: lookup() finds the first added
+        i = bisect.bisect_left(self._starts, sym.addr)  # aliases: lookup() finds the first added
         self._starts.insert(i, sym.addr)
         self._sorted.insert(i, sym)
 
@@ -46,8 +47,11 @@ class SymbolTable:
 
     def is_function_start(self, addr: int) -> bool:
         i = bisect.bisect_left(self._starts, addr)
-        return i < len(self._starts) and self._starts[i] == addr and any(
-            s.addr == addr and s.kind == "func" for s in self._sorted[i:i + 4])
+        return (
+            i < len(self._starts)
+            and self._starts[i] == addr
+            and any(s.addr == addr and s.kind == "func" for s in self._sorted[i : i + 4])
+        )
 
     def name(self, addr: int) -> str:
         """`sym`, `sym+0x10`, or the bare address: for messages and trace output."""

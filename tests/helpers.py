@@ -1,5 +1,6 @@
 """What the tests share besides pytest fixtures (those stay in conftest.py, which tests never import):
 every bundled fixture variant, and every example call of the catalog with its independent reference."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

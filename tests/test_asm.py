@@ -1,5 +1,6 @@
 """Every instruction keystone assembles for the lab is checked against capstone's decoding; the
 preprocessor's macros and repetitions expand as GNU as's do."""
+
 import platform
 import re
 import shutil
@@ -17,17 +18,27 @@ from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
 
-ROOT = Path(__file__).resolve().parent.parent          # not the working directory: pytest may run from tests/
-SOURCES = [p for p in sorted(ROOT.glob("emulator/arch/*/*.S")) + sorted(ROOT.glob("tracers/arch/*/*.S"))
-           if p.name != "macros.S"]
+ROOT = Path(__file__).resolve().parent.parent  # not the working directory: pytest may run from tests/
+SOURCES = [
+    p
+    for p in sorted(ROOT.glob("emulator/arch/*/*.S")) + sorted(ROOT.glob("tracers/arch/*/*.S"))
+    if p.name != "macros.S"
+]
 
 
 def test_every_lab_source_is_round_tripped():
     """An empty SOURCES would skip the round trip silently: each arch has its runtime and trampolines."""
     for arch_name in arches.ARCHES:
         names = {p.name for p in SOURCES if p.parent.name == arch_name}
-        assert {"runtime.S", "ftrace_caller.S", "return_to_handler.S", "rethook_trampoline.S", "entry.S",
-                "function_trace.S", "ring_buffer.S"} <= names, arch_name
+        assert {
+            "runtime.S",
+            "ftrace_caller.S",
+            "return_to_handler.S",
+            "rethook_trampoline.S",
+            "entry.S",
+            "function_trace.S",
+            "ring_buffer.S",
+        } <= names, arch_name
 
 
 @cache
@@ -38,6 +49,7 @@ def _assembled(arch_name: str) -> dict:
     def capture(arch, source, base, constants=None, name="<lab>", where=None):
         made[(where / name).resolve()] = asm = assemble(arch, source, base, constants, name, where)
         return asm
+
     with patch("emulator.asm.assemble", capture):
         Lab.open("funcs", arch_name)
     return made
@@ -46,7 +58,7 @@ def _assembled(arch_name: str) -> dict:
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_lab_sources_roundtrip(path):
     arch = arches.get(path.parent.name)
-    asm = _assembled(arch.name)[path.resolve()]          # every source is used by a lab
+    asm = _assembled(arch.name)[path.resolve()]  # every source is used by a lab
     assert asm.code and asm.exported
     assert roundtrip(arch, asm) == []
 
@@ -115,10 +127,23 @@ store \r, \o
 ret
 """
 CONSTANTS = {"IN_A": 8, "IN_B": 16, "OUT_A": 48, "OUT_B": 56}
-EXPANDED = ["mov [rsp+8], rax", "mov [rsp+16], rcx", "mov [rdi+8], rdx", "mov [rsp+24], rsi",
-            "mov r11, [rcx+8]", "mov [rax+48], r11", "mov r11, [rcx+16]", "mov [rax+56], r11",
-            "mov [rsp+8], r8", "mov [rsp+56], r8",
-            "mov [rsp+32], r9", "mov [rsp+40], r9", "mov [rsp+32], r10", "mov [rsp+40], r10", "ret"]
+EXPANDED = [
+    "mov [rsp+8], rax",
+    "mov [rsp+16], rcx",
+    "mov [rdi+8], rdx",
+    "mov [rsp+24], rsi",
+    "mov r11, [rcx+8]",
+    "mov [rax+48], r11",
+    "mov r11, [rcx+16]",
+    "mov [rax+56], r11",
+    "mov [rsp+8], r8",
+    "mov [rsp+56], r8",
+    "mov [rsp+32], r9",
+    "mov [rsp+40], r9",
+    "mov [rsp+32], r10",
+    "mov [rsp+40], r10",
+    "ret",
+]
 
 
 def test_macro_arguments_and_irp_expand():
@@ -136,7 +161,7 @@ def test_macros_expand_as_gnu_as_expands_them(tmp_path):
     subprocess.run(["as", "--64", "-o", tmp_path / "macros.o", source], check=True)
     subprocess.run(["objcopy", "-O", "binary", "-j", ".text", tmp_path / "macros.o", tmp_path / "text"], check=True)
     gnu, ours = (tmp_path / "text").read_bytes(), assemble(arches.get("x86_64"), MACROS, 0, CONSTANTS).code
-    assert ours[:len(gnu)] == gnu and len(ours) - len(gnu) < 8          # then the lab's alignment padding
+    assert ours[: len(gnu)] == gnu and len(ours) - len(gnu) < 8  # then the lab's alignment padding
 
 
 def test_other_lab_codes_symbols_are_named_like_constants():
@@ -146,14 +171,17 @@ def test_other_lab_codes_symbols_are_named_like_constants():
         assert asm.statements[0].endswith(str(0x3F000100)) and roundtrip(arch, asm) == []
 
 
-@pytest.mark.parametrize("source,error", [
-    (".macro m a\nmov rax, \\b\n.endm\nm 1\n", "names an argument no macro or .irp around it has"),
-    (".macro m a\nmov rax, \\a\n.endm\nm 1, 2\n", "too many arguments to macro m"),
-    (".macro m a\nmov rax, \\a\n", ".macro without .endm"),
-    (".irp r, rax\npush \\r\n", ".irp without .endr"),
-    ("push rax\n.endr\n", ".endr without its .macro or .irp"),
-    (".macro m\nm\n.endm\nm\n", "macros nested more than"),
-])
+@pytest.mark.parametrize(
+    "source,error",
+    [
+        (".macro m a\nmov rax, \\b\n.endm\nm 1\n", "names an argument no macro or .irp around it has"),
+        (".macro m a\nmov rax, \\a\n.endm\nm 1, 2\n", "too many arguments to macro m"),
+        (".macro m a\nmov rax, \\a\n", ".macro without .endm"),
+        (".irp r, rax\npush \\r\n", ".irp without .endr"),
+        ("push rax\n.endr\n", ".endr without its .macro or .irp"),
+        (".macro m\nm\n.endm\nm\n", "macros nested more than"),
+    ],
+)
 def test_malformed_macros_are_one_line_errors(source, error):
     with pytest.raises(FtlabError, match=re.escape(error)) as err:
         assemble(arches.get("x86_64"), source, 0x1000, name="bad.S")

@@ -1,4 +1,5 @@
 """The bench's own logic (its figures are measured by `make bench`, never asserted here)."""
+
 from tracers.cli import bench
 
 
@@ -13,4 +14,4 @@ def test_naive_tracer_sees_every_call(lab):
     events, _ = bench.naive_trace(lab, 10)
     fib = lab.machine.address_of("fib")
     assert len(events) == 177 and all(addr == fib for addr, *_ in events)
-    assert events[0][3][0] == 10 and events[0][1] == lab.machine.exit_addr      # n, and the caller
+    assert events[0][3][0] == 10 and events[0][1] == lab.machine.exit_addr  # n, and the caller

@@ -1,4 +1,5 @@
 """The ftlab command line: what the README's tour shows, and a one-line error for each bad input."""
+
 import json
 import re
 import subprocess
@@ -29,15 +30,19 @@ def test_run_prints_the_result(capsys, arch):
     assert run(capsys, "run", "--arch", arch, "funcs", "fib(20)") == (0, "fib(20) = 6765 (0x1a6d)\n", "")
     out = ok(capsys, "run", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)')
     assert out.endswith("= 3421780262 (0xcbf43926)\n")
-    assert run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)", "--ret", "pair")[1] == \
-        "divmod(-47, 5) = (-9, -2)\n"
+    assert (
+        run(capsys, "run", "--arch", arch, "funcs", "divmod(-47, 5)", "--ret", "pair")[1]
+        == "divmod(-47, 5) = (-9, -2)\n"
+    )
 
 
 def test_run_on_both_arches_and_on_a_file(capsys):
-    assert run(capsys, "run", "--arch", "all", "funcs", "add3(-1, 0x100000000, 5)")[1] == \
-        "x86_64: add3(-1, 0x100000000, 5) = 4\narm64: add3(-1, 0x100000000, 5) = 4\n"
+    assert (
+        run(capsys, "run", "--arch", "all", "funcs", "add3(-1, 0x100000000, 5)")[1]
+        == "x86_64: add3(-1, 0x100000000, 5) = 4\narm64: add3(-1, 0x100000000, 5) = 4\n"
+    )
     path = str(catalog.variant("arm64", "funcs-bti").path)
-    assert run(capsys, "run", path, "fib(10)")[1] == "fib(10) = 55 (0x37)\n"     # arch from the ELF header
+    assert run(capsys, "run", path, "fib(10)")[1] == "fib(10) = 55 (0x37)\n"  # arch from the ELF header
 
 
 def test_sites_lists_three_states(capsys, arch):
@@ -59,14 +64,36 @@ def test_trace_text_is_the_kernel_function_format(capsys, arch):
 
 
 def test_trace_json_events(capsys, arch):
-    out = ok(capsys, "trace", "--arch", arch, "funcs", "sum10(1,2,3,4,5,6,7,8,9,10)",
-                       "--format", "json", "--verify", "--filter", "sum*")
+    out = ok(
+        capsys,
+        "trace",
+        "--arch",
+        arch,
+        "funcs",
+        "sum10(1,2,3,4,5,6,7,8,9,10)",
+        "--format",
+        "json",
+        "--verify",
+        "--filter",
+        "sum*",
+    )
     [event, summary] = [json.loads(ln) for ln in out.splitlines()]
-    assert summary == {"arch": arch, "tracer": "function", "type": "summary",
-                       "counters": {"entries-written": 1}, "verify": {"snapshots": 1, "mismatching": 0}}
+    assert summary == {
+        "arch": arch,
+        "tracer": "function",
+        "type": "summary",
+        "counters": {"entries-written": 1},
+        "verify": {"snapshots": 1, "mismatching": 0},
+    }
     assert {k: event[k] for k in ("arch", "tracer", "type", "func", "depth", "args", "ts")} == {
-        "arch": arch, "tracer": "function", "type": "entry", "func": "sum10", "depth": 0,
-        "args": [1, 2, 3, 4, 5, 6], "ts": 1}
+        "arch": arch,
+        "tracer": "function",
+        "type": "entry",
+        "func": "sum10",
+        "depth": 0,
+        "args": [1, 2, 3, 4, 5, 6],
+        "ts": 1,
+    }
     regs = event["regs"]
     assert regs["kind"] == "ftrace_regs" and regs["mismatch"] == []
     assert "pstate" in regs["missing"] or "flags" in regs["missing"]
@@ -74,24 +101,36 @@ def test_trace_json_events(capsys, arch):
 
 
 def test_function_graph_text_and_json(capsys, arch):
-    out = ok(capsys, "trace", "--arch", arch, "funcs", "tail_a(5)", "--tracer", "function_graph",
-                       "--funcgraph-tail")
+    out = ok(capsys, "trace", "--arch", arch, "funcs", "tail_a(5)", "--tracer", "function_graph", "--funcgraph-tail")
     assert [ln[4:] for ln in out.splitlines() if not ln.startswith("#")] == [
-        "              |  tail_a() {", "  1 ev        |    tail_b();", "  3 ev        |  } /* tail_a */"]
+        "              |  tail_a() {",
+        "  1 ev        |    tail_b();",
+        "  3 ev        |  } /* tail_a */",
+    ]
     assert "# entries: 2, exits: 2, trace_overrun: 0" in out
-    out = ok(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "--tracer", "function_graph",
-                       "--format", "json", "--verify")
+    out = ok(
+        capsys, "trace", "--arch", arch, "funcs", "fib(2)", "--tracer", "function_graph", "--format", "json", "--verify"
+    )
     records = [json.loads(ln) for ln in out.splitlines()]
     assert [(r["type"], r.get("depth")) for r in records] == [
-        ("entry", 0), ("entry", 1), ("exit", 1), ("entry", 1), ("exit", 1), ("exit", 0), ("summary", None)]
+        ("entry", 0),
+        ("entry", 1),
+        ("exit", 1),
+        ("entry", 1),
+        ("exit", 1),
+        ("exit", 0),
+        ("summary", None),
+    ]
     assert [r["retval"] for r in records if r["type"] == "exit"] == [1, 0, 1]
     assert all(r["regs"]["mismatch"] == [] for r in records[:-1])
     assert records[-1]["counters"] == {"entries": 3, "exits": 3, "trace_overrun": 0}
 
 
-PROBES = ['f:crc crc32_bitwise crc=$arg1:x32 buf=+0($arg2):string second=+1($arg2):u8 len=$arg3',
-          'f crc32_bitwise%return $retval:x32 len=$arg3:u32',
-          'r2:grp/ret crc32_bitwise r=$retval:u32']
+PROBES = [
+    "f:crc crc32_bitwise crc=$arg1:x32 buf=+0($arg2):string second=+1($arg2):u8 len=$arg3",
+    "f crc32_bitwise%return $retval:x32 len=$arg3:u32",
+    "r2:grp/ret crc32_bitwise r=$retval:u32",
+]
 
 
 @pytest.mark.parametrize("design", ["fgraph", "rethook"])
@@ -116,9 +155,19 @@ def test_probe_events(capsys, arch, design):
 
 def test_kprobe_events(capsys, arch):
     reg = {"x86_64": "%di", "arm64": "%x0"}[arch]
-    out = ok(capsys, "trace", "--arch", arch, "funcs", "fib(2)", "-e", f"p:myk fib+{{off}} n={reg}:u32"
-                       .format(off="0xf" if arch == "x86_64" else "0x18"), "-e", "p fib%return ret=$retval:s64",
-                       "--verify")
+    out = ok(
+        capsys,
+        "trace",
+        "--arch",
+        arch,
+        "funcs",
+        "fib(2)",
+        "-e",
+        f"p:myk fib+{{off}} n={reg}:u32".format(off="0xf" if arch == "x86_64" else "0x18"),
+        "-e",
+        "p fib%return ret=$retval:s64",
+        "--verify",
+    )
     lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if not ln.startswith("#")]
     assert [ln.split(" ", 1)[0] for ln in lines].count("myk:") == 3
     assert [ln.rsplit(" ", 1)[1] for ln in lines if ln.startswith("myk:")] == ["n=2", "n=1", "n=0"]
@@ -129,8 +178,12 @@ def test_kprobe_events(capsys, arch):
 
 
 def test_python_m_tracers_is_the_cli():
-    done = subprocess.run([sys.executable, "-m", "tracers", "run", "--arch", "arm64", "funcs", "fib(12)"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracers", "run", "--arch", "arm64", "funcs", "fib(12)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout == "fib(12) = 144 (0x90)\n"
 
 
@@ -141,26 +194,41 @@ BAD = [
     (["run", "--arch", "arm64", "funcs", "nosuch(1)"], r"no symbol 'nosuch' in the loaded objects"),
     (["run", "--arch", "arm64", "funcs", "fib("], r"malformed CALL 'fib\(': expected NAME\(ARG, \.\.\.\)"),
     (["run", "--arch", "arm64", "funcs", "fib(n)"], r"malformed CALL 'fib\(n\)': argument 'n' is not"),
-    (["run", "--arch", "x86_64", "fixtures/obj/arm64/funcs.o", "fib(1)"],
-     r"fixtures/obj/arm64/funcs.o is an arm64 object; --arch x86_64 contradicts it"),
-    (["run", "--arch", "arm64", "funcs", "popcount_buf(16, 4)"],
-     r"guest fault: read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: ldrb"),
-    (["run", "--arch", "x86_64", "--budget", "5000", "funcs", "fib(25)"],
-     r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib"),
+    (
+        ["run", "--arch", "x86_64", "fixtures/obj/arm64/funcs.o", "fib(1)"],
+        r"fixtures/obj/arm64/funcs.o is an arm64 object; --arch x86_64 contradicts it",
+    ),
+    (
+        ["run", "--arch", "arm64", "funcs", "popcount_buf(16, 4)"],
+        r"guest fault: read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: ldrb",
+    ),
+    (
+        ["run", "--arch", "x86_64", "--budget", "5000", "funcs", "fib(25)"],
+        r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib",
+    ),
     (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"undefined symbol 'helper'"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "--buffer-size", "0"], r"at least one record, not 0"),
-    (["record", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.ftl"],
-     r"/nonexistent/dir/x.ftl: No such file or directory"),
-    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.txt"],
-     r"/nonexistent/dir/x.txt: No such file or directory"),
+    (
+        ["record", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.ftl"],
+        r"/nonexistent/dir/x.ftl: No such file or directory",
+    ),
+    (
+        ["trace", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.txt"],
+        r"/nonexistent/dir/x.txt: No such file or directory",
+    ),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "--filter", "nope"], r"filter 'nope' matches no"),
-    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f fib $retval $foo"],
-     r"bad probe spec 'f fib \$retval \$foo': Invalid \$-valiable specified: '\$foo' \(column 15\)"),
+    (
+        ["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f fib $retval $foo"],
+        r"bad probe spec 'f fib \$retval \$foo': Invalid \$-valiable specified: '\$foo' \(column 15\)",
+    ),
     (["trace", "--arch", "x86_64", "funcs", "fib(3)", "-e", "f fib %x0"], r"Invalid \$-valiable specified"),
     (["trace", "--arch", "x86_64", "funcs", "fib(3)", "-e", "r fib %x0"], r"Invalid register name: '%x0'"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "f nosuch"], r"'nosuch' has no patch site"),
     (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "p fib+0x2"], r"Probe point is not an instruction boundary"),
-    (["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "p fib+0x4"], r"fib\+0x4 is an ftrace site, which needs KPROBES_ON_FTRACE"),
+    (
+        ["trace", "--arch", "arm64", "funcs", "fib(3)", "-e", "p fib+0x4"],
+        r"fib\+0x4 is an ftrace site, which needs KPROBES_ON_FTRACE",
+    ),
 ]
 
 
@@ -186,6 +254,14 @@ def test_non_elf_file(capsys, tmp_path):
 
 
 def test_stubs_from_the_command_line(capsys):
-    out = ok(capsys, "run", "fixtures/obj/arm64/imports.o", "use_helper(1)",
-                       "--stub", "helper", "--stub", "jiffies_like=data")
+    out = ok(
+        capsys,
+        "run",
+        "fixtures/obj/arm64/imports.o",
+        "use_helper(1)",
+        "--stub",
+        "helper",
+        "--stub",
+        "jiffies_like=data",
+    )
     assert out == "use_helper(1) = 1\n"

@@ -1,5 +1,6 @@
 """Decoders as generators: ring-buffer records give the events the live Python paths make, on both
 arches; a recording replays byte for byte as the direct trace; the output layer stands alone."""
+
 import ast
 import json
 from pathlib import Path
@@ -12,8 +13,20 @@ from tracers.cli.main import main
 from tracers.output.decode import DECODERS, StackDepth
 from tracers.output.sinks import CountSink, ListSink
 
-FIELDS = ("tracer", "type", "ip", "parent_ip", "depth", "ts", "args", "regs_kind", "regs", "missing", "retval",
-          "duration")
+FIELDS = (
+    "tracer",
+    "type",
+    "ip",
+    "parent_ip",
+    "depth",
+    "ts",
+    "args",
+    "regs_kind",
+    "regs",
+    "missing",
+    "retval",
+    "duration",
+)
 
 
 def _key(ev):
@@ -36,8 +49,11 @@ def _records(lab, kind, func, args, **kw):
     return chunks
 
 
-@pytest.mark.parametrize("kind,kw", [(FunctionTracer, {}), (FunctionGraphTracer, {}),
-                                     (FunctionGraphTracer, {"max_depth": 2})], ids=["function", "graph", "depth2"])
+@pytest.mark.parametrize(
+    "kind,kw",
+    [(FunctionTracer, {}), (FunctionGraphTracer, {}), (FunctionGraphTracer, {"max_depth": 2})],
+    ids=["function", "graph", "depth2"],
+)
 def test_decoded_records_are_the_python_path_events(arch, kind, kw):
     # a small buffer, so a call's records come in many chunks and the decoder's depth spans them
     ring, plain = Lab.open(catalog.DEFAULT, arch, ring_records=4), Lab.open(catalog.DEFAULT, arch)
@@ -66,19 +82,37 @@ CASES = [
     ("function", "chain_a(10)", ["--filter", "chain_*", "--notrace", "chain_b"], []),
     ("function_graph", "fib(8)", ["--max-graph-depth", "3"], ["--funcgraph-tail"]),
     ("function_graph", "tail_a(5)", [], ["--funcgraph-retval"]),
-    ("function_graph", "crc32_bitwise(0, b\"123456789\", 9)", [], []),
+    ("function_graph", 'crc32_bitwise(0, b"123456789", 9)', [], []),
 ]
 
 
 @pytest.mark.parametrize("tracer,call,options,view", CASES, ids=[f"{c[0]}-{c[1][:6]}-{len(c[2])}" for c in CASES])
 def test_replay_is_the_direct_trace_byte_for_byte(capsys, arch, tmp_path, tracer, call, options, view):
     path = str(tmp_path / "trace.ftl")
-    assert main(["record", "--arch", arch, "funcs", call, "--tracer", tracer, "-o", path, "--buffer-size", "8",
-                 *options]) == 0
+    assert (
+        main(["record", "--arch", arch, "funcs", call, "--tracer", tracer, "-o", path, "--buffer-size", "8", *options])
+        == 0
+    )
     assert capsys.readouterr() == ("", "")
     for fmt in ("text", "json"):
-        assert main(["trace", "--arch", arch, "funcs", call, "--tracer", tracer, "--format", fmt, *options,
-                     *(view if fmt == "text" else [])]) == 0
+        assert (
+            main(
+                [
+                    "trace",
+                    "--arch",
+                    arch,
+                    "funcs",
+                    call,
+                    "--tracer",
+                    tracer,
+                    "--format",
+                    fmt,
+                    *options,
+                    *(view if fmt == "text" else []),
+                ]
+            )
+            == 0
+        )
         direct = capsys.readouterr().out
         assert main(["replay", path, "--format", fmt, *(view if fmt == "text" else [])]) == 0
         assert capsys.readouterr().out == direct and direct.count("\n") >= 3
@@ -94,14 +128,15 @@ def test_replay_refuses_a_recording_it_cannot_read(capsys, arch, tmp_path):
     path = _recording(arch, tmp_path)
     head, rest = path.read_bytes().split(b"\n", 1)
     header = json.loads(head)
-    for change, message in (({"version": 1}, f"recording version 1, this ftlab reads {header['version']}"),
-                            ({"record_size": header["record_size"] + 8},
-                             f"recorded with a different {arch} record layout"),
-                            ({"tracer": "nop"}, "a nop recording; this ftlab replays function, function_graph")):
+    for change, message in (
+        ({"version": 1}, f"recording version 1, this ftlab reads {header['version']}"),
+        ({"record_size": header["record_size"] + 8}, f"recorded with a different {arch} record layout"),
+        ({"tracer": "nop"}, "a nop recording; this ftlab replays function, function_graph"),
+    ):
         path.write_bytes(json.dumps({**header, **change}).encode() + b"\n" + rest)
         assert main(["replay", str(path)]) == 1
         assert capsys.readouterr().err == f"ftlab: error: {path}: {message}\n"
-    for cut in (4, 20):                           # in a chunk's length, in its records
+    for cut in (4, 20):  # in a chunk's length, in its records
         path.write_bytes(head + b"\n" + rest[:cut])
         assert main(["replay", str(path)]) == 1
         assert capsys.readouterr().err == f"ftlab: error: {path}: truncated recording\n"
@@ -109,7 +144,7 @@ def test_replay_refuses_a_recording_it_cannot_read(capsys, arch, tmp_path):
 
 def test_a_recording_holds_the_counters_no_event_shows(capsys, arch, tmp_path):
     path = _recording(arch, tmp_path)
-    trailer = json.loads(path.read_bytes().rsplit(bytes(8), 1)[1])     # after the zero length
+    trailer = json.loads(path.read_bytes().rsplit(bytes(8), 1)[1])  # after the zero length
     assert trailer == {"counters": {"trace_overrun": 0}, "result": 5}
     assert main(["replay", str(path)]) == 0
     assert "# entries: 15, exits: 15, trace_overrun: 0\n# fib(5) = 5\n" in capsys.readouterr().out

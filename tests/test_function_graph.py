@@ -1,5 +1,6 @@
 """fgraph and the function_graph tracer: balanced graphs, real call counts, return values checked
 against the catalog's references, the shadow stack's data, users, overrun and unwinding."""
+
 import io
 import struct
 from collections import Counter
@@ -33,7 +34,7 @@ def check_balanced(m, events):
         else:
             entry = open_.pop()
             assert (entry.ip, entry.depth) == (ev.ip, ev.depth)
-            assert ev.parent_ip == entry.parent_ip          # returns where it was called from
+            assert ev.parent_ip == entry.parent_ip  # returns where it was called from
             pairs.append((entry, ev))
     assert not open_
     return pairs
@@ -61,14 +62,14 @@ def test_every_function_graphs_balanced_with_true_return_values(arch_name, varia
                 call_args = tuple(decode_return("i64", a) for a in entry.args[:nargs])
             else:
                 continue
-            hi = exit_.regs[m.arch.ret_regs[1]]             # rdx / x1: saved by return_to_handler
+            hi = exit_.regs[m.arch.ret_regs[1]]  # rdx / x1: saved by return_to_handler
             assert decode_return(callee.ret, exit_.retval, hi) == callee.reference(*call_args)
     assert lab.call("fib", 12) == 144 and not any(s.on for s in lab.sites)
 
 
 def test_fib_makes_the_known_number_of_calls(lab):
     _, events = graph(lab, "fib", 15)
-    assert sum(e.type == "entry" for e in events) == 2 * 987 - 1     # 2 fib(16) - 1
+    assert sum(e.type == "entry" for e in events) == 2 * 987 - 1  # 2 fib(16) - 1
 
 
 def test_graph_text_is_the_kernel_format_and_deterministic(lab):
@@ -81,8 +82,12 @@ def test_graph_text_is_the_kernel_format_and_deterministic(lab):
     first = text()
     assert first == text()
     lines = first.splitlines()
-    assert lines[:4] == ["# tracer: function_graph", "#", "# CPU  DURATION                  FUNCTION CALLS",
-                         "# |     |   |                     |   |   |   |"]
+    assert lines[:4] == [
+        "# tracer: function_graph",
+        "#",
+        "# CPU  DURATION                  FUNCTION CALLS",
+        "# |     |   |                     |   |   |   |",
+    ]
     body = [ln for ln in lines if not ln.startswith("#")]
     assert body[0] == " 0)               |  chain_a() {"
     assert body[1] == " 0)               |    chain_b() {"
@@ -97,7 +102,7 @@ def test_insns_durations_nest(lab):
     pairs = check_balanced(lab.machine, events)
     by_name = {lab.machine.symbols.lookup(e.ip)[0].name + str(e.depth): x.duration for e, x in pairs}
     assert by_name["chain_a0"] > by_name["chain_b1"] > by_name["chain_c2"] > 0
-    assert by_name["chain_c2"] == by_name["chain_c1"]           # same code, same instruction count
+    assert by_name["chain_c2"] == by_name["chain_c1"]  # same code, same instruction count
 
 
 def test_max_graph_depth(lab):
@@ -109,8 +114,9 @@ def test_max_graph_depth(lab):
 def test_return_is_hooked_only_when_an_entryfunc_wants_it(lab):
     fg, m, seen = lab.fgraph, lab.machine, Counter()
     never = FgraphOps(lambda t, g, f: seen.update(["never"]) and 0, lambda t, g, f: seen.update(["never-ret"]))
-    fib_only = FgraphOps(lambda t, g, f: m.symbols.lookup(t.func)[0].name == "chain_c",
-                         lambda t, g, f: seen.update(["chain_c-ret"]))
+    fib_only = FgraphOps(
+        lambda t, g, f: m.symbols.lookup(t.func)[0].name == "chain_c", lambda t, g, f: seen.update(["chain_c-ret"])
+    )
     fg.register(never)
     fg.register(fib_only)
     assert lab.call("chain_a", 10) == 129
@@ -132,24 +138,25 @@ def test_graph_storage_as_trace_selftest(lab):
         def entry(trace, gops, fregs):
             addr = fg.reserve_data(size)
             m.write(addr, struct.pack(fmt, value))
-            assert fg.reserve_data(size) is None            # once per entryfunc
+            assert fg.reserve_data(size) is None  # once per entryfunc
             return 1
 
         def ret(trace, gops, fregs):
             addr, stored = fg.retrieve_data()
-            assert stored == 8                              # reservations are whole words
+            assert stored == 8  # reservations are whole words
             found[size] = struct.unpack(fmt, m.read(addr, size))[0]
+
         return FgraphOps(entry, ret, name=f"store{size}")
 
     users = [user(*v) for v in values]
-    for u in users:                                          # singly
+    for u in users:  # singly
         fg.register(u)
         lab.ftrace.set_filter(u.ops, "chain_c")
         lab.call("chain_c", 1)
         fg.unregister(u)
     assert found == dict(values)
     found.clear()
-    for u in users:                                          # all four at once
+    for u in users:  # all four at once
         fg.register(u)
     lab.call("chain_c", 1)
     assert found == dict(values)
@@ -158,9 +165,10 @@ def test_graph_storage_as_trace_selftest(lab):
 def test_overrun_is_counted_and_never_corrupts(lab):
     fg = lab.fgraph
 
-    def fill(trace, gops, fregs):              # take as much of the shadow stack as is left
+    def fill(trace, gops, fregs):  # take as much of the shadow stack as is left
         any(fg.reserve_data(size) for size in (256, 64, 8))
         return 1
+
     hog = FgraphOps(fill, lambda t, g, f: None, name="hog")
     fg.register(hog)
     assert lab.call("fib", 18) == 2584
@@ -187,9 +195,13 @@ def test_unwinding_through_hooked_frames(lab):
     def ret(trace, gops, fregs):
         if trace.depth == 2:
             args = (m, lab.karch, fregs.get_instruction_pointer(), fregs.get_frame_pointer())
-            traces.append(([m.symbols.lookup(a)[0].name for a in stack_trace(*args, [fg.ret_addr])],
-                           [m.symbols.lookup(a)[0].name for a in stack_trace(*args)]))
+            traces.append(
+                (
+                    [m.symbols.lookup(a)[0].name for a in stack_trace(*args, [fg.ret_addr])],
+                    [m.symbols.lookup(a)[0].name for a in stack_trace(*args)],
+                )
+            )
+
     fg.register(FgraphOps(lambda t, g, f: 1, ret))
     lab.call("chain_a", 10)
-    assert traces == [(["chain_b", "chain_a", "ftlab_caller"],
-                       ["chain_b", "return_to_handler", "return_to_handler"])]
+    assert traces == [(["chain_b", "chain_a", "ftlab_caller"], ["chain_b", "return_to_handler", "return_to_handler"])]

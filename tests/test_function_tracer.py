@@ -1,4 +1,5 @@
 """The function tracer and ftrace_ops, against the catalog's references and the kernel's selftests."""
+
 from collections import Counter
 
 import pytest
@@ -33,10 +34,10 @@ def test_traced_results_counts_args_and_snapshots(arch_name, variant):
             assert Counter(names) == Counter(ex.calls)
         first = sink.events[0]
         assert names[0] == ex.name and first.parent_ip == m.exit_addr and first.depth == 0
-        for got, want in zip(first.args, ex.args, strict=False):       # six recorded, fewer passed
+        for got, want in zip(first.args, ex.args, strict=False):  # six recorded, fewer passed
             if isinstance(want, int):
                 assert got == want & (1 << 64) - 1
-            else:                                   # a buffer, passed by pointer
+            else:  # a buffer, passed by pointer
                 assert m.read(got, len(want)) == want
         for ev in sink.events:
             assert ev.mismatch == [], (ex.name, ev.verification)
@@ -52,9 +53,12 @@ def test_call_chain_depths_and_parents(lab):
     _, sink = trace(lab, "chain_a", 10)
     sym = lab.machine.symbols
     assert [(sym.lookup(e.ip)[0].name, sym.lookup(e.parent_ip)[0].name, e.depth) for e in sink.events] == [
-        ("chain_a", "ftlab_caller", 0), ("chain_b", "chain_a", 1), ("chain_c", "chain_b", 2),
-        ("chain_c", "chain_a", 1)]
-    assert [e.ts for e in sink.events] == [1, 2, 3, 4]            # the counter clock
+        ("chain_a", "ftlab_caller", 0),
+        ("chain_b", "chain_a", 1),
+        ("chain_c", "chain_b", 2),
+        ("chain_c", "chain_a", 1),
+    ]
+    assert [e.ts for e in sink.events] == [1, 2, 3, 4]  # the counter clock
 
 
 def test_insns_clock_is_deterministic_and_rising(lab):
@@ -69,6 +73,7 @@ def test_insns_clock_counts_exactly(lab):
     """Each stamp equals a per-instruction hook's count (the slow, obvious reference) at the
     dispatch, up to whether that hook saw the dispatch instruction itself first."""
     import unicorn
+
     m, seen, stamps = lab.machine, [0], []
 
     def every_insn(uc, addr, size, _):
@@ -119,7 +124,7 @@ def test_several_ops_as_trace_selftest_ops(lab):
     after("add3", 1, 0, 1)
     after("divmod", 1, 1, 2)
     dyn = counting("dyn")
-    ft.register(dyn)                     # unfiltered
+    ft.register(dyn)  # unfiltered
     after("add3", 2, 1, 3)
     after("divmod", 2, 2, 4)
     ft.set_filter(p3, "!add3", reset=False)
@@ -141,8 +146,9 @@ def test_recursion_protection(lab):
     def recurse(name):
         def func(ip, parent_ip, op, fregs):
             calls[name] += 1
-            if calls[name] == 1:              # a recursion-safe callback guards itself after one
+            if calls[name] == 1:  # a recursion-safe callback guards itself after one
                 lab.call("add3", 1, 2, 3)
+
         return func
 
     guarded = FtraceOps(recurse("guarded"), OpsFlag.RECURSION, name="guarded")
@@ -175,9 +181,15 @@ def test_accessors_against_the_call(lab):
     m, seen = lab.machine, {}
 
     def grab(ip, parent_ip, op, fregs):
-        seen.update(args=[fregs.get_argument(n) for n in range(10)], ra=fregs.get_return_address(),
-                    parent=parent_ip, ip=fregs.get_instruction_pointer(), site=ip,
-                    sp=fregs.get_stack_pointer(), fp=fregs.get_frame_pointer())
+        seen.update(
+            args=[fregs.get_argument(n) for n in range(10)],
+            ra=fregs.get_return_address(),
+            parent=parent_ip,
+            ip=fregs.get_instruction_pointer(),
+            site=ip,
+            sp=fregs.get_stack_pointer(),
+            fp=fregs.get_frame_pointer(),
+        )
 
     ops = FtraceOps(grab)
     lab.ftrace.set_filter(ops, "sum10")
@@ -185,7 +197,7 @@ def test_accessors_against_the_call(lab):
     assert lab.call("sum10", *range(1, 11)) == 385
     assert seen["ra"] == seen["parent"] == m.exit_addr
     assert seen["ip"] == seen["site"] + lab.karch.sites.size
-    if lab.karch.ftrace_regs_stack_args:           # x86: regs_get_kernel_argument reads the stack
+    if lab.karch.ftrace_regs_stack_args:  # x86: regs_get_kernel_argument reads the stack
         assert seen["args"] == list(range(1, 11))
-    else:                                       # arm64: ftrace_regs_get_argument is 0 past x7
+    else:  # arm64: ftrace_regs_get_argument is 0 past x7
         assert seen["args"] == list(range(1, 9)) + [0, 0]

@@ -1,6 +1,7 @@
 """Bug (b): function_graph's depth comes from each record, as the kernel's graph entries carry it,
 so a buffer that kept only its newest records (overwrite mode) still shows every call at its real
 depth, whichever writes the records (the guest fast path or fgraph's Python path)."""
+
 import json
 
 import pytest
@@ -22,7 +23,7 @@ def fib_calls(n: int, depth: int = 0):
 @pytest.mark.parametrize("writer", ["guest", "python"])
 def test_overwritten_records_keep_each_calls_depth(arch, writer):
     lab = Lab.open("funcs", arch, ring_records=10)
-    if writer == "python":                     # a second fgraph user: the records come from Python
+    if writer == "python":  # a second fgraph user: the records come from Python
         lab.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))
     sink = ListSink()
     with FunctionGraphTracer(lab, sink, buffer_mode="overwrite"):
@@ -34,8 +35,26 @@ def test_overwritten_records_keep_each_calls_depth(arch, writer):
 
 
 def test_printed_depths_after_overwrite_are_the_real_ones(capsys, arch):
-    assert main(["trace", "--arch", arch, "funcs", "fib(8)", "--tracer", "function_graph", "--format", "json",
-                 "--buffer-size", "10", "--buffer-mode", "overwrite"]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "--arch",
+                arch,
+                "funcs",
+                "fib(8)",
+                "--tracer",
+                "function_graph",
+                "--format",
+                "json",
+                "--buffer-size",
+                "10",
+                "--buffer-mode",
+                "overwrite",
+            ]
+        )
+        == 0
+    )
     events = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["type"] != "summary"]
     real = list(fib_calls(8))
     assert len(events) == 10 and min(e["depth"] for e in events) >= 0

@@ -1,5 +1,6 @@
 """kprobes: a breakpoint on any instruction, the exception's complete pt_regs, single-stepping out
 of line or simulated, and the kernel's test_kprobes cases, on both arches."""
+
 from collections import Counter
 
 import pytest
@@ -19,8 +20,12 @@ CALLS = [ex for ex in EXAMPLES if ex.name != "fib"] + [example("fib", 7), exampl
 def executed(lab):
     """How often each instruction runs over CALLS: the slow, obvious per-instruction reference."""
     counts, m = Counter(), lab.machine
-    h = m.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, addr, size, _: counts.update([addr]),
-                      begin=lab.obj.base, end=lab.obj.base + lab.obj.size)
+    h = m.uc.hook_add(
+        unicorn.UC_HOOK_CODE,
+        lambda uc, addr, size, _: counts.update([addr]),
+        begin=lab.obj.base,
+        end=lab.obj.base + lab.obj.size,
+    )
     m.uc.ctl_flush_tb()
     for ex in CALLS:
         ex.call(lab)
@@ -38,10 +43,14 @@ def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
     for fn in lab.obj.functions:
         for addr, _, insn in disassemble(m.arch, m.read(fn.addr, fn.size), fn.addr):
             if addr in lab.ftrace.by_ip:
-                continue                              # the ftrace site: see the KPROBES_ON_FTRACE test
+                continue  # the ftrace site: see the KPROBES_ON_FTRACE test
             hits = Counter()
-            p = Kprobe(fn.name, addr - fn.addr, lambda p, regs, hits=hits: hits.update(["pre"]) and 0,
-                       lambda p, regs, flags, hits=hits: hits.update(["post"]))
+            p = Kprobe(
+                fn.name,
+                addr - fn.addr,
+                lambda p, regs, hits=hits: hits.update(["pre"]) and 0,
+                lambda p, regs, flags, hits=hits: hits.update(["post"]),
+            )
             lab.kprobes.register(p)
             for ex in CALLS:
                 assert ex.call(lab) == ex.expected, (fn.name, hex(addr), insn, str(ex))
@@ -49,7 +58,7 @@ def test_a_probe_on_every_instruction_changes_no_result(arch_name, variant):
             assert hits["pre"] == hits["post"] == runs[addr] == p.nhit, (fn.name, insn)
             probed += 1
     assert probed > 100
-    assert m.read(lab.obj.base, lab.obj.size) == text           # every probe disarmed, byte for byte
+    assert m.read(lab.obj.base, lab.obj.size) == text  # every probe disarmed, byte for byte
 
 
 def test_disarm_restores_the_bytes(lab):
@@ -86,12 +95,17 @@ def test_pt_regs_equal_the_truth_at_every_probe_point(lab, n):
     assert checks
     for verification, _fields in checks:
         assert verification.mismatch == []
-        assert len(verification.checks) == len(lab.arch.regs)     # every register, flags included
+        assert len(verification.checks) == len(lab.arch.regs)  # every register, flags included
 
 
-@pytest.mark.parametrize("n,expect", [(0, {"x86_64": {"CF", "SF", "PF"}, "arm64": {"N"}}),
-                                      (1, {"x86_64": {"ZF", "PF"}, "arm64": {"Z", "C"}}),
-                                      (2, {"x86_64": set(), "arm64": {"C"}})])
+@pytest.mark.parametrize(
+    "n,expect",
+    [
+        (0, {"x86_64": {"CF", "SF", "PF"}, "arm64": {"N"}}),
+        (1, {"x86_64": {"ZF", "PF"}, "arm64": {"Z", "C"}}),
+        (2, {"x86_64": set(), "arm64": {"C"}}),
+    ],
+)
 def test_flags_after_a_compare(lab, n, expect):
     """fib(n) compares n with 1 first. At the next instruction the pt_regs flags are the compare's:
     the expected bits are worked out by hand from cmp's definition (n - 1)."""
@@ -111,21 +125,28 @@ def test_pre_handler_sees_the_kernel_ip_convention(lab):
     seen = []
     off, _ = _body(lab, "fib", 1)
     addr = lab.machine.address_of("fib") + off
-    size = disassemble(lab.arch, lab.machine.read(addr, 16), addr)[0][1]      # before it is armed
-    lab.kprobes.register(Kprobe("fib", off, lambda p, regs: seen.append(regs.instruction_pointer()) and 0,
-                                lambda p, regs, f: seen.append(regs.instruction_pointer())))
+    size = disassemble(lab.arch, lab.machine.read(addr, 16), addr)[0][1]  # before it is armed
+    lab.kprobes.register(
+        Kprobe(
+            "fib",
+            off,
+            lambda p, regs: seen.append(regs.instruction_pointer()) and 0,
+            lambda p, regs, f: seen.append(regs.instruction_pointer()),
+        )
+    )
     lab.call("fib", 1)
     assert seen == [addr + (1 if lab.arch.name == "x86_64" else 0), addr + size]
 
 
 def test_pre_handler_changing_the_ip_skips_the_step(lab):
     """Error injection: at chain_c's entry, return 42 at once (override_function_with_return)."""
-    off = 5 if lab.arch.name == "x86_64" else 0            # after the fentry NOP / the MOV X9, LR
+    off = 5 if lab.arch.name == "x86_64" else 0  # after the fentry NOP / the MOV X9, LR
 
     def inject(p, regs):
         regs.set_reg(lab.arch.ret_regs[0], 42)
         regs.override_function_with_return()
         return 1
+
     p = Kprobe("chain_c", off, inject, lambda p, regs, f: pytest.fail("post_handler after a skip"))
     lab.kprobes.register(p)
     assert lab.call("chain_a", 10) == 2 * 42 + 42
@@ -161,8 +182,14 @@ def test_kprobes(lab):
     hits = Counter()
     for t in (TARGET, TARGET2):
         off, _ = _body(lab, t, 0)
-        lab.kprobes.register(Kprobe(t, off, lambda p, r: hits.update([p.symbol + ".pre"]) and 0,
-                                    lambda p, r, f: hits.update([p.symbol + ".post"])))
+        lab.kprobes.register(
+            Kprobe(
+                t,
+                off,
+                lambda p, r: hits.update([p.symbol + ".pre"]) and 0,
+                lambda p, r, f: hits.update([p.symbol + ".post"]),
+            )
+        )
     lab.call(TARGET, RAND1)
     lab.call(TARGET2, RAND1)
     assert hits == Counter({f"{t}.{w}": 1 for t in (TARGET, TARGET2) for w in ("pre", "post")})
@@ -190,6 +217,7 @@ def test_kprobe_missed(lab):
 
 
 # -- bad probes ----------------------------------------------------------------------------------
+
 
 def test_probe_inside_an_instruction_is_refused(lab):
     m, fib = lab.machine, lab.machine.symbols.get("fib")

@@ -1,6 +1,7 @@
 """The layouts guest code and Python share are declared once: each one's asm constants and Python
 codec agree, fgraph's word helpers are the kernel's macros, the guest and Python push the same
 shadow-stack words, and the tracers' guest code is bound to a lab once."""
+
 import pytest
 
 from emulator import Machine
@@ -20,11 +21,20 @@ from tracers.output.sinks import ListSink
 def shared_layouts(karch):
     """Every struct guest code and Python share, with the prefix of its asm constants."""
     records, fp_test = RECORDS[karch.name], karch.fgraph.fp_test
-    return [(RB_CONTROL, "RB_"), (RECORD_HEADER, "HDR_"), (records.function, "FN_"),
-            (records.graph_entry, "GRAPH_ENT_"), (records.graph_exit, "GRAPH_RET_"), (fgraph.FG_CONTROL, "FG_"),
-            (fgraph.FTRACE_RET_STACK[fp_test], "FG_FRAME_"), (fgraph.GUEST_PUSH[fp_test], "FG_PUSH_"),
-            (OPS_LIST_ARGS, "OPS_LIST_ARGS_"), (fgraph.RETURN_ARGS, "RETURN_ARGS_"), (TRAP_ARGS, "TRAP_ARGS_"),
-            (CALLBACK_ARGS, "CALLBACK_ARGS_")]
+    return [
+        (RB_CONTROL, "RB_"),
+        (RECORD_HEADER, "HDR_"),
+        (records.function, "FN_"),
+        (records.graph_entry, "GRAPH_ENT_"),
+        (records.graph_exit, "GRAPH_RET_"),
+        (fgraph.FG_CONTROL, "FG_"),
+        (fgraph.FTRACE_RET_STACK[fp_test], "FG_FRAME_"),
+        (fgraph.GUEST_PUSH[fp_test], "FG_PUSH_"),
+        (OPS_LIST_ARGS, "OPS_LIST_ARGS_"),
+        (fgraph.RETURN_ARGS, "RETURN_ARGS_"),
+        (TRAP_ARGS, "TRAP_ARGS_"),
+        (CALLBACK_ARGS, "CALLBACK_ARGS_"),
+    ]
 
 
 # A store of the value v to the named offset, per arch: the snippet's first argument points at the struct.
@@ -79,13 +89,17 @@ FGRAPH_DATA_INDEX_MASK = (1 << FGRAPH_DATA_INDEX_BITS) - 1
 FGRAPH_DATA_INDEX_SHIFT = FGRAPH_DATA_SHIFT + FGRAPH_DATA_BITS
 
 
-def kernel_set_bitmap(bitmap, offset):          # set_bitmap's word, for a frame `offset` words down
+def kernel_set_bitmap(bitmap, offset):  # set_bitmap's word, for a frame `offset` words down
     return (bitmap << FGRAPH_INDEX_SHIFT) | (FGRAPH_TYPE_BITMAP << FGRAPH_TYPE_SHIFT) | offset
 
 
 def kernel_make_data_type_val(idx, size, offset):
-    return (idx << FGRAPH_DATA_INDEX_SHIFT) | ((size - 1) << FGRAPH_DATA_SHIFT) | \
-        (FGRAPH_TYPE_DATA << FGRAPH_TYPE_SHIFT) | offset
+    return (
+        (idx << FGRAPH_DATA_INDEX_SHIFT)
+        | ((size - 1) << FGRAPH_DATA_SHIFT)
+        | (FGRAPH_TYPE_DATA << FGRAPH_TYPE_SHIFT)
+        | offset
+    )
 
 
 def test_fgraph_words_are_the_kernels():
@@ -97,7 +111,7 @@ def test_fgraph_words_are_the_kernels():
             assert fgraph.get_type(val) == (val >> FGRAPH_TYPE_SHIFT) & FGRAPH_TYPE_MASK == FGRAPH_TYPE_BITMAP
             assert fgraph.get_bitmap_bits(val) == (val >> FGRAPH_INDEX_SHIFT) & FGRAPH_INDEX_MASK == bitmap
     for idx in range(16):
-        for size in range(1, 33):                 # FGRAPH_MAX_DATA_SIZE: 32 words
+        for size in range(1, 33):  # FGRAPH_MAX_DATA_SIZE: 32 words
             for offset in (2, size + 4, FGRAPH_FRAME_OFFSET_MASK):
                 val = fgraph.make_data_type_val(idx, size, offset)
                 assert val == kernel_make_data_type_val(idx, size, offset)
@@ -105,10 +119,21 @@ def test_fgraph_words_are_the_kernels():
                 assert fgraph.get_data_index(val) == (val >> FGRAPH_DATA_INDEX_SHIFT) & FGRAPH_DATA_INDEX_MASK == idx
                 assert fgraph.get_data_size(val) == ((val >> FGRAPH_DATA_SHIFT) & FGRAPH_DATA_MASK) + 1 == size
     consts = fgraph.asm_constants(kernel_arch(arches.get("arm64")))
-    assert (consts["FGRAPH_FRAME_OFFSET_MASK"], consts["FGRAPH_TYPE_SHIFT"], consts["FGRAPH_INDEX_SHIFT"],
-            consts["FGRAPH_DATA_SHIFT"], consts["FGRAPH_DATA_MASK"], consts["FGRAPH_DATA_INDEX_SHIFT"]) == \
-        (FGRAPH_FRAME_OFFSET_MASK, FGRAPH_TYPE_SHIFT, FGRAPH_INDEX_SHIFT, FGRAPH_DATA_SHIFT, FGRAPH_DATA_MASK,
-         FGRAPH_DATA_INDEX_SHIFT)
+    assert (
+        consts["FGRAPH_FRAME_OFFSET_MASK"],
+        consts["FGRAPH_TYPE_SHIFT"],
+        consts["FGRAPH_INDEX_SHIFT"],
+        consts["FGRAPH_DATA_SHIFT"],
+        consts["FGRAPH_DATA_MASK"],
+        consts["FGRAPH_DATA_INDEX_SHIFT"],
+    ) == (
+        FGRAPH_FRAME_OFFSET_MASK,
+        FGRAPH_TYPE_SHIFT,
+        FGRAPH_INDEX_SHIFT,
+        FGRAPH_DATA_SHIFT,
+        FGRAPH_DATA_MASK,
+        FGRAPH_DATA_INDEX_SHIFT,
+    )
 
 
 def _shadow_stack_in(lab, func: str, ring: bool) -> list[int]:
@@ -120,6 +145,7 @@ def _shadow_stack_in(lab, func: str, ring: bool) -> list[int]:
     def snapshot(_addr):
         if not seen or fg.curr_ret_stack > len(seen[-1]):
             seen.append([fg._word(i) for i in range(fg.curr_ret_stack)])
+
     lab.machine.hook_code(snapshot, site.ip + lab.karch.sites.size)
     with FunctionGraphTracer(lab, ListSink(), ring=ring):
         lab.call(func, 4)
@@ -133,8 +159,9 @@ def test_the_guest_pushes_what_python_pushes(arch):
     assert len(guest) == len(python) > 0
     push = fgraph.GUEST_PUSH[kernel_arch(arches.get(arch)).fgraph.fp_test]
     calltimes = {i for i in range(len(guest)) if i % push.nr_words == push.index("data")}
-    assert [w for i, w in enumerate(guest) if i not in calltimes] == \
-        [w for i, w in enumerate(python) if i not in calltimes]
+    assert [w for i, w in enumerate(guest) if i not in calltimes] == [
+        w for i, w in enumerate(python) if i not in calltimes
+    ]
 
 
 def test_tracers_on_one_lab_share_one_fgraph_bad_fp_hook(lab):
@@ -145,6 +172,6 @@ def test_tracers_on_one_lab_share_one_fgraph_bad_fp_hook(lab):
         with FunctionGraphTracer(lab, ListSink()):
             lab.call("fib", 3)
     assert len(hooks) == before
-    lab.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))   # not on the guest path: none either
+    lab.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))  # not on the guest path: none either
     FunctionGraphTracer(lab, ListSink())
     assert len(hooks) == before

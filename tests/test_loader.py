@@ -1,5 +1,6 @@
 """The ELF loader: every fixture variant runs every function correctly; relocations checked
 against capstone's decoding of the relocated code."""
+
 import struct
 
 import pytest
@@ -56,7 +57,7 @@ def test_relocated_code_points_where_the_relocation_says(arch_name, variant):
             S = m.symbols.get(sym.name).addr
         name = arch.relocs[kind].name
         if name in ("R_X86_64_PLT32", "R_X86_64_PC32") and m.read(place - 1, 1) in (b"\xe8", b"\xe9"):
-            target = S + addend + 4          # rel32 counts from the end of the instruction
+            target = S + addend + 4  # rel32 counts from the end of the instruction
             insn = _decode(m, place - 1)
             assert int(insn.split()[-1], 16) == target, insn
         elif name == "R_X86_64_32S":
@@ -81,7 +82,7 @@ def test_site_tables_are_relocated(arch):
     entries = struct.unpack(f"<{size // 8}Q", m.read(addr, size))
     starts = {f.addr for f in obj.functions}
     assert len(entries) == len(obj.functions) == 12
-    assert set(entries) == starts          # gcc =2 and fentry both record func+0
+    assert set(entries) == starts  # gcc =2 and fentry both record func+0
 
 
 def test_other_arch_object_is_refused():
@@ -102,12 +103,15 @@ def test_missing_file_is_refused(tmp_path):
         Machine(arches.get("arm64")).load(tmp_path / "nope.o")
 
 
-IMPORTS = "imports.o"      # use_helper(x) = helper(x) + jiffies_like + 1, both undefined
+IMPORTS = "imports.o"  # use_helper(x) = helper(x) + jiffies_like + 1, both undefined
 
 
 def test_undefined_symbol_is_named(arch):
-    with pytest.raises(FtlabError, match=r"imports.o: undefined symbol 'helper' \(used at use_helper\+0x[0-9a-f]+ "
-                                         r"\(.text\+0x[0-9a-f]+\)\); supply it with --stub helper"):
+    with pytest.raises(
+        FtlabError,
+        match=r"imports.o: undefined symbol 'helper' \(used at use_helper\+0x[0-9a-f]+ "
+        r"\(.text\+0x[0-9a-f]+\)\); supply it with --stub helper",
+    ):
         Machine(arches.get(arch)).load(catalog.OBJ_DIR / arch / IMPORTS)
 
 

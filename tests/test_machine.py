@@ -1,4 +1,5 @@
 """The machine: kernel privilege, calls, the budget, faults, nested calls, instruction counting."""
+
 import pytest
 import unicorn
 
@@ -16,10 +17,10 @@ def machine(arch):
 
 def test_runs_at_kernel_privilege(machine):
     if machine.arch.name == "arm64":
-        assert machine.reg("pstate") & 0xF == 0x5                # EL1h
+        assert machine.reg("pstate") & 0xF == 0x5  # EL1h
     else:
-        assert (machine.reg("cs"), machine.reg("ss")) == (0x10, 0x18)   # __KERNEL_CS / __KERNEL_DS
-        assert machine.reg("cs") & 3 == 0                         # CPL 0
+        assert (machine.reg("cs"), machine.reg("ss")) == (0x10, 0x18)  # __KERNEL_CS / __KERNEL_DS
+        assert machine.reg("cs") & 3 == 0  # CPL 0
 
 
 def test_stack_arguments(machine):
@@ -34,14 +35,18 @@ def test_struct_returned_in_two_registers(machine):
 
 def test_budget_stops_runaway_code(machine):
     machine.budget = 10_000
-    with pytest.raises(BudgetExhausted, match=r"instruction budget of 10,000 exhausted at 0x[0-9a-f]+ <fib(\+0x[0-9a-f]+)?>: \w+"):
+    with pytest.raises(
+        BudgetExhausted, match=r"instruction budget of 10,000 exhausted at 0x[0-9a-f]+ <fib(\+0x[0-9a-f]+)?>: \w+"
+    ):
         machine.call("fib", 30)
     machine.budget = 10**8
-    assert machine.call("fib", 10) == 55          # the machine is still usable
+    assert machine.call("fib", 10) == 55  # the machine is still usable
 
 
 def test_fault_names_pc_and_instruction(machine):
-    with pytest.raises(GuestFault, match=r"read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: \w+"):
+    with pytest.raises(
+        GuestFault, match=r"read of unmapped address 0x10 at 0x[0-9a-f]+ <popcount_buf\+0x[0-9a-f]+>: \w+"
+    ):
         machine.call("popcount_buf", 0x10, 4)
 
 
@@ -55,7 +60,7 @@ def test_store_fault_names_the_exact_address(machine, tmp_path):
     with pytest.raises(GuestFault, match=r"write to unmapped address 0x1238 at 0x[0-9a-f]+ <store>: "):
         machine.call(store, 0x1230, 7)
     heap = machine.HEAP[0] + 0x123
-    machine.call(store, heap, 0x55)             # the machine is still usable, and stores land
+    machine.call(store, heap, 0x55)  # the machine is still usable, and stores land
     assert machine.u64(heap + 8) == 0x55
 
 
@@ -64,13 +69,13 @@ def test_data_pages_are_not_executable(machine):
     object's data once it is on pages of its own."""
     with pytest.raises(GuestFault, match=r"execution of non-executable address 0x10000000 at 0x10000000 "):
         machine.call(machine.HEAP[0])
-    table = machine.address_of("nibble_bits")               # .rodata, after .text
-    page = (table + 0xFFF) & ~0xFFF                          # a page holding no code
+    table = machine.address_of("nibble_bits")  # .rodata, after .text
+    page = (table + 0xFFF) & ~0xFFF  # a page holding no code
     text_end = max(a + n for a, n in machine.objects[0].sections[".text"])
     assert page >= text_end
     with pytest.raises(GuestFault, match=rf"execution of non-executable address {page:#x} at {page:#x} "):
         machine.call(page)
-    assert machine.call("fib", 10) == 55                     # code still runs
+    assert machine.call("fib", 10) == 55  # code still runs
 
 
 def test_call_hooks_fire_per_call_and_their_exceptions_end_the_run(machine):
@@ -80,10 +85,11 @@ def test_call_hooks_fire_per_call_and_their_exceptions_end_the_run(machine):
 
     def boom(addr):
         raise ValueError(f"boom at {addr:#x}")
+
     machine.hook_call(boom, machine.address_of("chain_b"))
     with pytest.raises(ValueError, match="boom at"):
         machine.call("chain_a", 10)
-    assert machine.call("fib", 10) == 55          # nothing is left pending
+    assert machine.call("fib", 10) == 55  # nothing is left pending
 
 
 def test_nested_call_from_a_hook_leaves_the_caller_intact(machine):

@@ -5,6 +5,7 @@ prints, in the order it prints them, with these elisions: a line that is only `.
 for any number of lines, and `...` inside a line for any text there. A JSON record shown wrapped
 (continuation lines indented) is compared as the one line it is. The full outputs of the README's
 commands are golden transcripts too (tests/golden/), where they can be copied from."""
+
 import re
 import shlex
 
@@ -29,12 +30,12 @@ def transcripts(text: str) -> list[tuple[str, list[str]]]:
     shown, fence, current = [], None, None
     for line in text.splitlines():
         if line.startswith("```"):
-            fence, current = (line[3:] if fence is None else None), None       # opens (with its info) or closes
+            fence, current = (line[3:] if fence is None else None), None  # opens (with its info) or closes
         elif fence == "" and line.startswith(PROMPT):
             current = []
-            shown.append((line[len(PROMPT):], current))
+            shown.append((line[len(PROMPT) :], current))
         elif current is not None:
-            if current and current[-1].startswith("{") and line.startswith(" "):    # a wrapped JSON record
+            if current and current[-1].startswith("{") and line.startswith(" "):  # a wrapped JSON record
                 current[-1] = current[-1].rstrip() + " " + line.strip()
             else:
                 current.append(line)
@@ -71,8 +72,9 @@ def test_readme_transcript(command, shown):
         out, err, _ = run(shlex.split(command))
     printed = (out + err).splitlines()
     missing = unmatched(shown, printed)
-    assert missing is None, f"README shows {missing!r}, not printed (in that order) by\n$ ftlab {command}\n" + \
-        "\n".join(printed)
+    assert missing is None, (
+        f"README shows {missing!r}, not printed (in that order) by\n$ ftlab {command}\n" + "\n".join(printed)
+    )
 
 
 def test_every_readme_command_is_a_golden_case():
@@ -84,7 +86,7 @@ def test_the_comparison_can_fail():
     printed = ["# tracer: function", "a 1", "b 2", "c 3"]
     assert unmatched(["# tracer: function", "...", "c 3"], printed) is None
     assert unmatched(["a ...", "c 3"], printed) is None
-    assert unmatched(["c 3", "a 1"], printed) == "a 1"                  # out of order
+    assert unmatched(["c 3", "a 1"], printed) == "a 1"  # out of order
     assert unmatched(["b 3"], printed) == "b 3"
     assert unmatched(["a 1..."], ["a 1 and more"]) is None and unmatched(["a 1..."], ["a 2"]) == "a 1..."
-    assert transcripts("```\n$ ftlab x\n{\"a\": 1,\n \"b\": [...]}\n```\n") == [("x", ['{"a": 1, "b": [...]}'])]
+    assert transcripts('```\n$ ftlab x\n{"a": 1,\n "b": [...]}\n```\n') == [("x", ['{"a": 1, "b": [...]}'])]

@@ -1,5 +1,6 @@
 """pt_regs without an exception (x86 ftrace_regs_caller), and its absence on arm64; partial regs;
 kprobes on ftrace sites; the trace_selftest regs test."""
+
 import pytest
 
 from emulator import FtlabError
@@ -10,8 +11,7 @@ from tracers.core.regs import ftrace_partial_regs
 
 def _grab(lab, flags, func="sum10", args=tuple(range(1, 11))):
     got = []
-    ops = FtraceOps(lambda ip, parent, op, fregs: got.append((fregs, fregs.ftrace_get_regs(), fregs.verify())),
-                    flags)
+    ops = FtraceOps(lambda ip, parent, op, fregs: got.append((fregs, fregs.ftrace_get_regs(), fregs.verify())), flags)
     lab.ftrace.set_filter(ops, func)
     lab.verify.acquire(lab.ftrace)
     lab.ftrace.register(ops)
@@ -32,16 +32,17 @@ def test_save_regs_as_trace_selftest(lab):
         fregs, regs, _ = _grab(lab, OpsFlag.SAVE_REGS)
         assert regs is not None and regs.kind == "pt_regs"
     fregs, regs, _ = _grab(lab, OpsFlag.NONE)
-    assert regs is None                                   # plain ftrace_caller: never a pt_regs
+    assert regs is None  # plain ftrace_caller: never a pt_regs
 
 
 def test_ftrace_regs_caller_pt_regs_equal_the_truth():
     """x86 only: arm64 has no ftrace_regs_caller (test_save_regs_as_trace_selftest checks the refusal)."""
     from tracers import Lab
+
     lab = Lab.open("funcs", "x86_64")
     _, regs, verification = _grab(lab, OpsFlag.SAVE_REGS)
     assert verification.mismatch == []
-    assert sorted(c.field for c in verification.checks) == sorted(lab.arch.regs)   # every register
+    assert sorted(c.field for c in verification.checks) == sorted(lab.arch.regs)  # every register
     assert regs.missing == ["orig_ax"]
     assert regs.fields["cs"] == 0x10 and regs.fields["ss"] == 0x18
 
@@ -50,10 +51,10 @@ def test_partial_regs_list_what_they_cannot_know(lab):
     fregs, _, _ = _grab(lab, OpsFlag.NONE)
     partial = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000)
     assert partial.kind == "pt_regs" and partial.verify().mismatch == []
-    if lab.arch.name == "x86_64":       # the same memory; what ftrace_caller did not save is missing
+    if lab.arch.name == "x86_64":  # the same memory; what ftrace_caller did not save is missing
         assert partial.missing == ["r15", "r14", "r13", "r12", "bx", "r11", "r10", "orig_ax", "cs", "flags", "ss"]
         assert partial.addr == fregs.addr
-    else:                               # copied; pstate is not filled, fp/lr become x29/x30
+    else:  # copied; pstate is not filled, fp/lr become x29/x30
         assert partial.missing == [f"x{n}" for n in range(9, 29)] + ["pstate"]
         assert partial.fields["x29"] == fregs.get_frame_pointer()
         assert partial.fields["x30"] == fregs.get_return_address()
@@ -69,12 +70,16 @@ def test_kprobe_on_an_ftrace_site(lab):
         return
     seen = []
     lab.verify.acquire(lab.kprobes)
-    p = Kprobe("fib", off, lambda p, regs: seen.append((regs.instruction_pointer(), regs.verify().mismatch)) and 0,
-               lambda p, regs, f: seen.append(regs.instruction_pointer()))
+    p = Kprobe(
+        "fib",
+        off,
+        lambda p, regs: seen.append((regs.instruction_pointer(), regs.verify().mismatch)) and 0,
+        lambda p, regs, f: seen.append(regs.instruction_pointer()),
+    )
     lab.kprobes.register(p)
     assert site.target == lab.ftrace.regs_caller
     assert lab.call("fib", 5) == 5
-    assert seen[:2] == [(site.ip + 1, []), site.ip + 5]   # as if an int3, then as if the NOP ran
+    assert seen[:2] == [(site.ip + 1, []), site.ip + 5]  # as if an int3, then as if the NOP ran
     assert p.nhit == 15
     lab.kprobes.unregister(p)
     assert not site.on

@@ -2,6 +2,7 @@
 
 Targets as in the KUnit suites: target(v) = v / 3 and target2(v) = v / 3 + 1 are played by
 chain_c(v) = 3v + 1 and tail_b(v) = 7v + 2 (both leaves in every fixture variant)."""
+
 import struct
 
 import pytest
@@ -11,12 +12,13 @@ from tracers.core.fprobe import DESIGNS, Fprobe
 from tracers.core.kretprobe import DEFAULT_MAXACTIVE, Kretprobe
 from tracers.core.stacktrace import stack_trace
 
-RAND1 = 0x1234567          # the suites' random value above 3
+RAND1 = 0x1234567  # the suites' random value above 3
 TARGET, TARGET2 = "chain_c", "tail_b"
 ref = {name: catalog.FUNCTIONS[name].reference for name in (TARGET, TARGET2)}
 
 
 # -- kretprobe (test_kprobes.c: test_kretprobe, test_kretprobes, stack traces) ------------------
+
 
 def test_kretprobe_return_value(lab):
     seen = {}
@@ -28,14 +30,18 @@ def test_kretprobe_return_value(lab):
     rp = Kretprobe(TARGET, lambda ri, regs: seen.update(ret=regs.regs_return_value()), entry)
     lab.kretprobes().register(rp)
     assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
-    assert seen == {"entry": ("pt_regs", RAND1), "ret": ref[TARGET](RAND1)}   # entered by a kprobe
+    assert seen == {"entry": ("pt_regs", RAND1), "ret": ref[TARGET](RAND1)}  # entered by a kprobe
     assert (rp.nhit, rp.nmissed) == (1, 0)
 
 
 def test_kretprobe_entered_through_ftrace(lab):
     seen = []
-    rp = Kretprobe(TARGET, lambda ri, regs: seen.append(regs.regs_return_value()),
-                   lambda ri, fregs: seen.append((fregs.kind, fregs.get_argument(0))) and 0, via="ftrace")
+    rp = Kretprobe(
+        TARGET,
+        lambda ri, regs: seen.append(regs.regs_return_value()),
+        lambda ri, fregs: seen.append((fregs.kind, fregs.get_argument(0))) and 0,
+        via="ftrace",
+    )
     lab.kretprobes().register(rp)
     assert lab.call(TARGET, RAND1) == ref[TARGET](RAND1)
     assert seen == [("ftrace_regs", RAND1), ref[TARGET](RAND1)]
@@ -65,9 +71,9 @@ def test_maxactive_exhausted_counts_nmissed(lab):
     rp = Kretprobe("fib", lambda ri, regs: returns.append(regs.regs_return_value()), maxactive=3)
     lab.kretprobes().register(rp)
     assert lab.call("fib", 6) == 8
-    calls = 2 * 13 - 1                                    # 2 fib(7) - 1
+    calls = 2 * 13 - 1  # 2 fib(7) - 1
     assert len(returns) + rp.nmissed == calls == rp.nhit + rp.nmissed
-    assert rp.nmissed > 0 and returns[-1] == 8            # the outermost call returns last
+    assert rp.nmissed > 0 and returns[-1] == 8  # the outermost call returns last
     assert DEFAULT_MAXACTIVE == 10
 
 
@@ -78,11 +84,12 @@ def test_entry_data(lab):
     def entry(ri, regs):
         lab.machine.write(ri.data, struct.pack("<Q", regs.regs_get_kernel_argument(0) * 2))
         return 0
+
     rp.entry_handler = entry
     rp.handler = lambda ri, regs: got.append(struct.unpack("<Q", lab.machine.read(ri.data, 8))[0])
     lab.kretprobes().register(rp)
     lab.call("chain_a", 10)
-    assert got == [32, 20]                                # chain_c(16) from chain_b, chain_c(10)
+    assert got == [32, 20]  # chain_c(16) from chain_b, chain_c(10)
 
 
 def _names(m, addrs):
@@ -94,8 +101,10 @@ def test_stacktrace_on_kretprobe(lab):
     m, traces = lab.machine, []
 
     def handler(ri, regs):
-        traces.append(stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer(),
-                                  [lab.rethook.find_ret_addr]))
+        traces.append(
+            stack_trace(m, lab.karch, regs.instruction_pointer(), regs.frame_pointer(), [lab.rethook.find_ret_addr])
+        )
+
     lab.kretprobes().register(Kretprobe("chain_b", handler))
     lab.call("chain_a", 10)
     [trace] = traces
@@ -111,6 +120,7 @@ def test_stacktrace_on_nested_kretprobe(lab):
     def handler(ri, regs):
         where = (m, lab.karch, regs.instruction_pointer(), regs.frame_pointer())
         traces.append((_names(m, stack_trace(*where, [lab.rethook.find_ret_addr])), _names(m, stack_trace(*where))))
+
     krp = lab.kretprobes()
     krp.register(Kretprobe("chain_b", lambda ri, regs: None))
     krp.register(Kretprobe(TARGET, handler))
@@ -122,6 +132,7 @@ def test_stacktrace_on_nested_kretprobe(lab):
 
 # -- the pt_regs the rethook trampoline builds, against the truth -------------------------------
 
+
 def test_rethook_pt_regs_against_the_truth(lab):
     checks = []
     lab.verify.acquire(lab.rethook)
@@ -129,15 +140,16 @@ def test_rethook_pt_regs_against_the_truth(lab):
     lab.call("chain_a", 10)
     [v] = checks
     if lab.arch.name == "x86_64":
-        assert v.mismatch == []                       # complete, flags included, without an exception
-        assert len(v.checks) == 20                    # every register; orig_ax is software's
+        assert v.mismatch == []  # complete, flags included, without an exception
+        assert len(v.checks) == 20  # every register; orig_ax is software's
     else:
-        assert v.mismatch == ["pstate"]               # rebuilt from NZCV|DAIF|CurrentEL|SPSel
+        assert v.mismatch == ["pstate"]  # rebuilt from NZCV|DAIF|CurrentEL|SPSel
         [pstate] = [c for c in v.checks if c.field == "pstate"]
-        assert v.lost_bits(pstate) == ["PAN"]         # the kernel runs with PAN set; MRS-rebuild lost it
+        assert v.lost_bits(pstate) == ["PAN"]  # the kernel runs with PAN set; MRS-rebuild lost it
 
 
 # -- fprobe (test_fprobe.c), on both designs -----------------------------------------------------
+
 
 @pytest.fixture(params=DESIGNS)
 def fprobes(request, lab):
@@ -224,13 +236,15 @@ def test_fprobe_nmissed_when_there_is_no_room(lab, fprobes):
     exits = {1: 0, 2: 0}
     # 2 x (header + 14 words) = 240 bytes a frame: deep in fib the reservation fails while a
     # frame itself still fits (else fgraph counts trace_overrun and fprobe never sees the call)
-    probes = [Fprobe(None, lambda fp, *a: exits.__setitem__(fp.id, exits[fp.id] + 1), entry_data_size=8 * 14)
-              for _ in range(2)]
+    probes = [
+        Fprobe(None, lambda fp, *a: exits.__setitem__(fp.id, exits[fp.id] + 1), entry_data_size=8 * 14)
+        for _ in range(2)
+    ]
     for fp in probes:
         fprobes.register(fp, "fib")
         if fprobes.design == "rethook":
             fp._rethook.free = fp._rethook.free[:2]
-    assert lab.call("fib", 16) == 987                  # 15 frames deep
+    assert lab.call("fib", 16) == 987  # 15 frames deep
     for fp in probes:
         assert fp.nmissed > 0 and exits[fp.id] + fp.nmissed == 2 * 1597 - 1
     assert fprobes.design == "rethook" or lab.fgraph.trace_overrun == 0

@@ -1,5 +1,6 @@
 """The guest ring buffer: the same events as the Python path, guest code on the hot path, lost
 events counted, and record/replay identical to a direct trace."""
+
 import pytest
 
 from helpers import EXAMPLES, all_variants
@@ -20,7 +21,7 @@ def _events(lab, ring, func, args, ret="i64", **kw):
 @pytest.mark.parametrize("arch_name,variant", all_variants())
 def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
     # two machines running the same calls, so that even leftover register values agree
-    ring = Lab.open(variant, arch_name, ring_records=100)     # small: it fills and drains often
+    ring = Lab.open(variant, arch_name, ring_records=100)  # small: it fills and drains often
     plain = Lab.open(variant, arch_name)
     for ex in EXAMPLES:
         r1, guest = _events(ring, True, ex.name, ex.args, ex.func.ret)
@@ -31,25 +32,26 @@ def test_ring_buffer_events_equal_the_python_path(arch_name, variant):
 
 def test_the_hot_path_is_guest_code(arch, monkeypatch):
     dispatched = []
-    python_dispatch = Ftrace._dispatch                # the lab hooks it when it builds the Ftrace
+    python_dispatch = Ftrace._dispatch  # the lab hooks it when it builds the Ftrace
 
     def counted(self, addr):
         dispatched.append(addr)
         python_dispatch(self, addr)
+
     monkeypatch.setattr(Ftrace, "_dispatch", counted)
     lab = Lab.open("funcs", arch)
     tracer = FunctionTracer(lab, ListSink())
     with tracer:
         assert set(lab.ftrace._call_sites.values()) == {lab.tracer_code.function_trace_call}
-        assert not lab.machine.code_hooks        # each would slow every instruction under the budget
+        assert not lab.machine.code_hooks  # each would slow every instruction under the budget
         calls = []
         lab.machine.hook_code(calls.append, lab.ftrace.list_func)
         lab.call("fib", 10)
     assert calls == [] and dispatched == [] and len(tracer.sink.events) == 177
-    lab.ftrace.register(FtraceOps(lambda *a: None))                  # the Python path, for contrast
+    lab.ftrace.register(FtraceOps(lambda *a: None))  # the Python path, for contrast
     lab.call("fib", 10)
     assert len(dispatched) == 177
-    assert set(lab.ftrace._call_sites.values()) == {lab.ftrace.list_func}     # back after unregister
+    assert set(lab.ftrace._call_sites.values()) == {lab.ftrace.list_func}  # back after unregister
 
 
 def test_sharing_the_sites_falls_back_to_the_same_records(arch):
@@ -66,7 +68,7 @@ def test_a_full_buffer_without_a_reader_counts_what_it_loses(arch, mode):
     lab = Lab.open("funcs", arch, ring_records=50)
     sink = ListSink()
     with FunctionTracer(lab, sink, buffer_mode=mode):
-        lab.call("fib", 10)                                            # 177 calls
+        lab.call("fib", 10)  # 177 calls
     kept = [e.ts for e in sink.events]
     counters = sink.summary["counters"]
     if mode == "drop":
@@ -82,8 +84,10 @@ def test_record_then_replay_is_the_direct_trace(capsys, arch, tmp_path, tracer):
     for fmt in ("text", "json"):
         assert main(["trace", "--arch", arch, "funcs", "fib(12)", "--tracer", tracer, "--format", fmt, *graph]) == 0
         direct = capsys.readouterr().out
-        assert main(["record", "--arch", arch, "funcs", "fib(12)", "--tracer", tracer, "-o", path,
-                     "--buffer-size", "64"]) == 0
+        assert (
+            main(["record", "--arch", arch, "funcs", "fib(12)", "--tracer", tracer, "-o", path, "--buffer-size", "64"])
+            == 0
+        )
         assert main(["replay", path, "--format", fmt, *graph]) == 0
         assert capsys.readouterr().out == direct and direct.count("\n") > 400
 
@@ -97,11 +101,18 @@ def test_replay_refuses_other_files(capsys, tmp_path):
 
 def _graph(lab, ring, func, args, ret="i64", **kw):
     from tracers.builtin.function_graph import FunctionGraphTracer
+
     sink = ListSink()
     with FunctionGraphTracer(lab, sink, ring=ring, **kw):
         result = lab.call(func, *args, ret=ret)
-    return result, [(e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing, e.retval, e.duration)
-                    for e in sink.events], sink.summary
+    return (
+        result,
+        [
+            (e.type, e.ip, e.parent_ip, e.depth, e.ts, e.args, e.regs, e.missing, e.retval, e.duration)
+            for e in sink.events
+        ],
+        sink.summary,
+    )
 
 
 @pytest.mark.slow
@@ -118,6 +129,7 @@ def test_guest_function_graph_equals_the_python_path(arch_name, variant):
 
 def test_guest_function_graph_runs_no_python_per_call(lab):
     from tracers.builtin.function_graph import FunctionGraphTracer
+
     calls = []
     tracer = FunctionGraphTracer(lab, ListSink())
     with tracer:
@@ -138,6 +150,7 @@ def test_guest_function_graph_depth_limit_and_overrun_match_python(arch):
 def test_with_another_fgraph_user_the_records_come_from_python(arch):
     """A second user takes fgraph off the guest fast path; the tracer's events stay the same."""
     from tracers.core.fgraph import FgraphOps
+
     shared, alone = Lab.open("funcs", arch), Lab.open("funcs", arch)
     shared.fgraph.register(FgraphOps(lambda t, g, f: 0, name="other"))
     _, via_python, _ = _graph(shared, True, "chain_a", (10,))
@@ -146,8 +159,24 @@ def test_with_another_fgraph_user_the_records_come_from_python(arch):
 
 
 def test_graph_buffer_mode_from_the_command_line(capsys, arch):
-    assert main(["trace", "--arch", arch, "funcs", "fib(6)", "--tracer", "function_graph",
-                 "--buffer-size", "10", "--buffer-mode", "drop"]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "--arch",
+                arch,
+                "funcs",
+                "fib(6)",
+                "--tracer",
+                "function_graph",
+                "--buffer-size",
+                "10",
+                "--buffer-mode",
+                "drop",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     # 25 calls make 50 records; the first 10 are kept (7 entries, then 3 exits), 40 are lost
     assert "# entries: 7, exits: 3, lost: 40, overwritten: 0, trace_overrun: 0" in out

@@ -1,4 +1,5 @@
 """Patch sites: found, initialised, enabled and disabled as the kernel does, byte for byte."""
+
 import struct
 
 import pytest
@@ -19,7 +20,7 @@ SITE_OFFSET = {("x86_64", "funcs-endbr"): 4, ("arm64", "funcs-bti"): 8}
 def test_every_function_has_one_site_at_the_kernel_ip(arch_name, variant):
     lab = Lab.open(variant, arch_name)
     assert sorted(s.func.name for s in lab.sites) == sorted(catalog.FUNCTIONS)
-    default = 0 if arch_name == "x86_64" else 4          # arm64: the second NOP becomes the BL
+    default = 0 if arch_name == "x86_64" else 4  # arm64: the second NOP becomes the BL
     for s in lab.sites:
         assert s.ip - s.func.addr == SITE_OFFSET.get((arch_name, variant), default)
 
@@ -38,7 +39,7 @@ def test_site_bytes_compiled_init_enabled(arch_name, variant):
             assert s.compiled == A64_NOP * 2
             assert s.disabled == MOV_X9_LR + A64_NOP
             assert [t for _, _, t in disassemble(m.arch, s.enabled, s.addr)] == ["mov x9, x30", f"bl #{caller:#x}"]
-        assert m.read(s.addr, len(s.disabled)) == s.disabled       # init wrote the NOP form
+        assert m.read(s.addr, len(s.disabled)) == s.disabled  # init wrote the NOP form
 
 
 def test_call_ops_literal_is_found():
@@ -80,6 +81,6 @@ def test_patch_refuses_unexpected_bytes(arch):
 
 
 def test_clang_sites_come_from_relocations_or_every_table():
-    assert len(Lab.open("funcs-clang", "x86_64").sites) == 12      # no __mcount_loc: __fentry__ relocations
-    lab = Lab.open("funcs-clang", "arm64")                         # one table section per function
+    assert len(Lab.open("funcs-clang", "x86_64").sites) == 12  # no __mcount_loc: __fentry__ relocations
+    lab = Lab.open("funcs-clang", "arm64")  # one table section per function
     assert len(lab.obj.sections["__patchable_function_entries"]) == 12 == len(lab.sites)

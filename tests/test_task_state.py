@@ -1,6 +1,7 @@
 """A call that ends in an error abandons the guest task's calls under way: as when a task exits
 (ftrace_graph_exit_task, rethook_flush_task), the cores drop its per-task state, so a long-lived lab
 does not drift into trace_overrun and nmissed (issue #9, bug d). The error reaches the user as is."""
+
 import pytest
 
 from emulator import GuestFault
@@ -9,8 +10,8 @@ from tracers.core.fprobe import DESIGNS
 from tracers.core.kretprobe import DEFAULT_MAXACTIVE
 from tracers.output.sinks import ListSink
 
-FAULT = ("popcount_buf", 16, 4)          # p = 0x10: its first load faults, inside the traced function
-FAULTS = 100                             # more frames than the shadow stack holds, more than any pool
+FAULT = ("popcount_buf", 16, 4)  # p = 0x10: its first load faults, inside the traced function
+FAULTS = 100  # more frames than the shadow stack holds, more than any pool
 BUF = b"\x0f\xff\x01"
 
 
@@ -48,7 +49,7 @@ def graph_session(lab, ring: bool):
 def test_function_graph_after_faults_is_as_on_a_fresh_lab(arch, ring):
     lab, message = Lab.open("funcs", arch), untraced_fault(arch)
     with FunctionGraphTracer(lab, ListSink(), ring=ring):
-        fault(lab, message=message)                         # the error, exactly as without tracing
+        fault(lab, message=message)  # the error, exactly as without tracing
         assert_task_clear(lab)
     after = graph_session(lab, ring)
     assert after[0]["counters"]["trace_overrun"] == 0
@@ -58,9 +59,12 @@ def test_function_graph_after_faults_is_as_on_a_fresh_lab(arch, ring):
 @pytest.mark.parametrize("design", DESIGNS)
 def test_fprobe_pools_and_shadow_stack_refill(lab, design):
     fprobes, exits = lab.fprobes(design), []
-    fp = Fprobe(lambda *a: 0, lambda fp, ip, ret_ip, regs, data: exits.append(regs.get_return_value()
-                                                                                if regs.kind == "ftrace_regs"
-                                                                                else regs.regs_return_value()))
+    fp = Fprobe(
+        lambda *a: 0,
+        lambda fp, ip, ret_ip, regs, data: exits.append(
+            regs.get_return_value() if regs.kind == "ftrace_regs" else regs.regs_return_value()
+        ),
+    )
     fprobes.register_syms(fp, ["popcount_buf"])
     pool = len(fp._rethook.free) if design == "rethook" else None
     fault(lab)
@@ -93,8 +97,9 @@ def test_a_fault_in_the_single_step_slot_ends_the_kprobe(lab):
     func = m.symbols.get("popcount_buf")
     load = m.reg(lab.arch.pc) - func.addr
     hits = []
-    p = Kprobe("popcount_buf", load, lambda p, regs: hits.append("pre") and 0,
-               lambda p, regs, flags: hits.append("post"))
+    p = Kprobe(
+        "popcount_buf", load, lambda p, regs: hits.append("pre") and 0, lambda p, regs, flags: hits.append("post")
+    )
     lab.kprobes.register(p)
     fault(lab, times=3)
     assert_task_clear(lab)
@@ -113,6 +118,7 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
         if lab.machine.symbols.lookup(trace.func)[0].name == "chain_c":
             raise raised
         return 1
+
     gops = FgraphOps(entry, lambda trace, gops, fregs: None, name="raises")
     lab.fgraph.register(gops)
     with pytest.raises(ValueError, match="handler bug") as err:
@@ -121,8 +127,11 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
     assert_task_clear(lab)
     lab.fgraph.unregister(gops)
 
-    p = Kprobe("chain_c", lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c"),
-               lambda p, regs: (_ for _ in ()).throw(raised))
+    p = Kprobe(
+        "chain_c",
+        lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c"),
+        lambda p, regs: (_ for _ in ()).throw(raised),
+    )
     lab.kprobes.register(p)
     with pytest.raises(ValueError, match="handler bug") as err:
         lab.call("chain_a", 10)

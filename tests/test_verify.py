@@ -1,5 +1,6 @@
 """Verify mode has one owner, reference-counted per mechanism: a tracer that stops releases only what
 it acquired, so every other verifying user keeps every snapshot checked (issue #9, bug a)."""
+
 import pytest
 
 from emulator import FtlabError
@@ -38,7 +39,7 @@ def test_an_inner_tracer_run_from_the_handler_leaves_the_outer_verifying(lab):
     names = [lab.machine.symbols.lookup(ev.ip)[0].name for ev in sink.events]
     assert names == ["chain_a", "chain_b", "chain_c", "chain_c"]
     checked(sink)
-    assert len(sink.inner.events) == 5                       # fib(3): 5 calls, all checked too
+    assert len(sink.inner.events) == 5  # fib(3): 5 calls, all checked too
     assert all(ev.verification is not None and ev.mismatch == [] for ev in sink.inner.events)
     assert not lab.machine.code_hooks
 
@@ -50,7 +51,7 @@ def test_an_inner_tracer_between_calls_leaves_the_outer_verifying(lab):
         with FunctionTracer(lab, inner, filters=["fib"], verify=True):
             lab.call("fib", 3)
         lab.call("sum10", *range(10))
-    assert len(sink.events) == 4                             # 2 calls: an entry and an exit each
+    assert len(sink.events) == 4  # 2 calls: an entry and an exit each
     checked(sink)
     checked(inner)
     assert not lab.machine.code_hooks
@@ -66,12 +67,14 @@ def _graph(lab, sink):
 
 def _probes(lab, sink):
     body = lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c")
-    return ProbeEventTracer(lab, sink, [f"p:kp chain_c+{body}", "r:rp chain_b", "f:fp chain_a%return"],
-                            verify=True)
+    return ProbeEventTracer(lab, sink, [f"p:kp chain_c+{body}", "r:rp chain_b", "f:fp chain_a%return"], verify=True)
 
 
-@pytest.mark.parametrize("first,second", [(_function, _graph), (_graph, _probes), (_probes, _function)],
-                         ids=["function+graph", "graph+probes", "probes+function"])
+@pytest.mark.parametrize(
+    "first,second",
+    [(_function, _graph), (_graph, _probes), (_probes, _function)],
+    ids=["function+graph", "graph+probes", "probes+function"],
+)
 @pytest.mark.parametrize("order", ["first-stops-first", "second-stops-first"])
 def test_two_verifying_tracers_stop_in_either_order(lab, first, second, order):
     sinks = [ListSink(), ListSink()]
@@ -83,7 +86,7 @@ def test_two_verifying_tracers_stop_in_either_order(lab, first, second, order):
     tracers[stopping].__exit__(None, None, None)
     before = len(sinks[staying].events)
     lab.call("chain_a", 10)
-    assert len(sinks[staying].events) == 2 * before          # the second call was traced as the first
+    assert len(sinks[staying].events) == 2 * before  # the second call was traced as the first
     tracers[staying].__exit__(None, None, None)
     for sink in sinks:
         assert sink.events and all(ev.verification is not None for ev in sink.events)
@@ -92,6 +95,7 @@ def test_two_verifying_tracers_stop_in_either_order(lab, first, second, order):
 
 
 # -- the owner itself -----------------------------------------------------------------------------
+
 
 def test_hooks_live_exactly_while_some_user_holds_the_mechanism(lab):
     verify, m = lab.verify, lab.machine
@@ -115,7 +119,7 @@ def test_ftrace_sites_are_hooked_while_on_and_held(lab):
     with FunctionTracer(lab, ListSink(), filters=["fib", "sum10"], verify=False):
         assert not m.code_hooks
         with verify.holding(lab.ftrace):
-            assert len(m.code_hooks) == 2                   # the two sites that are on
+            assert len(m.code_hooks) == 2  # the two sites that are on
         assert not m.code_hooks
 
 
@@ -123,7 +127,7 @@ def test_a_lone_guest_ops_runs_in_the_guest_only_when_ftrace_is_not_verified(lab
     """Verify needs the Python dispatch to take the truth at each site: while ftrace is held, a lone
     ops with guest code is called through the list function instead."""
     ft = lab.ftrace
-    with FunctionTracer(lab, ListSink()) as t:              # ring buffer: the guest's function_trace_call
+    with FunctionTracer(lab, ListSink()) as t:  # ring buffer: the guest's function_trace_call
         assert set(ft._call_sites.values()) == {t.ops.guest_func}
         with lab.verify.holding(ft):
             assert set(ft._call_sites.values()) == {ft.list_func}
@@ -138,8 +142,9 @@ def test_a_kprobe_on_an_ftrace_site_is_verified_without_holding_ftrace(lab):
     site = lab.ftrace.site("fib")
     seen = []
     with lab.verify.holding(lab.kprobes):
-        lab.kprobes.register(Kprobe("fib", site.ip - lab.machine.address_of("fib"),
-                                    lambda p, regs: seen.append(regs.verify()) and 0))
+        lab.kprobes.register(
+            Kprobe("fib", site.ip - lab.machine.address_of("fib"), lambda p, regs: seen.append(regs.verify()) and 0)
+        )
         lab.call("fib", 3)
     assert len(seen) == 5 and all(v is not None and v.mismatch == [] for v in seen)
     assert not lab.verify.held(lab.ftrace)

@@ -1,4 +1,5 @@
 """`ftlab regs` / `ftlab compare`, and the talk's claim as a measured fact."""
+
 import json
 
 import pytest
@@ -35,6 +36,7 @@ def test_every_mechanism_against_the_truth(lab):
 
 def _third_instruction(lab, func="fib"):
     from emulator.asm import disassemble
+
     sym = lab.machine.symbols.get(func)
     return disassemble(lab.arch, lab.machine.read(sym.addr, sym.size), sym.addr)[3][0] - sym.addr
 
@@ -69,8 +71,14 @@ def test_compare_command(capsys):
     assert {(r["arch"], r["mechanism"]) for r in rows} == {(a, m) for a in ("x86_64", "arm64") for m in MECHANISMS}
 
 
-@pytest.mark.parametrize("at,message", [("nosuch", "no function 'nosuch'"), ("fib+zz", "'zz' is not an offset"),
-                                        ("fib+0x1", "Probe point is not an instruction boundary")])
+@pytest.mark.parametrize(
+    "at,message",
+    [
+        ("nosuch", "no function 'nosuch'"),
+        ("fib+zz", "'zz' is not an offset"),
+        ("fib+0x1", "Probe point is not an instruction boundary"),
+    ],
+)
 def test_bad_at(capsys, at, message):
     assert main(["regs", "--arch", "arm64", "funcs", "fib(3)", "--at", at]) == 1
     err = capsys.readouterr().err

@@ -21,6 +21,7 @@ After a deliberate change of the output, regenerate and review the diff:
 
 A new case is a new file holding only its `$ ftlab` lines; regenerating fills in the output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,7 @@ PROMPT = "$ ftlab "
 
 def commands(text: str) -> list[str]:
     """The command lines of a transcript, without the prompt."""
-    return [line[len(PROMPT):] for line in text.splitlines() if line.startswith(PROMPT)]
+    return [line[len(PROMPT) :] for line in text.splitlines() if line.startswith(PROMPT)]
 
 
 def run(argv: list[str]) -> tuple[str, str, int]:
@@ -49,7 +50,7 @@ def run(argv: list[str]) -> tuple[str, str, int]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _columns(80):
         try:
             code = ftlab(argv)
-        except SystemExit as exit_:          # argparse: usage errors and --help
+        except SystemExit as exit_:  # argparse: usage errors and --help
             code = exit_.code
     return out.getvalue(), err.getvalue(), code
 

@@ -4,6 +4,7 @@ the CLI, the tests and Python users start from.
     lab = Lab.open("funcs", "arm64")          # a bundled fixture, or a path to a .o/.ko
     lab.call("fib", 10)                       # 55
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,8 +56,9 @@ def resolve(obj: str, arch: str | None) -> list[Target]:
 
 
 class Lab:
-    def __init__(self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET, init: bool = True,
-                 ring_records: int | None = None):
+    def __init__(
+        self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET, init: bool = True, ring_records: int | None = None
+    ):
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
         ring_records sizes the guest ring buffer (in records).
 
@@ -69,8 +71,9 @@ class Lab:
         self.rethook = RethookCore(self.ftrace)
         self.kprobes = Kprobes(self.ftrace)
         karch = self.ftrace.karch
-        self.ring_buffer = RingBuffer(self.machine, karch, RECORDS[karch.name].size,
-                                      DEFAULT_RECORDS if ring_records is None else ring_records)
+        self.ring_buffer = RingBuffer(
+            self.machine, karch, RECORDS[karch.name].size, DEFAULT_RECORDS if ring_records is None else ring_records
+        )
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
@@ -126,8 +129,9 @@ def parse_call(text: str) -> tuple[str, tuple]:
         if isinstance(value, str):
             value = value.encode()
         if isinstance(value, bool) or not isinstance(value, (int, bytes)):
-            raise FtlabError(f"malformed CALL '{text}': argument '{ast.unparse(arg)}' is not an "
-                             f"integer, bytes or string literal")
+            raise FtlabError(
+                f"malformed CALL '{text}': argument '{ast.unparse(arg)}' is not an integer, bytes or string literal"
+            )
         args.append(value)
     return node.func.id, tuple(args)
 

@@ -1,4 +1,5 @@
 """The architectures the lab emulates, each described in one package (like the kernel's arch/)."""
+
 from ..errors import FtlabError
 from .arm64 import CPU as ARM64
 from .base import Arch

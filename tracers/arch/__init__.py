@@ -1,4 +1,5 @@
 """The kernel's arch/ code, one package per architecture."""
+
 from emulator.arch import Arch
 
 from .arm64 import KERNEL as ARM64

@@ -5,6 +5,7 @@ fill, how its patch sites are encoded, what fgraph and rethook need fixed up, an
 decisions. Like the CPU's description, it is data and small functions; the core never tests the
 arch's name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,17 +21,17 @@ from emulator.layout import Layout
 class SiteEncoding:
     """Patch sites (ftrace_call_adjust, ftrace_init_nop, ftrace_make_call/_nop)."""
 
-    tables: tuple[str, ...]            # sections listing the sites
-    call_symbols: tuple[str, ...]      # relocations against these mark sites when no table exists
-    offset_from_reloc: int             # call-site ip = relocation place + this
-    size: int                          # bytes that toggle between NOP and call
-    nop: bytes                         # the disabled site
+    tables: tuple[str, ...]  # sections listing the sites
+    call_symbols: tuple[str, ...]  # relocations against these mark sites when no table exists
+    offset_from_reloc: int  # call-site ip = relocation place + this
+    size: int  # bytes that toggle between NOP and call
+    nop: bytes  # the disabled site
     # (recorded address, read(addr, n), is_function_start(addr)) -> (rec ip, CALL_OPS literal or None)
     adjust: Callable
-    window: int                        # bytes before ip that init rewrites too (arm64: the MOV X9, LR)
+    window: int  # bytes before ip that init rewrites too (arm64: the MOV X9, LR)
     # (ip, compiled window bytes, address of the mcount symbol) -> the window after init, or None
     init: Callable
-    encode_call: Callable[[int, int], bytes]   # (site ip, target) -> the enabled site bytes
+    encode_call: Callable[[int, int], bytes]  # (site ip, target) -> the enabled site bytes
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class RethookArch:
     """arch/*/kernel/rethook.c: what the trampoline saves, and the callback's fix-ups."""
 
     saved: tuple[str, ...]
-    enter: Callable                    # (pt_regs view) -> frame, after fixing up the saved regs
-    leave: Callable                    # (pt_regs view, frame, real return address, write) -> None
+    enter: Callable  # (pt_regs view) -> frame, after fixing up the saved regs
+    leave: Callable  # (pt_regs view, frame, real return address, write) -> None
 
 
 @dataclass(frozen=True)
@@ -67,20 +68,20 @@ class KernelArch:
     cpu: Arch
     pt_regs: Layout
     ftrace_regs: Layout
-    ftrace_regs_saved: tuple[str, ...]     # members ftrace_caller actually stores
-    ftrace_regs_aliases: dict[str, str]    # ftrace_regs member -> pt_regs member it holds
+    ftrace_regs_saved: tuple[str, ...]  # members ftrace_caller actually stores
+    ftrace_regs_aliases: dict[str, str]  # ftrace_regs member -> pt_regs member it holds
     # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
     ftrace_regs_meaning: dict[str, Callable[[int], int]]
-    ftrace_regs_is_pt_regs: bool           # ftrace_partial_regs() can return the same memory
-    ftrace_regs_stack_args: bool           # ftrace_regs_get_argument(n) past the registers reads the stack
-    regs_caller: RegsCaller | None         # None: the arch has no ftrace_regs_caller ...
-    no_regs_caller_reason: str | None      # ... and why not, in the kernel's words
+    ftrace_regs_is_pt_regs: bool  # ftrace_partial_regs() can return the same memory
+    ftrace_regs_stack_args: bool  # ftrace_regs_get_argument(n) past the registers reads the stack
+    regs_caller: RegsCaller | None  # None: the arch has no ftrace_regs_caller ...
+    no_regs_caller_reason: str | None  # ... and why not, in the kernel's words
     sites: SiteEncoding
     fgraph: FgraphArch
     rethook: RethookArch
-    kprobes: ModuleType                    # tracers/arch/<arch>/kprobes.py
-    asm_constants: dict[str, int]          # asm-offsets for the .S files beside it
-    source_dir: Path                       # the arch's trampolines
+    kprobes: ModuleType  # tracers/arch/<arch>/kprobes.py
+    asm_constants: dict[str, int]  # asm-offsets for the .S files beside it
+    source_dir: Path  # the arch's trampolines
 
     @property
     def name(self) -> str:

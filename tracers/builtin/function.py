@@ -4,6 +4,7 @@ With the counter clock and no verify mode it records through the guest ring buff
 function is guest code (function_trace_call) and Python only reads records in bulk. Otherwise
 (insns clock, verify mode) a Python callback builds each event, with the same result.
 """
+
 from __future__ import annotations
 
 from ..core.ftrace import FtraceOps, OpsFlag
@@ -16,8 +17,18 @@ from .tracer import Tracer
 class FunctionTracer(Tracer):
     name = "function"
 
-    def __init__(self, lab, sink, clock: str = "counter", filters=(), notrace=(), verify: bool = False,
-                 ring: bool | None = None, buffer_mode: str = "stream", consumer=None):
+    def __init__(
+        self,
+        lab,
+        sink,
+        clock: str = "counter",
+        filters=(),
+        notrace=(),
+        verify: bool = False,
+        ring: bool | None = None,
+        buffer_mode: str = "stream",
+        consumer=None,
+    ):
         super().__init__(lab, sink, clock, verify)
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode = buffer_mode
@@ -29,8 +40,8 @@ class FunctionTracer(Tracer):
             lab.ftrace.set_filter(self.ops, list(filters))
         if notrace:
             lab.ftrace.set_notrace(self.ops, list(notrace))
-        self.decoder = FunctionDecoder(lab.karch)      # the ring buffer's records as events
-        self.depth = StackDepth()                       # the Python path's call depth
+        self.decoder = FunctionDecoder(lab.karch)  # the ring buffer's records as events
+        self.depth = StackDepth()  # the Python path's call depth
 
     def start(self) -> None:
         if self.ring:
@@ -51,7 +62,18 @@ class FunctionTracer(Tracer):
         self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *fregs.fields.values())
 
     def _callback(self, ip, parent_ip, op, fregs) -> None:
-        self.emit(Event(
-            self.name, "entry", ip, parent_ip, self.depth(fregs.get_stack_pointer()), self.clock.now(),
-            tuple(fregs.get_argument(n) for n in range(NR_ARGS)), fregs.kind, fregs.fields,
-            tuple(fregs.missing), fregs.verify()))
+        self.emit(
+            Event(
+                self.name,
+                "entry",
+                ip,
+                parent_ip,
+                self.depth(fregs.get_stack_pointer()),
+                self.clock.now(),
+                tuple(fregs.get_argument(n) for n in range(NR_ARGS)),
+                fregs.kind,
+                fregs.fields,
+                tuple(fregs.missing),
+                fregs.verify(),
+            )
+        )

@@ -5,6 +5,7 @@ is fgraph's only user the entry and the exit both run as guest code (graph_trace
 graph_trace_return): no Python per call. With other users it is called from fgraph.py and
 writes the same records. Otherwise (insns clock, verify mode) Python builds each event directly.
 """
+
 from __future__ import annotations
 
 import struct
@@ -21,31 +22,46 @@ CALLTIME = struct.Struct("<Q")
 class FunctionGraphTracer(Tracer):
     name = "function_graph"
 
-    def __init__(self, lab, sink, clock: str = "counter", filters=(), notrace=(), verify: bool = False,
-                 max_depth: int = 0, ring: bool | None = None, buffer_mode: str = "stream", consumer=None):
+    def __init__(
+        self,
+        lab,
+        sink,
+        clock: str = "counter",
+        filters=(),
+        notrace=(),
+        verify: bool = False,
+        max_depth: int = 0,
+        ring: bool | None = None,
+        buffer_mode: str = "stream",
+        consumer=None,
+    ):
         super().__init__(lab, sink, clock, verify)
         self.fgraph = lab.fgraph
-        self.max_depth = max_depth            # max_graph_depth; 0 is no limit
+        self.max_depth = max_depth  # max_graph_depth; 0 is no limit
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         if self.ring:
             code = lab.tracer_code
-            self.gops = FgraphOps(self._entry_record, self._return_record, name=self.name,
-                                  guest=(code.graph_trace_entry, code.graph_trace_return))
+            self.gops = FgraphOps(
+                self._entry_record,
+                self._return_record,
+                name=self.name,
+                guest=(code.graph_trace_entry, code.graph_trace_return),
+            )
         else:
             self.gops = FgraphOps(self._entry, self._return, name=self.name)
         if filters:
             lab.ftrace.set_filter(self.gops.ops, list(filters))
         if notrace:
             lab.ftrace.set_notrace(self.gops.ops, list(notrace))
-        self.decoder = GraphDecoder(lab.karch)      # the ring buffer's records as events
+        self.decoder = GraphDecoder(lab.karch)  # the ring buffer's records as events
 
     def start(self) -> None:
         if self.ring:
             self.ring_start(self.buffer_mode, self.consumer)
             self.fgraph.set_max_depth(self.max_depth)
         if self.verify:
-            self.lab.verify.acquire(self.lab.ftrace, self.fgraph)       # entry and exit snapshots
+            self.lab.verify.acquire(self.lab.ftrace, self.fgraph)  # entry and exit snapshots
         self.fgraph.register(self.gops)
 
     def stop(self) -> None:
@@ -64,7 +80,7 @@ class FunctionGraphTracer(Tracer):
     def _reserve(self, trace, now_value) -> bool:
         if self.max_depth and trace.depth >= self.max_depth:
             return False
-        data = self.fgraph.reserve_data(CALLTIME.size)      # the calltime lives on the shadow stack
+        data = self.fgraph.reserve_data(CALLTIME.size)  # the calltime lives on the shadow stack
         if data is None:
             return False
         self.lab.machine.write(data, CALLTIME.pack(now_value()))
@@ -78,25 +94,59 @@ class FunctionGraphTracer(Tracer):
         now = []
         if not self._reserve(trace, lambda: now.append(self.clock.now()) or now[0]):
             return 0
-        self.emit(Event(self.name, "entry", trace.func, fregs.get_return_address(), trace.depth, now[0],
-                        tuple(fregs.get_argument(n) for n in range(NR_ARGS)), fregs.kind, fregs.fields,
-                        tuple(fregs.missing), fregs.verify()))
+        self.emit(
+            Event(
+                self.name,
+                "entry",
+                trace.func,
+                fregs.get_return_address(),
+                trace.depth,
+                now[0],
+                tuple(fregs.get_argument(n) for n in range(NR_ARGS)),
+                fregs.kind,
+                fregs.fields,
+                tuple(fregs.missing),
+                fregs.verify(),
+            )
+        )
         return 1
 
     def _return(self, trace, gops, fregs) -> None:
         now = self.clock.now()
-        self.emit(Event(self.name, "exit", trace.func, fregs.get_instruction_pointer(), trace.depth, now,
-                        None, fregs.kind, fregs.fields, tuple(fregs.missing), fregs.verify(),
-                        retval=trace.retval, duration=now - self._calltime()))
+        self.emit(
+            Event(
+                self.name,
+                "exit",
+                trace.func,
+                fregs.get_instruction_pointer(),
+                trace.depth,
+                now,
+                None,
+                fregs.kind,
+                fregs.fields,
+                tuple(fregs.missing),
+                fregs.verify(),
+                retval=trace.retval,
+                duration=now - self._calltime(),
+            )
+        )
 
     # -- the ring-buffer path (what graph_trace_entry / graph_trace_return do) --------------------
     # The records' words after the header, in Records.graph_entry's and graph_exit's order.
 
     def _entry_record(self, trace, gops, fregs) -> int:
         rb = self.lab.ring_buffer
-        return int(self._reserve(trace, lambda: rb.write(REC_ENTRY, trace.func, fregs.get_return_address(),
-                                                         trace.depth, *fregs.fields.values()) or 0))
+        return int(
+            self._reserve(
+                trace,
+                lambda: (
+                    rb.write(REC_ENTRY, trace.func, fregs.get_return_address(), trace.depth, *fregs.fields.values())
+                    or 0
+                ),
+            )
+        )
 
     def _return_record(self, trace, gops, fregs) -> None:
-        self.lab.ring_buffer.write(REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth,
-                                   *fregs.fields.values(), self._calltime())
+        self.lab.ring_buffer.write(
+            REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth, *fregs.fields.values(), self._calltime()
+        )

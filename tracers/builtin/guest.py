@@ -1,6 +1,7 @@
 """The built-in tracers' guest code (what kernel/trace/trace_functions.c and
 trace_functions_graph.c do, in tracers/arch/<arch>/function_trace.S), assembled once per lab; the
 records it writes are declared in tracers/output/records.py."""
+
 from __future__ import annotations
 
 import struct
@@ -17,11 +18,14 @@ class TracerCode:
 
     def __init__(self, ftrace, fgraph_core, ring_buffer):
         m, karch = ftrace.m, ftrace.karch
-        syms = karch.load(m, "function_trace.S", {**RECORDS[karch.name].asm_constants(), **fgraph.asm_constants(karch),
-                                                 "rb_reserve": ring_buffer.reserve})
+        syms = karch.load(
+            m,
+            "function_trace.S",
+            {**RECORDS[karch.name].asm_constants(), **fgraph.asm_constants(karch), "rb_reserve": ring_buffer.reserve},
+        )
         self.function_trace_call = syms["function_trace_call"]
         self.graph_trace_entry, self.graph_trace_return = syms["graph_trace_entry"], syms["graph_trace_return"]
         m.write_code(syms["fg_control"], U64.pack(fgraph_core.control))
-        bad_fp = syms.get("fgraph_bad_fp")          # where the frame pointer is checked on return
+        bad_fp = syms.get("fgraph_bad_fp")  # where the frame pointer is checked on return
         if bad_fp is not None:
             m.hook_call(lambda _addr: fgraph_core.bad_frame_pointer(), bad_fp)

@@ -9,6 +9,7 @@ Each hit becomes an event whose fetchargs are evaluated against the snapshot the
 gave (pt_regs for kprobes and kretprobes, ftrace_regs for fprobes on fgraph): a register it did not
 capture reads as a fault, never as the emulator's value.
 """
+
 from __future__ import annotations
 
 import struct
@@ -25,8 +26,8 @@ from ..probe_events import FetchFault, ProbeSpec, evaluate, parse
 from .tracer import Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
-SAVED_ARGS = 8                         # $argN of a return probe: saved at entry, as the kernel does
-ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")           # the arguments at entry, for $argN at return
+SAVED_ARGS = 8  # $argN of a return probe: saved at entry, as the kernel does
+ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")  # the arguments at entry, for $argN at return
 
 
 class _Context:
@@ -83,8 +84,7 @@ class ProbeEventTracer(Tracer):
 
     name = "nop"
 
-    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False,
-                 design: str = "fgraph"):
+    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str = "fgraph"):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
         self.specs = [self._resolve(parse(s, registers)) for s in specs]
@@ -97,14 +97,14 @@ class ProbeEventTracer(Tracer):
         if spec.kind not in ("f", "r", "p"):
             raise FtlabError(f"'{spec.text}': only p, r and f events can be traced")
         if spec.kind == "p" and spec.is_return:
-            spec = replace(spec, kind="r")            # p SYM%return is a kretprobe
-        if spec.address is not None:                  # p ADDR: the function it is in
+            spec = replace(spec, kind="r")  # p SYM%return is a kretprobe
+        if spec.address is not None:  # p ADDR: the function it is in
             hit = self.lab.machine.symbols.lookup(spec.address)
             if hit is None or hit[0].kind != "func":
                 raise FtlabError(f"'{spec.text}': {spec.address:#x} is in no function")
             spec = replace(spec, symbol=hit[0].name, offset=hit[1])
         if spec.kind != "p":
-            self.lab.ftrace.site(spec.symbol)         # a clear error for a function with no site
+            self.lab.ftrace.site(spec.symbol)  # a clear error for a function with no site
         return spec
 
     def start(self) -> None:
@@ -116,9 +116,13 @@ class ProbeEventTracer(Tracer):
                 self.lab.kprobes.register(p)
                 self._probes.append(p)
             elif spec.kind == "r":
-                rp = Kretprobe(spec.symbol, lambda ri, regs, s=spec: self._exit(s, ri.data, ri.func, regs),
-                               lambda ri, fregs: self._save_entry(ri.data, fregs),
-                               maxactive=spec.maxactive or 0, data_size=ENTRY.size)
+                rp = Kretprobe(
+                    spec.symbol,
+                    lambda ri, regs, s=spec: self._exit(s, ri.data, ri.func, regs),
+                    lambda ri, fregs: self._save_entry(ri.data, fregs),
+                    maxactive=spec.maxactive or 0,
+                    data_size=ENTRY.size,
+                )
                 self.kretprobes.register(rp)
                 self._probes.append(rp)
             else:
@@ -145,14 +149,17 @@ class ProbeEventTracer(Tracer):
         lab = self.lab
         fprobe_exit = lab.fgraph if self.fprobes.design == "fgraph" else lab.rethook
         by_kind = {"p": lab.kprobes, "r": lab.rethook, "f": lab.ftrace}
-        return tuple(dict.fromkeys(fprobe_exit if s.kind == "f" and s.is_return else by_kind[s.kind]
-                                   for s in self.specs))
+        return tuple(
+            dict.fromkeys(fprobe_exit if s.kind == "f" and s.is_return else by_kind[s.kind] for s in self.specs)
+        )
 
     def summary(self) -> dict:
         out = super().summary()
         # kprobe_profile's columns: event, hits, misses
-        out["probes"] = {f"{s.group}/{s.event}": {"hits": self.hits[s], "nmissed": p.nmissed}
-                         for s, p in zip(self.specs, self._probes, strict=True)}
+        out["probes"] = {
+            f"{s.group}/{s.event}": {"hits": self.hits[s], "nmissed": p.nmissed}
+            for s, p in zip(self.specs, self._probes, strict=True)
+        }
         return out
 
     def _save_entry(self, data: int, regs) -> int:
@@ -174,6 +181,21 @@ class ProbeEventTracer(Tracer):
 
     def _emit(self, spec, type_, ip, parent_ip, regs, values, args, retval=None) -> None:
         self.hits[spec] += 1
-        self.emit(Event(MECHANISM[spec.kind], type_, ip, parent_ip, 0, self.clock.now(), args, regs.kind,
-                        regs.fields, tuple(regs.missing), regs.verify(), retval=retval,
-                        probe=spec, fetch=tuple(zip(spec.args, values, strict=True))))
+        self.emit(
+            Event(
+                MECHANISM[spec.kind],
+                type_,
+                ip,
+                parent_ip,
+                0,
+                self.clock.now(),
+                args,
+                regs.kind,
+                regs.fields,
+                tuple(regs.missing),
+                regs.verify(),
+                retval=retval,
+                probe=spec,
+                fetch=tuple(zip(spec.args, values, strict=True)),
+            )
+        )

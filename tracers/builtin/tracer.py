@@ -1,4 +1,5 @@
 """What every tracer shares: a sink, a trace clock, verify mode, and a `with` block that runs it."""
+
 from __future__ import annotations
 
 from ..output.events import COUNTERS
@@ -12,8 +13,8 @@ class Tracer:
         self.lab, self.sink, self.verify = lab, sink, verify
         self.clock_name = clock
         self.clock = None
-        self.counters = COUNTERS[self.name]    # event type -> the counter it advances
-        self.counts = dict.fromkeys(self.counters.values(), 0)      # the events, at the end of the trace
+        self.counters = COUNTERS[self.name]  # event type -> the counter it advances
+        self.counts = dict.fromkeys(self.counters.values(), 0)  # the events, at the end of the trace
         self.ring_losses: dict[str, int] = {}  # what a full ring buffer lost, when it lost any
         self.mismatching = 0
         self.snapshots = 0

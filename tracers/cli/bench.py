@@ -1,6 +1,7 @@
 """`ftlab bench` / `make bench`: speed and memory, measured in one run on both arches, each figure
 beside its target (issue "Tracing at emulator speed"). Figures are medians of a few runs on
 whatever machine this is; nothing here is asserted by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from ..lab import Lab, resolve
 from ..output.sinks import CountSink, TextSink
 
 REPEAT = 3
-TARGETS = {   # measure -> (arm64, x86_64, 'max' or 'min')
+TARGETS = {  # measure -> (arm64, x86_64, 'max' or 'min')
     "nop_sites_vs_unpatched": (1.1, 1.1, "max"),
     "function_events_per_s": (1_000_000, 500_000, "min"),
     "function_graph_events_per_s": (600_000, 300_000, "min"),
@@ -41,8 +42,6 @@ class _Bytes:
 
     def __call__(self, chunk):
         self.n += len(chunk) // self.size
-
-
 
 
 def _timed(fn) -> float:
@@ -84,6 +83,7 @@ def naive_trace(lab, n) -> tuple[list, float]:
         sp = uc.reg_read(sp_id)
         parent = uc.reg_read(lr_id) if lr_id else int.from_bytes(uc.mem_read(sp, 8), "little")
         events.append((addr, parent, sp, [uc.reg_read(r) for r in ids]))
+
     hooks = [uc.hook_add(unicorn.UC_HOOK_CODE, hook, begin=f.addr, end=f.addr) for f in lab.obj.functions]
     uc.ctl_flush_tb()
     start = time.perf_counter()
@@ -106,8 +106,9 @@ def _child(argv) -> tuple[float, float]:
     high-water mark of its own memory (getrusage's maxrss would include the forked copy of this
     process, which Linux carries across exec)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *argv], check=True, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *argv], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     wall = time.perf_counter() - start
     return wall, int(done.stderr.split()[-1]) / 1024
 
@@ -155,8 +156,7 @@ def measure(arch: str) -> dict:
     r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "graph.txt")
-        _, rss = _child(["trace", "--arch", arch, "funcs", "fib(27)", "--tracer", "function_graph",
-                         "--output", out])
+        _, rss = _child(["trace", "--arch", arch, "funcs", "fib(27)", "--tracer", "function_graph", "--output", out])
         r["peak_rss_mb_function_graph_fib27"] = rss
         r["function_graph_fib27_file_mb"] = os.path.getsize(out) / 1e6
     r["run_wall_s"], _ = _child(["run", "--arch", arch, "funcs", "fib(20)"])
@@ -192,12 +192,14 @@ def bench(out, json_path: str | None = None) -> list[dict]:
         for key, value in r.items():
             if key != "arch":
                 out.write(f"  {key:<40} {_fmt(value):>14}   {_verdict(key, r['arch'], value)}\n")
-    out.write("\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
-              "no_budget: the same with --budget 0 (the difference is unicorn's instruction counter);\n"
-              "function_graph: both hooks in guest code, records through the ring buffer (as function);\n"
-              "fprobe, verify, insns clock, function_graph_python: a Python callback per event;\n"
-              "naive: a Python code hook on every function reading registers through the stock binding;\n"
-              "text: recording and formatting the kernel's text together.\n")
+    out.write(
+        "\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
+        "no_budget: the same with --budget 0 (the difference is unicorn's instruction counter);\n"
+        "function_graph: both hooks in guest code, records through the ring buffer (as function);\n"
+        "fprobe, verify, insns clock, function_graph_python: a Python callback per event;\n"
+        "naive: a Python code hook on every function reading registers through the stock binding;\n"
+        "text: recording and formatting the kernel's text together.\n"
+    )
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -1,4 +1,5 @@
 """`ftlab demo`: the same fixture on both arches: a patch site, a function trace, a verified snapshot."""
+
 from emulator import arch as arches
 
 from ..builtin.function import FunctionTracer
@@ -8,8 +9,6 @@ from .views import site_rows
 
 CALL = ("chain_a", 10)
 SNAPSHOT = ("sum10", *range(1, 11))
-
-
 
 
 def demo(out) -> None:
@@ -30,14 +29,18 @@ def demo(out) -> None:
         with FunctionTracer(lab, keep, filters=[SNAPSHOT[0]], verify=True):
             lab.call(*SNAPSHOT)
         ev = keep.events[0]
-        out.write(f"The ftrace_regs ftrace_caller saved at {SNAPSHOT[0]}(1, ..., 10), against the true "
-                  f"registers at the patch site:\n")
+        out.write(
+            f"The ftrace_regs ftrace_caller saved at {SNAPSHOT[0]}(1, ..., 10), against the true "
+            f"registers at the patch site:\n"
+        )
         for check in ev.verification.checks:
             status = "equal" if check.equal else "DIFFERENT"
             note = "  (the address after the patch site, as the kernel defines it)" if check.by_meaning else ""
             out.write(f"    {check.field:<4} saved {check.captured:#018x}  true {check.truth:#018x}  {status}{note}\n")
         out.write(f"    not captured: {' '.join(ev.missing)}\n")
         out.write(f"    arguments: {list(ev.args)}\n\n")
-    out.write("More: ftlab compare funcs 'fib(3)' (every mechanism's snapshot and cost, both arches side by side),\n"
-              "ftlab regs --arch arm64 funcs 'fib(3)' --at fib (field by field against the truth),\n"
-              "ftlab trace --arch x86_64 funcs 'chain_a(10)' --tracer function_graph, and -e for probe events.\n")
+    out.write(
+        "More: ftlab compare funcs 'fib(3)' (every mechanism's snapshot and cost, both arches side by side),\n"
+        "ftlab regs --arch arm64 funcs 'fib(3)' --at fib (field by field against the truth),\n"
+        "ftlab trace --arch x86_64 funcs 'chain_a(10)' --tracer function_graph, and -e for probe events.\n"
+    )

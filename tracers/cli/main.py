@@ -1,4 +1,5 @@
 """ftlab: run real x86_64 and arm64 functions under emulation and trace them as the kernel does."""
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,14 @@ def cmd_trace(args, out):
     for lab in _labs(args):
         _banner(args, lab, out)
         if args.event:
-            tracer = ProbeEventTracer(lab, make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name), args.event,
-                                      clock=args.clock, verify=args.verify, design=args.fprobe_design)
+            tracer = ProbeEventTracer(
+                lab,
+                make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name),
+                args.event,
+                clock=args.clock,
+                verify=args.verify,
+                design=args.fprobe_design,
+            )
             with tracer:
                 result = lab.call(name, *call_args, ret=args.ret)
             if args.format == "text":
@@ -73,8 +80,9 @@ def cmd_trace(args, out):
         options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
         sink = make_sink(args.format, args.tracer, out, lab.machine.symbols, lab.arch.name, **options)
         extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
-        tracer = TRACERS[args.tracer](lab, sink, clock=args.clock, filters=args.filter,
-                                      notrace=args.notrace, verify=args.verify, **extra)
+        tracer = TRACERS[args.tracer](
+            lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra
+        )
         with tracer:
             result = lab.call(name, *call_args, ret=args.ret)
         if args.format == "text":
@@ -110,8 +118,9 @@ def cmd_record(args, out):
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
     with Recorder(args.output, lab.karch, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
         # the tracer's events are the file's records: it writes them and decodes none
-        tracer = TRACERS[args.tracer](lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True,
-                                      consumer=rec, **options)
+        tracer = TRACERS[args.tracer](
+            lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True, consumer=rec, **options
+        )
         with tracer:
             result = lab.call(name, *call_args, ret=args.ret)
         rec.finish(tracer.stats(), result)
@@ -151,23 +160,37 @@ def _ret_kind(text: str) -> str:
 
 
 def _add_ret(p):
-    p.add_argument("--ret", type=_ret_kind, default="i64", metavar="KIND",
-                   help="the C type of CALL's result: i64 (the default), u64, i32, u32, u16, u8, or pair "
-                        "(a 16-byte struct in two registers)")
+    p.add_argument(
+        "--ret",
+        type=_ret_kind,
+        default="i64",
+        metavar="KIND",
+        help="the C type of CALL's result: i64 (the default), u64, i32, u32, u16, u8, or pair "
+        "(a 16-byte struct in two registers)",
+    )
 
 
 def _add_target(p, call=True):
-    p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); "
-                                  "optional when OBJ is a file")
+    p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); optional when OBJ is a file")
     p.add_argument("obj", metavar="OBJ", help="an object file (.o, .ko) or a bundled fixture name (funcs, ...)")
     if call:
-        p.add_argument("call", metavar="CALL", help='the call to run, e.g. "fib(20)" or '
-                                                    '\'crc32_bitwise(0, b"123456789", 9)\'')
-    p.add_argument("--stub", action="append", default=[], metavar="NAME[=data]",
-                   help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data")
-    p.add_argument("--budget", type=_count, default=DEFAULT_BUDGET,
-                   help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
-                        "which runs about twice as fast)")
+        p.add_argument(
+            "call", metavar="CALL", help='the call to run, e.g. "fib(20)" or \'crc32_bitwise(0, b"123456789", 9)\''
+        )
+    p.add_argument(
+        "--stub",
+        action="append",
+        default=[],
+        metavar="NAME[=data]",
+        help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data",
+    )
+    p.add_argument(
+        "--budget",
+        type=_count,
+        default=DEFAULT_BUDGET,
+        help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
+        "which runs about twice as fast)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,26 +207,53 @@ def parser() -> argparse.ArgumentParser:
     _add_target(p)
     _add_ret(p)
     p.add_argument("--tracer", choices=sorted(TRACERS), help="function (the default) or function_graph")
-    p.add_argument("-e", "--event", action="append", default=[], metavar="SPEC",
-                   help="a probe event in dynamic_events syntax: 'f:[GRP/]EVENT SYM[%%return] FETCHARGS' "
-                        "or 'r[MAXACTIVE]:[GRP/]EVENT SYM FETCHARGS' (repeatable)")
-    p.add_argument("--fprobe-design", choices=DESIGNS, default="fgraph",
-                   help="fprobe on fgraph (6.14+, ftrace_regs) or on ftrace+rethook (5.18-6.13, pt_regs)")
-    p.add_argument("--filter", action="append", default=[], metavar="GLOB",
-                   help="trace only matching functions (set_ftrace_filter; !GLOB removes)")
+    p.add_argument(
+        "-e",
+        "--event",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a probe event in dynamic_events syntax: 'f:[GRP/]EVENT SYM[%%return] FETCHARGS' "
+        "or 'r[MAXACTIVE]:[GRP/]EVENT SYM FETCHARGS' (repeatable)",
+    )
+    p.add_argument(
+        "--fprobe-design",
+        choices=DESIGNS,
+        default="fgraph",
+        help="fprobe on fgraph (6.14+, ftrace_regs) or on ftrace+rethook (5.18-6.13, pt_regs)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="trace only matching functions (set_ftrace_filter; !GLOB removes)",
+    )
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB", help="never trace these")
-    p.add_argument("--verify", action="store_true",
-                   help="compare every snapshot with the true registers at the patch site")
+    p.add_argument(
+        "--verify", action="store_true", help="compare every snapshot with the true registers at the patch site"
+    )
     p.add_argument("--format", choices=FORMATS, default="text")
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="counter",
-                   help="trace_clock: counter (one per event) or insns (emulated instructions)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="counter",
+        help="trace_clock: counter (one per event) or insns (emulated instructions)",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
-    p.add_argument("--buffer-size", type=_count, metavar="RECORDS",
-                   help="the ring buffer of the function and function_graph tracers, in records "
-                        f"(default {DEFAULT_RECORDS})")
-    p.add_argument("--buffer-mode", choices=("stream", "overwrite", "drop"), default="stream",
-                   help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
-                        "buffer with no reader, overwrite the oldest or drop the newest (both counted)")
+    p.add_argument(
+        "--buffer-size",
+        type=_count,
+        metavar="RECORDS",
+        help=f"the ring buffer of the function and function_graph tracers, in records (default {DEFAULT_RECORDS})",
+    )
+    p.add_argument(
+        "--buffer-mode",
+        choices=("stream", "overwrite", "drop"),
+        default="stream",
+        help="when the ring buffer is full: drain it to the output (stream), or as the kernel's "
+        "buffer with no reader, overwrite the oldest or drop the newest (both counted)",
+    )
     g = p.add_argument_group("function_graph options (the kernel's trace_options)")
     g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
@@ -215,7 +265,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
     p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
-    p.add_argument("--buffer-size", type=_count, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})")
+    p.add_argument(
+        "--buffer-size", type=_count, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})"
+    )
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
     p.set_defaults(func=cmd_record)
@@ -227,8 +279,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
     _add_target(p)
-    p.add_argument("--at", required=True, metavar="SPEC",
-                   help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)")
+    p.add_argument(
+        "--at",
+        required=True,
+        metavar="SPEC",
+        help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)",
+    )
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_regs)
     p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
@@ -262,10 +318,11 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:
         return 0
-    except Exception as err:          # a lab bug: one line, the traceback on request
+    except Exception as err:  # a lab bug: one line, the traceback on request
         if os.environ.get("FTLAB_DEBUG"):
             raise
-        print(f"ftlab: internal error: {type(err).__name__}: {err} (FTLAB_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"ftlab: internal error: {type(err).__name__}: {err} (FTLAB_DEBUG=1 shows the traceback)", file=sys.stderr
+        )
         return 2
     return 0

@@ -6,6 +6,7 @@ comparison against the true registers. Costs are per event: the instructions the
 (trampolines, exception entry, single-step slots) ran, and the bytes it stored. The CPU's own
 exception frame (x86's 40 bytes) and the Python handlers are not counted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,16 +33,16 @@ MECHANISMS = {
 class Capture:
     mechanism: str
     title: str
-    at: str                             # where the snapshot stands: 'fib+0x4' or 'return from fib'
+    at: str  # where the snapshot stands: 'fib+0x4' or 'return from fib'
     kind: str = ""
     fields: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     checks: list = field(default_factory=list)
     verification: object = None
     events: int = 0
-    insns: float = 0.0                  # lab-code instructions per event
-    stored: float = 0.0                 # bytes the lab code stored per event
-    refused: str | None = None          # why this arch cannot do it
+    insns: float = 0.0  # lab-code instructions per event
+    stored: float = 0.0  # bytes the lab code stored per event
+    refused: str | None = None  # why this arch cannot do it
 
     @property
     def mismatch(self) -> list[str]:
@@ -50,7 +51,7 @@ class Capture:
 
 def _snap(capture: Capture, regs) -> None:
     if capture.kind:
-        return                          # the first hit is the one shown
+        return  # the first hit is the one shown
     capture.kind, capture.fields, capture.missing = regs.kind, regs.fields, list(regs.missing)
     capture.verification = regs.verify()
 
@@ -104,6 +105,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         def handler(ip, parent, op, fregs):
             regs = fregs.ftrace_get_regs() if regs_wanted else fregs
             count(ftrace_partial_regs(fregs, scratch) if mechanism == "partial_regs" else regs)
+
         ops = FtraceOps(handler, OpsFlag.SAVE_REGS if regs_wanted else OpsFlag.NONE, filter={site.ip})
         return (lambda: lab.ftrace.register(ops)), (lambda: lab.ftrace.unregister(ops))
     c.at = f"return from {func}"
@@ -125,5 +127,5 @@ def capture_all(lab, func: str, call: tuple, offset: int | None = None) -> list[
     """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere."""
     at_entry = offset is None or lab.machine.address_of(func) + offset == lab.ftrace.site(func).ip
     if not at_entry:
-        lab.kprobes.check(Kprobe(func, offset))      # a bad probe point is the user's error
+        lab.kprobes.check(Kprobe(func, offset))  # a bad probe point is the user's error
     return [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]

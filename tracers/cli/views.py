@@ -1,4 +1,5 @@
 """`ftlab regs` and `ftlab compare`: the snapshot tables and the side-by-side architecture view."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def regs_table(lab, captures, out) -> None:
         if c.refused:
             out.write(f": not on {arch.name}: {c.refused}\n\n")
             continue
-        out.write(f": {c.kind}, {c.insns:.0f} instructions and {c.stored:.0f} bytes stored by the lab's "
-                  f"code per event\n")
+        out.write(
+            f": {c.kind}, {c.insns:.0f} instructions and {c.stored:.0f} bytes stored by the lab's code per event\n"
+        )
         out.write(f"   {'field':<8} {'saved':<18} {'true':<18} status\n")
         for check in c.verification.checks:
             status = "equal" if check.equal else "DIFFERENT"
@@ -41,9 +43,11 @@ def regs_table(lab, captures, out) -> None:
                 status += " (by the kernel's definition of the field)"
             out.write(f"   {check.field:<8} {check.captured:#018x} {check.truth:#018x} {status}\n")
             if check.flags:
-                out.write(f"   {'':<8} saved bits: {_bits(arch, check.captured)}; true bits: {_bits(arch, check.truth)}"
-                          + (f"; differ: {' '.join(c.verification.lost_bits(check))}" if not check.equal else "")
-                          + "\n")
+                out.write(
+                    f"   {'':<8} saved bits: {_bits(arch, check.captured)}; true bits: {_bits(arch, check.truth)}"
+                    + (f"; differ: {' '.join(c.verification.lost_bits(check))}" if not check.equal else "")
+                    + "\n"
+                )
         for name in c.missing:
             out.write(f"   {name:<8} {'not captured':<18}\n")
         out.write("\n")
@@ -55,13 +59,27 @@ def regs_json(lab, captures) -> dict:
     for c in captures:
         row = {"mechanism": c.mechanism, "title": c.title, "at": c.at, "refused": c.refused}
         if not c.refused:
-            row.update(kind=c.kind, missing=c.missing, mismatch=c.mismatch, insns_per_event=c.insns,
-                       bytes_per_event=c.stored,
-                       fields={k.field: {"saved": k.captured, "true": k.truth, "equal": k.equal,
-                                         "by_meaning": k.by_meaning,
-                                         **({"saved_bits": decode_flags(arch, k.captured),
-                                             "true_bits": decode_flags(arch, k.truth)} if k.flags else {})}
-                               for k in c.verification.checks})
+            row.update(
+                kind=c.kind,
+                missing=c.missing,
+                mismatch=c.mismatch,
+                insns_per_event=c.insns,
+                bytes_per_event=c.stored,
+                fields={
+                    k.field: {
+                        "saved": k.captured,
+                        "true": k.truth,
+                        "equal": k.equal,
+                        "by_meaning": k.by_meaning,
+                        **(
+                            {"saved_bits": decode_flags(arch, k.captured), "true_bits": decode_flags(arch, k.truth)}
+                            if k.flags
+                            else {}
+                        ),
+                    }
+                    for k in c.verification.checks
+                },
+            )
         rows.append(row)
     return {"arch": arch.name, "mechanisms": rows}
 
@@ -84,12 +102,16 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
 
     def show(code: bytes, addr: int) -> str:
         return f"{code.hex(' ')}  " + "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, addr))
+
     after = site.ip + lab.karch.sites.size
     size = disassemble(m.arch, m.read(after, 16), after)[0][1]
     brk = lab.karch.kprobes.BREAKPOINT
-    return [("compiled", show(site.compiled, site.addr)), ("init", show(site.disabled, site.addr)),
-            ("enabled", show(site.enabled, site.addr)),
-            ("kprobe armed", f"at {m.symbols.name(after)}: " + show(brk + m.read(after, size)[len(brk):], after))]
+    return [
+        ("compiled", show(site.compiled, site.addr)),
+        ("init", show(site.disabled, site.addr)),
+        ("enabled", show(site.enabled, site.addr)),
+        ("kprobe armed", f"at {m.symbols.name(after)}: " + show(brk + m.read(after, size)[len(brk) :], after)),
+    ]
 
 
 def compare(labs, func: str, call: tuple, out) -> list[dict]:
@@ -106,20 +128,34 @@ def compare(labs, func: str, call: tuple, out) -> list[dict]:
         out.write(f"\n{title}\n")
         cols = [results[n][1][mech] for n in names]
         rows = {
-            "snapshot": [(c.refused and "none: refused (see `ftlab regs`)") or f"{c.kind}, {len(c.fields)} fields" for c in cols],
+            "snapshot": [
+                (c.refused and "none: refused (see `ftlab regs`)") or f"{c.kind}, {len(c.fields)} fields" for c in cols
+            ],
             "not captured": [("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in cols],
             "wrong": [(" ".join(c.mismatch) or "-") if not c.refused else "" for c in cols],
             "cost/event": [f"{c.insns:.0f} insns, {c.stored:.0f} bytes stored" if not c.refused else "" for c in cols],
         }
         for label, values in rows.items():
             out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
-    return [{"arch": n, "mechanism": c.mechanism, "kind": c.kind, "fields": len(c.fields), "missing": c.missing,
-             "mismatch": c.mismatch, "insns_per_event": c.insns, "bytes_per_event": c.stored, "refused": c.refused}
-            for n in names for c in results[n][1].values()]
+    return [
+        {
+            "arch": n,
+            "mechanism": c.mechanism,
+            "kind": c.kind,
+            "fields": len(c.fields),
+            "missing": c.missing,
+            "mismatch": c.mismatch,
+            "insns_per_event": c.insns,
+            "bytes_per_event": c.stored,
+            "refused": c.refused,
+        }
+        for n in names
+        for c in results[n][1].values()
+    ]
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) < width - 1 else text[:width - 5] + "..."
+    return text if len(text) < width - 1 else text[: width - 5] + "..."
 
 
 def dump_json(obj, out) -> None:

@@ -14,6 +14,7 @@ The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as
 Each of these is declared once below (FTRACE_RET_STACK, BITMAP_WORD, DATA_WORD, FG_CONTROL), for
 this module and for the guest code that pushes and pops frames (asm_constants).
 """
+
 from __future__ import annotations
 
 import struct
@@ -28,26 +29,31 @@ from .regs import FtraceRegs
 
 SHADOW_STACK_SIZE = 4096
 SHADOW_STACK_WORDS = SHADOW_STACK_SIZE // 8
-FGRAPH_ARRAY_SIZE = 16                      # users at once; the top 16 words are their task vars
+FGRAPH_ARRAY_SIZE = 16  # users at once; the top 16 words are their task vars
 SHADOW_STACK_MAX_OFFSET = SHADOW_STACK_WORDS - FGRAPH_ARRAY_SIZE
-FGRAPH_MAX_DATA_SIZE = 256                  # bytes one user may reserve per frame
+FGRAPH_MAX_DATA_SIZE = 256  # bytes one user may reserve per frame
 WORD = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
 
 # The task's fgraph state, in guest memory so that the guest fast path and this module share it:
 # task->curr_ret_stack (words) and curr_ret_depth, max_graph_depth, trace_overrun, task->ret_stack,
 # and what the lone guest user pushes (the return hook, its data header and bitmap words).
-FG_CONTROL = Layout.of("fgraph task", ("curr", "depth", "max_depth", "overrun", "stack", "return_to_handler",
-                                       "header", "bitmap"))
+FG_CONTROL = Layout.of(
+    "fgraph task", ("curr", "depth", "max_depth", "overrun", "stack", "return_to_handler", "header", "bitmap")
+)
 CURR, DEPTH, MAX_DEPTH, OVERRUN = (FG_CONTROL.index(n) for n in ("curr", "depth", "max_depth", "overrun"))
 # struct ftrace_ret_stack, the frame; fp where HAVE_FUNCTION_GRAPH_FP_TEST has it checked (by fp_test)
-FTRACE_RET_STACK = {fp_test: Layout.of("ftrace_ret_stack", ("ret", "func", "fp", "retp") if fp_test
-                                       else ("ret", "func", "retp")) for fp_test in (False, True)}
+FTRACE_RET_STACK = {
+    fp_test: Layout.of("ftrace_ret_stack", ("ret", "func", "fp", "retp") if fp_test else ("ret", "func", "retp"))
+    for fp_test in (False, True)
+}
 # What a lone user with guest code pushes: its frame, one word of reserved data with its header, and
 # the bitmap word, as _enter pushes them for a user that reserves 8 bytes.
-GUEST_PUSH = {fp_test: frame.extend("fgraph guest push", ("data", "header", "bitmap"))
-              for fp_test, frame in FTRACE_RET_STACK.items()}
-RETURN_ARGS = Layout.of("return_args", ("fregs",))     # ftrace_return_to_handler's mailbox
+GUEST_PUSH = {
+    fp_test: frame.extend("fgraph guest push", ("data", "header", "bitmap"))
+    for fp_test, frame in FTRACE_RET_STACK.items()
+}
+RETURN_ARGS = Layout.of("return_args", ("fregs",))  # ftrace_return_to_handler's mailbox
 FREGS_ARG = RETURN_ARGS.index("fregs")
 
 # The words above a frame (kernel/trace/fgraph.c, gregkh/linux 000aa47a5123): the offset back to
@@ -98,14 +104,21 @@ def make_data_type_val(idx: int, size: int, offset: int) -> int:
 def asm_constants(karch) -> dict[str, int]:
     """The layouts of fgraph's task state and frames, for guest code that pushes and pops them."""
     frame, push = FTRACE_RET_STACK[karch.fgraph.fp_test], GUEST_PUSH[karch.fgraph.fp_test]
-    return {**FG_CONTROL.asm_constants("FG_"), **frame.asm_constants("FG_FRAME_"), **push.asm_constants("FG_PUSH_"),
-            **BITMAP_WORD.asm_constants("FGRAPH_"), **DATA_WORD.asm_constants("FGRAPH_"),
-            "FG_FRAME_WORDS": frame.nr_words, "FG_PUSH_WORDS": push.nr_words, "FG_MAX_OFFSET": SHADOW_STACK_MAX_OFFSET}
+    return {
+        **FG_CONTROL.asm_constants("FG_"),
+        **frame.asm_constants("FG_FRAME_"),
+        **push.asm_constants("FG_PUSH_"),
+        **BITMAP_WORD.asm_constants("FGRAPH_"),
+        **DATA_WORD.asm_constants("FGRAPH_"),
+        "FG_FRAME_WORDS": frame.nr_words,
+        "FG_PUSH_WORDS": push.nr_words,
+        "FG_MAX_OFFSET": SHADOW_STACK_MAX_OFFSET,
+    }
 
 
 @dataclass(slots=True)
 class FtraceGraphEnt:
-    func: int                     # the patch-site ip of the function
+    func: int  # the patch-site ip of the function
     depth: int
 
 
@@ -125,20 +138,20 @@ class FgraphOps:
     entryfunc: Callable[[FtraceGraphEnt, FgraphOps, FtraceRegs], int]
     retfunc: Callable[[FtraceGraphRet, FgraphOps, FtraceRegs], None] | None = None
     name: str = "fgraph_ops"
-    ops: FtraceOps = field(default_factory=lambda: FtraceOps(None))   # its filter hashes
+    ops: FtraceOps = field(default_factory=lambda: FtraceOps(None))  # its filter hashes
     idx: int = -1
-    guest: tuple[int, int] | None = None       # (entry, return) addresses
+    guest: tuple[int, int] | None = None  # (entry, return) addresses
 
 
 @dataclass(slots=True)
 class _Frame:
-    index: int                    # word index of struct ftrace_ret_stack
+    index: int  # word index of struct ftrace_ret_stack
     ret: int
     func: int
     fp: int
     retp: int
     bitmap: int
-    top: int                      # word index of its bitmap word
+    top: int  # word index of its bitmap word
 
 
 class Fgraph:
@@ -149,27 +162,33 @@ class Fgraph:
         self.return_to_handler = syms["return_to_handler"]
         self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS.nr_words)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
-        self._return_call = syms["return_to_handler_call"]    # patchable: the exit's callee
+        self._return_call = syms["return_to_handler_call"]  # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]
         self._python_return = syms["ftrace_return_to_handler"]
         frame = self._frame_layout = FTRACE_RET_STACK[karch.fgraph.fp_test]
         self.frame_words = frame.nr_words
-        self._has_fp = "fp" in frame.offsets          # kept only where it is checked
+        self._has_fp = "fp" in frame.offsets  # kept only where it is checked
         self._frame_fields = frame.getter("ret", "func", *("fp",) * self._has_fp, "retp")
         self._retp_is_sp = karch.fgraph.retp == "sp"
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
-        self._users: list[FgraphOps] = []        # the registered ones, in index order
+        self._users: list[FgraphOps] = []  # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
         self.stack = self.m.view(self.ret_stack, SHADOW_STACK_SIZE)
         self.control = self.m.alloc("lab data", FG_CONTROL.size, 64)
         self._ctl = self.m.view(self.control, FG_CONTROL.size).cast("Q")
-        self._put_ctl(curr=0, depth=(1 << 64) - 1, max_depth=(1 << 64) - 1, overrun=0, stack=self.ret_stack,
-                      return_to_handler=self.return_to_handler)
-        self._reserving: tuple[int, list] | None = None     # (gops idx, frame data) during entryfunc
+        self._put_ctl(
+            curr=0,
+            depth=(1 << 64) - 1,
+            max_depth=(1 << 64) - 1,
+            overrun=0,
+            stack=self.ret_stack,
+            return_to_handler=self.return_to_handler,
+        )
+        self._reserving: tuple[int, list] | None = None  # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
         self._busy = False
-        self.verify = ftrace.verify           # the exit's snapshot stands at return_to_handler
+        self.verify = ftrace.verify  # the exit's snapshot stands at return_to_handler
         self.verify.add(self, "fgraph", lambda: (self.return_to_handler,))
         self.m.on_abandoned_call(self.exit_task)
 
@@ -222,7 +241,7 @@ class Fgraph:
             raise FtlabError(f"fgraph: all {FGRAPH_ARRAY_SIZE} fgraph_ops slots are in use")
         gops.idx = free[0]
         self.array[gops.idx] = gops
-        self.stack[8 * (SHADOW_STACK_MAX_OFFSET + gops.idx):][:8] = WORD.pack(0)   # its task var
+        self.stack[8 * (SHADOW_STACK_MAX_OFFSET + gops.idx) :][:8] = WORD.pack(0)  # its task var
         self._update_graph_ops()
 
     def unregister(self, gops: FgraphOps) -> None:
@@ -243,14 +262,16 @@ class Fgraph:
         self.graph_ops.guest_func = lone.guest[0] if lone else None
         if lone:
             push = GUEST_PUSH[self.karch.fgraph.fp_test]
-            self._put_ctl(header=make_data_type_val(lone.idx, push.index("header") - push.index("data"),
-                                                    push.index("header")),
-                          bitmap=make_bitmap_type_val(1 << lone.idx, push.index("bitmap")))
+            self._put_ctl(
+                header=make_data_type_val(lone.idx, push.index("header") - push.index("data"), push.index("header")),
+                bitmap=make_bitmap_type_val(1 << lone.idx, push.index("bitmap")),
+            )
         target = lone.guest[1] if lone else self._python_return
         if target != self._return_target:
             encode = self.karch.sites.encode_call
-            self.m.patch(self._return_call, encode(self._return_call, self._return_target),
-                         encode(self._return_call, target))
+            self.m.patch(
+                self._return_call, encode(self._return_call, self._return_target), encode(self._return_call, target)
+            )
             self._return_target = target
         if not users:
             return
@@ -284,7 +305,7 @@ class Fgraph:
             return None
         words = -(-size // 8)
         start = self.curr_ret_stack
-        if start + words + 1 + 1 >= SHADOW_STACK_MAX_OFFSET:      # + header + bitmap word
+        if start + words + 1 + 1 >= SHADOW_STACK_MAX_OFFSET:  # + header + bitmap word
             return None
         reserved.append((idx, start, words))
         self.curr_ret_stack = start + words + 1
@@ -330,7 +351,7 @@ class Fgraph:
     # -- entry (ftrace_graph_func, function_graph_enter_regs) -------------------------------------
 
     def _entry(self, ip: int, parent_ip: int, op, fregs: FtraceRegs) -> None:
-        if self._busy:                       # ftrace_test_recursion_trylock
+        if self._busy:  # ftrace_test_recursion_trylock
             return
         self._busy = True
         try:
@@ -348,8 +369,8 @@ class Fgraph:
         if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
             self.trace_overrun += 1
             return -1
-        depth = (depth + 1) & MASK64                  # from -1 (u64) when the stack is empty
-        frame = (ret, func, fp, retp) if self._has_fp else (ret, func, retp)     # FTRACE_RET_STACK's order
+        depth = (depth + 1) & MASK64  # from -1 (u64) when the stack is empty
+        frame = (ret, func, fp, retp) if self._has_fp else (ret, func, retp)  # FTRACE_RET_STACK's order
         self._frame_layout.codec.pack_into(self.stack, 8 * start, *frame)
         top = start + self.frame_words
         ctl[CURR], ctl[DEPTH] = top, depth
@@ -370,7 +391,7 @@ class Fgraph:
                     self._put(header, make_data_type_val(idx, words, header - start))
                 top = self.curr_ret_stack
             else:
-                self.curr_ret_stack = top             # its reserved data is discarded
+                self.curr_ret_stack = top  # its reserved data is discarded
         if not bitmap:
             ctl[CURR], ctl[DEPTH] = start, (depth - 1) & MASK64
             return -1
@@ -392,16 +413,24 @@ class Fgraph:
         frame = self._frame(top - 1 - get_offset(bitmap_word), top - 1, bitmap_word)
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch
-        fregs = FtraceRegs(karch, self.m, fregs_addr, truth, {karch.cpu.pc: frame.ret} if truth else None,
-                           saved=karch.fgraph.exit_saved)
+        fregs = FtraceRegs(
+            karch,
+            self.m,
+            fregs_addr,
+            truth,
+            {karch.cpu.pc: frame.ret} if truth else None,
+            saved=karch.fgraph.exit_saved,
+        )
         if karch.fgraph.fp_test and frame.fp != fregs.get_frame_pointer():
-            raise FtlabError(f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "
-                             f"expected {frame.fp:#x}, received {fregs.get_frame_pointer():#x}")
+            raise FtlabError(
+                f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "
+                f"expected {frame.fp:#x}, received {fregs.get_frame_pointer():#x}"
+            )
         fregs.set_instruction_pointer(frame.ret)
         trace = FtraceGraphRet(frame.func, depth, fregs.get_return_value(), overrun)
         self._retrieving = frame
         try:
-            for gops in self._users:                  # in index order, as the kernel's bitmap walk
+            for gops in self._users:  # in index order, as the kernel's bitmap walk
                 if frame.bitmap >> gops.idx & 1 and gops.retfunc is not None:
                     self._current = gops
                     gops.retfunc(trace, gops, fregs)

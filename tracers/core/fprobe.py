@@ -11,6 +11,7 @@ Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
 guest address of entry_data_size bytes, or None when entry_data_size is 0.
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,7 +27,7 @@ from .kretprobe import NR_CPUS
 from .rethook import Rethook
 
 DESIGNS = ("fgraph", "rethook")
-MAX_ENTRY_DATA_WORDS = 15                  # the size shares a header word with the fprobe's id
+MAX_ENTRY_DATA_WORDS = 15  # the size shares a header word with the fprobe's id
 HEADER = struct.Struct("<Q")
 
 
@@ -35,7 +36,7 @@ class Fprobe:
     entry_handler: Callable | None = None
     exit_handler: Callable | None = None
     entry_data_size: int = 0
-    nr_maxactive: int = 0                  # the rethook design's node pool (0: the kernel's default)
+    nr_maxactive: int = 0  # the rethook design's node pool (0: the kernel's default)
     nmissed: int = 0
     disabled: bool = False
     ips: set[int] = field(default_factory=set)
@@ -112,10 +113,18 @@ class Fprobes:
         else:
             if fp.exit_handler:
                 # 6.4-6.13 sized the pool as nr_maxactive, by default num * num_possible_cpus() * 2
-                fp._rethook = Rethook(self.rethook, lambda node, regs: self._rethook_exit(fp, node, regs),
-                                      fp.entry_data_size, fp.nr_maxactive or len(ips) * NR_CPUS * 2)
-            fp._ops = FtraceOps(lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
-                                OpsFlag.RECURSION, name="fprobe", filter=set(ips))
+                fp._rethook = Rethook(
+                    self.rethook,
+                    lambda node, regs: self._rethook_exit(fp, node, regs),
+                    fp.entry_data_size,
+                    fp.nr_maxactive or len(ips) * NR_CPUS * 2,
+                )
+            fp._ops = FtraceOps(
+                lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
+                OpsFlag.RECURSION,
+                name="fprobe",
+                filter=set(ips),
+            )
             self.ftrace.register(fp._ops)
 
     def _update_graph(self) -> None:
@@ -136,15 +145,17 @@ class Fprobes:
         at = self._by_ip.get(ip)
         if at is None:
             probes = [fp for fp in self.probes.values() if ip in fp.ips and not fp.disabled]
-            at = self._by_ip[ip] = (probes, sum(8 + 8 * -(-fp.entry_data_size // 8)
-                                                for fp in probes if fp.exit_handler))
+            at = self._by_ip[ip] = (
+                probes,
+                sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in probes if fp.exit_handler),
+            )
         return at
 
     def _graph_entry(self, trace, gops, fregs) -> int:
         ip, m = trace.func, self.m
         probes, need = self._at(ip)
         cursor = self.fgraph.reserve_data(need) if need else None
-        if need and cursor is None:                # no room on the shadow stack: exits all missed
+        if need and cursor is None:  # no room on the shadow stack: exits all missed
             for fp in probes:
                 fp.nmissed += bool(fp.exit_handler)
         ret_ip, stored = fregs.get_return_address(), False

@@ -3,6 +3,7 @@
 Arch-neutral: every encoding comes from the KernelArch description, every trampoline from
 tracers/arch/<arch>/*.S.
 """
+
 from __future__ import annotations
 
 import struct
@@ -27,9 +28,9 @@ DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "fregs")
 
 class OpsFlag(IntFlag):
     NONE = 0
-    RECURSION = 1                  # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
-    SAVE_REGS = 2                  # FTRACE_OPS_FL_SAVE_REGS: a full pt_regs (ftrace_regs_caller)
-    SAVE_REGS_IF_SUPPORTED = 4     # ... if the arch can; else ftrace_get_regs() is NULL
+    RECURSION = 1  # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
+    SAVE_REGS = 2  # FTRACE_OPS_FL_SAVE_REGS: a full pt_regs (ftrace_regs_caller)
+    SAVE_REGS_IF_SUPPORTED = 4  # ... if the arch can; else ftrace_get_regs() is NULL
 
 
 @dataclass(eq=False)
@@ -39,10 +40,10 @@ class FtraceOps:
     func: Callable[[int, int, FtraceOps, FtraceRegs], None]
     flags: OpsFlag = OpsFlag.NONE
     name: str = "ops"
-    filter: set[int] = field(default_factory=set)     # empty: every site (the kernel's empty hash)
+    filter: set[int] = field(default_factory=set)  # empty: every site (the kernel's empty hash)
     notrace: set[int] = field(default_factory=set)
-    recursion_blocked: int = 0                       # nested hits RECURSION kept from the callback
-    guest_func: int | None = None                    # the same callback in guest code, if there is one
+    recursion_blocked: int = 0  # nested hits RECURSION kept from the callback
+    guest_func: int | None = None  # the same callback in guest code, if there is one
     _busy: bool = False
 
     def traces(self, ip: int) -> bool:
@@ -57,14 +58,14 @@ class FtraceOps:
 class Site:
     """struct dyn_ftrace: one patch site, and the bytes of each of its states."""
 
-    ip: int                  # the instruction that becomes the call (rec->ip)
+    ip: int  # the instruction that becomes the call (rec->ip)
     func: Symbol
-    addr: int                # first byte init rewrites (arm64: the MOV X9, LR before ip)
+    addr: int  # first byte init rewrites (arm64: the MOV X9, LR before ip)
     compiled: bytes
-    disabled: bytes          # after ftrace_init_nop
-    enabled: bytes           # calling ftrace_caller
-    literal: int | None      # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
-    target: int | None = None    # the trampoline it calls now (None: disabled)
+    disabled: bytes  # after ftrace_init_nop
+    enabled: bytes  # calling ftrace_caller
+    literal: int | None  # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
+    target: int | None = None  # the trampoline it calls now (None: disabled)
 
     @property
     def on(self) -> bool:
@@ -82,11 +83,11 @@ class Ftrace:
         self.karch = karch = kernel_arch(machine.arch)
         syms = karch.load(machine, "ftrace_caller.S", OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
         self.caller = syms["ftrace_caller"]
-        self.regs_caller = syms.get("ftrace_regs_caller")    # x86 only: DYNAMIC_FTRACE_WITH_REGS
+        self.regs_caller = syms.get("ftrace_regs_caller")  # x86 only: DYNAMIC_FTRACE_WITH_REGS
         self.list_func = syms["ftrace_ops_list_func"]
         # the trampolines' patchable calls of the ops function (ftrace_update_ftrace_func)
         self._call_sites = {syms[s]: self.list_func for s in ("ftrace_call", "ftrace_regs_call") if s in syms}
-        self.list_ops = machine.alloc("lab data", 64, 64)       # ftrace_list_ops, passed as op
+        self.list_ops = machine.alloc("lab data", 64, 64)  # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
@@ -112,10 +113,9 @@ class Ftrace:
             compiled = m.read(start, sites.window + sites.size)
             disabled = sites.init(ip, compiled, mcount)
             if disabled is None:
-                raise FtlabError(f"{obj.path}: unrecognised patch site at {m.where(ip)} "
-                                 f"(bytes {compiled.hex(' ')})")
+                raise FtlabError(f"{obj.path}: unrecognised patch site at {m.where(ip)} (bytes {compiled.hex(' ')})")
             m.patch(start, compiled, disabled)
-            enabled = disabled[:sites.window] + sites.encode_call(ip, self.caller)
+            enabled = disabled[: sites.window] + sites.encode_call(ip, self.caller)
             site = Site(ip, hit[0], start, compiled, disabled, enabled, literal)
             self.sites.append(site)
             self.by_ip[ip] = site
@@ -210,7 +210,7 @@ class Ftrace:
     def _dispatch(self, _addr: int) -> None:
         ip, parent_ip, fregs_addr = DISPATCH_ARGS(self._args)
         karch = self.karch
-        truth = self.verify.take(ip)         # the patch-site instant (also a kprobe's there, on x86)
+        truth = self.verify.take(ip)  # the patch-site instant (also a kprobe's there, on x86)
         meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
         saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)

@@ -7,6 +7,7 @@ line in a slot ending in a second breakpoint, or is simulated when it is a branc
 then the post_handler runs. A probe hit while another is being handled is counted in nmissed and
 only single-stepped. A pre_handler returning non-zero has changed the ip: the step is skipped.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from emulator.layout import Layout
 from .ftrace import FtraceOps, OpsFlag
 from .regs import PtRegs
 
-SLOT_SIZE = 32                        # an x86 instruction (15 bytes at most) and its int3; arm64 8
-TRAP_ARGS = Layout.of("trap_args", ("regs",))      # the trap handler's mailbox (entry.S)
+SLOT_SIZE = 32  # an x86 instruction (15 bytes at most) and its int3; arm64 8
+TRAP_ARGS = Layout.of("trap_args", ("regs",))  # the trap handler's mailbox (entry.S)
 REGS_ARG = TRAP_ARGS.index("regs")
 
 
@@ -45,9 +46,9 @@ class _Point:
     addr: int
     probes: list[Kprobe]
     insn: object = None
-    how: str = ""                      # 'xol', 'simulate' or 'ftrace' (a kprobe on an ftrace site)
+    how: str = ""  # 'xol', 'simulate' or 'ftrace' (a kprobe on an ftrace site)
     slot: int | None = None
-    opcode: bytes = b""                # the bytes the breakpoint replaced
+    opcode: bytes = b""  # the bytes the breakpoint replaced
     ftrace_ops: FtraceOps | None = None
 
 
@@ -69,9 +70,9 @@ class Kprobes:
         self.m.install_trap_vector(syms["trap_vector"])
         self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS.nr_words)
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
-        self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)   # every register
+        self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)  # every register
         self.points: dict[int, _Point] = {}
-        self.trailers: dict[int, _Point] = {}      # slot breakpoint address -> its point
+        self.trailers: dict[int, _Point] = {}  # slot breakpoint address -> its point
         self.running: list[_Running] = []
         # a probe's snapshot stands at its point; on an ftrace site, the ftrace dispatch takes the truth
         self.verify = ftrace.verify
@@ -116,7 +117,7 @@ class Kprobes:
         if point.how == "ftrace":
             self.ftrace.unregister(point.ftrace_ops)
             return
-        self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)        # disarm: the original bytes
+        self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)  # disarm: the original bytes
         if point.slot is not None:
             del self.trailers[point.slot + point.insn.size]
         self.verify.refresh()
@@ -139,21 +140,26 @@ class Kprobes:
             raise FtlabError(f"kprobe: {where} is outside {p.symbol} (size {sym.size:#x})")
         addr = sym.addr + p.offset
         if addr in self.points:
-            return addr                                # checked when the first probe came
+            return addr  # checked when the first probe came
         starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
         if addr not in starts:
             raise FtlabError(f"kprobe: Probe point is not an instruction boundary: {where}")
         if addr in self.ftrace.by_ip and self.ftrace.regs_caller is None:
-            raise FtlabError(f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: "
-                             f"{self.karch.no_regs_caller_reason}")
+            raise FtlabError(
+                f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: {self.karch.no_regs_caller_reason}"
+            )
         return addr
 
     def _register_on_ftrace(self, point: _Point) -> None:
         """KPROBES_ON_FTRACE: the site is already a call to ftrace, so the probe is an ftrace_ops
         that asks for a full pt_regs (x86's ftrace_regs_caller) instead of a breakpoint."""
         point.how = "ftrace"
-        point.ftrace_ops = FtraceOps(lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
-                                     OpsFlag.SAVE_REGS, name="kprobe", filter={point.addr})
+        point.ftrace_ops = FtraceOps(
+            lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
+            OpsFlag.SAVE_REGS,
+            name="kprobe",
+            filter={point.addr},
+        )
         self.ftrace.register(point.ftrace_ops)
 
     def _ftrace_hit(self, point: _Point, ip: int, fregs) -> None:
@@ -204,14 +210,14 @@ class Kprobes:
         raise GuestFault(f"guest fault: a breakpoint no kprobe owns at {m.where(trap)}")
 
     def _hit(self, point: _Point, regs: PtRegs) -> None:
-        if self.running:                          # reentered from a handler: count and step
+        if self.running:  # reentered from a handler: count and step
             for p in point.probes:
                 p.nmissed += 1
             self.running.append(_Running(point, True))
             return self._step(point, regs)
         self.running.append(_Running(point, False))
         if self._pre_handlers(point, regs):
-            self.running.pop()                    # a handler moved the ip: no single-step
+            self.running.pop()  # a handler moved the ip: no single-step
             return
         self._step(point, regs)
 

@@ -5,6 +5,7 @@ exception's pt_regs, or on x86 the ftrace site with ftrace_regs_caller's pt_regs
 does. `via="ftrace"` takes it through a plain ftrace_ops instead, with ftrace_regs (the cheaper
 entry fprobe uses). The return handler sees the pt_regs the rethook trampoline built.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from .regs import FtraceRegs, PtRegs
 from .rethook import Rethook, RethookNode
 
 NR_CPUS = 1
-DEFAULT_MAXACTIVE = max(10, 2 * NR_CPUS)        # kretprobe's default pool size
+DEFAULT_MAXACTIVE = max(10, 2 * NR_CPUS)  # kretprobe's default pool size
 
 
 @dataclass(eq=False)
@@ -34,8 +35,8 @@ class Kretprobe:
     data_size: int = 0
     nmissed: int = 0
     nhit: int = 0
-    via: str = "kprobe"                # how the entry is taken: 'kprobe' or 'ftrace'
-    ops: object = field(default=None, repr=False)    # the FtraceOps or Kprobe behind the entry
+    via: str = "kprobe"  # how the entry is taken: 'kprobe' or 'ftrace'
+    ops: object = field(default=None, repr=False)  # the FtraceOps or Kprobe behind the entry
     rethook: Rethook | None = field(default=None, repr=False)
 
 
@@ -50,11 +51,19 @@ class Kretprobes:
         if rp.via not in ("kprobe", "ftrace"):
             raise FtlabError(f"kretprobe: via must be 'kprobe' or 'ftrace', not '{rp.via}'")
         site = self.ftrace.site(rp.symbol)
-        rp.rethook = Rethook(self.rethook, lambda node, regs: self._return(rp, node, regs),
-                             rp.data_size, rp.maxactive or DEFAULT_MAXACTIVE)
+        rp.rethook = Rethook(
+            self.rethook,
+            lambda node, regs: self._return(rp, node, regs),
+            rp.data_size,
+            rp.maxactive or DEFAULT_MAXACTIVE,
+        )
         if rp.via == "ftrace":
-            rp.ops = FtraceOps(lambda ip, parent, op, fregs: self._entry(rp, ip, fregs), OpsFlag.RECURSION,
-                               name=f"kretprobe:{rp.symbol}", filter={site.ip})
+            rp.ops = FtraceOps(
+                lambda ip, parent, op, fregs: self._entry(rp, ip, fregs),
+                OpsFlag.RECURSION,
+                name=f"kretprobe:{rp.symbol}",
+                filter={site.ip},
+            )
             self.ftrace.register(rp.ops)
         else:
             rp.ops = Kprobe(rp.symbol, 0, lambda p, regs: self._entry(rp, site.ip, regs) or 0)
@@ -72,7 +81,7 @@ class Kretprobes:
 
     def _entry(self, rp: Kretprobe, ip: int, regs) -> None:
         node = rp.rethook.try_get()
-        if node is None:                       # the pool is empty: this return is missed
+        if node is None:  # the pool is empty: this return is missed
             rp.nmissed += 1
             return
         rp.nhit += 1

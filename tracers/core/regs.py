@@ -4,6 +4,7 @@ A snapshot's fields are decoded from the bytes a trampoline stored in guest memo
 read over the arch's offset table). The truth is read from the emulator at the instant the
 snapshot stands for, separately, and only used to check: never to fill a snapshot field.
 """
+
 from __future__ import annotations
 
 import struct
@@ -35,8 +36,21 @@ class Snapshot:
 
     kind = "snapshot"
     # one is made per event on the Python paths: slots keep making it cheap
-    __slots__ = ("_m", "_k", "_arch", "_layout", "addr", "saved", "truth", "meaning", "_aliases", "_view",
-                 "_offset", "words", "_slot")
+    __slots__ = (
+        "_m",
+        "_k",
+        "_arch",
+        "_layout",
+        "addr",
+        "saved",
+        "truth",
+        "meaning",
+        "_aliases",
+        "_view",
+        "_offset",
+        "words",
+        "_slot",
+    )
 
     def __init__(self, karch, machine, layout, addr: int, saved, aliases=None, truth=None, meaning=None):
         self._m, self._k, self._arch, self._layout = machine, karch, karch.cpu, layout
@@ -122,8 +136,16 @@ class FtraceRegs(Snapshot):
     __slots__ = ()
 
     def __init__(self, karch, machine, addr: int, truth=None, meaning=None, saved=None):
-        super().__init__(karch, machine, karch.ftrace_regs, addr, saved or karch.ftrace_regs_saved,
-                         karch.ftrace_regs_aliases, truth, meaning)
+        super().__init__(
+            karch,
+            machine,
+            karch.ftrace_regs,
+            addr,
+            saved or karch.ftrace_regs_saved,
+            karch.ftrace_regs_aliases,
+            truth,
+            meaning,
+        )
 
     def get_argument(self, n: int) -> int:
         return self._argument(n)
@@ -210,8 +232,8 @@ class Check:
     field: str
     captured: int
     truth: int
-    by_meaning: bool = False      # the truth is the kernel's definition of the field, not a register
-    flags: bool = False           # RFLAGS / PSTATE: differences are named bit by bit
+    by_meaning: bool = False  # the truth is the kernel's definition of the field, not a register
+    flags: bool = False  # RFLAGS / PSTATE: differences are named bit by bit
 
     @property
     def equal(self) -> bool:

@@ -5,6 +5,7 @@ Each user has a bounded pool of nodes (rethook_alloc); hooked nodes form one per
 by frame (x86: the return slot's address, arm64: the frame pointer at entry), which unwinders
 search to undo the hook (rethook_find_ret_addr).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,30 +17,28 @@ from emulator.layout import Layout
 from .ftrace import Ftrace
 from .regs import PtRegs
 
-CALLBACK_ARGS = Layout.of("callback_args", ("regs",))      # the trampoline callback's mailbox
+CALLBACK_ARGS = Layout.of("callback_args", ("regs",))  # the trampoline callback's mailbox
 REGS_ARG = CALLBACK_ARGS.index("regs")
 
 
 @dataclass(eq=False)
 class RethookNode:
     rethook: Rethook
-    data: int | None              # guest address of the node's private data (data_size bytes)
+    data: int | None  # guest address of the node's private data (data_size bytes)
     ret_addr: int = 0
     frame: int = 0
-    func: int = 0                 # the hooked function's entry ip
+    func: int = 0  # the hooked function's entry ip
 
 
 class Rethook:
     """One user's pool (rethook_alloc(data, handler, size, num)); handler(node, regs) at return."""
 
-    def __init__(self, core: RethookCore, handler: Callable[[RethookNode, PtRegs], None],
-                 data_size: int, num: int):
+    def __init__(self, core: RethookCore, handler: Callable[[RethookNode, PtRegs], None], data_size: int, num: int):
         if num <= 0:
             raise FtlabError(f"rethook: a pool needs at least one node, not {num}")
         self.core, self.handler = core, handler
         alloc = core.m.alloc
-        self.free = [RethookNode(self, alloc("lab data", data_size, 16) if data_size else None)
-                     for _ in range(num)]
+        self.free = [RethookNode(self, alloc("lab data", data_size, 16) if data_size else None) for _ in range(num)]
 
     def try_get(self) -> RethookNode | None:
         return self.free.pop() if self.free else None
@@ -64,11 +63,12 @@ class RethookCore:
         self.karch = ftrace.karch
         syms = self.karch.load(self.m, "rethook_trampoline.S", CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
         self.trampoline = syms["arch_rethook_trampoline"]
-        self._regs_arg = self.m.mailbox(syms["arch_rethook_trampoline_callback"], syms["callback_args"],
-                                        CALLBACK_ARGS.nr_words)
+        self._regs_arg = self.m.mailbox(
+            syms["arch_rethook_trampoline_callback"], syms["callback_args"], CALLBACK_ARGS.nr_words
+        )
         self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
-        self.verify = ftrace.verify           # the return's snapshot stands at the trampoline
+        self.verify = ftrace.verify  # the return's snapshot stands at the trampoline
         self.verify.add(self, "rethook", lambda: (self.trampoline,))
         self.m.on_abandoned_call(self.flush_task)
 
@@ -105,11 +105,13 @@ class RethookCore:
         try:
             for node in nodes:
                 if node.frame != frame:
-                    raise FtlabError(f"rethook: node for {self.m.symbols.name(node.func)} has frame "
-                                     f"{node.frame:#x}, the trampoline {frame:#x}")
+                    raise FtlabError(
+                        f"rethook: node for {self.m.symbols.name(node.func)} has frame "
+                        f"{node.frame:#x}, the trampoline {frame:#x}"
+                    )
                 node.rethook.handler(node, regs)
         finally:
             karch.rethook.leave(regs, frame, correct, self.m.write)
-            del self.task[len(self.task) - len(nodes):]
+            del self.task[len(self.task) - len(nodes) :]
             for node in nodes:
                 node.rethook.recycle(node)

@@ -8,6 +8,7 @@ A full buffer makes the guest call ring_buffer_full. In `stream` mode the consum
 there and tracing goes on (nothing is lost); as the kernel's buffer without a reader, `overwrite`
 replaces the oldest records and `drop` refuses new ones, each counting what it lost.
 """
+
 from __future__ import annotations
 
 import struct
@@ -33,7 +34,7 @@ class RingBuffer:
         if nr_records < 1:
             raise FtlabError(f"a ring buffer needs at least one record, not {nr_records}")
         m = self.m = machine
-        self.rec = struct.Struct(f"<{record_size // 8}Q")       # a record's words
+        self.rec = struct.Struct(f"<{record_size // 8}Q")  # a record's words
         self.nr = nr_records
         syms = karch.load(m, "ring_buffer.S", ASM_CONSTANTS)
         self.reserve = syms["rb_reserve"]
@@ -87,21 +88,21 @@ class RingBuffer:
         ctl = self._ctl
         if self.mode == "stream":
             self.drain()
-        elif self.mode == "overwrite":            # the oldest records go, counted as they are
+        elif self.mode == "overwrite":  # the oldest records go, counted as they are
             ctl[HEAD] = 0
             ctl[OVERWRITTEN] += self.nr if self.wrapped else 0
             self.wrapped = True
-        else:                                     # drop: the new record goes, counted
+        else:  # drop: the new record goes, counted
             ctl[LOST] += 1
 
     def drain(self) -> None:
         """Hand the records written so far to the consumer, oldest first, and empty the buffer."""
         ctl, size = self._ctl, self.rec.size
         head = ctl[HEAD]
-        if self.wrapped:                          # overwrite mode went round: the older part first
-            ctl[OVERWRITTEN] += head              # the records the newest replaced
-            self.consumer(bytes(self._data[head * size:]))
+        if self.wrapped:  # overwrite mode went round: the older part first
+            ctl[OVERWRITTEN] += head  # the records the newest replaced
+            self.consumer(bytes(self._data[head * size :]))
         if head:
-            self.consumer(bytes(self._data[:head * size]))
+            self.consumer(bytes(self._data[: head * size]))
         ctl[HEAD] = 0
         self.wrapped = False

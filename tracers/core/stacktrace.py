@@ -6,6 +6,7 @@ address that is a hook trampoline is replaced by the real one (ftrace_graph_ret_
 friends), found by the word the hook recorded: x86 the address of the return slot, arm64 the
 caller's frame pointer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,8 +14,7 @@ from collections.abc import Callable
 MAX_DEPTH = 64
 
 
-def stack_trace(machine, karch, pc: int, fp: int,
-                recover: list[Callable[[int, int], int]] = ()) -> list[int]:
+def stack_trace(machine, karch, pc: int, fp: int, recover: list[Callable[[int, int], int]] = ()) -> list[int]:
     """Return addresses from pc outwards. `recover` maps (address, retp) to the real return
     address for each hook in place (fgraph's ret_addr, rethook's find_ret_addr)."""
     trace = [pc]

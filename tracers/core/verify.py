@@ -8,6 +8,7 @@ hook reads every register at each address some held mechanism wants. The consume
 snapshot there takes that truth. With nothing held there is no code hook at all: each one slows
 every instruction under the budget.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -20,8 +21,8 @@ from emulator import FtlabError
 @dataclass(eq=False)
 class _Mechanism:
     name: str
-    addresses: Callable[[], Iterable[int]]      # where its snapshots stand, now
-    toggled: Callable[[], None] | None          # told when its first user comes or its last goes
+    addresses: Callable[[], Iterable[int]]  # where its snapshots stand, now
+    toggled: Callable[[], None] | None  # told when its first user comes or its last goes
     users: int = 0
 
 
@@ -34,8 +35,9 @@ class Verify:
         self._hooks: dict[int, object] = {}
         self._truth: dict[int, dict[str, int]] = {}
 
-    def add(self, owner, name: str, addresses: Callable[[], Iterable[int]],
-            toggled: Callable[[], None] | None = None) -> None:
+    def add(
+        self, owner, name: str, addresses: Callable[[], Iterable[int]], toggled: Callable[[], None] | None = None
+    ) -> None:
         """Make a mechanism (keyed by its core object) verifiable."""
         self._mechanisms[owner] = _Mechanism(name, addresses, toggled)
 
@@ -85,7 +87,7 @@ class Verify:
                 want.update(mech.addresses())
         for addr in self._hooks.keys() - want:
             self.m.unhook(self._hooks.pop(addr))
-            self._truth.pop(addr, None)          # never taken: no later snapshot may take it
+            self._truth.pop(addr, None)  # never taken: no later snapshot may take it
         for addr in want - self._hooks.keys():
             self._hooks[addr] = self.m.hook_code(self._capture, addr)
 

@@ -4,6 +4,7 @@ A decoder is built from the KernelArch (which fixes the record layout) and yield
 chunk of records holds. It keeps only the state the records need to be read (the call depth);
 whoever consumes the events counts and formats them.
 """
+
 from __future__ import annotations
 
 from ..core.regs import missing_registers
@@ -45,8 +46,18 @@ class FunctionDecoder:
     def events(self, chunk: bytes):
         name, saved, sp, args, missing, depth = self.tracer, self.saved, self.sp, self.args, self.missing, self.depth
         for _, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
-            yield Event(name, "entry", ip, parent, depth(fields[sp]), ts, tuple(fields[i] for i in args),
-                        "ftrace_regs", dict(zip(saved, fields, strict=False)), missing)
+            yield Event(
+                name,
+                "entry",
+                ip,
+                parent,
+                depth(fields[sp]),
+                ts,
+                tuple(fields[i] for i in args),
+                "ftrace_regs",
+                dict(zip(saved, fields, strict=False)),
+                missing,
+            )
 
 
 class GraphDecoder:
@@ -69,12 +80,33 @@ class GraphDecoder:
         n = len(exit_saved)
         for kind, ts, ip, parent, depth, *fields in self.rec.iter_unpack(chunk):
             if kind == REC_ENTRY:
-                yield Event(name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args),
-                            "ftrace_regs", dict(zip(saved, fields, strict=False)), self.missing_in)
+                yield Event(
+                    name,
+                    "entry",
+                    ip,
+                    parent,
+                    depth,
+                    ts,
+                    tuple(fields[i] for i in args),
+                    "ftrace_regs",
+                    dict(zip(saved, fields, strict=False)),
+                    self.missing_in,
+                )
             else:
-                yield Event(name, "exit", ip, parent, depth, ts, None, "ftrace_regs",
-                            dict(zip(exit_saved, fields, strict=False)), self.missing_out, retval=fields[ret],
-                            duration=ts - fields[n])
+                yield Event(
+                    name,
+                    "exit",
+                    ip,
+                    parent,
+                    depth,
+                    ts,
+                    None,
+                    "ftrace_regs",
+                    dict(zip(exit_saved, fields, strict=False)),
+                    self.missing_out,
+                    retval=fields[ret],
+                    duration=ts - fields[n],
+                )
 
 
 DECODERS = {d.tracer: d for d in (FunctionDecoder, GraphDecoder)}

@@ -6,6 +6,7 @@ buffer drains, then a zero length and a JSON trailer (the counters no event show
 result). Replaying runs the records through the live tracer's decoder and prints through the same
 sinks, counting the events as the tracer does, so the output is identical to `ftlab trace`.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from .decode import DECODERS
 from .events import COUNTERS
 from .sinks import make_sink
 
-MAGIC, VERSION = "ftlab-record", 2           # 2: graph records hold their depth; the trailer its counters
+MAGIC, VERSION = "ftlab-record", 2  # 2: graph records hold their depth; the trailer its counters
 LENGTH = struct.Struct("<Q")
 
 
@@ -39,10 +40,17 @@ class Recorder:
         if tracer not in DECODERS:
             raise FtlabError(f"record takes --tracer {' or '.join(DECODERS)}")
         self.fh = _open(path, "wb")
-        header = {"format": MAGIC, "version": VERSION, "arch": karch.name, "tracer": tracer,
-                  "clock": "counter", "call": call_text, "record_size": DECODERS[tracer](karch).rec.size,
-                  "fields": list(karch.ftrace_regs_saved),
-                  "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols._sorted]}
+        header = {
+            "format": MAGIC,
+            "version": VERSION,
+            "arch": karch.name,
+            "tracer": tracer,
+            "clock": "counter",
+            "call": call_text,
+            "record_size": DECODERS[tracer](karch).rec.size,
+            "fields": list(karch.ftrace_regs_saved),
+            "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols._sorted],
+        }
         self.fh.write(json.dumps(header).encode() + b"\n")
 
     def __enter__(self):
@@ -59,8 +67,10 @@ class Recorder:
         """The trailer: the tracer's counters that its events do not show (what the buffer lost,
         trace_overrun), and the call's result."""
         self.fh.write(LENGTH.pack(0))
-        self.fh.write(json.dumps({"counters": counters,
-                                  "result": list(result) if isinstance(result, tuple) else result}).encode() + b"\n")
+        self.fh.write(
+            json.dumps({"counters": counters, "result": list(result) if isinstance(result, tuple) else result}).encode()
+            + b"\n"
+        )
 
 
 class Recording:
@@ -92,8 +102,10 @@ class Recording:
         if header["tracer"] not in DECODERS:
             raise FtlabError(f"{path}: a {header['tracer']} recording; this ftlab replays {', '.join(DECODERS)}")
         self.karch = karch = kernel_arch(arches.get(header["arch"]))
-        if (header["fields"] != list(karch.ftrace_regs_saved)
-                or header["record_size"] != DECODERS[header["tracer"]](karch).rec.size):
+        if (
+            header["fields"] != list(karch.ftrace_regs_saved)
+            or header["record_size"] != DECODERS[header["tracer"]](karch).rec.size
+        ):
             raise FtlabError(f"{path}: recorded with a different {karch.name} record layout")
         return header
 

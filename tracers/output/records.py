@@ -1,5 +1,6 @@
 """The built-in tracers' ring-buffer records, declared once: their guest code's asm constants, their
 Python writers and the decoders all come from these layouts."""
+
 from __future__ import annotations
 
 import struct
@@ -10,7 +11,7 @@ from emulator.layout import Layout
 from ..arch import KERNEL_ARCHES
 from ..core.ring_buffer import RECORD_HEADER
 
-REC_ENTRY, REC_EXIT = 1, 2          # the records' types: a function's entry, its exit
+REC_ENTRY, REC_EXIT = 1, 2  # the records' types: a function's entry, its exit
 
 
 @dataclass(frozen=True)
@@ -19,25 +20,33 @@ class Records:
     struct ftrace_entry, ftrace_graph_ent_entry and ftrace_graph_ret_entry). Every record in the
     buffer has the size of the largest."""
 
-    function: Layout          # ip, parent_ip, the ftrace_regs fields ftrace_caller saved
-    graph_entry: Layout       # the function, its return address, its depth, the same fields
-    graph_exit: Layout        # the function, where it returned, its depth, the exit's fields, calltime
+    function: Layout  # ip, parent_ip, the ftrace_regs fields ftrace_caller saved
+    graph_entry: Layout  # the function, its return address, its depth, the same fields
+    graph_exit: Layout  # the function, where it returned, its depth, the exit's fields, calltime
     size: int
-    codec: struct.Struct      # all of a record's words, for decoding in bulk
+    codec: struct.Struct  # all of a record's words, for decoding in bulk
 
     @classmethod
     def of(cls, karch) -> Records:
-        saved, exit_saved = (tuple(f"regs_{m}" for m in members)
-                             for members in (karch.ftrace_regs_saved, karch.fgraph.exit_saved))
-        layouts = (RECORD_HEADER.extend("ftrace_entry", ("ip", "parent", *saved)),
-                   RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", "depth", *saved)),
-                   RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", "depth", *exit_saved, "calltime")))
+        saved, exit_saved = (
+            tuple(f"regs_{m}" for m in members) for members in (karch.ftrace_regs_saved, karch.fgraph.exit_saved)
+        )
+        layouts = (
+            RECORD_HEADER.extend("ftrace_entry", ("ip", "parent", *saved)),
+            RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", "depth", *saved)),
+            RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", "depth", *exit_saved, "calltime")),
+        )
         size = max(layout.size for layout in layouts)
         return cls(*layouts, size, struct.Struct(f"<{size // 8}Q"))
 
     def asm_constants(self) -> dict[str, int]:
-        return {**self.function.asm_constants("FN_"), **self.graph_entry.asm_constants("GRAPH_ENT_"),
-                **self.graph_exit.asm_constants("GRAPH_RET_"), "REC_ENTRY": REC_ENTRY, "REC_EXIT": REC_EXIT}
+        return {
+            **self.function.asm_constants("FN_"),
+            **self.graph_entry.asm_constants("GRAPH_ENT_"),
+            **self.graph_exit.asm_constants("GRAPH_RET_"),
+            "REC_ENTRY": REC_ENTRY,
+            "REC_EXIT": REC_EXIT,
+        }
 
 
 RECORDS = {name: Records.of(karch) for name, karch in KERNEL_ARCHES.items()}

@@ -1,5 +1,6 @@
 """Sinks: the kernel's trace text, and JSON lines. Both stream, one event at a time, and name
 addresses from a symbol table (a lab's, or a recording's)."""
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,10 @@ def write_summary(out, summary: dict) -> None:
         out.write(f"# {event}: hits {c['hits']} nmissed {c['nmissed']}\n")
     if "verify" in summary:
         v = summary["verify"]
-        out.write(f"# verify: {v['snapshots'] - v['mismatching']} of {v['snapshots']} snapshots equal the "
-                  f"true registers in every captured field\n")
+        out.write(
+            f"# verify: {v['snapshots'] - v['mismatching']} of {v['snapshots']} snapshots equal the "
+            f"true registers in every captured field\n"
+        )
 
 
 GRAPH_HEADER = """\
@@ -89,8 +92,7 @@ GRAPH_HEADER = """\
 UNITS = {"counter": "ev", "insns": "insn"}
 # trace_find_mark: + > 10 us, ! > 100 us, # > 1 ms, * > 10 ms, @ > 100 ms, $ > 1 s. The lab's clocks
 # count events or instructions, not nanoseconds; the same thresholds apply to those counts.
-MARKS = ((1_000_000_000, "$"), (100_000_000, "@"), (10_000_000, "*"), (1_000_000, "#"),
-         (100_000, "!"), (10_000, "+"))
+MARKS = ((1_000_000_000, "$"), (100_000_000, "@"), (10_000_000, "*"), (1_000_000, "#"), (100_000, "!"), (10_000, "+"))
 
 
 def graph_retval(value: int) -> str:
@@ -140,8 +142,9 @@ class GraphTextSink:
         else:
             if held is not None:
                 self._open(held)
-            text = "}" + (f" /* {name} = {graph_retval(ev.retval)} */" if self.retval
-                          else f" /* {name} */" if self.tail else "")
+            text = "}" + (
+                f" /* {name} = {graph_retval(ev.retval)} */" if self.retval else f" /* {name} */" if self.tail else ""
+            )
         self._line(ev.duration, ev.depth, text)
 
     def end(self, summary: dict) -> None:
@@ -164,12 +167,17 @@ class JsonSink:
     def event(self, ev: Event) -> None:
         hit = self.sym.lookup(ev.ip)
         record = {
-            "arch": self.arch, "tracer": ev.tracer, "type": ev.type,
-            "func": hit[0].name if hit else None, "ip": ev.ip,
-            "parent_ip": ev.parent_ip, "parent": self.sym.name(ev.parent_ip),
-            "depth": ev.depth, "args": None if ev.args is None else list(ev.args), "ts": ev.ts,
-            "regs": {"kind": ev.regs_kind, "fields": ev.regs, "missing": list(ev.missing),
-                     "mismatch": ev.mismatch},
+            "arch": self.arch,
+            "tracer": ev.tracer,
+            "type": ev.type,
+            "func": hit[0].name if hit else None,
+            "ip": ev.ip,
+            "parent_ip": ev.parent_ip,
+            "parent": self.sym.name(ev.parent_ip),
+            "depth": ev.depth,
+            "args": None if ev.args is None else list(ev.args),
+            "ts": ev.ts,
+            "regs": {"kind": ev.regs_kind, "fields": ev.regs, "missing": list(ev.missing), "mismatch": ev.mismatch},
         }
         if ev.type == "exit":
             record["retval"], record["duration"] = ev.retval, ev.duration

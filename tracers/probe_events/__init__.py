@@ -1,9 +1,22 @@
 """The kernel's dynamic_events probe language, self-contained: spec (what a definition is, the
 kernel's limits and error texts), parse, fetch (evaluation at a hit) and format."""
+
 from .fetch import evaluate
 from .format import format_args, format_value
 from .parse import parse
 from .spec import FAULT, TYPES, Fetch, FetchArg, FetchContext, FetchFault, ProbeSpec, ProbeSpecError
 
-__all__ = ["FAULT", "TYPES", "Fetch", "FetchArg", "FetchContext", "FetchFault", "ProbeSpec",
-           "ProbeSpecError", "evaluate", "format_args", "format_value", "parse"]
+__all__ = [
+    "FAULT",
+    "TYPES",
+    "Fetch",
+    "FetchArg",
+    "FetchContext",
+    "FetchFault",
+    "ProbeSpec",
+    "ProbeSpecError",
+    "evaluate",
+    "format_args",
+    "format_value",
+    "parse",
+]

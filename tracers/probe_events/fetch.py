@@ -1,4 +1,5 @@
 """Evaluating fetchargs at a probe hit, as the kernel's trace_probe_tmpl.h does."""
+
 from __future__ import annotations
 
 from .spec import FAULT, MAX_STRING_SIZE, TYPES, U64, Fetch, FetchArg, FetchContext, FetchFault, _convert
@@ -12,7 +13,7 @@ def evaluate(arg: FetchArg, ctx: FetchContext) -> int | bytes | str:
     try:
         if kind == "string":
             return _string(f, ctx)
-        if f.op in ("deref", "mem", "sym"):      # the last load reads just the type's size
+        if f.op in ("deref", "mem", "sym"):  # the last load reads just the type's size
             raw = int.from_bytes(_read(ctx, _address(f, ctx), size), "little")
         else:
             raw = _value(f, ctx)
@@ -40,14 +41,14 @@ def _value(f: Fetch, ctx: FetchContext) -> int:
     elif f.op in ("deref", "mem", "sym"):
         value = int.from_bytes(_read(ctx, _address(f, ctx), 8), "little")
     else:
-        raise ValueError(f"{f.op} has no numeric value")    # comm, imm_str: string-only
+        raise ValueError(f"{f.op} has no numeric value")  # comm, imm_str: string-only
     return value & U64
 
 
 def _address(f: Fetch, ctx: FetchContext) -> int:
     """The address a memory fetch reads."""
     if f.op == "deref":
-        assert f.inner is not None              # the parser gives every deref its operand
+        assert f.inner is not None  # the parser gives every deref its operand
         return (_value(f.inner, ctx) + f.offset) & U64
     if f.op == "mem":
         return _number(f)
@@ -55,12 +56,12 @@ def _address(f: Fetch, ctx: FetchContext) -> int:
 
 
 def _number(f: Fetch) -> int:
-    assert isinstance(f.value, int), f          # arg, stack, imm and mem hold a number
+    assert isinstance(f.value, int), f  # arg, stack, imm and mem hold a number
     return f.value
 
 
 def _text(f: Fetch) -> str:
-    assert isinstance(f.value, str), f          # reg, sym and imm_str hold a name or text
+    assert isinstance(f.value, str), f  # reg, sym and imm_str hold a name or text
     return f.value
 
 
@@ -87,11 +88,11 @@ def _read_string(ctx: FetchContext, addr: int) -> bytes:
     limit = MAX_STRING_SIZE - 1
     while len(out) < limit:
         a = (addr + len(out)) & U64
-        n = min(limit - len(out), 4096 - a % 4096)      # read a page at a time
+        n = min(limit - len(out), 4096 - a % 4096)  # read a page at a time
         try:
             chunk = _read(ctx, a, n)
         except FetchFault:
-            chunk = b""                                   # the NUL may come before the fault
+            chunk = b""  # the NUL may come before the fault
             while len(chunk) < n and not chunk.endswith(b"\0"):
                 chunk += _read(ctx, (a + len(chunk)) & U64, 1)
         nul = chunk.find(b"\0")

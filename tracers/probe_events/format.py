@@ -1,4 +1,5 @@
 """Formatting fetched values as the kernel's print functions do."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ def format_value(arg: FetchArg, value) -> str:
         # trace_seq prints the bytes as they are; shown here as UTF-8
         return '"' + bytes(value).decode("utf-8", "backslashreplace") + '"'
     if kind == "symbol":
-        return value if isinstance(value, str) else f"0x{value & U64:x}"   # %pS with no symbol
+        return value if isinstance(value, str) else f"0x{value & U64:x}"  # %pS with no symbol
     value = _convert(value, arg.type)
     return f"0x{value:x}" if kind == "x" else str(value)
 

@@ -25,6 +25,7 @@ Where ftlab differs from the kernel (each on purpose):
   * A fault in a numeric fetch formats as (fault); the kernel leaves the ring-buffer slot
     unwritten, so it prints whatever stale bytes were there.
 """
+
 from __future__ import annotations
 
 import re
@@ -97,9 +98,9 @@ from .spec import (
 )
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SYSTEM_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")     # group names may also hold '-'
+_SYSTEM_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")  # group names may also hold '-'
 _KSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.][A-Za-z0-9_.$]*")
-_FSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.*?][A-Za-z0-9_.$*?]*")   # fprobe takes a glob
+_FSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.*?][A-Za-z0-9_.$*?]*")  # fprobe takes a glob
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -111,9 +112,10 @@ def parse(spec: str, registers: Iterable[str]) -> ProbeSpec:
 @dataclass(frozen=True)
 class _Where:
     """Where the arguments are fetched (the kernel's TPARG_FL_* flags)."""
-    entry: bool      # function entry: $argN
-    ret: bool        # function return: $retval, and $argN saved at entry
-    fprobe: bool     # fprobe events take no %REG
+
+    entry: bool  # function entry: $argN
+    ret: bool  # function return: $retval, and $argN saved at entry
+    fprobe: bool  # fprobe events take no %REG
 
 
 class _Parser:
@@ -146,24 +148,23 @@ class _Parser:
         group = "fprobes" if kind == "f" else "kprobes"
         event = None
         if colon >= 0:
-            group, event = self._event_name(head[colon + 1:], hpos + colon + 1, group)
+            group, event = self._event_name(head[colon + 1 :], hpos + colon + 1, group)
         if event is None:
             event = self._default_event(kind, symbol, offset, address, is_return)
         args = self._args(where)
-        return ProbeSpec(kind, group, event, symbol, offset, is_return, maxactive, args,
-                         self.text, address)
+        return ProbeSpec(kind, group, event, symbol, offset, is_return, maxactive, args, self.text, address)
 
     def _maxactive(self, kind: str, text: str, pos: int) -> int | None:
         if not text:
             return None
-        if kind == "f":          # 6.14+: fprobe events reject any MAXACTIVE
+        if kind == "f":  # 6.14+: fprobe events reject any MAXACTIVE
             self.fail(BAD_MAXACT, pos, text)
         if not text[0].isdigit():
             self.fail(BAD_MAXACT, pos, text)
-        if kind == "p":          # checked before a %return suffix is seen, as in the kernel
+        if kind == "p":  # checked before a %return suffix is seen, as in the kernel
             self.fail(BAD_MAXACT_TYPE, pos, text)
         value = _strtoull(text) if len(text) < MAX_EVENT_NAME_LEN else None
-        if not value or value > 0xFFFFFFFF:     # kstrtouint; 0 is refused too
+        if not value or value > 0xFFFFFFFF:  # kstrtouint; 0 is refused too
             self.fail(BAD_MAXACT, pos, text)
         if value > KRETPROBE_MAXACTIVE_MAX:
             self.fail(MAXACT_TOO_BIG, pos, text)
@@ -193,8 +194,7 @@ class _Parser:
         # kprobe_on_func_entry(): only offset 0 is the function entry (no IBT endbr64 allowance)
         if is_return and offset:
             self.fail(BAD_RETPROBE, pos, word)
-        return symbol, offset, None, is_return, _Where(entry=not is_return and offset == 0,
-                                                       ret=is_return, fprobe=False)
+        return symbol, offset, None, is_return, _Where(entry=not is_return and offset == 0, ret=is_return, fprobe=False)
 
     def _fprobe_point(self):
         word, pos = self.words[1]
@@ -203,7 +203,7 @@ class _Parser:
         if not is_return:
             # An fprobe whose arguments use $retval is an exit probe (parse_symbol_and_return()).
             is_return = any(re.search(r"\$retval(?![A-Za-z0-9_])", w) for w, _ in self.words[2:])
-        if not _FSYM.fullmatch(symbol):      # SYM+OFFS included: fprobes sit on entry/exit only
+        if not _FSYM.fullmatch(symbol):  # SYM+OFFS included: fprobes sit on entry/exit only
             self.fail(BAD_PROBE_ADDR, pos, word)
         return symbol, 0, None, is_return, _Where(entry=not is_return, ret=is_return, fprobe=True)
 
@@ -228,9 +228,9 @@ class _Parser:
                 self.fail(GROUP_TOO_LONG, pos, name)
             if not _SYSTEM_NAME.fullmatch(name):
                 self.fail(BAD_GROUP_NAME, pos, name)
-            group, pos, text = name, pos + slash + 1, text[slash + 1:]
+            group, pos, text = name, pos + slash + 1, text[slash + 1 :]
             if not text:
-                return group, None          # 'p:mygroup/ SYM': default event name in mygroup
+                return group, None  # 'p:mygroup/ SYM': default event name in mygroup
         if not text:
             self.fail(NO_EVENT_NAME, pos, text)
         if len(text) >= MAX_EVENT_NAME_LEN:
@@ -243,11 +243,11 @@ class _Parser:
     def _default_event(kind, symbol, offset, address, is_return) -> str:
         if kind == "f":
             name = f"{symbol}__{'exit' if is_return else 'entry'}"
-        elif address is not None:     # the kernel prints a hashed %p; the lab has no hashing
+        elif address is not None:  # the kernel prints a hashed %p; the lab has no hashing
             name = f"{'r' if is_return else 'p'}_0x{address:016x}"
         else:
             name = f"{'r' if is_return else 'p'}_{symbol}_{offset}"
-        name = name[:MAX_EVENT_NAME_LEN - 1]                  # snprintf into a 64-byte buffer
+        name = name[: MAX_EVENT_NAME_LEN - 1]  # snprintf into a 64-byte buffer
         # sanitize_event_name(): ':', '.' and '*' become '_' (it never looks at the first char)
         return name[:1] + re.sub(r"[:.*]", "_", name[1:])
 
@@ -265,7 +265,7 @@ class _Parser:
         words = self.words[2:]
         if len(words) > MAX_TRACE_ARGS:
             self.fail(TOO_MANY_ARGS, words[0][1], words[0][0])
-        for word, pos in words:     # traceprobe_expand_meta_args() looks at bare $arg words first
+        for word, pos in words:  # traceprobe_expand_meta_args() looks at bare $arg words first
             if word.startswith("$arg"):
                 if not (where.entry or where.ret):
                     self.fail(NOFENTRY_ARGS, pos, word)
@@ -285,7 +285,7 @@ class _Parser:
                 self.fail(ARG_NAME_TOO_LONG, pos, word[:eq])
             if eq == 0:
                 self.fail(NO_ARG_NAME, pos, word)
-            name, body, bpos = word[:eq], word[eq + 1:], pos + eq + 1
+            name, body, bpos = word[:eq], word[eq + 1 :], pos + eq + 1
         else:
             name, body, bpos = f"arg{i + 1}", word, pos
         if not _NAME.fullmatch(name):
@@ -300,7 +300,7 @@ class _Parser:
         expr, type_name, tpos = body, None, bpos
         colon = body.find(":")
         if colon >= 0:
-            expr, type_name, tpos = body[:colon], body[colon + 1:], bpos + colon + 1
+            expr, type_name, tpos = body[:colon], body[colon + 1 :], bpos + colon + 1
         if expr in ("$comm", "$COMM") or expr.startswith('\\"'):
             if type_name not in (None, "string"):
                 self.fail(NEED_STRING_TYPE, tpos, type_name)
@@ -310,7 +310,7 @@ class _Parser:
         # A string is read at an address: memory fetches (their last load becomes the string
         # read), an immediate address, $comm or an immediate string. Not a register or $argN.
         if type_ == "string" and fetch.op not in ("deref", "mem", "sym", "imm", "comm", "imm_str"):
-            self.fail(BAD_STRING, tpos, type_)     # as written: only "string" names the string type
+            self.fail(BAD_STRING, tpos, type_)  # as written: only "string" names the string type
         return FetchArg(name, fetch, type_)
 
     def _type(self, name: str | None, pos: int) -> str:
@@ -329,7 +329,7 @@ class _Parser:
         if c == "$":
             return self._var(expr, pos, where), 1
         if c == "%":
-            if where.fprobe:       # the kernel's text for it, though no '$' is involved
+            if where.fprobe:  # the kernel's text for it, though no '$' is involved
                 self.fail(BAD_VAR, pos, expr)
             if expr[1:] not in self.regs:
                 self.fail(BAD_REG_NAME, pos, expr)
@@ -339,7 +339,7 @@ class _Parser:
                 address = _strtoull(expr[1:])
                 if address is None:
                     self.fail(BAD_MEM_ADDR, pos, expr)
-                return Fetch("mem", address), 2          # IMM, DEREF
+                return Fetch("mem", address), 2  # IMM, DEREF
             if expr[1:2] == "+":
                 self.fail(FILE_ON_KPROBE, pos, expr)
             symbol = expr[1:]
@@ -349,7 +349,7 @@ class _Parser:
                 offset, symbol = _strtol(symbol[cut:]), symbol[:cut]
             if offset is None or not _KSYM.fullmatch(symbol):
                 self.fail(BAD_MEM_ADDR, pos, expr)
-            return Fetch("sym", symbol, offset), 3       # symbol holder, IMM, DEREF
+            return Fetch("sym", symbol, offset), 3  # symbol holder, IMM, DEREF
         if c in "+-":
             return self._deref(expr, pos, where)
         if c == "\\":
@@ -362,7 +362,7 @@ class _Parser:
             if value is None:
                 self.fail(BAD_IMM, pos + 1, expr[1:])
             return Fetch("imm", value & U64), 1
-        if c.isascii() and (c.isalpha() or c == "_"):     # a BTF variable name
+        if c.isascii() and (c.isalpha() or c == "_"):  # a BTF variable name
             self.fail(NOSUP_BTFARG, pos, expr)
         self.fail(BAD_FETCH_ARG, pos, expr)
 
@@ -371,7 +371,7 @@ class _Parser:
         if var.startswith("retval"):
             if not where.ret:
                 self.fail(RETVAL_ON_PROBE, pos, expr)
-            if var != "retval":        # $retval->field etc. need BTF
+            if var != "retval":  # $retval->field etc. need BTF
                 self.fail(BAD_VAR, pos, expr)
             return Fetch("retval")
         if var.startswith("stack"):
@@ -401,7 +401,7 @@ class _Parser:
         paren = expr.find("(")
         if paren < 0:
             self.fail(DEREF_NEED_BRACE, pos, expr)
-        digits = expr[2 if user else 1:paren]
+        digits = expr[2 if user else 1 : paren]
         offset = _strtol("-" + digits if expr[0] == "-" else digits)
         if offset is None:
             self.fail(BAD_DEREF_OFFS, pos, expr[:paren])
@@ -409,11 +409,11 @@ class _Parser:
         if close < paren:
             self.fail(DEREF_OPEN_BRACE, pos + len(expr), expr)
         if close != len(expr) - 1:
-            self.fail(BAD_FETCH_ARG, pos + close + 1, expr[close + 1:])
+            self.fail(BAD_FETCH_ARG, pos + close + 1, expr[close + 1 :])
         inner_pos = pos + paren + 1
-        inner, slots = self._fetch(expr[paren + 1:close], inner_pos, where)
+        inner, slots = self._fetch(expr[paren + 1 : close], inner_pos, where)
         if inner.op in ("comm", "imm_str"):
-            self.fail(COMM_CANT_DEREF, inner_pos, expr[paren + 1:close])
+            self.fail(COMM_CANT_DEREF, inner_pos, expr[paren + 1 : close])
         if slots + 1 > MAX_FETCH_OPS:
             self.fail(TOO_MANY_OPS, inner_pos, expr)
         return Fetch("deref", None, offset, inner, user), slots + 1

@@ -1,5 +1,6 @@
 """What a dynamic_events definition is once parsed: limits, types, the kernel's error_log
 texts, and the spec, fetch and context types the parser, evaluator and formatter share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,19 +9,28 @@ from typing import Protocol
 from emulator.errors import FtlabError
 
 U64 = (1 << 64) - 1
-MAX_EVENT_NAME_LEN = 64       # a group or event name is at most 63 characters
+MAX_EVENT_NAME_LEN = 64  # a group or event name is at most 63 characters
 MAX_ARG_NAME_LEN = 32
-MAX_ARGSTR_LEN = 63           # one argument's text after NAME=, type included
+MAX_ARGSTR_LEN = 63  # one argument's text after NAME=, type included
 MAX_TRACE_ARGS = 128
-MAX_FETCH_OPS = 15            # FETCH_INSN_MAX (16) minus the END slot: %REG plus 14 derefs
-MAX_STRING_SIZE = 4096        # PATH_MAX: a string reads at most 4095 bytes before its NUL
-PARAM_MAX_STACK = 2048        # THREAD_SIZE / sizeof(long): 16 KiB stacks on x86_64 and arm64
+MAX_FETCH_OPS = 15  # FETCH_INSN_MAX (16) minus the END slot: %REG plus 14 derefs
+MAX_STRING_SIZE = 4096  # PATH_MAX: a string reads at most 4095 bytes before its NUL
+PARAM_MAX_STACK = 2048  # THREAD_SIZE / sizeof(long): 16 KiB stacks on x86_64 and arm64
 KRETPROBE_MAXACTIVE_MAX = 4096
-DEFAULT_TYPE = "x64"          # DEFAULT_FETCH_TYPE on 64-bit: x##BITS_PER_LONG
-FAULT = "(fault)"             # evaluate()'s value for a fetch that faulted, printed as is
-RESERVED_NAMES = frozenset({
-    "common_type", "common_flags", "common_preempt_count", "common_pid", "common_tgid",
-    "__probe_ip", "__probe_ret_ip", "__probe_func"})
+DEFAULT_TYPE = "x64"  # DEFAULT_FETCH_TYPE on 64-bit: x##BITS_PER_LONG
+FAULT = "(fault)"  # evaluate()'s value for a fetch that faulted, printed as is
+RESERVED_NAMES = frozenset(
+    {
+        "common_type",
+        "common_flags",
+        "common_preempt_count",
+        "common_pid",
+        "common_tgid",
+        "__probe_ip",
+        "__probe_ret_ip",
+        "__probe_func",
+    }
+)
 
 # type -> (size in bytes, how it prints)
 TYPES = {f"{k}{bits}": (bits // 8, k) for k in "usx" for bits in (8, 16, 32, 64)}
@@ -75,6 +85,7 @@ NO_DELETE_TARGET = "'-:' needs [GRP/]EVENT and nothing after it"
 NOT_MODELLED_TYPE = "Type is valid in the kernel but not modelled by ftlab"
 NOT_MODELLED_UPROBE = "Uprobe events are not modelled by ftlab"
 
+
 class ProbeSpecError(FtlabError):
     """A malformed probe definition: the kernel's error_log text, the bad token and its column."""
 
@@ -94,30 +105,30 @@ class Fetch:
     (@SYM+OFFS) or deref (+OFFS(inner)). mem, sym and deref read memory."""
 
     op: str
-    value: int | str | None = None   # register name, N of $argN/$stackN, immediate, address, symbol, text
-    offset: int = 0                  # deref offset, or @SYM's +/-OFFS
-    inner: Fetch | None = None       # the deref's operand
-    user: bool = False               # +uOFFS(...): a user-space dereference
+    value: int | str | None = None  # register name, N of $argN/$stackN, immediate, address, symbol, text
+    offset: int = 0  # deref offset, or @SYM's +/-OFFS
+    inner: Fetch | None = None  # the deref's operand
+    user: bool = False  # +uOFFS(...): a user-space dereference
 
 
 @dataclass(frozen=True)
 class FetchArg:
-    name: str        # NAME= if given, else arg<position> (the kernel's name without BTF)
+    name: str  # NAME= if given, else arg<position> (the kernel's name without BTF)
     fetch: Fetch
-    type: str        # a key of TYPES
+    type: str  # a key of TYPES
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    kind: str                   # 'p' kprobe, 'r' kretprobe, 'f' fprobe, '-' delete
-    group: str                  # '-': '' for any group
-    event: str                  # '-': '' for every event of the group
-    symbol: str                 # '' for a MEMADDR kprobe and for '-'
-    offset: int                 # p SYM+OFFS
-    is_return: bool             # r, p SYM%return, f SYM%return (or f with $retval)
-    maxactive: int | None       # r[MAXACTIVE]
+    kind: str  # 'p' kprobe, 'r' kretprobe, 'f' fprobe, '-' delete
+    group: str  # '-': '' for any group
+    event: str  # '-': '' for every event of the group
+    symbol: str  # '' for a MEMADDR kprobe and for '-'
+    offset: int  # p SYM+OFFS
+    is_return: bool  # r, p SYM%return, f SYM%return (or f with $retval)
+    maxactive: int | None  # r[MAXACTIVE]
     args: tuple[FetchArg, ...]
-    text: str                   # the spec as given
+    text: str  # the spec as given
     address: int | None = None  # p/r MEMADDR
 
 
@@ -127,11 +138,11 @@ class FetchContext(Protocol):
     comm: str
 
     def register(self, name: str) -> int: ...
-    def argument(self, n: int) -> int: ...      # 1-based; on a return probe, its value at entry
+    def argument(self, n: int) -> int: ...  # 1-based; on a return probe, its value at entry
     def return_value(self) -> int: ...
-    def stack(self, n: int) -> int: ...         # $stackN: the N-th word on the stack at the probe
+    def stack(self, n: int) -> int: ...  # $stackN: the N-th word on the stack at the probe
     def stack_pointer(self) -> int: ...
-    def read(self, addr: int, size: int) -> bytes: ...   # raises FetchFault if unreadable
+    def read(self, addr: int, size: int) -> bytes: ...  # raises FetchFault if unreadable
     def address_of(self, symbol: str) -> int: ...
     def symbolize(self, addr: int) -> str: ...  # 'sym+0x10/0x40' as %pS prints it
 

@@ -1,4 +1,5 @@
 """arm64, the CPU: registers, AAPCS64, relocations, EL1h setup, BRK delivery."""
+
 import struct
 from pathlib import Path
 
@@ -11,22 +12,44 @@ from ..base import Arch, Reloc
 
 X = [f"x{n}" for n in range(31)]
 
-REGS = {**{x: getattr(A, f"UC_ARM64_REG_X{n}") for n, x in enumerate(X)},
-        "sp": A.UC_ARM64_REG_SP, "pc": A.UC_ARM64_REG_PC, "pstate": A.UC_ARM64_REG_PSTATE}
+REGS = {
+    **{x: getattr(A, f"UC_ARM64_REG_X{n}") for n, x in enumerate(X)},
+    "sp": A.UC_ARM64_REG_SP,
+    "pc": A.UC_ARM64_REG_PC,
+    "pstate": A.UC_ARM64_REG_PSTATE,
+}
 
 # PSTATE as SPSR_EL1 lays it out (what pt_regs->pstate holds).
-PSTATE_BITS = {"N": (31, 1), "Z": (30, 1), "C": (29, 1), "V": (28, 1), "TCO": (25, 1), "DIT": (24, 1),
-               "UAO": (23, 1), "PAN": (22, 1), "SS": (21, 1), "IL": (20, 1), "ALLINT": (13, 1),
-               "SSBS": (12, 1), "BTYPE": (10, 2), "D": (9, 1), "A": (8, 1), "I": (7, 1), "F": (6, 1),
-               "nRW": (4, 1), "EL": (2, 2), "SP": (0, 1)}
+PSTATE_BITS = {
+    "N": (31, 1),
+    "Z": (30, 1),
+    "C": (29, 1),
+    "V": (28, 1),
+    "TCO": (25, 1),
+    "DIT": (24, 1),
+    "UAO": (23, 1),
+    "PAN": (22, 1),
+    "SS": (21, 1),
+    "IL": (20, 1),
+    "ALLINT": (13, 1),
+    "SSBS": (12, 1),
+    "BTYPE": (10, 2),
+    "D": (9, 1),
+    "A": (8, 1),
+    "I": (7, 1),
+    "F": (6, 1),
+    "nRW": (4, 1),
+    "EL": (2, 2),
+    "SP": (0, 1),
+}
 
 PSTATE_PAN = 1 << 22
 word = struct.Struct("<I")
 
-EXCP_BKPT = 7                 # unicorn's intno for brk (PC still at the brk)
+EXCP_BKPT = 7  # unicorn's intno for brk (PC still at the brk)
 ESR_ELx_EC_BRK64, ESR_ELx_IL = 0x3C << 26, 1 << 25
 DAIF_MASK, MODE_EL1H = 0x3C0, 0x5
-PSTATE_KEEP = 0xF0000000 | 1 << 22 | 1 << 23    # NZCV, PAN, UAO (PAN stays set: SCTLR_EL1.SPAN)
+PSTATE_KEEP = 0xF0000000 | 1 << 22 | 1 << 23  # NZCV, PAN, UAO (PAN stays set: SCTLR_EL1.SPAN)
 
 
 def install_trap_vector(uc, vectors, page):
@@ -45,7 +68,7 @@ def deliver_trap(uc, intno, read):
     uc.reg_write(A.UC_ARM64_REG_ELR_EL1, pc)
     uc.reg_write(A.UC_ARM64_REG_ESR_EL1, ESR_ELx_EC_BRK64 | ESR_ELx_IL | imm)
     uc.reg_write(A.UC_ARM64_REG_PSTATE, (old & PSTATE_KEEP) | DAIF_MASK | MODE_EL1H)
-    uc.cpr_write(3, 0, 4, 0, 0, old)       # SPSR_EL1; a CP_REG write also rebuilds the cached EL
+    uc.cpr_write(3, 0, 4, 0, 0, old)  # SPSR_EL1; a CP_REG write also rebuilds the cached EL
     uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_VBAR_EL1) + 0x200)
     return None
 
@@ -57,7 +80,7 @@ def setup_cpu(uc, page):
     (the stack canary lives there)."""
     uc.reg_write(A.UC_ARM64_REG_PSTATE, PSTATE_PAN | 0x5)
     uc.reg_write(A.UC_ARM64_REG_SP_EL0, page)
-    uc.cpr_write(3, 6, 1, 1, 0, 0x400)         # SCR_EL3; a CP_REG write also rebuilds the cached EL
+    uc.cpr_write(3, 6, 1, 1, 0, 0x400)  # SCR_EL3; a CP_REG write also rebuilds the cached EL
 
 
 def _field(shift, width, scale=0):
@@ -75,8 +98,7 @@ def _page(x):
 
 
 def _lo12(shift):
-    return Reloc(f"R_AARCH64_LDST{8 << shift}_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF,
-                 _field(10, 12, shift))
+    return Reloc(f"R_AARCH64_LDST{8 << shift}_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF, _field(10, 12, shift))
 
 
 RELOCS = {
@@ -86,11 +108,14 @@ RELOCS = {
     261: Reloc("R_AARCH64_PREL32", 4, lambda S, A, P: S + A - P, bits=(32, True)),
     273: Reloc("R_AARCH64_LD_PREL_LO19", 4, lambda S, A, P: S + A - P, _field(5, 19, 2), (21, True)),
     274: Reloc("R_AARCH64_ADR_PREL_LO21", 4, lambda S, A, P: S + A - P, _adr, (21, True)),
-    275: Reloc("R_AARCH64_ADR_PREL_PG_HI21", 4, lambda S, A, P: (_page(S + A) - _page(P)) >> 12, _adr,
-               (21, True)),
+    275: Reloc("R_AARCH64_ADR_PREL_PG_HI21", 4, lambda S, A, P: (_page(S + A) - _page(P)) >> 12, _adr, (21, True)),
     276: Reloc("R_AARCH64_ADR_PREL_PG_HI21_NC", 4, lambda S, A, P: (_page(S + A) - _page(P)) >> 12, _adr),
     277: Reloc("R_AARCH64_ADD_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF, _field(10, 12)),
-    278: _lo12(0), 284: _lo12(1), 285: _lo12(2), 286: _lo12(3), 299: _lo12(4),
+    278: _lo12(0),
+    284: _lo12(1),
+    285: _lo12(2),
+    286: _lo12(3),
+    299: _lo12(4),
     279: Reloc("R_AARCH64_TSTBR14", 4, lambda S, A, P: S + A - P, _field(5, 14, 2), (16, True)),
     280: Reloc("R_AARCH64_CONDBR19", 4, lambda S, A, P: S + A - P, _field(5, 19, 2), (21, True)),
     282: Reloc("R_AARCH64_JUMP26", 4, lambda S, A, P: S + A - P, _field(0, 26, 2), (28, True)),
@@ -103,7 +128,7 @@ CPU = Arch(
     uc=(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
     cs=(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
     ks=(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN),
-    cpu_model=A.UC_CPU_ARM64_MAX,   # MAX has PAN, UAO and BTI; the default Cortex-A72 has none
+    cpu_model=A.UC_CPU_ARM64_MAX,  # MAX has PAN, UAO and BTI; the default Cortex-A72 has none
     insn_align=4,
     regs=REGS,
     pc="pc",

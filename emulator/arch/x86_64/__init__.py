@@ -1,4 +1,5 @@
 """x86_64, the CPU: registers, SysV calling convention, relocations, CPU setup, int3 delivery."""
+
 import struct
 from pathlib import Path
 
@@ -10,32 +11,61 @@ from unicorn import x86_const as X
 from ..base import Arch, Reloc
 
 REGS = {
-    "r15": X.UC_X86_REG_R15, "r14": X.UC_X86_REG_R14, "r13": X.UC_X86_REG_R13, "r12": X.UC_X86_REG_R12,
-    "bp": X.UC_X86_REG_RBP, "bx": X.UC_X86_REG_RBX, "r11": X.UC_X86_REG_R11, "r10": X.UC_X86_REG_R10,
-    "r9": X.UC_X86_REG_R9, "r8": X.UC_X86_REG_R8, "ax": X.UC_X86_REG_RAX, "cx": X.UC_X86_REG_RCX,
-    "dx": X.UC_X86_REG_RDX, "si": X.UC_X86_REG_RSI, "di": X.UC_X86_REG_RDI,
-    "ip": X.UC_X86_REG_RIP, "cs": X.UC_X86_REG_CS, "flags": X.UC_X86_REG_RFLAGS,
-    "sp": X.UC_X86_REG_RSP, "ss": X.UC_X86_REG_SS,
+    "r15": X.UC_X86_REG_R15,
+    "r14": X.UC_X86_REG_R14,
+    "r13": X.UC_X86_REG_R13,
+    "r12": X.UC_X86_REG_R12,
+    "bp": X.UC_X86_REG_RBP,
+    "bx": X.UC_X86_REG_RBX,
+    "r11": X.UC_X86_REG_R11,
+    "r10": X.UC_X86_REG_R10,
+    "r9": X.UC_X86_REG_R9,
+    "r8": X.UC_X86_REG_R8,
+    "ax": X.UC_X86_REG_RAX,
+    "cx": X.UC_X86_REG_RCX,
+    "dx": X.UC_X86_REG_RDX,
+    "si": X.UC_X86_REG_RSI,
+    "di": X.UC_X86_REG_RDI,
+    "ip": X.UC_X86_REG_RIP,
+    "cs": X.UC_X86_REG_CS,
+    "flags": X.UC_X86_REG_RFLAGS,
+    "sp": X.UC_X86_REG_RSP,
+    "ss": X.UC_X86_REG_SS,
 }
 
 # RFLAGS fields (bit 1 always reads 1 and is not named).
-RFLAGS_BITS = {"CF": (0, 1), "PF": (2, 1), "AF": (4, 1), "ZF": (6, 1), "SF": (7, 1), "TF": (8, 1),
-               "IF": (9, 1), "DF": (10, 1), "OF": (11, 1), "IOPL": (12, 2), "NT": (14, 1), "RF": (16, 1),
-               "VM": (17, 1), "AC": (18, 1), "VIF": (19, 1), "VIP": (20, 1), "ID": (21, 1)}
+RFLAGS_BITS = {
+    "CF": (0, 1),
+    "PF": (2, 1),
+    "AF": (4, 1),
+    "ZF": (6, 1),
+    "SF": (7, 1),
+    "TF": (8, 1),
+    "IF": (9, 1),
+    "DF": (10, 1),
+    "OF": (11, 1),
+    "IOPL": (12, 2),
+    "NT": (14, 1),
+    "RF": (16, 1),
+    "VM": (17, 1),
+    "AC": (18, 1),
+    "VIF": (19, 1),
+    "VIP": (20, 1),
+    "ID": (21, 1),
+}
 
-KERNEL_CS, KERNEL_DS = 0x10, 0x18      # __KERNEL_CS / __KERNEL_DS
+KERNEL_CS, KERNEL_DS = 0x10, 0x18  # __KERNEL_CS / __KERNEL_DS
 
 
-IDT_OFFSET = 0x400                     # the IDT's place in the per-cpu page
+IDT_OFFSET = 0x400  # the IDT's place in the per-cpu page
 INT3_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_TF = 3, 1 << 9, 1 << 8
-INT3_STACK_GAP = 16                    # room below the interrupted sp for int3 call emulation
+INT3_STACK_GAP = 16  # room below the interrupted sp for int3 call emulation
 
 
 def install_trap_vector(uc, handler, page):
     """An IDT whose gate 3 (#BP, int3) is a 64-bit interrupt gate to handler."""
     idt = page + IDT_OFFSET
-    gate = struct.pack("<HHBBHIi", handler & 0xFFFF, KERNEL_CS, 0, 0x8E, (handler >> 16) & 0xFFFF,
-                       handler >> 32, 0)
+    gate = struct.pack("<HHBBHIi", handler & 0xFFFF, KERNEL_CS, 0, 0x8E, (handler >> 16) & 0xFFFF, handler >> 32, 0)
     uc.mem_write(idt + 16 * INT3_VECTOR, gate)
     uc.reg_write(X.UC_X86_REG_IDTR, (0, idt, 16 * 256 - 1, 0))
 
@@ -95,7 +125,7 @@ CPU = Arch(
     fp="bp",
     flags_reg="flags",
     flag_bits=RFLAGS_BITS,
-    stack_args_offset=8,                       # above the return address
+    stack_args_offset=8,  # above the return address
     install_trap_vector=install_trap_vector,
     deliver_trap=deliver_trap,
     relocs=RELOCS,

@@ -1,5 +1,6 @@
 """arm64's kernel arch code: struct pt_regs and ftrace_regs, patchable-function-entry sites
 (arch/arm64/kernel/ftrace.c), rethook, kprobes (kprobes.py), and the trampolines (*.S)."""
+
 import struct
 from pathlib import Path
 
@@ -15,13 +16,16 @@ X = [f"x{n}" for n in range(31)]
 # (orig_x0, syscallno, stackframe ...) the lab does not use. PT_REGS_SIZE 336.
 PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)}, "sp": 248, "pc": 256, "pstate": 264})
 # struct __arch_ftrace_regs (arch/arm64/include/asm/ftrace.h), FREGS_SIZE 112.
-FTRACE_REGS = Layout("ftrace_regs", 112, {**{f"x{n}": 8 * n for n in range(9)},
-                                          "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104})
+FTRACE_REGS = Layout(
+    "ftrace_regs",
+    112,
+    {**{f"x{n}": 8 * n for n in range(9)}, "direct_tramp": 72, "fp": 80, "lr": 88, "sp": 96, "pc": 104},
+)
 
 AARCH64_INSN_SIZE = 4
 NOP = 0xD503201F
-MOV_X9_LR = 0xAA1E03E9          # what ftrace_init_nop writes before the BL slot
-BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}   # bti, bti c, bti j, bti jc
+MOV_X9_LR = 0xAA1E03E9  # what ftrace_init_nop writes before the BL slot
+BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}  # bti, bti c, bti j, bti jc
 word = struct.Struct("<I")
 
 
@@ -72,11 +76,13 @@ KERNEL = KernelArch(
     # fregs->pc is x30 after the site's BL: the instruction after the BL.
     ftrace_regs_meaning={"pc": lambda site: site + AARCH64_INSN_SIZE},
     ftrace_regs_is_pt_regs=False,
-    ftrace_regs_stack_args=False,            # ftrace_regs_get_argument: 0 past x7
+    ftrace_regs_stack_args=False,  # ftrace_regs_get_argument: 0 past x7
     regs_caller=None,
-    no_regs_caller_reason=("arm64 has no ftrace_regs_caller since 6.2 (DYNAMIC_FTRACE_WITH_ARGS): "
-                           "PSTATE cannot be saved without taking an exception, so ftrace_get_regs() "
-                           "is always NULL and there are no kprobes on ftrace"),
+    no_regs_caller_reason=(
+        "arm64 has no ftrace_regs_caller since 6.2 (DYNAMIC_FTRACE_WITH_ARGS): "
+        "PSTATE cannot be saved without taking an exception, so ftrace_get_regs() "
+        "is always NULL and there are no kprobes on ftrace"
+    ),
     sites=SiteEncoding(
         tables=("__patchable_function_entries",),
         call_symbols=(),
@@ -88,14 +94,21 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
     ),
-    fgraph=FgraphArch(exit_saved=tuple(X[:8]) + ("fp", "pc"),   # pc: the real return address, set by fgraph
-                      retp="fp", fp_test=True),
+    fgraph=FgraphArch(
+        exit_saved=tuple(X[:8]) + ("fp", "pc"),  # pc: the real return address, set by fgraph
+        retp="fp",
+        fp_test=True,
+    ),
     # The reverted 5.18 trampoline stores every register, but its pstate is only what MRS reads.
     rethook=RethookArch(saved=tuple(PT_REGS.offsets), enter=rethook_enter, leave=rethook_leave),
     kprobes=kprobes,
-    asm_constants={**FTRACE_REGS.asm_constants("FREGS_"),
-                   **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
-                   "S_LR": PT_REGS.offsets["x30"], "S_FP": PT_REGS.offsets["x29"],
-                   "PT_REGS_SIZE": PT_REGS.size, "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE},
+    asm_constants={
+        **FTRACE_REGS.asm_constants("FREGS_"),
+        **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
+        "S_LR": PT_REGS.offsets["x30"],
+        "S_FP": PT_REGS.offsets["x29"],
+        "PT_REGS_SIZE": PT_REGS.size,
+        "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE,
+    },
     source_dir=Path(__file__).parent,
 )

@@ -5,24 +5,53 @@ instruction then runs out of line, copied into a slot followed by BRK #6, with D
 when it is a branch or PC-relative (b, bl, b.cond, cbz/cbnz, tbz/tbnz, adr, adrp, ldr literal,
 ret, br, blr), it is simulated here on the saved registers, as the kernel does.
 """
+
 import struct
 
 from capstone import arm64_const as C
 
-BREAKPOINT = struct.pack("<I", 0xD4200080)       # BRK #4 (KPROBES_BRK_IMM)
-SS_BREAKPOINT = struct.pack("<I", 0xD42000C0)    # BRK #6 (KPROBES_BRK_SS_IMM)
-TRAP_IP_OFFSET = 0                               # regs->pc = the probe address
-IRQ_BITS = 0x3C0                                 # DAIF: masked while the copy runs
+BREAKPOINT = struct.pack("<I", 0xD4200080)  # BRK #4 (KPROBES_BRK_IMM)
+SS_BREAKPOINT = struct.pack("<I", 0xD42000C0)  # BRK #6 (KPROBES_BRK_SS_IMM)
+TRAP_IP_OFFSET = 0  # regs->pc = the probe address
+IRQ_BITS = 0x3C0  # DAIF: masked while the copy runs
 SIMULATED = {"b", "bl", "cbz", "cbnz", "tbz", "tbnz", "adr", "adrp", "ldr", "ldrsw", "ret", "br", "blr"}
-REFUSED = {"brk", "hlt", "svc", "hvc", "smc", "eret", "ldxr", "ldaxr", "stxr", "stlxr", "ldxp", "stxp",
-           "msr", "mrs", "wfi", "wfe", "isb", "udf"}
+REFUSED = {
+    "brk",
+    "hlt",
+    "svc",
+    "hvc",
+    "smc",
+    "eret",
+    "ldxr",
+    "ldaxr",
+    "stxr",
+    "stlxr",
+    "ldxp",
+    "stxp",
+    "msr",
+    "mrs",
+    "wfi",
+    "wfe",
+    "isb",
+    "udf",
+}
 CONDS = {  # condition on (N, Z, C, V)
-    "eq": lambda n, z, c, v: z, "ne": lambda n, z, c, v: not z, "hs": lambda n, z, c, v: c,
-    "cs": lambda n, z, c, v: c, "lo": lambda n, z, c, v: not c, "cc": lambda n, z, c, v: not c,
-    "mi": lambda n, z, c, v: n, "pl": lambda n, z, c, v: not n, "vs": lambda n, z, c, v: v,
-    "vc": lambda n, z, c, v: not v, "hi": lambda n, z, c, v: c and not z, "ls": lambda n, z, c, v: not c or z,
-    "ge": lambda n, z, c, v: n == v, "lt": lambda n, z, c, v: n != v,
-    "gt": lambda n, z, c, v: not z and n == v, "le": lambda n, z, c, v: z or n != v,
+    "eq": lambda n, z, c, v: z,
+    "ne": lambda n, z, c, v: not z,
+    "hs": lambda n, z, c, v: c,
+    "cs": lambda n, z, c, v: c,
+    "lo": lambda n, z, c, v: not c,
+    "cc": lambda n, z, c, v: not c,
+    "mi": lambda n, z, c, v: n,
+    "pl": lambda n, z, c, v: not n,
+    "vs": lambda n, z, c, v: v,
+    "vc": lambda n, z, c, v: not v,
+    "hi": lambda n, z, c, v: c and not z,
+    "ls": lambda n, z, c, v: not c or z,
+    "ge": lambda n, z, c, v: n == v,
+    "lt": lambda n, z, c, v: n != v,
+    "gt": lambda n, z, c, v: not z and n == v,
+    "le": lambda n, z, c, v: z or n != v,
     "al": lambda n, z, c, v: True,
 }
 

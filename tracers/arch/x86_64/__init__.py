@@ -1,5 +1,6 @@
 """x86_64's kernel arch code: struct pt_regs, fentry patch sites (arch/x86/kernel/ftrace.c),
 rethook fix-ups (arch/x86/kernel/rethook.c), kprobes (kprobes.py), and the trampolines (*.S)."""
+
 import struct
 from pathlib import Path
 
@@ -10,15 +11,37 @@ from ..base import FgraphArch, KernelArch, RegsCaller, RethookArch, SiteEncoding
 from . import kprobes
 
 # struct pt_regs (arch/x86/include/asm/ptrace.h); ftrace_regs wraps one, so it has the same layout.
-PT_REGS = Layout("pt_regs", 168, {
-    "r15": 0, "r14": 8, "r13": 16, "r12": 24, "bp": 32, "bx": 40, "r11": 48, "r10": 56,
-    "r9": 64, "r8": 72, "ax": 80, "cx": 88, "dx": 96, "si": 104, "di": 112, "orig_ax": 120,
-    "ip": 128, "cs": 136, "flags": 144, "sp": 152, "ss": 160,
-})
+PT_REGS = Layout(
+    "pt_regs",
+    168,
+    {
+        "r15": 0,
+        "r14": 8,
+        "r13": 16,
+        "r12": 24,
+        "bp": 32,
+        "bx": 40,
+        "r11": 48,
+        "r10": 56,
+        "r9": 64,
+        "r8": 72,
+        "ax": 80,
+        "cx": 88,
+        "dx": 96,
+        "si": 104,
+        "di": 112,
+        "orig_ax": 120,
+        "ip": 128,
+        "cs": 136,
+        "flags": 144,
+        "sp": 152,
+        "ss": 160,
+    },
+)
 FTRACE_REGS = Layout("ftrace_regs", 168, dict(PT_REGS.offsets))
 
-CALL, NOP5 = 0xE8, bytes.fromhex("0f1f440000")   # x86_nops[5], what ftrace_make_nop writes
-MCOUNT_INSN_SIZE = 5                             # the call at a site
+CALL, NOP5 = 0xE8, bytes.fromhex("0f1f440000")  # x86_nops[5], what ftrace_make_nop writes
+MCOUNT_INSN_SIZE = 5  # the call at a site
 
 
 def encode_call(ip: int, target: int) -> bytes:
@@ -31,7 +54,7 @@ def encode_call(ip: int, target: int) -> bytes:
 
 
 def adjust_site(addr, read, is_function_start):
-    return addr, None          # __mcount_loc records the call itself (func+0, or func+4 after endbr64)
+    return addr, None  # __mcount_loc records the call itself (func+0, or func+4 after endbr64)
 
 
 def init_site(ip, window, mcount):
@@ -45,7 +68,7 @@ def rethook_enter(regs):
     """arch_rethook_trampoline_callback's fix-ups; the frame is the fake return slot above regs."""
     regs.set_reg("cs", KERNEL_CS)
     regs.set_reg("orig_ax", (1 << 64) - 1)
-    regs.set_reg("sp", regs.kernel_stack_pointer() + 16)      # the trampoline pushed sp - 16
+    regs.set_reg("sp", regs.kernel_stack_pointer() + 16)  # the trampoline pushed sp - 16
     return regs.addr + PT_REGS.size
 
 
@@ -57,8 +80,19 @@ def rethook_leave(regs, frame, ret, write):
 
 
 # The kernel's ptrace-abi.h names for the pt_regs offsets: RAX, RIP, EFLAGS, ORIG_RAX ...
-ASM_NAMES = {"bp": "RBP", "bx": "RBX", "ax": "RAX", "cx": "RCX", "dx": "RDX", "si": "RSI", "di": "RDI",
-             "orig_ax": "ORIG_RAX", "ip": "RIP", "flags": "EFLAGS", "sp": "RSP"}
+ASM_NAMES = {
+    "bp": "RBP",
+    "bx": "RBX",
+    "ax": "RAX",
+    "cx": "RCX",
+    "dx": "RDX",
+    "si": "RSI",
+    "di": "RDI",
+    "orig_ax": "ORIG_RAX",
+    "ip": "RIP",
+    "flags": "EFLAGS",
+    "sp": "RSP",
+}
 
 KERNEL = KernelArch(
     cpu=CPU,
@@ -70,15 +104,16 @@ KERNEL = KernelArch(
     ftrace_regs_aliases={},
     # regs.ip is the return address the site's call pushed: the instruction after the 5-byte site.
     ftrace_regs_meaning={"ip": lambda site: site + MCOUNT_INSN_SIZE},
-    ftrace_regs_is_pt_regs=True,                # HAVE_FTRACE_REGS_HAVING_PT_REGS
-    ftrace_regs_stack_args=True,                # regs_get_kernel_argument: n >= 6 is sp[n - 5]
-    regs_caller=RegsCaller(saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
-                           full_marker="cs"),   # arch_ftrace_get_regs(): NULL when regs.cs == 0
+    ftrace_regs_is_pt_regs=True,  # HAVE_FTRACE_REGS_HAVING_PT_REGS
+    ftrace_regs_stack_args=True,  # regs_get_kernel_argument: n >= 6 is sp[n - 5]
+    regs_caller=RegsCaller(
+        saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"), full_marker="cs"
+    ),  # arch_ftrace_get_regs(): NULL when regs.cs == 0
     no_regs_caller_reason=None,
     sites=SiteEncoding(
         tables=("__mcount_loc",),
         call_symbols=("__fentry__",),
-        offset_from_reloc=-1,                   # the PLT32 relocation is on the rel32 after the e8 byte
+        offset_from_reloc=-1,  # the PLT32 relocation is on the rel32 after the e8 byte
         size=MCOUNT_INSN_SIZE,
         nop=NOP5,
         adjust=adjust_site,
@@ -86,14 +121,23 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
     ),
-    fgraph=FgraphArch(exit_saved=("ax", "dx", "bp", "ip"),   # ip: the real return address, set by fgraph
-                      retp="sp", fp_test=False),
+    fgraph=FgraphArch(
+        exit_saved=("ax", "dx", "bp", "ip"),  # ip: the real return address, set by fgraph
+        retp="sp",
+        fp_test=False,
+    ),
     # A complete pt_regs without an exception: every register, flags from pushfq, fixed cs/ss.
-    rethook=RethookArch(saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
-                        enter=rethook_enter, leave=rethook_leave),
+    rethook=RethookArch(
+        saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"), enter=rethook_enter, leave=rethook_leave
+    ),
     kprobes=kprobes,
-    asm_constants={**{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()},
-                   **FTRACE_REGS.asm_constants("FREGS_"), "FRAME_SIZE": PT_REGS.size,
-                   "MCOUNT_INSN_SIZE": MCOUNT_INSN_SIZE, "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS},
+    asm_constants={
+        **{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()},
+        **FTRACE_REGS.asm_constants("FREGS_"),
+        "FRAME_SIZE": PT_REGS.size,
+        "MCOUNT_INSN_SIZE": MCOUNT_INSN_SIZE,
+        "KERNEL_CS": KERNEL_CS,
+        "KERNEL_DS": KERNEL_DS,
+    },
     source_dir=Path(__file__).parent,
 )

@@ -5,28 +5,56 @@ instruction then runs out of line, copied into a slot followed by another int3 (
 displacements rewritten for the slot), or, when it is a branch, call or return, it is emulated
 here as the kernel's emulate_op does.
 """
+
 import struct
 
 from capstone import x86_const as C
 
-BREAKPOINT = b"\xcc"                   # INT3_INSN_OPCODE
-SS_BREAKPOINT = b"\xcc"                # after the copy in its slot
-TRAP_IP_OFFSET = 1                     # regs->ip = probe address + 1 at the trap
-IRQ_BITS = 1 << 9                      # IF: cleared while the copy runs
-REFUSED = {"int3", "int", "int1", "into", "iret", "iretq", "iretd", "hlt", "syscall", "sysret",
-           "sysretq", "ud2", "ljmp", "lcall", "cli", "sti", "pushfq", "popfq", "pushf", "popf"}
-JCC = {  # condition on (CF, PF, ZF, SF, OF)
-    "jo": lambda c, p, z, s, o: o, "jno": lambda c, p, z, s, o: not o,
-    "jb": lambda c, p, z, s, o: c, "jae": lambda c, p, z, s, o: not c,
-    "je": lambda c, p, z, s, o: z, "jne": lambda c, p, z, s, o: not z,
-    "jbe": lambda c, p, z, s, o: c or z, "ja": lambda c, p, z, s, o: not (c or z),
-    "js": lambda c, p, z, s, o: s, "jns": lambda c, p, z, s, o: not s,
-    "jp": lambda c, p, z, s, o: p, "jnp": lambda c, p, z, s, o: not p,
-    "jl": lambda c, p, z, s, o: s != o, "jge": lambda c, p, z, s, o: s == o,
-    "jle": lambda c, p, z, s, o: z or s != o, "jg": lambda c, p, z, s, o: not z and s == o,
+BREAKPOINT = b"\xcc"  # INT3_INSN_OPCODE
+SS_BREAKPOINT = b"\xcc"  # after the copy in its slot
+TRAP_IP_OFFSET = 1  # regs->ip = probe address + 1 at the trap
+IRQ_BITS = 1 << 9  # IF: cleared while the copy runs
+REFUSED = {
+    "int3",
+    "int",
+    "int1",
+    "into",
+    "iret",
+    "iretq",
+    "iretd",
+    "hlt",
+    "syscall",
+    "sysret",
+    "sysretq",
+    "ud2",
+    "ljmp",
+    "lcall",
+    "cli",
+    "sti",
+    "pushfq",
+    "popfq",
+    "pushf",
+    "popf",
 }
-REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp",
-       "rsp": "sp"}
+JCC = {  # condition on (CF, PF, ZF, SF, OF)
+    "jo": lambda c, p, z, s, o: o,
+    "jno": lambda c, p, z, s, o: not o,
+    "jb": lambda c, p, z, s, o: c,
+    "jae": lambda c, p, z, s, o: not c,
+    "je": lambda c, p, z, s, o: z,
+    "jne": lambda c, p, z, s, o: not z,
+    "jbe": lambda c, p, z, s, o: c or z,
+    "ja": lambda c, p, z, s, o: not (c or z),
+    "js": lambda c, p, z, s, o: s,
+    "jns": lambda c, p, z, s, o: not s,
+    "jp": lambda c, p, z, s, o: p,
+    "jnp": lambda c, p, z, s, o: not p,
+    "jl": lambda c, p, z, s, o: s != o,
+    "jge": lambda c, p, z, s, o: s == o,
+    "jle": lambda c, p, z, s, o: z or s != o,
+    "jg": lambda c, p, z, s, o: not z and s == o,
+}
+REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp", "rsp": "sp"}
 U64 = struct.Struct("<Q")
 
 
@@ -46,8 +74,7 @@ def decode(insn) -> str:
 def copy_for_slot(insn, slot: int) -> bytes:
     """The instruction for its slot, rip-relative displacement adjusted, then the SS int3."""
     code = bytearray(insn.bytes)
-    if insn.disp_size == 4 and any(op.type == C.X86_OP_MEM and op.mem.base == C.X86_REG_RIP
-                                   for op in insn.operands):
+    if insn.disp_size == 4 and any(op.type == C.X86_OP_MEM and op.mem.base == C.X86_REG_RIP for op in insn.operands):
         disp = struct.unpack_from("<i", code, insn.disp_offset)[0] + insn.address - slot
         if not -(1 << 31) <= disp < (1 << 31):
             raise ValueError("rip-relative target out of reach from the slot")
@@ -79,7 +106,7 @@ def simulate(insn, regs, machine) -> None:
     cf, pf, zf, sf, of = (flags >> b & 1 for b in (0, 2, 6, 7, 11))
     if mnem == "call":
         target = _operand(insn, insn.operands[0], regs, machine)
-        machine.write(sp - 8, U64.pack(nxt))           # into the gap the int3 entry leaves
+        machine.write(sp - 8, U64.pack(nxt))  # into the gap the int3 entry leaves
         regs.set_reg("sp", sp - 8)
     elif mnem == "jmp":
         target = _operand(insn, insn.operands[0], regs, machine)
