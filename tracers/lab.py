@@ -13,6 +13,7 @@ from pathlib import Path
 
 from emulator import FtlabError, Machine
 from emulator import arch as arches
+from emulator.arch import Arch
 from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
@@ -33,7 +34,7 @@ class Target:
     """An object to load, and for which architecture."""
 
     path: Path
-    arch: object
+    arch: Arch
 
 
 def resolve(obj: str, arch: str | None) -> list[Target]:

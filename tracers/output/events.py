@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.regs import Verification
+from ..probe_events import FetchArg, ProbeSpec
 
 NR_ARGS = 6  # arguments recorded per entry event
 # The counters a trace ends with, per tracer: the one each event type advances. The live tracers
@@ -31,8 +32,8 @@ class Event:
     verification: Verification | None = None  # with verify mode: captured vs true
     retval: int | None = None  # exits: the return value register
     duration: int | None = None  # exits: trace-clock ticks since the entry
-    probe: object = None  # probe events: the ProbeSpec
-    fetch: tuple = ()  # probe events: (FetchArg, value) pairs
+    probe: ProbeSpec | None = None  # probe events: the spec
+    fetch: tuple[tuple[FetchArg, int | bytes | str], ...] = ()  # probe events: (FetchArg, value) pairs
 
     @property
     def mismatch(self) -> list[str] | None:

@@ -4,6 +4,7 @@ addresses from a symbol table (a lab's, or a recording's)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from emulator.symbols import SymbolTable
 
@@ -137,6 +138,7 @@ class GraphTextSink:
             self._held = ev
             return
         name = func_name(self.sym, ev.ip)
+        assert ev.retval is not None  # every exit carries its return value
         if held is not None and held.ip == ev.ip and held.depth == ev.depth:
             text = f"{name}();" + (f" /* = {graph_retval(ev.retval)} */" if self.retval else "")
         else:
@@ -159,14 +161,14 @@ class JsonSink:
 
     def __init__(self, out, symbols: SymbolTable, arch: str):
         self.out, self.sym, self.arch = out, symbols, arch
-        self.tracer = None
+        self.tracer: str | None = None
 
     def begin(self, tracer: str, clock: str) -> None:
         self.tracer = tracer
 
     def event(self, ev: Event) -> None:
         hit = self.sym.lookup(ev.ip)
-        record = {
+        record: dict[str, Any] = {
             "arch": self.arch,
             "tracer": ev.tracer,
             "type": ev.type,
