@@ -11,51 +11,29 @@ from ..core.ftrace import FtraceOps, OpsFlag
 from ..output.decode import FunctionDecoder, StackDepth
 from ..output.events import NR_ARGS, Event
 from ..output.records import REC_ENTRY
-from .tracer import Tracer
+from .tracer import RingTracer
 
 
-class FunctionTracer(Tracer):
+class FunctionTracer(RingTracer):
     name = "function"
+    decoder_class = FunctionDecoder
 
-    def __init__(
-        self,
-        lab,
-        sink,
-        clock: str = "counter",
-        filters=(),
-        notrace=(),
-        verify: bool = False,
-        ring: bool | None = None,
-        buffer_mode: str = "stream",
-        consumer=None,
-    ):
-        super().__init__(lab, sink, clock, verify)
-        self.ring = (clock == "counter" and not verify) if ring is None else ring
-        self.buffer_mode = buffer_mode
-        self.consumer = consumer or self.decode
+    def __init__(self, lab, sink, **options):
+        super().__init__(lab, sink, **options)
         callback = self._record if self.ring else self._callback
         guest = lab.tracer_code.function_trace_call if self.ring else None
         self.ops = FtraceOps(callback, OpsFlag.RECURSION, name=self.name, guest_func=guest)
-        if filters:
-            lab.ftrace.set_filter(self.ops, list(filters))
-        if notrace:
-            lab.ftrace.set_notrace(self.ops, list(notrace))
-        self.decoder = FunctionDecoder(lab.karch)  # the ring buffer's records as events
+        self.select(self.ops)
         self.depth = StackDepth()  # the Python path's call depth
 
-    def start(self) -> None:
-        if self.ring:
-            self.ring_start(self.buffer_mode, self.consumer)
-        if self.verify:
-            self.lab.verify.acquire(self.lab.ftrace)
+    def verified(self) -> tuple:
+        return (self.lab.ftrace,)
+
+    def attach(self) -> None:
         self.lab.ftrace.register(self.ops)
 
-    def stop(self) -> None:
+    def detach(self) -> None:
         self.lab.ftrace.unregister(self.ops)
-        if self.verify:
-            self.lab.verify.release(self.lab.ftrace)
-        if self.ring:
-            self.ring_stop()
 
     def _record(self, ip, parent_ip, op, fregs) -> None:
         """What function_trace_call does, for when other ops share the sites (the list function)."""

@@ -14,63 +14,39 @@ from ..core.fgraph import FgraphOps
 from ..output.decode import GraphDecoder
 from ..output.events import NR_ARGS, Event
 from ..output.records import REC_ENTRY, REC_EXIT
-from .tracer import Tracer
+from .tracer import RingTracer
 
 CALLTIME = struct.Struct("<Q")
 
 
-class FunctionGraphTracer(Tracer):
+class FunctionGraphTracer(RingTracer):
     name = "function_graph"
+    decoder_class = GraphDecoder
 
-    def __init__(
-        self,
-        lab,
-        sink,
-        clock: str = "counter",
-        filters=(),
-        notrace=(),
-        verify: bool = False,
-        max_depth: int = 0,
-        ring: bool | None = None,
-        buffer_mode: str = "stream",
-        consumer=None,
-    ):
-        super().__init__(lab, sink, clock, verify)
+    def __init__(self, lab, sink, max_depth: int = 0, **options):
+        super().__init__(lab, sink, **options)
         self.fgraph = lab.fgraph
         self.max_depth = max_depth  # max_graph_depth; 0 is no limit
-        self.ring = (clock == "counter" and not verify) if ring is None else ring
-        self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         if self.ring:
             code = lab.tracer_code
-            self.gops = FgraphOps(
-                self._entry_record,
-                self._return_record,
-                name=self.name,
-                guest=(code.graph_trace_entry, code.graph_trace_return),
-            )
+            guest = (code.graph_trace_entry, code.graph_trace_return)
+            self.gops = FgraphOps(self._entry_record, self._return_record, name=self.name, guest=guest)
         else:
             self.gops = FgraphOps(self._entry, self._return, name=self.name)
-        if filters:
-            lab.ftrace.set_filter(self.gops.ops, list(filters))
-        if notrace:
-            lab.ftrace.set_notrace(self.gops.ops, list(notrace))
-        self.decoder = GraphDecoder(lab.karch)  # the ring buffer's records as events
+        self.select(self.gops.ops)
 
-    def start(self) -> None:
+    def verified(self) -> tuple:
+        return (self.lab.ftrace, self.fgraph)  # entry and exit snapshots
+
+    def attach(self) -> None:
         if self.ring:
-            self.ring_start(self.buffer_mode, self.consumer)
-            self.fgraph.set_max_depth(self.max_depth)
-        if self.verify:
-            self.lab.verify.acquire(self.lab.ftrace, self.fgraph)  # entry and exit snapshots
+            self.fgraph.set_max_depth(self.max_depth)  # the guest path's own check
         self.fgraph.register(self.gops)
 
-    def stop(self) -> None:
+    def detach(self) -> None:
         self.fgraph.unregister(self.gops)
-        if self.verify:
-            self.lab.verify.release(self.lab.ftrace, self.fgraph)
         if self.ring:
             self.fgraph.set_max_depth(0)
-            self.ring_stop()
 
     def stats(self) -> dict:
         return {**super().stats(), "trace_overrun": self.fgraph.trace_overrun}

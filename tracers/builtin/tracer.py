@@ -70,3 +70,62 @@ class Tracer:
     def stats(self) -> dict:
         """The counters no event shows (a recording keeps them for its replay)."""
         return dict(self.ring_losses)
+
+
+class RingTracer(Tracer):
+    """A tracer with a guest ring-buffer path (function, function_graph). With the counter clock and
+    no verify mode it records through the ring buffer (`ring`), whose records its decoder turns into
+    events; otherwise (insns clock, verify mode) a Python callback builds each event, with the same
+    result. A subclass makes its ops in `__init__`, attaches and detaches them, and names the
+    mechanisms whose snapshots its events carry (`verified`)."""
+
+    decoder_class: type
+
+    def __init__(
+        self,
+        lab,
+        sink,
+        clock: str = "counter",
+        filters=(),
+        notrace=(),
+        verify: bool = False,
+        ring: bool | None = None,
+        buffer_mode: str = "stream",
+        consumer=None,
+    ):
+        super().__init__(lab, sink, clock, verify)
+        self.ring = (clock == "counter" and not verify) if ring is None else ring
+        self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
+        self.filters, self.notrace = list(filters), list(notrace)
+        self.decoder = self.decoder_class(lab.karch)  # the ring buffer's records as events
+
+    def select(self, ops) -> None:
+        """set_ftrace_filter and set_ftrace_notrace on the tracer's ftrace_ops."""
+        if self.filters:
+            self.lab.ftrace.set_filter(ops, self.filters)
+        if self.notrace:
+            self.lab.ftrace.set_notrace(ops, self.notrace)
+
+    def verified(self) -> tuple:
+        """The cores whose snapshots the events carry, held while verifying."""
+        raise NotImplementedError
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self.ring:
+            self.ring_start(self.buffer_mode, self.consumer)
+        if self.verify:
+            self.lab.verify.acquire(*self.verified())
+        self.attach()
+
+    def stop(self) -> None:
+        self.detach()
+        if self.verify:
+            self.lab.verify.release(*self.verified())
+        if self.ring:
+            self.ring_stop()
