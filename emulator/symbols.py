@@ -61,5 +61,9 @@ class SymbolTable:
         sym, off = hit
         return f"{sym.name}+{off:#x}" if off else sym.name
 
+    def __iter__(self):
+        """Every symbol, by address."""
+        return iter(self._sorted)
+
     def functions(self) -> list[Symbol]:
         return [s for s in self._sorted if s.kind == "func"]

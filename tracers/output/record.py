@@ -49,7 +49,7 @@ class Recorder:
             "call": call_text,
             "record_size": DECODERS[tracer](karch).rec.size,
             "fields": list(karch.ftrace_regs_saved),
-            "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols._sorted],
+            "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols],
         }
         self.fh.write(json.dumps(header).encode() + b"\n")
 
