@@ -9,6 +9,7 @@ import pytest
 
 from emulator import arch as arches
 from fixtures import catalog
+from tracers.cli.main import main
 
 ARCHES = list(arches.ARCHES)
 
@@ -51,3 +52,11 @@ def example(name: str, *args) -> Example:
 
 
 EXAMPLES = [Example(f, args) for f in catalog.FUNCTIONS.values() for args in f.examples]
+
+
+def ftlab(capsys, *argv: str) -> str:
+    """What an ftlab command that must succeed prints (and nothing on stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, ""), err
+    return out

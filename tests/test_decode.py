@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import catalog
+from helpers import ftlab
 from tracers import FunctionGraphTracer, FunctionTracer, Lab
 from tracers.cli.main import main
 from tracers.output.decode import DECODERS, StackDepth
@@ -95,27 +96,11 @@ def test_replay_is_the_direct_trace_byte_for_byte(capsys, arch, tmp_path, tracer
     )
     assert capsys.readouterr() == ("", "")
     for fmt in ("text", "json"):
-        assert (
-            main(
-                [
-                    "trace",
-                    "--arch",
-                    arch,
-                    "funcs",
-                    call,
-                    "--tracer",
-                    tracer,
-                    "--format",
-                    fmt,
-                    *options,
-                    *(view if fmt == "text" else []),
-                ]
-            )
-            == 0
-        )
-        direct = capsys.readouterr().out
-        assert main(["replay", path, "--format", fmt, *(view if fmt == "text" else [])]) == 0
-        assert capsys.readouterr().out == direct and direct.count("\n") >= 3
+        view_options = view if fmt == "text" else []
+        argv = ["trace", "--arch", arch, "funcs", call, "--tracer", tracer, "--format", fmt]
+        direct = ftlab(capsys, *argv, *options, *view_options)
+        assert ftlab(capsys, "replay", path, "--format", fmt, *view_options) == direct
+        assert direct.count("\n") >= 3
 
 
 def _recording(arch, tmp_path):

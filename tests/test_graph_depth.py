@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from helpers import ftlab
 from tracers import FgraphOps, FunctionGraphTracer, Lab
-from tracers.cli.main import main
 from tracers.output.sinks import ListSink
 
 
@@ -35,27 +35,9 @@ def test_overwritten_records_keep_each_calls_depth(arch, writer):
 
 
 def test_printed_depths_after_overwrite_are_the_real_ones(capsys, arch):
-    assert (
-        main(
-            [
-                "trace",
-                "--arch",
-                arch,
-                "funcs",
-                "fib(8)",
-                "--tracer",
-                "function_graph",
-                "--format",
-                "json",
-                "--buffer-size",
-                "10",
-                "--buffer-mode",
-                "overwrite",
-            ]
-        )
-        == 0
-    )
-    events = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["type"] != "summary"]
+    argv = f"trace --arch {arch} funcs fib(8) --tracer function_graph --format json --buffer-size 10"
+    out = ftlab(capsys, *argv.split(), "--buffer-mode", "overwrite")
+    events = [e for e in map(json.loads, out.splitlines()) if e["type"] != "summary"]
     real = list(fib_calls(8))
     assert len(events) == 10 and min(e["depth"] for e in events) >= 0
     assert [(e["type"], e["depth"]) for e in events] == [real[e["ts"] - 1] for e in events]

@@ -3,7 +3,7 @@ events counted, and record/replay identical to a direct trace."""
 
 import pytest
 
-from helpers import EXAMPLES, all_variants
+from helpers import EXAMPLES, all_variants, ftlab
 from tracers import FtraceOps, FunctionTracer, Lab
 from tracers.cli.main import main
 from tracers.core.ftrace import Ftrace
@@ -159,24 +159,7 @@ def test_with_another_fgraph_user_the_records_come_from_python(arch):
 
 
 def test_graph_buffer_mode_from_the_command_line(capsys, arch):
-    assert (
-        main(
-            [
-                "trace",
-                "--arch",
-                arch,
-                "funcs",
-                "fib(6)",
-                "--tracer",
-                "function_graph",
-                "--buffer-size",
-                "10",
-                "--buffer-mode",
-                "drop",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
+    argv = f"trace --arch {arch} funcs fib(6) --tracer function_graph --buffer-size 10 --buffer-mode drop"
+    out = ftlab(capsys, *argv.split())
     # 25 calls make 50 records; the first 10 are kept (7 entries, then 3 exits), 40 are lost
     assert "# entries: 7, exits: 3, lost: 40, overwritten: 0, trace_overrun: 0" in out

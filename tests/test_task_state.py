@@ -119,32 +119,22 @@ def test_a_raising_handler_is_raised_as_is_and_leaves_no_task_state(lab):
             raise raised
         return 1
 
-    gops = FgraphOps(entry, lambda trace, gops, fregs: None, name="raises")
-    lab.fgraph.register(gops)
-    with pytest.raises(ValueError, match="handler bug") as err:
-        lab.call("chain_a", 10)
-    assert err.value is raised
-    assert_task_clear(lab)
-    lab.fgraph.unregister(gops)
+    def raise_it(*_):
+        raise raised
 
-    p = Kprobe(
-        "chain_c",
-        lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c"),
-        lambda p, regs: (_ for _ in ()).throw(raised),
-    )
-    lab.kprobes.register(p)
-    with pytest.raises(ValueError, match="handler bug") as err:
-        lab.call("chain_a", 10)
-    assert err.value is raised
-    assert_task_clear(lab)
-    lab.kprobes.unregister(p)
-
-    ops = FtraceOps(lambda *a: (_ for _ in ()).throw(raised), OpsFlag.RECURSION, filter={lab.ftrace.site("fib").ip})
-    lab.ftrace.register(ops)
-    with pytest.raises(ValueError, match="handler bug"):
-        lab.call("fib", 5)
-    assert_task_clear(lab)
-    lab.ftrace.unregister(ops)
+    chain_c = lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c")
+    cases = [
+        (lab.fgraph, FgraphOps(entry, lambda trace, gops, fregs: None, name="raises"), ("chain_a", 10)),
+        (lab.kprobes, Kprobe("chain_c", chain_c, raise_it), ("chain_a", 10)),
+        (lab.ftrace, FtraceOps(raise_it, OpsFlag.RECURSION, filter={lab.ftrace.site("fib").ip}), ("fib", 5)),
+    ]
+    for core, handler, call in cases:
+        core.register(handler)
+        with pytest.raises(ValueError, match="handler bug") as err:
+            lab.call(*call)
+        assert err.value is raised
+        assert_task_clear(lab)
+        core.unregister(handler)
 
     krp, seen = lab.kretprobes(), []
     krp.register(Kretprobe("chain_b", lambda ri, regs: seen.append(regs.regs_return_value())))
