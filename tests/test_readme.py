@@ -6,6 +6,7 @@ for any number of lines, and `...` inside a line for any text there. A JSON reco
 (continuation lines indented) is compared as the one line it is. The full outputs of the README's
 commands are golden transcripts too (tests/golden/), where they can be copied from."""
 
+import json
 import re
 import shlex
 
@@ -90,3 +91,13 @@ def test_the_comparison_can_fail():
     assert unmatched(["b 3"], printed) == "b 3"
     assert unmatched(["a 1..."], ["a 1 and more"]) is None and unmatched(["a 1..."], ["a 2"]) == "a 1..."
     assert transcripts('```\n$ ftlab x\n{"a": 1,\n "b": [...]}\n```\n') == [("x", ['{"a": 1, "b": [...]}'])]
+
+
+def test_wrapped_json_is_a_record_the_tool_prints():
+    """A ```json block shows a record wrapped for reading: it must be one a transcript above prints."""
+    text = README.read_text()
+    printed = [json.loads(line) for _, lines in transcripts(text) for line in lines if line.startswith("{")]
+    blocks = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        assert json.loads(block) in printed
