@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from fixtures import catalog
-from tracers.cli.main import main
+from tracers.cli.main import main, parser
+from tracers.kernel_version import MODELLED, KernelVersion
 
 LINE = re.compile(r"^ {11}ftlab-1 {7}\[000\] \.{5} +\d+: \w+ <-\w+$")
 
@@ -265,3 +266,15 @@ def test_stubs_from_the_command_line(capsys):
         "jiffies_like=data",
     )
     assert out == "use_helper(1) = 1\n"
+
+
+def test_kernel_version_is_parsed_and_bounded(capsys):
+    assert KernelVersion.parse("v6.13.7") == KernelVersion(6, 13) < MODELLED
+    for bad, message in (
+        ("7.1", f"kernel version 7.1: the lab models 5.18 to {MODELLED}"),
+        ("six", "kernel version 'six': expected MAJOR.MINOR"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "--arch", "arm64", "funcs", "fib(3)", "--kernel", bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert f"The lab models Linux {MODELLED}" in " ".join(parser().format_help().split())

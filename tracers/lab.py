@@ -26,6 +26,7 @@ from .core.kprobes import Kprobes
 from .core.kretprobe import Kretprobes
 from .core.rethook import RethookCore
 from .core.ring_buffer import DEFAULT_RECORDS, RingBuffer
+from .kernel_version import MODELLED, KernelVersion
 from .output.records import RECORDS
 
 
@@ -58,14 +59,21 @@ def resolve(obj: str, arch: str | None) -> list[Target]:
 
 class Lab:
     def __init__(
-        self, target: Target, stubs=(), budget: int = DEFAULT_BUDGET, init: bool = True, ring_records: int | None = None
+        self,
+        target: Target,
+        stubs=(),
+        budget: int = DEFAULT_BUDGET,
+        init: bool = True,
+        ring_records: int | None = None,
+        kernel: KernelVersion = MODELLED,
     ):
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
-        ring_records sizes the guest ring buffer (in records).
+        ring_records sizes the guest ring buffer (in records). kernel is the release whose
+        behaviour the lab shows (tracers.kernel_version).
 
         Every core, then the built-in tracers' guest code, is built here in one order before the
         object loads: the lab's code and data sit at the same addresses whatever is used later."""
-        self.target = target
+        self.target, self.kernel = target, kernel
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
         self.fgraph = Fgraph(self.ftrace)
@@ -103,8 +111,11 @@ class Lab:
         """A kretprobe registry on this lab's kprobes and rethook."""
         return Kretprobes(self.ftrace, self.kprobes, self.rethook)
 
-    def fprobes(self, design: str = "fgraph") -> Fprobes:
-        """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13)."""
+    def fprobes(self, design: str | None = None) -> Fprobes:
+        """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13); by default
+        the design of the lab's kernel release."""
+        if design is None:
+            design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
         return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
 
     def call(self, func: str, *args, ret: str = "i64"):

@@ -84,7 +84,7 @@ class ProbeEventTracer(Tracer):
 
     name = "nop"
 
-    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str = "fgraph"):
+    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
         self.specs = [self._resolve(parse(s, registers)) for s in specs]

@@ -16,6 +16,7 @@ from ..builtin.probe import ProbeEventTracer
 from ..builtin.trace_clock import CLOCKS
 from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
+from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, format_result, parse_call, resolve
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
@@ -29,7 +30,13 @@ TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 def _labs(args):
     for target in resolve(args.obj, args.arch):
-        yield Lab(target, stubs=args.stub, budget=args.budget, ring_records=getattr(args, "buffer_size", None))
+        yield Lab(
+            target,
+            stubs=args.stub,
+            budget=args.budget,
+            ring_records=getattr(args, "buffer_size", None),
+            kernel=args.kernel,
+        )
 
 
 def _banner(args, lab, out):
@@ -152,6 +159,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _kernel(text: str) -> KernelVersion:
+    """--kernel: the release whose behaviour the lab shows."""
+    try:
+        return KernelVersion.parse(text)
+    except FtlabError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _ret_kind(text: str) -> str:
     """--ret: how to read the call's return registers (the object carries no signatures)."""
     if text not in RETURN_KINDS:
@@ -185,6 +200,14 @@ def _add_target(p, call=True):
         help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data",
     )
     p.add_argument(
+        "--kernel",
+        type=_kernel,
+        default=MODELLED,
+        metavar="VERSION",
+        help=f"the kernel release whose behaviour to show (default {MODELLED}, the one the lab models; "
+        f"older releases back to {OLDEST} where a mechanism changed)",
+    )
+    p.add_argument(
         "--budget",
         type=_count,
         default=DEFAULT_BUDGET,
@@ -194,7 +217,11 @@ def _add_target(p, call=True):
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ftlab", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="ftlab",
+        description=f"{__doc__} The lab models Linux {MODELLED} (--kernel selects an older release where a "
+        "mechanism changed).",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run a function and print its result")
     _add_target(p)
@@ -219,8 +246,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fprobe-design",
         choices=DESIGNS,
-        default="fgraph",
-        help="fprobe on fgraph (6.14+, ftrace_regs) or on ftrace+rethook (5.18-6.13, pt_regs)",
+        help="fprobe on fgraph (6.14+, ftrace_regs) or on ftrace+rethook (5.18-6.13, pt_regs); "
+        "default: the --kernel release's",
     )
     p.add_argument(
         "--filter",

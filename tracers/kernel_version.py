@@ -1,0 +1,52 @@
+"""The kernel release the lab models, and the older releases whose behaviour it can show.
+
+The lab models one named mainline release (`MODELLED`). Where a mechanism changed in a way worth
+seeing, `--kernel VERSION` (`Lab(..., kernel=...)`) selects an older release and the lab behaves
+as that release does; every such change is listed in `CHANGES`, with the release that brought it.
+A leaf module: everything in tracers/ may read it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from emulator import FtlabError
+
+
+@dataclass(frozen=True, order=True)
+class KernelVersion:
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> KernelVersion:
+        """`6.17` (a `v` prefix and a `.N` stable suffix are accepted, and ignored)."""
+        m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", text.strip())
+        if m is None:
+            raise FtlabError(f"kernel version '{text}': expected MAJOR.MINOR, e.g. {MODELLED}")
+        version = cls(int(m.group(1)), int(m.group(2)))
+        if not OLDEST <= version <= MODELLED:
+            raise FtlabError(f"kernel version {version}: the lab models {OLDEST} to {MODELLED}")
+        return version
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+    def has(self, change: str) -> bool:
+        """Whether this release has one of the CHANGES."""
+        return self >= CHANGES[change][0]
+
+
+# The release the lab models by default: the mainline tree its behaviours were checked against.
+MODELLED = KernelVersion(6, 17)
+# rethook and fprobe came in 5.18; nothing older is modelled.
+OLDEST = KernelVersion(5, 18)
+
+# The behaviours that differ between modelled releases: name -> (first release with it, what it is).
+CHANGES: dict[str, tuple[KernelVersion, str]] = {
+    "fprobe_on_fgraph": (
+        KernelVersion(6, 14),
+        "fprobe runs on fgraph with ftrace_regs (commit 4346ba160409); before, on ftrace + rethook",
+    ),
+}
