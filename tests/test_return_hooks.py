@@ -234,10 +234,11 @@ def test_fprobe_skip(lab, fprobes):
 def test_fprobe_nmissed_when_there_is_no_room(lab, fprobes):
     """fgraph: the shadow stack is full; rethook: the node pool is empty. Either way: nmissed."""
     exits = {1: 0, 2: 0}
-    # 2 x (header + 14 words) = 240 bytes a frame: deep in fib the reservation fails while a
-    # frame itself still fits (else fgraph counts trace_overrun and fprobe never sees the call)
+    # 2 x (header + 13 words) = 224 bytes a frame: 14 frames deep in fib the reservation fails
+    # while a frame itself still fits below SHADOW_STACK_MAX_OFFSET on both arches (else fgraph
+    # counts trace_overrun and fprobe never sees the call)
     probes = [
-        Fprobe(None, lambda fp, *a: exits.__setitem__(fp.id, exits[fp.id] + 1), entry_data_size=8 * 14)
+        Fprobe(None, lambda fp, *a: exits.__setitem__(fp.id, exits[fp.id] + 1), entry_data_size=8 * 13)
         for _ in range(2)
     ]
     for fp in probes:

@@ -62,9 +62,12 @@ class FunctionGraphTracer(RingTracer):
         self.lab.machine.write(data, CALLTIME.pack(now_value()))
         return True
 
-    def _calltime(self) -> int:
-        addr, _ = self.fgraph.retrieve_data()
-        return CALLTIME.unpack(self.lab.machine.view(addr, CALLTIME.size))[0]
+    def _calltime(self) -> int | None:
+        """None when this frame holds none of ours: trace_graph_return then records nothing (the
+        user at index 0 is called for every hooked frame, BIT(0); kernel/trace/
+        trace_functions_graph.c, gregkh/linux 000aa47a5123)."""
+        reserved = self.fgraph.retrieve_data()
+        return None if reserved is None else CALLTIME.unpack(self.lab.machine.view(reserved[0], CALLTIME.size))[0]
 
     def _entry(self, trace, gops, fregs) -> int:
         now = []
@@ -88,7 +91,9 @@ class FunctionGraphTracer(RingTracer):
         return 1
 
     def _return(self, trace, gops, fregs) -> None:
-        now = self.clock.now()
+        now, calltime = self.clock.now(), self._calltime()
+        if calltime is None:
+            return
         self.emit(
             Event(
                 self.name,
@@ -103,7 +108,7 @@ class FunctionGraphTracer(RingTracer):
                 tuple(fregs.missing),
                 fregs.verify(),
                 retval=trace.retval,
-                duration=now - self._calltime(),
+                duration=now - calltime,
             )
         )
 
@@ -123,6 +128,9 @@ class FunctionGraphTracer(RingTracer):
         )
 
     def _return_record(self, trace, gops, fregs) -> None:
+        calltime = self._calltime()
+        if calltime is None:
+            return
         self.lab.ring_buffer.write(
-            REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth, *fregs.fields.values(), self._calltime()
+            REC_EXIT, trace.func, fregs.get_instruction_pointer(), trace.depth, *fregs.fields.values(), calltime
         )

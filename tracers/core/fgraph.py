@@ -4,12 +4,16 @@ A registered fgraph_ops gets entryfunc(trace, gops, fregs) at a function's entry
 non-zero, the function's return is hooked (x86: the return slot on the stack, arm64: lr in
 fregs) to return_to_handler, and retfunc(trace, gops, fregs) runs when it returns.
 
-The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as the kernel's:
+The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as the kernel's
+(kernel/trace/fgraph.c, gregkh/linux 000aa47a5123; the stack grows upward):
 
-    | bitmap word: offset to frame | type 1 << 10 | gops bitmap << 12 |  <- curr_ret_stack - 1
-    | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |   (per reserved data)
-    | data words ...                                                   |
+    | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |  <- curr_ret_stack - 1
+    | data words ...                                                   |   (per reserved data)
+    | bitmap word: FGRAPH_FRAME_OFFSET | type 1 << 10 | bitmap << 12   |   (BIT(0) always set)
     | struct ftrace_ret_stack { ret, func, [fp], retp }                |  <- frame start
+
+Every offset counts words back to the frame. The top 16 words hold the users' task variables;
+a new frame must fit below SHADOW_STACK_MAX_OFFSET, which leaves room for one more frame.
 
 Each of these is declared once below (FTRACE_RET_STACK, BITMAP_WORD, DATA_WORD, FG_CONTROL), for
 this module and for the guest code that pushes and pops frames (asm_constants).
@@ -28,9 +32,9 @@ from .ftrace import Ftrace, FtraceOps
 from .regs import FtraceRegs
 
 SHADOW_STACK_SIZE = 4096
-SHADOW_STACK_WORDS = SHADOW_STACK_SIZE // 8
+SHADOW_STACK_OFFSET = SHADOW_STACK_SIZE // 8  # in words
 FGRAPH_ARRAY_SIZE = 16  # users at once; the top 16 words are their task vars
-SHADOW_STACK_MAX_OFFSET = SHADOW_STACK_WORDS - FGRAPH_ARRAY_SIZE
+SHADOW_STACK_TASK_VARS = SHADOW_STACK_OFFSET - FGRAPH_ARRAY_SIZE  # word index of task var 0
 FGRAPH_MAX_DATA_SIZE = 256  # bytes one user may reserve per frame
 WORD = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
@@ -47,12 +51,25 @@ FTRACE_RET_STACK = {
     fp_test: Layout.of("ftrace_ret_stack", ("ret", "func", "fp", "retp") if fp_test else ("ret", "func", "retp"))
     for fp_test in (False, True)
 }
-# What a lone user with guest code pushes: its frame, one word of reserved data with its header, and
-# the bitmap word, as _enter pushes them for a user that reserves 8 bytes.
+# What a lone user with guest code pushes: its frame, the bitmap word, and one word of reserved
+# data with its header, as _enter pushes them for a user that reserves 8 bytes.
 GUEST_PUSH = {
-    fp_test: frame.extend("fgraph guest push", ("data", "header", "bitmap"))
+    fp_test: frame.extend("fgraph guest push", ("bitmap", "data", "header"))
     for fp_test, frame in FTRACE_RET_STACK.items()
 }
+
+
+def fgraph_frame_offset(fp_test: bool) -> int:
+    """FGRAPH_FRAME_OFFSET: struct ftrace_ret_stack's size in words, the bitmap word's offset."""
+    return FTRACE_RET_STACK[fp_test].nr_words
+
+
+def shadow_stack_max_offset(fp_test: bool) -> int:
+    """SHADOW_STACK_MAX_OFFSET: the first word a new frame and its bitmap word may not reach; it
+    leaves one frame, its bitmap word and the task vars at the top."""
+    return SHADOW_STACK_OFFSET - (fgraph_frame_offset(fp_test) + 1 + FGRAPH_ARRAY_SIZE)
+
+
 RETURN_ARGS = Layout.of("return_args", ("fregs",))  # ftrace_return_to_handler's mailbox
 FREGS_ARG = RETURN_ARGS.index("fregs")
 
@@ -62,7 +79,8 @@ FREGS_ARG = RETURN_ARGS.index("fregs")
 FGRAPH_WORD = Bits("fgraph word", {"frame_offset": 10, "type": 2})
 BITMAP_WORD = FGRAPH_WORD.extend("fgraph bitmap word", {"index": 16})
 DATA_WORD = FGRAPH_WORD.extend("fgraph data word", {"data": 5, "data_index": 4})
-FGRAPH_TYPE_BITMAP, FGRAPH_TYPE_DATA = 1, 2
+FGRAPH_TYPE_RESERVED, FGRAPH_TYPE_BITMAP, FGRAPH_TYPE_DATA = 0, 1, 2
+FGRAPH_RET_INDEX_BIT = 1  # BIT(0): always set in a pushed frame's bitmap (the tail-call flag)
 _OFFSET_MASK = FGRAPH_WORD.mask("frame_offset")
 _TYPE_SHIFT, _TYPE_MASK = FGRAPH_WORD.shift("type"), FGRAPH_WORD.mask("type")
 _INDEX_SHIFT, _INDEX_MASK = BITMAP_WORD.shift("index"), BITMAP_WORD.mask("index")
@@ -93,7 +111,7 @@ def get_data_size(val: int) -> int:
 
 
 def make_bitmap_type_val(bitmap: int, offset: int) -> int:
-    """The word set_bitmap() writes."""
+    """The word set_bitmap() writes (offset: FGRAPH_FRAME_OFFSET)."""
     return bitmap << _INDEX_SHIFT | FGRAPH_TYPE_BITMAP << _TYPE_SHIFT | offset
 
 
@@ -112,7 +130,7 @@ def asm_constants(karch) -> dict[str, int]:
         **DATA_WORD.asm_constants("FGRAPH_"),
         "FG_FRAME_WORDS": frame.nr_words,
         "FG_PUSH_WORDS": push.nr_words,
-        "FG_MAX_OFFSET": SHADOW_STACK_MAX_OFFSET,
+        "FG_MAX_OFFSET": shadow_stack_max_offset(karch.fgraph.fp_test),
     }
 
 
@@ -151,7 +169,6 @@ class _Frame:
     fp: int
     retp: int
     bitmap: int
-    top: int  # word index of its bitmap word
 
 
 class Fgraph:
@@ -166,11 +183,14 @@ class Fgraph:
         self._return_target = syms["ftrace_return_to_handler"]
         self._python_return = syms["ftrace_return_to_handler"]
         frame = self._frame_layout = FTRACE_RET_STACK[karch.fgraph.fp_test]
-        self.frame_words = frame.nr_words
+        self.frame_words = frame.nr_words  # FGRAPH_FRAME_OFFSET
+        self.max_offset = shadow_stack_max_offset(karch.fgraph.fp_test)
         self._has_fp = "fp" in frame.offsets  # kept only where it is checked
         self._frame_fields = frame.getter("ret", "func", *("fp",) * self._has_fp, "retp")
         self._retp_is_sp = karch.fgraph.retp == "sp"
         self.array: list[FgraphOps | None] = [None] * FGRAPH_ARRAY_SIZE
+        self._lru_table = list(range(FGRAPH_ARRAY_SIZE))  # fgraph_lru_init
+        self._lru_next = self._lru_last = 0
         self._users: list[FgraphOps] = []  # the registered ones, in index order
         self.graph_ops = FtraceOps(self._entry, name="graph_ops")
         self.ret_stack = self.m.alloc("lab data", SHADOW_STACK_SIZE, 4096)
@@ -233,20 +253,35 @@ class Fgraph:
 
     # -- registration (register_ftrace_graph) -----------------------------------------------------
 
+    def _lru_alloc_index(self) -> int:
+        """fgraph_lru_alloc_index: the index released longest ago (-1: none free)."""
+        idx = self._lru_table[self._lru_next]
+        if idx == -1:
+            return -1
+        self._lru_table[self._lru_next] = -1
+        self._lru_next = (self._lru_next + 1) % FGRAPH_ARRAY_SIZE
+        return idx
+
+    def _lru_release_index(self, idx: int) -> None:
+        """fgraph_lru_release_index: `idx` goes to the back of the queue."""
+        self._lru_table[self._lru_last] = idx
+        self._lru_last = (self._lru_last + 1) % FGRAPH_ARRAY_SIZE
+
     def register(self, gops: FgraphOps) -> None:
         if gops in self.array:
             raise FtlabError(f"fgraph_ops '{gops.name}' is already registered")
-        free = [i for i, g in enumerate(self.array) if g is None]
-        if not free:
+        idx = self._lru_alloc_index()
+        if idx < 0:
             raise FtlabError(f"fgraph: all {FGRAPH_ARRAY_SIZE} fgraph_ops slots are in use")
-        gops.idx = free[0]
-        self.array[gops.idx] = gops
-        self.stack[8 * (SHADOW_STACK_MAX_OFFSET + gops.idx) :][:8] = WORD.pack(0)  # its task var
+        gops.idx = idx
+        self.array[idx] = gops
+        self._put(SHADOW_STACK_TASK_VARS + idx, 0)  # its task var (init_task_vars)
         self._update_graph_ops()
 
     def unregister(self, gops: FgraphOps) -> None:
         if gops not in self.array:
             raise FtlabError(f"fgraph_ops '{gops.name}' is not registered")
+        self._lru_release_index(gops.idx)
         self.array[gops.idx] = None
         gops.idx = -1
         self._update_graph_ops()
@@ -264,7 +299,7 @@ class Fgraph:
             push = GUEST_PUSH[self.karch.fgraph.fp_test]
             self._put_ctl(
                 header=make_data_type_val(lone.idx, push.index("header") - push.index("data"), push.index("header")),
-                bitmap=make_bitmap_type_val(1 << lone.idx, push.index("bitmap")),
+                bitmap=make_bitmap_type_val(1 << lone.idx | FGRAPH_RET_INDEX_BIT, push.index("bitmap")),
             )
         target = lone.guest[1] if lone else self._python_return
         if target != self._return_target:
@@ -296,57 +331,61 @@ class Fgraph:
         WORD.pack_into(self.stack, 8 * index, value)
 
     def reserve_data(self, size: int) -> int | None:
-        """fgraph_reserve_data: guest address of `size` bytes kept until this frame's return
-        (None if called outside an entryfunc, twice, too large, or the stack is full)."""
+        """fgraph_reserve_data: guest address of `size` bytes kept until this frame's return, the
+        data's header word above them (None if called outside an entryfunc, twice, too large, or
+        the stack is full)."""
         if self._reserving is None or size > FGRAPH_MAX_DATA_SIZE or size <= 0:
             return None
         idx, reserved = self._reserving
         if reserved:
             return None
         words = -(-size // 8)
-        start = self.curr_ret_stack
-        if start + words + 1 + 1 >= SHADOW_STACK_MAX_OFFSET:  # + header + bitmap word
+        curr = self.curr_ret_stack
+        below = self._word(curr - 1)  # the bitmap word, or the header of the data below
+        data = curr
+        curr += words + 1
+        if curr >= self.max_offset:
             return None
-        reserved.append((idx, start, words))
-        self.curr_ret_stack = start + words + 1
-        return self.ret_stack + 8 * start
+        self._put(curr - 1, make_data_type_val(idx, words, get_offset(below) + words + 1))
+        self.curr_ret_stack = curr
+        reserved.append(data)
+        return self.ret_stack + 8 * data
 
     def retrieve_data(self) -> tuple[int, int] | None:
         """fgraph_retrieve_data, in a retfunc: (address, size in bytes, rounded up to words) of
-        what its entryfunc reserved, or None. The data headers sit below the bitmap word."""
-        frame, gops = self._retrieving, self._current
-        if frame is None or gops is None:
+        what its entryfunc reserved, or None: the headers from the top of the frame down."""
+        if self._retrieving is None or (gops := self._current) is None:
             return None
-        i = frame.top - 1
-        while i >= frame.index + self.frame_words and get_type(header := self._word(i)) == FGRAPH_TYPE_DATA:
-            words = get_data_size(header)
-            if get_data_index(header) == gops.idx:
-                return self.ret_stack + 8 * (i - words), 8 * words
-            i -= words + 1
+        offset = self.curr_ret_stack - 1
+        while get_type(val := self._word(offset)) == FGRAPH_TYPE_DATA:
+            if get_data_index(val) == gops.idx:
+                return self.ret_stack + 8 * (offset - get_data_size(val)), 8 * get_data_size(val)
+            offset -= get_data_size(val) + 1
         return None
 
     def task_var(self, gops: FgraphOps) -> int:
         """fgraph_get_task_var: the address of this user's per-task word."""
-        return self.ret_stack + 8 * (SHADOW_STACK_MAX_OFFSET + gops.idx)
+        return self.ret_stack + 8 * (SHADOW_STACK_TASK_VARS + gops.idx)
 
     def _frames(self):
-        """The frames on the shadow stack, innermost first (as unwinders walk them)."""
-        top = self.curr_ret_stack
-        while top > 0:
-            bitmap_word = self._word(top - 1)
-            start = top - 1 - get_offset(bitmap_word)
-            yield self._frame(start, top - 1, bitmap_word)
-            top = start
+        """The frames on the shadow stack, innermost first (get_ret_stack, as unwinders walk them)."""
+        offset = self.curr_ret_stack
+        while offset > 0:
+            offset -= 1 + get_offset(self._word(offset - 1))
+            yield self._frame(offset)
 
-    def _frame(self, start: int, bitmap_index: int, bitmap_word: int) -> _Frame:
+    def _frame(self, start: int) -> _Frame:
         ret, func, *fp, retp = self._frame_fields(self._frame_layout.codec.unpack_from(self.stack, 8 * start))
-        return _Frame(start, ret, func, fp[0] if fp else 0, retp, get_bitmap_bits(bitmap_word), bitmap_index)
+        bitmap = get_bitmap_bits(self._word(start + self.frame_words))
+        return _Frame(start, ret, func, fp[0] if fp else 0, retp, bitmap)
 
     def ret_addr(self, ret: int, retp: int) -> int:
-        """ftrace_graph_ret_addr: undo the hook for an unwinder that found `ret` at `retp`."""
+        """ftrace_graph_ret_addr: undo the hook for an unwinder that found `ret` at `retp`; a tail
+        call's frames share a retp, and all but the outermost hold return_to_handler."""
         if ret != self.return_to_handler:
             return ret
-        return next((f.ret for f in self._frames() if f.retp == retp), ret)
+        hook = self.return_to_handler
+        return next((f.ret for f in self._frames() if f.retp == retp and f.ret != hook), ret)
 
     # -- entry (ftrace_graph_func, function_graph_enter_regs) -------------------------------------
 
@@ -361,42 +400,39 @@ class Fgraph:
             self._busy = False
 
     def _enter(self, func: int, fregs: FtraceRegs) -> int:
+        """function_graph_enter_regs: push the frame and a reserved word (ftrace_push_return_trace),
+        ask each user in index order, then make that word the bitmap of those that want the return,
+        BIT(0) included."""
         ret = fregs.get_return_address()
         fp = fregs.get_frame_pointer()
         retp = fregs.get_stack_pointer() if self._retp_is_sp else fp
         ctl = self._ctl
         start, depth = ctl[CURR], ctl[DEPTH]
-        if start + self.frame_words + 1 >= SHADOW_STACK_MAX_OFFSET:
+        if start + self.frame_words + 1 >= self.max_offset:
             self.trace_overrun += 1
             return -1
         depth = (depth + 1) & MASK64  # from -1 (u64) when the stack is empty
         frame = (ret, func, fp, retp) if self._has_fp else (ret, func, retp)  # FTRACE_RET_STACK's order
         self._frame_layout.codec.pack_into(self.stack, 8 * start, *frame)
-        top = start + self.frame_words
-        ctl[CURR], ctl[DEPTH] = top, depth
+        offset = start + self.frame_words
+        self._put(offset, FGRAPH_TYPE_RESERVED << _TYPE_SHIFT | self.frame_words)
+        ctl[CURR], ctl[DEPTH] = offset + 1, depth
         trace, bitmap = FtraceGraphEnt(func, depth), 0
         for gops in self._users:
-            if not gops.ops.traces(func):
-                continue
-            reserved = []
-            self._reserving = (gops.idx, reserved)
+            save_curr_ret_stack = ctl[CURR]
+            self._reserving = (gops.idx, [])
             try:
-                wanted = gops.entryfunc(trace, gops, fregs)
+                wanted = gops.ops.traces(func) and gops.entryfunc(trace, gops, fregs)
             finally:
                 self._reserving = None
             if wanted:
                 bitmap |= 1 << gops.idx
-                for idx, data_start, words in reserved:
-                    header = data_start + words
-                    self._put(header, make_data_type_val(idx, words, header - start))
-                top = self.curr_ret_stack
             else:
-                self.curr_ret_stack = top  # its reserved data is discarded
+                ctl[CURR] = save_curr_ret_stack  # its reserved data is discarded
         if not bitmap:
             ctl[CURR], ctl[DEPTH] = start, (depth - 1) & MASK64
             return -1
-        self._put(top, make_bitmap_type_val(bitmap, top - start))
-        self.curr_ret_stack = top + 1
+        self._put(offset, make_bitmap_type_val(bitmap | FGRAPH_RET_INDEX_BIT, self.frame_words))
         return 0
 
     # -- exit (return_to_handler -> ftrace_return_to_handler) -------------------------------------
@@ -409,8 +445,7 @@ class Fgraph:
         top, depth, overrun = ctl[CURR], ctl[DEPTH], ctl[OVERRUN]
         if top <= 0:
             raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
-        bitmap_word = self._word(top - 1)
-        frame = self._frame(top - 1 - get_offset(bitmap_word), top - 1, bitmap_word)
+        frame = self._frame(top - 1 - get_offset(self._word(top - 1)))  # get_ret_stack
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch
         fregs = FtraceRegs(
@@ -430,7 +465,9 @@ class Fgraph:
         trace = FtraceGraphRet(frame.func, depth, fregs.get_return_value(), overrun)
         self._retrieving = frame
         try:
-            for gops in self._users:  # in index order, as the kernel's bitmap walk
+            # the users whose bit is set, in index order (for_each_set_bit; a lone user's static
+            # call tests its own bit): BIT(0) is set in every frame, so user 0 is always called
+            for gops in self._users:
                 if frame.bitmap >> gops.idx & 1 and gops.retfunc is not None:
                     self._current = gops
                     gops.retfunc(trace, gops, fregs)

@@ -41,8 +41,8 @@ ftc_done:
     ret
 
 /* function_graph's entry as the lone fgraph user (function_graph_enter_regs + its entryfunc):
- * the same push as fgraph.py's (ret, func, fp, retp; the calltime as the tracer's reserved data
- * word with its header; the bitmap word), an entry record, and the return hooked.
+ * the same push as fgraph.py's (ret, func, fp, retp; the bitmap word; the calltime as the
+ * tracer's reserved data word with its header), an entry record, and the return hooked.
  * In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. Clobbers x9-x17. */
 .globl graph_trace_entry
 graph_trace_entry:
@@ -80,7 +80,8 @@ ge_push:
     stp x13, x13, [x12, #FG_FRAME_FP]   // fp, and retp (arm64 matches frames by fp)
     str x14, [x12, #FG_PUSH_DATA]       // calltime
     ldp x15, x16, [x9, #FG_HEADER]      // the data header and bitmap words
-    stp x15, x16, [x12, #FG_PUSH_HEADER]
+    str x16, [x12, #FG_PUSH_BITMAP]     // above the frame
+    str x15, [x12, #FG_PUSH_HEADER]     // above the calltime
     add x10, x10, #FG_PUSH_WORDS
     str x10, [x9, #FG_CURR]
     ldr x10, [x9, #FG_RETURN_TO_HANDLER]
@@ -104,7 +105,7 @@ graph_trace_return:
     ldr x11, [x10, #FG_CURR]
     ldr x12, [x10, #FG_STACK]
     sub x13, x11, #1
-    ldr x14, [x12, x13, lsl #3]         // the bitmap word, the one below curr
+    ldr x14, [x12, x13, lsl #3]         // the top word (the data header), the one below curr
     and x14, x14, #FGRAPH_FRAME_OFFSET_MASK     // its offset back to the frame (__get_offset)
     sub x13, x13, x14                   // the frame's index
     str x13, [x10, #FG_CURR]            // pop

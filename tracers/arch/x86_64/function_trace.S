@@ -33,8 +33,8 @@ ftc_done:
     ret
 
 /* function_graph's entry as the lone fgraph user (function_graph_enter_regs + its entryfunc):
- * the same push as fgraph.py's (ret, func, retp; the calltime as the tracer's reserved data word
- * with its header; the bitmap word), an entry record, and the return hooked.
+ * the same push as fgraph.py's (ret, func, retp; the bitmap word; the calltime as the tracer's
+ * reserved data word with its header), an entry record, and the return hooked.
  * In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r11. */
 .globl graph_trace_entry
 graph_trace_entry:
@@ -71,11 +71,11 @@ ge_push:
     mov [r11+FG_FRAME_FUNC], rdi
     mov rdx, [rcx+RSP]
     mov [r11+FG_FRAME_RETP], rdx        // the return slot
+    mov rax, [r10+FG_BITMAP]
+    mov [r11+FG_PUSH_BITMAP], rax
     mov [r11+FG_PUSH_DATA], r8
     mov rax, [r10+FG_HEADER]
     mov [r11+FG_PUSH_HEADER], rax
-    mov rax, [r10+FG_BITMAP]
-    mov [r11+FG_PUSH_BITMAP], rax
     add qword ptr [r10+FG_CURR], FG_PUSH_WORDS
     mov [r10+FG_DEPTH], r9
     mov rax, [r10+FG_RETURN_TO_HANDLER]
@@ -96,7 +96,7 @@ graph_trace_return:
     mov r10, [rip+fg_control]
     mov rax, [r10+FG_CURR]
     mov rcx, [r10+FG_STACK]
-    mov rdx, [rcx+rax*8-8]              // the bitmap word, the one below curr
+    mov rdx, [rcx+rax*8-8]              // the top word (the data header), the one below curr
     and rdx, FGRAPH_FRAME_OFFSET_MASK   // its offset back to the frame (__get_offset)
     sub rax, rdx
     sub rax, 1                          // the frame's index
