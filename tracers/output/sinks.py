@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from emulator import FtlabError
 from emulator.symbols import SymbolTable
 
+from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import format_args, format_value
 from .events import Event
 
@@ -109,9 +111,18 @@ class GraphTextSink:
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
     the next event shows which it is; nothing else is buffered."""
 
-    def __init__(self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False):
+    def __init__(
+        self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False, kernel: KernelVersion = MODELLED
+    ):
+        if retval and not kernel.has("funcgraph_retval"):
+            raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
         self.out, self.sym = out, symbols
         self.retval, self.tail = retval, tail
+        # print_graph_retval (kernel/trace/trace_functions_graph.c): since 6.13 (commit 21e92806d39c,
+        # "function_graph: Support recording and printing the function return address") the value
+        # follows "ret=": "f(); /* ret=0x31 */", "} /* f ret=-22 */"; before, "/* = 0x31 */",
+        # "} /* f = -22 */".
+        self.ret = "ret=" if kernel.has("funcgraph_retval_ret") else "= "
         self.unit = "ev"
         self._held: Event | None = None
 
@@ -140,12 +151,16 @@ class GraphTextSink:
         name = func_name(self.sym, ev.ip)
         assert ev.retval is not None  # every exit carries its return value
         if held is not None and held.ip == ev.ip and held.depth == ev.depth:
-            text = f"{name}();" + (f" /* = {graph_retval(ev.retval)} */" if self.retval else "")
+            text = f"{name}();" + (f" /* {self.ret}{graph_retval(ev.retval)} */" if self.retval else "")
         else:
             if held is not None:
                 self._open(held)
             text = "}" + (
-                f" /* {name} = {graph_retval(ev.retval)} */" if self.retval else f" /* {name} */" if self.tail else ""
+                f" /* {name} {self.ret}{graph_retval(ev.retval)} */"
+                if self.retval
+                else f" /* {name} */"
+                if self.tail
+                else ""
             )
         self._line(ev.duration, ev.depth, text)
 
