@@ -2,6 +2,7 @@
 each checked against the kernel source, release by release where it changed."""
 
 import io
+import json
 
 import pytest
 
@@ -72,3 +73,30 @@ def test_replay_prints_the_recorded_releases_retval_text(capsys, tmp_path, kerne
     ftlab(capsys, "record", *args, "--tracer", "function_graph", "-o", path)
     replayed = ftlab(capsys, "replay", path, "--funcgraph-retval")
     assert _body(replayed)[2].endswith("chain_c(); /* ret=0x31 */" if kernel == "6.17" else "chain_c(); /* = 0x31 */")
+
+
+def _json(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_stack_at_an_fprobe_exit_reads_what_the_exit_regs_hold(capsys, arch):
+    """$stack is the sp of the handler's regs (FETCH_OP_STACKP in trace_fprobe.c process_fetch_insn):
+    on fgraph (6.14+) return_to_handler's ftrace_regs hold none, so it is a fault; with rethook
+    (6.12) the trampoline's pt_regs hold the true sp after the return."""
+    probe = ("funcs", "add3(1,2,3)", "-e", "f:fx add3%return s=$stack s1=$stack1 r=$retval", "--format", "json")
+    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, *probe))
+    assert ev["fetch"] == {"s": "(fault)", "s1": "(fault)", "r": 6}
+    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, "--kernel", "6.12", "--verify", *probe))
+    assert ev["fetch"]["s"] == ev["regs"]["truth"]["sp"] and ev["fetch"]["r"] == 6
+
+
+@pytest.mark.parametrize("arch, offset", [("x86_64", 9), ("arm64", 12)])
+def test_a_kprobe_inside_a_function_prints_as_json(capsys, arch, offset):
+    """A p: event inside a function has no parent (the kernel records only __probe_ip)."""
+    events = _json(
+        ftlab(capsys, "trace", "--arch", arch, "funcs", "fib(3)", "-e", f"p:px fib+{offset}", "--format", "json")
+    )
+    assert [e["type"] for e in events] == ["entry"] * 5 + ["summary"]
+    assert {(e["parent_ip"], e["parent"], e["event"]) for e in events[:-1]} == {(None, None, "kprobes/px")}
+    assert events[-1]["probes"]["kprobes/px"]["hits"] == 5

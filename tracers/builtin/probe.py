@@ -53,7 +53,12 @@ class _Context:
         return _retval(self.regs)
 
     def stack_pointer(self) -> int:
-        return self.regs.reg(self.m.arch.sp)
+        # FETCH_OP_STACKP reads ftrace_regs_get_stack_pointer() / kernel_stack_pointer() of the
+        # handler's regs (trace_fprobe.c, trace_kprobe.c process_fetch_insn). At an fprobe's exit on
+        # fgraph those are the ftrace_regs return_to_handler built, which hold no sp (6.17 saves
+        # rax, rdx, rbp on x86; x0-x7 and fp on arm64): the kernel reads a slot nothing filled,
+        # and the lab shows the fault an uncaptured register is.
+        return self.register(self.m.arch.sp)
 
     def stack(self, n: int) -> int:
         return int.from_bytes(self.read(self.stack_pointer() + 8 * n, 8), "little")

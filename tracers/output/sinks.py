@@ -50,12 +50,15 @@ class TextSink:
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
 
     def _body(self, ev: Event) -> str:
+        parent = ev.parent_ip  # None only at a kprobe inside a function, whose text shows no parent
         if ev.probe is None:
-            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, ev.parent_ip)}"
+            assert parent is not None  # the function tracer's events always have their caller
+            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, parent)}"
         # probe events: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit
         where = location(self.sym, ev.ip)
         if ev.type == "exit":
-            where = f"{location(self.sym, ev.parent_ip)} <- {func_name(self.sym, ev.ip)}"
+            assert parent is not None  # an exit always has where it returned to
+            where = f"{location(self.sym, parent)} <- {func_name(self.sym, ev.ip)}"
         return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
 
     def end(self, summary: dict) -> None:
@@ -190,7 +193,7 @@ class JsonSink:
             "func": hit[0].name if hit else None,
             "ip": ev.ip,
             "parent_ip": ev.parent_ip,
-            "parent": self.sym.name(ev.parent_ip),
+            "parent": None if ev.parent_ip is None else self.sym.name(ev.parent_ip),
             "depth": ev.depth,
             "args": None if ev.args is None else list(ev.args),
             "ts": ev.ts,
