@@ -9,6 +9,7 @@ import pytest
 from emulator import FtlabError
 from emulator.symbols import Symbol, SymbolTable
 from helpers import ftlab
+from tracers.cli.main import main
 from tracers.kernel_version import KernelVersion
 from tracers.output.events import Event
 from tracers.output.sinks import GraphTextSink
@@ -100,3 +101,63 @@ def test_a_kprobe_inside_a_function_prints_as_json(capsys, arch, offset):
     assert [e["type"] for e in events] == ["entry"] * 5 + ["summary"]
     assert {(e["parent_ip"], e["parent"], e["event"]) for e in events[:-1]} == {(None, None, "kprobes/px")}
     assert events[-1]["probes"]["kprobes/px"]["hits"] == 5
+
+
+def _refusal(capsys, arch: str, *events: str) -> str:
+    argv = ["trace", "--arch", arch, "funcs", "fib(3)"] + [a for e in events for a in ("-e", e)]
+    assert main(argv) != 0
+    _out, err = capsys.readouterr()
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    "events, error",
+    [
+        # append_trace_fprobe / append_trace_kprobe (trace_fprobe.c, trace_kprobe.c) with the
+        # trace_probe.h ERRORS texts, at argv[0] (or the argument that differs)
+        (("f:ev fib", "f:ev fib"), "'f:ev fib': There is already the exact same probe event: 'f:ev' (column 1)"),
+        (("p fib", "p fib"), "'p fib': There is already the exact same probe event: 'p' (column 1)"),
+        (
+            ("f:ev fib", "f:ev fib%return"),
+            "'f:ev fib%return': Probe type is different from existing probe: 'f:ev' (column 1)",
+        ),
+        (("p:ev fib", "r:ev fib"), "'r:ev fib': Probe type is different from existing probe: 'r:ev' (column 1)"),
+        (
+            ("f:ev fib n=$arg1", "f:ev add3 m=$arg1"),
+            "'f:ev add3 m=$arg1': Argument type or name is different from existing probe: 'm=$arg1' (column 11)",
+        ),
+        (
+            ("f:ev fib n=$arg1", "f:ev add3"),
+            "'f:ev add3': Argument type or name is different from existing probe: '' (column 11)",
+        ),
+        (
+            ("p:g/ev fib", "f:g/ev fib"),
+            "'f:g/ev fib': Given group/event name is already used by another event: 'f:g/ev' (column 1)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_probes_the_kernel_refuses_on_an_existing_event(capsys, arch, events, error):
+    assert _refusal(capsys, arch, *events) == f"ftlab: error: bad probe spec {error}"
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_one_event_on_several_functions_counts_every_hit(capsys, arch):
+    """The kernel appends a probe on another function with the same arguments to the event; its
+    hits are all the event's."""
+    out = ftlab(
+        capsys,
+        "trace",
+        "--arch",
+        arch,
+        "funcs",
+        "chain_a(10)",
+        "-e",
+        "f:ev chain_b n=$arg1",
+        "-e",
+        "f:ev chain_c n=$arg1",
+    )
+    lines = out.splitlines()
+    # chain_a calls chain_b (which calls chain_c) and chain_c: one chain_b and two chain_c hits
+    assert [ln.split("ev: (")[1].split("+")[0] for ln in lines if " ev: (" in ln] == ["chain_b", "chain_c", "chain_c"]
+    assert "# fprobes/ev: hits 3 nmissed 0" in lines
