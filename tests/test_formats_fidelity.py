@@ -161,3 +161,26 @@ def test_one_event_on_several_functions_counts_every_hit(capsys, arch):
     # chain_a calls chain_b (which calls chain_c) and chain_c: one chain_b and two chain_c hits
     assert [ln.split("ev: (")[1].split("+")[0] for ln in lines if " ev: (" in ln] == ["chain_b", "chain_c", "chain_c"]
     assert "# fprobes/ev: hits 3 nmissed 0" in lines
+
+
+@pytest.mark.parametrize("arch, offset", [("x86_64", 9), ("arm64", 12)])
+def test_kprobe_events_show_irqs_off(capsys, arch, offset):
+    """A kprobe event is recorded in the int3/BRK handler, interrupts masked: trace_print_lat_fmt()
+    prints 'd' in the irqs-off column. fprobe and kretprobe handlers run with interrupts on."""
+    out = ftlab(
+        capsys,
+        "trace",
+        "--arch",
+        arch,
+        "funcs",
+        "fib(2)",
+        "-e",
+        f"p:px fib+{offset}",
+        "-e",
+        "f:fx fib",
+        "-e",
+        "r:rx fib",
+    )
+    # "           ftlab-1       [000] d....            1: px: (fib+0x9/0x36)": (flags, event)
+    seen = {(ln.split("] ")[1][:5], ln.split(": ")[1]) for ln in out.splitlines() if not ln.startswith("#")}
+    assert seen == {("d....", "px"), (".....", "fx"), (".....", "rx")}

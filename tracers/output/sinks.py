@@ -15,8 +15,12 @@ from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
-# with interrupts enabled and no preemption counting, so all five are '.'.
+# with interrupts enabled and no preemption counting, so all five are '.'; except that a kprobe
+# event is recorded in the int3 / BRK exception handler, entered with interrupts masked (x86 IF
+# cleared by the interrupt gate, arm64 DAIF set), whose irqs-off column trace_print_lat_fmt()
+# (kernel/trace/trace_output.c) prints as 'd' (TRACE_FLAG_IRQS_OFF).
 FLAGS = "....."
+IRQS_OFF_FLAGS = "d...."
 
 FUNCTION_HEADER = """\
 # tracer: {tracer}
@@ -42,7 +46,8 @@ class TextSink:
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
-        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} {ev.ts:12d}: {self._body(ev)}\n")
+        flags = IRQS_OFF_FLAGS if ev.tracer == "kprobe" else FLAGS
+        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {flags} {ev.ts:12d}: {self._body(ev)}\n")
         if ev.verification is not None and ev.mismatch:
             for c in ev.verification.checks:
                 if not c.equal:
