@@ -100,6 +100,8 @@ GRAPH_HEADER = """\
 #
 # CPU  DURATION                  FUNCTION CALLS
 # |     |   |                     |   |   |   |"""
+# The kernel's durations are trace_clock_local() nanoseconds whatever trace_clock says
+# (trace_graph_entry/trace_graph_return); the lab's are counts of the trace's own clock.
 UNITS = {"counter": "ev", "insns": "insn"}
 # trace_find_mark: + > 10 us, ! > 100 us, # > 1 ms, * > 10 ms, @ > 100 ms, $ > 1 s. The lab's clocks
 # count events or instructions, not nanoseconds; the same thresholds apply to those counts.
