@@ -91,10 +91,10 @@ def test_graph_text_is_the_kernel_format_and_deterministic(lab):
     body = [ln for ln in lines if not ln.startswith("#")]
     assert body[0] == " 0)               |  chain_a() {"
     assert body[1] == " 0)               |    chain_b() {"
-    assert body[2].startswith(" 0)   ") and body[2].endswith(" insn     |      chain_c(); /* = 0x31 */")
-    assert body[3].endswith("|    } /* chain_b = 0x62 */")
-    assert body[4].endswith("|    chain_c(); /* = 0x1f */")
-    assert body[5].endswith("|  } /* chain_a = 0x81 */")
+    assert body[2].startswith(" 0)   ") and body[2].endswith(" insn     |      chain_c(); /* ret=0x31 */")
+    assert body[3].endswith("|    } /* chain_b ret=0x62 */")
+    assert body[4].endswith("|    chain_c(); /* ret=0x1f */")
+    assert body[5].endswith("|  } /* chain_a ret=0x81 */")
 
 
 def test_insns_durations_nest(lab):

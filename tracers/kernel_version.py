@@ -49,4 +49,15 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
         KernelVersion(6, 14),
         "fprobe runs on fgraph with ftrace_regs (commit 4346ba160409); before, on ftrace + rethook",
     ),
+    "funcgraph_retval": (
+        KernelVersion(6, 5),
+        "the function_graph tracer's funcgraph-retval option (commit a1be9ccc57f0); before, no return values",
+    ),
+    "funcgraph_retval_ret": (
+        KernelVersion(6, 13),
+        (
+            "funcgraph-retval prints `/* ret=0x31 */` and `} /* f ret=-22 */` (commit 21e92806d39c); "
+            "before, `/* = 0x31 */` and `} /* f = -22 */`"
+        ),
+    ),
 }

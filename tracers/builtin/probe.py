@@ -22,7 +22,7 @@ from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
 from ..output.events import NR_ARGS, Event
 from ..output.sinks import location
-from ..probe_events import FetchFault, ProbeSpec, evaluate, parse
+from ..probe_events import FetchFault, ProbeSpec, check_append, evaluate, parse
 from .tracer import Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
@@ -53,7 +53,12 @@ class _Context:
         return _retval(self.regs)
 
     def stack_pointer(self) -> int:
-        return self.regs.reg(self.m.arch.sp)
+        # FETCH_OP_STACKP reads ftrace_regs_get_stack_pointer() / kernel_stack_pointer() of the
+        # handler's regs (trace_fprobe.c, trace_kprobe.c process_fetch_insn). At an fprobe's exit on
+        # fgraph those are the ftrace_regs return_to_handler built, which hold no sp (6.17 saves
+        # rax, rdx, rbp on x86; x0-x7 and fp on arm64): the kernel reads a slot nothing filled,
+        # and the lab shows the fault an uncaptured register is.
+        return self.register(self.m.arch.sp)
 
     def stack(self, n: int) -> int:
         return int.from_bytes(self.read(self.stack_pointer() + 8 * n, 8), "little")
@@ -87,7 +92,11 @@ class ProbeEventTracer(Tracer):
     def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
-        self.specs = [self._resolve(parse(s, registers)) for s in specs]
+        self.specs: list[ProbeSpec] = []
+        for text in specs:
+            spec = self._resolve(parse(text, registers))
+            check_append(spec, self.specs)
+            self.specs.append(spec)
         self.fprobes = lab.fprobes(design)
         self.kretprobes = lab.kretprobes()
         self.hits = dict.fromkeys(self.specs, 0)
@@ -155,11 +164,14 @@ class ProbeEventTracer(Tracer):
 
     def summary(self) -> dict:
         out = super().summary()
-        # kprobe_profile's columns: event, hits, misses
-        out["probes"] = {
-            f"{s.group}/{s.event}": {"hits": self.hits[s], "nmissed": p.nmissed}
-            for s, p in zip(self.specs, self._probes, strict=True)
-        }
+        # kprobe_profile's columns: event, hits, misses. The kernel prints a line per probe; an
+        # event with several probes (one per function) totals them here.
+        probes: dict[str, dict[str, int]] = {}
+        for s, p in zip(self.specs, self._probes, strict=True):
+            counts = probes.setdefault(f"{s.group}/{s.event}", {"hits": 0, "nmissed": 0})
+            counts["hits"] += self.hits[s]
+            counts["nmissed"] += p.nmissed
+        out["probes"] = probes
         return out
 
     def _save_entry(self, data: int, regs) -> int:

@@ -84,7 +84,7 @@ def cmd_trace(args, out):
             continue
         args.tracer = args.tracer or "function"
         graph = args.tracer == "function_graph"
-        options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+        options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail, "kernel": lab.kernel} if graph else {}
         sink = make_sink(args.format, args.tracer, out, lab.machine.symbols, lab.arch.name, **options)
         extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
         tracer = TRACERS[args.tracer](
@@ -123,7 +123,7 @@ def cmd_record(args, out):
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
-    with Recorder(args.output, lab.karch, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
+    with Recorder(args.output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
         # the tracer's events are the file's records: it writes them and decodes none
         tracer = TRACERS[args.tracer](
             lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True, consumer=rec, **options

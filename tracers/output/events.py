@@ -22,7 +22,7 @@ class Event:
     tracer: str
     type: str  # 'entry' or 'exit'
     ip: int  # the patch site of the function (the kernel's ip)
-    parent_ip: int  # where it returns to
+    parent_ip: int | None  # where it returns to (None: a probe inside a function, which has none)
     depth: int
     ts: int
     args: tuple[int, ...] | None  # the first six arguments, from the snapshot (entries only)

@@ -1,7 +1,7 @@
 """The record file of `ftlab record` / `ftlab replay`: record now, format later, as trace-cmd and uftrace do.
 
-A recording is a JSON header line (format, arch, tracer, record layout, the symbols needed to
-name addresses), then chunks of raw ring-buffer records (an 8-byte length, then the bytes) as the
+A recording is a JSON header line (format, arch, kernel release, tracer, record layout, the
+symbols needed to name addresses), then chunks of raw ring-buffer records (an 8-byte length, then the bytes) as the
 buffer drains, then a zero length and a JSON trailer (the counters no event shows, and the call's
 result). Replaying runs the records through the live tracer's decoder and prints through the same
 sinks, counting the events as the tracer does, so the output is identical to `ftlab trace`.
@@ -17,11 +17,14 @@ from emulator import arch as arches
 from emulator.symbols import Symbol, SymbolTable
 
 from ..arch import kernel_arch
+from ..kernel_version import KernelVersion
 from .decode import DECODERS
 from .events import COUNTERS
 from .sinks import make_sink
 
-MAGIC, VERSION = "ftlab-record", 2  # 2: graph records hold their depth; the trailer its counters
+# 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
+# release, whose text formats replay prints.
+MAGIC, VERSION = "ftlab-record", 3
 LENGTH = struct.Struct("<Q")
 
 
@@ -36,7 +39,7 @@ class Recorder:
     """Writes a recording: the header at once, then it is the ring buffer's consumer (raw chunks
     straight into the file), then finish() writes the trailer. A context manager for the file."""
 
-    def __init__(self, path: str, karch, symbols: SymbolTable, tracer: str, call_text: str):
+    def __init__(self, path: str, karch, kernel: KernelVersion, symbols: SymbolTable, tracer: str, call_text: str):
         if tracer not in DECODERS:
             raise FtlabError(f"record takes --tracer {' or '.join(DECODERS)}")
         self.fh = _open(path, "wb")
@@ -44,6 +47,7 @@ class Recorder:
             "format": MAGIC,
             "version": VERSION,
             "arch": karch.name,
+            "kernel": str(kernel),
             "tracer": tracer,
             "clock": "counter",
             "call": call_text,
@@ -85,6 +89,7 @@ class Recording:
             self.fh.close()
             raise
         self.tracer, self.clock, self.call = header["tracer"], header["clock"], header["call"]
+        self.kernel = KernelVersion.parse(header["kernel"])
         self.symbols = SymbolTable()
         for name, addr, size, kind in header["symbols"]:
             self.symbols.add(Symbol(name, addr, size, kind))
@@ -140,7 +145,7 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
     printed. Returns the call and its result."""
     with Recording(path) as rec:
         decoder = rec.decoder()
-        options = graph_options if rec.tracer == "function_graph" else {}
+        options = {**graph_options, "kernel": rec.kernel} if rec.tracer == "function_graph" else {}
         sink = make_sink(fmt, rec.tracer, out, rec.symbols, rec.karch.name, **options)
         names = COUNTERS[rec.tracer]
         counts = dict.fromkeys(names.values(), 0)

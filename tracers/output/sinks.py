@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from emulator import FtlabError
 from emulator.symbols import SymbolTable
 
+from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import format_args, format_value
 from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
-# with interrupts enabled and no preemption counting, so all five are '.'.
+# with interrupts enabled and no preemption counting, so all five are '.'; except that a kprobe
+# event is recorded in the int3 / BRK exception handler, entered with interrupts masked (x86 IF
+# cleared by the interrupt gate, arm64 DAIF set), whose irqs-off column trace_print_lat_fmt()
+# (kernel/trace/trace_output.c) prints as 'd' (TRACE_FLAG_IRQS_OFF).
 FLAGS = "....."
+IRQS_OFF_FLAGS = "d...."
 
 FUNCTION_HEADER = """\
 # tracer: {tracer}
@@ -40,7 +46,8 @@ class TextSink:
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
-        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} {ev.ts:12d}: {self._body(ev)}\n")
+        flags = IRQS_OFF_FLAGS if ev.tracer == "kprobe" else FLAGS
+        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {flags} {ev.ts:12d}: {self._body(ev)}\n")
         if ev.verification is not None and ev.mismatch:
             for c in ev.verification.checks:
                 if not c.equal:
@@ -48,12 +55,15 @@ class TextSink:
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
 
     def _body(self, ev: Event) -> str:
+        parent = ev.parent_ip  # None only at a kprobe inside a function, whose text shows no parent
         if ev.probe is None:
-            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, ev.parent_ip)}"
+            assert parent is not None  # the function tracer's events always have their caller
+            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, parent)}"
         # probe events: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit
         where = location(self.sym, ev.ip)
         if ev.type == "exit":
-            where = f"{location(self.sym, ev.parent_ip)} <- {func_name(self.sym, ev.ip)}"
+            assert parent is not None  # an exit always has where it returned to
+            where = f"{location(self.sym, parent)} <- {func_name(self.sym, ev.ip)}"
         return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
 
     def end(self, summary: dict) -> None:
@@ -90,6 +100,8 @@ GRAPH_HEADER = """\
 #
 # CPU  DURATION                  FUNCTION CALLS
 # |     |   |                     |   |   |   |"""
+# The kernel's durations are trace_clock_local() nanoseconds whatever trace_clock says
+# (trace_graph_entry/trace_graph_return); the lab's are counts of the trace's own clock.
 UNITS = {"counter": "ev", "insns": "insn"}
 # trace_find_mark: + > 10 us, ! > 100 us, # > 1 ms, * > 10 ms, @ > 100 ms, $ > 1 s. The lab's clocks
 # count events or instructions, not nanoseconds; the same thresholds apply to those counts.
@@ -109,9 +121,18 @@ class GraphTextSink:
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
     the next event shows which it is; nothing else is buffered."""
 
-    def __init__(self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False):
+    def __init__(
+        self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False, kernel: KernelVersion = MODELLED
+    ):
+        if retval and not kernel.has("funcgraph_retval"):
+            raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
         self.out, self.sym = out, symbols
         self.retval, self.tail = retval, tail
+        # print_graph_retval (kernel/trace/trace_functions_graph.c): since 6.13 (commit 21e92806d39c,
+        # "function_graph: Support recording and printing the function return address") the value
+        # follows "ret=": "f(); /* ret=0x31 */", "} /* f ret=-22 */"; before, "/* = 0x31 */",
+        # "} /* f = -22 */".
+        self.ret = "ret=" if kernel.has("funcgraph_retval_ret") else "= "
         self.unit = "ev"
         self._held: Event | None = None
 
@@ -140,12 +161,16 @@ class GraphTextSink:
         name = func_name(self.sym, ev.ip)
         assert ev.retval is not None  # every exit carries its return value
         if held is not None and held.ip == ev.ip and held.depth == ev.depth:
-            text = f"{name}();" + (f" /* = {graph_retval(ev.retval)} */" if self.retval else "")
+            text = f"{name}();" + (f" /* {self.ret}{graph_retval(ev.retval)} */" if self.retval else "")
         else:
             if held is not None:
                 self._open(held)
             text = "}" + (
-                f" /* {name} = {graph_retval(ev.retval)} */" if self.retval else f" /* {name} */" if self.tail else ""
+                f" /* {name} {self.ret}{graph_retval(ev.retval)} */"
+                if self.retval
+                else f" /* {name} */"
+                if self.tail
+                else ""
             )
         self._line(ev.duration, ev.depth, text)
 
@@ -175,7 +200,7 @@ class JsonSink:
             "func": hit[0].name if hit else None,
             "ip": ev.ip,
             "parent_ip": ev.parent_ip,
-            "parent": self.sym.name(ev.parent_ip),
+            "parent": None if ev.parent_ip is None else self.sym.name(ev.parent_ip),
             "depth": ev.depth,
             "args": None if ev.args is None else list(ev.args),
             "ts": ev.ts,

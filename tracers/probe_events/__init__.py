@@ -1,6 +1,8 @@
 """The kernel's dynamic_events probe language, self-contained: spec (what a definition is, the
-kernel's limits and error texts), parse, fetch (evaluation at a hit) and format."""
+kernel's limits and error texts), parse, append (several probes on one event), fetch (evaluation
+at a hit) and format."""
 
+from .append import check_append
 from .fetch import evaluate
 from .format import format_args, format_value
 from .parse import parse
@@ -9,6 +11,7 @@ from .spec import FAULT, TYPES, Fetch, FetchArg, FetchContext, FetchFault, Probe
 __all__ = [
     "FAULT",
     "TYPES",
+    "check_append",
     "Fetch",
     "FetchArg",
     "FetchContext",
