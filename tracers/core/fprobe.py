@@ -141,35 +141,48 @@ class Fprobes:
 
     def _at(self, ip: int) -> tuple[list[Fprobe], int]:
         """The enabled fprobes on an address (the kernel's ip hash table) and the shadow-stack bytes
-        their exits need, kept until registration or enabling changes."""
+        reserved for exits, kept until registration or enabling changes. The reservation counts
+        disabled fprobes too: fprobe_entry ignores the flag there, as the fprobe may be enabled
+        before the exit (kernel/trace/fprobe.c, v6.17)."""
         at = self._by_ip.get(ip)
         if at is None:
-            probes = [fp for fp in self.probes.values() if ip in fp.ips and not fp.disabled]
+            on = [fp for fp in self.probes.values() if ip in fp.ips]
             at = self._by_ip[ip] = (
-                probes,
-                sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in probes if fp.exit_handler),
+                [fp for fp in on if not fp.disabled],
+                sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in on if fp.exit_handler),
             )
         return at
 
     def _graph_entry(self, trace, gops, fregs) -> int:
+        """fprobe_entry (kernel/trace/fprobe.c, v6.17; renamed fprobe_fgraph_entry by 2c67dc457bc6
+        in 6.19). If fgraph has no room for the exits' data, every enabled fprobe on the address
+        counts a miss and no handler runs. Each exit that will run gets a header (the fprobe by id,
+        its data size in words) and its data, packed from the start of the reservation."""
         ip, m = trace.func, self.m
         probes, need = self._at(ip)
-        cursor = self.fgraph.reserve_data(need) if need else None
-        if need and cursor is None:  # no room on the shadow stack: exits all missed
-            for fp in probes:
-                fp.nmissed += bool(fp.exit_handler)
-        ret_ip, stored = fregs.get_return_address(), False
+        cursor = 0
+        if need:
+            reserved = self.fgraph.reserve_data(need)
+            if reserved is None:
+                for fp in probes:
+                    fp.nmissed += 1
+                return 0
+            cursor = reserved
+        ret_ip, used = fregs.get_return_address(), 0
         for fp in probes:
-            exits = fp.exit_handler is not None and cursor is not None
-            data = cursor + 8 if exits and fp.entry_data_size else None
+            exits = fp.exit_handler is not None
+            data = cursor + used + 8 if exits and fp.entry_data_size else None
             skip = fp.entry_handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0
-            if exits:
+            # a non-zero return skips the exit, not counted as missed
+            if exits and not skip:
                 words = -(-fp.entry_data_size // 8)
-                # header: the fprobe (by id) and its data size in words; id 0 marks a skipped exit
-                m.pack(HEADER, cursor, 0 if skip else fp.id | words << 60)
-                stored |= not skip
-                cursor += 8 + 8 * words
-        return int(stored)
+                m.pack(HEADER, cursor + used, fp.id | words << 60)
+                used += 8 + 8 * words
+        if used < need:
+            # memset(fgraph_data + used, 0, reserved_words - used): a count of words given as bytes,
+            # so it clears the low bytes of the next header, which ends fprobe_return's walk
+            m.write(cursor + used, bytes((need - used) // 8))
+        return int(used != 0)
 
     def _graph_exit(self, trace, gops, fregs) -> None:
         """Walk the headers stored at entry; call each fprobe still registered and enabled."""
@@ -180,7 +193,10 @@ class Fprobes:
         end, ret_ip = cursor + size, fregs.get_instruction_pointer()
         while cursor < end:
             [header] = m.unpack(HEADER, cursor)
-            words, fp = header >> 60, self.probes.get(header & ((1 << 60) - 1))
+            words, id = header >> 60, header & ((1 << 60) - 1)
+            if not id:  # a cleared header: no more exits stored
+                break
+            fp = self.probes.get(id)
             if fp is not None and not fp.disabled:
                 fp.exit_handler(fp, trace.func, ret_ip, fregs, cursor + 8 if fp.entry_data_size else None)
             cursor += 8 + 8 * words

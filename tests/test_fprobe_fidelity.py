@@ -1,0 +1,61 @@
+"""fprobe's missed counting, ftrace's recursion protection and the rethook design's entry, held to
+kernel/trace/fprobe.c, kernel/trace/ftrace.c and include/linux/trace_recursion.h (issue #10).
+
+The fgraph design is checked on both arches; the rethook design (x86 only: arm64 never had it)
+on x86_64."""
+
+import struct
+from collections import Counter
+
+from tracers.core.fprobe import Fprobe
+
+U64 = struct.Struct("<Q")
+FIB_CALLS = 2 * 1597 - 1  # fib(16) calls fib 2 * fib(17) - 1 times
+
+# -- fprobe_entry: no room on the shadow stack (kernel/trace/fprobe.c, v6.17) ------------------
+
+
+def test_fgraph_reservation_failure_runs_no_entry_handler(lab):
+    """fgraph_reserve_data fails deep in fib: every enabled fprobe on fib counts a miss, an
+    entry-only one too, and no entry handler runs for that call (fprobe_entry returns 0 first)."""
+    fprobes, entries, exits = lab.fprobes("fgraph"), Counter(), Counter()
+
+    def entry(fp, ip, ret_ip, regs, data):
+        entries[fp.id] += 1
+        return 0
+
+    def exit_(fp, ip, ret_ip, regs, data):
+        exits[fp.id] += 1
+
+    # 2 x (header + 14 words) = 240 bytes a frame: deep in fib the reservation fails while a frame
+    # itself still fits (else fgraph counts trace_overrun and fprobe never sees the call)
+    probes = [Fprobe(entry, exit_, entry_data_size=8 * 14) for _ in range(2)] + [Fprobe(entry)]
+    for fp in probes:
+        fprobes.register(fp, "fib")
+    assert lab.call("fib", 16) == 987
+    assert lab.fgraph.trace_overrun == 0
+    missed = probes[0].nmissed
+    assert missed > 0 and [fp.nmissed for fp in probes] == [missed] * 3
+    assert [entries[fp.id] for fp in probes] == [FIB_CALLS - missed] * 3
+    assert [exits[fp.id] for fp in probes[:2]] == [FIB_CALLS - missed] * 2
+
+
+def test_fgraph_skipped_exit_leaves_no_gap(lab):
+    """An entry handler that returns non-zero gives up its place: the next fprobe's header and data
+    are packed where it would have been (fprobe_entry's `used`), so the exit walk reads headers only
+    where headers were written, never the skipped fprobe's entry data."""
+    fprobes, m, seen = lab.fprobes("fgraph"), lab.machine, []
+
+    def entry(fp, ip, ret_ip, regs, data):
+        # the skipping fprobe leaves in its data what would read as the other's header
+        m.pack(U64, data, probes[1].id if fp is probes[0] else 0xDA7A)
+        return int(fp is probes[0])
+
+    def exit_(fp, ip, ret_ip, regs, data):
+        seen.append((fp.id, m.unpack(U64, data)[0]))
+
+    probes = [Fprobe(entry, exit_, entry_data_size=8 * 3), Fprobe(entry, exit_, entry_data_size=8)]
+    for fp in probes:
+        fprobes.register(fp, "chain_c")
+    assert lab.call("chain_c", 5) == 16
+    assert seen == [(probes[1].id, 0xDA7A)]
