@@ -7,9 +7,14 @@ on x86_64."""
 import struct
 from collections import Counter
 
+import pytest
+
 from tracers.core.fprobe import Fprobe
+from tracers.core.ftrace import FtraceOps, OpsFlag
 
 U64 = struct.Struct("<Q")
+X86_ONLY = pytest.mark.parametrize("arch", ["x86_64"])  # the rethook design: x86 only
+CAP = 10  # trace_selftest's callbacks stop recursing by themselves after this many calls
 FIB_CALLS = 2 * 1597 - 1  # fib(16) calls fib 2 * fib(17) - 1 times
 
 # -- fprobe_entry: no room on the shadow stack (kernel/trace/fprobe.c, v6.17) ------------------
@@ -59,3 +64,66 @@ def test_fgraph_skipped_exit_leaves_no_gap(lab):
         fprobes.register(fp, "chain_c")
     assert lab.call("chain_c", 5) == 16
     assert seen == [(probes[1].id, 0xDA7A)]
+
+
+# -- recursion protection (include/linux/trace_recursion.h, kernel/trace/ftrace.c, v6.17) -------
+
+
+def recursing(lab, calls, name, target="add3"):
+    """trace_selftest_test_recursion_func: call the traced function again, up to CAP times."""
+
+    def func(ip, parent_ip, op, fregs):
+        calls[name] += 1
+        if calls[name] <= CAP:
+            lab.call(target, 1, 2, 3)
+
+    return func
+
+
+def test_assist_func_lets_one_nested_call_through(lab):
+    """A lone ops with FTRACE_OPS_FL_RECURSION runs through ftrace_ops_assist_func: its callback is
+    called again once (the transition bit), then the trylock refuses and records the function."""
+    ft, calls = lab.ftrace, Counter()
+    ops = FtraceOps(recursing(lab, calls, "rec"), OpsFlag.RECURSION, filter={ft.site("add3").ip})
+    ft.register(ops)
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["rec"] == 2 and list(ft.recursion.recursed_functions) == [ft.site("add3").ip]
+    assert ft.recursion.val == 0
+
+
+def test_list_func_guards_every_ops(lab):
+    """With two ops the list function calls both, under one trylock: an ops without the RECURSION
+    flag recurses once more, not without limit, and the other ops is called as often."""
+    ft, calls = lab.ftrace, Counter()
+    add3 = {ft.site("add3").ip}
+    ft.register(FtraceOps(recursing(lab, calls, "rec"), filter=add3))
+    ft.register(FtraceOps(lambda *a: calls.update(["other"]), filter=add3))
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls == {"rec": 2, "other": 2}
+
+
+def test_lone_ops_without_recursion_flag_is_called_directly(lab):
+    """ftrace_ops_get_func: a lone ops without the flag is its own guard; ftrace adds none."""
+    ft, calls = lab.ftrace, Counter()
+    ft.register(FtraceOps(recursing(lab, calls, "rec"), filter={ft.site("add3").ip}))
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["rec"] == CAP + 1 and not ft.recursion.recursed_functions
+
+
+@X86_ONLY
+def test_rethook_fprobe_counts_recursion_as_missed(lab):
+    """fprobe_handler (6.4-6.13) takes ftrace_test_recursion_trylock itself: an entry handler that
+    calls its function again runs twice, the third entry is refused and counted in nmissed, and
+    each entry that ran gets its exit."""
+    fprobes, calls, exits = lab.fprobes("rethook"), Counter(), Counter()
+
+    def entry(fp, ip, ret_ip, regs, data):
+        calls["entry"] += 1
+        if calls["entry"] <= CAP:
+            lab.call("add3", 1, 2, 3)
+        return 0
+
+    fp = Fprobe(entry, lambda *a: exits.update(["exit"]))
+    fprobes.register(fp, "add3")
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert (calls["entry"], exits["exit"], fp.nmissed) == (2, 2, 1)

@@ -119,9 +119,10 @@ class Fprobes:
                     fp.entry_data_size,
                     fp.nr_maxactive or len(ips) * NR_CPUS * 2,
                 )
+            # fprobe_init: no FTRACE_OPS_FL_RECURSION, fprobe_handler guards itself
             fp._ops = FtraceOps(
-                lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
-                OpsFlag.RECURSION,
+                lambda ip, parent_ip, op, fregs: self._rethook_entry(fp, ip, parent_ip, fregs),
+                OpsFlag.NONE,
                 name="fprobe",
                 filter=set(ips),
             )
@@ -202,23 +203,47 @@ class Fprobes:
             cursor += 8 + 8 * words
 
     # -- the rethook design (fprobe_handler / fprobe_exit_handler, 6.4-6.13) ----------------------
+    # kernel/trace/fprobe.c at ab9b0d476edf (6.4): both handlers guard themselves with
+    # ftrace_test_recursion_trylock() and count a refused nesting in nmissed.
 
-    def _rethook_entry(self, fp: Fprobe, ip: int, fregs) -> None:
+    def _rethook_entry(self, fp: Fprobe, ip: int, parent_ip: int, fregs) -> None:
         if fp.disabled:
             return
-        ret_ip = fregs.get_return_address()
-        if not fp.exit_handler:
-            fp.entry_handler(fp, ip, ret_ip, fregs, None)
-            return
-        node = fp._rethook.try_get()
-        if node is None:
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
             fp.nmissed += 1
             return
-        if fp.entry_handler and fp.entry_handler(fp, ip, ret_ip, fregs, node.data):
-            fp._rethook.recycle(node)
-            return
-        fp._rethook.hook(node, fregs, ip)
+        try:
+            self._rethook_handler(fp, ip, parent_ip, fregs)
+        finally:
+            recursion.unlock(bit)
+
+    def _rethook_handler(self, fp: Fprobe, ip: int, parent_ip: int, fregs) -> None:
+        """__fprobe_handler: a rethook node first when there is an exit handler (none: missed)."""
+        node = data = None
+        if fp.exit_handler:
+            node = fp._rethook.try_get()
+            if node is None:
+                fp.nmissed += 1
+                return
+            data = node.data
+        skip = fp.entry_handler(fp, ip, parent_ip, fregs, data) if fp.entry_handler else 0
+        if node is not None:
+            if skip:  # not counted as missed
+                fp._rethook.recycle(node)
+            else:
+                fp._rethook.hook(node, fregs, ip)
 
     def _rethook_exit(self, fp: Fprobe, node, regs) -> None:
-        if not fp.disabled:
+        if fp.disabled:
+            return
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(node.func, node.ret_addr, recursion.FTRACE_START)
+        if bit < 0:
+            fp.nmissed += 1
+            return
+        try:
             fp.exit_handler(fp, node.func, node.ret_addr, regs, node.data)
+        finally:
+            recursion.unlock(bit)
