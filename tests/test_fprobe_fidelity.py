@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from emulator import FtlabError
 from tracers.core.fprobe import Fprobe
 from tracers.core.ftrace import FtraceOps, OpsFlag
 
@@ -127,3 +128,32 @@ def test_rethook_fprobe_counts_recursion_as_missed(lab):
     fprobes.register(fp, "add3")
     assert lab.call("add3", 4, 5, 6) == 15
     assert (calls["entry"], exits["exit"], fp.nmissed) == (2, 2, 1)
+
+
+# -- the rethook design's entry (fprobe_init: FTRACE_OPS_FL_SAVE_REGS, kernel/trace/fprobe.c) ----
+
+
+@X86_ONLY
+def test_rethook_fprobe_entry_gets_full_pt_regs(lab):
+    """fprobe_init sets FTRACE_OPS_FL_SAVE_REGS: the site calls ftrace_regs_caller and the entry
+    handler gets ftrace_get_regs(fregs), a pt_regs with every register, equal to the CPU's."""
+    fprobes, seen = lab.fprobes("rethook"), []
+
+    def entry(fp, ip, ret_ip, regs, data):
+        seen.append((regs.kind, regs.missing, regs.regs_get_kernel_argument(0), regs.verify().mismatch))
+        return 0
+
+    fprobes.register(Fprobe(entry, lambda *a: None), "chain_c")
+    assert lab.ftrace.site("chain_c").target == lab.ftrace.regs_caller
+    with lab.verify.holding(lab.ftrace):
+        assert lab.call("chain_c", 5) == 16
+    # orig_ax only: the lab's ftrace_regs_caller has no direct calls (README, simplifications)
+    assert seen == [("pt_regs", ["orig_ax"], 5, [])]
+
+
+@pytest.mark.parametrize("arch", ["arm64"])
+def test_rethook_fprobe_refused_without_regs_caller(lab):
+    """register_ftrace_function refuses a SAVE_REGS ops where there is no ftrace_regs_caller,
+    which is why arm64 never had the rethook-design fprobe."""
+    with pytest.raises(FtlabError, match=r"^ftrace_ops 'fprobe' asks for SAVE_REGS: arm64 has no ftrace_regs_caller"):
+        lab.fprobes("rethook").register(Fprobe(lambda *a: 0), "chain_c")

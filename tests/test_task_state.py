@@ -58,6 +58,8 @@ def test_function_graph_after_faults_is_as_on_a_fresh_lab(arch, ring):
 
 @pytest.mark.parametrize("design", DESIGNS)
 def test_fprobe_pools_and_shadow_stack_refill(lab, design):
+    if design == "rethook" and lab.ftrace.regs_caller is None:
+        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     fprobes, exits = lab.fprobes(design), []
     fp = Fprobe(
         lambda *a: 0,

@@ -3,9 +3,10 @@ the kernel's designs, so they can be compared:
 
 * ``fgraph`` (6.14+): one shared fgraph_ops; handlers get ftrace_regs at entry and exit, and the
   entry_data lives on the fgraph shadow stack (a header word per probe, then its data).
-* ``rethook`` (5.18-6.13): an ftrace_ops per fprobe for the entry and a rethook node per call for
-  the exit; exit handlers get the pt_regs the rethook trampoline built (complete on x86_64,
-  PSTATE rebuilt from MRS on arm64: the reverted 5.18 trampoline).
+* ``rethook`` (5.18-6.13): an ftrace_ops per fprobe (FTRACE_OPS_FL_SAVE_REGS) for the entry and a
+  rethook node per call for the exit; entry handlers get the pt_regs ftrace_regs_caller built,
+  exit handlers the pt_regs the rethook trampoline built (complete on x86_64, PSTATE rebuilt from
+  MRS on arm64: the reverted 5.18 trampoline).
 
 Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero: skip the exit,
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
@@ -119,10 +120,11 @@ class Fprobes:
                     fp.entry_data_size,
                     fp.nr_maxactive or len(ips) * NR_CPUS * 2,
                 )
-            # fprobe_init: no FTRACE_OPS_FL_RECURSION, fprobe_handler guards itself
+            # fprobe_init: FTRACE_OPS_FL_SAVE_REGS (a full pt_regs from ftrace_regs_caller; an arch
+            # without one refuses the ops), no FTRACE_OPS_FL_RECURSION: fprobe_handler guards itself
             fp._ops = FtraceOps(
                 lambda ip, parent_ip, op, fregs: self._rethook_entry(fp, ip, parent_ip, fregs),
-                OpsFlag.NONE,
+                OpsFlag.SAVE_REGS,
                 name="fprobe",
                 filter=set(ips),
             )
@@ -220,7 +222,9 @@ class Fprobes:
             recursion.unlock(bit)
 
     def _rethook_handler(self, fp: Fprobe, ip: int, parent_ip: int, fregs) -> None:
-        """__fprobe_handler: a rethook node first when there is an exit handler (none: missed)."""
+        """__fprobe_handler: a rethook node first when there is an exit handler (none: missed);
+        the entry handler and rethook_hook get ftrace_get_regs(fregs), the full pt_regs."""
+        regs = fregs.ftrace_get_regs()
         node = data = None
         if fp.exit_handler:
             node = fp._rethook.try_get()
@@ -228,12 +232,12 @@ class Fprobes:
                 fp.nmissed += 1
                 return
             data = node.data
-        skip = fp.entry_handler(fp, ip, parent_ip, fregs, data) if fp.entry_handler else 0
+        skip = fp.entry_handler(fp, ip, parent_ip, regs, data) if fp.entry_handler else 0
         if node is not None:
             if skip:  # not counted as missed
                 fp._rethook.recycle(node)
             else:
-                fp._rethook.hook(node, fregs, ip)
+                fp._rethook.hook(node, regs, ip)
 
     def _rethook_exit(self, fp: Fprobe, node, regs) -> None:
         if fp.disabled:
