@@ -136,6 +136,8 @@ PROBES = [
 
 @pytest.mark.parametrize("design", ["fgraph", "rethook"])
 def test_probe_events(capsys, arch, design):
+    if design == "rethook" and arch == "arm64":
+        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     argv = ["trace", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)', "--fprobe-design", design]
     out = ok(capsys, *argv, *(arg for p in PROBES for arg in ("-e", p)))
     lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if not ln.startswith("#")]

@@ -153,6 +153,8 @@ def test_rethook_pt_regs_against_the_truth(lab):
 
 @pytest.fixture(params=DESIGNS)
 def fprobes(request, lab):
+    if request.param == "rethook" and lab.ftrace.regs_caller is None:
+        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     return lab.fprobes(request.param)
 
 

@@ -34,7 +34,7 @@ def assert_task_clear(lab) -> None:
     assert (fg.curr_ret_stack, fg.curr_ret_depth) == (0, -1)
     assert lab.rethook.task == []
     assert lab.kprobes.running == []
-    assert not any(ops._busy for ops in lab.ftrace.ops) and not fg._busy
+    assert lab.ftrace.recursion.val == 0 and not fg._busy
 
 
 def graph_session(lab, ring: bool):
@@ -58,6 +58,8 @@ def test_function_graph_after_faults_is_as_on_a_fresh_lab(arch, ring):
 
 @pytest.mark.parametrize("design", DESIGNS)
 def test_fprobe_pools_and_shadow_stack_refill(lab, design):
+    if design == "rethook" and lab.ftrace.regs_caller is None:
+        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     fprobes, exits = lab.fprobes(design), []
     fp = Fprobe(
         lambda *a: 0,

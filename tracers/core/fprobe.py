@@ -3,9 +3,10 @@ the kernel's designs, so they can be compared:
 
 * ``fgraph`` (6.14+): one shared fgraph_ops; handlers get ftrace_regs at entry and exit, and the
   entry_data lives on the fgraph shadow stack (a header word per probe, then its data).
-* ``rethook`` (5.18-6.13): an ftrace_ops per fprobe for the entry and a rethook node per call for
-  the exit; exit handlers get the pt_regs the rethook trampoline built (complete on x86_64,
-  PSTATE rebuilt from MRS on arm64: the reverted 5.18 trampoline).
+* ``rethook`` (5.18-6.13): an ftrace_ops per fprobe (FTRACE_OPS_FL_SAVE_REGS) for the entry and a
+  rethook node per call for the exit; entry handlers get the pt_regs ftrace_regs_caller built,
+  exit handlers the pt_regs the rethook trampoline built (complete on x86_64, PSTATE rebuilt from
+  MRS on arm64: the reverted 5.18 trampoline).
 
 Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero: skip the exit,
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
@@ -119,9 +120,11 @@ class Fprobes:
                     fp.entry_data_size,
                     fp.nr_maxactive or len(ips) * NR_CPUS * 2,
                 )
+            # fprobe_init: FTRACE_OPS_FL_SAVE_REGS (a full pt_regs from ftrace_regs_caller; an arch
+            # without one refuses the ops), no FTRACE_OPS_FL_RECURSION: fprobe_handler guards itself
             fp._ops = FtraceOps(
-                lambda ip, parent, op, fregs: self._rethook_entry(fp, ip, fregs),
-                OpsFlag.RECURSION,
+                lambda ip, parent_ip, op, fregs: self._rethook_entry(fp, ip, parent_ip, fregs),
+                OpsFlag.SAVE_REGS,
                 name="fprobe",
                 filter=set(ips),
             )
@@ -141,35 +144,48 @@ class Fprobes:
 
     def _at(self, ip: int) -> tuple[list[Fprobe], int]:
         """The enabled fprobes on an address (the kernel's ip hash table) and the shadow-stack bytes
-        their exits need, kept until registration or enabling changes."""
+        reserved for exits, kept until registration or enabling changes. The reservation counts
+        disabled fprobes too: fprobe_entry ignores the flag there, as the fprobe may be enabled
+        before the exit (kernel/trace/fprobe.c, v6.17)."""
         at = self._by_ip.get(ip)
         if at is None:
-            probes = [fp for fp in self.probes.values() if ip in fp.ips and not fp.disabled]
+            on = [fp for fp in self.probes.values() if ip in fp.ips]
             at = self._by_ip[ip] = (
-                probes,
-                sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in probes if fp.exit_handler),
+                [fp for fp in on if not fp.disabled],
+                sum(8 + 8 * -(-fp.entry_data_size // 8) for fp in on if fp.exit_handler),
             )
         return at
 
     def _graph_entry(self, trace, gops, fregs) -> int:
+        """fprobe_entry (kernel/trace/fprobe.c, v6.17; renamed fprobe_fgraph_entry by 2c67dc457bc6
+        in 6.19). If fgraph has no room for the exits' data, every enabled fprobe on the address
+        counts a miss and no handler runs. Each exit that will run gets a header (the fprobe by id,
+        its data size in words) and its data, packed from the start of the reservation."""
         ip, m = trace.func, self.m
         probes, need = self._at(ip)
-        cursor = self.fgraph.reserve_data(need) if need else None
-        if need and cursor is None:  # no room on the shadow stack: exits all missed
-            for fp in probes:
-                fp.nmissed += bool(fp.exit_handler)
-        ret_ip, stored = fregs.get_return_address(), False
+        cursor = 0
+        if need:
+            reserved = self.fgraph.reserve_data(need)
+            if reserved is None:
+                for fp in probes:
+                    fp.nmissed += 1
+                return 0
+            cursor = reserved
+        ret_ip, used = fregs.get_return_address(), 0
         for fp in probes:
-            exits = fp.exit_handler is not None and cursor is not None
-            data = cursor + 8 if exits and fp.entry_data_size else None
+            exits = fp.exit_handler is not None
+            data = cursor + used + 8 if exits and fp.entry_data_size else None
             skip = fp.entry_handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0
-            if exits:
+            # a non-zero return skips the exit, not counted as missed
+            if exits and not skip:
                 words = -(-fp.entry_data_size // 8)
-                # header: the fprobe (by id) and its data size in words; id 0 marks a skipped exit
-                m.pack(HEADER, cursor, 0 if skip else fp.id | words << 60)
-                stored |= not skip
-                cursor += 8 + 8 * words
-        return int(stored)
+                m.pack(HEADER, cursor + used, fp.id | words << 60)
+                used += 8 + 8 * words
+        if used < need:
+            # memset(fgraph_data + used, 0, reserved_words - used): a count of words given as bytes,
+            # so it clears the low bytes of the next header, which ends fprobe_return's walk
+            m.write(cursor + used, bytes((need - used) // 8))
+        return int(used != 0)
 
     def _graph_exit(self, trace, gops, fregs) -> None:
         """Walk the headers stored at entry; call each fprobe still registered and enabled."""
@@ -180,29 +196,58 @@ class Fprobes:
         end, ret_ip = cursor + size, fregs.get_instruction_pointer()
         while cursor < end:
             [header] = m.unpack(HEADER, cursor)
-            words, fp = header >> 60, self.probes.get(header & ((1 << 60) - 1))
+            words, id = header >> 60, header & ((1 << 60) - 1)
+            if not id:  # a cleared header: no more exits stored
+                break
+            fp = self.probes.get(id)
             if fp is not None and not fp.disabled:
                 fp.exit_handler(fp, trace.func, ret_ip, fregs, cursor + 8 if fp.entry_data_size else None)
             cursor += 8 + 8 * words
 
     # -- the rethook design (fprobe_handler / fprobe_exit_handler, 6.4-6.13) ----------------------
+    # kernel/trace/fprobe.c at ab9b0d476edf (6.4): both handlers guard themselves with
+    # ftrace_test_recursion_trylock() and count a refused nesting in nmissed.
 
-    def _rethook_entry(self, fp: Fprobe, ip: int, fregs) -> None:
+    def _rethook_entry(self, fp: Fprobe, ip: int, parent_ip: int, fregs) -> None:
         if fp.disabled:
             return
-        ret_ip = fregs.get_return_address()
-        if not fp.exit_handler:
-            fp.entry_handler(fp, ip, ret_ip, fregs, None)
-            return
-        node = fp._rethook.try_get()
-        if node is None:
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
             fp.nmissed += 1
             return
-        if fp.entry_handler and fp.entry_handler(fp, ip, ret_ip, fregs, node.data):
-            fp._rethook.recycle(node)
-            return
-        fp._rethook.hook(node, fregs, ip)
+        try:
+            self._rethook_handler(fp, ip, parent_ip, fregs)
+        finally:
+            recursion.unlock(bit)
+
+    def _rethook_handler(self, fp: Fprobe, ip: int, parent_ip: int, fregs) -> None:
+        """__fprobe_handler: a rethook node first when there is an exit handler (none: missed);
+        the entry handler and rethook_hook get ftrace_get_regs(fregs), the full pt_regs."""
+        regs = fregs.ftrace_get_regs()
+        node = data = None
+        if fp.exit_handler:
+            node = fp._rethook.try_get()
+            if node is None:
+                fp.nmissed += 1
+                return
+            data = node.data
+        skip = fp.entry_handler(fp, ip, parent_ip, regs, data) if fp.entry_handler else 0
+        if node is not None:
+            if skip:  # not counted as missed
+                fp._rethook.recycle(node)
+            else:
+                fp._rethook.hook(node, regs, ip)
 
     def _rethook_exit(self, fp: Fprobe, node, regs) -> None:
-        if not fp.disabled:
+        if fp.disabled:
+            return
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(node.func, node.ret_addr, recursion.FTRACE_START)
+        if bit < 0:
+            fp.nmissed += 1
+            return
+        try:
             fp.exit_handler(fp, node.func, node.ret_addr, regs, node.data)
+        finally:
+            recursion.unlock(bit)

@@ -28,7 +28,7 @@ DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "fregs")
 
 class OpsFlag(IntFlag):
     NONE = 0
-    RECURSION = 1  # FTRACE_OPS_FL_RECURSION: ftrace keeps the callback from recursing
+    RECURSION = 1  # FTRACE_OPS_FL_RECURSION: ftrace guards the callback (ftrace_ops_assist_func)
     SAVE_REGS = 2  # FTRACE_OPS_FL_SAVE_REGS: a full pt_regs (ftrace_regs_caller)
     SAVE_REGS_IF_SUPPORTED = 4  # ... if the arch can; else ftrace_get_regs() is NULL
 
@@ -42,9 +42,7 @@ class FtraceOps:
     name: str = "ops"
     filter: set[int] = field(default_factory=set)  # empty: every site (the kernel's empty hash)
     notrace: set[int] = field(default_factory=set)
-    recursion_blocked: int = 0  # nested hits RECURSION kept from the callback
     guest_func: int | None = None  # the same callback in guest code, if there is one
-    _busy: bool = False
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
@@ -52,6 +50,37 @@ class FtraceOps:
     @property
     def wants_regs(self) -> bool:
         return bool(self.flags & (OpsFlag.SAVE_REGS | OpsFlag.SAVE_REGS_IF_SUPPORTED))
+
+
+class TraceRecursion:
+    """current->trace_recursion for the lab's one task, always in normal context
+    (include/linux/trace_recursion.h, v6.17). trace_test_and_set_recursion(ip, parent_ip, start)
+    takes the normal-context bit of a set: TRACE_FTRACE_START for ftrace_test_recursion_trylock()
+    in callbacks, TRACE_LIST_START for ftrace_ops_list_func and ftrace_ops_assist_func. If that bit
+    is held, the set's transition bit (TRACE_CTX_TRANSITION, for an interrupt that came before
+    preempt_count said so) lets one nested level through; the next is refused, and recorded as
+    CONFIG_FTRACE_RECORD_RECURSION does (recursed_functions: each function once)."""
+
+    FTRACE_START, LIST_START = 0, 5  # TRACE_FTRACE_BIT, TRACE_INTERNAL_BIT
+    CTX_NORMAL, CTX_TRANSITION = 3, 4
+
+    def __init__(self):
+        self.val = 0
+        self.recursed_functions: dict[int, int] = {}  # ip -> parent_ip, as ftrace_record_recursion
+
+    def trylock(self, ip: int, parent_ip: int, start: int) -> int:
+        """-1 when refused, else the bit to give back to unlock."""
+        bit = start + self.CTX_NORMAL
+        if self.val >> bit & 1:
+            bit = start + self.CTX_TRANSITION
+            if self.val >> bit & 1:
+                self.recursed_functions.setdefault(ip, parent_ip)
+                return -1
+        self.val |= 1 << bit
+        return bit
+
+    def unlock(self, bit: int) -> None:
+        self.val &= ~(1 << bit)
 
 
 @dataclass(eq=False)
@@ -92,6 +121,7 @@ class Ftrace:
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
+        self.recursion = TraceRecursion()
         self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS.nr_words)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
@@ -205,23 +235,31 @@ class Ftrace:
                 site.target = target
         self.verify.refresh()
 
-    # -- the dispatch (ftrace_ops_list_func) ------------------------------------------------------
+    # -- the dispatch (ftrace_ops_list_func, or the lone ops' function) ----------------------------
 
     def _dispatch(self, _addr: int) -> None:
+        """What ftrace_call calls (update_ftrace_function, kernel/trace/ftrace.c, v6.17): with one
+        ops, ftrace_ops_get_func(ops): ops->func itself, unguarded, unless the ops asks for
+        FTRACE_OPS_FL_RECURSION, then ftrace_ops_assist_func; with more, __ftrace_ops_list_func.
+        Both of those take one TRACE_LIST_START trylock around every callback they call, so a
+        callback that recurses is called again once, then the whole call is dropped."""
         ip, parent_ip, fregs_addr = DISPATCH_ARGS(self._args)
         karch = self.karch
         truth = self.verify.take(ip)  # the patch-site instant (also a kprobe's there, on x86)
         meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
         saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
-        for ops in tuple(self.ops):
-            if not ops.traces(ip):
-                continue
-            if ops._busy and ops.flags & OpsFlag.RECURSION:
-                ops.recursion_blocked += 1
-                continue
-            ops._busy = True
-            try:
-                ops.func(ip, parent_ip, ops, fregs)
-            finally:
-                ops._busy = False
+        ops = tuple(self.ops)
+        if len(ops) == 1 and not ops[0].flags & OpsFlag.RECURSION:
+            if ops[0].traces(ip):
+                ops[0].func(ip, parent_ip, ops[0], fregs)
+            return
+        bit = self.recursion.trylock(ip, parent_ip, TraceRecursion.LIST_START)
+        if bit < 0:
+            return
+        try:
+            for op in ops:
+                if op.traces(ip):
+                    op.func(ip, parent_ip, op, fregs)
+        finally:
+            self.recursion.unlock(bit)

@@ -1,0 +1,159 @@
+"""fprobe's missed counting, ftrace's recursion protection and the rethook design's entry, held to
+kernel/trace/fprobe.c, kernel/trace/ftrace.c and include/linux/trace_recursion.h (issue #10).
+
+The fgraph design is checked on both arches; the rethook design (x86 only: arm64 never had it)
+on x86_64."""
+
+import struct
+from collections import Counter
+
+import pytest
+
+from emulator import FtlabError
+from tracers.core.fprobe import Fprobe
+from tracers.core.ftrace import FtraceOps, OpsFlag
+
+U64 = struct.Struct("<Q")
+X86_ONLY = pytest.mark.parametrize("arch", ["x86_64"])  # the rethook design: x86 only
+CAP = 10  # trace_selftest's callbacks stop recursing by themselves after this many calls
+FIB_CALLS = 2 * 1597 - 1  # fib(16) calls fib 2 * fib(17) - 1 times
+
+# -- fprobe_entry: no room on the shadow stack (kernel/trace/fprobe.c, v6.17) ------------------
+
+
+def test_fgraph_reservation_failure_runs_no_entry_handler(lab):
+    """fgraph_reserve_data fails deep in fib: every enabled fprobe on fib counts a miss, an
+    entry-only one too, and no entry handler runs for that call (fprobe_entry returns 0 first)."""
+    fprobes, entries, exits = lab.fprobes("fgraph"), Counter(), Counter()
+
+    def entry(fp, ip, ret_ip, regs, data):
+        entries[fp.id] += 1
+        return 0
+
+    def exit_(fp, ip, ret_ip, regs, data):
+        exits[fp.id] += 1
+
+    # 2 x (header + 14 words) = 240 bytes a frame: deep in fib the reservation fails while a frame
+    # itself still fits (else fgraph counts trace_overrun and fprobe never sees the call)
+    probes = [Fprobe(entry, exit_, entry_data_size=8 * 14) for _ in range(2)] + [Fprobe(entry)]
+    for fp in probes:
+        fprobes.register(fp, "fib")
+    assert lab.call("fib", 16) == 987
+    assert lab.fgraph.trace_overrun == 0
+    missed = probes[0].nmissed
+    assert missed > 0 and [fp.nmissed for fp in probes] == [missed] * 3
+    assert [entries[fp.id] for fp in probes] == [FIB_CALLS - missed] * 3
+    assert [exits[fp.id] for fp in probes[:2]] == [FIB_CALLS - missed] * 2
+
+
+def test_fgraph_skipped_exit_leaves_no_gap(lab):
+    """An entry handler that returns non-zero gives up its place: the next fprobe's header and data
+    are packed where it would have been (fprobe_entry's `used`), so the exit walk reads headers only
+    where headers were written, never the skipped fprobe's entry data."""
+    fprobes, m, seen = lab.fprobes("fgraph"), lab.machine, []
+
+    def entry(fp, ip, ret_ip, regs, data):
+        # the skipping fprobe leaves in its data what would read as the other's header
+        m.pack(U64, data, probes[1].id if fp is probes[0] else 0xDA7A)
+        return int(fp is probes[0])
+
+    def exit_(fp, ip, ret_ip, regs, data):
+        seen.append((fp.id, m.unpack(U64, data)[0]))
+
+    probes = [Fprobe(entry, exit_, entry_data_size=8 * 3), Fprobe(entry, exit_, entry_data_size=8)]
+    for fp in probes:
+        fprobes.register(fp, "chain_c")
+    assert lab.call("chain_c", 5) == 16
+    assert seen == [(probes[1].id, 0xDA7A)]
+
+
+# -- recursion protection (include/linux/trace_recursion.h, kernel/trace/ftrace.c, v6.17) -------
+
+
+def recursing(lab, calls, name, target="add3"):
+    """trace_selftest_test_recursion_func: call the traced function again, up to CAP times."""
+
+    def func(ip, parent_ip, op, fregs):
+        calls[name] += 1
+        if calls[name] <= CAP:
+            lab.call(target, 1, 2, 3)
+
+    return func
+
+
+def test_assist_func_lets_one_nested_call_through(lab):
+    """A lone ops with FTRACE_OPS_FL_RECURSION runs through ftrace_ops_assist_func: its callback is
+    called again once (the transition bit), then the trylock refuses and records the function."""
+    ft, calls = lab.ftrace, Counter()
+    ops = FtraceOps(recursing(lab, calls, "rec"), OpsFlag.RECURSION, filter={ft.site("add3").ip})
+    ft.register(ops)
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["rec"] == 2 and list(ft.recursion.recursed_functions) == [ft.site("add3").ip]
+    assert ft.recursion.val == 0
+
+
+def test_list_func_guards_every_ops(lab):
+    """With two ops the list function calls both, under one trylock: an ops without the RECURSION
+    flag recurses once more, not without limit, and the other ops is called as often."""
+    ft, calls = lab.ftrace, Counter()
+    add3 = {ft.site("add3").ip}
+    ft.register(FtraceOps(recursing(lab, calls, "rec"), filter=add3))
+    ft.register(FtraceOps(lambda *a: calls.update(["other"]), filter=add3))
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls == {"rec": 2, "other": 2}
+
+
+def test_lone_ops_without_recursion_flag_is_called_directly(lab):
+    """ftrace_ops_get_func: a lone ops without the flag is its own guard; ftrace adds none."""
+    ft, calls = lab.ftrace, Counter()
+    ft.register(FtraceOps(recursing(lab, calls, "rec"), filter={ft.site("add3").ip}))
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls["rec"] == CAP + 1 and not ft.recursion.recursed_functions
+
+
+@X86_ONLY
+def test_rethook_fprobe_counts_recursion_as_missed(lab):
+    """fprobe_handler (6.4-6.13) takes ftrace_test_recursion_trylock itself: an entry handler that
+    calls its function again runs twice, the third entry is refused and counted in nmissed, and
+    each entry that ran gets its exit."""
+    fprobes, calls, exits = lab.fprobes("rethook"), Counter(), Counter()
+
+    def entry(fp, ip, ret_ip, regs, data):
+        calls["entry"] += 1
+        if calls["entry"] <= CAP:
+            lab.call("add3", 1, 2, 3)
+        return 0
+
+    fp = Fprobe(entry, lambda *a: exits.update(["exit"]))
+    fprobes.register(fp, "add3")
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert (calls["entry"], exits["exit"], fp.nmissed) == (2, 2, 1)
+
+
+# -- the rethook design's entry (fprobe_init: FTRACE_OPS_FL_SAVE_REGS, kernel/trace/fprobe.c) ----
+
+
+@X86_ONLY
+def test_rethook_fprobe_entry_gets_full_pt_regs(lab):
+    """fprobe_init sets FTRACE_OPS_FL_SAVE_REGS: the site calls ftrace_regs_caller and the entry
+    handler gets ftrace_get_regs(fregs), a pt_regs with every register, equal to the CPU's."""
+    fprobes, seen = lab.fprobes("rethook"), []
+
+    def entry(fp, ip, ret_ip, regs, data):
+        seen.append((regs.kind, regs.missing, regs.regs_get_kernel_argument(0), regs.verify().mismatch))
+        return 0
+
+    fprobes.register(Fprobe(entry, lambda *a: None), "chain_c")
+    assert lab.ftrace.site("chain_c").target == lab.ftrace.regs_caller
+    with lab.verify.holding(lab.ftrace):
+        assert lab.call("chain_c", 5) == 16
+    # orig_ax only: the lab's ftrace_regs_caller has no direct calls (README, simplifications)
+    assert seen == [("pt_regs", ["orig_ax"], 5, [])]
+
+
+@pytest.mark.parametrize("arch", ["arm64"])
+def test_rethook_fprobe_refused_without_regs_caller(lab):
+    """register_ftrace_function refuses a SAVE_REGS ops where there is no ftrace_regs_caller,
+    which is why arm64 never had the rethook-design fprobe."""
+    with pytest.raises(FtlabError, match=r"^ftrace_ops 'fprobe' asks for SAVE_REGS: arm64 has no ftrace_regs_caller"):
+        lab.fprobes("rethook").register(Fprobe(lambda *a: 0), "chain_c")
