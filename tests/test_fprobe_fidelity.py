@@ -33,9 +33,9 @@ def test_fgraph_reservation_failure_runs_no_entry_handler(lab):
     def exit_(fp, ip, ret_ip, regs, data):
         exits[fp.id] += 1
 
-    # 2 x (header + 14 words) = 240 bytes a frame: deep in fib the reservation fails while a frame
+    # 2 x (header + 13 words) = 224 bytes a frame: deep in fib the reservation fails while a frame
     # itself still fits (else fgraph counts trace_overrun and fprobe never sees the call)
-    probes = [Fprobe(entry, exit_, entry_data_size=8 * 14) for _ in range(2)] + [Fprobe(entry)]
+    probes = [Fprobe(entry, exit_, entry_data_size=8 * 13) for _ in range(2)] + [Fprobe(entry)]
     for fp in probes:
         fprobes.register(fp, "fib")
     assert lab.call("fib", 16) == 987
