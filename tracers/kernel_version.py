@@ -49,4 +49,11 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
         KernelVersion(6, 14),
         "fprobe runs on fgraph with ftrace_regs (commit 4346ba160409); before, on ftrace + rethook",
     ),
+    "arm64_kretprobe_brk": (
+        KernelVersion(6, 9),
+        (
+            "arm64 kretprobes return by BRK #7 (commit 253751233b19), with the exception's pt_regs; "
+            "before, __kretprobe_trampoline built PSTATE from MRS and lost PAN"
+        ),
+    ),
 }
