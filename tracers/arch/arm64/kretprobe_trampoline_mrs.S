@@ -1,11 +1,11 @@
 .include "macros.S"
 /*
  * __kretprobe_trampoline for arm64 before 6.9: arch/arm64/kernel/probes/kprobes_trampoline.S in
- * mainline 5.x-6.8 (the version with the frame record, 7c4ad5d4e4a8, 5.16). arm64 cannot build a
- * pt_regs without an exception, and this trampoline shows what that costs: PSTATE is rebuilt from
- * what MRS can read at EL1 (NZCV, DAIF, CurrentEL, SPSel), so every other PSTATE bit (PAN, UAO,
- * DIT, SSBS, TCO, SS, IL, BTYPE ...) is lost, pc is only set afterwards by software, and only NZCV
- * is written back. Since 6.9 (253751233b19) the trampoline is a BRK instead
+ * mainline 5.x-6.8 (with its frame record, fc6d647638a8, as in every modelled release). arm64
+ * cannot build a pt_regs without an exception, and this trampoline shows what that costs: PSTATE
+ * is rebuilt from what MRS can read at EL1 (NZCV, DAIF, CurrentEL, SPSel), so every other PSTATE
+ * bit (PAN, UAO, DIT, SSBS, TCO, SS, IL, BTYPE ...) is lost, pc is only set afterwards by
+ * software, and only NZCV is written back. Since 6.9 (253751233b19) the trampoline is a BRK instead
  * (kretprobe_trampoline.S). arm64's rethook of 83acdce68949, reverted as 0f8f8030038a in the 5.18
  * merge window, had the same trampoline under the name arch_rethook_trampoline.
  *
