@@ -280,6 +280,12 @@ class Machine:
     def set_reg(self, name: str, value: int) -> None:
         self.uc.reg_write(self._reg[name], value & MASK64)
 
+    def irqs_disabled(self) -> bool:
+        """Whether the CPU has interrupts masked now (what irqs_disabled() would say)."""
+        flag, masked = self.arch.irqs_off
+        shift, width = self.arch.flag_bits[flag]
+        return (self.reg(self.arch.flags_reg) >> shift) & ((1 << width) - 1) == masked
+
     def register_batch(self, names) -> RegisterBatch:
         return RegisterBatch(self.uc, [self._reg[n] for n in names])
 

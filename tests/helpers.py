@@ -9,9 +9,18 @@ import pytest
 
 from emulator import arch as arches
 from fixtures import catalog
+from tracers.arch import kernel_arch
 from tracers.cli.main import main
+from tracers.core.fprobe import DESIGNS
 
 ARCHES = list(arches.ARCHES)
+# (arch, fprobe design) where the design existed: the rethook design only where the arch had rethook
+FPROBE_DESIGNS = [
+    pytest.param(a, d, id=f"{a}-{d}")
+    for a in ARCHES
+    for d in DESIGNS
+    if d != "rethook" or kernel_arch(arches.get(a)).rethook.no_rethook_reason is None
+]
 
 
 def all_variants():

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fixtures import catalog
+from helpers import FPROBE_DESIGNS
 from tracers.cli.main import main, parser
 from tracers.kernel_version import MODELLED, KernelVersion
 
@@ -134,10 +135,8 @@ PROBES = [
 ]
 
 
-@pytest.mark.parametrize("design", ["fgraph", "rethook"])
+@pytest.mark.parametrize("arch, design", FPROBE_DESIGNS)
 def test_probe_events(capsys, arch, design):
-    if design == "rethook" and arch == "arm64":
-        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     argv = ["trace", "--arch", arch, "funcs", 'crc32_bitwise(0, b"123456789", 9)', "--fprobe-design", design]
     out = ok(capsys, *argv, *(arg for p in PROBES for arg in ("-e", p)))
     lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if not ln.startswith("#")]
@@ -146,7 +145,8 @@ def test_probe_events(capsys, arch, design):
     assert lines[0].endswith(') crc=0x0 buf="123456789" second=50 len=0x9')
     assert sorted(ln.split(": ")[0] for ln in lines[1:]) == ["crc32_bitwise__exit", "ret"]
     # the kretprobe hooked the return after the fprobe did, so its caller may be the other hook's
-    # trampoline (return_to_handler / arch_rethook_trampoline), exactly as the kernel would print
+    # trampoline (return_to_handler / arch_rethook_trampoline / __kretprobe_trampoline), exactly as
+    # the kernel would print
     assert any(ln.startswith("ret: (") and ln.endswith("<- crc32_bitwise) r=3421780262") for ln in lines)
     assert any(ln.endswith("<- crc32_bitwise) arg1=0xcbf43926 len=9") for ln in lines)
     assert "# fprobes/crc: hits 1 nmissed 0" in out and "# grp/ret: hits 1 nmissed 0" in out
@@ -175,9 +175,8 @@ def test_kprobe_events(capsys, arch):
     assert [ln.split(" ", 1)[0] for ln in lines].count("myk:") == 3
     assert [ln.rsplit(" ", 1)[1] for ln in lines if ln.startswith("myk:")] == ["n=2", "n=1", "n=0"]
     assert sorted(ln.rsplit(" ", 1)[1] for ln in lines if ln.startswith("r_fib_0:")) == ["ret=0", "ret=1", "ret=1"]
-    # arm64's kretprobe returns through the (reverted) rethook trampoline, whose PSTATE loses PAN
-    good = 6 if arch == "x86_64" else 3
-    assert f"# verify: {good} of 6 snapshots equal the true registers in every captured field" in out
+    # both arches' kretprobe pt_regs are exact: x86's rethook trampoline, arm64's BRK #7 (6.9+)
+    assert "# verify: 6 of 6 snapshots equal the true registers in every captured field" in out
 
 
 def test_python_m_tracers_is_the_cli():

@@ -153,7 +153,9 @@ def test_rethook_fprobe_entry_gets_full_pt_regs(lab):
 
 @pytest.mark.parametrize("arch", ["arm64"])
 def test_rethook_fprobe_refused_without_regs_caller(lab):
-    """register_ftrace_function refuses a SAVE_REGS ops where there is no ftrace_regs_caller,
-    which is why arm64 never had the rethook-design fprobe."""
-    with pytest.raises(FtlabError, match=r"^ftrace_ops 'fprobe' asks for SAVE_REGS: arm64 has no ftrace_regs_caller"):
-        lab.fprobes("rethook").register(Fprobe(lambda *a: 0), "chain_c")
+    """register_ftrace_function refuses a SAVE_REGS ops where there is no ftrace_regs_caller, one
+    reason arm64 never had the rethook-design fprobe; the registry refuses the design at once."""
+    with pytest.raises(FtlabError, match=r"^ftrace_ops 'saver' asks for SAVE_REGS: arm64 has no ftrace_regs_caller"):
+        lab.ftrace.register(FtraceOps(lambda *a: None, flags=OpsFlag.SAVE_REGS, name="saver"))
+    with pytest.raises(FtlabError, match=r"^fprobe: no rethook design on arm64: arm64 never had rethook"):
+        lab.fprobes("rethook")

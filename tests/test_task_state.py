@@ -5,8 +5,8 @@ does not drift into trace_overrun and nmissed (issue #9, bug d). The error reach
 import pytest
 
 from emulator import GuestFault
+from helpers import FPROBE_DESIGNS
 from tracers import FgraphOps, Fprobe, FtraceOps, FunctionGraphTracer, Kprobe, Kretprobe, Lab, OpsFlag
-from tracers.core.fprobe import DESIGNS
 from tracers.core.kretprobe import DEFAULT_MAXACTIVE
 from tracers.output.sinks import ListSink
 
@@ -56,10 +56,8 @@ def test_function_graph_after_faults_is_as_on_a_fresh_lab(arch, ring):
     assert after == graph_session(Lab.open("funcs", arch), ring)
 
 
-@pytest.mark.parametrize("design", DESIGNS)
+@pytest.mark.parametrize("arch, design", FPROBE_DESIGNS)
 def test_fprobe_pools_and_shadow_stack_refill(lab, design):
-    if design == "rethook" and lab.ftrace.regs_caller is None:
-        pytest.skip("the rethook design's ops asks for SAVE_REGS: arm64 never had it")
     fprobes, exits = lab.fprobes(design), []
     fp = Fprobe(
         lambda *a: 0,

@@ -60,4 +60,11 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "before, `/* = 0x31 */` and `} /* f = -22 */`"
         ),
     ),
+    "arm64_kretprobe_brk": (
+        KernelVersion(6, 9),
+        (
+            "arm64 kretprobes return by BRK #7 (commit 253751233b19), with the exception's pt_regs; "
+            "before, __kretprobe_trampoline built PSTATE from MRS and lost PAN"
+        ),
+    ),
 }

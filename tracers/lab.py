@@ -77,8 +77,8 @@ class Lab:
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
         self.fgraph = Fgraph(self.ftrace)
-        self.rethook = RethookCore(self.ftrace)
-        self.kprobes = Kprobes(self.ftrace)
+        self.rethook = RethookCore(self.ftrace, kernel)
+        self.kprobes = Kprobes(self.ftrace, self.rethook.break_hooks())
         karch = self.ftrace.karch
         self.ring_buffer = RingBuffer(
             self.machine, karch, RECORDS[karch.name].size, DEFAULT_RECORDS if ring_records is None else ring_records
@@ -114,9 +114,10 @@ class Lab:
     def fprobes(self, design: str | None = None) -> Fprobes:
         """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13); by default
         the design of the lab's kernel release."""
-        if design is None:
-            design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
-        return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
+        if design is not None:
+            return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
+        design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
+        return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel)
 
     def call(self, func: str, *args, ret: str = "i64"):
         """Run func; `ret` reads the return registers as its C type: i64, u64, i32, u32, u16, u8 or

@@ -42,6 +42,7 @@ class Arch:
     fp: str  # frame pointer register
     flags_reg: str  # RFLAGS / PSTATE, as pt_regs names it
     flag_bits: dict[str, tuple[int, int]]  # its named fields: name -> (shift, width)
+    irqs_off: tuple[str, int]  # (flag, value) when interrupts are masked: x86 IF 0, arm64 DAIF.I 1
     stack_args_offset: int  # where the first stack argument sits relative to SP at entry
 
     # Exceptions, as the hardware takes them (unicorn reports them but delivers nothing).

@@ -55,12 +55,33 @@ class FgraphArch:
 
 
 @dataclass(frozen=True)
+class ReturnTrampoline:
+    """One release's return trampoline: a .S file beside the arch's __init__.py defining `symbol`."""
+
+    source: str
+    symbol: str  # the kernel's name for it
+    title: str  # what the return handlers' pt_regs is, for the lab's tables
+    # True: the trampoline is a breakpoint; the handlers run from the exception (kprobes' entry.S)
+    # with its pt_regs. False: it builds a pt_regs itself and calls `callback` (lab plumbing).
+    trap: bool = False
+    callback: str = ""
+
+
+@dataclass(frozen=True)
 class RethookArch:
-    """arch/*/kernel/rethook.c: what the trampoline saves, and the callback's fix-ups."""
+    """arch/*/kernel/rethook.c (or the arch's kretprobe trampoline, where there is no rethook): the
+    return trampolines by release, what they save, and the handler's fix-ups."""
 
     saved: tuple[str, ...]
     enter: Callable  # (pt_regs view) -> frame, after fixing up the saved regs
     leave: Callable  # (pt_regs view, frame, real return address, write) -> None
+    # (the CHANGES entry that brought it, or None for the oldest modelled release; trampoline), oldest first
+    trampolines: tuple[tuple[str | None, ReturnTrampoline], ...]
+    no_rethook_reason: str | None = None  # why fprobe's rethook design (5.18-6.13) never existed here
+
+    def trampoline(self, kernel) -> ReturnTrampoline:
+        """The return trampoline of the kernel release (a tracers.kernel_version.KernelVersion)."""
+        return [t for change, t in self.trampolines if change is None or kernel.has(change)][-1]
 
 
 @dataclass(frozen=True)

@@ -209,5 +209,6 @@ class ProbeEventTracer(Tracer):
                 retval=retval,
                 probe=spec,
                 fetch=tuple(zip(spec.args, values, strict=True)),
+                irqs_off=self.lab.machine.irqs_disabled(),
             )
         )

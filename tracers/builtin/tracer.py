@@ -21,8 +21,8 @@ class Tracer:
 
     def __enter__(self):
         self.clock = CLOCKS[self.clock_name](self.lab.machine)
+        self.start()  # first: a refused registration is an error before any output
         self.sink.begin(self.name, self.clock_name)
-        self.start()
         return self
 
     def __exit__(self, *exc):

@@ -24,7 +24,8 @@ MECHANISMS = {
     "ftrace_caller": "fentry: ftrace_caller's ftrace_regs",
     "ftrace_regs_caller": "fentry with SAVE_REGS: ftrace_regs_caller's pt_regs",
     "partial_regs": "ftrace_partial_regs(): the pt_regs BPF gets from ftrace_regs",
-    "rethook": "kretprobe return: the rethook trampoline's pt_regs",
+    # one lab's captures are titled by its release's trampoline (RethookArch.trampolines)
+    "rethook": "kretprobe return: the trampoline's pt_regs (arm64: BRK #7's exception since 6.9, MRS before)",
     "fgraph_exit": "fgraph return: return_to_handler's ftrace_regs",
 }
 
@@ -61,7 +62,8 @@ def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = No
     the instruction after the patch site) and return its first snapshot and its cost."""
     site = lab.ftrace.site(func)
     sym = lab.machine.symbols.get(func)
-    c = Capture(mechanism, MECHANISMS[mechanism], f"{func}+{site.ip - sym.addr:#x}")
+    title = lab.rethook.design.title if mechanism == "rethook" else MECHANISMS[mechanism]
+    c = Capture(mechanism, title, f"{func}+{site.ip - sym.addr:#x}")
     attach, detach = _attachments(lab, mechanism, func, site, sym, offset, c)
     if c.refused:
         return c

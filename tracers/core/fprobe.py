@@ -5,8 +5,8 @@ the kernel's designs, so they can be compared:
   entry_data lives on the fgraph shadow stack (a header word per probe, then its data).
 * ``rethook`` (5.18-6.13): an ftrace_ops per fprobe (FTRACE_OPS_FL_SAVE_REGS) for the entry and a
   rethook node per call for the exit; entry handlers get the pt_regs ftrace_regs_caller built,
-  exit handlers the pt_regs the rethook trampoline built (complete on x86_64, PSTATE rebuilt from
-  MRS on arm64: the reverted 5.18 trampoline).
+  exit handlers the pt_regs the rethook trampoline built. Only where the arch had rethook
+  (x86_64): arm64 had none, so no fprobe before 6.14 (RethookArch.no_rethook_reason).
 
 Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero: skip the exit,
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
@@ -49,9 +49,15 @@ class Fprobe:
 class Fprobes:
     """register_fprobe and friends, on the chosen design."""
 
-    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph"):
+    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph", release=None):
+        """release: the kernel release whose design this is (registration is then refused where
+        that release had no fprobe); None: the design was asked for, and is refused at once."""
         if design not in DESIGNS:
             raise FtlabError(f"unknown fprobe design '{design}' (known: {', '.join(DESIGNS)})")
+        reason = ftrace.karch.rethook.no_rethook_reason if design == "rethook" else None
+        if reason and release is None:
+            raise FtlabError(f"fprobe: no rethook design on {ftrace.karch.name}: {reason}")
+        self._refused = reason and f"fprobe: Linux {release} has no fprobe on {ftrace.karch.name}: {reason}"
         self.ftrace, self.fgraph, self.rethook, self.design = ftrace, fgraph, rethook, design
         self.m = ftrace.m
         self.probes: dict[int, Fprobe] = {}
@@ -101,6 +107,8 @@ class Fprobes:
         self._by_ip.clear()
 
     def _add(self, fp: Fprobe, ips: set[int]) -> None:
+        if self._refused:
+            raise FtlabError(self._refused)
         if fp.id in self.probes:
             raise FtlabError("fprobe: already registered")
         if fp.entry_data_size > 8 * MAX_ENTRY_DATA_WORDS:

@@ -62,8 +62,11 @@ class _Running:
 
 
 class Kprobes:
-    def __init__(self, ftrace):
+    def __init__(self, ftrace, break_hooks: dict[int, Callable[[int], None]] | None = None):
+        """break_hooks: other breakpoints the trap serves, address -> handler(regs address) (the
+        kernel's register_kernel_break_hook: arm64's kretprobe BRK #7)."""
         self.ftrace, self.m, self.karch = ftrace, ftrace.m, ftrace.karch
+        self.break_hooks = dict(break_hooks or {})
         arch = self.m.arch
         self.ops = ftrace.karch.kprobes
         syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
@@ -205,6 +208,8 @@ class Kprobes:
             truth = self.verify.take(trap)
             meaning = {arch.pc: trap + self.ops.TRAP_IP_OFFSET} if truth else None
             return self._hit(self.points[trap], PtRegs(self.karch, m, regs_addr, self.saved, truth, meaning))
+        if trap in self.break_hooks:
+            return self.break_hooks[trap](regs_addr)
         if trap in self.trailers and self.running and self.running[-1].point is self.trailers[trap]:
             return self._single_stepped(PtRegs(self.karch, m, regs_addr, self.saved))
         raise GuestFault(f"guest fault: a breakpoint no kprobe owns at {m.where(trap)}")

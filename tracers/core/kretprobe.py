@@ -1,9 +1,11 @@
-"""kretprobes on rethook (kernel/kprobes.c with CONFIG_KRETPROBE_ON_RETHOOK).
+"""kretprobes (kernel/kprobes.c): on rethook where the arch has it (x86, CONFIG_KRETPROBE_ON_RETHOOK),
+else through the arch's __kretprobe_trampoline (arm64), which the lab's rethook core also models.
 
 The entry is a kprobe at the function's first instruction (`via="kprobe"`): a breakpoint and the
 exception's pt_regs, or on x86 the ftrace site with ftrace_regs_caller's pt_regs, as the kernel
 does. `via="ftrace"` takes it through a plain ftrace_ops instead, with ftrace_regs (the cheaper
-entry fprobe uses). The return handler sees the pt_regs the rethook trampoline built.
+entry fprobe uses). The return handler sees the pt_regs of the release's return trampoline:
+x86's rethook trampoline; arm64's BRK #7 exception since 6.9, its MRS-built pt_regs before.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """rethook (kernel/trace/rethook.c): hook a function's return through a trampoline that builds a
 pt_regs, run the handlers of every node returning through it, and return to the real address.
+arm64 never had rethook: its kretprobes (kernel/kprobes.c without KRETPROBE_ON_RETHOOK) hook the
+return the same way through __kretprobe_trampoline, which this core models too.
 
 Each user has a bounded pool of nodes (rethook_alloc); hooked nodes form one per-task LIFO keyed
 by frame (x86: the return slot's address, arm64: the frame pointer at entry), which unwinders
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from emulator import FtlabError
 from emulator.layout import Layout
 
+from ..kernel_version import MODELLED, KernelVersion
 from .ftrace import Ftrace
 from .regs import PtRegs
 
@@ -56,21 +59,31 @@ class Rethook:
 
 
 class RethookCore:
-    """The trampoline and the task's list of hooked nodes (current->rethooks)."""
+    """The return trampoline and the task's list of hooked nodes (current->rethooks).
 
-    def __init__(self, ftrace: Ftrace):
+    The trampoline is the kernel release's (RethookArch.trampolines): one that builds a pt_regs
+    and calls the handler, or a breakpoint (arm64 since 6.9), whose handler kprobes' trap calls
+    with the exception's pt_regs (`break_hooks`)."""
+
+    def __init__(self, ftrace: Ftrace, kernel: KernelVersion = MODELLED):
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = ftrace.karch
-        syms = self.karch.load(self.m, "rethook_trampoline.S", CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
-        self.trampoline = syms["arch_rethook_trampoline"]
-        self._regs_arg = self.m.mailbox(
-            syms["arch_rethook_trampoline_callback"], syms["callback_args"], CALLBACK_ARGS.nr_words
-        )
-        self.m.hook_call(self._callback, syms["rethook_callback_lab"])
+        self.design = design = self.karch.rethook.trampoline(kernel)
+        syms = self.karch.load(self.m, design.source, CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
+        self.trampoline = syms[design.symbol]
+        if not design.trap:
+            self._regs_arg = self.m.mailbox(syms[design.callback], syms["callback_args"], CALLBACK_ARGS.nr_words)
+            self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
         self.verify = ftrace.verify  # the return's snapshot stands at the trampoline
         self.verify.add(self, "rethook", lambda: (self.trampoline,))
         self.m.on_abandoned_call(self.flush_task)
+
+    def break_hooks(self) -> dict[int, Callable[[int], None]]:
+        """The breakpoints this trampoline owns, for kprobes' trap: address -> handler(regs address)
+        (arm64's register_kernel_break_hook(&kretprobes_break_hook); kretprobe_brk_handler checks
+        regs->pc == __kretprobe_trampoline, as the dispatch by address here does)."""
+        return {self.trampoline: self._handler} if self.design.trap else {}
 
     def flush_task(self) -> None:
         """rethook_flush_task: the task's hooked calls will never return, so their nodes go back to
@@ -86,9 +99,12 @@ class RethookCore:
         return next((n.ret_addr for n in reversed(self.task) if n.frame == frame), ret)
 
     def _callback(self, _addr: int) -> None:
-        """arch_rethook_trampoline_callback -> rethook_trampoline_handler(regs, frame)."""
+        """The trampoline's call (arch_rethook_trampoline_callback, trampoline_probe_handler)."""
+        self._handler(self._regs_arg[REGS_ARG])
+
+    def _handler(self, regs_addr: int) -> None:
+        """rethook_trampoline_handler(regs, frame) / kretprobe_trampoline_handler(regs, frame)."""
         karch = self.karch
-        regs_addr = self._regs_arg[REGS_ARG]
         truth = self.verify.take(self.trampoline)
         if not self.task:
             raise FtlabError("rethook: the trampoline was reached with no hooked return")
@@ -111,6 +127,8 @@ class RethookCore:
                     )
                 node.rethook.handler(node, regs)
         finally:
+            if self.design.trap:  # kretprobe_brk_handler: the exception returns to the real address
+                regs.instruction_pointer_set(correct)
             karch.rethook.leave(regs, frame, correct, self.m.write)
             del self.task[len(self.task) - len(nodes) :]
             for node in nodes:

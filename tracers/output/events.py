@@ -34,6 +34,7 @@ class Event:
     duration: int | None = None  # exits: trace-clock ticks since the entry
     probe: ProbeSpec | None = None  # probe events: the spec
     fetch: tuple[tuple[FetchArg, int | bytes | str], ...] = ()  # probe events: (FetchArg, value) pairs
+    irqs_off: bool = False  # the CPU had interrupts masked when the event was recorded
 
     @property
     def mismatch(self) -> list[str] | None:

@@ -15,10 +15,11 @@ from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
-# with interrupts enabled and no preemption counting, so all five are '.'; except that a kprobe
-# event is recorded in the int3 / BRK exception handler, entered with interrupts masked (x86 IF
-# cleared by the interrupt gate, arm64 DAIF set), whose irqs-off column trace_print_lat_fmt()
-# (kernel/trace/trace_output.c) prints as 'd' (TRACE_FLAG_IRQS_OFF).
+# with no preemption counting, so the last four are '.'. The irqs-off column is what the CPU said
+# when the event was recorded: 'd' (TRACE_FLAG_IRQS_OFF, trace_print_lat_fmt() in
+# kernel/trace/trace_output.c) inside an int3 / BRK exception handler, entered with interrupts
+# masked (x86 IF cleared by the interrupt gate, arm64 DAIF set): kprobes, and arm64's kretprobes
+# since 6.9 (BRK #7); '.' in code called from ftrace or a return trampoline.
 FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
 
@@ -46,7 +47,7 @@ class TextSink:
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
-        flags = IRQS_OFF_FLAGS if ev.tracer == "kprobe" else FLAGS
+        flags = IRQS_OFF_FLAGS if ev.irqs_off else FLAGS
         self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {flags} {ev.ts:12d}: {self._body(ev)}\n")
         if ev.verification is not None and ev.mismatch:
             for c in ev.verification.checks:

@@ -139,6 +139,7 @@ CPU = Arch(
     fp="x29",
     flags_reg="pstate",
     flag_bits=PSTATE_BITS,
+    irqs_off=("I", 1),
     stack_args_offset=0,
     install_trap_vector=install_trap_vector,
     deliver_trap=deliver_trap,

@@ -125,6 +125,7 @@ CPU = Arch(
     fp="bp",
     flags_reg="flags",
     flag_bits=RFLAGS_BITS,
+    irqs_off=("IF", 0),
     stack_args_offset=8,  # above the return address
     install_trap_vector=install_trap_vector,
     deliver_trap=deliver_trap,

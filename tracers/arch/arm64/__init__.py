@@ -1,5 +1,6 @@
 """arm64's kernel arch code: struct pt_regs and ftrace_regs, patchable-function-entry sites
-(arch/arm64/kernel/ftrace.c), rethook, kprobes (kprobes.py), and the trampolines (*.S)."""
+(arch/arm64/kernel/ftrace.c), the kretprobe trampolines, kprobes (kprobes.py), and the
+trampolines (*.S)."""
 
 import struct
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 from emulator.arch.arm64 import CPU
 from emulator.layout import Layout
 
-from ..base import FgraphArch, KernelArch, RethookArch, SiteEncoding
+from ..base import FgraphArch, KernelArch, RethookArch, ReturnTrampoline, SiteEncoding
 from . import kprobes
 
 X = [f"x{n}" for n in range(31)]
@@ -38,12 +39,13 @@ def encode_call(ip: int, target: int) -> bytes:
 
 
 def rethook_enter(regs):
-    """arch_rethook_trampoline_callback: the frame is the fp the hooked function returned with."""
+    """kretprobe_trampoline_handler(regs, regs->regs[29]): the frame is the fp the hooked function
+    returned with (arch_prepare_kretprobe stored ri->fp = regs->regs[29])."""
     return regs.frame_pointer()
 
 
 def rethook_leave(regs, frame, ret, write):
-    """Nothing to fix up: the trampoline takes lr from regs->pc, which the handler set."""
+    """Nothing to fix up: the return address goes back through regs->pc, which the handler set."""
 
 
 def adjust_site(addr, read, is_function_start):
@@ -99,8 +101,37 @@ KERNEL = KernelArch(
         retp="fp",
         fp_test=True,
     ),
-    # The reverted 5.18 trampoline stores every register, but its pstate is only what MRS reads.
-    rethook=RethookArch(saved=tuple(PT_REGS.offsets), enter=rethook_enter, leave=rethook_leave),
+    # arm64 kretprobes never ran on rethook: they return through __kretprobe_trampoline, which
+    # stores every register; its pstate is only what MRS reads before 6.9, the exception's since.
+    rethook=RethookArch(
+        saved=tuple(PT_REGS.offsets),
+        enter=rethook_enter,
+        leave=rethook_leave,
+        trampolines=(
+            (
+                None,
+                ReturnTrampoline(
+                    "kretprobe_trampoline_mrs.S",
+                    "__kretprobe_trampoline",
+                    "kretprobe return: __kretprobe_trampoline's pt_regs (PSTATE read with MRS)",
+                    callback="trampoline_probe_handler",
+                ),
+            ),
+            (
+                "arm64_kretprobe_brk",
+                ReturnTrampoline(
+                    "kretprobe_trampoline.S",
+                    "__kretprobe_trampoline",
+                    "kretprobe return: BRK #7, the exception's pt_regs",
+                    trap=True,
+                ),
+            ),
+        ),
+        no_rethook_reason=(
+            "arm64 never had rethook (83acdce68949 was reverted as 0f8f8030038a in the 5.18 merge "
+            "window), so it had no fprobe until fprobe moved onto fgraph in 6.14"
+        ),
+    ),
     kprobes=kprobes,
     asm_constants={
         **FTRACE_REGS.asm_constants("FREGS_"),

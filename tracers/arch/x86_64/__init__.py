@@ -7,7 +7,7 @@ from pathlib import Path
 from emulator.arch.x86_64 import CPU, KERNEL_CS, KERNEL_DS
 from emulator.layout import Layout
 
-from ..base import FgraphArch, KernelArch, RegsCaller, RethookArch, SiteEncoding
+from ..base import FgraphArch, KernelArch, RegsCaller, RethookArch, ReturnTrampoline, SiteEncoding
 from . import kprobes
 
 # struct pt_regs (arch/x86/include/asm/ptrace.h); ftrace_regs wraps one, so it has the same layout.
@@ -128,7 +128,20 @@ KERNEL = KernelArch(
     ),
     # A complete pt_regs without an exception: every register, flags from pushfq, fixed cs/ss.
     rethook=RethookArch(
-        saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"), enter=rethook_enter, leave=rethook_leave
+        saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"),
+        enter=rethook_enter,
+        leave=rethook_leave,
+        trampolines=(
+            (
+                None,
+                ReturnTrampoline(
+                    "rethook_trampoline.S",
+                    "arch_rethook_trampoline",
+                    "kretprobe return: the rethook trampoline's pt_regs",
+                    callback="arch_rethook_trampoline_callback",
+                ),
+            ),
+        ),
     ),
     kprobes=kprobes,
     asm_constants={
