@@ -87,7 +87,7 @@ class ProbeEventTracer(Tracer):
     def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
-        self.specs = [self._resolve(parse(s, registers)) for s in specs]
+        self.specs = [self._resolve(parse(s, registers, lab.kprobes.kprobe_on_func_entry)) for s in specs]
         self.fprobes = lab.fprobes(design)
         self.kretprobes = lab.kretprobes()
         self.hits = dict.fromkeys(self.specs, 0)

@@ -56,6 +56,12 @@ CONDS = {  # condition on (N, Z, C, V)
 }
 
 
+def arch_adjust_kprobe_addr(addr: int, offset: int, read) -> tuple[int, bool]:
+    """(the probe's address, on_func_entry): kernel/kprobes.c's __weak default, which arm64 keeps
+    (a BTI landing pad at +0 is probed where it is)."""
+    return addr + offset, offset == 0
+
+
 def irqs_masked(pstate: int) -> int:
     return pstate | IRQ_BITS
 

@@ -54,8 +54,21 @@ JCC = {  # condition on (CF, PF, ZF, SF, OF)
     "jle": lambda c, p, z, s, o: z or s != o,
     "jg": lambda c, p, z, s, o: not z and s == o,
 }
+ENDBR64 = 0xFA1E0FF3  # gen_endbr(): f3 0f 1e fa (arch/x86/include/asm/ibt.h)
+ENDBR_INSN_SIZE = 4
 REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp", "rsp": "sp"}
 U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+
+
+def arch_adjust_kprobe_addr(addr: int, offset: int, read) -> tuple[int, bool]:
+    """(the probe's address, on_func_entry) for symbol address addr + offset. After an ENDBR the
+    function's entry is +4, the fentry site: +0 and +4 both probe there (arch/x86/kernel/kprobes/
+    core.c since 5.18's "x86/ibt,kprobes: Fix more +0 assumptions"; is_endbr() folds ENDBR32 in)."""
+    if U32.unpack(read(addr, 4))[0] & ~0x01000000 == ENDBR64:
+        on_func_entry = offset in (0, ENDBR_INSN_SIZE)
+        return addr + (ENDBR_INSN_SIZE if on_func_entry else offset), on_func_entry
+    return addr + offset, offset == 0
 
 
 def irqs_masked(flags: int) -> int:
