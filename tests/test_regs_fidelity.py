@@ -1,8 +1,11 @@
 """Issue #10, register fidelity: ftrace_partial_regs() as the modelled release builds it, x86 IBT
 kprobe placement (arch_adjust_kprobe_addr), and the per-instruction kprobe decisions."""
 
+import struct
+
 import pytest
 
+from emulator.asm import decode
 from tracers import FtraceOps, Lab, OpsFlag
 from tracers.core.kprobes import Kprobe
 from tracers.core.regs import ftrace_partial_regs
@@ -80,3 +83,58 @@ def test_r_sym_plus_4_after_endbr_is_a_kretprobe_and_p_sym_plus_4_has_args():
         parse("r sum10+8", regs, on_entry)
     with pytest.raises(ProbeSpecError):
         parse("p sum10+8 $arg1", regs, on_entry)
+
+
+# -- which instructions kprobes take, and how ------------------------------------------------------
+
+A64 = "<I"
+# (encoding by hand from the Arm ARM / Intel SDM, what the kernel does): arm64 after
+# arch/arm64/kernel/probes/decode-insn.c (arm_kprobe_decode_insn, aarch64_insn_is_steppable and
+# aarch64_insn_is_steppable_hint in asm/insn.h); x86 after arch/x86/kernel/kprobes/core.c
+# (prepare_emulation, __copy_instruction).
+DECISIONS = {
+    "arm64": [
+        (0xD50323BF, "autiasp", "rejected"),  # a HINT off the steppable list
+        (0xD503233F, "paciasp", "xol"),
+        (0xD503245F, "bti c", "xol"),
+        (0xD503201F, "nop", "simulate"),  # simulate_nop
+        (0xD503207F, "wfi", "rejected"),
+        (0xD5033FDF, "isb", "xol"),
+        (0xD53B4220, "mrs x0, daif", "rejected"),  # DAIF is masked while stepping
+        (0xD538D080, "mrs x0, tpidr_el1", "xol"),
+        (0xD51B4220, "msr daif, x0", "rejected"),
+        (0xC85F7C20, "ldxr x0, [x1]", "rejected"),
+        (0xC8DFFC20, "ldar x0, [x1]", "xol"),  # not in the exclusive class
+        (0xD65F0BFF, "retaa", "rejected"),  # a branch, and not one simulate-insn.c knows
+        (0xD65F03C0, "ret", "simulate"),
+        (0x58000040, "ldr x0, #8", "simulate"),
+        (0xD8000040, "prfm pldl1keep, #8", "rejected"),
+    ],
+    "x86_64": [
+        (bytes.fromhex("ff1500000000"), "call qword ptr [rip]", "through memory"),
+        (bytes.fromhex("ff20"), "jmp qword ptr [rax]", "through memory"),
+        (bytes.fromhex("67ffd0"), "call eax (addr32)", "through memory"),
+        (bytes.fromhex("ffd0"), "call rax", "simulate"),
+        (bytes.fromhex("ffe0"), "jmp rax", "simulate"),
+        (bytes.fromhex("ff1c24"), "lcall [rsp]", "not supported"),
+        (bytes.fromhex("fa"), "cli", "simulate"),  # kprobe_emulate_ifmodifiers
+        (bytes.fromhex("9c"), "pushfq", "simulate"),
+        (bytes.fromhex("cc"), "int3", "not supported"),
+        (bytes.fromhex("48cf"), "iretq", "not supported"),
+        (bytes.fromhex("0f01c1"), "vmcall", "VM extension"),
+        (bytes.fromhex("8ed0"), "mov ss, ax", "masks the debug exception"),
+        (bytes.fromhex("f4"), "hlt", "xol"),
+        (bytes.fromhex("0f0b"), "ud2", "xol"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "arch_name,code,text,expect",
+    [pytest.param(a, c, t, e, id=f"{a}-{t}") for a, rows in DECISIONS.items() for c, t, e in rows],
+)
+def test_kprobe_decode_decides_as_the_kernel(arch_name, code, text, expect):
+    karch = Lab.open("funcs", arch_name).karch
+    raw = code if isinstance(code, bytes) else struct.pack(A64, code)
+    how = karch.kprobes.decode(decode(karch.cpu, raw + bytes(16), 0x1000))
+    assert how == expect if expect in ("xol", "simulate") else expect in how, (text, how)

@@ -14,28 +14,8 @@ BREAKPOINT = b"\xcc"  # INT3_INSN_OPCODE
 SS_BREAKPOINT = b"\xcc"  # after the copy in its slot
 TRAP_IP_OFFSET = 1  # regs->ip = probe address + 1 at the trap
 IRQ_BITS = 1 << 9  # IF: cleared while the copy runs
-REFUSED = {
-    "int3",
-    "int",
-    "int1",
-    "into",
-    "iret",
-    "iretq",
-    "iretd",
-    "hlt",
-    "syscall",
-    "sysret",
-    "sysretq",
-    "ud2",
-    "ljmp",
-    "lcall",
-    "cli",
-    "sti",
-    "pushfq",
-    "popfq",
-    "pushf",
-    "popf",
-}
+IF_MODIFIERS = {"cli", "sti", "pushfq", "popfq", "pushf", "popf"}  # kprobe_emulate_ifmodifiers
+X86_EFLAGS_IF = 1 << 9
 JCC = {  # condition on (CF, PF, ZF, SF, OF)
     "jo": lambda c, p, z, s, o: o,
     "jno": lambda c, p, z, s, o: not o,
@@ -76,10 +56,23 @@ def irqs_masked(flags: int) -> int:
 
 
 def decode(insn) -> str:
-    """'simulate', 'xol', or why the instruction cannot be probed."""
-    if insn.mnemonic in REFUSED or (insn.mnemonic.startswith("rep") and "ret" in insn.mnemonic):
-        return f"'{insn.mnemonic}' is not probed on x86 (the kernel refuses or emulates it specially)"
-    if insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL) or insn.group(C.X86_GRP_RET):
+    """'simulate', 'xol', or why the instruction cannot be probed: prepare_emulation() and
+    __copy_instruction() (arch/x86/kernel/kprobes/core.c) refuse int3, iret, far calls and jumps,
+    VMX instructions, call/jmp through memory or with a 16/32-bit address, and mov ss; they
+    emulate branches, calls, returns and the IF modifiers (cli, sti, pushf, popf);
+    everything else runs out of line."""
+    op, mnem, reg, mod = insn.opcode[0], insn.mnemonic, insn.modrm >> 3 & 7, insn.modrm >> 6
+    # (far call/jmp absolute 9A/EA, pop ss and the hypervisor's emulate prefix do not decode in
+    # 64-bit mode, or not as one instruction, so are left out)
+    if op in (0xCC, 0xCF) or (op == 0xFF and reg in (3, 5)):  # int3, iret, far call/jmp indirect
+        return f"'{mnem}' is not supported by x86 kprobes (prepare_emulation: -EOPNOTSUPP)"
+    if op == 0x0F and insn.opcode[1] == 0x01 and mod == 3 and reg == 0:
+        return f"'{mnem}' is a VM extension, not supported by x86 kprobes (prepare_emulation)"
+    if op == 0xFF and reg in (2, 4) and (insn.addr_size != 8 or mod != 3):  # call/jmp near indirect
+        return f"'{mnem} {insn.op_str}' goes through memory, which x86 kprobes do not emulate (prepare_emulation)"
+    if op == 0x8E and reg == 2:  # insn_masking_exception(): mov ss
+        return f"'{mnem}' masks the debug exception (mov ss), not probed on x86 (__copy_instruction)"
+    if mnem in IF_MODIFIERS or insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL) or insn.group(C.X86_GRP_RET):
         return "simulate"
     return "xol"
 
@@ -117,7 +110,19 @@ def simulate(insn, regs, machine) -> None:
     sp = regs.kernel_stack_pointer()
     flags = regs.fields["flags"]
     cf, pf, zf, sf, of = (flags >> b & 1 for b in (0, 2, 6, 7, 11))
-    if mnem == "call":
+    if mnem in IF_MODIFIERS:  # kprobe_emulate_ifmodifiers
+        target = nxt
+        if mnem == "cli":
+            regs.set_reg("flags", flags & ~X86_EFLAGS_IF)
+        elif mnem == "sti":
+            regs.set_reg("flags", flags | X86_EFLAGS_IF)
+        elif mnem.startswith("push"):
+            machine.write(sp - 8, U64.pack(flags))  # int3_emulate_push
+            regs.set_reg("sp", sp - 8)
+        else:
+            regs.set_reg("flags", machine.u64(sp))  # int3_emulate_pop
+            regs.set_reg("sp", sp + 8)
+    elif mnem == "call":
         target = _operand(insn, insn.operands[0], regs, machine)
         machine.write(sp - 8, U64.pack(nxt))  # into the gap the int3 entry leaves
         regs.set_reg("sp", sp - 8)
