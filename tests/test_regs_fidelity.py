@@ -138,3 +138,17 @@ def test_kprobe_decode_decides_as_the_kernel(arch_name, code, text, expect):
     raw = code if isinstance(code, bytes) else struct.pack(A64, code)
     how = karch.kprobes.decode(decode(karch.cpu, raw + bytes(16), 0x1000))
     assert how == expect if expect in ("xol", "simulate") else expect in how, (text, how)
+
+
+def test_x86_int3_entry_leaves_the_kernels_48_byte_gap():
+    """The CPU only aligns rsp and pushes its 5-word frame; idtentry X86_TRAP_BP (arch/x86/entry/
+    entry_64.S) copies frame and orig_ax 6 words down, so pt_regs ends 48 bytes under the aligned
+    interrupted stack, room for int3_emulate_push()."""
+    lab = Lab.open("funcs", "x86_64")
+    got = []
+    sym = lab.machine.symbols.get("sum10")
+    p = Kprobe("sum10", lab.ftrace.site("sum10").ip + 5 - sym.addr, lambda p, regs: got.append(regs) or 0)
+    lab.kprobes.register(p)
+    lab.call("sum10", *range(1, 11))
+    regs = got[0]
+    assert (regs.kernel_stack_pointer() & ~0xF) - (regs.addr + lab.karch.pt_regs.size) == 48
