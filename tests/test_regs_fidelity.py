@@ -4,6 +4,7 @@ kprobe placement (arch_adjust_kprobe_addr), and the per-instruction kprobe decis
 import struct
 
 import pytest
+from unicorn.arm64_const import UC_ARM64_REG_X29
 
 from emulator.asm import decode
 from tracers import FtraceOps, Lab, OpsFlag
@@ -152,3 +153,19 @@ def test_x86_int3_entry_leaves_the_kernels_48_byte_gap():
     lab.call("sum10", *range(1, 11))
     regs = got[0]
     assert (regs.kernel_stack_pointer() & ~0xF) - (regs.addr + lab.karch.pt_regs.size) == 48
+
+
+def test_arm64_exception_entry_writes_the_metadata_frame_record():
+    """kernel_entry (arch/arm64/kernel/entry.S, 6.13+): pt_regs.stackframe = {fp 0, lr 0,
+    FRAME_META_TYPE_PT_REGS (2)} at offset 296, and x29 points at it while the handler runs."""
+    lab = Lab.open("funcs", "arm64")
+    got = []
+
+    def pre(p, regs):
+        got.append((lab.machine.read(regs.addr + 296, 24), lab.machine.uc.reg_read(UC_ARM64_REG_X29) - regs.addr))
+        return 0
+
+    sym = lab.machine.symbols.get("sum10")
+    lab.kprobes.register(Kprobe("sum10", lab.ftrace.site("sum10").ip + 4 - sym.addr, pre))
+    lab.call("sum10", *range(1, 11))
+    assert got == [(struct.pack("<3Q", 0, 0, 2), 296)]
