@@ -9,7 +9,6 @@ import pytest
 from emulator import FtlabError
 from emulator.symbols import Symbol, SymbolTable
 from helpers import ftlab
-from tracers.cli.main import main
 from tracers.kernel_version import KernelVersion
 from tracers.output.events import Event
 from tracers.output.sinks import GraphTextSink

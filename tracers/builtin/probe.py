@@ -94,7 +94,7 @@ class ProbeEventTracer(Tracer):
         registers = list(lab.karch.pt_regs.offsets)
         self.specs: list[ProbeSpec] = []
         for text in specs:
-            spec = self._resolve(parse(text, registers))
+            spec = self._resolve(parse(text, registers, lab.kprobes.kprobe_on_func_entry))
             check_append(spec, self.specs)
             self.specs.append(spec)
         self.fprobes = lab.fprobes(design)

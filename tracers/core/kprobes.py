@@ -141,7 +141,7 @@ class Kprobes:
         where = f"{p.symbol}+{p.offset:#x}"
         if not 0 <= p.offset < sym.size:
             raise FtlabError(f"kprobe: {where} is outside {p.symbol} (size {sym.size:#x})")
-        addr = sym.addr + p.offset
+        addr, _ = self.ops.arch_adjust_kprobe_addr(sym.addr, p.offset, m.read)  # _kprobe_addr()
         if addr in self.points:
             return addr  # checked when the first probe came
         starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
@@ -152,6 +152,14 @@ class Kprobes:
                 f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: {self.karch.no_regs_caller_reason}"
             )
         return addr
+
+    def kprobe_on_func_entry(self, symbol: str, offset: int) -> bool | None:
+        """Whether symbol+offset is the function's entry (x86: +4 too, after an ENDBR); None for
+        an unknown symbol, which the kernel leaves to registration to refuse (-ENOENT)."""
+        sym = self.m.symbols.get(symbol)
+        if sym is None or sym.kind != "func":
+            return None
+        return self.ops.arch_adjust_kprobe_addr(sym.addr, offset, self.m.read)[1]
 
     def _register_on_ftrace(self, point: _Point) -> None:
         """KPROBES_ON_FTRACE: the site is already a call to ftrace, so the probe is an ftrace_ops

@@ -214,7 +214,9 @@ class PtRegs(Snapshot):
 def ftrace_partial_regs(fregs: FtraceRegs, scratch: int) -> PtRegs:
     """The pt_regs BPF and perf get from ftrace_regs: on x86 the same memory (only the captured
     fields are meaningful); on arm64 the captured members copied into a pt_regs at scratch
-    (fp -> x29, lr -> x30) with pstate left unfilled. Missing fields are listed, never invented."""
+    (fp -> x29, lr -> x30) with pstate left unfilled. Missing fields are listed, never invented.
+    This is 6.17's: 6.18 sets arm64 pstate = PSR_MODE_EL1h (torvalds/linux fd2f74f8f3d3), and a
+    later x86 arch_ftrace_partial_regs() sets cs = __KERNEL_CS and X86_EFLAGS_FIXED."""
     karch, m = fregs._k, fregs._m
     aliases = karch.ftrace_regs_aliases
     saved = tuple(aliases.get(f, f) for f in fregs.saved)

@@ -104,9 +104,11 @@ _FSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.*?][A-Za-z0-9_.$*?]*")  # fprob
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def parse(spec: str, registers: Iterable[str]) -> ProbeSpec:
-    """Parse one dynamic_events line; registers are the names %REG may use (pt_regs members)."""
-    return _Parser(spec, registers).parse()
+def parse(spec: str, registers: Iterable[str], on_func_entry=None) -> ProbeSpec:
+    """Parse one dynamic_events line; registers are the names %REG may use (pt_regs members).
+    on_func_entry(symbol, offset) is kprobe_on_func_entry(): True, False, or None for an unknown
+    symbol; without one, only offset 0 is the entry (the kernel's __weak arch_adjust_kprobe_addr)."""
+    return _Parser(spec, registers, on_func_entry or (lambda symbol, offset: offset == 0)).parse()
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,10 @@ class _Where:
 
 
 class _Parser:
-    def __init__(self, text: str, registers: Iterable[str]):
+    def __init__(self, text: str, registers: Iterable[str], on_func_entry):
         self.text = text
         self.regs = frozenset(registers)
+        self.on_func_entry = on_func_entry
         # argv_split(): words separated by white space
         self.words = [(m.group(), m.start()) for m in re.finditer(r"\S+", text)]
 
@@ -191,10 +194,17 @@ class _Parser:
             symbol = symbol[:cut]
         if not _KSYM.fullmatch(symbol):
             self.fail(BAD_PROBE_ADDR, pos, word)
-        # kprobe_on_func_entry(): only offset 0 is the function entry (no IBT endbr64 allowance)
-        if is_return and offset:
+        # kprobe_on_func_entry(): an unknown symbol (-ENOENT) is left to registration to refuse
+        entry = self.on_func_entry(symbol, offset)
+        if is_return and entry is False:
             self.fail(BAD_RETPROBE, pos, word)
-        return symbol, offset, None, is_return, _Where(entry=not is_return and offset == 0, ret=is_return, fprobe=False)
+        return (
+            symbol,
+            offset,
+            None,
+            is_return,
+            _Where(entry=not is_return and entry is True, ret=is_return, fprobe=False),
+        )
 
     def _fprobe_point(self):
         word, pos = self.words[1]

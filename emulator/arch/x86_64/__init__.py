@@ -59,7 +59,6 @@ KERNEL_CS, KERNEL_DS = 0x10, 0x18  # __KERNEL_CS / __KERNEL_DS
 
 IDT_OFFSET = 0x400  # the IDT's place in the per-cpu page
 INT3_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_TF = 3, 1 << 9, 1 << 8
-INT3_STACK_GAP = 16  # room below the interrupted sp for int3 call emulation
 
 
 def install_trap_vector(uc, handler, page):
@@ -73,13 +72,13 @@ def install_trap_vector(uc, handler, page):
 def deliver_trap(uc, intno, read):
     """What the CPU does for int3 through an interrupt gate: align the stack, push ss, rsp,
     rflags, cs and rip (already past the int3), clear IF and TF, jump to the gate's handler.
-    The kernel's int3 entry leaves a gap under the interrupted stack for emulated calls."""
+    (The gap for emulated calls is the entry code's, not the CPU's: tracers/arch/x86_64/entry.S.)"""
     if intno != INT3_VECTOR:
         return f"interrupt {intno} (only int3 is delivered)"
     base = uc.reg_read(X.UC_X86_REG_IDTR)[1]
     lo, _selector, _ist, _type_attr, mid, hi, _ = struct.unpack("<HHBBHIi", read(base + 16 * intno, 16))
     rip, rsp, flags = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
-    frame = ((rsp - INT3_STACK_GAP) & ~0xF) - 40
+    frame = (rsp & ~0xF) - 40
     uc.mem_write(frame, struct.pack("<5Q", rip, KERNEL_CS, flags, rsp, KERNEL_DS))
     uc.reg_write(X.UC_X86_REG_RSP, frame)
     uc.reg_write(X.UC_X86_REG_RFLAGS, flags & ~(X86_EFLAGS_IF | X86_EFLAGS_TF))

@@ -16,6 +16,9 @@ X = [f"x{n}" for n in range(31)]
 # struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc, pstate, then software state
 # (orig_x0, syscallno, stackframe ...) the lab does not use. PT_REGS_SIZE 336.
 PT_REGS = Layout("pt_regs", 336, {**{x: 8 * n for n, x in enumerate(X)}, "sp": 248, "pc": 256, "pstate": 264})
+# pt_regs.stackframe, the struct frame_record_meta {fp, lr, type} (6.13+, asm/stacktrace/frame.h)
+# that kernel_entry fills as the unwinder's exception boundary, and its type for an EL1 exception.
+S_STACKFRAME, S_STACKFRAME_TYPE, FRAME_META_TYPE_PT_REGS = 296, 312, 2
 # struct __arch_ftrace_regs (arch/arm64/include/asm/ftrace.h), FREGS_SIZE 112.
 FTRACE_REGS = Layout(
     "ftrace_regs",
@@ -138,6 +141,9 @@ KERNEL = KernelArch(
         **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
         "S_LR": PT_REGS.offsets["x30"],
         "S_FP": PT_REGS.offsets["x29"],
+        "S_STACKFRAME": S_STACKFRAME,
+        "S_STACKFRAME_TYPE": S_STACKFRAME_TYPE,
+        "FRAME_META_TYPE_PT_REGS": FRAME_META_TYPE_PT_REGS,
         "PT_REGS_SIZE": PT_REGS.size,
         "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE,
     },

@@ -4,7 +4,8 @@
  *
  * The lab's CPU model takes a BRK as the hardware does (ELR_EL1, ESR_EL1, SPSR_EL1, DAIF masked,
  * then VBAR_EL1 + 0x200); from there everything is guest code. The pt_regs is complete: x0-x30,
- * the interrupted sp, pc = ELR_EL1 and pstate = SPSR_EL1, the PSTATE the hardware saved.
+ * the interrupted sp, pc = ELR_EL1 and pstate = SPSR_EL1, the PSTATE the hardware saved; x29
+ * points at pt_regs.stackframe, the metadata frame record {0, 0, FRAME_META_TYPE_PT_REGS}.
  */
 .balign 2048
 .globl vectors
@@ -19,6 +20,10 @@ el1h_64_sync:                           // current EL with SP_ELx, synchronous
     mrs x22, elr_el1
     mrs x23, spsr_el1
     stp x30, x21, [sp, #S_LR]
+    stp xzr, xzr, [sp, #S_STACKFRAME]   // the metadata frame record: an exception boundary
+    mov x0, #FRAME_META_TYPE_PT_REGS
+    str x0, [sp, #S_STACKFRAME_TYPE]
+    add x29, sp, #S_STACKFRAME
     stp x22, x23, [sp, #S_PC]
     mov x0, sp                          // regs
     mrs x1, esr_el1                     // esr

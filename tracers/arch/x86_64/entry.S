@@ -11,6 +11,17 @@
 asm_exc_int3:
 trap_vector:                            // what the lab's CPU model enters (arch-neutral name)
     push -1                             // orig_ax
+    /* idtentry X86_TRAP_BP: from kernel mode, copy the frame 6 words down, leaving a 48-byte gap
+     * under the interrupted stack for the int3 handler to emulate a call (int3_emulate_push). */
+    test byte ptr [rsp+CS-ORIG_RAX], 3
+    jnz .Lfrom_usermode_no_gap
+    push qword ptr [rsp+40]
+    push qword ptr [rsp+40]
+    push qword ptr [rsp+40]
+    push qword ptr [rsp+40]
+    push qword ptr [rsp+40]
+    push qword ptr [rsp+40]
+.Lfrom_usermode_no_gap:
     push_regs                           // pt_regs from the top down
     mov rdi, rsp                        // regs
     call do_int3

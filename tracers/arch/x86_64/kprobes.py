@@ -14,28 +14,11 @@ BREAKPOINT = b"\xcc"  # INT3_INSN_OPCODE
 SS_BREAKPOINT = b"\xcc"  # after the copy in its slot
 TRAP_IP_OFFSET = 1  # regs->ip = probe address + 1 at the trap
 IRQ_BITS = 1 << 9  # IF: cleared while the copy runs
-REFUSED = {
-    "int3",
-    "int",
-    "int1",
-    "into",
-    "iret",
-    "iretq",
-    "iretd",
-    "hlt",
-    "syscall",
-    "sysret",
-    "sysretq",
-    "ud2",
-    "ljmp",
-    "lcall",
-    "cli",
-    "sti",
-    "pushfq",
-    "popfq",
-    "pushf",
-    "popf",
-}
+IF_MODIFIERS = {"cli", "sti", "pushfq", "popfq", "pushf", "popf"}  # kprobe_emulate_ifmodifiers
+X86_EFLAGS_IF = 1 << 9
+# kprobe_emulate_loop: LOOPNE (E0), LOOPE (E1), LOOP (E2) -> the ZF they also require (None: any)
+LOOPS = {"loopne": 0, "loope": 1, "loop": None}
+EMULATED_GROUPS = (C.X86_GRP_JUMP, C.X86_GRP_CALL, C.X86_GRP_RET)
 JCC = {  # condition on (CF, PF, ZF, SF, OF)
     "jo": lambda c, p, z, s, o: o,
     "jno": lambda c, p, z, s, o: not o,
@@ -54,8 +37,21 @@ JCC = {  # condition on (CF, PF, ZF, SF, OF)
     "jle": lambda c, p, z, s, o: z or s != o,
     "jg": lambda c, p, z, s, o: not z and s == o,
 }
+ENDBR64 = 0xFA1E0FF3  # gen_endbr(): f3 0f 1e fa (arch/x86/include/asm/ibt.h)
+ENDBR_INSN_SIZE = 4
 REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp", "rsp": "sp"}
 U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+
+
+def arch_adjust_kprobe_addr(addr: int, offset: int, read) -> tuple[int, bool]:
+    """(the probe's address, on_func_entry) for symbol address addr + offset. After an ENDBR the
+    function's entry is +4, the fentry site: +0 and +4 both probe there (arch/x86/kernel/kprobes/
+    core.c since 5.18's "x86/ibt,kprobes: Fix more +0 assumptions"; is_endbr() folds ENDBR32 in)."""
+    if U32.unpack(read(addr, 4))[0] & ~0x01000000 == ENDBR64:
+        on_func_entry = offset in (0, ENDBR_INSN_SIZE)
+        return addr + (ENDBR_INSN_SIZE if on_func_entry else offset), on_func_entry
+    return addr + offset, offset == 0
 
 
 def irqs_masked(flags: int) -> int:
@@ -63,10 +59,24 @@ def irqs_masked(flags: int) -> int:
 
 
 def decode(insn) -> str:
-    """'simulate', 'xol', or why the instruction cannot be probed."""
-    if insn.mnemonic in REFUSED or (insn.mnemonic.startswith("rep") and "ret" in insn.mnemonic):
-        return f"'{insn.mnemonic}' is not probed on x86 (the kernel refuses or emulates it specially)"
-    if insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL) or insn.group(C.X86_GRP_RET):
+    """'simulate', 'xol', or why the instruction cannot be probed: prepare_emulation() and
+    __copy_instruction() (arch/x86/kernel/kprobes/core.c) refuse int3, iret, far calls and jumps,
+    VMX instructions, call/jmp through memory or with a 16/32-bit address, and mov ss; they
+    emulate branches (loop* included), calls, returns and the IF modifiers (cli, sti, pushf,
+    popf);
+    everything else runs out of line."""
+    op, mnem, reg, mod = insn.opcode[0], insn.mnemonic, insn.modrm >> 3 & 7, insn.modrm >> 6
+    # (far call/jmp absolute 9A/EA, pop ss and the hypervisor's emulate prefix do not decode in
+    # 64-bit mode, or not as one instruction, so are left out)
+    if op in (0xCC, 0xCF) or (op == 0xFF and reg in (3, 5)):  # int3, iret, far call/jmp indirect
+        return f"'{mnem}' is not supported by x86 kprobes (prepare_emulation: -EOPNOTSUPP)"
+    if op == 0x0F and insn.opcode[1] == 0x01 and mod == 3 and reg == 0:
+        return f"'{mnem}' is a VM extension, not supported by x86 kprobes (prepare_emulation)"
+    if op == 0xFF and reg in (2, 4) and (insn.addr_size != 8 or mod != 3):  # call/jmp near indirect
+        return f"'{mnem} {insn.op_str}' goes through memory, which x86 kprobes do not emulate (prepare_emulation)"
+    if op == 0x8E and reg == 2:  # insn_masking_exception(): mov ss
+        return f"'{mnem}' masks the debug exception (mov ss), not probed on x86 (__copy_instruction)"
+    if mnem in IF_MODIFIERS or mnem in LOOPS or any(insn.group(g) for g in EMULATED_GROUPS):
         return "simulate"
     return "xol"
 
@@ -104,7 +114,19 @@ def simulate(insn, regs, machine) -> None:
     sp = regs.kernel_stack_pointer()
     flags = regs.fields["flags"]
     cf, pf, zf, sf, of = (flags >> b & 1 for b in (0, 2, 6, 7, 11))
-    if mnem == "call":
+    if mnem in IF_MODIFIERS:  # kprobe_emulate_ifmodifiers
+        target = nxt
+        if mnem == "cli":
+            regs.set_reg("flags", flags & ~X86_EFLAGS_IF)
+        elif mnem == "sti":
+            regs.set_reg("flags", flags | X86_EFLAGS_IF)
+        elif mnem.startswith("push"):
+            machine.write(sp - 8, U64.pack(flags))  # int3_emulate_push
+            regs.set_reg("sp", sp - 8)
+        else:
+            regs.set_reg("flags", machine.u64(sp))  # int3_emulate_pop
+            regs.set_reg("sp", sp + 8)
+    elif mnem == "call":
         target = _operand(insn, insn.operands[0], regs, machine)
         machine.write(sp - 8, U64.pack(nxt))  # into the gap the int3 entry leaves
         regs.set_reg("sp", sp - 8)
@@ -112,6 +134,13 @@ def simulate(insn, regs, machine) -> None:
         target = _operand(insn, insn.operands[0], regs, machine)
     elif mnem in JCC:
         target = insn.operands[0].imm if JCC[mnem](cf, pf, zf, sf, of) else nxt
+    elif mnem in LOOPS:  # kprobe_emulate_loop: decrement rcx (ecx with 0x67), branch while non-zero
+        mask = (1 << 64) - 1 if insn.addr_size == 8 else 0xFFFFFFFF
+        cx = regs.reg("cx")
+        count = (cx - 1) & mask
+        regs.set_reg("cx", (cx & ~mask) | count)
+        taken = count != 0 and (LOOPS[mnem] is None or zf == LOOPS[mnem])
+        target = insn.operands[0].imm if taken else nxt
     elif mnem in ("jrcxz", "jecxz"):
         mask = (1 << 64) - 1 if mnem == "jrcxz" else 0xFFFFFFFF
         target = insn.operands[0].imm if regs.reg("cx") & mask == 0 else nxt
