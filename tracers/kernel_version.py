@@ -60,6 +60,13 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "before, `/* = 0x31 */` and `} /* f = -22 */`"
         ),
     ),
+    "fprobe_entry_only_ftrace": (
+        KernelVersion(6, 19),
+        (
+            "an fprobe with no exit handler runs on fprobe_ftrace_ops, off the shadow stack (commits "
+            "2c67dc457bc6, cd06078a38aa); before, on fgraph like every fprobe"
+        ),
+    ),
     "arm64_partial_regs_el1h": (
         KernelVersion(6, 18),
         (
