@@ -10,8 +10,11 @@ from collections import Counter
 import pytest
 
 from emulator import FtlabError
+from fixtures import catalog
+from tracers import Lab
 from tracers.core.fprobe import Fprobe
 from tracers.core.ftrace import FtraceOps, OpsFlag
+from tracers.kernel_version import MODELLED, KernelVersion
 
 U64 = struct.Struct("<Q")
 X86_ONLY = pytest.mark.parametrize("arch", ["x86_64"])  # the rethook design: x86 only
@@ -21,9 +24,13 @@ FIB_CALLS = 2 * 1597 - 1  # fib(16) calls fib 2 * fib(17) - 1 times
 # -- fprobe_entry: no room on the shadow stack (kernel/trace/fprobe.c, v6.17) ------------------
 
 
-def test_fgraph_reservation_failure_runs_no_entry_handler(lab):
-    """fgraph_reserve_data fails deep in fib: every enabled fprobe on fib counts a miss, an
-    entry-only one too, and no entry handler runs for that call (fprobe_entry returns 0 first)."""
+@pytest.mark.parametrize("kernel", [KernelVersion(6, 18), MODELLED], ids=str)
+def test_fgraph_reservation_failure_runs_no_entry_handler(arch, kernel):
+    """fgraph_reserve_data fails deep in fib: every enabled fprobe on fib counts a miss, and no
+    entry handler runs for that call (fprobe_entry returns 0 first); an entry-only one too until
+    6.18. From 6.19 (2c67dc457bc6) the entry-only one is on fprobe_ftrace_ops, which
+    fprobe_fgraph_entry skips: it misses nothing and its handler runs on every call."""
+    lab = Lab.open(catalog.DEFAULT, arch, kernel=kernel)
     fprobes, entries, exits = lab.fprobes("fgraph"), Counter(), Counter()
 
     def entry(fp, ip, ret_ip, regs, data):
@@ -40,9 +47,9 @@ def test_fgraph_reservation_failure_runs_no_entry_handler(lab):
         fprobes.register(fp, "fib")
     assert lab.call("fib", 16) == 987
     assert lab.fgraph.trace_overrun == 0
-    missed = probes[0].nmissed
-    assert missed > 0 and [fp.nmissed for fp in probes] == [missed] * 3
-    assert [entries[fp.id] for fp in probes] == [FIB_CALLS - missed] * 3
+    missed, on_ftrace = probes[0].nmissed, kernel.has("fprobe_entry_only_ftrace")
+    assert missed > 0 and [fp.nmissed for fp in probes] == [missed] * 2 + [0 if on_ftrace else missed]
+    assert [entries[fp.id] for fp in probes] == [FIB_CALLS - missed] * 2 + [FIB_CALLS - (0 if on_ftrace else missed)]
     assert [exits[fp.id] for fp in probes[:2]] == [FIB_CALLS - missed] * 2
 
 
@@ -159,3 +166,36 @@ def test_rethook_fprobe_refused_without_regs_caller(lab):
         lab.ftrace.register(FtraceOps(lambda *a: None, flags=OpsFlag.SAVE_REGS, name="saver"))
     with pytest.raises(FtlabError, match=r"^fprobe: no rethook design on arm64: arm64 never had rethook"):
         lab.fprobes("rethook")
+
+
+# -- an entry-only fprobe on its own ftrace_ops (6.19+) ------------------------------------------
+
+
+@pytest.mark.parametrize("kernel, on_ftrace", [(KernelVersion(6, 18), False), (MODELLED, True)], ids=str)
+def test_an_entry_only_fprobe_stays_off_the_shadow_stack_from_6_19(arch, kernel, on_ftrace):
+    """torvalds/linux 2c67dc457bc6 ("tracing: fprobe: optimization for entry only case", 6.19)
+    registers an fprobe without exit_handler on fprobe_ftrace_ops, a plain ftrace_ops whose
+    fprobe_ftrace_entry calls the entry handler with ret_ip = parent_ip and no entry_data; the
+    x86-only FTRACE_OPS_FL_SAVE_REGS of that commit became FTRACE_OPS_FL_SAVE_ARGS for
+    DYNAMIC_FTRACE_WITH_ARGS arches (arm64) in cd06078a38aa, the same release. Before, it ran on
+    fprobe's fgraph_ops: fgraph pushed a shadow-stack frame for the call (kernel/trace/fgraph.c),
+    though with no exit handler nothing hooks the return."""
+    lab = Lab.open(catalog.DEFAULT, arch, kernel=kernel)
+    fprobes, seen = lab.fprobes(), []
+
+    def entry(fp, ip, ret_ip, fregs, data):
+        seen.append((lab.fgraph.curr_ret_stack, fregs.get_argument(0), ret_ip, data))
+        return 0
+
+    fp = Fprobe(entry_handler=entry)
+    fprobes.register(fp, "chain_c")
+    assert (fprobes._gops in lab.fgraph.array) is not on_ftrace and (fprobes._fops in lab.ftrace.ops) is on_ftrace
+    assert lab.call("chain_a", 10) == 129
+    caller = lab.machine.symbols.get("chain_b")
+    # the shadow stack's top (a word offset): 0 while nothing is pushed
+    assert all((curr == 0) is on_ftrace for curr, *_ in seen)
+    assert len(seen) == 2 and all(data is None for *_, data in seen)
+    # chain_a(10) calls chain_b(10 ^ 5), which calls chain_c(16); ret_ip is parent_ip, in chain_b
+    assert seen[0][1] == 16 and caller.addr <= seen[0][2] < caller.addr + caller.size
+    fprobes.unregister(fp)
+    assert fprobes._gops not in lab.fgraph.array and fprobes._fops not in lab.ftrace.ops

@@ -7,22 +7,28 @@ import pytest
 from unicorn.arm64_const import UC_ARM64_REG_X29
 
 from emulator.asm import decode
+from fixtures import catalog
 from tracers import FtraceOps, Lab, OpsFlag
 from tracers.core.kprobes import Kprobe
 from tracers.core.regs import ftrace_partial_regs
+from tracers.kernel_version import MODELLED, KernelVersion
 from tracers.probe_events import ProbeSpecError, parse
 
 # The pt_regs member that tells kernel from user mode (user_mode(regs)): x86 cs, arm64 pstate.
 MODE_MEMBER = {"x86_64": "cs", "arm64": "pstate"}
+PSR_MODE_EL1H, KERNEL_CS, X86_EFLAGS_FIXED = 0x5, 0x10, 0x2  # asm/ptrace.h, asm/segment.h, processor-flags.h
 
 
 def _partial_regs(lab):
-    """sum10's ftrace_partial_regs(): every pt_regs member's word, and the members it lacks."""
+    """sum10's ftrace_partial_regs() as lab's release builds it: every pt_regs member's word, the
+    members it lacks, and the flags word ftrace_caller left before the fix-ups."""
     got = []
 
     def handler(ip, parent, op, fregs):
-        regs = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000)
-        got.append(({m: regs.words[off // 8] for m, off in lab.karch.pt_regs.offsets.items()}, regs.missing))
+        flags = lab.karch.ftrace_regs.offsets.get("flags")
+        before = 0 if flags is None else fregs.words[flags // 8]
+        regs = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000, lab.kernel)
+        got.append(({m: regs.words[off // 8] for m, off in lab.karch.pt_regs.offsets.items()}, regs.missing, before))
 
     ops = FtraceOps(handler, OpsFlag.NONE)
     lab.ftrace.set_filter(ops, "sum10")
@@ -32,15 +38,46 @@ def _partial_regs(lab):
     return got[0]
 
 
-def test_partial_regs_mode_member_is_left_zero_as_6_17_leaves_it(lab):
-    """6.17 fills no mode member: arm64 ftrace_partial_regs() leaves pstate 0 (it is set to
-    PSR_MODE_EL1h from 6.18, torvalds/linux fd2f74f8f3d3, "tracing: Fix the bug where
-    bpf_get_stackid returns -EFAULT on the ARM64"), and x86's returns &fregs->regs with cs = 0 as
-    ftrace_caller left it (arch_ftrace_partial_regs(), which sets cs = __KERNEL_CS and touches
-    X86_EFLAGS_FIXED, came after 6.17). So user_mode(regs) is true for a BPF program there."""
-    words, missing = _partial_regs(lab)
-    member = MODE_MEMBER[lab.arch.name]
+@pytest.mark.parametrize("arch_name", ["x86_64", "arm64"])
+def test_partial_regs_mode_member_is_left_zero_before_6_18(arch_name):
+    """6.17 fills no mode member: arm64 ftrace_partial_regs() leaves pstate 0, EL0t, so
+    user_mode(regs) is true and bpf_get_stackid() from kprobe.multi returned -EFAULT (the report in
+    torvalds/linux fd2f74f8f3d3); x86's returns &fregs->regs with cs = 0 as ftrace_caller left it
+    (arch/x86/kernel/ftrace_64.S), which x86_64's user_mode() (cs & 3) reads as kernel mode."""
+    lab = Lab.open(catalog.DEFAULT, arch_name, kernel=KernelVersion(6, 17))
+    words, missing, _ = _partial_regs(lab)
+    member = MODE_MEMBER[arch_name]
     assert words[member] == 0 and member in missing
+    if arch_name == "x86_64":
+        assert "flags" in missing
+
+
+def test_arm64_partial_regs_pstate_is_psr_mode_el1h_from_6_18():
+    """torvalds/linux fd2f74f8f3d3 ("tracing: Fix the bug where bpf_get_stackid returns -EFAULT on
+    the ARM64", arm64 for-next/core for 6.18) adds regs->pstate = PSR_MODE_EL1h to arm64's
+    ftrace_partial_regs(): the mode only, none of NZCV, DAIF or PAN, so it differs from the true
+    PSTATE in those bits and is shown (not listed as missing)."""
+    for kernel in (KernelVersion(6, 18), MODELLED):
+        lab = Lab.open(catalog.DEFAULT, "arm64", kernel=kernel)
+        words, missing, _ = _partial_regs(lab)
+        assert words["pstate"] == PSR_MODE_EL1H and "pstate" not in missing
+
+
+@pytest.mark.parametrize(
+    "kernel, fixed",
+    [(KernelVersion(6, 18), False), (KernelVersion(6, 19), False), (KernelVersion(7, 0), True)],
+    ids=str,
+)
+def test_x86_arch_ftrace_partial_regs_sets_kernel_cs_and_the_fixed_flag_by_release(kernel, fixed):
+    """x86 arch_ftrace_partial_regs() (torvalds/linux 20a0bc10272f, 6.18-rc6) writes, in
+    &fregs->regs itself, cs = __KERNEL_CS and flags &= ~X86_EFLAGS_FIXED; aea251799998 (7.0)
+    makes it flags |= X86_EFLAGS_FIXED, so perf_hw_regs() unwinds from these regs. Every other bit
+    of flags is whatever ftrace_caller's frame held: it never writes that slot."""
+    lab = Lab.open(catalog.DEFAULT, "x86_64", kernel=kernel)
+    words, missing, before = _partial_regs(lab)
+    assert words["cs"] == KERNEL_CS and "cs" not in missing and "flags" not in missing
+    want = before | X86_EFLAGS_FIXED if fixed else before & ~X86_EFLAGS_FIXED
+    assert words["flags"] == want
 
 
 # -- x86 IBT: arch_adjust_kprobe_addr() ------------------------------------------------------------

@@ -7,6 +7,7 @@ from emulator import FtlabError
 from tracers import FtraceOps, OpsFlag
 from tracers.core.kprobes import Kprobe
 from tracers.core.regs import ftrace_partial_regs
+from tracers.kernel_version import MODELLED, KernelVersion
 
 
 def _grab(lab, flags, func="sum10", args=tuple(range(1, 11))):
@@ -48,8 +49,10 @@ def test_ftrace_regs_caller_pt_regs_equal_the_truth():
 
 
 def test_partial_regs_list_what_they_cannot_know(lab):
+    """As 6.17 builds them: nothing beyond the copied ftrace_regs (test_regs_fidelity.py has the
+    mode members later releases write)."""
     fregs, _, _ = _grab(lab, OpsFlag.NONE)
-    partial = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000)
+    partial = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000, KernelVersion(6, 17))
     assert partial.kind == "pt_regs" and partial.verify().mismatch == []
     if lab.arch.name == "x86_64":  # the same memory; what ftrace_caller did not save is missing
         assert partial.missing == ["r15", "r14", "r13", "r12", "bx", "r11", "r10", "orig_ax", "cs", "flags", "ss"]
@@ -59,6 +62,17 @@ def test_partial_regs_list_what_they_cannot_know(lab):
         assert partial.fields["x29"] == fregs.get_frame_pointer()
         assert partial.fields["x30"] == fregs.get_return_address()
         assert partial.regs_get_kernel_argument(0) == 1
+
+
+def test_partial_regs_of_the_modelled_release_show_what_they_write(lab):
+    """7.0 writes cs = __KERNEL_CS (true) and flags (only X86_EFLAGS_FIXED is meant) on x86, and
+    pstate = PSR_MODE_EL1h (the mode only) on arm64: shown, and wrong where they are partial."""
+    fregs, _, _ = _grab(lab, OpsFlag.NONE)
+    partial = ftrace_partial_regs(fregs, lab.machine.percpu + 0x1000, MODELLED)
+    written = {"x86_64": ["cs", "flags"], "arm64": ["pstate"]}[lab.arch.name]
+    assert not set(written) & set(partial.missing)
+    wrong = {"x86_64": ["flags"], "arm64": ["pstate"]}[lab.arch.name]  # cs is the true selector
+    assert partial.verify().mismatch == wrong
 
 
 def test_kprobe_on_an_ftrace_site(lab):

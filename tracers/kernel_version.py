@@ -39,7 +39,7 @@ class KernelVersion:
 
 
 # The release the lab models by default: the mainline tree its behaviours were checked against.
-MODELLED = KernelVersion(6, 17)
+MODELLED = KernelVersion(7, 0)
 # rethook and fprobe came in 5.18; nothing older is modelled.
 OLDEST = KernelVersion(5, 18)
 
@@ -59,6 +59,31 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "funcgraph-retval prints `/* ret=0x31 */` and `} /* f ret=-22 */` (commit 21e92806d39c); "
             "before, `/* = 0x31 */` and `} /* f = -22 */`"
         ),
+    ),
+    "fprobe_entry_only_ftrace": (
+        KernelVersion(6, 19),
+        (
+            "an fprobe with no exit handler runs on fprobe_ftrace_ops, off the shadow stack (commits "
+            "2c67dc457bc6, cd06078a38aa); before, on fgraph like every fprobe"
+        ),
+    ),
+    "arm64_partial_regs_el1h": (
+        KernelVersion(6, 18),
+        (
+            "arm64 ftrace_partial_regs() sets pstate = PSR_MODE_EL1h (commit fd2f74f8f3d3); before, "
+            "pstate 0 (EL0t) made user_mode() true and bpf_get_stackid() return -EFAULT"
+        ),
+    ),
+    "x86_arch_ftrace_partial_regs": (
+        KernelVersion(6, 18),
+        (
+            "x86 arch_ftrace_partial_regs() sets cs = __KERNEL_CS and clears X86_EFLAGS_FIXED "
+            "(commit 20a0bc10272f, 6.18-rc6); before, cs and flags as the trampoline left them"
+        ),
+    ),
+    "x86_partial_regs_flags_fixed": (
+        KernelVersion(7, 0),
+        "x86 arch_ftrace_partial_regs() sets X86_EFLAGS_FIXED (commit aea251799998); 6.18-6.19 cleared it",
     ),
     "arm64_kretprobe_brk": (
         KernelVersion(6, 9),

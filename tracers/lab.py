@@ -115,9 +115,9 @@ class Lab:
         """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13); by default
         the design of the lab's kernel release."""
         if design is not None:
-            return Fprobes(self.ftrace, self.fgraph, self.rethook, design)
+            return Fprobes(self.ftrace, self.fgraph, self.rethook, design, kernel=self.kernel)
         design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
-        return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel)
+        return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel, kernel=self.kernel)
 
     def call(self, func: str, *args, ret: str = "i64"):
         """Run func; `ret` reads the return registers as its C type: i64, u64, i32, u32, u16, u8 or

@@ -67,6 +67,31 @@ class ReturnTrampoline:
     callback: str = ""
 
 
+def by_release(entries, kernel):
+    """The last of (CHANGES name or None for the oldest modelled release, value) pairs, oldest
+    first, that the kernel release (a tracers.kernel_version.KernelVersion) has."""
+    return [value for change, value in entries if change is None or kernel.has(change)][-1]
+
+
+@dataclass(frozen=True)
+class RegFixup:
+    """One pt_regs member an arch's ftrace_partial_regs() writes: member = old & keep | set."""
+
+    member: str
+    keep: int
+    set: int
+
+
+@dataclass(frozen=True)
+class PartialRegs:
+    """One release's ftrace_partial_regs() (include/linux/ftrace.h, the arch's asm/ftrace.h): the
+    members it writes beyond the copied ftrace_regs, and what that makes of the result for BPF's
+    stack helpers (user_mode(regs), perf's unwinder), in a phrase."""
+
+    fixups: tuple[RegFixup, ...]
+    effect: str
+
+
 @dataclass(frozen=True)
 class RethookArch:
     """arch/*/kernel/rethook.c (or the arch's kretprobe trampoline, where there is no rethook): the
@@ -81,7 +106,7 @@ class RethookArch:
 
     def trampoline(self, kernel) -> ReturnTrampoline:
         """The return trampoline of the kernel release (a tracers.kernel_version.KernelVersion)."""
-        return [t for change, t in self.trampolines if change is None or kernel.has(change)][-1]
+        return by_release(self.trampolines, kernel)
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,8 @@ class KernelArch:
     ftrace_regs_meaning: dict[str, Callable[[int], int]]
     ftrace_regs_is_pt_regs: bool  # ftrace_partial_regs() can return the same memory
     ftrace_regs_stack_args: bool  # ftrace_regs_get_argument(n) past the registers reads the stack
+    # ftrace_partial_regs() by release: (the CHANGES entry that brought it, or None; its fix-ups), oldest first
+    partial_regs: tuple[tuple[str | None, PartialRegs], ...]
     regs_caller: RegsCaller | None  # None: the arch has no ftrace_regs_caller ...
     no_regs_caller_reason: str | None  # ... and why not, in the kernel's words
     sites: SiteEncoding
@@ -103,6 +130,10 @@ class KernelArch:
     kprobes: ModuleType  # tracers/arch/<arch>/kprobes.py
     asm_constants: dict[str, int]  # asm-offsets for the .S files beside it
     source_dir: Path  # the arch's trampolines
+
+    def partial_regs_of(self, kernel) -> PartialRegs:
+        """The kernel release's ftrace_partial_regs() fix-ups."""
+        return by_release(self.partial_regs, kernel)
 
     @property
     def name(self) -> str:

@@ -44,6 +44,7 @@ class Capture:
     insns: float = 0.0  # lab-code instructions per event
     stored: float = 0.0  # bytes the lab code stored per event
     refused: str | None = None  # why this arch cannot do it
+    note: str | None = None  # what the release's snapshot means to its users, in a phrase
 
     @property
     def mismatch(self) -> list[str]:
@@ -64,6 +65,8 @@ def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = No
     sym = lab.machine.symbols.get(func)
     title = lab.rethook.design.title if mechanism == "rethook" else MECHANISMS[mechanism]
     c = Capture(mechanism, title, f"{func}+{site.ip - sym.addr:#x}")
+    if mechanism == "partial_regs":
+        c.note = f"Linux {lab.kernel}: {lab.karch.partial_regs_of(lab.kernel).effect}"
     attach, detach = _attachments(lab, mechanism, func, site, sym, offset, c)
     if c.refused:
         return c
@@ -106,7 +109,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
 
         def handler(ip, parent, op, fregs):
             regs = fregs.ftrace_get_regs() if regs_wanted else fregs
-            count(ftrace_partial_regs(fregs, scratch) if mechanism == "partial_regs" else regs)
+            count(ftrace_partial_regs(fregs, scratch, lab.kernel) if mechanism == "partial_regs" else regs)
 
         ops = FtraceOps(handler, OpsFlag.SAVE_REGS if regs_wanted else OpsFlag.NONE, filter={site.ip})
         return (lambda: lab.ftrace.register(ops)), (lambda: lab.ftrace.unregister(ops))

@@ -29,7 +29,10 @@ def _bits(arch, value: int) -> str:
 def regs_table(lab, captures, out) -> None:
     arch = lab.arch
     for c in captures:
-        out.write(f"== {c.title}\n   at {c.at}")
+        out.write(f"== {c.title}\n")
+        if c.note:
+            out.write(f"   {c.note}\n")
+        out.write(f"   at {c.at}")
         if c.refused:
             out.write(f": not on {arch.name}: {c.refused}\n\n")
             continue
@@ -58,6 +61,8 @@ def regs_json(lab, captures) -> dict:
     rows = []
     for c in captures:
         row = {"mechanism": c.mechanism, "title": c.title, "at": c.at, "refused": c.refused}
+        if c.note:
+            row["note"] = c.note
         if not c.refused:
             row.update(
                 kind=c.kind,
@@ -137,6 +142,9 @@ def compare(labs, func: str, call: tuple, out) -> list[dict]:
         }
         for label, values in rows.items():
             out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
+        for n, c in zip(names, cols, strict=True):
+            if c.note:
+                out.write(f"  {n}: {c.note}\n")
     return [
         {
             "arch": n,

@@ -2,7 +2,10 @@
 the kernel's designs, so they can be compared:
 
 * ``fgraph`` (6.14+): one shared fgraph_ops; handlers get ftrace_regs at entry and exit, and the
-  entry_data lives on the fgraph shadow stack (a header word per probe, then its data).
+  entry_data lives on the fgraph shadow stack (a header word per probe, then its data). From 6.19
+  an fprobe with no exit handler runs on one shared plain ftrace_ops instead, off the shadow stack
+  (fprobe_ftrace_entry: torvalds/linux 2c67dc457bc6, made FTRACE_OPS_FL_SAVE_ARGS for
+  DYNAMIC_FTRACE_WITH_ARGS arches such as arm64 by cd06078a38aa).
 * ``rethook`` (5.18-6.13): an ftrace_ops per fprobe (FTRACE_OPS_FL_SAVE_REGS) for the entry and a
   rethook node per call for the exit; entry handlers get the pt_regs ftrace_regs_caller built,
   exit handlers the pt_regs the rethook trampoline built. Only where the arch had rethook
@@ -22,6 +25,7 @@ from fnmatch import fnmatchcase
 
 from emulator import FtlabError
 
+from ..kernel_version import MODELLED
 from .fgraph import FgraphOps
 from .ftrace import FtraceOps, OpsFlag
 from .kretprobe import NR_CPUS
@@ -49,9 +53,10 @@ class Fprobe:
 class Fprobes:
     """register_fprobe and friends, on the chosen design."""
 
-    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph", release=None):
+    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph", release=None, kernel=None):
         """release: the kernel release whose design this is (registration is then refused where
-        that release had no fprobe); None: the design was asked for, and is refused at once."""
+        that release had no fprobe); None: the design was asked for, and is refused at once.
+        kernel: the release whose fgraph design this is (default the modelled one)."""
         if design not in DESIGNS:
             raise FtlabError(f"unknown fprobe design '{design}' (known: {', '.join(DESIGNS)})")
         reason = ftrace.karch.rethook.no_rethook_reason if design == "rethook" else None
@@ -64,6 +69,13 @@ class Fprobes:
         self._by_ip: dict[int, list[Fprobe]] = {}
         self._next_id = 1
         self._gops = FgraphOps(self._graph_entry, self._graph_exit, name="fprobe")
+        # fprobe_ftrace_ops (6.19+): FTRACE_OPS_FL_SAVE_ARGS, ftrace_caller's ftrace_regs on both arches
+        self._entry_only = design == "fgraph" and (kernel or release or MODELLED).has("fprobe_entry_only_ftrace")
+        self._fops = FtraceOps(self._ftrace_entry, OpsFlag.NONE, name="fprobe_ftrace_ops")
+
+    def _is_ftrace(self, fp: Fprobe) -> bool:
+        """fprobe_is_ftrace(): the fprobe runs on fprobe_ftrace_ops (6.19+, no exit handler)."""
+        return self._entry_only and fp.exit_handler is None
 
     # -- registration (register_fprobe / _ips / _syms, unregister_fprobe) ------------------------
 
@@ -141,12 +153,38 @@ class Fprobes:
     def _update_graph(self) -> None:
         if self.design != "fgraph":
             return
-        fgraph, ips = self.fgraph, set().union(*(fp.ips for fp in self.probes.values()))
+        probes = self.probes.values()
+        fgraph, ips = self.fgraph, set().union(*(fp.ips for fp in probes if not self._is_ftrace(fp)))
         if self._gops in fgraph.array:
             fgraph.unregister(self._gops)
         if ips:
             self._gops.ops.filter = ips
             fgraph.register(self._gops)
+        # fprobe_ftrace_add_ips / _remove_ips: registered once, its filter changed in place
+        ftrace, ips = self.ftrace, set().union(*(fp.ips for fp in probes if self._is_ftrace(fp)))
+        registered = self._fops in ftrace.ops
+        if ips and registered:
+            ftrace.set_filter_ips(self._fops, ips)
+        elif ips:
+            self._fops.filter = ips
+            ftrace.register(self._fops)
+        elif registered:
+            ftrace.unregister(self._fops)
+
+    def _ftrace_entry(self, ip: int, parent_ip: int, op, fregs) -> None:
+        """fprobe_ftrace_entry (kernel/trace/fprobe.c, 2c67dc457bc6, 6.19): under its own recursion
+        lock (a refused nesting is not counted), each enabled entry-only fprobe on ip gets
+        __fprobe_handler(ip, parent_ip, fp, fregs, NULL): ret_ip is parent_ip, no entry_data."""
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
+            return
+        try:
+            for fp in self._at(ip)[0]:
+                if self._is_ftrace(fp) and fp.entry_handler:
+                    fp.entry_handler(fp, ip, parent_ip, fregs, None)
+        finally:
+            recursion.unlock(bit)
 
     # -- the fgraph design (fprobe_entry / fprobe_return) -----------------------------------------
 
@@ -176,11 +214,14 @@ class Fprobes:
             reserved = self.fgraph.reserve_data(need)
             if reserved is None:
                 for fp in probes:
-                    fp.nmissed += 1
+                    if not self._is_ftrace(fp):
+                        fp.nmissed += 1
                 return 0
             cursor = reserved
         ret_ip, used = fregs.get_return_address(), 0
         for fp in probes:
+            if self._is_ftrace(fp):  # fprobe_fgraph_entry skips them (6.19+)
+                continue
             exits = fp.exit_handler is not None
             data = cursor + used + 8 if exits and fp.entry_data_size else None
             skip = fp.entry_handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0

@@ -196,6 +196,13 @@ class Ftrace:
         """Globs as in set_ftrace_filter; `!glob` removes what it matches."""
         self._set_hash(ops.filter, patterns, reset)
 
+    def set_filter_ips(self, ops: FtraceOps, ips) -> None:
+        """ftrace_set_filter_ips(ops, ips, cnt, 0, 1): the filter becomes exactly these sites, on
+        a registered ops too (it keeps its place in the list)."""
+        ops.filter.clear()
+        ops.filter.update(ips)
+        self._update()
+
     def set_notrace(self, ops: FtraceOps, patterns, reset: bool = True) -> None:
         self._set_hash(ops.notrace, patterns, reset)
 

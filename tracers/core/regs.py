@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..kernel_version import MODELLED, KernelVersion
+
 U64 = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
 
@@ -211,22 +213,31 @@ class PtRegs(Snapshot):
         return self._argument(n)
 
 
-def ftrace_partial_regs(fregs: FtraceRegs, scratch: int) -> PtRegs:
-    """The pt_regs BPF and perf get from ftrace_regs: on x86 the same memory (only the captured
-    fields are meaningful); on arm64 the captured members copied into a pt_regs at scratch
-    (fp -> x29, lr -> x30) with pstate left unfilled. Missing fields are listed, never invented.
-    This is 6.17's: 6.18 sets arm64 pstate = PSR_MODE_EL1h (torvalds/linux fd2f74f8f3d3), and a
-    later x86 arch_ftrace_partial_regs() sets cs = __KERNEL_CS and X86_EFLAGS_FIXED."""
+def ftrace_partial_regs(fregs: FtraceRegs, scratch: int, kernel: KernelVersion = MODELLED) -> PtRegs:
+    """The pt_regs BPF and perf get from ftrace_regs, as the kernel release builds it: on x86 the
+    same memory (only the captured fields are meaningful); on arm64 the captured members copied
+    into a pt_regs at scratch (fp -> x29, lr -> x30). Then the release's arch fix-ups
+    (KernelArch.partial_regs: arm64 pstate = PSR_MODE_EL1h since 6.18, torvalds/linux
+    fd2f74f8f3d3; x86 arch_ftrace_partial_regs() since 6.18, 20a0bc10272f, and aea251799998 in
+    7.0), written in guest memory as the kernel writes them; a member they write is shown, and
+    checked against the true register, like a captured one. Other missing fields are listed,
+    never invented."""
     karch, m = fregs._k, fregs._m
     aliases = karch.ftrace_regs_aliases
     saved = tuple(aliases.get(f, f) for f in fregs.saved)
     meaning = {aliases.get(f, f): v for f, v in fregs.meaning.items()}
+    fixups = karch.partial_regs_of(kernel).fixups
+    saved += tuple(f.member for f in fixups if f.member not in saved)
     if karch.ftrace_regs_is_pt_regs:
-        return PtRegs(karch, m, fregs.addr, saved, fregs.truth, meaning)
-    m.write(scratch, bytes(karch.pt_regs.size))
-    for member, value in fregs.fields.items():
-        m.write(scratch + karch.pt_regs.offsets[aliases.get(member, member)], U64.pack(value))
-    return PtRegs(karch, m, scratch, saved, fregs.truth, meaning)
+        regs = PtRegs(karch, m, fregs.addr, saved, fregs.truth, meaning)
+    else:
+        m.write(scratch, bytes(karch.pt_regs.size))
+        for member, value in fregs.fields.items():
+            m.write(scratch + karch.pt_regs.offsets[aliases.get(member, member)], U64.pack(value))
+        regs = PtRegs(karch, m, scratch, saved, fregs.truth, meaning)
+    for f in fixups:
+        regs.set_reg(f.member, regs.reg(f.member) & f.keep | f.set)
+    return regs
 
 
 @dataclass(frozen=True)

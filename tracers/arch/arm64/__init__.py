@@ -8,7 +8,7 @@ from pathlib import Path
 from emulator.arch.arm64 import CPU
 from emulator.layout import Layout
 
-from ..base import FgraphArch, KernelArch, RethookArch, ReturnTrampoline, SiteEncoding
+from ..base import FgraphArch, KernelArch, PartialRegs, RegFixup, RethookArch, ReturnTrampoline, SiteEncoding
 from . import kprobes
 
 X = [f"x{n}" for n in range(31)]
@@ -27,6 +27,7 @@ FTRACE_REGS = Layout(
 )
 
 AARCH64_INSN_SIZE = 4
+PSR_MODE_EL1H = 0x5  # arch/arm64/include/uapi/asm/ptrace.h; user_mode(regs) is (pstate & 0xf) == EL0t (0)
 NOP = 0xD503201F
 MOV_X9_LR = 0xAA1E03E9  # what ftrace_init_nop writes before the BL slot
 BTI_HINTS = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}  # bti, bti c, bti j, bti jc
@@ -82,6 +83,20 @@ KERNEL = KernelArch(
     ftrace_regs_meaning={"pc": lambda site: site + AARCH64_INSN_SIZE},
     ftrace_regs_is_pt_regs=False,
     ftrace_regs_stack_args=False,  # ftrace_regs_get_argument: 0 past x7
+    # ftrace_partial_regs() copies x0-x8, sp, pc, fp and lr into the caller's pt_regs
+    # (arch/arm64/include/asm/ftrace.h); get_perf_callchain() skips the kernel stack when
+    # user_mode(regs), so bpf_get_stackid() from kprobe.multi returned -EFAULT until pstate was set.
+    partial_regs=(
+        (None, PartialRegs((), "pstate left 0, EL0t: user_mode() is true, so bpf_get_stackid() gets -EFAULT")),
+        (
+            # torvalds/linux fd2f74f8f3d3 (arm64 for-next/core, 6.18)
+            "arm64_partial_regs_el1h",
+            PartialRegs(
+                (RegFixup("pstate", 0, PSR_MODE_EL1H),),
+                "pstate = PSR_MODE_EL1h (fd2f74f8f3d3): user_mode() is false, the kernel stack is unwound",
+            ),
+        ),
+    ),
     regs_caller=None,
     no_regs_caller_reason=(
         "arm64 has no ftrace_regs_caller since 6.2 (DYNAMIC_FTRACE_WITH_ARGS): "

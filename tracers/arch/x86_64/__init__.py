@@ -7,7 +7,16 @@ from pathlib import Path
 from emulator.arch.x86_64 import CPU, KERNEL_CS, KERNEL_DS
 from emulator.layout import Layout
 
-from ..base import FgraphArch, KernelArch, RegsCaller, RethookArch, ReturnTrampoline, SiteEncoding
+from ..base import (
+    FgraphArch,
+    KernelArch,
+    PartialRegs,
+    RegFixup,
+    RegsCaller,
+    RethookArch,
+    ReturnTrampoline,
+    SiteEncoding,
+)
 from . import kprobes
 
 # struct pt_regs (arch/x86/include/asm/ptrace.h); ftrace_regs wraps one, so it has the same layout.
@@ -39,6 +48,9 @@ PT_REGS = Layout(
     },
 )
 FTRACE_REGS = Layout("ftrace_regs", 168, dict(PT_REGS.offsets))
+
+X86_EFLAGS_FIXED = 0x2  # RFLAGS bit 1, always 1 in the hardware (arch/x86/include/uapi/asm/processor-flags.h)
+MASK64 = (1 << 64) - 1
 
 CALL, NOP5 = 0xE8, bytes.fromhex("0f1f440000")  # x86_nops[5], what ftrace_make_nop writes
 MCOUNT_INSN_SIZE = 5  # the call at a site
@@ -106,6 +118,38 @@ KERNEL = KernelArch(
     ftrace_regs_meaning={"ip": lambda site: site + MCOUNT_INSN_SIZE},
     ftrace_regs_is_pt_regs=True,  # HAVE_FTRACE_REGS_HAVING_PT_REGS
     ftrace_regs_stack_args=True,  # regs_get_kernel_argument: n >= 6 is sp[n - 5]
+    # ftrace_partial_regs() returns &fregs->regs itself (HAVE_FTRACE_REGS_HAVING_PT_REGS). x86_64's
+    # user_mode(regs) is regs->cs & 3 (arch/x86/include/asm/ptrace.h), and perf_callchain_kernel()
+    # unwinds from the regs' ip/sp/bp only when perf_hw_regs(regs) sees X86_EFLAGS_FIXED in flags,
+    # else from the current stack (arch/x86/events/core.c).
+    partial_regs=(
+        (
+            None,
+            PartialRegs(
+                (),
+                "cs as the trampoline left it (ftrace_caller: 0, kernel RPL; return_to_handler: never "
+                "written), flags never written",
+            ),
+        ),
+        (
+            # torvalds/linux 20a0bc10272f (6.18-rc6): arch_ftrace_partial_regs()
+            "x86_arch_ftrace_partial_regs",
+            PartialRegs(
+                (RegFixup("cs", 0, KERNEL_CS), RegFixup("flags", MASK64 & ~X86_EFLAGS_FIXED, 0)),
+                "cs = __KERNEL_CS, X86_EFLAGS_FIXED cleared (20a0bc10272f): user_mode() is false, and "
+                "perf unwinds the current stack",
+            ),
+        ),
+        (
+            # torvalds/linux aea251799998 (7.0): regs->flags |= X86_EFLAGS_FIXED
+            "x86_partial_regs_flags_fixed",
+            PartialRegs(
+                (RegFixup("cs", 0, KERNEL_CS), RegFixup("flags", MASK64, X86_EFLAGS_FIXED)),
+                "cs = __KERNEL_CS, X86_EFLAGS_FIXED set (aea251799998): user_mode() is false, and "
+                "perf unwinds from these regs' ip, sp and bp",
+            ),
+        ),
+    ),
     regs_caller=RegsCaller(
         saved=tuple(r for r in PT_REGS.offsets if r != "orig_ax"), full_marker="cs"
     ),  # arch_ftrace_get_regs(): NULL when regs.cs == 0
