@@ -5,7 +5,8 @@ non-zero, the function's return is hooked (x86: the return slot on the stack, ar
 fregs) to return_to_handler, and retfunc(trace, gops, fregs) runs when it returns.
 
 The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as the kernel's
-(kernel/trace/fgraph.c, gregkh/linux 000aa47a5123; the stack grows upward):
+(kernel/trace/fgraph.c, gregkh/linux 000aa47a5123; the stack grows upward; the frame is 6.13+'s,
+without the calltime that commit f1f36e22bee9 moved into the function_graph tracer's reserved data):
 
     | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |  <- curr_ret_stack - 1
     | data words ...                                                   |   (per reserved data)
