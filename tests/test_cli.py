@@ -84,7 +84,7 @@ def test_trace_json_events(capsys, arch):
         "arch": arch,
         "tracer": "function",
         "type": "summary",
-        "counters": {"entries-written": 1},
+        "counters": {"entries-in-buffer": 1, "entries-written": 1},
         "verify": {"snapshots": 1, "mismatching": 0},
     }
     assert {k: event[k] for k in ("arch", "tracer", "type", "func", "depth", "args", "ts")} == {

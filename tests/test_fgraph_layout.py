@@ -2,8 +2,9 @@
 ftrace_ret_stack, then the bitmap word (BIT(0) always set), then each user's reserved data under
 its header word; the limits are SHADOW_STACK_MAX_OFFSET's; user slots come from the LRU table.
 
-The reference below is kernel/trace/fgraph.c (gregkh/linux 000aa47a5123, the 6.11+ layout that
-6.17 keeps) re-written in Python from the source, independently of tracers/core/fgraph.py:
+The reference below is kernel/trace/fgraph.c (gregkh/linux 000aa47a5123: the 6.11+ layout, its
+frame without calltime since 6.13's commit f1f36e22bee9, as 6.17 keeps it) re-written in Python
+from the source, independently of tracers/core/fgraph.py:
 ftrace_push_return_trace, function_graph_enter_regs, fgraph_reserve_data,
 fgraph_retrieve_parent_data, get_ret_stack, set_bitmap, fgraph_lru_alloc_index and
 fgraph_lru_release_index."""

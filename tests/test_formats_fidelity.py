@@ -112,3 +112,91 @@ def test_probe_events_show_irqs_off_as_the_cpu_had_it(capsys, arch, offset, kern
     seen = {(ln.split("] ")[1][:5], ln.split(": ")[1]) for ln in out.splitlines() if not ln.startswith("#")}
     p0 = "....." if arch == "x86_64" else "d...."  # arm64 has no kprobes on ftrace
     assert seen == {("d....", "px"), (p0, "p0"), (".....", "fx"), (kretprobe, "rx")}
+
+
+# -- the trace file's header (kernel/trace/trace.c, v6.17) ---------------------------------------
+# s_show() prints "# tracer: %s\n" and "#\n", then the tracer's print_header or, for the function
+# and nop tracers (which have none), trace_default_header(): with the default irq-info option,
+# print_func_help_header_irq(), which starts with print_event_info(). Its E is what the buffer holds
+# (ring_buffer_entries_cpu) and T that plus what overwriting replaced (ring_buffer_overrun_cpu);
+# a record refused by a full buffer in no-overwrite mode is in neither (dropped_events).
+EVENT_INFO = "# entries-in-buffer/entries-written: %lu/%lu   #P:%d\n".replace("%lu", "%d")
+IRQ_HELP = [  # print_func_help_header_irq's format strings; %.*s with prec 2 without record-tgid
+    "#                            %.*s  _-----=> irqs-off/BH-disabled\n",
+    "#                            %.*s / _----=> need-resched\n",
+    "#                            %.*s| / _---=> hardirq/softirq\n",
+    "#                            %.*s|| / _--=> preempt-depth\n",
+    "#                            %.*s||| / _-=> migrate-disable\n",
+    "#                            %.*s|||| /     delay\n",
+]
+
+
+def kernel_trace_header(tracer: str, entries: int, total: int) -> str:
+    """The header the kernel's `trace` file starts with, from its format strings, on one CPU."""
+    prec, space = 2, "            "
+    lines = [f"# tracer: {tracer}\n", "#\n", EVENT_INFO % (entries, total, 1), "#\n"]
+    lines += [fmt.replace("%.*s", space[:prec]) for fmt in IRQ_HELP]
+    lines.append("#           TASK-PID  %.*s CPU#  |||||  TIMESTAMP  FUNCTION\n".replace("%.*s", "     TGID   "[:prec]))
+    lines.append("#              | |    %.*s   |   |||||     |         |\n".replace("%.*s", "       |    "[:prec]))
+    return "".join(lines)
+
+
+FIB10 = ("funcs", "fib(10)", "--filter", "fib")  # 177 calls
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+@pytest.mark.parametrize(
+    "options, entries, total, closing",
+    [
+        ((), 177, 177, None),
+        (("--buffer-size", "50", "--buffer-mode", "stream"), 177, 177, None),
+        # overwrite: the newest 50 are in the buffer, 177 were written
+        (("--buffer-size", "50", "--buffer-mode", "overwrite"), 50, 177, None),
+        # drop: the first 50 are in the buffer and counted as written; the rest were dropped
+        (("--buffer-size", "50", "--buffer-mode", "drop"), 50, 50, "# lost: 127"),
+    ],
+)
+def test_function_trace_starts_with_the_kernels_header(capsys, arch, options, entries, total, closing):
+    out = ftlab(capsys, "trace", "--arch", arch, *FIB10, *options)
+    header = kernel_trace_header("function", entries, total)
+    assert out.startswith(header)
+    body = out[len(header) :].splitlines()
+    assert len([ln for ln in body if not ln.startswith("#")]) == entries
+    assert [ln for ln in body if ln.startswith("#")] == [*([closing] if closing else []), "# fib(10) = 55 (0x37)"]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+@pytest.mark.parametrize("mode, entries, total", [("stream", 177, 177), ("overwrite", 50, 177), ("drop", 50, 50)])
+def test_function_trace_json_counts_entries_as_the_header_does(capsys, arch, mode, entries, total):
+    options = ("--buffer-size", "50", "--buffer-mode", mode, "--format", "json")
+    counters = _json(ftlab(capsys, "trace", "--arch", arch, *FIB10, *options))[-1]["counters"]
+    assert (counters["entries-in-buffer"], counters["entries-written"]) == (entries, total)
+    assert counters.get("overwritten", 0) == total - entries
+    assert counters.get("lost", 0) == (127 if mode == "drop" else 0)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_probe_events_trace_is_the_nop_tracers(capsys, arch):
+    """Probe events are traced by the nop tracer: the same default header, E/T its events."""
+    out = ftlab(capsys, "trace", "--arch", arch, "funcs", "fib(3)", "-e", "f:fibin fib n=$arg1:s64")
+    assert out.startswith(kernel_trace_header("nop", 5, 5))
+    assert out.splitlines()[-2:] == ["# fprobes/fibin: hits 5 nmissed 0", "# fib(3) = 2"]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_function_graph_header_has_no_event_info(capsys, arch):
+    """function_graph has its own print_header, print_graph_headers_flags() (kernel/trace/
+    trace_functions_graph.c): no print_event_info line; with the default flags (CPU, OVERHEAD,
+    DURATION) its two lines are these, from __print_graph_headers_flags()'s pieces."""
+    first = "#" + " CPU" + "  DURATION   " + "               FUNCTION CALLS"
+    second = "#" + " |  " + "   |   |      " + "               |   |   |   |"
+    out = ftlab(capsys, "trace", "--arch", arch, *FUNCS)
+    assert out.splitlines()[:4] == ["# tracer: function_graph", "#", first, second]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_replay_prints_the_same_header(capsys, arch, tmp_path):
+    path = str(tmp_path / "rec")
+    direct = ftlab(capsys, "trace", "--arch", arch, *FIB10)
+    ftlab(capsys, "record", "--arch", arch, *FIB10, "-o", path, "--buffer-size", "16")
+    assert ftlab(capsys, "replay", path) == direct and direct.startswith(kernel_trace_header("function", 177, 177))

@@ -12,6 +12,7 @@ import pytest
 from emulator import FtlabError
 from fixtures import catalog
 from tracers import Lab
+from tracers.core.fgraph import FgraphOps
 from tracers.core.fprobe import Fprobe
 from tracers.core.ftrace import FtraceOps, OpsFlag
 from tracers.kernel_version import MODELLED, KernelVersion
@@ -116,6 +117,29 @@ def test_lone_ops_without_recursion_flag_is_called_directly(lab):
     ft.register(FtraceOps(recursing(lab, calls, "rec"), filter={ft.site("add3").ip}))
     assert lab.call("add3", 4, 5, 6) == 15
     assert calls["rec"] == CAP + 1 and not ft.recursion.recursed_functions
+
+
+def test_fgraph_entry_lets_one_nested_call_through(lab):
+    """function_graph_enter_regs takes ftrace_test_recursion_trylock(func, ret) itself (kernel/trace/
+    fgraph.c since 6.14, "fgraph: Get ftrace recursion lock in function_graph_enter"; x86's
+    ftrace_graph_func took it before): an entryfunc that calls its function again is called once
+    more (the transition bit), the next entry is refused before any user sees it and recorded as
+    CONFIG_FTRACE_RECORD_RECURSION does, and each entry that ran gets its return."""
+    ft, calls = lab.ftrace, Counter()
+
+    def entry(trace, gops, fregs):
+        calls["entry"] += 1
+        if calls["entry"] <= CAP:
+            lab.call("add3", 1, 2, 3)
+        return 1
+
+    gops = FgraphOps(entry, lambda trace, gops, fregs: calls.update(["return"]))
+    ft.set_filter(gops.ops, "add3")
+    lab.fgraph.register(gops)
+    assert lab.call("add3", 4, 5, 6) == 15
+    assert calls == {"entry": 2, "return": 2}
+    assert list(ft.recursion.recursed_functions) == [ft.site("add3").ip]
+    assert ft.recursion.val == 0 and lab.fgraph.curr_ret_stack == 0
 
 
 @X86_ONLY

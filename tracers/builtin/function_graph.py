@@ -56,7 +56,9 @@ class FunctionGraphTracer(RingTracer):
     def _reserve(self, trace, now_value) -> bool:
         if self.max_depth and trace.depth >= self.max_depth:
             return False
-        data = self.fgraph.reserve_data(CALLTIME.size)  # the calltime lives on the shadow stack
+        # the calltime lives in reserved shadow-stack data, as trace_graph_entry's fgraph_times do
+        # since 6.13 (commit f1f36e22bee9, kernel/trace/trace_functions_graph.c)
+        data = self.fgraph.reserve_data(CALLTIME.size)
         if data is None:
             return False
         self.lab.machine.write(data, CALLTIME.pack(now_value()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..output.events import COUNTERS
+from ..output.events import COUNTERS, with_entries_written
 from .trace_clock import CLOCKS
 
 
@@ -50,8 +50,8 @@ class Tracer:
         """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
         rb = self.lab.ring_buffer
         rb.drain()
-        if rb.lost or rb.overwritten:
-            self.ring_losses = {"lost": rb.lost, "overwritten": rb.overwritten}
+        # one of the two at most: overwrite mode replaces records, drop mode refuses them
+        self.ring_losses = {name: n for name, n in (("lost", rb.lost), ("overwritten", rb.overwritten)) if n}
 
     def emit(self, event) -> None:
         self.counts[self.counters[event.type]] += 1
@@ -62,7 +62,7 @@ class Tracer:
 
     def summary(self) -> dict:
         """What the trace ends with: its counters, and with verify mode the snapshot tally."""
-        out = {"counters": {**self.counts, **self.stats()}}
+        out = {"counters": with_entries_written({**self.counts, **self.stats()})}
         if self.verify:
             out["verify"] = {"snapshots": self.snapshots, "mismatching": self.mismatching}
         return out

@@ -267,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
         default="counter",
         help="trace_clock: counter (one per event) or insns (emulated instructions)",
     )
-    p.add_argument("-o", "--output", metavar="FILE", help="write the trace here (streamed) instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the trace here instead of stdout")
     p.add_argument(
         "--buffer-size",
         type=_count,

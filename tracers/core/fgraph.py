@@ -5,7 +5,8 @@ non-zero, the function's return is hooked (x86: the return slot on the stack, ar
 fregs) to return_to_handler, and retfunc(trace, gops, fregs) runs when it returns.
 
 The per-task shadow stack is a 4 KiB array of words in guest memory, laid out as the kernel's
-(kernel/trace/fgraph.c, gregkh/linux 000aa47a5123; the stack grows upward):
+(kernel/trace/fgraph.c, gregkh/linux 000aa47a5123; the stack grows upward; the frame is 6.13+'s,
+without the calltime that commit f1f36e22bee9 moved into the function_graph tracer's reserved data):
 
     | data header: offset | type 2 << 10 | (words-1) << 12 | idx << 17 |  <- curr_ret_stack - 1
     | data words ...                                                   |   (per reserved data)
@@ -207,7 +208,6 @@ class Fgraph:
         )
         self._reserving: tuple[int, list] | None = None  # (gops idx, frame data) during entryfunc
         self._retrieving: _Frame | None = None
-        self._busy = False
         self.verify = ftrace.verify  # the exit's snapshot stands at return_to_handler
         self.verify.add(self, "fgraph", lambda: (self.return_to_handler,))
         self.m.on_abandoned_call(self.exit_task)
@@ -390,14 +390,20 @@ class Fgraph:
     # -- entry (ftrace_graph_func, function_graph_enter_regs) -------------------------------------
 
     def _entry(self, ip: int, parent_ip: int, op, fregs: FtraceRegs) -> None:
-        if self._busy:  # ftrace_test_recursion_trylock
+        """ftrace_graph_func: function_graph_enter_regs, then hook the return. Its first step is
+        ftrace_test_recursion_trylock(func, ret) (kernel/trace/fgraph.c since 6.14, "fgraph: Get
+        ftrace recursion lock in function_graph_enter"; before, x86's ftrace_graph_func took it and
+        arm64's took none): one nested entry gets through on the transition bit, the next is
+        refused before any user sees it and recorded in recursed_functions."""
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
             return
-        self._busy = True
         try:
             if self._enter(ip, fregs) == 0:
                 fregs.set_return_address(self.return_to_handler)
         finally:
-            self._busy = False
+            recursion.unlock(bit)
 
     def _enter(self, func: int, fregs: FtraceRegs) -> int:
         """function_graph_enter_regs: push the frame and a reserved word (ftrace_push_return_trace),

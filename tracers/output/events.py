@@ -9,12 +9,29 @@ from ..probe_events import FetchArg, ProbeSpec
 
 NR_ARGS = 6  # arguments recorded per entry event
 # The counters a trace ends with, per tracer: the one each event type advances. The live tracers
-# and a replayed recording count their events by the same names.
+# and a replayed recording count their events by the same names. The function and nop tracers'
+# events are the entries in the kernel's buffer, which their trace file's header counts.
 COUNTERS = {
-    "function": {"entry": "entries-written"},
+    "function": {"entry": "entries-in-buffer"},
     "function_graph": {"entry": "entries", "exit": "exits"},
-    "nop": {"entry": "events", "exit": "events"},
+    "nop": {"entry": "entries-in-buffer", "exit": "entries-in-buffer"},
 }
+
+
+def with_entries_written(counters: dict) -> dict:
+    """The counters, with print_event_info()'s second number after its first where the tracer
+    counts entries-in-buffer (kernel/trace/trace.c get_total_entries_cpu, v6.17): entries-written
+    is the entries in the buffer plus those overwriting replaced (ring_buffer_overrun_cpu). A
+    record a full buffer refused in no-overwrite mode (`lost`) is in neither: the kernel counts
+    it apart, in dropped_events."""
+    if "entries-in-buffer" not in counters:
+        return counters
+    entries = counters["entries-in-buffer"]
+    return {
+        "entries-in-buffer": entries,
+        "entries-written": entries + counters.get("overwritten", 0),
+        **{k: v for k, v in counters.items() if k != "entries-in-buffer"},
+    }
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from emulator.symbols import Symbol, SymbolTable
 from ..arch import kernel_arch
 from ..kernel_version import KernelVersion
 from .decode import DECODERS
-from .events import COUNTERS
+from .events import COUNTERS, with_entries_written
 from .sinks import make_sink
 
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
@@ -154,5 +154,5 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
             for ev in decoder.events(chunk):
                 counts[names[ev.type]] += 1
                 sink.event(ev)
-        sink.end({"counters": {**counts, **rec.trailer["counters"]}})
+        sink.end({"counters": with_entries_written({**counts, **rec.trailer["counters"]})})
         return {"call": rec.call, "result": rec.trailer["result"]}

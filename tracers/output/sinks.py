@@ -1,9 +1,12 @@
-"""Sinks: the kernel's trace text, and JSON lines. Both stream, one event at a time, and name
-addresses from a symbol table (a lab's, or a recording's)."""
+"""Sinks: the kernel's trace text, and JSON lines. They name addresses from a symbol table (a
+lab's, or a recording's). JSON lines and function_graph's text stream, one event at a time; the
+function (and nop) tracer's text waits for the end of the trace, whose counts its header shows."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from typing import Any
 
 from emulator import FtlabError
@@ -23,8 +26,14 @@ COMM, PID, CPU = "ftlab", 1, 0
 FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
 
+# s_show() and print_func_help_header_irq() (kernel/trace/trace.c, v6.17), the header of the trace
+# file of tracers with no print_header of their own (function, nop): "# tracer: %s", "#", then
+# print_event_info()'s "# entries-in-buffer/entries-written: %lu/%lu   #P:%d" and "#", then the
+# column legend (irq-info on, record-tgid off). The lab has one CPU.
 FUNCTION_HEADER = """\
 # tracer: {tracer}
+#
+# entries-in-buffer/entries-written: {entries}/{written}   #P:1
 #
 #                                _-----=> irqs-off/BH-disabled
 #                               / _----=> need-resched
@@ -37,13 +46,21 @@ FUNCTION_HEADER = """\
 
 
 class TextSink:
-    """The `trace` file of the function tracer: `comm-pid [cpu] flags ts: func <-parent`."""
+    """The `trace` file of the function (and nop) tracer: `comm-pid [cpu] flags ts: func <-parent`.
+
+    The header counts the entries, so the file is what reading `trace` shows once the run is over:
+    the event lines are held (in memory, then a temporary file past SPOOL bytes) until the end,
+    then written after the header."""
+
+    SPOOL = 8 << 20
 
     def __init__(self, out, symbols: SymbolTable):
-        self.out, self.sym = out, symbols
+        self.final, self.sym = out, symbols
+        self.out = tempfile.SpooledTemporaryFile(self.SPOOL, mode="w+")
+        self.tracer = "function"
 
     def begin(self, tracer: str, clock: str) -> None:
-        self.out.write(FUNCTION_HEADER.format(tracer=tracer) + "\n")
+        self.tracer = tracer
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
@@ -68,7 +85,18 @@ class TextSink:
         return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
 
     def end(self, summary: dict) -> None:
-        write_summary(self.out, summary)
+        counters = summary["counters"]
+        self.final.write(
+            FUNCTION_HEADER.format(
+                tracer=self.tracer, entries=counters["entries-in-buffer"], written=counters["entries-written"]
+            )
+            + "\n"
+        )
+        with self.out as held:
+            held.seek(0)
+            shutil.copyfileobj(held, self.final)
+        # the header shows the entries and, as their difference, what overwriting replaced
+        write_summary(self.final, summary, shown=("entries-in-buffer", "entries-written", "overwritten"))
 
 
 def func_name(symbols: SymbolTable, addr: int) -> str:
@@ -83,9 +111,12 @@ def location(symbols: SymbolTable, addr: int) -> str:
     return f"{addr:#x}" if hit is None else f"{hit[0].name}+{hit[1]:#x}/{hit[0].size:#x}"
 
 
-def write_summary(out, summary: dict) -> None:
-    """A trace's closing comment lines: counters, per-probe hits and misses, the verify tally."""
-    out.write("# " + ", ".join(f"{k}: {v}" for k, v in summary["counters"].items()) + "\n")
+def write_summary(out, summary: dict, shown=()) -> None:
+    """A trace's closing comment lines: the counters the header has not shown (if any), per-probe
+    hits and misses, the verify tally."""
+    counters = {k: v for k, v in summary["counters"].items() if k not in shown}
+    if counters:
+        out.write("# " + ", ".join(f"{k}: {v}" for k, v in counters.items()) + "\n")
     for event, c in summary.get("probes", {}).items():
         out.write(f"# {event}: hits {c['hits']} nmissed {c['nmissed']}\n")
     if "verify" in summary:
