@@ -139,6 +139,25 @@ def test_several_ops_as_trace_selftest_ops(lab):
     assert not counts
 
 
+def test_several_ops_are_called_newest_first(lab):
+    """add_ftrace_ops() puts a registered ops at the head of ftrace_ops_list and
+    __ftrace_ops_list_func walks it from the head (kernel/trace/ftrace.c): the newest ops first."""
+    ft, order = lab.ftrace, []
+    ops = [FtraceOps(lambda ip, pip, op, fregs, n=n: order.append(n), name=f"ops{n}") for n in range(3)]
+    for o in ops:
+        ft.set_filter(o, "add3")
+        ft.register(o)
+    lab.call("add3", 1, 2, 3)
+    assert order == [2, 1, 0]
+    ft.unregister(ops[1])
+    ft.register(ops[1])  # registered again: the newest
+    order.clear()
+    lab.call("add3", 1, 2, 3)
+    assert order == [1, 2, 0]
+    for o in ops:
+        ft.unregister(o)
+
+
 def test_recursion_protection(lab):
     """trace_selftest's recursion tests: the callback calls the traced function again."""
     ft, calls = lab.ftrace, Counter()
