@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from helpers import EXAMPLES, all_variants
-from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
+from tracers import FgraphOps, FtraceOps, FunctionTracer, Lab, OpsFlag
 from tracers.output.sinks import ListSink
 
 MISSING = {
@@ -156,6 +156,27 @@ def test_several_ops_are_called_newest_first(lab):
     assert order == [1, 2, 0]
     for o in ops:
         ft.unregister(o)
+
+
+def test_fgraph_ops_keeps_its_place_when_users_come_and_go(lab):
+    """fgraph's graph_ops is registered with its first user; later users only update its hash
+    (ftrace_startup_subops, kernel/trace/ftrace.c), so an ops registered in between stays ahead."""
+    ft, order = lab.ftrace, []
+    first = FgraphOps(lambda trace, gops, fregs: order.append("graph") or 0, name="first")
+    ops = FtraceOps(lambda ip, pip, op, fregs: order.append("ops"), name="ops")
+    second = FgraphOps(lambda trace, gops, fregs: 0, name="second")
+    ft.set_filter(ops, "add3")
+    lab.fgraph.register(first)
+    ft.register(ops)
+    lab.fgraph.register(second)  # graph_ops is not registered anew: it stays behind ops
+    lab.call("add3", 1, 2, 3)
+    assert order == ["ops", "graph"]
+    lab.fgraph.unregister(second)
+    order.clear()
+    lab.call("add3", 1, 2, 3)
+    assert order == ["ops", "graph"]
+    lab.fgraph.unregister(first)
+    ft.unregister(ops)
 
 
 def test_recursion_protection(lab):
