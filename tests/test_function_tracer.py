@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from helpers import EXAMPLES, all_variants
-from tracers import FtraceOps, FunctionTracer, Lab, OpsFlag
+from tracers import FgraphOps, FtraceOps, FunctionTracer, Lab, OpsFlag
 from tracers.output.sinks import ListSink
 
 MISSING = {
@@ -137,6 +137,46 @@ def test_several_ops_as_trace_selftest_ops(lab):
     lab.call("add3", 1, 2, 3)
     lab.call("divmod", 7, 2)
     assert not counts
+
+
+def test_several_ops_are_called_newest_first(lab):
+    """add_ftrace_ops() puts a registered ops at the head of ftrace_ops_list and
+    __ftrace_ops_list_func walks it from the head (kernel/trace/ftrace.c): the newest ops first."""
+    ft, order = lab.ftrace, []
+    ops = [FtraceOps(lambda ip, pip, op, fregs, n=n: order.append(n), name=f"ops{n}") for n in range(3)]
+    for o in ops:
+        ft.set_filter(o, "add3")
+        ft.register(o)
+    lab.call("add3", 1, 2, 3)
+    assert order == [2, 1, 0]
+    ft.unregister(ops[1])
+    ft.register(ops[1])  # registered again: the newest
+    order.clear()
+    lab.call("add3", 1, 2, 3)
+    assert order == [1, 2, 0]
+    for o in ops:
+        ft.unregister(o)
+
+
+def test_fgraph_ops_keeps_its_place_when_users_come_and_go(lab):
+    """fgraph's graph_ops is registered with its first user; later users only update its hash
+    (ftrace_startup_subops, kernel/trace/ftrace.c), so an ops registered in between stays ahead."""
+    ft, order = lab.ftrace, []
+    first = FgraphOps(lambda trace, gops, fregs: order.append("graph") or 0, name="first")
+    ops = FtraceOps(lambda ip, pip, op, fregs: order.append("ops"), name="ops")
+    second = FgraphOps(lambda trace, gops, fregs: 0, name="second")
+    ft.set_filter(ops, "add3")
+    lab.fgraph.register(first)
+    ft.register(ops)
+    lab.fgraph.register(second)  # graph_ops is not registered anew: it stays behind ops
+    lab.call("add3", 1, 2, 3)
+    assert order == ["ops", "graph"]
+    lab.fgraph.unregister(second)
+    order.clear()
+    lab.call("add3", 1, 2, 3)
+    assert order == ["ops", "graph"]
+    lab.fgraph.unregister(first)
+    ft.unregister(ops)
 
 
 def test_recursion_protection(lab):

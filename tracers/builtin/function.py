@@ -36,8 +36,11 @@ class FunctionTracer(RingTracer):
         self.lab.ftrace.unregister(self.ops)
 
     def _record(self, ip, parent_ip, op, fregs) -> None:
-        """What function_trace_call does, for when other ops share the sites (the list function)."""
-        self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *fregs.fields.values())
+        """What function_trace_call does, for when other ops share the sites (the list function).
+        The record holds ftrace_caller's fields, also when another ops's SAVE_REGS made the site
+        call ftrace_regs_caller (a kretprobe's kprobe on ftrace), which saves more."""
+        fields = fregs.fields
+        self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *(fields[m] for m in self.lab.karch.ftrace_regs_saved))
 
     def _callback(self, ip, parent_ip, op, fregs) -> None:
         self.emit(

@@ -119,13 +119,12 @@ class FunctionGraphTracer(RingTracer):
 
     def _entry_record(self, trace, gops, fregs) -> int:
         rb = self.lab.ring_buffer
+        fields = fregs.fields  # ftrace_caller's, also where ftrace_regs_caller saved more (function.py)
+        saved = (fields[m] for m in self.lab.karch.ftrace_regs_saved)
         return int(
             self._reserve(
                 trace,
-                lambda: (
-                    rb.write(REC_ENTRY, trace.func, fregs.get_return_address(), trace.depth, *fregs.fields.values())
-                    or 0
-                ),
+                lambda: rb.write(REC_ENTRY, trace.func, fregs.get_return_address(), trace.depth, *saved) or 0,
             )
         )
 

@@ -101,6 +101,7 @@ class ProbeEventTracer(Tracer):
         self.kretprobes = lab.kretprobes()
         self.hits = dict.fromkeys(self.specs, 0)
         self._probes = []
+        self.write = self.emit  # where an event goes: out, or into a tracer's trace (add_events)
 
     def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
         if spec.kind not in ("f", "r", "p"):
@@ -163,16 +164,17 @@ class ProbeEventTracer(Tracer):
         )
 
     def summary(self) -> dict:
-        out = super().summary()
-        # kprobe_profile's columns: event, hits, misses. The kernel prints a line per probe; an
-        # event with several probes (one per function) totals them here.
+        return {**super().summary(), "probes": self.probe_counts()}
+
+    def probe_counts(self) -> dict[str, dict[str, int]]:
+        """kprobe_profile's columns: event, hits, misses. The kernel prints a line per probe; an
+        event with several probes (one per function) totals them here."""
         probes: dict[str, dict[str, int]] = {}
         for s, p in zip(self.specs, self._probes, strict=True):
             counts = probes.setdefault(f"{s.group}/{s.event}", {"hits": 0, "nmissed": 0})
             counts["hits"] += self.hits[s]
             counts["nmissed"] += p.nmissed
-        out["probes"] = probes
-        return out
+        return probes
 
     def _save_entry(self, data: int, regs) -> int:
         self.lab.machine.write(data, ENTRY.pack(*(_argument(regs, n) for n in range(SAVED_ARGS))))
@@ -193,7 +195,7 @@ class ProbeEventTracer(Tracer):
 
     def _emit(self, spec, type_, ip, parent_ip, regs, values, args, retval=None) -> None:
         self.hits[spec] += 1
-        self.emit(
+        self.write(
             Event(
                 MECHANISM[spec.kind],
                 type_,

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import struct
+
+from emulator import FtlabError
+
 from ..output.events import COUNTERS, with_entries_written
+from ..output.records import EVENT_RECORD, REC_EVENT
 from .trace_clock import CLOCKS
+
+EVENT_KEY = struct.Struct("<Q")
 
 
 class Tracer:
@@ -18,14 +26,38 @@ class Tracer:
         self.ring_losses: dict[str, int] = {}  # what a full ring buffer lost, when it lost any
         self.mismatching = 0
         self.snapshots = 0
+        self.events = None  # probe events written into this trace (add_events)
+
+    def add_events(self, events) -> None:
+        """Probe events in this tracer's trace, as the kernel's dynamic events enabled alongside
+        current_tracer: they go into the tracer's buffer in the order they happen, stamped by its
+        clock, and its trace prints them among its own lines. `events` is a ProbeEventTracer on the
+        same sink; it starts after this tracer, stops before it, and this trace's summary counts both."""
+        self.events = events
+        events.write = self.write_event
+
+    def write_event(self, event) -> None:
+        """A probe event, as it happens: straight out, when nothing is buffered."""
+        self.events.emit(event)
 
     def __enter__(self):
         self.clock = CLOCKS[self.clock_name](self.lab.machine)
         self.start()  # first: a refused registration is an error before any output
+        if self.events is not None:
+            self.events.clock = self.clock  # one trace clock
+            try:
+                self.events.start()
+            except BaseException:
+                self.events.stop()
+                self.stop()
+                self.clock.close()
+                raise
         self.sink.begin(self.name, self.clock_name)
         return self
 
     def __exit__(self, *exc):
+        if self.events is not None:
+            self.events.stop()
         self.stop()
         self.clock.close()
         self.sink.end(self.summary())
@@ -50,6 +82,7 @@ class Tracer:
         """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
         rb = self.lab.ring_buffer
         rb.drain()
+        self.pending.clear()  # probe events whose records were overwritten
         # one of the two at most: overwrite mode replaces records, drop mode refuses them
         self.ring_losses = {name: n for name, n in (("lost", rb.lost), ("overwritten", rb.overwritten)) if n}
 
@@ -61,10 +94,23 @@ class Tracer:
         self.sink.event(event)
 
     def summary(self) -> dict:
-        """What the trace ends with: its counters, and with verify mode the snapshot tally."""
-        out = {"counters": with_entries_written({**self.counts, **self.stats()})}
-        if self.verify:
-            out["verify"] = {"snapshots": self.snapshots, "mismatching": self.mismatching}
+        """What the trace ends with: its counters (and its probe events'), and with verify mode the
+        snapshot tally."""
+        tracers = (self,) if self.events is None else (self, self.events)
+        counts = dict(self.counts)
+        if self.events is not None:
+            # entries in the tracer's buffer: counted with its own where its header counts them
+            # (function), else on their own
+            key = "entries-in-buffer" if "entries-in-buffer" in counts else "events"
+            counts[key] = counts.get(key, 0) + sum(self.events.counts.values())
+        out = {"counters": with_entries_written({**counts, **self.stats()})}
+        if self.events is not None:
+            out["probes"] = self.events.probe_counts()
+        if any(t.verify for t in tracers):
+            out["verify"] = {
+                "snapshots": sum(t.snapshots for t in tracers),
+                "mismatching": sum(t.mismatching for t in tracers),
+            }
         return out
 
     def stats(self) -> dict:
@@ -98,6 +144,45 @@ class RingTracer(Tracer):
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         self.filters, self.notrace = list(filters), list(notrace)
         self.decoder = self.decoder_class(lab.karch)  # the ring buffer's records as events
+        self.pending: dict = {}  # probe events whose records are in the buffer, by key
+        self._keys = itertools.count()
+
+    def add_events(self, events) -> None:
+        if self.ring and self.consumer != self.decode:
+            raise FtlabError("probe events cannot be recorded: a recording holds the tracer's records only")
+        super().add_events(events)
+        if self.ring:
+            self.consumer = self.decode_with_events
+
+    def write_event(self, event) -> None:
+        """Through the ring buffer, when the tracer records through it: a record there keeps the
+        event's place among the tracer's records (the guest code's too) and stamps it with the
+        buffer's clock, which the tracer's records share; Python keeps the event itself. A full
+        buffer loses or overwrites it as it would the tracer's own."""
+        if not self.ring:
+            return super().write_event(event)
+        key = next(self._keys)
+        ts = self.lab.ring_buffer.write(REC_EVENT, key)
+        if ts is not None:
+            event.ts = ts
+            self.pending[key] = event
+
+    def decode_with_events(self, chunk: bytes) -> None:
+        """The ring-buffer consumer when probe events share the buffer: runs of the tracer's records
+        through its decoder, each probe event's record replaced by its event, in buffer order."""
+        size = self.decoder.rec.size
+        types = memoryview(chunk).cast("Q")[EVENT_RECORD.index("type") :: size // 8].tolist()
+        start = 0
+        for i, type_ in enumerate(types):
+            if type_ != REC_EVENT:
+                continue
+            if start < i:
+                self.decode(chunk[start * size : i * size])
+            [key] = EVENT_KEY.unpack_from(chunk, i * size + EVENT_RECORD.offsets["key"])
+            self.events.emit(self.pending.pop(key))
+            start = i + 1
+        if start < len(types):
+            self.decode(chunk[start * size :])
 
     def select(self, ops) -> None:
         """set_ftrace_filter and set_ftrace_notrace on the tracer's ftrace_ops."""

@@ -62,34 +62,29 @@ def cmd_sites(args, out):
                 out.write(f"    {state:<9} {code.hex(' '):<24} {text}\n")
 
 
+def _probe_events(args, lab, sink):
+    return ProbeEventTracer(lab, sink, args.event, clock=args.clock, verify=args.verify, design=args.fprobe_design)
+
+
 def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
-    if args.event and args.tracer:
-        raise FtlabError("give either --tracer or -e probe events, not both")
     for lab in _labs(args):
         _banner(args, lab, out)
-        if args.event:
-            tracer = ProbeEventTracer(
-                lab,
-                make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name),
-                args.event,
-                clock=args.clock,
-                verify=args.verify,
-                design=args.fprobe_design,
+        if args.event and not args.tracer:  # the nop tracer: the probe events alone
+            tracer = _probe_events(args, lab, make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name))
+        else:
+            tracer_name = args.tracer or "function"
+            graph = tracer_name == "function_graph"
+            options = (
+                {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail, "kernel": lab.kernel} if graph else {}
             )
-            with tracer:
-                result = lab.call(name, *call_args, ret=args.ret)
-            if args.format == "text":
-                out.write(f"# {args.call.strip()} = {format_result(result)}\n")
-            continue
-        args.tracer = args.tracer or "function"
-        graph = args.tracer == "function_graph"
-        options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail, "kernel": lab.kernel} if graph else {}
-        sink = make_sink(args.format, args.tracer, out, lab.machine.symbols, lab.arch.name, **options)
-        extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
-        tracer = TRACERS[args.tracer](
-            lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra
-        )
+            sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, **options)
+            extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
+            tracer = TRACERS[tracer_name](
+                lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra
+            )
+            if args.event:  # current_tracer and the dynamic events, into one buffer
+                tracer.add_events(_probe_events(args, lab, sink))
         with tracer:
             result = lab.call(name, *call_args, ret=args.ret)
         if args.format == "text":
@@ -120,6 +115,11 @@ def cmd_compare(args, out):
 
 
 def cmd_record(args, out):
+    if args.event:
+        raise FtlabError(
+            "record: probe events (-e) cannot be recorded: a recording holds the tracer's ring-buffer "
+            "records only; trace them with `ftlab trace --tracer TRACER -e SPEC`"
+        )
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
@@ -233,7 +233,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="run a function under a tracer")
     _add_target(p)
     _add_ret(p)
-    p.add_argument("--tracer", choices=sorted(TRACERS), help="function (the default) or function_graph")
+    p.add_argument(
+        "--tracer",
+        choices=sorted(TRACERS),
+        help="function (the default) or function_graph; with -e, the probe events go into its trace",
+    )
     p.add_argument(
         "-e",
         "--event",
@@ -291,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     _add_ret(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
+    p.add_argument("-e", "--event", action="append", default=[], metavar="SPEC", help="not recordable (refused)")
     p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
     p.add_argument(
         "--buffer-size", type=_count, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})"

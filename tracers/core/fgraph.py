@@ -291,7 +291,10 @@ class Fgraph:
         user with guest code runs there, entry and exit, with no Python per call."""
         self._users = [g for g in self.array if g is not None]
         users, ft = self._users, self.ftrace
-        if self.graph_ops in ft.ops:
+        # the kernel registers graph_ops with the first user and only updates its hash after that
+        # (ftrace_startup_subops): it keeps its place in ftrace_ops_list, which decides its turn
+        place = ft.ops.index(self.graph_ops) if self.graph_ops in ft.ops else None
+        if place is not None:
             ft.unregister(self.graph_ops)
         lone = users[0] if len(users) == 1 and users[0].guest else None
         self.graph_ops.guest_func = lone.guest[0] if lone else None
@@ -314,6 +317,8 @@ class Fgraph:
         self.graph_ops.filter = set() if everything else set().union(*(g.ops.filter for g in users))
         self.graph_ops.notrace = set.intersection(*(g.ops.notrace for g in users))
         ft.register(self.graph_ops)
+        if place is not None:
+            ft.ops.insert(place, ft.ops.pop())
 
     def exit_task(self) -> None:
         """ftrace_graph_exit_task: the task's calls under way are gone, and their frames with them. The

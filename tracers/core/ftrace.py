@@ -256,7 +256,9 @@ class Ftrace:
         meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
         saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
-        ops = tuple(self.ops)
+        # ftrace_ops_list holds the newest ops first (add_ftrace_ops puts it at the head,
+        # kernel/trace/ftrace.c) and __ftrace_ops_list_func walks it from there
+        ops = tuple(reversed(self.ops))
         if len(ops) == 1 and not ops[0].flags & OpsFlag.RECURSION:
             if ops[0].traces(ip):
                 ops[0].func(ip, parent_ip, ops[0], fregs)

@@ -96,9 +96,14 @@ class Snapshot:
         return self.reg(arch.lr) if arch.lr else self._m.u64(self.get_stack_pointer())
 
     def set_return_address(self, value: int) -> None:
-        """Where fgraph and rethook hook a return: lr on arm64, the stack slot on x86."""
+        """Where fgraph and rethook hook a return: lr on arm64, the stack slot on x86. A hooked lr
+        is what the ops called after this one see (arm64's ftrace_graph_func writes fregs->lr,
+        arch/arm64/kernel/ftrace.c), so verify mode compares it with the hook from then on."""
         if self._arch.lr:
             self.set_reg(self._arch.lr, value)
+            if self.truth is not None:
+                lr = self._arch.lr
+                self.meaning[next((m for m, r in self._aliases.items() if r == lr), lr)] = value
         else:
             self._m.pack(U64, self.get_stack_pointer(), value)
 

@@ -12,6 +12,11 @@ from ..arch import KERNEL_ARCHES
 from ..core.ring_buffer import RECORD_HEADER
 
 REC_ENTRY, REC_EXIT = 1, 2  # the records' types: a function's entry, its exit
+# A probe event written into a tracer's buffer (`trace --tracer ... -e ...`): the kernel writes the
+# probe's own entry there (trace_event_buffer_reserve); the lab writes this record for its place and
+# timestamp, its one body word a key to the event Python keeps. Only live traces hold these.
+REC_EVENT = 3
+EVENT_RECORD = RECORD_HEADER.extend("probe event record", ("key",))
 
 
 @dataclass(frozen=True)

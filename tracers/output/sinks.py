@@ -73,16 +73,10 @@ class TextSink:
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
 
     def _body(self, ev: Event) -> str:
-        parent = ev.parent_ip  # None only at a kprobe inside a function, whose text shows no parent
-        if ev.probe is None:
-            assert parent is not None  # the function tracer's events always have their caller
-            return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, parent)}"
-        # probe events: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit
-        where = location(self.sym, ev.ip)
-        if ev.type == "exit":
-            assert parent is not None  # an exit always has where it returned to
-            where = f"{location(self.sym, parent)} <- {func_name(self.sym, ev.ip)}"
-        return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
+        if ev.probe is not None:
+            return probe_text(self.sym, ev)
+        assert ev.parent_ip is not None  # the function tracer's events always have their caller
+        return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, ev.parent_ip)}"
 
     def end(self, summary: dict) -> None:
         counters = summary["counters"]
@@ -97,6 +91,19 @@ class TextSink:
             shutil.copyfileobj(held, self.final)
         # the header shows the entries and, as their difference, what overwriting replaced
         write_summary(self.final, summary, shown=("entries-in-buffer", "entries-written", "overwritten"))
+
+
+def probe_text(symbols: SymbolTable, ev: Event) -> str:
+    """A probe event's own text, its trace() (print_fentry_event, print_fexit_event in
+    kernel/trace/trace_fprobe.c; print_kprobe_event, print_kretprobe_event in trace_kprobe.c) without
+    the newline: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit, then its fetchargs."""
+    parent = ev.parent_ip  # None only at a kprobe inside a function, whose text shows no parent
+    assert ev.probe is not None
+    where = location(symbols, ev.ip)
+    if ev.type == "exit":
+        assert parent is not None  # an exit always has where it returned to
+        where = f"{location(symbols, parent)} <- {func_name(symbols, ev.ip)}"
+    return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
 
 
 def func_name(symbols: SymbolTable, addr: int) -> str:
@@ -151,7 +158,8 @@ def graph_retval(value: int) -> str:
 class GraphTextSink:
     """The function_graph tracer's trace file: `CPU) DURATION | func() {` ... `}`, `func();` for
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
-    the next event shows which it is; nothing else is buffered."""
+    the next event shows which it is; nothing else is buffered. Any other event (a probe event in
+    the same buffer) is a comment in the graph, `/* text */`, as print_graph_comment() prints it."""
 
     def __init__(
         self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False, kernel: KernelVersion = MODELLED
@@ -167,6 +175,8 @@ class GraphTextSink:
         self.ret = "ret=" if kernel.has("funcgraph_retval_ret") else "= "
         self.unit = "ev"
         self._held: Event | None = None
+        # fgraph_cpu_data.depth: where the last line printed leaves a comment (graph_trace_open: 0)
+        self._depth = 0
 
     def begin(self, tracer: str, clock: str) -> None:
         self.unit = UNITS.get(clock, clock)
@@ -181,10 +191,22 @@ class GraphTextSink:
         self.out.write(f" {CPU}) {column}|  {'  ' * depth}{text}\n")
 
     def _open(self, ev: Event) -> None:
+        self._depth = ev.depth  # print_graph_entry_nested: the comments inside go one deeper
         self._line(None, ev.depth, f"{func_name(self.sym, ev.ip)}() {{")
+
+    def _comment(self, ev: Event) -> None:
+        """print_graph_comment() (kernel/trace/trace_functions_graph.c): the CPU, an empty duration
+        column (FLAGS_FILL_FULL), (depth + 1) * TRACE_GRAPH_INDENT spaces only when depth > 0, then
+        "/* ", the event's trace() output with its ending newline stripped, " */"."""
+        self._line(None, self._depth + 1 if self._depth > 0 else 0, f"/* {probe_text(self.sym, ev)} */")
 
     def event(self, ev: Event) -> None:
         held, self._held = self._held, None
+        if ev.probe is not None:
+            if held is not None:  # an event between an entry and its exit: the entry is no leaf
+                self._open(held)
+            self._comment(ev)
+            return
         if ev.type == "entry":
             if held is not None:
                 self._open(held)
@@ -204,6 +226,8 @@ class GraphTextSink:
                 if self.tail
                 else ""
             )
+        # print_graph_entry_leaf and print_graph_return: comments after it at its own level
+        self._depth = ev.depth - 1
         self._line(ev.duration, ev.depth, text)
 
     def end(self, summary: dict) -> None:
