@@ -68,24 +68,6 @@ class Tracer:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def ring_start(self, mode: str, consumer) -> None:
-        """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""
-        self.lab.ring_buffer.reset(mode, consumer)
-
-    def decode(self, chunk: bytes) -> None:
-        """The ring-buffer consumer while tracing: the records, through the tracer's decoder (a
-        ring-buffer tracer's self.decoder), as the events its Python path would have made."""
-        for event in self.decoder.events(chunk):
-            self.emit(event)
-
-    def ring_stop(self) -> None:
-        """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
-        rb = self.lab.ring_buffer
-        rb.drain()
-        self.pending.clear()  # probe events whose records were overwritten
-        # one of the two at most: overwrite mode replaces records, drop mode refuses them
-        self.ring_losses = {name: n for name, n in (("lost", rb.lost), ("overwritten", rb.overwritten)) if n}
-
     def emit(self, event) -> None:
         self.counts[self.counters[event.type]] += 1
         if event.verification is not None:
@@ -146,6 +128,24 @@ class RingTracer(Tracer):
         self.decoder = self.decoder_class(lab.karch)  # the ring buffer's records as events
         self.pending: dict = {}  # probe events whose records are in the buffer, by key
         self._keys = itertools.count()
+
+    def ring_start(self, mode: str, consumer) -> None:
+        """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""
+        self.lab.ring_buffer.reset(mode, consumer)
+
+    def decode(self, chunk: bytes) -> None:
+        """The ring-buffer consumer while tracing: the records, through the tracer's decoder, as the
+        events its Python path would have made."""
+        for event in self.decoder.events(chunk):
+            self.emit(event)
+
+    def ring_stop(self) -> None:
+        """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
+        rb = self.lab.ring_buffer
+        rb.drain()
+        self.pending.clear()  # probe events whose records were overwritten
+        # one of the two at most: overwrite mode replaces records, drop mode refuses them
+        self.ring_losses = {name: n for name, n in (("lost", rb.lost), ("overwritten", rb.overwritten)) if n}
 
     def add_events(self, events) -> None:
         if self.ring and self.consumer != self.decode:
