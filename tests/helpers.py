@@ -3,6 +3,7 @@ every bundled fixture variant, and every example call of the catalog with its in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -12,6 +13,7 @@ from fixtures import catalog
 from tracers.arch import kernel_arch
 from tracers.cli.main import main
 from tracers.core.fprobe import DESIGNS
+from tracers.kernel_version import MODELLED
 
 ARCHES = list(arches.ARCHES)
 # (arch, fprobe design) where the design existed: the rethook design only where the arch had rethook
@@ -69,3 +71,11 @@ def ftlab(capsys, *argv: str) -> str:
     out, err = capsys.readouterr()
     assert (code, err) == (0, ""), err
     return out
+
+
+def trace_file(capsys, *argv: str, kernel: str = str(MODELLED)) -> str:
+    """The kernel's trace file that `ftlab trace` or `ftlab replay` prints in text, after the
+    lab's line naming the release and arch it models (checked here, and left off)."""
+    first, _, rest = ftlab(capsys, *argv).partition("\n")
+    assert re.fullmatch(rf"# ftlab: Linux {re.escape(kernel)} model, (x86_64|arm64)", first), first
+    return rest

@@ -57,7 +57,7 @@ def test_sites_lists_three_states(capsys, arch):
 def test_trace_text_is_the_kernel_function_format(capsys, arch):
     out = ok(capsys, "trace", "--arch", arch, "funcs", "chain_a(10)", "--verify")
     lines = out.splitlines()
-    assert lines[0] == "# tracer: function"
+    assert lines[:2] == [f"# ftlab: Linux {MODELLED} model, {arch}", "# tracer: function"]
     events = [ln for ln in lines if not ln.startswith("#")]
     assert all(LINE.match(ln) for ln in events) and len(events) == 4
     assert events[1].endswith("2: chain_b <-chain_a")
@@ -84,6 +84,7 @@ def test_trace_json_events(capsys, arch):
         "arch": arch,
         "tracer": "function",
         "type": "summary",
+        "kernel": str(MODELLED),
         "counters": {"entries-in-buffer": 1, "entries-written": 1},
         "verify": {"snapshots": 1, "mismatching": 0},
     }

@@ -8,8 +8,8 @@ import pytest
 
 from emulator import FtlabError
 from emulator.symbols import Symbol, SymbolTable
-from helpers import ftlab
-from tracers.kernel_version import KernelVersion
+from helpers import ftlab, trace_file
+from tracers.kernel_version import MODELLED, KernelVersion
 from tracers.output.events import Event
 from tracers.output.sinks import GraphTextSink
 
@@ -157,7 +157,7 @@ FIB10 = ("funcs", "fib(10)", "--filter", "fib")  # 177 calls
     ],
 )
 def test_function_trace_starts_with_the_kernels_header(capsys, arch, options, entries, total, closing):
-    out = ftlab(capsys, "trace", "--arch", arch, *FIB10, *options)
+    out = trace_file(capsys, "trace", "--arch", arch, *FIB10, *options)
     header = kernel_trace_header("function", entries, total)
     assert out.startswith(header)
     body = out[len(header) :].splitlines()
@@ -178,7 +178,7 @@ def test_function_trace_json_counts_entries_as_the_header_does(capsys, arch, mod
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_probe_events_trace_is_the_nop_tracers(capsys, arch):
     """Probe events are traced by the nop tracer: the same default header, E/T its events."""
-    out = ftlab(capsys, "trace", "--arch", arch, "funcs", "fib(3)", "-e", "f:fibin fib n=$arg1:s64")
+    out = trace_file(capsys, "trace", "--arch", arch, "funcs", "fib(3)", "-e", "f:fibin fib n=$arg1:s64")
     assert out.startswith(kernel_trace_header("nop", 5, 5))
     assert out.splitlines()[-2:] == ["# fprobes/fibin: hits 5 nmissed 0", "# fib(3) = 2"]
 
@@ -190,7 +190,7 @@ def test_function_graph_header_has_no_event_info(capsys, arch):
     DURATION) its two lines are these, from __print_graph_headers_flags()'s pieces."""
     first = "#" + " CPU" + "  DURATION   " + "               FUNCTION CALLS"
     second = "#" + " |  " + "   |   |      " + "               |   |   |   |"
-    out = ftlab(capsys, "trace", "--arch", arch, *FUNCS)
+    out = trace_file(capsys, "trace", "--arch", arch, *FUNCS)
     assert out.splitlines()[:4] == ["# tracer: function_graph", "#", first, second]
 
 
@@ -199,4 +199,17 @@ def test_replay_prints_the_same_header(capsys, arch, tmp_path):
     path = str(tmp_path / "rec")
     direct = ftlab(capsys, "trace", "--arch", arch, *FIB10)
     ftlab(capsys, "record", "--arch", arch, *FIB10, "-o", path, "--buffer-size", "16")
-    assert ftlab(capsys, "replay", path) == direct and direct.startswith(kernel_trace_header("function", 177, 177))
+    assert ftlab(capsys, "replay", path) == direct
+    assert trace_file(capsys, "replay", path).startswith(kernel_trace_header("function", 177, 177))
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_the_trace_names_the_release_it_models(capsys, arch, tmp_path):
+    """Above the kernel's header, one line names the release (MODELLED, or --kernel) and the
+    arch; a replay names the recording's; JSON puts the release in its summary record."""
+    assert ftlab(capsys, "trace", "--arch", arch, *FIB10).startswith(f"# ftlab: Linux {MODELLED} model, {arch}\n")
+    path = str(tmp_path / "rec")
+    ftlab(capsys, "record", "--arch", arch, *FIB10, "-o", path, "--kernel", "6.8")
+    for argv in (("trace", "--arch", arch, *FIB10, "--kernel", "6.8"), ("replay", path)):
+        assert trace_file(capsys, *argv, kernel="6.8").startswith("# tracer: function\n")
+    assert _json(ftlab(capsys, "replay", path, "--format", "json"))[-1]["kernel"] == "6.8"

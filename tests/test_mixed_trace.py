@@ -11,7 +11,7 @@ import pytest
 
 from emulator import FtlabError
 from fixtures import catalog
-from helpers import ARCHES, FPROBE_DESIGNS, ftlab
+from helpers import ARCHES, FPROBE_DESIGNS, ftlab, trace_file
 from tracers import FunctionTracer, Lab
 from tracers.builtin.function_graph import FunctionGraphTracer
 from tracers.builtin.probe import ProbeEventTracer
@@ -178,7 +178,7 @@ def test_graph_comments_are_print_graph_comment_lines(capsys, arch):
     argv = ["trace", "--arch", arch, "funcs", "chain_a(1)", "--tracer", "function_graph"]
     for f in where:
         argv += ["-e", f"p:k{f[-1]} {f}+{body(lab, f)} x=%{reg}"]
-    out = ftlab(capsys, *argv)
+    out = trace_file(capsys, *argv)
     assert out.splitlines()[4:] == [
         " 0)               |  chain_a() {",
         f" 0)               |  /* ka: ({where['chain_a']}) x=0x1 */",
@@ -204,7 +204,7 @@ def test_graph_comments_after_a_leaf_or_a_return(capsys, arch):
     """After a leaf or a closing brace at depth d the comment depth is d - 1, so a comment is at
     the level of that line (print_graph_entry_leaf, print_graph_return), and at none for d = 1.
     fprobe exits on fgraph come after function_graph's exit (fgraph users in index order)."""
-    out = ftlab(
+    out = trace_file(
         capsys,
         *("trace", "--arch", arch, "funcs", "chain_a(1)", "--tracer", "function_graph", "--funcgraph-tail"),
         *("-e", "f:co chain_c%return r=$retval", "-e", "f:bo chain_b%return r=$retval"),
@@ -228,7 +228,7 @@ def test_graph_comments_after_a_leaf_or_a_return(capsys, arch):
 
 
 def test_function_tracer_lines_and_probe_lines_share_the_format(capsys, arch):
-    out = ftlab(
+    out = trace_file(
         capsys, "trace", "--arch", arch, "funcs", "chain_a(1)", "--tracer", "function", "-e", "f:cin chain_c x=$arg1"
     )
     lines = out.splitlines()

@@ -68,17 +68,15 @@ def _probe_events(args, lab, sink):
 
 def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
-    for lab in _labs(args):
-        _banner(args, lab, out)
+    for lab in _labs(args):  # the sink's first line names the arch
         if args.event and not args.tracer:  # the nop tracer: the probe events alone
-            tracer = _probe_events(args, lab, make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name))
+            sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel)
+            tracer = _probe_events(args, lab, sink)
         else:
             tracer_name = args.tracer or "function"
             graph = tracer_name == "function_graph"
-            options = (
-                {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail, "kernel": lab.kernel} if graph else {}
-            )
-            sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, **options)
+            options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+            sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options)
             extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
             tracer = TRACERS[tracer_name](
                 lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra

@@ -145,8 +145,8 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
     printed. Returns the call and its result."""
     with Recording(path) as rec:
         decoder = rec.decoder()
-        options = {**graph_options, "kernel": rec.kernel} if rec.tracer == "function_graph" else {}
-        sink = make_sink(fmt, rec.tracer, out, rec.symbols, rec.karch.name, **options)
+        options = graph_options if rec.tracer == "function_graph" else {}
+        sink = make_sink(fmt, rec.tracer, out, rec.symbols, rec.karch.name, rec.kernel, **options)
         names = COUNTERS[rec.tracer]
         counts = dict.fromkeys(names.values(), 0)
         sink.begin(rec.tracer, rec.clock)

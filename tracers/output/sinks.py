@@ -45,6 +45,11 @@ FUNCTION_HEADER = """\
 #              | |         |   |||||     |         |"""
 
 
+def model_line(arch: str, kernel: KernelVersion) -> str:
+    """The lab's line above the kernel's header: the release and the arch the trace models."""
+    return f"# ftlab: Linux {kernel} model, {arch}\n"
+
+
 class TextSink:
     """The `trace` file of the function (and nop) tracer: `comm-pid [cpu] flags ts: func <-parent`.
 
@@ -54,8 +59,8 @@ class TextSink:
 
     SPOOL = 8 << 20
 
-    def __init__(self, out, symbols: SymbolTable):
-        self.final, self.sym = out, symbols
+    def __init__(self, out, symbols: SymbolTable, model: str = ""):
+        self.final, self.sym, self.model = out, symbols, model
         self.out = tempfile.SpooledTemporaryFile(self.SPOOL, mode="w+")
         self.tracer = "function"
 
@@ -81,7 +86,8 @@ class TextSink:
     def end(self, summary: dict) -> None:
         counters = summary["counters"]
         self.final.write(
-            FUNCTION_HEADER.format(
+            self.model
+            + FUNCTION_HEADER.format(
                 tracer=self.tracer, entries=counters["entries-in-buffer"], written=counters["entries-written"]
             )
             + "\n"
@@ -162,11 +168,17 @@ class GraphTextSink:
     the same buffer) is a comment in the graph, `/* text */`, as print_graph_comment() prints it."""
 
     def __init__(
-        self, out, symbols: SymbolTable, retval: bool = False, tail: bool = False, kernel: KernelVersion = MODELLED
+        self,
+        out,
+        symbols: SymbolTable,
+        retval: bool = False,
+        tail: bool = False,
+        kernel: KernelVersion = MODELLED,
+        model: str = "",
     ):
         if retval and not kernel.has("funcgraph_retval"):
             raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
-        self.out, self.sym = out, symbols
+        self.out, self.sym, self.model = out, symbols, model
         self.retval, self.tail = retval, tail
         # print_graph_retval (kernel/trace/trace_functions_graph.c): since 6.13 (commit 21e92806d39c,
         # "function_graph: Support recording and printing the function return address") the value
@@ -180,7 +192,7 @@ class GraphTextSink:
 
     def begin(self, tracer: str, clock: str) -> None:
         self.unit = UNITS.get(clock, clock)
-        self.out.write(GRAPH_HEADER + "\n")
+        self.out.write(self.model + GRAPH_HEADER + "\n")
 
     def _line(self, duration: int | None, depth: int, text: str) -> None:
         if duration is None:
@@ -240,8 +252,8 @@ class GraphTextSink:
 class JsonSink:
     """One JSON object per event per line, then one `summary` record with the counters."""
 
-    def __init__(self, out, symbols: SymbolTable, arch: str):
-        self.out, self.sym, self.arch = out, symbols, arch
+    def __init__(self, out, symbols: SymbolTable, arch: str, kernel: KernelVersion):
+        self.out, self.sym, self.arch, self.kernel = out, symbols, arch, kernel
         self.tracer: str | None = None
 
     def begin(self, tracer: str, clock: str) -> None:
@@ -272,7 +284,8 @@ class JsonSink:
         self.out.write(json.dumps(record) + "\n")
 
     def end(self, summary: dict) -> None:
-        self.out.write(json.dumps({"arch": self.arch, "tracer": self.tracer, "type": "summary", **summary}) + "\n")
+        head = {"arch": self.arch, "tracer": self.tracer, "type": "summary", "kernel": str(self.kernel)}
+        self.out.write(json.dumps({**head, **summary}) + "\n")
 
 
 class CountSink:
@@ -313,14 +326,15 @@ def _json_value(arg, value):
     return value if isinstance(value, int) else format_value(arg, value)
 
 
-def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, **options):
-    """The sink for a format; `text` is the tracer's own trace-file format. arch names the
-    architecture in JSON records."""
+def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kernel: KernelVersion, **options):
+    """The sink for a format; `text` is the tracer's own trace-file format, under one line naming
+    the release and arch modelled; JSON names them in its records."""
     if fmt == "json":
-        return JsonSink(out, symbols, arch)
+        return JsonSink(out, symbols, arch, kernel)
+    model = model_line(arch, kernel)
     if tracer == "function_graph":
-        return GraphTextSink(out, symbols, **options)
-    return TextSink(out, symbols)
+        return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
+    return TextSink(out, symbols, model)
 
 
 FORMATS = ("text", "json")
