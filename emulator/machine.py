@@ -234,11 +234,14 @@ class Machine:
             )
         self.write_code(addr, new)
 
-    def load_lab_code(self, source: str | Path, constants: dict[str, int] | None = None) -> dict[str, int]:
-        """Assemble a .S file into lab text; its .globl labels become lab symbols."""
+    def load_lab_code(
+        self, source: str | Path, constants: dict[str, int] | None = None, macros: str = ""
+    ) -> dict[str, int]:
+        """Assemble a .S file into lab text; its .globl labels become lab symbols. `macros` are
+        `.macro` definitions generated for it (as its constants are), read before the file."""
         path = Path(source)
         base = self.alloc("lab text", 0, 16)
-        code = asm.assemble(self.arch, path.read_text(), base, constants, name=path.name, where=path.parent)
+        code = asm.assemble(self.arch, macros + path.read_text(), base, constants, name=path.name, where=path.parent)
         self.alloc("lab text", len(code.code), 1)
         self.write_code(base, code.code)
         ends = sorted(set(code.symbols.values()) | {base + len(code.code)})

@@ -17,7 +17,7 @@ from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
-from tracers.kernel_version import MODELLED, OLDEST
+from tracers.kernel_version import CHANGES, MODELLED, OLDEST
 
 ROOT = Path(__file__).resolve().parent.parent  # not the working directory: pytest may run from tests/
 SOURCES = [
@@ -31,7 +31,10 @@ def test_every_lab_source_is_round_tripped():
     """An empty SOURCES would skip the round trip silently: each arch has its runtime and trampolines."""
     for arch_name in arches.ARCHES:
         names = {p.name for p in SOURCES if p.parent.name == arch_name}
-        returns = {t.source for _, t in kernel_arch(arches.get(arch_name)).rethook.trampolines}
+        karch = kernel_arch(arches.get(arch_name))
+        returns = {t.source for _, t in karch.rethook.trampolines} | {
+            r.source for _, r in karch.fgraph.return_to_handlers
+        }
         assert len(returns) >= 1
         assert {
             "runtime.S",
@@ -53,7 +56,8 @@ def _assembled(arch_name: str) -> dict:
         return asm
 
     with patch("emulator.asm.assemble", capture):
-        for kernel in (OLDEST, MODELLED):  # each release's return trampoline
+        # each release's return trampolines (the rethook's, fgraph's return_to_handler)
+        for kernel in sorted({OLDEST, MODELLED} | {first for first, _ in CHANGES.values()}):
             Lab.open("funcs", arch_name, kernel=kernel)
     return made
 

@@ -11,6 +11,7 @@ from fixtures import catalog
 from helpers import ftlab
 from tracers import FunctionGraphTracer, FunctionTracer, Lab
 from tracers.cli.main import main
+from tracers.kernel_version import KernelVersion
 from tracers.output.decode import DECODERS, StackDepth
 from tracers.output.sinks import CountSink, ListSink
 
@@ -72,6 +73,22 @@ def test_decoded_records_are_the_python_path_events(arch, kind, kw):
     assert most > 1
 
 
+@pytest.mark.parametrize("kernel", ["6.17", "6.18", "7.0"])
+def test_graph_exit_records_hold_the_releases_exit_fields(arch, kernel):
+    """The exit record holds what the release's return_to_handler saved (x86: sp from 6.18,
+    20a0bc10272f): the guest code, which copies the fields the record's layout names, and the
+    Python path write the same events, and the decoder reads them back with those fields."""
+    release = KernelVersion.parse(kernel)
+    ring = Lab.open(catalog.DEFAULT, arch, ring_records=4, kernel=release)
+    plain = Lab.open(catalog.DEFAULT, arch, kernel=release)
+    chunks = _records(ring, FunctionGraphTracer, "fib", (6,))
+    decoded = [e for chunk in chunks for e in DECODERS["function_graph"](ring.karch, release).events(chunk)]
+    assert [_key(e) for e in decoded] == _python_path(plain, FunctionGraphTracer, "fib", (6,))
+    exits = [e for e in decoded if e.type == "exit"]
+    assert exits and all(tuple(e.regs) == ring.fgraph.exit_saved for e in exits)
+    assert ("sp" in ring.fgraph.exit_saved) == (arch == "x86_64" and kernel != "6.17")
+
+
 def test_stack_depth_from_the_saved_sp():
     """The stack grows down: an entry at or above an earlier entry's sp means that one returned."""
     depth = StackDepth()
@@ -87,7 +104,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("tracer,call,options,view", CASES, ids=[f"{c[0]}-{c[1][:6]}-{len(c[2])}" for c in CASES])
+CASES += [  # the exit record by release: x86's return_to_handler saves sp from 6.18 (20a0bc10272f)
+    ("function_graph", "fib(6)", ["--kernel", kernel], ["--funcgraph-retval"]) for kernel in ("6.17", "6.18")
+]
+
+
+@pytest.mark.parametrize(
+    "tracer,call,options,view", CASES, ids=[f"{c[0]}-{c[1][:6]}-{'-'.join(c[2])[:16]}" for c in CASES]
+)
 def test_replay_is_the_direct_trace_byte_for_byte(capsys, arch, tmp_path, tracer, call, options, view):
     path = str(tmp_path / "trace.ftl")
     assert (
@@ -116,6 +140,8 @@ def test_replay_refuses_a_recording_it_cannot_read(capsys, arch, tmp_path):
     for change, message in (
         ({"version": 1}, f"recording version 1, this ftlab reads {header['version']}"),
         ({"record_size": header["record_size"] + 8}, f"recorded with a different {arch} record layout"),
+        # another release's exit record (x86's return_to_handler saves sp from 6.18 on)
+        ({"exit_fields": header["exit_fields"][:-1]}, f"recorded with a different {arch} record layout"),
         ({"tracer": "nop"}, "a nop recording; this ftlab replays function, function_graph"),
     ):
         path.write_bytes(json.dumps({**header, **change}).encode() + b"\n" + rest)

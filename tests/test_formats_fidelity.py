@@ -9,6 +9,7 @@ import pytest
 from emulator import FtlabError
 from emulator.symbols import Symbol, SymbolTable
 from helpers import ftlab, trace_file
+from tracers import Lab
 from tracers.kernel_version import MODELLED, KernelVersion
 from tracers.output.events import Event
 from tracers.output.sinks import GraphTextSink
@@ -82,12 +83,42 @@ def _json(text: str) -> list[dict]:
 PROBE_STACK = ("funcs", "add3(1,2,3)", "-e", "f:fx add3%return s=$stack s1=$stack1 r=$retval", "--format", "json")
 
 
-@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
-def test_stack_at_an_fprobe_exit_on_fgraph_is_a_fault(capsys, arch):
+@pytest.mark.parametrize(
+    "arch, kernel", [("x86_64", "6.17"), ("arm64", "6.17"), ("arm64", "7.0")]
+)  # arm64's return_to_handler never saved sp; x86's did from 6.18 (the tests below)
+def test_stack_at_an_fprobe_exit_on_fgraph_is_a_fault(capsys, arch, kernel):
     """$stack is the sp of the handler's regs (FETCH_OP_STACKP in trace_fprobe.c process_fetch_insn):
-    on fgraph (6.14+) return_to_handler's ftrace_regs hold none, so it is a fault."""
-    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, *PROBE_STACK))
+    on fgraph (6.14+) return_to_handler's ftrace_regs hold none there, so it is a fault."""
+    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, "--kernel", kernel, *PROBE_STACK))
     assert ev["fetch"] == {"s": "(fault)", "s1": "(fault)", "r": 6}
+
+
+@pytest.mark.parametrize("arch", ["x86_64"])  # 8bc11700e0d2 is x86's; arm64's has no sp (above)
+def test_stack_at_an_fprobe_exit_on_fgraph_is_the_true_sp_from_7_0(capsys, arch):
+    """7.0's return_to_handler stores the sp it was entered with (8bc11700e0d2): $stack is the true
+    sp after the function's ret, and $stack1 reads the caller's stack, as the rethook design's
+    complete pt_regs gave them (6.12)."""
+    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, "--kernel", "7.0", "--verify", *PROBE_STACK))
+    [rethook, _] = _json(ftlab(capsys, "trace", "--arch", arch, "--kernel", "6.12", *PROBE_STACK))
+    assert ev["regs"]["kind"] == "ftrace_regs" and ev["regs"]["mismatch"] == []
+    assert ev["fetch"]["s"] == ev["regs"]["truth"]["sp"] and ev["fetch"] == rethook["fetch"]
+
+
+@pytest.mark.parametrize("arch", ["x86_64"])  # 20a0bc10272f is x86's
+def test_stack_at_an_fprobe_exit_on_fgraph_is_the_ftrace_regs_in_6_18(capsys, arch):
+    """6.18 and 6.19 store %rsp after building the ftrace_regs (20a0bc10272f): $stack is that
+    ftrace_regs' address, 8 + FRAME_SIZE below the true sp, and $stack21 is the return slot
+    `subq $8, %rsp` stepped back over, which still holds return_to_handler."""
+    spec = "f:fx add3%return s=$stack s21=$stack21 r=$retval"
+    lab = Lab.open("funcs", arch, kernel=KernelVersion.parse("6.18"))
+    for kernel in ("6.18", "6.19"):
+        out = ftlab(capsys, "trace", "--arch", arch, "--kernel", kernel, "--verify", "funcs", "add3(1,2,3)",
+                    "-e", spec, "--format", "json")  # fmt: skip
+        [ev, _] = _json(out)
+        true_sp = ev["regs"]["truth"]["sp"]
+        assert ev["regs"]["mismatch"] == ["sp"] and ev["regs"]["fields"]["sp"] == ev["fetch"]["s"]
+        assert ev["fetch"]["s"] == true_sp - 8 - lab.karch.ftrace_regs.size
+        assert ev["fetch"]["s21"] == lab.fgraph.return_to_handler
 
 
 @pytest.mark.parametrize("arch", ["x86_64"])  # the rethook design (before 6.14) was x86's alone

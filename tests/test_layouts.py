@@ -14,19 +14,24 @@ from tracers.core.ftrace import OPS_LIST_ARGS
 from tracers.core.kprobes import TRAP_ARGS
 from tracers.core.rethook import CALLBACK_ARGS
 from tracers.core.ring_buffer import RB_CONTROL, RECORD_HEADER
-from tracers.output.records import RECORDS
+from tracers.kernel_version import CHANGES, OLDEST
+from tracers.output.records import records_of
 from tracers.output.sinks import ListSink
+
+RELEASES = sorted({OLDEST} | {first for first, _ in CHANGES.values()})  # every modelled behaviour
 
 
 def shared_layouts(karch):
-    """Every struct guest code and Python share, with the prefix of its asm constants."""
-    records, fp_test = RECORDS[karch.name], karch.fgraph.fp_test
+    """Every struct guest code and Python share, with the prefix of its asm constants: the records of
+    each release (the exit record holds what that release's return_to_handler saved)."""
+    fp_test = karch.fgraph.fp_test
+    records = {records_of(karch, kernel) for kernel in RELEASES}
     return [
         (RB_CONTROL, "RB_"),
         (RECORD_HEADER, "HDR_"),
-        (records.function, "FN_"),
-        (records.graph_entry, "GRAPH_ENT_"),
-        (records.graph_exit, "GRAPH_RET_"),
+        *((r.function, "FN_") for r in records),
+        *((r.graph_entry, "GRAPH_ENT_") for r in records),
+        *((r.graph_exit, "GRAPH_RET_") for r in records),
         (fgraph.FG_CONTROL, "FG_"),
         (fgraph.FTRACE_RET_STACK[fp_test], "FG_FRAME_"),
         (fgraph.GUEST_PUSH[fp_test], "FG_PUSH_"),

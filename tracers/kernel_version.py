@@ -86,6 +86,20 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
         KernelVersion(7, 0),
         "x86 arch_ftrace_partial_regs() sets X86_EFLAGS_FIXED (commit aea251799998); 6.18-6.19 cleared it",
     ),
+    "x86_return_to_handler_orc": (
+        KernelVersion(6, 18),
+        (
+            "x86 return_to_handler steps back over the return slot for the ORC unwinder and stores the "
+            "ftrace_regs' own address as its sp (commit 20a0bc10272f, 6.18-rc6); before, rax, rdx and rbp only"
+        ),
+    ),
+    "x86_return_to_handler_entry_sp": (
+        KernelVersion(7, 0),
+        (
+            "x86 return_to_handler stores the sp the function returned with (commit 8bc11700e0d2); "
+            "6.18-6.19 stored the ftrace_regs' address"
+        ),
+    ),
     "arm64_kretprobe_brk": (
         KernelVersion(6, 9),
         (

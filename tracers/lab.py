@@ -27,7 +27,7 @@ from .core.kretprobe import Kretprobes
 from .core.rethook import RethookCore
 from .core.ring_buffer import DEFAULT_RECORDS, RingBuffer
 from .kernel_version import MODELLED, KernelVersion
-from .output.records import RECORDS
+from .output.records import records_of
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,13 @@ class Lab:
         self.target, self.kernel = target, kernel
         self.machine = Machine(target.arch, budget)
         self.ftrace = Ftrace(self.machine)
-        self.fgraph = Fgraph(self.ftrace)
+        self.fgraph = Fgraph(self.ftrace, kernel)
         self.rethook = RethookCore(self.ftrace, kernel)
         self.kprobes = Kprobes(self.ftrace, self.rethook.break_hooks())
         karch = self.ftrace.karch
-        self.ring_buffer = RingBuffer(
-            self.machine, karch, RECORDS[karch.name].size, DEFAULT_RECORDS if ring_records is None else ring_records
-        )
-        self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer)
+        records = DEFAULT_RECORDS if ring_records is None else ring_records
+        self.ring_buffer = RingBuffer(self.machine, karch, records_of(karch, kernel).size, records)
+        self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
 

@@ -44,14 +44,35 @@ class RegsCaller:
 
 
 @dataclass(frozen=True)
+class ReturnToHandler:
+    """One release's return_to_handler: a .S file beside the arch's __init__.py, the ftrace_regs
+    members it stores (and fgraph's ip/pc, the real return address), and what that exit
+    ftrace_regs is to its users (unwinders, $stack, BPF), in a phrase."""
+
+    source: str
+    saved: tuple[str, ...]
+    effect: str
+
+
+@dataclass(frozen=True)
 class FgraphArch:
-    """What return_to_handler saves, the word unwinders match a hooked frame by (retp: 'sp', the
+    """return_to_handler by release, the word unwinders match a hooked frame by (retp: 'sp', the
     return slot's address, or 'fp'), and whether the frame pointer is checked on return
     (HAVE_FUNCTION_GRAPH_FP_TEST)."""
 
-    exit_saved: tuple[str, ...]
+    # (the CHANGES entry that brought it, or None for the oldest modelled release; its
+    # return_to_handler), oldest first
+    return_to_handlers: tuple[tuple[str | None, ReturnToHandler], ...]
     retp: str
     fp_test: bool
+
+    def return_to_handler(self, kernel) -> ReturnToHandler:
+        """The return_to_handler of the kernel release (a tracers.kernel_version.KernelVersion)."""
+        return by_release(self.return_to_handlers, kernel)
+
+    def exit_saved(self, kernel) -> tuple[str, ...]:
+        """The ftrace_regs members the release's return_to_handler stores (fgraph_exit_saved)."""
+        return self.return_to_handler(kernel).saved
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class KernelArch:
     def name(self) -> str:
         return self.cpu.name
 
-    def load(self, machine, source: str, constants: dict[str, int] | None = None) -> dict[str, int]:
-        """Assemble one of this arch's .S files into the lab text, with its asm-offsets."""
-        return machine.load_lab_code(self.source_dir / source, {**self.asm_constants, **(constants or {})})
+    def load(self, machine, source: str, constants: dict[str, int] | None = None, macros: str = "") -> dict[str, int]:
+        """Assemble one of this arch's .S files into the lab text, with its asm-offsets (and any
+        macros generated from the layouts it writes)."""
+        return machine.load_lab_code(self.source_dir / source, {**self.asm_constants, **(constants or {})}, macros)

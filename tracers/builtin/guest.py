@@ -7,7 +7,8 @@ from __future__ import annotations
 import struct
 
 from ..core import fgraph
-from ..output.records import RECORDS
+from ..kernel_version import MODELLED, KernelVersion
+from ..output.records import records_of
 
 U64 = struct.Struct("<Q")
 
@@ -16,12 +17,14 @@ class TracerCode:
     """The tracers' guest code in one lab: assembled after the cores, calling the ring buffer's
     rb_reserve and pushing and popping fgraph's frames."""
 
-    def __init__(self, ftrace, fgraph_core, ring_buffer):
+    def __init__(self, ftrace, fgraph_core, ring_buffer, kernel: KernelVersion = MODELLED):
         m, karch = ftrace.m, ftrace.karch
+        records = records_of(karch, kernel)  # the exit record holds what the release's return_to_handler saved
         syms = karch.load(
             m,
             "function_trace.S",
-            {**RECORDS[karch.name].asm_constants(), **fgraph.asm_constants(karch), "rb_reserve": ring_buffer.reserve},
+            {**records.asm_constants(), **fgraph.asm_constants(karch), "rb_reserve": ring_buffer.reserve},
+            records.asm_macros(),
         )
         self.function_trace_call = syms["function_trace_call"]
         self.graph_trace_entry, self.graph_trace_return = syms["graph_trace_entry"], syms["graph_trace_return"]

@@ -55,9 +55,11 @@ class _Context:
     def stack_pointer(self) -> int:
         # FETCH_OP_STACKP reads ftrace_regs_get_stack_pointer() / kernel_stack_pointer() of the
         # handler's regs (trace_fprobe.c, trace_kprobe.c process_fetch_insn). At an fprobe's exit on
-        # fgraph those are the ftrace_regs return_to_handler built, which hold no sp (6.17 saves
-        # rax, rdx, rbp on x86; x0-x7 and fp on arm64): the kernel reads a slot nothing filled,
-        # and the lab shows the fault an uncaptured register is.
+        # fgraph those are the ftrace_regs return_to_handler built (Fgraph.exit_saved). arm64's and
+        # x86's until 6.17 hold no sp (x0-x7 and fp; rax, rdx, rbp): the kernel reads a slot nothing
+        # filled, and the lab shows the fault an uncaptured register is. x86 6.18-6.19 stores the
+        # ftrace_regs' own address there (20a0bc10272f), so $stack reads the exit ftrace_regs
+        # itself; 7.0 the sp the function returned with (8bc11700e0d2), the caller's stack.
         return self.register(self.m.arch.sp)
 
     def stack(self, n: int) -> int:

@@ -125,7 +125,7 @@ class RingTracer(Tracer):
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         self.filters, self.notrace = list(filters), list(notrace)
-        self.decoder = self.decoder_class(lab.karch)  # the ring buffer's records as events
+        self.decoder = self.decoder_class(lab.karch, lab.kernel)  # the ring buffer's records as events
         self.pending: dict = {}  # probe events whose records are in the buffer, by key
         self._keys = itertools.count()
 

@@ -67,6 +67,8 @@ def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = No
     c = Capture(mechanism, title, f"{func}+{site.ip - sym.addr:#x}")
     if mechanism == "partial_regs":
         c.note = f"Linux {lab.kernel}: {lab.karch.partial_regs_of(lab.kernel).effect}"
+    elif mechanism == "fgraph_exit":
+        c.note = f"Linux {lab.kernel}: {lab.fgraph.design.effect}"
     attach, detach = _attachments(lab, mechanism, func, site, sym, offset, c)
     if c.refused:
         return c

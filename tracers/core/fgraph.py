@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from emulator import FtlabError
 from emulator.layout import Bits, Layout
 
+from ..kernel_version import MODELLED, KernelVersion
 from .ftrace import Ftrace, FtraceOps
 from .regs import FtraceRegs
 
@@ -173,10 +174,14 @@ class _Frame:
 
 
 class Fgraph:
-    def __init__(self, ftrace: Ftrace):
+    def __init__(self, ftrace: Ftrace, kernel: KernelVersion = MODELLED):
+        """kernel: the release whose return_to_handler hooks returns (FgraphArch.return_to_handlers:
+        on x86 what its ftrace_regs holds changed in 6.18 and 7.0)."""
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = karch = ftrace.karch
-        syms = karch.load(self.m, "return_to_handler.S", RETURN_ARGS.asm_constants("RETURN_ARGS_"))
+        self.design = design = karch.fgraph.return_to_handler(kernel)
+        self.exit_saved = design.saved  # what the exit's ftrace_regs holds
+        syms = karch.load(self.m, design.source, RETURN_ARGS.asm_constants("RETURN_ARGS_"))
         self.return_to_handler = syms["return_to_handler"]
         self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS.nr_words)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
@@ -465,7 +470,7 @@ class Fgraph:
             fregs_addr,
             truth,
             {karch.cpu.pc: frame.ret} if truth else None,
-            saved=karch.fgraph.exit_saved,
+            saved=self.exit_saved,
         )
         if karch.fgraph.fp_test and frame.fp != fregs.get_frame_pointer():
             raise FtlabError(

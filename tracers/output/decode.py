@@ -1,13 +1,15 @@
 """Ring-buffer records to events, for a live trace and a replayed recording alike.
 
-A decoder is built from the KernelArch (which fixes the record layout) and yields the events a
-chunk of records holds. It keeps only the state the records need to be read (the call depth);
+A decoder is built from the KernelArch and the kernel release (which fix the record layout: the
+exit record holds what the release's return_to_handler saved) and yields the events a chunk of
+records holds. It keeps only the state the records need to be read (the call depth);
 whoever consumes the events counts and formats them.
 """
 
 from __future__ import annotations
 
 from ..core.regs import missing_registers
+from ..kernel_version import MODELLED, KernelVersion
 from .events import NR_ARGS, Event
 from .records import REC_ENTRY, record_struct
 
@@ -32,8 +34,8 @@ class FunctionDecoder:
 
     tracer = "function"
 
-    def __init__(self, karch):
-        self.rec = record_struct(karch)
+    def __init__(self, karch, kernel: KernelVersion = MODELLED):
+        self.rec = record_struct(karch, kernel)
         self.saved = saved = karch.ftrace_regs_saved
         self.sp = saved.index(karch.cpu.sp)
         self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
@@ -66,9 +68,9 @@ class GraphDecoder:
 
     tracer = "function_graph"
 
-    def __init__(self, karch):
-        self.rec = record_struct(karch)
-        self.saved, self.exit_saved = saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved
+    def __init__(self, karch, kernel: KernelVersion = MODELLED):
+        self.rec = record_struct(karch, kernel)
+        self.saved, self.exit_saved = saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved(kernel)
         aliases = karch.ftrace_regs_aliases
         self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
         self.missing_in = tuple(missing_registers(karch, saved, aliases))

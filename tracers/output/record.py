@@ -23,8 +23,9 @@ from .events import COUNTERS, with_entries_written
 from .sinks import make_sink
 
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
-# release, whose text formats replay prints.
-MAGIC, VERSION = "ftlab-record", 3
+# release, whose text formats replay prints. 4: the release fixes the exit record's fields (x86's
+# return_to_handler saves sp from 6.18), which the header lists as exit_fields.
+MAGIC, VERSION = "ftlab-record", 4
 LENGTH = struct.Struct("<Q")
 
 
@@ -51,8 +52,9 @@ class Recorder:
             "tracer": tracer,
             "clock": "counter",
             "call": call_text,
-            "record_size": DECODERS[tracer](karch).rec.size,
+            "record_size": DECODERS[tracer](karch, kernel).rec.size,
             "fields": list(karch.ftrace_regs_saved),
+            "exit_fields": list(karch.fgraph.exit_saved(kernel)),
             "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols],
         }
         self.fh.write(json.dumps(header).encode() + b"\n")
@@ -89,7 +91,6 @@ class Recording:
             self.fh.close()
             raise
         self.tracer, self.clock, self.call = header["tracer"], header["clock"], header["call"]
-        self.kernel = KernelVersion.parse(header["kernel"])
         self.symbols = SymbolTable()
         for name, addr, size, kind in header["symbols"]:
             self.symbols.add(Symbol(name, addr, size, kind))
@@ -107,9 +108,11 @@ class Recording:
         if header["tracer"] not in DECODERS:
             raise FtlabError(f"{path}: a {header['tracer']} recording; this ftlab replays {', '.join(DECODERS)}")
         self.karch = karch = kernel_arch(arches.get(header["arch"]))
+        self.kernel = kernel = KernelVersion.parse(header["kernel"])
         if (
             header["fields"] != list(karch.ftrace_regs_saved)
-            or header["record_size"] != DECODERS[header["tracer"]](karch).rec.size
+            or header["exit_fields"] != list(karch.fgraph.exit_saved(kernel))
+            or header["record_size"] != DECODERS[header["tracer"]](karch, kernel).rec.size
         ):
             raise FtlabError(f"{path}: recorded with a different {karch.name} record layout")
         return header
@@ -122,7 +125,7 @@ class Recording:
 
     def decoder(self):
         """A fresh decoder for this recording's records."""
-        return DECODERS[self.tracer](self.karch)
+        return DECODERS[self.tracer](self.karch, self.kernel)
 
     def chunks(self):
         """The chunks of records in the order they were written; then the trailer is read."""

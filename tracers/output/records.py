@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from emulator.layout import Layout
 
-from ..arch import KERNEL_ARCHES
 from ..core.ring_buffer import RECORD_HEADER
+from ..kernel_version import MODELLED, KernelVersion
 
 REC_ENTRY, REC_EXIT = 1, 2  # the records' types: a function's entry, its exit
 # A probe event written into a tracer's buffer (`trace --tracer ... -e ...`): the kernel writes the
@@ -21,28 +21,28 @@ EVENT_RECORD = RECORD_HEADER.extend("probe event record", ("key",))
 
 @dataclass(frozen=True)
 class Records:
-    """One arch's records, each the ring buffer's record header and then its own words (the kernel's
-    struct ftrace_entry, ftrace_graph_ent_entry and ftrace_graph_ret_entry). Every record in the
-    buffer has the size of the largest."""
+    """One arch's records in one release, each the ring buffer's record header and then its own
+    words (the kernel's struct ftrace_entry, ftrace_graph_ent_entry and ftrace_graph_ret_entry).
+    Every record in the buffer has the size of the largest. The exit record holds what the
+    release's return_to_handler saved (FgraphArch.return_to_handlers: x86 saves sp from 6.18)."""
 
     function: Layout  # ip, parent_ip, the ftrace_regs fields ftrace_caller saved
     graph_entry: Layout  # the function, its return address, its depth, the same fields
     graph_exit: Layout  # the function, where it returned, its depth, the exit's fields, calltime
+    exit_saved: tuple[str, ...]  # the exit's fields: the ftrace_regs members return_to_handler saved
     size: int
     codec: struct.Struct  # all of a record's words, for decoding in bulk
 
     @classmethod
-    def of(cls, karch) -> Records:
-        saved, exit_saved = (
-            tuple(f"regs_{m}" for m in members) for members in (karch.ftrace_regs_saved, karch.fgraph.exit_saved)
-        )
+    def of(cls, karch, exit_saved: tuple[str, ...]) -> Records:
+        saved, exits = (tuple(f"regs_{m}" for m in members) for members in (karch.ftrace_regs_saved, exit_saved))
         layouts = (
             RECORD_HEADER.extend("ftrace_entry", ("ip", "parent", *saved)),
             RECORD_HEADER.extend("ftrace_graph_ent_entry", ("ip", "parent", "depth", *saved)),
-            RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", "depth", *exit_saved, "calltime")),
+            RECORD_HEADER.extend("ftrace_graph_ret_entry", ("ip", "parent", "depth", *exits, "calltime")),
         )
         size = max(layout.size for layout in layouts)
-        return cls(*layouts, size, struct.Struct(f"<{size // 8}Q"))
+        return cls(*layouts, tuple(exit_saved), size, struct.Struct(f"<{size // 8}Q"))
 
     def asm_constants(self) -> dict[str, int]:
         return {
@@ -53,10 +53,32 @@ class Records:
             "REC_EXIT": REC_EXIT,
         }
 
+    def asm_macros(self) -> str:
+        """`graph_exit_fields fregs, rec`: the guest code's copy of the exit's fields from the exit
+        ftrace_regs into the exit record, one `record_field` (the arch's function_trace.S) each,
+        generated from the same list as the layout, so the two cannot disagree."""
+        fields = ", ".join(m.upper() for m in self.exit_saved)
+        return (
+            ".macro graph_exit_fields fregs, rec\n"
+            f"    .irp m, {fields}\n"
+            "    record_field \\fregs, \\rec, GRAPH_RET, \\m\n"
+            "    .endr\n"
+            ".endm\n"
+        )
 
-RECORDS = {name: Records.of(karch) for name, karch in KERNEL_ARCHES.items()}
+
+_RECORDS: dict[tuple[str, tuple[str, ...]], Records] = {}
 
 
-def record_struct(karch) -> struct.Struct:
+def records_of(karch, kernel: KernelVersion = MODELLED) -> Records:
+    """The records of an arch in a kernel release (one per distinct exit field list)."""
+    exit_saved = karch.fgraph.exit_saved(kernel)
+    key = (karch.name, exit_saved)
+    if key not in _RECORDS:
+        _RECORDS[key] = Records.of(karch, exit_saved)
+    return _RECORDS[key]
+
+
+def record_struct(karch, kernel: KernelVersion = MODELLED) -> struct.Struct:
     """A record's words: how the decoders and the record file read records in bulk."""
-    return RECORDS[karch.name].codec
+    return records_of(karch, kernel).codec

@@ -8,7 +8,16 @@ from pathlib import Path
 from emulator.arch.arm64 import CPU
 from emulator.layout import Layout
 
-from ..base import FgraphArch, KernelArch, PartialRegs, RegFixup, RethookArch, ReturnTrampoline, SiteEncoding
+from ..base import (
+    FgraphArch,
+    KernelArch,
+    PartialRegs,
+    RegFixup,
+    RethookArch,
+    ReturnToHandler,
+    ReturnTrampoline,
+    SiteEncoding,
+)
 from . import kprobes
 
 X = [f"x{n}" for n in range(31)]
@@ -114,8 +123,20 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
     ),
+    # return_to_handler (arch/arm64/kernel/entry-ftrace.S, 6.14+): x0-x7 and x29 only, in every
+    # modelled release with fgraph on ftrace_regs (the 6.18 and 7.0 sp fixes were x86's);
+    # pc: the real return address, set by fgraph
     fgraph=FgraphArch(
-        exit_saved=tuple(X[:8]) + ("fp", "pc"),  # pc: the real return address, set by fgraph
+        return_to_handlers=(
+            (
+                None,
+                ReturnToHandler(
+                    "return_to_handler.S",
+                    tuple(X[:8]) + ("fp", "pc"),
+                    "x0-x7 and fp: no sp, so $stack at an fprobe exit reads a slot nothing wrote",
+                ),
+            ),
+        ),
         retp="fp",
         fp_test=True,
     ),

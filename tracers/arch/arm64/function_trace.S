@@ -127,7 +127,10 @@ graph_trace_return:
     ldp x13, x14, [x15, #FG_FRAME_RET]  // ret, func
     stp x14, x13, [x12, #GRAPH_RET_IP]  // ip = the function, parent = where it returns
     str x16, [x12, #GRAPH_RET_DEPTH]
-    .irp a, X0, X2, X4, X6              // the exit's fields (fgraph_exit_saved): x0-x7 ...
+    // The exit's fields, in pairs rather than through the generated graph_exit_fields (one
+    // ldr/str each): arm64's return_to_handler saves x0-x7 and fp in every modelled release
+    // (FgraphArch.return_to_handlers); test_decode checks these records against the Python path.
+    .irp a, X0, X2, X4, X6              // x0-x7 ...
     record_pair x0, x12, GRAPH_RET, \a
     .endr
     ldr x13, [x0, #FREGS_FP]            // ... fp and pc, adjacent in the record only

@@ -14,6 +14,7 @@ from ..base import (
     RegFixup,
     RegsCaller,
     RethookArch,
+    ReturnToHandler,
     ReturnTrampoline,
     SiteEncoding,
 )
@@ -165,8 +166,42 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
     ),
+    # return_to_handler (arch/x86/kernel/ftrace_64.S) by release; ip is the real return address,
+    # which ftrace_return_to_handler() stores (ftrace_regs_set_instruction_pointer).
     fgraph=FgraphArch(
-        exit_saved=("ax", "dx", "bp", "ip"),  # ip: the real return address, set by fgraph
+        return_to_handlers=(
+            (
+                None,  # 6.14-6.17: rax, rdx and rbp only
+                ReturnToHandler(
+                    "return_to_handler.S",
+                    ("ax", "dx", "bp", "ip"),
+                    "rax, rdx, rbp: no sp, so $stack at an fprobe exit reads a slot nothing wrote, and "
+                    "the ORC unwinder stops at return_to_handler",
+                ),
+            ),
+            (
+                # torvalds/linux 20a0bc10272f (6.18-rc6): subq $8, %rsp + UNWIND_HINT_FUNC, and
+                # movq %rsp, RSP(%rsp) after subq $(FRAME_SIZE), %rsp
+                "x86_return_to_handler_orc",
+                ReturnToHandler(
+                    "return_to_handler_orc.S",
+                    ("ax", "dx", "bp", "sp", "ip"),
+                    "rax, rdx, rbp, and as sp the ftrace_regs' own address (20a0bc10272f): 8 + "
+                    "FRAME_SIZE below the sp the function returned with; enough for perf's first_frame "
+                    "unwind of the current stack",
+                ),
+            ),
+            (
+                # torvalds/linux 8bc11700e0d2 (7.0): movq %rsp, %rdi first, movq %rdi, RSP(%rsp)
+                "x86_return_to_handler_entry_sp",
+                ReturnToHandler(
+                    "return_to_handler_orc_sp.S",
+                    ("ax", "dx", "bp", "sp", "ip"),
+                    "rax, rdx, rbp, and as sp the sp the function returned with (8bc11700e0d2): perf "
+                    "and BPF unwind from these regs' ip, sp and bp, and $stack reads the caller's stack",
+                ),
+            ),
+        ),
         retp="sp",
         fp_test=False,
     ),

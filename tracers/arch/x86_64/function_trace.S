@@ -2,7 +2,8 @@
  * The built-in tracers' hot paths for x86_64, in guest code, so that tracing a call runs no
  * Python (kernel/trace/trace_functions.c, trace_functions_graph.c): each writes its record into
  * one the ring buffer's rb_reserve hands out. Record slots are named by the layouts in
- * tracers/output/records.py, fgraph's words by those in tracers/core/fgraph.py.
+ * tracers/output/records.py, fgraph's words by those in tracers/core/fgraph.py; the macro
+ * graph_exit_fields comes from there too (Records.asm_macros), with the release's exit fields.
  */
 
 /* One saved ftrace_regs field (FREGS_\m) from \fregs into the \type record at \rec, through r11. */
@@ -115,9 +116,7 @@ graph_trace_return:
     mov r11, [rcx+FG_FRAME_RET]
     mov [rax+GRAPH_RET_PARENT], r11     // where it returns
     mov [rax+GRAPH_RET_DEPTH], rdx
-    .irp m, AX, DX, BP, IP              // the exit's fields (fgraph_exit_saved)
-    record_field rdi, rax, GRAPH_RET, \m
-    .endr
+    graph_exit_fields rdi, rax          // the exit's fields (the release's return_to_handler saved)
     mov r11, [rcx+FG_PUSH_DATA]
     mov [rax+GRAPH_RET_CALLTIME], r11
 gtr_done:

@@ -71,3 +71,22 @@
     pop rsi
     pop rdi
 .endm
+
+/* The graph exit dispatch, ftrace_return_to_handler(fregs) (kernel/trace/fgraph.c), for every
+ * release's return_to_handler: fgraph pops the shadow stack and runs the fgraph_ops retfuncs in
+ * the lab. As ftrace_ops_list_func, it leaves its argument in lab data and jumps to the block
+ * that carries the lab's hook. */
+.macro ftrace_return_to_handler_dispatch
+.globl ftrace_return_to_handler
+ftrace_return_to_handler:
+    mov rax, [rip+return_args]
+    mov [rax+RETURN_ARGS_FREGS], rdi
+    jmp ftrace_return_to_handler_lab
+.globl ftrace_return_to_handler_lab
+ftrace_return_to_handler_lab:
+    ret
+
+.balign 8
+return_args:                            // where ftrace_return_to_handler leaves its argument
+    .quad 0
+.endm
