@@ -7,6 +7,7 @@ import json
 import pytest
 
 from emulator import FtlabError
+from emulator.machine import Machine
 from emulator.symbols import Symbol, SymbolTable
 from helpers import ftlab, trace_file
 from tracers import Lab
@@ -244,3 +245,15 @@ def test_the_trace_names_the_release_it_models(capsys, arch, tmp_path):
     for argv in (("trace", "--arch", arch, *FIB10, "--kernel", "6.8"), ("replay", path)):
         assert trace_file(capsys, *argv, kernel="6.8").startswith("# tracer: function\n")
     assert _json(ftlab(capsys, "replay", path, "--format", "json"))[-1]["kernel"] == "6.8"
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_stack_n_outside_the_task_stack_reads_zero(capsys, arch):
+    """regs_get_kernel_stack_nth() returns 0 for a word outside the task's stack
+    (regs_within_kernel_stack, arch/<arch>/include/asm/ptrace.h), not a fault: $stackN past the
+    stack's top is 0 (the kernel reads no memory there)."""
+    spec = "p:k add3 sp=$stack out=$stack2000"
+    [ev, _] = _json(ftlab(capsys, "trace", "--arch", arch, "funcs", "add3(1,2,3)", "-e", spec, "--format", "json"))
+    base, size = Machine.STACK
+    assert base <= ev["fetch"]["sp"] < base + size <= ev["fetch"]["sp"] + 8 * 2000
+    assert ev["fetch"]["out"] == 0

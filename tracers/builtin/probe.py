@@ -63,7 +63,13 @@ class _Context:
         return self.register(self.m.arch.sp)
 
     def stack(self, n: int) -> int:
-        return int.from_bytes(self.read(self.stack_pointer() + 8 * n, 8), "little")
+        # regs_get_kernel_stack_nth(): a word outside the task's stack (regs_within_kernel_stack)
+        # reads as 0, not as a fault
+        addr = self.stack_pointer() + 8 * n
+        base, size = self.m.STACK
+        if not base <= addr <= base + size - 8:
+            return 0
+        return int.from_bytes(self.read(addr, 8), "little")
 
     def read(self, addr: int, size: int) -> bytes:
         try:
