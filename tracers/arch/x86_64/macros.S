@@ -72,6 +72,31 @@
     pop rdi
 .endm
 
+/* return_to_handler's ftrace_regs, in every release: the return registers (rax, rdx) and rbp. */
+.macro return_to_handler_save
+    sub rsp, FRAME_SIZE
+    mov [rsp+RAX], rax
+    mov [rsp+RDX], rdx
+    mov [rsp+RBP], rbp
+.endm
+
+/* ... then ftrace_return_to_handler(fregs), the return registers back, the ftrace_regs (and
+ * whatever the release put below it: `popped`) off the stack, and on to the real return address
+ * the exit stored in fregs->ip. (The kernel returns with a call/overwrite/ret sequence for IBT
+ * and return-stack balance; a push/ret is equivalent here.) */
+.macro return_to_handler_call popped=FRAME_SIZE
+    mov rdi, rsp                        // fregs
+.globl return_to_handler_call
+return_to_handler_call:
+    call ftrace_return_to_handler
+    mov rdi, [rsp+RIP]                  // the real return address
+    mov rax, [rsp+RAX]
+    mov rdx, [rsp+RDX]
+    add rsp, \popped
+    push rdi
+    ret
+.endm
+
 /* The graph exit dispatch, ftrace_return_to_handler(fregs) (kernel/trace/fgraph.c), for every
  * release's return_to_handler: fgraph pops the shadow stack and runs the fgraph_ops retfuncs in
  * the lab. As ftrace_ops_list_func, it leaves its argument in lab data and jumps to the block

@@ -7,24 +7,11 @@
  * function's `ret` lands here. Only the return registers (rax, rdx) and rbp are saved, in a
  * struct ftrace_regs (its sp slot holds whatever the stack held there);
  * ftrace_return_to_handler(fregs) runs the exit callbacks and stores the real return address in
- * fregs->ip, and we return there. (The kernel returns with a call/overwrite/ret sequence for IBT
- * and return-stack balance; a push/ret is equivalent here.)
+ * fregs->ip, and we return there.
  */
 .globl return_to_handler
 return_to_handler:
-    sub rsp, FRAME_SIZE
-    mov [rsp+RAX], rax
-    mov [rsp+RDX], rdx
-    mov [rsp+RBP], rbp
-    mov rdi, rsp                        // fregs
-.globl return_to_handler_call
-return_to_handler_call:
-    call ftrace_return_to_handler
-    mov rdi, [rsp+RIP]                  // the real return address
-    mov rax, [rsp+RAX]
-    mov rdx, [rsp+RDX]
-    add rsp, FRAME_SIZE
-    push rdi
-    ret
+    return_to_handler_save
+    return_to_handler_call
 
 ftrace_return_to_handler_dispatch

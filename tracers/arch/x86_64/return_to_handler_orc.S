@@ -13,20 +13,8 @@
 .globl return_to_handler
 return_to_handler:
     sub rsp, 8                          // the return slot again (UNWIND_HINT_FUNC)
-    sub rsp, FRAME_SIZE
-    mov [rsp+RAX], rax
-    mov [rsp+RDX], rdx
-    mov [rsp+RBP], rbp
+    return_to_handler_save
     mov [rsp+RSP], rsp                  // sp = this ftrace_regs
-    mov rdi, rsp                        // fregs
-.globl return_to_handler_call
-return_to_handler_call:
-    call ftrace_return_to_handler
-    mov rdi, [rsp+RIP]                  // the real return address
-    mov rax, [rsp+RAX]
-    mov rdx, [rsp+RDX]
-    add rsp, FRAME_SIZE+8
-    push rdi
-    ret
+    return_to_handler_call popped=FRAME_SIZE+8
 
 ftrace_return_to_handler_dispatch

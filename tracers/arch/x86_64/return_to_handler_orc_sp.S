@@ -13,20 +13,8 @@
 return_to_handler:
     mov rdi, rsp                        // the sp the function returned with
     sub rsp, 8                          // the return slot again (UNWIND_HINT_FUNC)
-    sub rsp, FRAME_SIZE
-    mov [rsp+RAX], rax
-    mov [rsp+RDX], rdx
-    mov [rsp+RBP], rbp
+    return_to_handler_save
     mov [rsp+RSP], rdi
-    mov rdi, rsp                        // fregs
-.globl return_to_handler_call
-return_to_handler_call:
-    call ftrace_return_to_handler
-    mov rdi, [rsp+RIP]                  // the real return address
-    mov rax, [rsp+RAX]
-    mov rdx, [rsp+RDX]
-    add rsp, FRAME_SIZE+8
-    push rdi
-    ret
+    return_to_handler_call popped=FRAME_SIZE+8
 
 ftrace_return_to_handler_dispatch
