@@ -20,6 +20,7 @@ from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
 from ..core.fprobe import Fprobe
 from ..lab import Lab, resolve
+from ..output.outfile import OutputFile
 from ..output.sinks import CountSink, TextSink
 
 REPEAT = 3
@@ -180,7 +181,9 @@ def _fmt(value) -> str:
     return f"{value:.3g}"
 
 
-def bench(out, json_path: str | None = None) -> list[dict]:
+def bench(out, json_file: OutputFile | None = None) -> list[dict]:
+    """Measure both arches and print the figures; with json_file (checked before any measuring),
+    also write them there as JSON."""
     results = []
     for name in arches.ARCHES:
         out.write(f"measuring {name} ...\n")
@@ -200,8 +203,8 @@ def bench(out, json_path: str | None = None) -> list[dict]:
         "naive: a Python code hook on every function reading registers through the stock binding;\n"
         "text: recording and formatting the kernel's text together.\n"
     )
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(results, fh, indent=2)
-        out.write(f"figures written to {json_path}\n")
+    if json_file is not None:
+        json.dump(results, json_file.fh, indent=2)
+        json_file.commit()
+        out.write(f"figures written to {json_file.path}\n")
     return results

@@ -18,6 +18,7 @@ from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, format_result, parse_call, resolve
+from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
@@ -118,11 +119,14 @@ def cmd_record(args, out):
             "record: probe events (-e) cannot be recorded: a recording holds the tracer's ring-buffer "
             "records only; trace them with `ftlab trace --tracer TRACER -e SPEC`"
         )
+    if args.arch == "all":
+        raise FtlabError("record: --arch all: a recording holds one arch; record each (--arch x86_64, --arch arm64)")
     name, call_args = parse_call(args.call)
-    [lab] = list(_labs(args))
-    options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
-    with Recorder(args.output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
+    with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
+        [lab] = list(_labs(args))
+        rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip())
         # the tracer's events are the file's records: it writes them and decodes none
+        options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
         tracer = TRACERS[args.tracer](
             lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True, consumer=rec, **options
         )
@@ -143,7 +147,12 @@ def cmd_demo(args, out):
 
 
 def cmd_bench(args, out):
-    bench(out, args.json)
+    json_file = None if args.json is None else OutputFile(args.json)  # checked before the 40 s of measuring
+    try:
+        bench(out, json_file)
+    finally:
+        if json_file is not None:
+            json_file.abort()  # a no-op once bench() has put it in place
 
 
 def _count(text: str) -> int:
@@ -333,13 +342,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.cmd == "trace" and args.output:
-            try:
-                out = open(args.output, "w")
-            except OSError as err:
-                raise FtlabError(f"{args.output}: {err.strerror}") from None
-            with out:
-                args.func(args, out)
+        if args.cmd == "trace" and args.output is not None:
+            with OutputFile(args.output) as output:  # checked before any work; in place when complete
+                try:
+                    args.func(args, output.fh)
+                except OSError as err:  # writing the trace (a full disk)
+                    raise FtlabError(f"{args.output}: {err.strerror or err}") from None
         else:
             args.func(args, sys.stdout)
     except FtlabError as err:

@@ -1,52 +1,75 @@
 """The record file of `ftlab record` / `ftlab replay`: record now, format later, as trace-cmd and uftrace do.
 
-A recording is a JSON header line (format, arch, kernel release, tracer, record layout, the
-symbols needed to name addresses), then chunks of raw ring-buffer records (an 8-byte length, then the bytes) as the
-buffer drains, then a zero length and a JSON trailer (the counters no event shows, and the call's
-result). Replaying runs the records through the live tracer's decoder and prints through the same
-sinks, counting the events as the tracer does, so the output is identical to `ftlab trace`.
+A recording (version 5) is, in order:
+
+- a 32-byte preamble (PREAMBLE): the magic `FTLABREC`, the version, the lengths of the three parts
+  below, and a CRC-32 (zlib.crc32) of the three parts, continued over the preamble's other fields;
+- the header: JSON (arch, kernel release, tracer, clock, the call, the record layout: record_size,
+  fields and exit_fields, and the symbols needed to name addresses);
+- the records: the raw ring-buffer records as the buffer drained, a whole number of record_size;
+- the trailer: JSON (the counters no event shows, and the call's result).
+
+The recorder writes into an OutputFile (a temporary file renamed into place when complete) and
+fills the preamble in last, so an unfinished recording has no magic and none is left behind.
+Replay checks the whole file before it prints anything: the magic, the version, that the file is
+as long as the preamble says, the checksum, then the header and trailer; anything else is one
+line naming the file and the part that is wrong. Replaying runs the records through the live
+tracer's decoder and prints through the same sinks, counting the events as the tracer does, so
+the output is identical to `ftlab trace`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import struct
+import tempfile
+import zlib
+from typing import IO
 
 from emulator import FtlabError
 from emulator import arch as arches
 from emulator.symbols import Symbol, SymbolTable
 
 from ..arch import kernel_arch
+from ..core.fgraph import SHADOW_STACK_OFFSET
 from ..kernel_version import KernelVersion
 from .decode import DECODERS
 from .events import COUNTERS, with_entries_written
+from .outfile import OutputFile
 from .sinks import make_sink
 
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
 # release, whose text formats replay prints. 4: the release fixes the exit record's fields (x86's
-# return_to_handler saves sp from 6.18), which the header lists as exit_fields.
-MAGIC, VERSION = "ftlab-record", 4
-LENGTH = struct.Struct("<Q")
+# return_to_handler saves sp from 6.18), which the header lists as exit_fields. 5: a binary
+# preamble with the parts' lengths and a CRC-32; one block of records (no chunk lengths).
+MAGIC, VERSION = b"FTLABREC", 5
+OLD_MAGIC = "ftlab-record"  # versions 1-4: a JSON header line with {"format": OLD_MAGIC, "version": N}
+PREAMBLE = struct.Struct("<8sIIQII")  # magic, version, header, records and trailer lengths, crc32
+CLOCKS = ("counter",)  # what a recording's timestamps count (record takes no --clock)
+READ = 1 << 20  # bytes per read while checking and replaying
 
 
-def _open(path: str, mode: str):
-    try:
-        return open(path, mode)
-    except OSError as err:
-        raise FtlabError(f"{path}: {err.strerror}") from None
+def _crc(body_crc: int, preamble: bytes) -> int:
+    """The checksum: the parts' CRC-32, continued over the preamble's fields before the checksum."""
+    return zlib.crc32(preamble[: PREAMBLE.size - 4], body_crc)
 
 
 class Recorder:
-    """Writes a recording: the header at once, then it is the ring buffer's consumer (raw chunks
-    straight into the file), then finish() writes the trailer. A context manager for the file."""
+    """Writes a recording into an OutputFile: the header at once, then it is the ring buffer's
+    consumer (raw chunks straight into the file), then finish() writes the trailer and the preamble.
+    A write that fails is kept and reported by finish() (the consumer runs inside the emulation)."""
 
-    def __init__(self, path: str, karch, kernel: KernelVersion, symbols: SymbolTable, tracer: str, call_text: str):
+    def __init__(
+        self, out: OutputFile, karch, kernel: KernelVersion, symbols: SymbolTable, tracer: str, call_text: str
+    ):
         if tracer not in DECODERS:
             raise FtlabError(f"record takes --tracer {' or '.join(DECODERS)}")
-        self.fh = _open(path, "wb")
+        self.out, self.fh = out, out.fh
+        self.error: OSError | None = None
         header = {
-            "format": MAGIC,
-            "version": VERSION,
             "arch": karch.name,
             "kernel": str(kernel),
             "tracer": tracer,
@@ -57,65 +80,222 @@ class Recorder:
             "exit_fields": list(karch.fgraph.exit_saved(kernel)),
             "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols],
         }
-        self.fh.write(json.dumps(header).encode() + b"\n")
+        self.crc, self.records = 0, 0
+        self._write(bytes(PREAMBLE.size))  # no magic until finish() fills it in
+        self.header = json.dumps(header).encode()
+        self._write(self.header, checked=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
+    def _write(self, data: bytes, checked: bool = False) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.fh.write(data)
+        except OSError as err:
+            self.error = err
+        if checked:
+            self.crc = zlib.crc32(data, self.crc)
 
     def __call__(self, chunk: bytes) -> None:
-        self.fh.write(LENGTH.pack(len(chunk)))
-        self.fh.write(chunk)
+        self._write(chunk, checked=True)
+        self.records += len(chunk)
 
     def finish(self, counters: dict, result) -> None:
         """The trailer: the tracer's counters that its events do not show (what the buffer lost,
-        trace_overrun), and the call's result."""
-        self.fh.write(LENGTH.pack(0))
-        self.fh.write(
-            json.dumps({"counters": counters, "result": list(result) if isinstance(result, tuple) else result}).encode()
-            + b"\n"
-        )
+        trace_overrun), and the call's result; then the preamble, which makes the file a recording."""
+        trailer = json.dumps({"counters": counters, "result": list(result) if isinstance(result, tuple) else result})
+        self._write(trailer.encode(), checked=True)
+        fields = PREAMBLE.pack(MAGIC, VERSION, len(self.header), self.records, len(trailer), 0)
+        preamble = fields[:-4] + struct.pack("<I", _crc(self.crc, fields))
+        if self.error is None:
+            try:
+                self.fh.seek(0)
+                self.fh.write(preamble)
+            except OSError as err:
+                self.error = err
+        if self.error is not None:
+            raise FtlabError(f"{self.out.path}: {self.error.strerror or self.error}")
+
+
+def _json_part(path: str, name: str, start: int, data: bytes) -> dict:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise FtlabError(f"{path}: the {name} at bytes {start}-{start + len(data)} is not a JSON object")
+    return value
+
+
+def _field(path: str, where: str, part: dict, name: str, check, what: str):
+    """part[name], which check() must accept: else one line naming the part and the field."""
+    value = part.get(name)
+    try:
+        good = check(value)
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise FtlabError(f"{path}: the {where}'s {name!r} is not {what}")
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _words(v) -> bool:
+    return _is_int(v) and 0 <= v < 1 << 64
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _symbol(s) -> bool:
+    return (
+        isinstance(s, list)
+        and len(s) == 4
+        and isinstance(s[0], str)
+        and _words(s[1])
+        and _words(s[2])
+        and isinstance(s[3], str)
+    )
 
 
 class Recording:
-    """A recording read back: its header checked and parsed, then chunks() streams its records and
-    leaves the trailer in .trailer. A context manager for the file."""
+    """A recording read back: the whole file checked and its header parsed at once, then chunks()
+    streams its records. A context manager for the file."""
 
     def __init__(self, path: str):
-        self.path, self.fh, self.trailer = path, _open(path, "rb"), None
+        self.path = path
+        self.fh: IO[bytes]
         try:
-            header = self._header()
-        except FtlabError:
+            self.fh = open(path, "rb")
+        except OSError as err:
+            raise FtlabError(f"{path}: {err.strerror}") from None
+        try:
+            self._check()
+        except BaseException:
             self.fh.close()
             raise
-        self.tracer, self.clock, self.call = header["tracer"], header["clock"], header["call"]
-        self.symbols = SymbolTable()
-        for name, addr, size, kind in header["symbols"]:
-            self.symbols.add(Symbol(name, addr, size, kind))
 
-    def _header(self) -> dict:
-        path = self.path
+    def _fail(self, what: str) -> FtlabError:
+        return FtlabError(f"{self.path}: {what}")
+
+    def _check(self) -> None:
+        fh = self.fh
         try:
-            header = json.loads(self.fh.readline())
-        except ValueError:
-            header = None
-        if not isinstance(header, dict) or header.get("format") != MAGIC:
-            raise FtlabError(f"{path}: not an ftlab recording")
-        if header["version"] != VERSION:
-            raise FtlabError(f"{path}: recording version {header['version']}, this ftlab reads {VERSION}")
-        if header["tracer"] not in DECODERS:
-            raise FtlabError(f"{path}: a {header['tracer']} recording; this ftlab replays {', '.join(DECODERS)}")
-        self.karch = karch = kernel_arch(arches.get(header["arch"]))
-        self.kernel = kernel = KernelVersion.parse(header["kernel"])
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a pipe: read twice, so kept aside
+                self.fh = tempfile.TemporaryFile()
+                shutil.copyfileobj(fh, self.fh)
+                fh.close()
+                fh = self.fh
+                fh.seek(0)
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(PREAMBLE.size)
+        except OSError as err:
+            raise self._fail(err.strerror or str(err)) from None
+        if not head:
+            raise self._fail("an empty file, not an ftlab recording")
+        if not head.startswith(MAGIC[: len(head)]):
+            raise self._fail(self._old_version(head) or "not an ftlab recording")
+        if len(head) < PREAMBLE.size:
+            raise self._fail(f"truncated at byte {size}: expected a {PREAMBLE.size}-byte preamble")
+        _, version, header_len, records_len, trailer_len, crc = PREAMBLE.unpack(head)
+        if version != VERSION:
+            raise self._fail(f"recording version {version}, this ftlab reads {VERSION}")
+        self.records_at = PREAMBLE.size + header_len
+        self.trailer_at = self.records_at + records_len
+        end = self.trailer_at + trailer_len
+        if size < end:
+            part = "header" if size < self.records_at else "records" if size < self.trailer_at else "trailer"
+            raise self._fail(f"truncated at byte {size} (in the {part}): the preamble says {end} bytes")
+        if size > end:
+            raise self._fail(f"{size - end} bytes of junk after the recording's end at byte {end}")
+        body = 0
+        while chunk := fh.read(READ):
+            body = zlib.crc32(chunk, body)
+        if _crc(body, head) != crc:
+            raise self._fail(
+                f"checksum mismatch: CRC-32 {_crc(body, head):#010x}, the preamble says {crc:#010x} (a corrupted file)"
+            )
+        fh.seek(PREAMBLE.size)
+        self._header(_json_part(self.path, "header", PREAMBLE.size, fh.read(header_len)))
+        rec_size = self.decoder().rec.size
+        if records_len % rec_size:
+            raise self._fail(
+                f"the records at bytes {self.records_at}-{self.trailer_at} are not whole "
+                f"{rec_size}-byte records ({records_len} bytes)"
+            )
+        fh.seek(self.trailer_at)
+        self._trailer(_json_part(self.path, "trailer", self.trailer_at, fh.read(trailer_len)))
+
+    def _old_version(self, head: bytes) -> str | None:
+        """Versions 1-4 began with a JSON line naming their format and version."""
+        if not head.startswith(b"{"):
+            return None
+        self.fh.seek(0)
+        try:
+            old = json.loads(self.fh.readline(1 << 24))
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(old, dict) and old.get("format") == OLD_MAGIC:
+            return f"recording version {old.get('version')}, this ftlab reads {VERSION}"
+        return None
+
+    def _header(self, header: dict) -> None:
+        path = self.path
+        what = "a string"
+        for name in ("arch", "kernel", "tracer", "clock", "call"):
+            _field(path, "header", header, name, lambda v: isinstance(v, str), what)
+        self.tracer, self.clock, self.call = header["tracer"], header["clock"], header["call"]
+        if self.tracer not in DECODERS:
+            raise self._fail(f"a {self.tracer} recording; this ftlab replays {', '.join(DECODERS)}")
+        if self.clock not in CLOCKS:
+            raise self._fail(f"a recording with the {self.clock} clock; this ftlab replays {', '.join(CLOCKS)}")
+        try:
+            self.karch = karch = kernel_arch(arches.get(header["arch"]))
+            self.kernel = kernel = KernelVersion.parse(header["kernel"])
+        except FtlabError as err:
+            raise self._fail(f"header: {err}") from None
+        _field(path, "header", header, "record_size", _is_int, "a whole number")
+        _field(path, "header", header, "fields", _strings, "a list of register names")
+        _field(path, "header", header, "exit_fields", _strings, "a list of register names")
         if (
             header["fields"] != list(karch.ftrace_regs_saved)
             or header["exit_fields"] != list(karch.fgraph.exit_saved(kernel))
-            or header["record_size"] != DECODERS[header["tracer"]](karch, kernel).rec.size
+            or header["record_size"] != self.decoder().rec.size
         ):
-            raise FtlabError(f"{path}: recorded with a different {karch.name} record layout")
-        return header
+            raise self._fail(f"recorded with a different {karch.name} record layout")
+        symbols = _field(
+            path,
+            "header",
+            header,
+            "symbols",
+            lambda v: isinstance(v, list) and all(map(_symbol, v)),
+            "a list of [name, address, size, kind]",
+        )
+        self.symbols = SymbolTable()
+        for name, addr, size, kind in symbols:
+            self.symbols.add(Symbol(name, addr, size, kind))
+
+    def _trailer(self, trailer: dict) -> None:
+        counters = _field(
+            self.path,
+            "trailer",
+            trailer,
+            "counters",
+            lambda v: isinstance(v, dict) and all(map(_is_int, v.values())),
+            "an object of counts",
+        )
+        result = _field(
+            self.path,
+            "trailer",
+            trailer,
+            "result",
+            lambda v: _is_int(v) or (isinstance(v, list) and len(v) == 2 and all(map(_is_int, v))),
+            "the call's result (a number or a pair)",
+        )
+        self.trailer = {"counters": counters, "result": result}
 
     def __enter__(self):
         return self
@@ -127,20 +307,17 @@ class Recording:
         """A fresh decoder for this recording's records."""
         return DECODERS[self.tracer](self.karch, self.kernel)
 
-    def chunks(self):
-        """The chunks of records in the order they were written; then the trailer is read."""
-        while True:
-            raw = self.fh.read(LENGTH.size)
-            if len(raw) < LENGTH.size:
-                raise FtlabError(f"{self.path}: truncated recording")
-            [size] = LENGTH.unpack(raw)
-            if size == 0:
-                break
-            chunk = self.fh.read(size)
-            if len(chunk) < size:
-                raise FtlabError(f"{self.path}: truncated recording")
+    def chunks(self, rec_size: int):
+        """The records in the order they were written, in chunks of whole records."""
+        self.fh.seek(self.records_at)
+        left = self.trailer_at - self.records_at
+        step = max(rec_size, READ - READ % rec_size)
+        while left:
+            chunk = self.fh.read(min(step, left))
+            if not chunk:  # the file changed since it was checked
+                raise self._fail(f"truncated at byte {self.trailer_at - left} while replaying")
+            left -= len(chunk)
             yield chunk
-        self.trailer = json.loads(self.fh.readline())
 
 
 def replay(path: str, fmt: str, out, **graph_options) -> dict:
@@ -153,8 +330,10 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
         names = COUNTERS[rec.tracer]
         counts = dict.fromkeys(names.values(), 0)
         sink.begin(rec.tracer, rec.clock)
-        for chunk in rec.chunks():
+        for chunk in rec.chunks(decoder.rec.size):
             for ev in decoder.events(chunk):
+                if ev.depth > SHADOW_STACK_OFFSET:  # more frames than the shadow stack holds
+                    raise FtlabError(f"{path}: a record at depth {ev.depth}, deeper than fgraph's shadow stack")
                 counts[names[ev.type]] += 1
                 sink.event(ev)
         sink.end({"counters": with_entries_written({**counts, **rec.trailer["counters"]})})
