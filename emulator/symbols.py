@@ -12,6 +12,17 @@ class Symbol:
     addr: int
     size: int
     kind: str  # 'func', 'object' or 'lab' (the lab's own code and data)
+    section: str = ""  # an object's symbol: its ELF section (COMMON for a common one); a stub: how it was asked for
+
+    def describe(self) -> str:
+        """What the symbol is, for messages: `a data object (STT_OBJECT in .bss)`."""
+        if self.kind == "object":
+            return f"a data object (STT_OBJECT in {self.section})"
+        if self.kind == "func":
+            return f"a function (STT_FUNC in {self.section})" if self.section else "a function"
+        if self.section.startswith("--stub"):
+            return f"a stub ({self.section})"
+        return "a lab symbol"
 
 
 class SymbolTable:
