@@ -419,7 +419,7 @@ class Machine:
             return func
         sym = self.symbols.get(target)
         if sym is not None and (sym.kind == "object" or func >> PAGE_SHIFT not in self._exec_pages):
-            raise FtlabError(f"'{target}' is {sym.describe()}, not a function: it cannot be called")
+            raise FtlabError(f"'{target}' is {sym.describe()}: it cannot be called")
         return func
 
     def call(self, target, *args, ret: str = "i64"):

@@ -15,14 +15,15 @@ class Symbol:
     section: str = ""  # an object's symbol: its ELF section (COMMON for a common one); a stub: how it was asked for
 
     def describe(self) -> str:
-        """What the symbol is, for messages: `a data object (STT_OBJECT in .bss)`."""
+        """What the symbol is when it cannot be called: `a data object (STT_OBJECT in .bss), not
+        a function`."""
         if self.kind == "object":
-            return f"a data object (STT_OBJECT in {self.section})"
+            return f"a data object (STT_OBJECT in {self.section}), not a function"
         if self.kind == "func":
-            return f"a function (STT_FUNC in {self.section})" if self.section else "a function"
+            return f"STT_FUNC but in {self.section}, a section that is not executable"
         if self.section.startswith("--stub"):
-            return f"a stub ({self.section})"
-        return "a lab symbol"
+            return f"a data stub ({self.section}), not a function"
+        return "lab data, not a function"
 
 
 class SymbolTable:

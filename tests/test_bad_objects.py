@@ -297,10 +297,23 @@ def test_unknown_relocation_type_is_named(capsys, tmp_path, arch):
 def test_calling_a_data_object_is_refused(capsys, arch):
     """nibble_bits is a table in .rodata (STT_OBJECT): calling it would run its bytes as code."""
     lab = Lab.open(catalog.DEFAULT, arch)
-    with pytest.raises(FtlabError, match=r"^'nibble_bits' is a data object \(STT_OBJECT in \.rodata\), not a function"):
+    message = r"^'nibble_bits' is a data object \(STT_OBJECT in \.rodata\), not a function: it cannot be called$"
+    with pytest.raises(FtlabError, match=message):
         lab.call("nibble_bits")
     code, err = cli(capsys, "run", "--arch", arch, "funcs", "nibble_bits(1)")
     assert (code, err.count("\n")) == (1, 1) and "ftlab: error: 'nibble_bits' is a data object" in err
+
+
+def test_function_in_a_non_executable_section_is_not_called(tmp_path, arch):
+    """.text without SHF_EXECINSTR: its functions sit in data pages, which are never run."""
+    data = fixture(arch)
+    lay = Layout(data)
+    text = lay.index(".text")
+    flags = SHDR.unpack_from(data, lay.shdr(text))[SH_FLAGS]
+    lab = Lab.open(str(write(tmp_path, _set_shdr_field(data, lay, text, SH_FLAGS, flags & ~0x4))), init=False)
+    message = r"^'fib' is STT_FUNC but in \.text, a section that is not executable: it cannot be called$"
+    with pytest.raises(FtlabError, match=message):
+        lab.call("fib", 5)
 
 
 IMPORTS = "imports"  # use_helper(x) = helper(x) + jiffies_like + 1, both undefined
@@ -326,7 +339,8 @@ def test_data_stub_for_a_function_is_refused(capsys, arch):
 def test_calling_a_data_stub_is_refused(arch):
     lab = Lab.open(str(catalog.OBJ_DIR / arch / f"{IMPORTS}.o"), stubs=["helper", "jiffies_like=data"])
     assert lab.call("use_helper", 41) == 1
-    with pytest.raises(FtlabError, match=r"'jiffies_like' is a stub \(--stub jiffies_like=data\), not a function"):
+    message = r"^'jiffies_like' is a data stub \(--stub jiffies_like=data\), not a function: it cannot be called$"
+    with pytest.raises(FtlabError, match=message):
         lab.call("jiffies_like")
 
 
