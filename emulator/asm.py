@@ -218,6 +218,31 @@ def store_bytes(insn) -> int:
     return width * (2 if name.startswith("stp") else 1)
 
 
+def field_offsets(insn) -> set[int]:
+    """Where in an x86 instruction its displacement and immediate fields start (capstone's
+    encoding detail), where a relocation's field sits; empty elsewhere."""
+    if insn._cs.arch != capstone.CS_ARCH_X86:
+        return set()
+    return {offset for offset in (insn.disp_offset, insn.imm_offset) if offset}
+
+
+def reference_kind(insn) -> str:
+    """How an instruction uses the address its relocated field holds: 'data' (a memory access
+    there, an indirect call through it included, and arm64's PC-relative literal loads), 'call' (a
+    direct call or jump) or 'address' (only the address: lea, adrp, add, a mov of an immediate)."""
+    if insn._cs.arch == capstone.CS_ARCH_X86:
+        memory = insn.mnemonic != "lea" and any(op.type == capstone.x86_const.X86_OP_MEM for op in insn.operands)
+    else:
+        memory = any(op.type == capstone.arm64_const.ARM64_OP_MEM for op in insn.operands) or (
+            insn.mnemonic.startswith("ldr") and not insn.group(capstone.CS_GRP_JUMP)
+        )
+    if memory:
+        return "data"
+    if insn.group(capstone.CS_GRP_CALL) or insn.group(capstone.CS_GRP_JUMP):
+        return "call"
+    return "address"
+
+
 # -- the capstone round trip ------------------------------------------------------------------
 
 # Spellings keystone needs that capstone prints differently (keystone 0.9.2 knows no `bti`).

@@ -4,10 +4,18 @@ Every SHF_ALLOC section is placed in one mapping, relocations are applied with t
 and undefined symbols are bound to the lab runtime (the ftrace entry symbols, the return thunk,
 memcpy/memmove/memset), to earlier objects, or to stubs the user asked for. Anything else is an
 error naming the symbol and where it is used.
+
+What loads is checked at the edge (`_check`), from the raw bytes before pyelftools parses a
+structure: a regular file, the ELF magic, ELFCLASS64, ELFDATA2LSB, a machine the lab emulates,
+ET_REL, and every section, string, symbol and relocation within the file and its section.
+Anything else is refused in one line naming the file and the section, offset or symbol.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +23,44 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_E_MACHINE, ENUM_RELOC_TYPE_AARCH64, ENUM_RELOC_TYPE_x64
 from elftools.elf.sections import SymbolTableSection
 
-from .arch import by_elf_machine
+from . import asm
+from .arch import ARCHES, Arch
 from .arch.base import sign_check
 from .errors import FtlabError
 from .symbols import Symbol
 
 STUB_KINDS = ("ret0", "data")  # a function returning 0, or 4 KiB of zeroed data
+DATA_STUB_SIZE = 4096
+MAX_OBJECT = 64 << 20  # the most guest memory one object's sections and common symbols may take
+MAX_FILE = 1 << 30  # a bigger file is refused before it is read
+
+# The gABI's layouts and numbers: the checks read the raw bytes, before pyelftools does.
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+SHDR = struct.Struct("<IIQQQQIIQQ")
+SYM = struct.Struct("<IBBHQQ")
+RELA, REL = struct.Struct("<QQq"), struct.Struct("<QQ")
+ELFCLASS = {1: "ELFCLASS32 (32-bit)", 2: "ELFCLASS64"}
+ELFDATA = {1: "ELFDATA2LSB (little-endian)", 2: "ELFDATA2MSB (big-endian)"}
+ET_REL = 1
+ET_NAMES = {
+    0: "ET_NONE",
+    2: "ET_EXEC (an executable)",
+    3: "ET_DYN (a shared object or PIE)",
+    4: "ET_CORE (a core dump)",
+}
+SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 2, 3, 4, 8, 9, 11
+SHF_ALLOC, SHF_COMPRESSED = 0x2, 0x800
+SHN_LORESERVE, SHN_ABS, SHN_COMMON, SHN_XINDEX = 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
+STT_OBJECT, STT_FUNC = 1, 2
+MACHINES = {ENUM_E_MACHINE[a.elf_machine]: a for a in ARCHES.values()}
+RELOC_NAMES = {  # for messages: the type numbers of the arches' relocations, named
+    machine: {number: name for name, number in enum.items() if isinstance(number, int)}
+    for machine, enum in (("EM_X86_64", ENUM_RELOC_TYPE_x64), ("EM_AARCH64", ENUM_RELOC_TYPE_AARCH64))
+}
+MACHINE_NAMES = {number: name for name, number in ENUM_E_MACHINE.items() if isinstance(number, int)}
 
 
 @dataclass
@@ -36,40 +74,210 @@ class LoadedObject:
     imports: dict[str, list[int]] = field(default_factory=dict)
 
 
-def elf_arch(path: Path):
-    """The Arch an ELF file is built for (FtlabError if it is not an ELF file or of an unknown machine)."""
-    with _open(path) as (_, elf):
-        arch = by_elf_machine(elf["e_machine"])
-        if arch is None:
-            raise FtlabError(f"{path}: ELF machine {elf['e_machine']} is not emulated (x86_64 and arm64 are)")
-        return arch
-
-
-class _open:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        try:
-            self.file = open(self.path, "rb")
-        except OSError as err:
-            raise FtlabError(f"{self.path}: {err.strerror}") from None
-        try:
-            return self.file, ELFFile(self.file)
-        except ELFError:
-            self.file.close()
-            raise FtlabError(f"{self.path}: not an ELF file") from None
-
-    def __exit__(self, *exc):
-        self.file.close()
+def elf_arch(path: Path) -> Arch:
+    """The Arch an object is built for (FtlabError if it is not an object the lab loads)."""
+    return _read(path)[0]
 
 
 def load_object(machine, path: Path, stubs=()) -> LoadedObject:
-    with _open(path) as (_, elf):
-        try:
-            return _Loader(machine, path, elf, dict(_parse_stub(s) for s in stubs)).load()
-        except ELFError as err:
-            raise FtlabError(f"{path}: malformed ELF: {err}") from None
+    arch, data = _read(path)
+    if arch is not machine.arch:
+        raise FtlabError(f"{path}: built for {arch.name}, not {machine.arch.name}")
+    stub_kinds = dict(_parse_stub(s) for s in stubs)
+    try:
+        return _Loader(machine, path, ELFFile(io.BytesIO(data)), stub_kinds).load()
+    except (ELFError, struct.error, UnicodeDecodeError) as err:  # the last guard: _check ran first
+        raise FtlabError(f"{path}: malformed ELF: {err}") from None
+
+
+def _read(path: Path) -> tuple[Arch, bytes]:
+    """The bytes of a regular file, checked (_check), and its arch. A FIFO, a directory or a
+    device is refused before it is opened for reading: reading a FIFO with no writer would hang."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FtlabError(f"{path}: {_file_kind(st.st_mode)}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a file swapped for a FIFO meanwhile still cannot block
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FtlabError(f"{path}: {_file_kind(st.st_mode)}, not a regular file")
+            if st.st_size > MAX_FILE:
+                raise FtlabError(f"{path}: {st.st_size:,} bytes; an object larger than {MAX_FILE:,} is refused")
+            data = fh.read(MAX_FILE + 1)
+    except OSError as err:
+        raise FtlabError(f"{path}: {err.strerror}") from None
+    except ValueError as err:  # a NUL in the path
+        raise FtlabError(f"{path!r}: {err}") from None
+    return _check(path, data), data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _machine_name(number: int) -> str:
+    name = MACHINE_NAMES.get(number)
+    return f"{name} ({number})" if name else f"e_machine {number}"
+
+
+def _check(path: Path, data: bytes) -> Arch:
+    """Refuse anything but a little-endian ELF64 relocatable object for an emulated machine whose
+    every section, string, symbol and relocation lies within the file and its section."""
+    if len(data) < 4 or data[:4] != b"\x7fELF":
+        raise FtlabError(f"{path}: not an ELF file")
+    if len(data) < 20:
+        raise FtlabError(f"{path}: truncated ELF header ({len(data)} bytes)")
+    ei_class, ei_data = data[4], data[5]
+    machine = int.from_bytes(data[18:20], "big" if ei_data == 2 else "little")
+    what = _machine_name(machine)
+    if ei_class != 2:
+        kind = ELFCLASS.get(ei_class, f"EI_CLASS {ei_class}")
+        raise FtlabError(f"{path}: {kind} object for {what}; the lab loads ELFCLASS64 objects only")
+    if ei_data != 1:
+        kind = ELFDATA.get(ei_data, f"EI_DATA {ei_data}")
+        raise FtlabError(f"{path}: {kind} object for {what}; the lab loads little-endian (ELFDATA2LSB) objects only")
+    if len(data) < EHDR.size:
+        raise FtlabError(f"{path}: truncated ELF header ({len(data)} of {EHDR.size} bytes)")
+    _, e_type, _, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx = EHDR.unpack_from(data)
+    arch = MACHINES.get(machine)
+    if arch is None:
+        raise FtlabError(f"{path}: ELF machine {what} is not emulated (x86_64 and arm64 are)")
+    if e_type != ET_REL:
+        kind = ET_NAMES.get(e_type, f"e_type {e_type:#x}")
+        raise FtlabError(f"{path}: {kind} file; only relocatable objects (ET_REL: .o, .ko) load")
+    return _Checker(path, data, arch, shoff, shentsize, shnum, shstrndx).run()
+
+
+class _Checker:
+    """The section table and everything it points at, from the raw bytes."""
+
+    def __init__(self, path, data, arch, shoff, shentsize, shnum, shstrndx):
+        self.path, self.data, self.arch = path, data, arch
+        self.shoff, self.shentsize, self.shnum, self.shstrndx = shoff, shentsize, shnum, shstrndx
+
+    def fail(self, what: str):
+        raise FtlabError(f"{self.path}: {what}")
+
+    def run(self) -> Arch:
+        size = len(self.data)
+        if self.shoff == 0:
+            self.fail("no section header table (e_shoff is 0)")
+        if self.shentsize != SHDR.size:
+            self.fail(f"e_shentsize {self.shentsize}, not {SHDR.size}")
+        if self.shoff + SHDR.size > size:
+            self.fail(f"section header table at {self.shoff:#x} is past the end of the file ({size:#x} bytes)")
+        first = SHDR.unpack_from(self.data, self.shoff)
+        shnum = self.shnum or first[5]  # e_shnum 0: the count is section 0's sh_size
+        shstrndx = first[6] if self.shstrndx == SHN_XINDEX else self.shstrndx
+        if self.shoff + shnum * SHDR.size > size:
+            self.fail(
+                f"section header table at {self.shoff:#x} ({shnum} entries) "
+                f"runs past the end of the file ({size:#x} bytes)"
+            )
+        self.secs = [SHDR.unpack_from(self.data, self.shoff + i * SHDR.size) for i in range(shnum)]
+        if shstrndx >= shnum:
+            self.fail(f"e_shstrndx {shstrndx} is not a section (there are {shnum})")
+        self.names = [""] * shnum
+        if shstrndx:
+            self.section(shstrndx, self.secs[shstrndx])
+            self.names = [self.string(shstrndx, sec[0], f"section [{i}]'s name") for i, sec in enumerate(self.secs)]
+        for i, sec in enumerate(self.secs):
+            self.section(i, sec)
+        symtabs = [i for i, sec in enumerate(self.secs) if sec[1] == SHT_SYMTAB]
+        if len(symtabs) > 1:
+            listed = ", ".join(map(str, symtabs))
+            self.fail(f"{len(symtabs)} symbol tables (sections {listed}); a relocatable object has one")
+        self.nsyms = 0
+        for i in symtabs:
+            self.symbols(i)
+        for i, sec in enumerate(self.secs):
+            if sec[1] in (SHT_RELA, SHT_REL):
+                self.relocations(i, sec, symtabs)
+        return self.arch
+
+    def where(self, i: int) -> str:
+        return f"section [{i}] {self.names[i]}".rstrip()
+
+    def section(self, i: int, sec) -> None:
+        _, sh_type, flags, _, offset, size, link, _, _, _ = sec
+        if i == 0:
+            return  # SHN_UNDEF: its fields may carry the extended counts
+        if sh_type != SHT_NOBITS and offset + size > len(self.data):
+            self.fail(
+                f"{self.where(i)}: offset {offset:#x} + size {size:#x} runs past the end of the file "
+                f"({len(self.data):#x} bytes)"
+            )
+        if flags & SHF_ALLOC and flags & SHF_COMPRESSED:
+            self.fail(f"{self.where(i)}: SHF_COMPRESSED on an SHF_ALLOC section")
+        if sh_type in (SHT_SYMTAB, SHT_DYNSYM, SHT_RELA, SHT_REL) and not 0 < link < len(self.secs):
+            self.fail(f"{self.where(i)}: sh_link {link} is not a section")
+        if sh_type == SHT_STRTAB and size and self.data[offset + size - 1] != 0:
+            self.fail(f"{self.where(i)}: string table does not end in a NUL")
+
+    def string(self, strtab: int, offset: int, what: str) -> str:
+        sec = self.secs[strtab]
+        if sec[1] != SHT_STRTAB:
+            self.fail(f"{what}: section [{strtab}] is not a string table")
+        if offset >= sec[5]:
+            self.fail(f"{what}: offset {offset:#x} is past the end of string table [{strtab}] ({sec[5]:#x} bytes)")
+        start = sec[4] + offset
+        return self.data[start : self.data.index(b"\0", start)].decode("utf-8", "replace")
+
+    def table(self, i: int, sec, entry: struct.Struct) -> int:
+        if sec[9] != entry.size or sec[5] % entry.size:
+            self.fail(f"{self.where(i)}: entry size {sec[9]} and size {sec[5]:#x}; expected {entry.size}-byte entries")
+        return sec[5] // entry.size
+
+    def symbols(self, i: int) -> None:
+        sec = self.secs[i]
+        self.nsyms = count = self.table(i, sec, SYM)
+        link, offset = sec[6], sec[4]
+        for n in range(count):
+            st_name, info, _, shndx, value, size = SYM.unpack_from(self.data, offset + n * SYM.size)
+            name = self.string(link, st_name, f"symbol {n}'s name") if st_name else f"symbol {n}"
+            where = f"symbol '{name}' ({self.where(i)} entry {n})"
+            if shndx == SHN_XINDEX:
+                self.fail(f"{where}: extended section indexes (SHN_XINDEX) are not supported")
+            if shndx in (0, SHN_ABS, SHN_COMMON):
+                continue
+            if shndx >= SHN_LORESERVE or shndx >= len(self.secs):
+                self.fail(f"{where}: section index {shndx:#x} is not a section")
+            extent = size if info & 0xF in (STT_OBJECT, STT_FUNC) else 0
+            if value + extent > self.secs[shndx][5]:
+                limit = self.secs[shndx][5]
+                outside = f"{self.where(shndx)} ({limit:#x} bytes)"
+                self.fail(f"{where}: value {value:#x} + size {extent:#x} is outside {outside}")
+
+    def relocations(self, i: int, sec, symtabs: list[int]) -> None:
+        rela = sec[1] == SHT_RELA
+        count = self.table(i, sec, RELA if rela else REL)
+        link, target = sec[6], sec[7]
+        if link not in symtabs:
+            self.fail(f"{self.where(i)}: sh_link {link} is not the symbol table")
+        if not 0 < target < len(self.secs):
+            self.fail(f"{self.where(i)}: sh_info {target} is not a section")
+        limit, applied = self.secs[target][5], self.secs[target][2] & SHF_ALLOC and self.secs[target][5]
+        entry = RELA if rela else REL
+        for n in range(count):
+            r_offset, info = entry.unpack_from(self.data, sec[4] + n * entry.size)[:2]
+            kind, sym = info & 0xFFFFFFFF, info >> 32
+            where = f"{self.where(i)} entry {n} ({self.names[target] or f'[{target}]'}+{r_offset:#x})"
+            reloc = self.arch.relocs.get(kind)
+            if reloc is None and applied:
+                name = RELOC_NAMES[self.arch.elf_machine].get(kind, "unknown")
+                self.fail(f"{where}: relocation type {kind} ({name}) is not supported on {self.arch.name}")
+            if sym >= self.nsyms:
+                self.fail(f"{where}: symbol index {sym} is past the symbol table ({self.nsyms} symbols)")
+            if r_offset + (reloc.size if reloc else 1) > limit:
+                self.fail(f"{where}: offset {r_offset:#x} is outside {self.where(target)} ({limit:#x} bytes)")
 
 
 def _parse_stub(spec: str) -> tuple[str, str]:
@@ -86,12 +294,7 @@ class _Loader:
         self.arch = machine.arch
 
     def load(self) -> LoadedObject:
-        arch, elf = self.arch, self.elf
-        if elf["e_machine"] != arch.elf_machine:
-            other = by_elf_machine(elf["e_machine"])
-            raise FtlabError(f"{self.path}: built for {other.name if other else elf['e_machine']}, not {arch.name}")
-        if elf["e_type"] != "ET_REL":
-            raise FtlabError(f"{self.path}: {elf['e_type']} file; only relocatable objects (.o, .ko) load")
+        elf = self.elf
         placed = self._layout()
         obj = LoadedObject(self.path, self.base, self.size)
         for index, addr in placed.items():
@@ -122,8 +325,15 @@ class _Loader:
             end = -(-end // align) * align
             offsets[i] = end
             end += s["sh_size"]
+            if end > MAX_OBJECT:
+                raise FtlabError(
+                    f"{self.path}: section [{i}] {s.name} (size {s['sh_size']:#x}, alignment {align:#x}) "
+                    f"ends {end:#x} bytes in; an object may take {MAX_OBJECT:#x}"
+                )
         self.common = end = -(-end // 16) * 16
         end += sum(-(-sym["st_size"] // 16) * 16 for sym in self._commons())
+        if end > MAX_OBJECT:
+            raise FtlabError(f"{self.path}: common symbols take the object to {end:#x} bytes, over {MAX_OBJECT:#x}")
         self.base, self.size = self.m.map_object(end), end
         return {i: self.base + off for i, off in offsets.items()}
 
@@ -145,14 +355,16 @@ class _Loader:
                 continue
             if shndx == "SHN_COMMON":
                 addr, common = common, common + -(-sym["st_size"] // 16) * 16
+                section = "COMMON"
             elif shndx in self.placed:
                 addr = self.placed[shndx] + sym["st_value"]
+                section = self.elf.get_section(shndx).name
             else:
                 values.append(None if kind == "STT_SECTION" else 0)  # a section we did not load
                 continue
             values.append(addr)
             if kind in ("STT_FUNC", "STT_OBJECT") and sym.name:
-                symbol = Symbol(sym.name, addr, sym["st_size"], "func" if kind == "STT_FUNC" else "object")
+                symbol = Symbol(sym.name, addr, sym["st_size"], "func" if kind == "STT_FUNC" else "object", section)
                 self.m.symbols.add(symbol)
                 if kind == "STT_FUNC":
                     obj.functions.append(symbol)
@@ -168,8 +380,12 @@ class _Loader:
                 f"{self.path}: undefined symbol '{name}' (used at {where}); "
                 f"supply it with --stub {name} or --stub {name}=data"
             )
-        addr = self.m.alloc("lab data", 4096, 16) if kind == "data" else self.m.symbols.get("ftlab_ret0").addr
-        self.m.symbols.add(Symbol(name, addr, 4096 if kind == "data" else 0, "lab"))
+        if kind == "data":
+            addr = self.m.alloc("lab data", DATA_STUB_SIZE, 16)
+            self.m.symbols.add(Symbol(name, addr, DATA_STUB_SIZE, "lab", f"--stub {name}=data"))
+        else:
+            addr = self.m.symbols.get("ftlab_ret0").addr
+            self.m.symbols.add(Symbol(name, addr, 0, "lab", f"--stub {name}"))
         return addr
 
     def _relocate(self, obj: LoadedObject) -> None:
@@ -183,6 +399,7 @@ class _Loader:
                     f"{self.path}: {sec.name}: REL relocations are not used on {self.arch.name}; only RELA is supported"
                 )
             base = self.placed[sec["sh_info"]]
+            code = bool(target["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
             for rel in sec.iter_relocations():
                 place, kind = base + rel["r_offset"], rel["r_info_type"]
                 where = f"{target.name}+{rel['r_offset']:#x}"
@@ -190,10 +407,28 @@ class _Loader:
                 value = self.values[rel["r_info_sym"]]
                 if value is None and sym["st_info"]["type"] == "STT_SECTION":
                     continue  # against a section we did not load
+                stub = None
                 if value is None:
                     value = self._resolve(sym.name, f"{self.m.symbols.name(place)} ({where})")
                     obj.imports.setdefault(sym.name, []).append(place)
+                    stub = self.m.symbols.get(sym.name)
                 self._apply(kind, value, rel["r_addend"], place, where)
+                if stub is not None and stub.section.startswith("--stub") and code:
+                    stub_kind = "data" if stub.section.endswith("=data") else "ret0"
+                    self._check_stub_use(sym.name, stub_kind, place, base, where)
+
+    def _check_stub_use(self, name: str, stub: str, place: int, start: int, where: str) -> None:
+        """A function stub (ftlab_ret0's code) read as data would give its instruction bytes as
+        the value; a data stub called would run zeroed data: refuse both, saying which stub fits."""
+        use = _use(self.m, place, start)
+        at = f"{self.m.symbols.name(place)} ({where}): {self.m.disasm(use[1]) if use else 'unknown'}"
+        if stub == "ret0" and use and use[0] == "data":
+            raise FtlabError(
+                f"{self.path}: '{name}' is read or written as data at {at}; "
+                f"a function stub cannot stand in for it: use --stub {name}=data"
+            )
+        if stub == "data" and use and use[0] == "call":
+            raise FtlabError(f"{self.path}: '{name}' is called at {at}; a data stub cannot be run: use --stub {name}")
 
     def _apply(self, kind: int, S: int, A: int, P: int, where: str) -> None:
         reloc = self.arch.relocs.get(kind)
@@ -209,3 +444,26 @@ class _Loader:
         else:
             new = reloc.store(struct.unpack(fmt, self.m.read(P, reloc.size))[0], value) & mask
         self.m.write(P, struct.pack(fmt, new))
+
+
+def _use(m, place: int, start: int) -> tuple[str, int] | None:
+    """How the instruction holding a relocated field at `place` uses the symbol: 'call' (a direct
+    call or jump), 'data' (a memory operand: a load, a store, an indirect call through it) or
+    'address' (its address taken), with the instruction's address; None if the code does not
+    decode up to there. Decoded from the start of the function holding it (else of its section,
+    at `start`), one instruction after another: on x86 a decode from any nearer byte may start
+    inside an instruction."""
+    hit = m.symbols.lookup(place)
+    addr = hit[0].addr if hit and hit[0].kind == "func" and hit[0].addr >= start else start
+    end = m.region(place).end
+    while addr <= place:
+        insn = asm.decode(m.arch, m.read(addr, min(16, end - addr)), addr)
+        if insn is None:
+            return None
+        if addr + insn.size > place:
+            fields = asm.field_offsets(insn)
+            if fields and place - addr not in fields:
+                return None
+            return asm.reference_kind(insn), addr
+        addr += insn.size
+    return None

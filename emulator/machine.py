@@ -410,6 +410,18 @@ class Machine:
             raise FtlabError(f"no symbol '{target}' in the loaded objects")
         return sym.addr
 
+    def entry_of(self, target) -> int:
+        """The address a call by name starts at: only a function's, never data's (an object's
+        data symbol, a --stub NAME=data stub, anything outside executable pages), whose bytes
+        would run as code or whose code a caller would read as its value."""
+        func = self.address_of(target)
+        if isinstance(target, int):
+            return func
+        sym = self.symbols.get(target)
+        if sym is not None and (sym.kind == "object" or func >> PAGE_SHIFT not in self._exec_pages):
+            raise FtlabError(f"'{target}' is {sym.describe()}: it cannot be called")
+        return func
+
     def call(self, target, *args, ret: str = "i64"):
         """Run one function to completion and return its result.
 
@@ -422,7 +434,7 @@ class Machine:
         decode = RETURN_KINDS.get(ret)
         if decode is None:
             raise FtlabError(f"unknown return kind '{ret}' (known: {', '.join(RETURN_KINDS)})")
-        func = self.address_of(target)
+        func = self.entry_of(target)
         nested = self._running > 0
         saved = self.uc.context_save() if nested else None
         heap = self._cursor["heap"]

@@ -12,6 +12,18 @@ class Symbol:
     addr: int
     size: int
     kind: str  # 'func', 'object' or 'lab' (the lab's own code and data)
+    section: str = ""  # an object's symbol: its ELF section (COMMON for a common one); a stub: how it was asked for
+
+    def describe(self) -> str:
+        """What the symbol is when it cannot be called: `a data object (STT_OBJECT in .bss), not
+        a function`."""
+        if self.kind == "object":
+            return f"a data object (STT_OBJECT in {self.section}), not a function"
+        if self.kind == "func":
+            return f"STT_FUNC but in {self.section}, a section that is not executable"
+        if self.section.startswith("--stub"):
+            return f"a data stub ({self.section}), not a function"
+        return "lab data, not a function"
 
 
 class SymbolTable:

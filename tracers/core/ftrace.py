@@ -157,6 +157,8 @@ class Ftrace:
         sites, addrs = self.karch.sites, []
         for table in sites.tables:
             for addr, size in obj.sections.get(table, []):
+                if size % 8:
+                    raise FtlabError(f"{obj.path}: {table} is {size:#x} bytes, not a whole number of 8-byte addresses")
                 addrs += struct.unpack(f"<{size // 8}Q", self.m.read(addr, size))
         if not addrs:
             for sym in sites.call_symbols:
