@@ -4,8 +4,17 @@ Options are checked by argparse with the kernel's meaning, calls against the fun
 (the bundled fixtures' catalog, or the object's DWARF), `--at` against what the call reaches, and a
 trace stopped by a fault or the budget still prints what it recorded, with why it stopped."""
 
+import platform
+import shutil
+import subprocess
+
 import pytest
 
+from emulator import FtlabError, Machine
+from emulator import arch as arches
+from fixtures import catalog
+from tracers import Lab
+from tracers.calls import dwarf_signatures
 from tracers.cli.main import main
 
 
@@ -58,8 +67,14 @@ def test_max_graph_depth_zero_is_no_limit_and_uint_max_is_accepted(capsys, arch)
 
 
 @pytest.mark.parametrize(
-    ("option", "value"),
-    [("--budget", "-1"), ("--budget", str(1 << 64)), ("--budget", "x"), ("--buffer-size", "0"), ("--buffer-size", "-5")],
+    "option, value",
+    [
+        ("--budget", "-1"),
+        ("--budget", str(1 << 64)),
+        ("--budget", "x"),
+        ("--buffer-size", "0"),
+        ("--buffer-size", "-5"),
+    ],
 )
 def test_numeric_options_are_refused_out_of_range(capsys, option, value):
     line = usage_error(capsys, "trace", "--arch", "arm64", "funcs", "fib(3)", option, value)
@@ -68,3 +83,119 @@ def test_numeric_options_are_refused_out_of_range(capsys, option, value):
 
 def test_the_largest_budget_is_unicorns(capsys, arch):
     assert run(capsys, "run", "--arch", arch, "--budget", str((1 << 64) - 1), "funcs", "fib(5)")[1] == "fib(5) = 5\n"
+
+
+# -- calls --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ("fib()", "fib() takes 1 argument (long n), got 0 (its signature from fixtures/src/funcs.c)"),
+        ("fib(1, 2)", "fib() takes 1 argument (long n), got 2 (its signature from fixtures/src/funcs.c)"),
+        ("add3(1)", "add3() takes 3 arguments (int a, long b, long c), got 1 (its signature from fixtures/"),
+        (f"sum10({', '.join(['1'] * 10_000)})", "sum10() takes 10 arguments (long a1, "),
+        ("ftrace_caller(1)", "'ftrace_caller' is the lab's own code, not a function of funcs.o"),
+        ("return_to_handler()", "'return_to_handler' is the lab's own code, not a function of funcs.o"),
+        ("ftlab_caller()", "'ftlab_caller' is the lab's own code, not a function of funcs.o"),
+        ("nosuch(1)", "no symbol 'nosuch' in the loaded objects"),
+    ],
+)
+def test_a_call_the_signature_refuses_is_one_line(capsys, arch, call, message):
+    for cmd in ("run", "trace"):
+        assert error(capsys, cmd, "--arch", arch, "funcs", call).startswith(message)
+    assert error(capsys, "regs", "--arch", arch, "funcs", call, "--at", "fib").startswith(message)
+
+
+def test_every_bundled_function_takes_what_the_catalog_says(arch):
+    """The prototypes read from the fixtures' C source against the catalog's (the tests' oracle):
+    the same parameters, so each catalog example passes and one argument more or less does not."""
+    lab = Lab.open("funcs", arch)
+    for f in catalog.FUNCTIONS.values():
+        params = f.signature[f.signature.index("(") + 1 : -1].split(", ")
+        sig = lab.calls.signatures[f.name]
+        assert sig.params == tuple(params) and not sig.variadic
+        for args in f.examples:
+            assert lab.call(f.name, *args, ret=f.ret) == f.reference(*args)
+            for wrong in (args[:-1], (*args, 0)):
+                with pytest.raises(FtlabError, match=rf"^{f.name}\(\) takes {len(params)} argument"):
+                    lab.call(f.name, *wrong)
+
+
+def test_stubs_and_data_are_not_callable_and_imports_c_has_its_signature(capsys, arch):
+    obj = f"fixtures/obj/{arch}/imports.o"
+    stubs = ["--stub", "helper", "--stub", "jiffies_like=data"]
+    for name in ("helper", "jiffies_like"):
+        assert error(capsys, "run", obj, *stubs, f"{name}(1)") == (
+            f"'{name}' is undefined in imports.o (a --stub stands in for it), not one of its functions"
+        )
+    assert error(capsys, "run", obj, *stubs, "use_helper()").endswith("(its signature from fixtures/src/imports.c)")
+    assert run(capsys, "run", obj, *stubs, "use_helper(4)")[1] == "use_helper(4) = 1\n"  # stubs: 0, 0
+
+
+def test_without_a_signature_a_call_is_passed_as_given_up_to_the_argument_area(capsys, arch, tmp_path):
+    """An object with neither a bundled source nor DWARF: any count, as long as the arguments past
+    the registers fit in the stack area the lab reserves for them."""
+    obj = tmp_path / "copy.o"
+    shutil.copy(catalog.variant(arch, "funcs").path, obj)
+    assert run(capsys, "run", str(obj), "fib(10, 2)")[1] == "fib(10, 2) = 55 (0x37)\n"
+    assert run(capsys, "run", str(obj), "fib()")[0] == 0  # whatever the register held
+    regs = len(arches.get(arch).arg_regs)
+    most = regs + Machine.ARG_AREA // 8
+    assert run(capsys, "run", str(obj), f"fib({', '.join(['3'] * most)})")[1].endswith(" = 2\n")
+    assert error(capsys, "run", str(obj), f"fib({', '.join(['3'] * (most + 1))})") == (
+        f"fib: {most + 1} arguments do not fit: at most {most} ({regs} in registers, {most - regs} in the "
+        f"{Machine.ARG_AREA} bytes of stack the lab reserves for arguments)"
+    )
+
+
+DWARF_C = """
+struct pt { long x, y; };
+long one(long x) { return x + 1; }
+long none(void) { return 7; }
+long knr() { return 3; }
+long va(long n, ...) { return n; }
+long ptrs(const char *s, struct pt *p, unsigned int u) { return p->x + s[0] + u; }
+"""
+
+
+@pytest.fixture(scope="module")
+def dwarf_object(tmp_path_factory):
+    """A small x86_64 object with DWARF (gcc -g), built here: the bundled fixtures have none."""
+    gcc = shutil.which("gcc")
+    if gcc is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a native x86_64 gcc to build an object with DWARF")
+    d = tmp_path_factory.mktemp("dwarf")
+    (d / "d.c").write_text(DWARF_C)
+    flags = "-g -O2 -fno-pic -mcmodel=kernel -mno-red-zone -ffreestanding -fno-stack-protector -pg -mfentry"
+    done = subprocess.run([gcc, *flags.split(), "-c", "d.c", "-o", "d.o"], cwd=d, capture_output=True, check=False)
+    if done.returncode:
+        pytest.skip(f"gcc could not build the DWARF object: {done.stderr.decode()[:200]}")
+    return d / "d.o"
+
+
+def test_dwarf_signatures(dwarf_object):
+    sigs = dwarf_signatures(dwarf_object)
+    assert set(sigs) == {"one", "none", "va", "ptrs"}  # knr() is not prototyped: nothing known
+    assert sigs["one"].params == ("long int x",) and sigs["none"].params == ()
+    assert sigs["va"].params == ("long int n",) and sigs["va"].variadic
+    assert sigs["ptrs"].params == ("const char *s", "struct pt *p", "unsigned int u")
+    assert {s.source for s in sigs.values()} == {"d.o's DWARF"}
+
+
+def test_dwarf_arity_on_the_command_line(capsys, dwarf_object):
+    obj = str(dwarf_object)
+    assert run(capsys, "run", obj, "one(41)")[1] == "one(41) = 42 (0x2a)\n"
+    assert run(capsys, "run", obj, "knr(1, 2)")[1] == "knr(1, 2) = 3\n"  # K&R: passed as given
+    assert run(capsys, "run", obj, "va(5, 6, 7)")[1] == "va(5, 6, 7) = 5\n"
+    assert error(capsys, "run", obj, "one()") == (
+        "one() takes 1 argument (long int x), got 0 (its signature from d.o's DWARF)"
+    )
+    assert error(capsys, "run", obj, "none(1)").startswith("none() takes 0 arguments (void), got 1")
+    assert error(capsys, "run", obj, "va()").startswith("va() takes at least 1 argument (long int n, ...), got 0")
+
+
+def test_unreadable_dwarf_is_no_signature(tmp_path):
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"\x7fELF" + bytes(60))
+    assert dwarf_signatures(junk) == {} and dwarf_signatures(tmp_path / "missing.o") == {}

@@ -19,6 +19,7 @@ from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
 from .builtin.guest import TracerCode
+from .calls import CallCheck
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
 from .core.ftrace import Ftrace
@@ -85,6 +86,7 @@ class Lab:
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
+        self.calls = CallCheck(self)
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> Lab:
@@ -119,8 +121,10 @@ class Lab:
         return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel, kernel=self.kernel)
 
     def call(self, func: str, *args, ret: str = "i64"):
-        """Run func; `ret` reads the return registers as its C type: i64, u64, i32, u32, u16, u8 or
-        pair (Machine.call). The object carries no signatures, so the caller says."""
+        """Run func, a function of the lab's object, with as many arguments as its signature says
+        when one is known (tracers.calls); `ret` reads the return registers as its C type: i64,
+        u64, i32, u32, u16, u8 or pair (Machine.call)."""
+        self.calls.check(func, args)
         return self.machine.call(func, *args, ret=ret)
 
 

@@ -71,6 +71,7 @@ def _probe_events(args, lab, sink):
 def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
     for lab in _labs(args):  # the sink's first line names the arch
+        lab.calls.check(name, call_args)  # a refused call prints no trace
         if args.event and not args.tracer:  # the nop tracer: the probe events alone
             sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel)
             tracer = _probe_events(args, lab, sink)
@@ -95,6 +96,7 @@ def cmd_regs(args, out):
     call = parse_call(args.call)
     reports = []
     for lab in _labs(args):
+        lab.calls.check(*call)
         func, offset = parse_at(lab, args.at)
         captures = capture_all(lab, func, call, offset)
         if args.format == "json":
@@ -109,6 +111,8 @@ def cmd_regs(args, out):
 def cmd_compare(args, out):
     name, call_args = parse_call(args.call)
     labs = list(_labs(args))
+    for lab in labs:
+        lab.calls.check(name, call_args)
     rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else io.StringIO())
     if args.format == "json":
         dump_json(rows, out)
@@ -122,6 +126,7 @@ def cmd_record(args, out):
         )
     name, call_args = parse_call(args.call)
     [lab] = list(_labs(args))
+    lab.calls.check(name, call_args)
     options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
     with Recorder(args.output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip()) as rec:
         # the tracer's events are the file's records: it writes them and decodes none
