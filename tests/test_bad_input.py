@@ -16,6 +16,7 @@ from fixtures import catalog
 from tracers import Lab
 from tracers.calls import dwarf_signatures
 from tracers.cli.main import main
+from tracers.cli.mechanisms import capture_all
 
 
 def run(capsys, *argv):
@@ -199,3 +200,27 @@ def test_unreadable_dwarf_is_no_signature(tmp_path):
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"\x7fELF" + bytes(60))
     assert dwarf_signatures(junk) == {} and dwarf_signatures(tmp_path / "missing.o") == {}
+
+
+# -- --at a function the call never reaches ----------------------------------------------------
+
+
+def test_regs_and_compare_at_a_function_the_call_never_reaches(capsys, arch):
+    """fib never calls chain_c: no snapshot to show, so one line says so (no table of zeros)."""
+    lab = Lab.open("funcs", arch)
+    after_site = lab.ftrace.site("chain_c").ip + lab.karch.sites.size - lab.machine.address_of("chain_c")
+    for fmt in ("text", "json"):
+        assert error(capsys, "regs", "--arch", arch, "funcs", "fib(3)", "--at", "chain_c", "--format", fmt) == (
+            "fib(3) never reached chain_c"
+        )
+    at = f"chain_c+{after_site:#x}"  # a kprobe on the instruction after the patch site
+    assert error(capsys, "regs", "--arch", arch, "funcs", "fib(3)", "--at", at) == f"fib(3) never reached {at}"
+    assert error(capsys, "compare", "funcs", " fib(3) ", "--at", "chain_c") == "fib(3) never reached chain_c"
+    out = run(capsys, "regs", "--arch", arch, "funcs", "chain_a(3)", "--at", "chain_c")[1]
+    assert out.startswith(f"# {arch}: one hit at chain_c during chain_a(3)")  # reached: the table
+
+
+def test_capture_all_names_the_call_it_was_given(arch):
+    lab = Lab.open("funcs", arch)
+    with pytest.raises(FtlabError, match=r"^crc32_bitwise\(0, b'12', 2\) never reached fib$"):
+        capture_all(lab, "fib", ("crc32_bitwise", (0, b"12", 2)))

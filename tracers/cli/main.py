@@ -98,7 +98,7 @@ def cmd_regs(args, out):
     for lab in _labs(args):
         lab.calls.check(*call)
         func, offset = parse_at(lab, args.at)
-        captures = capture_all(lab, func, call, offset)
+        captures = capture_all(lab, func, call, offset, shown=args.call.strip())
         if args.format == "json":
             reports.append(regs_json(lab, captures))
         else:
@@ -113,7 +113,8 @@ def cmd_compare(args, out):
     labs = list(_labs(args))
     for lab in labs:
         lab.calls.check(name, call_args)
-    rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else io.StringIO())
+    text = out if args.format == "text" else io.StringIO()
+    rows = compare(labs, args.at or name, (name, call_args), text, shown=args.call.strip())
     if args.format == "json":
         dump_json(rows, out)
 

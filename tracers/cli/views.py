@@ -119,9 +119,11 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
     ]
 
 
-def compare(labs, func: str, call: tuple, out) -> list[dict]:
-    """Mechanism by mechanism, the arches side by side."""
-    results = {lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, call)}) for lab in labs}
+def compare(labs, func: str, call: tuple, out, shown: str | None = None) -> list[dict]:
+    """Mechanism by mechanism, the arches side by side (`shown`: the call as the user wrote it)."""
+    results = {
+        lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, call, shown=shown)}) for lab in labs
+    }
     names = list(results)
     width = 50
     out.write(f"{func}: called as {call[0]}{call[1]!r}".replace(",)", ")") + "\n\n")
