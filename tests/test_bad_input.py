@@ -4,6 +4,7 @@ Options are checked by argparse with the kernel's meaning, calls against the fun
 (the bundled fixtures' catalog, or the object's DWARF), `--at` against what the call reaches, and a
 trace stopped by a fault or the budget still prints what it recorded, with why it stopped."""
 
+import json
 import platform
 import shutil
 import subprocess
@@ -12,11 +13,15 @@ import pytest
 
 from emulator import FtlabError, Machine
 from emulator import arch as arches
+from emulator.errors import BudgetExhausted
 from fixtures import catalog
 from tracers import Lab
+from tracers.builtin.function import FunctionTracer
+from tracers.builtin.tracer import stop_reason
 from tracers.calls import dwarf_signatures
 from tracers.cli.main import main
 from tracers.cli.mechanisms import capture_all
+from tracers.output.sinks import ListSink
 
 
 def run(capsys, *argv):
@@ -224,3 +229,74 @@ def test_capture_all_names_the_call_it_was_given(arch):
     lab = Lab.open("funcs", arch)
     with pytest.raises(FtlabError, match=r"^crc32_bitwise\(0, b'12', 2\) never reached fib$"):
         capture_all(lab, "fib", ("crc32_bitwise", (0, b"12", 2)))
+
+
+# -- an error during a trace --------------------------------------------------------------------
+
+STOPPED = {
+    "function": [],
+    "function_graph": ["--tracer", "function_graph"],
+    "nop with a probe event": ["-e", "f fib n=$arg1"],
+    "function with a probe event": ["--tracer", "function", "-e", "f fib n=$arg1"],
+    "function, verified": ["--verify"],
+    "function_graph, insns clock": ["--tracer", "function_graph", "--clock", "insns"],
+}
+
+
+@pytest.mark.parametrize("options", STOPPED.values(), ids=STOPPED.keys())
+def test_a_trace_the_budget_stops_keeps_its_events_and_says_why(capsys, arch, options):
+    """The budget runs out mid-recursion: the events recorded so far are all printed (the function
+    tracer's held lines too, under a header counting them), then `# stopped: REASON`, then the
+    error's one line on stderr."""
+    code, out, err = run(capsys, "trace", "--arch", arch, "--budget", "3000", "funcs", "fib(10)", *options)
+    assert code == 1 and err.startswith("ftlab: error: instruction budget of 3,000 exhausted at ")
+    assert err.count("\n") == 1
+    lines = out.splitlines()
+    assert lines[-1] == "# stopped: " + err[len("ftlab: error: ") : -1]
+    assert not any(line.startswith("# fib(10) =") for line in lines)  # no result
+    events = [line for line in lines if not line.startswith("#")]
+    assert len(events) > 10
+    if "function_graph" not in options:
+        header = next(line for line in lines if line.startswith("# entries-in-buffer/entries-written: "))
+        assert header.split()[2].split("/") == [str(len(events))] * 2
+
+
+@pytest.mark.parametrize("tracer", ["function", "function_graph"])
+def test_a_json_trace_the_budget_stops_ends_with_a_stopped_record(capsys, arch, tracer):
+    code, out, err = run(
+        capsys, "trace", "--arch", arch, "--budget", "3000", "funcs", "fib(10)", "--tracer", tracer, "--format", "json"
+    )
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [r["type"] for r in records[-2:]] == ["summary", "stopped"]
+    assert records[-1]["reason"] == err[len("ftlab: error: ") : -1]
+    assert records[-1]["reason"].startswith("instruction budget of 3,000 exhausted at ")
+    assert len(records) > 12 and "stopped" not in records[-2]
+
+
+def test_a_guest_fault_mid_trace_keeps_the_entry(capsys, arch):
+    """popcount_buf faults on its first load: its entry is traced, then the fault stops the run."""
+    for options in ([], ["--tracer", "function_graph"], ["-e", "f popcount_buf p=$arg1"]):
+        code, out, err = run(capsys, "trace", "--arch", arch, "funcs", "popcount_buf(16, 4)", *options)
+        reason = err[len("ftlab: error: ") : -1]
+        assert code == 1 and reason.startswith("guest fault: read of unmapped address 0x10 at ")
+        assert out.splitlines()[-1] == f"# stopped: {reason}"
+        assert [line for line in out.splitlines() if "popcount_buf" in line and not line.startswith("#")]
+
+
+def test_the_python_api_sees_why_a_trace_stopped(arch):
+    lab = Lab.open("funcs", arch, budget=2000)
+    sink = ListSink()
+    with pytest.raises(BudgetExhausted), FunctionTracer(lab, sink):
+        lab.call("fib", 10)
+    assert sink.summary["stopped"].startswith("instruction budget of 2,000 exhausted")
+    assert sink.summary["counters"]["entries-written"] == len(sink.events) > 0
+    lab.machine.budget = 0
+    with FunctionTracer(lab, sink):  # the lab traces again, and a whole trace has no `stopped`
+        assert lab.call("fib", 3) == 2
+    assert "stopped" not in sink.summary
+
+
+def test_stop_reason_words():
+    assert stop_reason(FtlabError("x")) == "x"
+    assert stop_reason(KeyboardInterrupt()) == "interrupted"
+    assert stop_reason(KeyError(3)) == "internal error: KeyError: 3"
