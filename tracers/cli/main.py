@@ -102,7 +102,7 @@ def cmd_regs(args, out):
         if args.format == "json":
             reports.append(regs_json(lab, captures))
         else:
-            out.write(f"# {lab.arch.name}: one hit at {args.at} during {args.call.strip()}\n\n")
+            out.write(f"# {lab.arch.name}: one hit at {args.at.strip()} during {args.call.strip()}\n\n")
             regs_table(lab, captures, out)
     if reports:
         dump_json(reports if len(reports) > 1 else reports[0], out)
