@@ -300,3 +300,10 @@ def test_stop_reason_words():
     assert stop_reason(FtlabError("x")) == "x"
     assert stop_reason(KeyboardInterrupt()) == "interrupted"
     assert stop_reason(KeyError(3)) == "internal error: KeyError: 3"
+
+
+def test_the_python_api_still_calls_an_address_as_given(arch):
+    lab = Lab.open("funcs", arch)
+    assert lab.call(lab.machine.address_of("fib"), 10) == 55
+    with pytest.raises(FtlabError, match=r"^fib\(\) takes 1 argument"):
+        lab.call("fib", 10, 11)
