@@ -80,6 +80,7 @@ class Machine:
     LAB_DATA = 0x3E00_0000, 0x0100_0000  # per-cpu page, ops, buffers of the tracers
     LAB_TEXT = 0x3F00_0000, 0x0010_0000  # the lab's runtime and trampolines
     OBJECTS = 0x4000_0000  # loaded objects, one mapping each
+    ARG_AREA = 0x1000  # the top of the stack a call's arguments past the registers may use
 
     def __init__(self, arch: Arch, budget: int = DEFAULT_BUDGET):
         self.arch = arch
@@ -244,7 +245,8 @@ class Machine:
         code = asm.assemble(self.arch, macros + path.read_text(), base, constants, name=path.name, where=path.parent)
         self.alloc("lab text", len(code.code), 1)
         self.write_code(base, code.code)
-        ends = sorted(set(code.symbols.values()) | {base + len(code.code)})
+        # a .globl label runs to the next one (its local labels, such as loops, are inside it)
+        ends = sorted({code.symbols[n] for n in code.exported} | {base + len(code.code)})
         for name in code.exported:
             addr = code.symbols[name]
             nxt = next(e for e in ends if e > addr) if addr < ends[-1] else addr
@@ -435,6 +437,13 @@ class Machine:
         if decode is None:
             raise FtlabError(f"unknown return kind '{ret}' (known: {', '.join(RETURN_KINDS)})")
         func = self.entry_of(target)
+        regs = len(self.arch.arg_regs)
+        if 8 * (len(args) - regs) > self.ARG_AREA:
+            raise FtlabError(
+                f"{self.symbols.name(func)}: {len(args)} arguments do not fit: at most {regs + self.ARG_AREA // 8} "
+                f"({regs} in registers, {self.ARG_AREA // 8} in the {self.ARG_AREA} bytes of stack the lab "
+                "reserves for arguments)"
+            )
         nested = self._running > 0
         saved = self.uc.context_save() if nested else None
         heap = self._cursor["heap"]

@@ -113,17 +113,31 @@ def test_dev_null_takes_any_output(capsys):
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_a_failed_run_leaves_no_file_and_keeps_the_old_one(capsys, arch, tmp_path):
-    """The run fails (the instruction budget) after the output was opened: nothing is left that
-    looks complete, and a file already at the path is untouched."""
-    for cmd, name in (("record", "fib.ftl"), ("trace", "fib.txt")):
-        path = tmp_path / name
-        argv = [cmd, "--arch", arch, "--budget", "5000", "funcs", "fib(25)", "-o", str(path)]
-        assert "instruction budget of 5,000 exhausted" in error(capsys, *argv)
-        assert not path.exists()
-        path.write_text("the old one")
-        assert "instruction budget" in error(capsys, *argv)
-        assert path.read_text() == "the old one"
-        path.unlink()
+    """A recording the run failed (the instruction budget) after the output was opened: nothing is
+    left that looks complete, and a file already at the path is untouched."""
+    path = tmp_path / "fib.ftl"
+    argv = ["record", "--arch", arch, "--budget", "5000", "funcs", "fib(25)", "-o", str(path)]
+    assert "instruction budget of 5,000 exhausted" in error(capsys, *argv)
+    assert not path.exists()
+    path.write_text("the old one")
+    assert "instruction budget" in error(capsys, *argv)
+    assert path.read_text() == "the old one"
+    path.unlink()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_a_trace_an_error_stopped_keeps_its_events_and_says_why(capsys, arch, tmp_path):
+    """Nothing recorded is lost: a text trace the budget stopped is written with the events so far
+    and a last line saying why, as on stdout, so it does not look complete; an error before the
+    trace began (a bad call) leaves no file."""
+    path = tmp_path / "fib.txt"
+    argv = ["trace", "--arch", arch, "--budget", "5000", "funcs", "fib(25)", "-o", str(path)]
+    assert "instruction budget of 5,000 exhausted" in error(capsys, *argv)
+    text = path.read_text().splitlines()
+    assert "fib <-fib" in text[-2] and text[-1].startswith("# stopped: instruction budget of 5,000 exhausted")
+    path.unlink()
+    assert "no symbol 'nosuch'" in error(capsys, "trace", "--arch", arch, "funcs", "nosuch(1)", "-o", str(path))
     assert os.listdir(tmp_path) == []
 
 

@@ -19,6 +19,7 @@ from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
 from .builtin.guest import TracerCode
+from .calls import CallCheck
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
 from .core.ftrace import Ftrace
@@ -85,6 +86,7 @@ class Lab:
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
         self.obj = self.machine.load(target.path, stubs)
         self.sites = self.ftrace.add_object(self.obj) if init else []
+        self.calls = CallCheck(self)
 
     @classmethod
     def open(cls, obj: str, arch: str | None = None, **kw) -> Lab:
@@ -118,34 +120,61 @@ class Lab:
         design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
         return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel, kernel=self.kernel)
 
-    def call(self, func: str, *args, ret: str = "i64"):
-        """Run func; `ret` reads the return registers as its C type: i64, u64, i32, u32, u16, u8 or
-        pair (Machine.call). The object carries no signatures, so the caller says."""
+    def call(self, func: str | int, *args, ret: str = "i64"):
+        """Run func, a function of the lab's object, with as many arguments as its signature says
+        when one is known (tracers.calls); `ret` reads the return registers as its C type: i64,
+        u64, i32, u32, u16, u8 or pair (Machine.call)."""
+        if isinstance(func, str):  # an address is the caller's own business
+            self.calls.check(func, args)
         return self.machine.call(func, *args, ret=ret)
 
 
 def parse_call(text: str) -> tuple[str, tuple]:
-    """`fib(20)` or `crc32_bitwise(0, b"123456789", 9)`: a name and int/bytes/str literals."""
+    """`fib(20)` or `crc32_bitwise(0, b"123456789", 9)`: a name and int/bytes/str literals (a
+    str is passed as its UTF-8 bytes). Any other text is a one-line FtlabError."""
+    shown = _printable(text)
     try:
         node = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # the parser's limits: nesting
         node = None
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
-        raise FtlabError(f"malformed CALL '{text}': expected NAME(ARG, ...), e.g. fib(20)")
+        raise FtlabError(f"malformed CALL '{shown}': expected NAME(ARG, ...), e.g. fib(20)")
     args = []
     for arg in node.args:
-        try:
-            value = ast.literal_eval(arg)
-        except ValueError:
-            value = None
-        if isinstance(value, str):
-            value = value.encode()
-        if isinstance(value, bool) or not isinstance(value, (int, bytes)):
+        value = _literal(arg)
+        if value is None:
+            source = ast.get_source_segment(text.strip(), arg) or "?"
             raise FtlabError(
-                f"malformed CALL '{text}': argument '{ast.unparse(arg)}' is not an integer, bytes or string literal"
+                f"malformed CALL '{shown}': argument '{_printable(source)}' is not an integer, bytes or string literal"
             )
         args.append(value)
     return node.func.id, tuple(args)
+
+
+def _literal(node: ast.expr) -> int | bytes | None:
+    """An argument's value: an integer with any signs before it, or a bytes or str literal."""
+    sign, signed = 1, False
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        sign, signed = -sign if isinstance(node.op, ast.USub) else sign, True
+        node = node.operand
+    if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
+        return None
+    value = node.value
+    if isinstance(value, int):
+        return sign * value
+    if signed:
+        return None
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:  # a lone surrogate
+            return None
+    return value if isinstance(value, bytes) else None
+
+
+def _printable(text: str) -> str:
+    """Text for a one-line message: control characters (newlines too) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def format_result(value) -> str:

@@ -55,12 +55,23 @@ class Tracer:
         self.sink.begin(self.name, self.clock_name)
         return self
 
-    def __exit__(self, *exc):
-        if self.events is not None:
-            self.events.stop()
-        self.stop()
-        self.clock.close()
-        self.sink.end(self.summary())
+    def __exit__(self, exc_type, exc, tb):
+        """Detach, then end the trace: what was recorded is written out whatever stopped the run, and
+        a trace stopped by an error ends by saying why (the summary's `stopped`)."""
+        stopped = exc
+        try:
+            if self.events is not None:
+                self.events.stop()
+            self.stop()
+            self.clock.close()
+        except BaseException as err:
+            stopped = stopped or err
+            raise
+        finally:
+            summary = self.summary()
+            if stopped is not None:
+                summary["stopped"] = stop_reason(stopped)
+            self.sink.end(summary)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -98,6 +109,15 @@ class Tracer:
     def stats(self) -> dict:
         """The counters no event shows (a recording keeps them for its replay)."""
         return dict(self.ring_losses)
+
+
+def stop_reason(err: BaseException) -> str:
+    """Why a trace ended early, in the words the error's own line uses."""
+    if isinstance(err, FtlabError):
+        return str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return f"internal error: {type(err).__name__}: {err}"
 
 
 class RingTracer(Tracer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import sys
 
 from emulator import FtlabError
@@ -26,6 +27,7 @@ from .demo import demo
 from .mechanisms import capture_all
 from .views import compare, dump_json, parse_at, regs_json, regs_table, site_rows
 
+U64_MAX, UINT_MAX = (1 << 64) - 1, (1 << 32) - 1
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 
@@ -70,6 +72,7 @@ def _probe_events(args, lab, sink):
 def cmd_trace(args, out):
     name, call_args = parse_call(args.call)
     for lab in _labs(args):  # the sink's first line names the arch
+        lab.calls.check(name, call_args)  # a refused call prints no trace
         if args.event and not args.tracer:  # the nop tracer: the probe events alone
             sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel)
             tracer = _probe_events(args, lab, sink)
@@ -94,12 +97,13 @@ def cmd_regs(args, out):
     call = parse_call(args.call)
     reports = []
     for lab in _labs(args):
+        lab.calls.check(*call)
         func, offset = parse_at(lab, args.at)
-        captures = capture_all(lab, func, call, offset)
+        captures = capture_all(lab, func, call, offset, shown=args.call.strip())
         if args.format == "json":
             reports.append(regs_json(lab, captures))
         else:
-            out.write(f"# {lab.arch.name}: one hit at {args.at} during {args.call.strip()}\n\n")
+            out.write(f"# {lab.arch.name}: one hit at {args.at.strip()} during {args.call.strip()}\n\n")
             regs_table(lab, captures, out)
     if reports:
         dump_json(reports if len(reports) > 1 else reports[0], out)
@@ -108,7 +112,10 @@ def cmd_regs(args, out):
 def cmd_compare(args, out):
     name, call_args = parse_call(args.call)
     labs = list(_labs(args))
-    rows = compare(labs, args.at or name, (name, call_args), out if args.format == "text" else io.StringIO())
+    for lab in labs:
+        lab.calls.check(name, call_args)
+    text = out if args.format == "text" else io.StringIO()
+    rows = compare(labs, args.at or name, (name, call_args), text, shown=args.call.strip())
     if args.format == "json":
         dump_json(rows, out)
 
@@ -124,6 +131,7 @@ def cmd_record(args, out):
     name, call_args = parse_call(args.call)
     with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
         [lab] = list(_labs(args))
+        lab.calls.check(name, call_args)
         rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip())
         # the tracer's events are the file's records: it writes them and decodes none
         options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
@@ -155,14 +163,45 @@ def cmd_bench(args, out):
             json_file.abort()  # a no-op once bench() has put it in place
 
 
-def _count(text: str) -> int:
-    """A whole number >= 0 for --budget and --buffer-size (argparse reports a bad one)."""
+def _whole(text: str) -> int:
     try:
-        value = int(text, 0)
+        return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+def _budget(text: str) -> int:
+    """--budget: instructions per call, 0 for none; unicorn counts them in 64 bits."""
+    value = _whole(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
+        raise argparse.ArgumentTypeError(f"{value} is negative (0 means no budget)")
+    if value > U64_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is more than unicorn counts ({U64_MAX}; 0 means no budget)")
+    return value
+
+
+def _records(text: str) -> int:
+    """--buffer-size: at least one record, as buffer_size_kb refuses 0 (tracing_entries_write)."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: the ring buffer needs at least one record")
+    return value
+
+
+def _graph_depth(text: str) -> int:
+    """--max-graph-depth as the kernel's max_graph_depth file takes it: graph_depth_write()
+    (kernel/trace/trace_functions_graph.c) parses a decimal unsigned long (kstrtoul: no sign, no
+    0x) into the unsigned int fgraph_max_depth, 0 meaning no limit. A value above UINT_MAX, which the
+    kernel would silently cut to its low 32 bits, is refused."""
+    value = int(text) if re.fullmatch(r"\+?[0-9]+", text.strip()) else None
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a decimal depth >= 0 (kstrtoul: 0 traces every depth, N the first N levels)"
+        )
+    if value > UINT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{value} does not fit fgraph_max_depth, an unsigned int (at most {UINT_MAX}; 0 is no limit)"
+        )
     return value
 
 
@@ -216,7 +255,7 @@ def _add_target(p, call=True):
     )
     p.add_argument(
         "--budget",
-        type=_count,
+        type=_budget,
         default=DEFAULT_BUDGET,
         help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
         "which runs about twice as fast)",
@@ -281,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the trace here instead of stdout")
     p.add_argument(
         "--buffer-size",
-        type=_count,
+        type=_records,
         metavar="RECORDS",
         help=f"the ring buffer of the function and function_graph tracers, in records (default {DEFAULT_RECORDS})",
     )
@@ -295,7 +334,13 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("function_graph options (the kernel's trace_options)")
     g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
-    g.add_argument("--max-graph-depth", type=int, default=0, metavar="N", help="trace only N levels deep")
+    g.add_argument(
+        "--max-graph-depth",
+        type=_graph_depth,
+        default=0,
+        metavar="N",
+        help="trace only N levels deep (max_graph_depth: 0, the default, is no limit)",
+    )
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
@@ -303,9 +348,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--tracer", choices=("function", "function_graph"), default="function")
     p.add_argument("-e", "--event", action="append", default=[], metavar="SPEC", help="not recordable (refused)")
-    p.add_argument("--max-graph-depth", type=int, default=0, metavar="N")
+    p.add_argument("--max-graph-depth", type=_graph_depth, default=0, metavar="N")
     p.add_argument(
-        "--buffer-size", type=_count, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})"
+        "--buffer-size", type=_records, metavar="RECORDS", help=f"ring buffer size (default {DEFAULT_RECORDS})"
     )
     p.add_argument("--filter", action="append", default=[], metavar="GLOB")
     p.add_argument("--notrace", action="append", default=[], metavar="GLOB")
@@ -348,6 +393,10 @@ def main(argv=None) -> int:
                     args.func(args, output.fh)
                 except OSError as err:  # writing the trace (a full disk)
                     raise FtlabError(f"{args.output}: {err.strerror or err}") from None
+                except FtlabError:
+                    if output.fh.tell():  # a trace the error stopped: its events and '# stopped: why' stay
+                        output.commit()
+                    raise
         else:
             args.func(args, sys.stdout)
     except FtlabError as err:

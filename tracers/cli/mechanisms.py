@@ -130,9 +130,20 @@ def _first_probeable(lab, sym, site) -> int:
     return site.ip + lab.karch.sites.size - sym.addr
 
 
-def capture_all(lab, func: str, call: tuple, offset: int | None = None) -> list[Capture]:
-    """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere."""
+def capture_all(lab, func: str, call: tuple, offset: int | None = None, shown: str | None = None) -> list[Capture]:
+    """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere. A
+    call that never reaches func is an error (`shown`: the call as the user wrote it)."""
     at_entry = offset is None or lab.machine.address_of(func) + offset == lab.ftrace.site(func).ip
     if not at_entry:
         lab.kprobes.check(Kprobe(func, offset))  # a bad probe point is the user's error
-    return [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]
+    captures = [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]
+    if any(not c.refused and not c.events for c in captures):  # nothing to show, nothing to compare
+        at = func if offset is None else f"{func}+{offset:#x}"
+        raise FtlabError(f"{shown or call_text(call)} never reached {at}")
+    return captures
+
+
+def call_text(call: tuple) -> str:
+    """(name, args) as the CALL it was written as: `fib(3)`."""
+    name, args = call
+    return f"{name}({', '.join(repr(a) for a in args)})"

@@ -12,14 +12,26 @@ from .mechanisms import MECHANISMS, capture_all
 
 
 def parse_at(lab, spec: str) -> tuple[str, int | None]:
-    """`fib` (the function's entry: every mechanism) or `fib+0x8` (a kprobe there)."""
-    func, _, off = spec.partition("+")
-    if lab.machine.symbols.get(func) is None:
-        raise FtlabError(f"--at {spec}: no function '{func}'")
+    """`fib` (the function's entry: every mechanism) or `fib+0x8` (a kprobe there): a function of
+    the lab's object, and an offset inside it."""
+    func, plus, off = spec.strip().partition("+")
+    shown = _printable(spec)
+    if func not in lab.calls.functions:
+        raise FtlabError(f"--at {shown}: no function '{_printable(func)}' in {lab.target.path.name}")
+    if not plus:
+        return func, None
     try:
-        return func, int(off, 0) if off else None
+        offset = int(off, 0)
     except ValueError:
-        raise FtlabError(f"--at {spec}: '{off}' is not an offset (use SYM or SYM+0x10)") from None
+        raise FtlabError(f"--at {shown}: '{_printable(off)}' is not an offset (use SYM or SYM+0x10)") from None
+    size = lab.machine.symbols.get(func).size
+    if not 0 <= offset < size:
+        raise FtlabError(f"--at {shown}: {func} is {size:#x} bytes long; the offset must be inside it")
+    return func, offset
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _bits(arch, value: int) -> str:
@@ -119,9 +131,11 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
     ]
 
 
-def compare(labs, func: str, call: tuple, out) -> list[dict]:
-    """Mechanism by mechanism, the arches side by side."""
-    results = {lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, call)}) for lab in labs}
+def compare(labs, func: str, call: tuple, out, shown: str | None = None) -> list[dict]:
+    """Mechanism by mechanism, the arches side by side (`shown`: the call as the user wrote it)."""
+    results = {
+        lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, call, shown=shown)}) for lab in labs
+    }
     names = list(results)
     width = 50
     out.write(f"{func}: called as {call[0]}{call[1]!r}".replace(",)", ")") + "\n\n")

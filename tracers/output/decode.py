@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..core.regs import missing_registers
 from ..kernel_version import MODELLED, KernelVersion
 from .events import NR_ARGS, Event
-from .records import REC_ENTRY, record_struct
+from .records import REC_ENTRY, REC_UNCOMMITTED, record_struct
 
 
 class StackDepth:
@@ -47,7 +47,9 @@ class FunctionDecoder:
 
     def events(self, chunk: bytes):
         name, saved, sp, args, missing, depth = self.tracer, self.saved, self.sp, self.args, self.missing, self.depth
-        for _, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
+        for kind, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
+            if kind == REC_UNCOMMITTED:
+                continue
             yield Event(
                 name,
                 "entry",
@@ -81,6 +83,8 @@ class GraphDecoder:
         name, saved, exit_saved, args, ret = self.tracer, self.saved, self.exit_saved, self.args, self.ret
         n = len(exit_saved)
         for kind, ts, ip, parent, depth, *fields in self.rec.iter_unpack(chunk):
+            if kind == REC_UNCOMMITTED:
+                continue
             if kind == REC_ENTRY:
                 yield Event(
                     name,

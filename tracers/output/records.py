@@ -12,6 +12,10 @@ from ..core.ring_buffer import RECORD_HEADER
 from ..kernel_version import MODELLED, KernelVersion
 
 REC_ENTRY, REC_EXIT = 1, 2  # the records' types: a function's entry, its exit
+# A record reserved but never committed: rb_reserve clears the type and the writer stores it last
+# (as the kernel's reserve/commit, whose uncommitted events no reader sees), so a run an error
+# stopped in the middle of a record leaves one of these, which the decoders skip.
+REC_UNCOMMITTED = 0
 # A probe event written into a tracer's buffer (`trace --tracer ... -e ...`): the kernel writes the
 # probe's own entry there (trace_event_buffer_reserve); the lab writes this record for its place and
 # timestamp, its one body word a key to the event Python keeps. Only live traces hold these.

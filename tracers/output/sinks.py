@@ -126,7 +126,7 @@ def location(symbols: SymbolTable, addr: int) -> str:
 
 def write_summary(out, summary: dict, shown=()) -> None:
     """A trace's closing comment lines: the counters the header has not shown (if any), per-probe
-    hits and misses, the verify tally."""
+    hits and misses, the verify tally, and last, for a trace an error stopped, why."""
     counters = {k: v for k, v in summary["counters"].items() if k not in shown}
     if counters:
         out.write("# " + ", ".join(f"{k}: {v}" for k, v in counters.items()) + "\n")
@@ -138,6 +138,8 @@ def write_summary(out, summary: dict, shown=()) -> None:
             f"# verify: {v['snapshots'] - v['mismatching']} of {v['snapshots']} snapshots equal the "
             f"true registers in every captured field\n"
         )
+    if "stopped" in summary:
+        out.write(f"# stopped: {summary['stopped']}\n")
 
 
 GRAPH_HEADER = """\
@@ -250,7 +252,8 @@ class GraphTextSink:
 
 
 class JsonSink:
-    """One JSON object per event per line, then one `summary` record with the counters."""
+    """One JSON object per event per line, then one `summary` record with the counters (and for a
+    trace an error stopped, a `stopped` record with the reason)."""
 
     def __init__(self, out, symbols: SymbolTable, arch: str, kernel: KernelVersion):
         self.out, self.sym, self.arch, self.kernel = out, symbols, arch, kernel
@@ -284,8 +287,13 @@ class JsonSink:
         self.out.write(json.dumps(record) + "\n")
 
     def end(self, summary: dict) -> None:
+        """The summary record, then for a trace an error stopped a last record saying why."""
         head = {"arch": self.arch, "tracer": self.tracer, "type": "summary", "kernel": str(self.kernel)}
+        summary = dict(summary)
+        stopped = summary.pop("stopped", None)
         self.out.write(json.dumps({**head, **summary}) + "\n")
+        if stopped is not None:
+            self.out.write(json.dumps({**head, "type": "stopped", "reason": stopped}) + "\n")
 
 
 class CountSink:

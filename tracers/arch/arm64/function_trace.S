@@ -33,10 +33,10 @@ function_trace_call:
     bl rb_reserve                       // x12 = the record (0: dropped)
     mov x30, x17
     cbz x12, ftc_done
-    mov x11, #REC_ENTRY
-    str x11, [x12, #FN_TYPE]
     stp x0, x1, [x12, #FN_IP]           // ip, parent
     record_fregs x3, x12, FN
+    mov x11, #REC_ENTRY
+    str x11, [x12, #FN_TYPE]            // committed: a stop before here leaves it unread
 ftc_done:
     ret
 
@@ -65,11 +65,11 @@ graph_trace_entry:
     ldr x10, [x9, #FG_DEPTH]
     add x10, x10, #1                    // this call's depth
     cbz x12, ge_push
-    mov x11, #REC_ENTRY
-    str x11, [x12, #GRAPH_ENT_TYPE]
     stp x0, x1, [x12, #GRAPH_ENT_IP]    // ip, parent
     str x10, [x12, #GRAPH_ENT_DEPTH]
     record_fregs x3, x12, GRAPH_ENT
+    mov x11, #REC_ENTRY
+    str x11, [x12, #GRAPH_ENT_TYPE]     // committed
 ge_push:
     str x10, [x9, #FG_DEPTH]
     ldr x10, [x9, #FG_CURR]
@@ -122,8 +122,6 @@ graph_trace_return:
     bl rb_reserve                       // keeps x0, x15-x17
     mov x30, x17
     cbz x12, gtr_done
-    mov x13, #REC_EXIT
-    str x13, [x12, #GRAPH_RET_TYPE]
     ldp x13, x14, [x15, #FG_FRAME_RET]  // ret, func
     stp x14, x13, [x12, #GRAPH_RET_IP]  // ip = the function, parent = where it returns
     str x16, [x12, #GRAPH_RET_DEPTH]
@@ -138,6 +136,8 @@ graph_trace_return:
     stp x13, x14, [x12, #GRAPH_RET_REGS_FP]
     ldr x13, [x15, #FG_PUSH_DATA]       // calltime
     str x13, [x12, #GRAPH_RET_CALLTIME]
+    mov x13, #REC_EXIT
+    str x13, [x12, #GRAPH_RET_TYPE]     // committed
 gtr_done:
     ret
 

@@ -5,7 +5,7 @@
  * overwrite/drop). Python reads the records in bulk.
  */
 
-/* rb_reserve: the next record, its timestamp written. Out: x12 = the record (0: dropped),
+/* rb_reserve: the next record, its timestamp written and its type 0 (reserved, not committed). Out: x12 = the record (0: dropped),
  * x14 = the timestamp. Clobbers x9-x11, x13; keeps every other register. */
 .globl rb_reserve
 rb_reserve:
@@ -19,7 +19,7 @@ rb_retry:
     ldr x14, [x9, #RB_CLOCK]            // trace_clock_counter
     add x14, x14, #1
     str x14, [x9, #RB_CLOCK]
-    str x14, [x12, #HDR_TS]
+    stp xzr, x14, [x12, #HDR_TYPE]      // not committed (the caller's type store commits it), ts
     add x10, x10, #1
     str x10, [x9, #RB_HEAD]             // the caller fills it before anything can read it
     ret

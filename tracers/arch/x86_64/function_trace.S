@@ -26,10 +26,10 @@ function_trace_call:
     call rb_reserve
     test rax, rax
     jz ftc_done
-    mov qword ptr [rax+FN_TYPE], REC_ENTRY
     mov [rax+FN_IP], rdi
     mov [rax+FN_PARENT], rsi
     record_fregs rcx, rax, FN
+    mov qword ptr [rax+FN_TYPE], REC_ENTRY      // committed: a stop before here leaves it unread
 ftc_done:
     ret
 
@@ -59,11 +59,11 @@ graph_trace_entry:
     add r9, 1                           // this call's depth
     test rax, rax
     jz ge_push
-    mov qword ptr [rax+GRAPH_ENT_TYPE], REC_ENTRY
     mov [rax+GRAPH_ENT_IP], rdi
     mov [rax+GRAPH_ENT_PARENT], rsi
     mov [rax+GRAPH_ENT_DEPTH], r9
     record_fregs rcx, rax, GRAPH_ENT
+    mov qword ptr [rax+GRAPH_ENT_TYPE], REC_ENTRY   // committed
 ge_push:
     mov r11, [r10+FG_CURR]
     shl r11, 3
@@ -110,7 +110,6 @@ graph_trace_return:
     call rb_reserve
     test rax, rax
     jz gtr_done
-    mov qword ptr [rax+GRAPH_RET_TYPE], REC_EXIT
     mov r11, [rcx+FG_FRAME_FUNC]
     mov [rax+GRAPH_RET_IP], r11
     mov r11, [rcx+FG_FRAME_RET]
@@ -119,6 +118,7 @@ graph_trace_return:
     graph_exit_fields rdi, rax          // the exit's fields (the release's return_to_handler saved)
     mov r11, [rcx+FG_PUSH_DATA]
     mov [rax+GRAPH_RET_CALLTIME], r11
+    mov qword ptr [rax+GRAPH_RET_TYPE], REC_EXIT    // committed
 gtr_done:
     pop rcx
     ret

@@ -5,7 +5,7 @@
  * overwrite/drop). Python reads the records in bulk.
  */
 
-/* rb_reserve: the next record, its timestamp written. Out: rax = the record (0: dropped),
+/* rb_reserve: the next record, its timestamp written and its type 0 (reserved, not committed). Out: rax = the record (0: dropped),
  * r11 = the timestamp. Clobbers r10. */
 .globl rb_reserve
 rb_reserve:
@@ -20,6 +20,7 @@ rb_retry:
     add r11, 1
     mov [r10+RB_CLOCK], r11
     mov [rax+HDR_TS], r11
+    mov qword ptr [rax+HDR_TYPE], 0     // not committed: the caller's type store commits it
     add qword ptr [r10+RB_HEAD], 1      // the caller fills it before anything can read it
     ret
 rb_full:
