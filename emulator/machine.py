@@ -84,6 +84,8 @@ class Machine:
 
     def __init__(self, arch: Arch, budget: int = DEFAULT_BUDGET):
         self.arch = arch
+        if not 0 <= budget <= MASK64:  # unicorn's count is a uint64_t: a bigger one would wrap
+            raise FtlabError(f"an instruction budget is 0 (none) to {MASK64:,}, not {budget:,}")
         self.budget = budget
         self.uc = unicorn.Uc(*arch.uc)
         if arch.cpu_model is not None:

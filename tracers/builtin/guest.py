@@ -32,3 +32,4 @@ class TracerCode:
         bad_fp = syms.get("fgraph_bad_fp")  # where the frame pointer is checked on return
         if bad_fp is not None:
             m.hook_call(lambda _addr: fgraph_core.bad_frame_pointer(), bad_fp)
+        m.hook_call(lambda _addr: fgraph_core.empty_shadow_stack(), syms["fgraph_empty"])

@@ -384,6 +384,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _drop_stdout() -> None:
+    """After a BrokenPipeError on stdout: what is left in its buffer goes to /dev/null, so the
+    interpreter's last flush at exit neither fails nor prints a traceback of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file descriptor (in-process callers' streams)
+        pass
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -400,10 +411,14 @@ def main(argv=None) -> int:
         else:
             args.func(args, sys.stdout)
     except FtlabError as err:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()  # what came before the error, then the error
+        except BrokenPipeError:
+            _drop_stdout()
         print(f"ftlab: error: {err}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`ftlab ... | head -1`): stop quietly, as coreutils do
+        _drop_stdout()
         return 0
     except Exception as err:  # a lab bug: one line, the traceback on request
         if os.environ.get("FTLAB_DEBUG"):

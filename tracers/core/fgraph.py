@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from emulator import FtlabError
 from emulator.layout import Bits, Layout
@@ -253,6 +254,10 @@ class Fgraph:
         """The guest fast path's max_graph_depth (0: none)."""
         self._put_ctl(max_depth=depth or MASK64)
 
+    def empty_shadow_stack(self) -> NoReturn:
+        """return_to_handler with no frame to pop (ftrace_pop_return_trace's WARN): both paths stop here."""
+        raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
+
     def bad_frame_pointer(self) -> None:
         raise FtlabError("fgraph: bad frame pointer on return (the guest fast path's FP test failed)")
 
@@ -460,7 +465,7 @@ class Fgraph:
         ctl = self._ctl
         top, depth, overrun = ctl[CURR], ctl[DEPTH], ctl[OVERRUN]
         if top <= 0:
-            raise FtlabError("fgraph: return_to_handler reached with an empty shadow stack")
+            self.empty_shadow_stack()
         frame = self._frame(top - 1 - get_offset(self._word(top - 1)))  # get_ret_stack
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch

@@ -256,7 +256,10 @@ class Ftrace:
         karch = self.karch
         truth = self.verify.take(ip)  # the patch-site instant (also a kprobe's there, on x86)
         meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
-        saved = karch.regs_caller.saved if self.by_ip[ip].target == self.regs_caller else None
+        site = self.by_ip.get(ip)
+        if site is None:  # the trampoline was called, not reached from a patch site
+            raise FtlabError(f"ftrace: ftrace_caller entered from {self.m.where(ip)}, which is not a patch site")
+        saved = karch.regs_caller.saved if site.target == self.regs_caller else None
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
         # ftrace_ops_list holds the newest ops first (add_ftrace_ops puts it at the head,
         # kernel/trace/ftrace.c) and __ftrace_ops_list_func walks it from there

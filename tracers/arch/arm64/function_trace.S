@@ -103,6 +103,7 @@ graph_trace_return:
     mov x17, x30
     ldr x10, fg_control
     ldr x11, [x10, #FG_CURR]
+    cbz x11, fgraph_empty               // no frame to pop: the shadow stack is empty
     ldr x12, [x10, #FG_STACK]
     sub x13, x11, #1
     ldr x14, [x12, x13, lsl #3]         // the top word (the data header), the one below curr
@@ -145,6 +146,12 @@ gtr_done:
  * as the kernel's ftrace_graph_stop() + WARN does. */
 .globl fgraph_bad_fp
 fgraph_bad_fp:
+    ret
+
+/* No frame to pop (return_to_handler entered without a hooked return): the kernel's
+ * ftrace_pop_return_trace() stops fgraph with a WARN; the lab's hook stops with an error. */
+.globl fgraph_empty
+fgraph_empty:
     ret
 
 .balign 8

@@ -96,6 +96,8 @@ graph_trace_return:
     push rcx
     mov r10, [rip+fg_control]
     mov rax, [r10+FG_CURR]
+    test rax, rax
+    jz fgraph_empty                     // no frame to pop: the shadow stack is empty
     mov rcx, [r10+FG_STACK]
     mov rdx, [rcx+rax*8-8]              // the top word (the data header), the one below curr
     and rdx, FGRAPH_FRAME_OFFSET_MASK   // its offset back to the frame (__get_offset)
@@ -121,6 +123,12 @@ graph_trace_return:
     mov qword ptr [rax+GRAPH_RET_TYPE], REC_EXIT    // committed
 gtr_done:
     pop rcx
+    ret
+
+/* No frame to pop (return_to_handler entered without a hooked return): the kernel's
+ * ftrace_pop_return_trace() stops fgraph with a WARN; the lab's hook stops with an error. */
+.globl fgraph_empty
+fgraph_empty:
     ret
 
 .balign 8
