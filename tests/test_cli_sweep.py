@@ -3,10 +3,7 @@ in exactly one `ftlab: error: ...` line and exit 1, or in argparse's usage error
 never in `ftlab: internal error` or a traceback. Runaway code is stopped by the lab's instruction
 budget, so nothing here can hang.
 
-The whole sweep is in the slow set; QUICK, a few of each kind, runs by default. Cases that end
-in an internal error in an area another change owns are listed in KNOWN with that area and run
-as strict xfails, so they stay visible and turn into failures once fixed (then drop them from
-KNOWN).
+The whole sweep is in the slow set; QUICK, a few of each kind, runs by default.
 """
 
 from __future__ import annotations
@@ -451,27 +448,6 @@ CASES = _cases()
 # A few of each kind run by default; the whole sweep is slow.
 QUICK = {cid for i, (cid, _) in enumerate(CASES) if i % 12 == 0}
 
-# Internal errors the sweep finds in areas other changes own: the case's command line (placeholders
-# as written above) -> (the owner area, what happens). Strict xfails: drop a line once it is fixed.
-KNOWN: dict[str, tuple[str, str]] = {
-    "regs --arch arm64 --budget 200000 funcs fib(3) --at add3": (
-        "regs/compare --at never reached",
-        "AttributeError: 'NoneType' object has no attribute 'checks'",
-    ),
-    "regs --arch x86_64 --budget 200000 funcs fib(3) --at add3": (
-        "regs/compare --at never reached",
-        "AttributeError: 'NoneType' object has no attribute 'checks'",
-    ),
-    f"record --arch all --budget 200000 funcs fib(3) -o {os.devnull}": (
-        "record/replay files and -o outputs",
-        "ValueError: too many values to unpack (record takes one arch)",
-    ),
-}
-
-
-def command_line(argv: list[str]) -> str:
-    return " ".join(argv)
-
 
 def _files(tmp: Path) -> dict[str, str]:
     funcs = (ROOT / "fixtures/obj/arm64/funcs.o").read_bytes()
@@ -521,9 +497,6 @@ def _params():
         marks = []
         if cid not in QUICK:
             marks.append(pytest.mark.slow)
-        known = KNOWN.get(command_line(argv))
-        if known is not None:
-            marks.append(pytest.mark.xfail(strict=True, reason=f"{known[0]}: {known[1]}"))
         yield pytest.param(argv, id=cid, marks=marks)
 
 
@@ -550,27 +523,23 @@ def test_budget_beyond_64_bits_is_refused(budget):
     """Unicorn's instruction count is 64 bits: 2**64+5 ran 5 instructions and then reported a
     budget of 18,446,744,073,709,551,621 exhausted."""
     code, out, err = run_case(["run", "--arch", ARM, "--budget", budget, "funcs", "fib(20)"])
-    assert (code, out) == (1, "") and err.startswith("ftlab: error: an instruction budget is 0 (none) to"), err
-
-
-def test_known_cases_are_cases():
-    assert set(KNOWN) <= {command_line(argv) for _, argv in CASES}
+    assert (code, out) == (-2, "") and "is more than unicorn counts" in err, err  # argparse's usage error
 
 
 @pytest.mark.parametrize("arch", [X86, ARM])
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["run", "funcs", "ftrace_caller(0)"], "ftrace: ftrace_caller entered from 0x"),
-        (["trace", "funcs", "return_to_handler(0)", "--tracer", "function_graph"], "empty shadow stack"),
-        (["trace", "funcs", "return_to_handler(0)", "--verify"], "empty shadow stack"),
+        (["run", "funcs", "ftrace_caller(0)"], "'ftrace_caller' is the lab's own code, not a function"),
+        (["trace", "funcs", "return_to_handler(0)", "--tracer", "function_graph"], "'return_to_handler' is the lab's"),
+        (["trace", "funcs", "return_to_handler(0)", "--verify"], "'return_to_handler' is the lab's own code"),
     ],
 )
 def test_lab_trampolines_called_directly(arch, argv, message):
-    """The lab's trampolines are not functions; called as one, each stops with one line: ftrace's
-    dispatch refuses an ip that is no patch site, and function_graph's guest exit path an empty
-    shadow stack as its Python path does (both were internal errors: a KeyError, and an
-    OverflowError from the depth the pop left at -1)."""
+    """The lab's trampolines are not functions: a CALL naming one is refused before it runs (both
+    were internal errors: a KeyError, and an OverflowError from the depth the pop left at -1; the
+    guards deeper in, ftrace's dispatch refusing an ip that is no patch site and the guest exit
+    path's empty shadow stack, stay for calls by address)."""
     code, out, err = run_case([argv[0], "--arch", arch, *SMALL, *argv[1:]])
     check(code, out, err)
     assert code == 1 and message in err, err

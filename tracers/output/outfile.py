@@ -94,6 +94,8 @@ class OutputFile:
                 self.fh.seek(0)
                 with open(self.device, "wb", closefd=False) as dev:
                     shutil.copyfileobj(getattr(self.fh, "buffer", self.fh), dev)
+        except BrokenPipeError:  # a pipe's reader went away (`-o /dev/stdout | head`): quiet, as on stdout
+            raise
         except OSError as err:
             raise _refused(self.path, err) from None
         finally:
