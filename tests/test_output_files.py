@@ -112,15 +112,20 @@ def test_dev_null_takes_any_output(capsys):
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
-def test_a_failed_run_leaves_no_file_and_keeps_the_old_one(capsys, arch, tmp_path):
-    """A recording the run failed (the instruction budget) after the output was opened: nothing is
-    left that looks complete, and a file already at the path is untouched."""
+def test_a_recording_an_error_stopped_keeps_its_records_and_says_why(capsys, arch, tmp_path):
+    """Nothing recorded is lost: a recording the budget stopped holds its records and why it
+    stopped (and no result), and its replay prints what the stopped trace printed, with the same
+    error; a run refused before it began (a bad call) leaves no file and keeps the old one."""
     path = tmp_path / "fib.ftl"
-    argv = ["record", "--arch", arch, "--budget", "5000", "funcs", "fib(25)", "-o", str(path)]
-    assert "instruction budget of 5,000 exhausted" in error(capsys, *argv)
-    assert not path.exists()
+    run = ["--arch", arch, "--budget", "5000", "funcs", "fib(25)"]
+    stopped = error(capsys, "record", *run, "-o", str(path))
+    assert "instruction budget of 5,000 exhausted" in stopped
+    assert main(["replay", str(path)]) == 1
+    replayed = capsys.readouterr()
+    assert main(["trace", *run]) == 1
+    assert capsys.readouterr() == replayed and replayed.err == f"ftlab: error: {stopped}\n"
     path.write_text("the old one")
-    assert "instruction budget" in error(capsys, *argv)
+    assert "no symbol 'nosuch'" in error(capsys, "record", "--arch", arch, "funcs", "nosuch(1)", "-o", str(path))
     assert path.read_text() == "the old one"
     path.unlink()
     assert os.listdir(tmp_path) == []

@@ -138,13 +138,20 @@ def cmd_record(args, out):
         tracer = TRACERS[args.tracer](
             lab, CountSink(), filters=args.filter, notrace=args.notrace, ring=True, consumer=rec, **options
         )
-        with tracer:
-            result = lab.call(name, *call_args, ret=args.ret)
+        try:
+            with tracer:
+                result = lab.call(name, *call_args, ret=args.ret)
+        except FtlabError as err:  # nothing recorded is lost: the records so far, and why it stopped
+            rec.finish(tracer.stats(), None, stopped=str(err))
+            output.commit()
+            raise
         rec.finish(tracer.stats(), result)
 
 
 def cmd_replay(args, out):
     info = replay(args.file, args.format, out, retval=args.funcgraph_retval, tail=args.funcgraph_tail)
+    if info["stopped"] is not None:  # as the traced run ended: its events, '# stopped:', the error
+        raise FtlabError(info["stopped"])
     if args.format == "text":
         result = info["result"]
         out.write(f"# {info['call']} = {format_result(tuple(result) if isinstance(result, list) else result)}\n")

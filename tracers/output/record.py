@@ -99,10 +99,12 @@ class Recorder:
         self._write(chunk, checked=True)
         self.records += len(chunk)
 
-    def finish(self, counters: dict, result) -> None:
+    def finish(self, counters: dict, result, stopped: str | None = None) -> None:
         """The trailer: the tracer's counters that its events do not show (what the buffer lost,
-        trace_overrun), and the call's result; then the preamble, which makes the file a recording."""
-        trailer = json.dumps({"counters": counters, "result": list(result) if isinstance(result, tuple) else result})
+        trace_overrun), and the call's result, or for a run an error stopped (result None) why;
+        then the preamble, which makes the file a recording."""
+        ended = {"result": list(result) if isinstance(result, tuple) else result}
+        trailer = json.dumps({"counters": counters, **(ended if stopped is None else {"stopped": stopped})})
         self._write(trailer.encode(), checked=True)
         fields = PREAMBLE.pack(MAGIC, VERSION, len(self.header), self.records, len(trailer), 0)
         preamble = fields[:-4] + struct.pack("<I", _crc(self.crc, fields))
@@ -287,6 +289,10 @@ class Recording:
             lambda v: isinstance(v, dict) and all(map(_is_int, v.values())),
             "an object of counts",
         )
+        if "stopped" in trailer:  # a run an error stopped: why, and no result
+            stopped = _field(self.path, "trailer", trailer, "stopped", lambda v: isinstance(v, str), "a reason")
+            self.trailer = {"counters": counters, "result": None, "stopped": stopped}
+            return
         result = _field(
             self.path,
             "trailer",
@@ -336,5 +342,8 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
                     raise FtlabError(f"{path}: a record at depth {ev.depth}, deeper than fgraph's shadow stack")
                 counts[names[ev.type]] += 1
                 sink.event(ev)
-        sink.end({"counters": with_entries_written({**counts, **rec.trailer["counters"]})})
-        return {"call": rec.call, "result": rec.trailer["result"]}
+        summary = {"counters": with_entries_written({**counts, **rec.trailer["counters"]})}
+        if "stopped" in rec.trailer:
+            summary["stopped"] = rec.trailer["stopped"]
+        sink.end(summary)
+        return {"call": rec.call, "result": rec.trailer["result"], "stopped": rec.trailer.get("stopped")}
