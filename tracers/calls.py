@@ -170,6 +170,4 @@ class CallCheck:
             return f"'{func}' is undefined in {obj} (a --stub stands in for it), not one of its functions"
         if sym.kind == "lab":
             return f"'{func}' is the lab's own code, not a function of {obj}"
-        if sym.kind == "object":
-            return f"'{func}' is data, not a function of {obj}"
         return f"'{func}' is not a function of {obj} (a --stub or another object's)"
