@@ -224,12 +224,12 @@ def load_assembly(machine, path: Path, stubs=()) -> LoadedObject:
     if moved:
         raise FtlabError(f"{path}: the layout changed between keystone's passes at {min(moved)}")
     _roundtrip(machine, src, image, externals)
-    machine.write_code(base, image.assembly.code)  # fresh memory: one write, one cache flush
     obj = LoadedObject(path, base, size)
     for name, (start, end) in image.bounds.items():
         obj.sections.setdefault(name, []).append((start, end - start))
         if src.sections[name].executable and end > start:
             machine.mark_executable(start, end - start)
+    machine.write_code(base, image.assembly.code)  # fresh memory: one write, one cache flush
     _symbols(machine, src, image, obj)
     _imports(machine, image, externals, obj)
     return obj
