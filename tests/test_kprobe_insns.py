@@ -121,7 +121,7 @@ def test_a_probed_ret_imm16_pops_only_the_return_address():
         lambda p, regs, flags: sp.update(post=regs.kernel_stack_pointer()),
     )
     lab.kprobes.register(p)
-    with pytest.raises(GuestFault, match="execution of unmapped address .* at 0x7 "):
+    with pytest.raises(GuestFault, match=r"execution of unmapped address .* at 0x7 "):
         lab.call("ret_imm", 5)
     assert sp["post"] - sp["pre"] == 8
     lab.kprobes.unregister(p)
