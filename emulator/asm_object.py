@@ -75,25 +75,34 @@ class _Source:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise FtlabError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
-        self.raw = [" ".join(line.split("//", 1)[0].split()) for line in text.splitlines()]
+        plain = re.sub(r"/\*.*?\*/", "", text)  # one-line comments (a longer one shifts nothing here)
+        self.raw = [" ".join(line.split("//", 1)[0].split()) for line in plain.splitlines()]
+        self.cursor = 0  # the line the last statement was found at: statements come in order
         self.sections: dict[str, _Section] = {}
         self.labels: dict[str, str] = {}  # label -> section
         self.types: dict[str, tuple[str, str]] = {}  # name -> (func/object, where)
         self.sizes: dict[str, str | int] = {}  # name -> the label ending it, or a number
         self.current = self.previous = ".text"
-        self.stack: list[tuple[str, str]] = []
+        self.stack: list[tuple[str, str, str]] = []  # (current, previous, the section pushed)
         self.numbered: dict[str, int] = {}  # numeric label -> how many defined so far
         self.markers = 0  # .size markers
         for stmt in asm.preprocess(text, path.parent, str(path)):
             self.statement(stmt, self.where(stmt))
         if self.stack:
-            raise FtlabError(f"{path}: .pushsection {self.stack[-1][0]} without .popsection")
+            raise FtlabError(f"{path}: .pushsection {self.stack[-1][2]} without .popsection")
+        for name, (_, where) in self.types.items():
+            if name not in self.labels:
+                raise FtlabError(f"{where}: '.type {name}' names no label of the file")
 
     def where(self, stmt: str) -> str:
-        """file:line of a statement (the first line holding it: macro expansions have none)."""
+        """file:line of a statement: the next line that reads so (a macro's expansion has none)."""
         plain = " ".join(stmt.split())
-        line = next((n for n, raw in enumerate(self.raw, 1) if plain in raw), None)
-        return f"{self.path}:{line}" if line else f"{self.path}"
+        order = [*range(self.cursor, len(self.raw)), *range(self.cursor)]
+        line = next((n for n in order if self.raw[n] == plain), None)
+        if line is None:
+            return str(self.path)
+        self.cursor = line + 1
+        return f"{self.path}:{line + 1}"
 
     def fail(self, where: str, what: str):
         raise FtlabError(f"{where}: {what}")
@@ -111,12 +120,12 @@ class _Source:
         elif word in (".section", ".pushsection"):
             name = rest.split(",")[0].strip().strip('"')
             if word == ".pushsection":
-                self.stack.append((self.current, self.previous))
+                self.stack.append((self.current, self.previous, name))
             self.switch(name, where)
         elif word == ".popsection":
             if not self.stack:
                 self.fail(where, ".popsection without .pushsection")
-            self.current, self.previous = self.stack.pop()
+            self.current, self.previous, _ = self.stack.pop()
         elif word == ".previous":
             self.current, self.previous = self.previous, self.current
         elif word == ".type":
@@ -213,11 +222,11 @@ def load_assembly(machine, path: Path, stubs=()) -> LoadedObject:
     if stubs:
         raise FtlabError(f"{path}: --stub is for ELF objects; define what {path.name} needs in it")
     src = _Source(machine, path)
-    if not src.sections:
-        raise FtlabError(f"{path}: no code or data")
     externals = _externals(src)
     first = _assemble(src, externals, 0)  # where everything goes, relative to the base
-    size = len(first.assembly.code)
+    size = max((end for _, end in first.bounds.values()), default=0)
+    if not size:
+        raise FtlabError(f"{path}: no code or data")
     base = machine.map_object(size)
     image = _assemble(src, externals, base)
     moved = {k for k, v in first.assembly.symbols.items() if v + base != image.assembly.symbols[k]}
@@ -344,8 +353,6 @@ def _symbols(machine, src: _Source, image: _Image, obj: LoadedObject) -> None:
     """The `.type`d labels as the symbol table would have them: functions need their `.size`."""
     syms = image.assembly.symbols
     for name, (kind, where) in src.types.items():
-        if name not in src.labels:
-            raise FtlabError(f"{where}: '.type {name}' names no label of the file")
         size = src.sizes.get(name, 0 if kind == "object" else None)
         if size is None:
             raise FtlabError(f"{where}: function '{name}' has no '.size {name}, .-{name}'")
