@@ -31,8 +31,8 @@ from .symbols import Symbol
 SECTIONS = {".text": True, ".rodata": False, ".data": False, ".bss": False}
 SITE_TABLES = ("__mcount_loc", "__patchable_function_entries")
 IGNORED_SECTIONS = (".note.GNU-stack",)  # gcc's marker that the stack is not executable: no contents
-SWITCHES = {".text": ".text", ".data": ".data", ".bss": ".bss"}
-IGNORED = (".file", ".ident", ".arch", ".intel_syntax", ".globl", ".global")  # .globl: every symbol is kept
+SWITCHES = (".text", ".data", ".bss")
+IGNORED = (".file", ".ident", ".arch", ".globl", ".global")  # .globl: the loader keeps local symbols too
 ALIGNMENT = (".p2align", ".balign", ".align")
 DATA = (
     ".byte", ".short", ".2byte", ".hword", ".long", ".int", ".4byte", ".word", ".quad", ".8byte", ".xword",
@@ -116,7 +116,7 @@ class _Source:
         stmt = LOCAL_REF.sub(lambda m: self.numeric(m.group(1), m.group(2), where), stmt)
         word, rest = (stmt.split(None, 1) + [""])[:2]
         if word in SWITCHES:
-            self.switch(SWITCHES[word])
+            self.switch(word)
         elif word in (".section", ".pushsection"):
             name = rest.split(",")[0].strip().strip('"')
             if word == ".pushsection":
@@ -135,8 +135,10 @@ class _Source:
             self.types[name] = (TYPES[kind], where)
         elif word == ".size":
             self.size(rest, where)
-        elif word == ".att_syntax":
-            self.fail(where, "AT&T syntax is not supported: write Intel syntax (what gcc -S -masm=intel writes)")
+        elif word == ".att_syntax" or (word == ".intel_syntax" and rest != "noprefix"):
+            self.fail(where, "only '.intel_syntax noprefix' is supported (what gcc -S -masm=intel writes)")
+        elif word == ".intel_syntax":
+            pass  # keystone's own syntax
         elif word in IGNORED:
             pass
         elif self.current in IGNORED_SECTIONS:
@@ -186,6 +188,8 @@ class _Source:
     def size(self, rest: str, where: str) -> None:
         name, _, expr = (p.strip() for p in rest.partition(","))
         if re.fullmatch(r"\.\s*-\s*" + re.escape(name), expr):
+            if self.labels.get(name, self.current) != self.current:
+                self.fail(where, f"'.size {rest}' in {self.current}, but {name} is in {self.labels[name]}")
             marker = f"Lftlab_size{self.markers}"
             self.markers += 1
             self.section().lines.append(marker)
@@ -291,8 +295,8 @@ def _safe(label: str) -> str:
 def _operators(src: _Source, stmt: _Statement, symbols, label: str | None = None) -> str:
     """A statement as keystone gets it: the file's `.L` labels made safe; arm64's `:lo12:sym` as
     the number it is (keystone 0.9.2 aborts the process on the operator); and, at `label`, an
-    `adrp xN, sym` as its encoding (keystone 0.9.2 computes its page from a non-zero base wrongly).
-    Both are 0 until the addresses are known (`symbols`). Any other operator is refused."""
+    `adrp xN, sym` or a `b`/`bl` out of the file as its encoding (_by_hand). All are 0 until the
+    addresses are known (`symbols`). Any other operator is refused."""
     symbols = symbols or {}
 
     def address(name: str) -> int:
@@ -326,7 +330,8 @@ def _by_hand(src: _Source, text: str):
 
 def _roundtrip(machine, src: _Source, image: _Image, externals: dict[str, int]) -> None:
     """Capstone's reading of every instruction against its source line (asm.check_instruction);
-    an `ldr xN, =sym` must be a literal load of a pool entry holding sym."""
+    an `ldr xN, =sym` must be a literal load of a pool entry holding sym. Data directives are
+    keystone's alone, as in the lab's own code."""
     a = image.assembly
     names = {k: v for k, v in a.symbols.items() if not k.startswith(STMT)} | externals
     for label, stmt in image.statements.items():
@@ -375,7 +380,7 @@ def _imports(machine, image: _Image, externals: dict[str, int], obj: LoadedObjec
             word, operands = (stmt.text.split(None, 1) + [""])[:2]
             if word in ADDRESSES:
                 items = [o.strip() for o in operands.split(",")]
-                places = [addr + ADDRESSES[word] * i for i, o in enumerate(items) if name in o]
+                places = [addr + ADDRESSES[word] * i for i, o in enumerate(items) if name in asm.NAME.findall(o)]
             else:
                 places = [_field(machine, a, addr, externals[name])]
             obj.imports.setdefault(name, []).extend(places)

@@ -119,7 +119,8 @@ f:
 BAD = [
     # (arch or None for both, source, message)
     (None, ".text\nnop\n.weak f\n", r"x\.S:3: unsupported directive '\.weak'"),
-    ("x86_64", ".text\n.att_syntax\n", r"x\.S:2: AT&T syntax is not supported"),
+    ("x86_64", ".text\n.att_syntax\n", r"x\.S:2: only '\.intel_syntax noprefix' is supported"),
+    (None, ".data\nd:\n.text\n.size d, .-d\n", r"x\.S:4: '\.size d, \.-d' in \.text, but d is in \.data"),
     (None, '.section .init.text, "ax"\n', r"x\.S:1: section '\.init\.text' is not supported"),
     (None, ".text\nf:\nnop\n.type f, @function\n", r"x\.S:4: function 'f' has no '\.size f, \.-f'"),
     (None, ".type g, @object\n", r"x\.S:1: '\.type g' names no label"),
