@@ -8,6 +8,7 @@ release Debian 12's kernel packages are built from."""
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from pathlib import Path
@@ -98,6 +99,33 @@ def crc16_msb(poly: int, data: bytes) -> int:
         for _ in range(8):
             crc = (crc << 1 ^ poly if crc & 0x8000 else crc << 1) & 0xFFFF
     return crc
+
+
+def lz4_block_decompress(src: bytes) -> bytes:
+    """The LZ4 block format (lz4's doc/lz4_Block_format.md): sequences of a token (literal length,
+    match length - 4; 15 means more length bytes follow), the literals, a 2-byte little-endian
+    offset back into the output and the match; the last sequence has literals only."""
+    out, i = bytearray(), 0
+
+    def length(n: int) -> int:
+        nonlocal i
+        if n == 15:
+            while True:
+                n, i = n + src[i], i + 1
+                if src[i - 1] != 255:
+                    break
+        return n
+
+    while True:
+        token, i = src[i], i + 1
+        literals = length(token >> 4)
+        out += src[i : i + literals]
+        i += literals
+        if i == len(src):
+            return bytes(out)
+        offset, i = src[i] | src[i + 1] << 8, i + 2
+        for _ in range(length(token & 15) + 4):
+            out.append(out[-offset])
 
 
 # -- RC4: lib/crypto/libarc4.ko ---------------------------------------------------------------------
@@ -203,6 +231,39 @@ def test_poly1305_over_split_messages_equals_the_python_reference(arch):
         chunks = [msg[a:b] for a, b in zip([0, *cuts], [*cuts, length], strict=True)]
         ctx = bytearray(POLY1305_DESC_CTX[arch])
         assert poly1305_module(lab, key, chunks, ctx) == poly1305(key, msg), (length, cuts)
+
+
+# -- cordic and LZ4: lib/math/cordic.ko, lib/lz4/lz4_compress.ko -----------------------------------
+
+
+def test_cordic_gives_cosine_and_sine_scaled_by_2_16(arch):
+    """struct cordic_iq { s32 i, q; } cordic_calc_iq(s32 theta) (include/linux/cordic.h v6.1) comes
+    back packed in one register, i in the low half; the 18 iterations of lib/math/cordic.c land within
+    a few units of 65536·cos and 65536·sin, for angles in every quadrant and beyond ±360."""
+    lab = open_lab(arch, "cordic")
+    for degrees in (-400, -181, -135, -90, -45, -1, 0, 1, 30, 45, 89, 90, 91, 135, 180, 270, 359, 720):
+        packed = lab.call("cordic_calc_iq", degrees, ret="u64")
+        i, q = struct.unpack("<ii", packed.to_bytes(8, "little"))
+        rad = math.radians(degrees)
+        assert abs(i - 65536 * math.cos(rad)) < 6 and abs(q - 65536 * math.sin(rad)) < 6, (degrees, i, q)
+
+
+def test_lz4_compression_decompresses_to_the_input(arch):
+    """int LZ4_compress_default(src, dst, srcSize, dstCapacity, wrkmem), wrkmem LZ4_MEM_COMPRESS = 16416
+    bytes (include/linux/lz4.h v6.1): through the lab's memcpy/memmove/memset, its block decompresses
+    in Python to the input. It reaches LZ4_compress_fast_extState through LZ4_compress_fast
+    (lib/lz4/lz4_compress.c v6.1), which gcc may inline: both ends are traced and verified."""
+    lab = open_lab(arch, "lz4_compress")
+    data = b"The quick brown fox jumps over the lazy dog. " * 40 + bytes(range(256)) + bytes(300)
+    dst, size = bytearray(len(data) + 64), []
+    calls = traced(
+        lab,
+        lambda: size.append(lab.call("LZ4_compress_default", data, dst, len(data), len(dst), bytes(16416), ret="i32")),
+    )
+    assert (calls[0], calls[-1]) == ("LZ4_compress_default", "LZ4_compress_fast_extState")
+    assert set(calls) <= {"LZ4_compress_default", "LZ4_compress_fast", "LZ4_compress_fast_extState"}
+    assert 0 < size[0] < len(data) // 4
+    assert lz4_block_decompress(bytes(dst[: size[0]])) == data
 
 
 # -- patch sites against the modules' own tables ----------------------------------------------------
