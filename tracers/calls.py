@@ -34,6 +34,8 @@ from elftools.elf.elffile import ELFFile
 from emulator import FtlabError
 from fixtures import source
 
+from .output.sinks import print_function_args
+
 
 @dataclass(frozen=True)
 class CType:
@@ -247,6 +249,24 @@ class CallCheck:
     def btf(self) -> dict[str, Typed]:
         """The lab's BTF: the typed prototypes of the object's functions ({} without DWARF)."""
         return {name: sig.typed for name, sig in self.signatures.items() if sig.typed is not None}
+
+    def function_args(self, func: str, ev) -> str:
+        """funcgraph-args: '(n=10)' for an entry event, print_function_args() of its recorded
+        arguments (tracers.output.sinks); '()' for a function BTF does not describe."""
+        typed = self.btf.get(func)
+        if typed is None:
+            return "()"
+        params = [(name, t.kind, t.size, t.signed) for name, t in typed.params]
+        return print_function_args(params, self.recorded_args(ev), self.lab.kernel.has("funcgraph_args_unsigned_hex"))
+
+    def recorded_args(self, ev) -> list[int]:
+        """The argument words a graph entry records with funcgraph-args: FTRACE_REGS_MAX_ARGS of
+        ftrace_regs_get_argument() (__graph_entry(), kernel/trace/trace_functions_graph.c,
+        ff5c9c576e75). The lab's entry record already holds every register ftrace_caller saved,
+        the argument registers among them, so they are read from it. FTRACE_REGS_MAX_ARGS is 6
+        by default (include/linux/ftrace_regs.h) and the lab takes it as the arch's count of
+        argument registers (6 on x86_64, 8 on arm64)."""
+        return [ev.regs[reg] for reg in self.lab.machine.arch.arg_regs]
 
     def ret_kind(self, func: str) -> str | None:
         """How a call of func reads its result when the user names no type: its return type's
