@@ -298,16 +298,10 @@ class _Parser:
         words = self.words[2:]
         if len(words) > MAX_TRACE_ARGS:
             self.fail(TOO_MANY_ARGS, words[0][1], words[0][0])
-        if self.btf is not None:
+        if self.btf is None:
+            self._refuse_meta_args(words, where)
+        else:
             words = self._expand_meta_args(words, where)
-        for word, pos in words if self.btf is None else ():  # no BTF: bare $arg words first
-            if word.startswith("$arg"):
-                if not (where.entry or where.ret):
-                    self.fail(NOFENTRY_ARGS, pos, word)
-                if word[4:5] == "*":
-                    self.fail(NOSUP_BTFARG, pos, word)
-                if not word[4:5].isdigit():
-                    self.fail(BAD_VAR, pos, word)
         args: list[FetchArg] = []
         for i, (word, pos) in enumerate(words):
             args.append(self._arg(i, word, pos, where, {a.name for a in args}))
@@ -316,6 +310,18 @@ class _Parser:
     def _proto(self) -> BtfProto | None:
         """query_btf_context(): the probed function's prototype, None if BTF has none."""
         return None if self.btf is None else self.btf.get(self.symbol)
+
+    def _refuse_meta_args(self, words: list[tuple[str, int]], where: _Where) -> None:
+        """Without BTF, traceprobe_expand_meta_args() only checks the bare $arg words: `$arg*`
+        needs BTF."""
+        for word, pos in words:
+            if word.startswith("$arg"):
+                if not (where.entry or where.ret):
+                    self.fail(NOFENTRY_ARGS, pos, word)
+                if word[4:5] == "*":
+                    self.fail(NOSUP_BTFARG, pos, word)
+                if not word[4:5].isdigit():
+                    self.fail(BAD_VAR, pos, word)
 
     def _expand_meta_args(self, words: list[tuple[str, int]], where: _Where) -> list[tuple[str, int]]:
         """argv_has_var_arg() and traceprobe_expand_meta_args() (trace_probe.c): `$arg*` becomes
