@@ -11,6 +11,7 @@ import pytest
 
 from helpers import ARCHES, trace_file
 from tracers.cli.main import main
+from tracers.output.sinks import print_function_args
 
 GRAPH = ("--tracer", "function_graph")
 
@@ -37,9 +38,10 @@ def test_arguments_of_every_call(capsys, arch, clock):
     ]
 
 
-@pytest.mark.parametrize("arch, recorded", [("x86_64", 6), ("arm64", 8)])
-def test_only_ftrace_regs_max_args_are_recorded(capsys, arch, recorded):
-    args = list(range(1, 11))
+def test_only_ftrace_regs_max_args_are_recorded(capsys, arch):
+    """FTRACE_REGS_MAX_ARGS is include/linux/ftrace_regs.h's 6 on both arches (arm64 passes eight
+    arguments in registers but does not override it)."""
+    args, recorded = list(range(1, 11)), 6
     out = trace_file(capsys, "trace", "--arch", arch, "funcs-g", f"sum10{tuple(args)}", *GRAPH, "--funcgraph-args")
     shown = ", ".join(f"a{n}={n}" for n in args[:recorded])
     assert calls(out) == [f"sum10({shown}, ...);"]
@@ -80,4 +82,18 @@ def test_refused_before_6_15(capsys, arch):
     assert code == 1
     assert capsys.readouterr().err == (
         "ftlab: error: --funcgraph-args: Linux 6.14 has no funcgraph-args option (it came in 6.15)\n"
+    )
+
+
+def test_what_print_function_args_does_not_decode():
+    """The kernel's own cases (trace_output.c print_function_args): a struct or union prints its
+    BTF kind and one word per 8 bytes; running out of recorded words prints '...' there and ends."""
+    words = [1, 2, 3, 4, 5, 6]
+    pair = ("s", "struct", 16, False)
+    assert print_function_args([("k", "struct", 4, False)], words) == "(k=(STRUCT)[0x1])"
+    assert print_function_args([pair, ("u", "union", 8, False)], words) == "(s=(STRUCT)[0x1:0x2], u=(UNION)[0x3])"
+    five = [(f"a{n}", "int", 8, True) for n in range(5)]
+    assert print_function_args([*five, pair, pair], words) == "(a0=1, a1=2, a2=3, a3=4, a4=5, s=(STRUCT)[0x6:...])"
+    assert print_function_args([("e", "enum", 4, False), ("", "pointer", 8, False)], [(1 << 64) - 2, 16]) == (
+        "(e=-2, =0x10)"
     )

@@ -227,6 +227,11 @@ def _ctype(die, depth: int = 0) -> CType:
     return VOID
 
 
+# include/linux/ftrace_regs.h's default (533c20b062d7), which neither arch overrides: arm64's
+# asm/ftrace.h (v6.16) has no FTRACE_REGS_MAX_ARGS, though its ftrace_regs holds x0-x8
+FTRACE_REGS_MAX_ARGS = 6
+
+
 class CallCheck:
     """The checks a call to one lab's object passes before it runs."""
 
@@ -263,10 +268,8 @@ class CallCheck:
         """The argument words a graph entry records with funcgraph-args: FTRACE_REGS_MAX_ARGS of
         ftrace_regs_get_argument() (__graph_entry(), kernel/trace/trace_functions_graph.c,
         ff5c9c576e75). The lab's entry record already holds every register ftrace_caller saved,
-        the argument registers among them, so they are read from it. FTRACE_REGS_MAX_ARGS is 6
-        by default (include/linux/ftrace_regs.h) and the lab takes it as the arch's count of
-        argument registers (6 on x86_64, 8 on arm64)."""
-        return [ev.regs[reg] for reg in self.lab.machine.arch.arg_regs]
+        the argument registers among them, so they are read from it."""
+        return [ev.regs[reg] for reg in self.lab.machine.arch.arg_regs[:FTRACE_REGS_MAX_ARGS]]
 
     def ret_kind(self, func: str) -> str | None:
         """How a call of func reads its result when the user names no type: its return type's

@@ -184,12 +184,12 @@ def print_function_args(params, args, unsigned_hex: bool = True) -> str:
             words = [f"0x{arg:x}"]
             for _ in range(8, size, 8):
                 a += 1
-                if a == len(args):
-                    words.append("...")
-                    break
+                if a == len(args):  # out of words: "...]" ends the list
+                    out.append(f"{name}=({kind.upper()})[{':'.join([*words, '...'])}]")
+                    return "(" + ", ".join(out) + ")"
                 words.append(f"0x{args[a]:x}")
             text = f"({kind.upper()})[{':'.join(words)}]"
-        out.append(f"{name}={text}" if name else text)
+        out.append(f"{name}={text}")  # btf_name_by_offset() gives "" for a nameless parameter
         a += 1
     return "(" + ", ".join(out) + ")"
 
