@@ -55,7 +55,8 @@ def test_dwarf_prototypes_are_the_c_prototypes(arch):
         assert [shape(t) for _, t in sig.typed.params] == [C_TYPES[t] for t, _ in params], name
         assert [t.fetch_type for _, t in sig.typed.params] == [FETCH[t] for t, _ in params], name
         assert shape(sig.typed.ret) == C_TYPES[ret], name
-        assert len(text[name].params) == len(sig.params), name  # the C text agrees on the arity
+        # the C text the lab reads without DWARF agrees: the same names, in the same order
+        assert [re.findall(r"\w+", p)[-1] for p in text[name].params] == [n for _, n in params], name
 
 
 @pytest.mark.parametrize("ex", EXAMPLES, ids=str)
@@ -64,6 +65,18 @@ def test_typed_result_is_the_return_type(arch, ex):
     lab = Lab.open("funcs-g", arch)
     assert lab.calls.ret_kind(ex.name) == ex.func.ret
     assert lab.call(ex.name, *ex.args, ret=lab.calls.ret_kind(ex.name)) == ex.expected
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kprobe_at_entry_takes_names(arch):
+    ex = next(e for e in EXAMPLES if e.name == "mix_flags")
+    [event] = _hits(arch, ["p mix_flags b a x=$arg1"], ex)
+    # a name is typed by BTF; NAME=$argN is not expanded (only a bare $argN is), so it keeps x64
+    assert [(a.name, a.type, v) for a, v in event.fetch] == [
+        ("b", "s64", ex.args[1]),
+        ("a", "s64", ex.args[0]),
+        ("x", "x64", ex.args[0]),
+    ]
 
 
 def test_without_dwarf_nothing_is_typed(arch):
@@ -128,10 +141,11 @@ def test_arg_star_names_and_types_every_parameter(arch, ex):
             assert str(value) == _as(want, c_type)
 
 
+@pytest.mark.parametrize("kind", ["f add3%return", "r add3"])  # fprobe (ftrace_regs), kretprobe (pt_regs)
 @pytest.mark.parametrize("arch", ARCHES)
-def test_names_and_typed_retval_at_exit(arch):
+def test_names_and_typed_retval_at_exit(arch, kind):
     ex = next(e for e in EXAMPLES if e.name == "add3" and e.args[0] < 0)
-    [event] = _hits(arch, ["f add3%return $retval a c"], ex)
+    [event] = _hits(arch, [f"{kind} $retval a c"], ex)
     assert [(a.name, a.type, v) for a, v in event.fetch] == [
         ("arg1", "s32", ex.expected),  # $retval: no C name, so argN; typed as the int add3 returns
         ("a", "s32", ex.args[0]),
