@@ -14,6 +14,7 @@ from helpers import ARCHES, EXAMPLES
 from tracers import Lab
 from tracers.builtin.probe import ProbeEventTracer
 from tracers.calls import CType, source_signatures
+from tracers.kernel_version import KernelVersion
 from tracers.output.sinks import ListSink
 from tracers.probe_events import ProbeSpecError
 
@@ -77,6 +78,12 @@ def test_kprobe_at_entry_takes_names(arch):
         ("a", "s64", ex.args[0]),
         ("x", "x64", ex.args[0]),
     ]
+
+
+def test_no_btf_args_before_6_5(arch):
+    lab = Lab.open("funcs-g", arch, kernel=KernelVersion(6, 4))
+    with pytest.raises(ProbeSpecError, match="BTF is not available or not supported: 'n'"):
+        ProbeEventTracer(lab, ListSink(), ["p fib n"])
 
 
 def test_without_dwarf_nothing_is_typed(arch):

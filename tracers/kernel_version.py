@@ -61,6 +61,13 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "before, `/* = 0x31 */` and `} /* f = -22 */`"
         ),
     ),
+    "probe_btf_args": (
+        KernelVersion(6, 5),
+        (
+            "probe events read BTF: parameter names, $arg* and a typed $retval (commits b576e09701c7, "
+            "18b1e870a496, fd26290ec89d); before, $argN only"
+        ),
+    ),
     "funcgraph_args": (
         KernelVersion(6, 15),
         (

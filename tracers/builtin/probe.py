@@ -115,7 +115,7 @@ class ProbeEventTracer(Tracer):
     def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
-        btf = btf_protos(lab.calls.btf)
+        btf = btf_protos(lab.calls.btf) if lab.kernel.has("probe_btf_args") else None
         self.specs: list[ProbeSpec] = []
         for text in specs:
             spec = self._resolve(parse(text, registers, lab.kprobes.kprobe_on_func_entry, btf))
