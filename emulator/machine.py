@@ -21,6 +21,7 @@ from unicorn import UcError
 
 from . import asm
 from .arch import Arch
+from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
 from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
@@ -275,7 +276,9 @@ class Machine:
         return f"{addr:#x} <{self.symbols.name(addr)}>: {self.disasm(addr)}"
 
     def load(self, path, stubs=()):
-        obj = load_object(self, Path(path), stubs)
+        """An ELF object (.o, .ko), or an assembly source (.S) assembled into one (asm_object)."""
+        path = Path(path)
+        obj = (load_assembly if path.suffix == ".S" else load_object)(self, path, stubs)
         self.objects.append(obj)
         return obj
 

@@ -40,10 +40,15 @@ class Target:
 
 
 def resolve(obj: str, arch: str | None) -> list[Target]:
-    """OBJ as the CLI takes it: a file (its ELF header names the arch) or a bundled fixture name.
+    """OBJ as the CLI takes it: a file (its ELF header names the arch; an assembly source .S is for
+    `arch`) or a bundled fixture name.
 
     `arch` may be None for a file, a name, or 'all' (a bundled fixture on every arch)."""
     path = Path(obj)
+    if path.suffix == ".S":  # assembly source: no header names its arch
+        if arch in (None, "all"):
+            raise FtlabError(f"{path} is assembly source: say which --arch it is written for (x86_64 or arm64)")
+        return [Target(path, arches.get(arch))]
     if path.exists() or "/" in obj or path.suffix in (".o", ".ko"):
         actual = elf_arch(path)
         if arch not in (None, actual.name) and arches.get(arch) is not actual:
