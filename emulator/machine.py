@@ -22,6 +22,7 @@ from unicorn import UcError
 from . import asm
 from .arch import Arch
 from .binding import CallHooks, RegisterBatch
+from .console import Console
 from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
 from .symbols import Symbol, SymbolTable
@@ -131,6 +132,7 @@ class Machine:
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}  # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.runtime)
         self.exit_addr = runtime["ftlab_caller"]
+        self.console = Console(self, runtime)  # what the guest printk()s
 
     # -- memory ---------------------------------------------------------------------------------
 

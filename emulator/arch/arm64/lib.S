@@ -1,0 +1,251 @@
+/*
+ * The kernel's library functions loaded objects call, as byte loops with the kernel's semantics
+ * (lib/string.c, crypto/memneq.c; arch/arm64/lib/ has faster ones with the same results), and
+ * the libgcc helpers gcc emits calls to. Included by runtime.S.
+ */
+
+.globl memcmp
+memcmp:                     // x0, x1, x2 = n: the first differing bytes' difference (lib/string.c)
+    mov x3, x0
+    mov x0, #0
+memcmp_loop:
+    cbz x2, memcmp_done
+    ldrb w4, [x3], #1
+    ldrb w5, [x1], #1
+    subs w0, w4, w5
+    b.ne memcmp_done
+    sub x2, x2, #1
+    b memcmp_loop
+memcmp_done:
+    ret
+
+.globl __crypto_memneq
+__crypto_memneq:            // non-zero if the n bytes differ, in time independent of where (crypto/memneq.c)
+    mov x3, x0
+    mov x0, #0
+memneq_loop:
+    cbz x2, memneq_done
+    ldrb w4, [x3], #1
+    ldrb w5, [x1], #1
+    eor w4, w4, w5
+    orr x0, x0, x4
+    sub x2, x2, #1
+    b memneq_loop
+memneq_done:
+    ret
+
+.globl strlen
+strlen:
+    mov x1, x0
+strlen_loop:
+    ldrb w2, [x1]
+    cbz w2, strlen_done
+    add x1, x1, #1
+    b strlen_loop
+strlen_done:
+    sub x0, x1, x0
+    ret
+
+.globl strnlen
+strnlen:                    // x0 = s, x1 = count
+    mov x2, #0
+strnlen_loop:
+    cmp x2, x1
+    b.hs strnlen_done
+    ldrb w3, [x0, x2]
+    cbz w3, strnlen_done
+    add x2, x2, #1
+    b strnlen_loop
+strnlen_done:
+    mov x0, x2
+    ret
+
+.globl strcmp
+strcmp:                     // -1, 0 or 1, comparing unsigned chars (lib/string.c)
+    ldrb w2, [x0], #1
+    ldrb w3, [x1], #1
+    cmp w2, w3
+    b.ne strcmp_differ
+    cbnz w2, strcmp
+    mov w0, #0
+    ret
+strcmp_differ:
+    mov w0, #1
+    cneg w0, w0, lo         // c1 < c2: -1
+    ret
+
+.globl strncmp
+strncmp:                    // x0, x1, x2 = count
+    cbz x2, strncmp_equal
+    ldrb w3, [x0], #1
+    ldrb w4, [x1], #1
+    cmp w3, w4
+    b.ne strcmp_differ
+    sub x2, x2, #1
+    cbnz w3, strncmp
+strncmp_equal:
+    mov w0, #0
+    ret
+
+.globl strchr
+strchr:                     // the first (char)c, the terminator included; NULL if none
+    and w1, w1, #0xff
+strchr_loop:
+    ldrb w2, [x0]
+    cmp w2, w1
+    b.eq strchr_done
+    cbz w2, strchr_null
+    add x0, x0, #1
+    b strchr_loop
+strchr_null:
+    mov x0, #0
+strchr_done:
+    ret
+
+.globl memchr
+memchr:                     // x0 = s, w1 = c, x2 = n
+    and w1, w1, #0xff
+memchr_loop:
+    cbz x2, memchr_null
+    ldrb w3, [x0]
+    cmp w3, w1
+    b.eq memchr_done
+    add x0, x0, #1
+    sub x2, x2, #1
+    b memchr_loop
+memchr_null:
+    mov x0, #0
+memchr_done:
+    ret
+
+.globl strcpy
+strcpy:                     // returns dst
+    mov x2, x0
+strcpy_loop:
+    ldrb w3, [x1], #1
+    strb w3, [x2], #1
+    cbnz w3, strcpy_loop
+    ret
+
+.globl strscpy
+.globl sized_strscpy
+strscpy:                    // since 6.8 strscpy() is a macro calling sized_strscpy (include/linux/string.h)
+sized_strscpy:              // x0 = dst, x1 = src, x2 = count: the length, or -E2BIG if truncated
+    mov x3, #0
+    cbz x2, strscpy_e2big
+strscpy_loop:
+    ldrb w4, [x1, x3]
+    strb w4, [x0, x3]
+    cbz w4, strscpy_done
+    add x3, x3, #1
+    cmp x3, x2
+    b.lo strscpy_loop
+    sub x3, x3, #1
+    strb wzr, [x0, x3]
+strscpy_e2big:
+    mov x0, #-7
+    ret
+strscpy_done:
+    mov x0, x3
+    ret
+
+/*
+ * libgcc's helpers. The kernel has none of these (lib/ gives hweight32/64 and arch/arm64/lib/
+ * tishift.S only the TImode shifts): a kernel module calling them fails at modpost. gcc emits
+ * them for user C (__builtin_popcount at -O0, unsigned __int128 / and %).
+ */
+.globl __popcountdi2
+__popcountdi2:
+    mov x1, x0
+    mov w0, #0
+popcount_loop:
+    cbz x1, popcount_done
+    sub x2, x1, #1
+    and x1, x1, x2          // clears the lowest set bit
+    add w0, w0, #1
+    b popcount_loop
+popcount_done:
+    ret
+
+.globl __popcountsi2
+__popcountsi2:
+    mov w0, w0              // zero-extends
+    b __popcountdi2
+
+.globl __udivti3
+__udivti3:                  // x1:x0 / x3:x2, into x1:x0
+    b udivmodti4
+
+.globl __umodti3
+__umodti3:
+    stp x29, x30, [sp, #-16]!
+    bl udivmodti4
+    mov x0, x4
+    mov x1, x5
+    ldp x29, x30, [sp], #16
+    ret
+
+.globl __divti3
+__divti3:                   // truncated towards 0: the quotient is negative if the signs differ
+    stp x29, x30, [sp, #-16]!
+    eor x12, x1, x3         // x12: kept across udivmodti4, which never writes it
+    bl abs_both
+    bl udivmodti4
+    tbz x12, #63, divti3_done
+    negs x0, x0
+    ngc x1, x1
+divti3_done:
+    ldp x29, x30, [sp], #16
+    ret
+
+.globl __modti3
+__modti3:                   // the remainder has the dividend's sign
+    stp x29, x30, [sp, #-16]!
+    mov x12, x1
+    bl abs_both
+    bl udivmodti4
+    mov x0, x4
+    mov x1, x5
+    tbz x12, #63, modti3_done
+    negs x0, x0
+    ngc x1, x1
+modti3_done:
+    ldp x29, x30, [sp], #16
+    ret
+abs_both:                   // |n| in x1:x0, |d| in x3:x2
+    tbz x1, #63, abs_divisor
+    negs x0, x0
+    ngc x1, x1
+abs_divisor:
+    tbz x3, #63, abs_done
+    negs x2, x2
+    ngc x3, x3
+abs_done:
+    ret
+
+udivmodti4:                 // x1:x0 / x3:x2: quotient in x1:x0, remainder in x5:x4
+    orr x6, x2, x3
+    cbz x6, udivmod_by_zero
+    mov x4, #0
+    mov x5, #0
+    mov x7, #128
+udivmod_loop:               // shift a bit of n into the remainder; subtract d where it fits
+    lsr x8, x5, #63         // the bit shifted out: the remainder is then past 2^128, above any d
+    extr x5, x5, x4, #63
+    extr x4, x4, x1, #63
+    extr x1, x1, x0, #63
+    lsl x0, x0, #1
+    subs x9, x4, x2
+    sbcs x10, x5, x3
+    cset x11, hs            // no borrow: d fits
+    orr x11, x11, x8
+    cbz x11, udivmod_next
+    mov x4, x9
+    mov x5, x10
+    orr x0, x0, #1
+udivmod_next:
+    subs x7, x7, #1
+    b.ne udivmod_loop
+    ret
+udivmod_by_zero:            // udiv by 0 gives 0 on arm64: stop instead, at an undefined instruction
+    .inst 0x00000000
