@@ -60,6 +60,8 @@ class Arch:
     # relocation types the kernel's module loader refuses too, with the build flag that avoids
     # them: type -> hint, for the loader's one-line error
     reloc_hints: dict[int, str] = field(default_factory=dict)
+    # the compiler flags a kernel build gives for dynamic ftrace's patch sites (CC_FLAGS_FTRACE)
+    site_flags: str = ""
 
 
 def sign_check(value: int, bits: int, signed: bool) -> bool:

@@ -141,4 +141,5 @@ CPU = Arch(
     setup_cpu=setup_cpu,
     runtime=Path(__file__).parent / "runtime.S",
     reloc_hints=RELOC_HINTS,
+    site_flags="-pg -mfentry -mrecord-mcount",  # arch/x86/Makefile, kernel/trace/Kconfig (CC_USING_FENTRY)
 )
