@@ -52,9 +52,12 @@ class Console:
         return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def _caller(self) -> str:
+        """The caller, as %pB names a return address: looked up one byte before it (a call that
+        never returns may be a function's last instruction), the offset shown as is."""
         arch, m = self.m.arch, self.m
         ret = m.u64(m.reg(arch.sp)) if arch.lr is None else m.reg(arch.lr)
-        return m.symbols.name(ret)
+        hit = m.symbols.lookup(ret - 1)
+        return f"{hit[0].name}+{hit[1] + 1:#x}" if hit else f"{ret:#x}"
 
     def _printk(self) -> None:
         """printk(fmt, ...), the format its first argument. It returns the length of the text stored,

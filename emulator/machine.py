@@ -131,6 +131,7 @@ class Machine:
         self._counted = (None, 0)  # the block counted last: (address, insns before it)
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}  # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.runtime)
+        self.load_lab_code(arch.runtime.with_name("lib.S"))  # the kernel's library functions beside it
         self.exit_addr = runtime["ftlab_caller"]
         self.console = Console(self, runtime)  # what the guest printk()s
 

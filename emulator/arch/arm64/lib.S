@@ -1,7 +1,7 @@
 /*
  * The kernel's library functions loaded objects call, as byte loops with the kernel's semantics
  * (lib/string.c, crypto/memneq.c; arch/arm64/lib/ has faster ones with the same results), and
- * the libgcc helpers gcc emits calls to. Included by runtime.S.
+ * the libgcc helpers gcc emits calls to. Loaded after runtime.S.
  */
 
 .globl memcmp
@@ -174,12 +174,12 @@ __popcountsi2:
 
 .globl __udivti3
 __udivti3:                  // x1:x0 / x3:x2, into x1:x0
-    b udivmodti4
+    b ftlab_udivmodti4
 
 .globl __umodti3
 __umodti3:
     stp x29, x30, [sp, #-16]!
-    bl udivmodti4
+    bl ftlab_udivmodti4
     mov x0, x4
     mov x1, x5
     ldp x29, x30, [sp], #16
@@ -188,9 +188,9 @@ __umodti3:
 .globl __divti3
 __divti3:                   // truncated towards 0: the quotient is negative if the signs differ
     stp x29, x30, [sp, #-16]!
-    eor x12, x1, x3         // x12: kept across udivmodti4, which never writes it
+    eor x12, x1, x3         // x12: kept across ftlab_udivmodti4, which never writes it
     bl abs_both
-    bl udivmodti4
+    bl ftlab_udivmodti4
     tbz x12, #63, divti3_done
     negs x0, x0
     ngc x1, x1
@@ -203,7 +203,7 @@ __modti3:                   // the remainder has the dividend's sign
     stp x29, x30, [sp, #-16]!
     mov x12, x1
     bl abs_both
-    bl udivmodti4
+    bl ftlab_udivmodti4
     mov x0, x4
     mov x1, x5
     tbz x12, #63, modti3_done
@@ -223,7 +223,8 @@ abs_divisor:
 abs_done:
     ret
 
-udivmodti4:                 // x1:x0 / x3:x2: quotient in x1:x0, remainder in x5:x4
+.globl ftlab_udivmodti4
+ftlab_udivmodti4:                 // x1:x0 / x3:x2: quotient in x1:x0, remainder in x5:x4
     orr x6, x2, x3
     cbz x6, udivmod_by_zero
     mov x4, #0
@@ -248,4 +249,4 @@ udivmod_next:
     b.ne udivmod_loop
     ret
 udivmod_by_zero:            // udiv by 0 gives 0 on arm64: stop instead, at an undefined instruction
-    .inst 0x00000000
+    .byte 0, 0, 0, 0        // UDF #0: keystone 0.9.2 knows no udf and drops .inst silently

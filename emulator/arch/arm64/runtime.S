@@ -47,8 +47,6 @@ memset_loop:
 memset_done:
     ret
 
-.include "lib.S"
-
 // The lab's Python does these at their entry (emulator/console.py), then they return.
 .globl _printk
 _printk:                    // printk(): the message goes to the machine's console lines

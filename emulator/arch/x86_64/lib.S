@@ -1,7 +1,7 @@
 /*
  * The kernel's library functions loaded objects call, as byte loops with the kernel's semantics
  * (lib/string.c, crypto/memneq.c), the libgcc helpers gcc emits calls to, and the retpoline
- * thunks. Included by runtime.S.
+ * thunks. Loaded after runtime.S.
  */
 
 .globl memcmp
@@ -159,7 +159,7 @@ strscpy_loop:
     jb strscpy_loop
     mov byte ptr [rdi+rax-1], 0
 strscpy_e2big:
-    mov rax, -7
+    mov rax, 0xfffffffffffffff9 // -E2BIG
 strscpy_done:
     ret
 
@@ -188,11 +188,11 @@ __popcountsi2:
 
 .globl __udivti3
 __udivti3:                  // rsi:rdi / rcx:rdx, into rdx:rax
-    jmp udivmodti4
+    jmp ftlab_udivmodti4
 
 .globl __umodti3
 __umodti3:
-    call udivmodti4
+    call ftlab_udivmodti4
     mov rax, r10
     mov rdx, r11
     ret
@@ -203,7 +203,7 @@ __divti3:                   // truncated towards 0: the quotient is negative if 
     mov rbx, rsi
     xor rbx, rcx
     call abs_both
-    call udivmodti4
+    call ftlab_udivmodti4
     test rbx, rbx
     jns divti3_done
     neg rax
@@ -218,7 +218,7 @@ __modti3:                   // the remainder has the dividend's sign
     push rbx
     mov rbx, rsi
     call abs_both
-    call udivmodti4
+    call ftlab_udivmodti4
     mov rax, r10
     mov rdx, r11
     test rbx, rbx
@@ -244,7 +244,8 @@ abs_divisor:
 abs_done:
     ret
 
-udivmodti4:                 // rsi:rdi / rcx:rdx: quotient in rdx:rax, remainder in r11:r10
+.globl ftlab_udivmodti4
+ftlab_udivmodti4:                 // rsi:rdi / rcx:rdx: quotient in rdx:rax, remainder in r11:r10
     mov r8, rdx
     mov r9, rcx
     mov rax, rdx
@@ -260,7 +261,7 @@ udivmod_loop:               // shift a bit of n into the remainder; subtract d w
     rcl r11, 1
     mov rax, r10
     mov rdx, r11
-    jc udivmod_take         // a bit shifted out: the remainder is past 2^128, above any d
+    jb udivmod_take         // CF: a bit shifted out: the remainder is past 2^128, above any d
     sub rax, r8
     sbb rdx, r9
     jb udivmod_next

@@ -43,8 +43,6 @@ memset:                     // rdi = dst, esi = byte, rdx = n; returns dst
     mov rax, r8
     ret
 
-.include "lib.S"
-
 // The lab's Python does these at their entry (emulator/console.py), then they return.
 .globl _printk
 _printk:                    // printk(): the message goes to the machine's console lines
