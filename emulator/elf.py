@@ -528,6 +528,8 @@ def _use(m, place: int, start: int) -> tuple[str, int] | None:
             if fields and place - addr not in fields:
                 return None
             kind = asm.reference_kind(insn)
+            if kind == "data" and place - addr == getattr(insn, "imm_offset", None):
+                kind = "address"  # x86: the immediate stored (mov qword ptr [x], offset sym), not the operand
             if kind == "address":  # adrp (+ add), lea, mov $sym: what is done with the register?
                 return _through_register(m, insn, end) or (kind, addr)
             return kind, addr
@@ -536,6 +538,7 @@ def _use(m, place: int, start: int) -> tuple[str, int] | None:
 
 
 FLAGS = ("rflags", "nzcv")  # a flags register written beside the address is not where it goes
+FLAGS_WIDE = set(FLAGS)
 FOLLOWED = 8  # instructions after an address is taken that are searched for its use
 WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")}
 
@@ -551,14 +554,15 @@ def _wide(name: str) -> str:
 
 
 def _through_register(m, insn, end: int) -> tuple[str, int] | None:
-    """What the few instructions after `insn` do with the register it put an address in: a load
-    or store through it ('data': arm64's adrp + add + ldr [x1, w0, sxtw #3], x86's mov $table,
-    %eax + mov (%rax)), or a call or jump to it ('call'); None when the register is overwritten,
-    control leaves the straight line, or nothing shows within FOLLOWED instructions."""
+    """What the few instructions after `insn` do with the register it put an address in (and the
+    registers a mov copies it to): a load or store through it ('data': arm64's adrp + add + ldr
+    [x1, w0, sxtw #3], x86's mov $table, %eax + mov (%rax)), or a call or jump to it ('call': the
+    tail call mov x16, x0 + br x16); None when it is overwritten, control leaves the straight
+    line, or nothing shows within FOLLOWED instructions."""
     written = [name for name in map(insn.reg_name, insn.regs_access()[1]) if name not in FLAGS]
     if len(written) != 1:
         return None
-    reg = _wide(written[0])
+    tracked = {_wide(written[0])}
     addr = insn.address + insn.size
     for _ in range(FOLLOWED):
         nxt = asm.decode(m.arch, m.read(addr, min(16, end - addr)), addr) if addr < end else None
@@ -568,12 +572,15 @@ def _through_register(m, insn, end: int) -> tuple[str, int] | None:
         bases = {
             _wide(nxt.reg_name(op.mem.base)) for op in nxt.operands if op.type == capstone.CS_OP_MEM and op.mem.base
         }
-        jump = nxt.group(capstone.CS_GRP_CALL) or nxt.group(capstone.CS_GRP_JUMP) or nxt.group(capstone.CS_GRP_RET)
-        if reg in bases:
+        if bases & tracked:
             return "data", nxt.address
-        if jump:
-            return ("call", nxt.address) if reg in read else None
-        if reg in write and reg not in read:
-            return None  # overwritten: the address went nowhere we follow
+        if nxt.group(capstone.CS_GRP_CALL) or nxt.group(capstone.CS_GRP_JUMP) or nxt.group(capstone.CS_GRP_RET):
+            return ("call", nxt.address) if read & tracked else None
+        if nxt.mnemonic == "mov" and read & tracked:
+            tracked |= write - FLAGS_WIDE
+        elif write & tracked and not read & tracked:
+            tracked -= write  # overwritten: the address went nowhere we follow
+            if not tracked:
+                return None
         addr += nxt.size
     return None

@@ -8,11 +8,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
+from cc import build
 from emulator import FtlabError, Machine
 from emulator import arch as arches
 from emulator.asm import disassemble
 from fixtures import catalog
-from cc import build
 from helpers import EXAMPLES, all_variants
 from tracers.arch import kernel_arch
 from tracers.cli.main import main
@@ -206,10 +206,8 @@ def test_an_object_without_patch_sites_says_so(tmp_path, capsys, arch):
     flags = {"x86_64": "-pg -mfentry -mrecord-mcount", "arm64": "-fpatchable-function-entry=2"}[arch]
     assert main(["sites", path]) == 0
     out = capsys.readouterr().out
-    assert (
-        out
-        == f"# t.o: 0 patch sites ({arch}): built without {flags}, the flags that make patch sites: nothing for ftrace to trace\n"
-    )
+    why = f"built without {flags}, the flags that make patch sites: nothing for ftrace to trace"
+    assert out == f"# t.o: 0 patch sites ({arch}): {why}\n"
     assert main(["trace", path, "add(1, 2)"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
