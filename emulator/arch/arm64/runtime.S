@@ -47,21 +47,6 @@ memset_loop:
 memset_done:
     ret
 
-// The lab's Python does these at their entry (emulator/console.py), then they return.
-.globl _printk
-_printk:                    // printk(): the message goes to the machine's console lines
-    ret
-.globl __warn_printk
-__warn_printk:              // WARN()'s message, after a cut-here line
-    ret
-.globl __stack_chk_fail
-__stack_chk_fail:           // a stack canary was overwritten: a fault naming the caller
-    ret
-
-.globl __stack_chk_guard
-__stack_chk_guard:          // -fstack-protector's canary without a per-task one (arch/arm64/kernel/process.c)
-    .quad 0
-
 .globl ftlab_ret0
 ftlab_ret0:                 // --stub NAME: a function that returns 0
     mov x0, #0

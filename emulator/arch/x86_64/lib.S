@@ -294,3 +294,14 @@ udivmod_by_zero:
 __x86_indirect_thunk_\reg:
     jmp \reg
 .endr
+
+// The lab's Python does these at their entry (emulator/console.py), then they return.
+.globl _printk
+_printk:                    // printk(): the message goes to the machine's console lines
+    ret
+.globl __warn_printk
+__warn_printk:              // WARN()'s message, after a cut-here line
+    ret
+.globl __stack_chk_fail
+__stack_chk_fail:           // a stack canary was overwritten: a fault naming the caller
+    ret

@@ -43,17 +43,6 @@ memset:                     // rdi = dst, esi = byte, rdx = n; returns dst
     mov rax, r8
     ret
 
-// The lab's Python does these at their entry (emulator/console.py), then they return.
-.globl _printk
-_printk:                    // printk(): the message goes to the machine's console lines
-    ret
-.globl __warn_printk
-__warn_printk:              // WARN()'s message, after a cut-here line
-    ret
-.globl __stack_chk_fail
-__stack_chk_fail:           // a stack canary was overwritten: a fault naming the caller
-    ret
-
 .globl ftlab_ret0
 ftlab_ret0:                 // --stub NAME: a function that returns 0
     xor eax, eax
