@@ -1,9 +1,11 @@
 """Loading relocatable ELF objects (.o, .ko) into guest memory with pyelftools.
 
 Every SHF_ALLOC section is placed in one mapping, relocations are applied with the arch's table,
-and undefined symbols are bound to the lab runtime (the ftrace entry symbols, the return thunk,
-memcpy/memmove/memset), to earlier objects, or to stubs the user asked for. Anything else is an
-error naming the symbol and where it is used.
+and undefined symbols are bound to the global definitions of objects loaded earlier (as insmod
+binds a module to its dependencies' exports; two globals of one name are refused), to the lab
+runtime (the ftrace entry symbols, memcpy/memmove/memset, and lib.S: the kernel's string functions,
+libgcc's helpers, the retpoline thunks, printk), or to stubs the user asked for. Every other
+undefined symbol is named in one error, with where it is first used.
 
 What loads is checked at the edge (`_check`), from the raw bytes before pyelftools parses a
 structure: a regular file, the ELF magic, ELFCLASS64, ELFDATA2LSB, a machine the lab emulates,
@@ -470,6 +472,8 @@ class _Loader:
                     stub = self.m.symbols.get(sym.name)
                 obj.imports.setdefault(sym.name, []).append(place)
             self._apply(kind, value or 0, rel["r_addend"], place, where)
+            # a reference from data (a pointer in .data) says nothing of how the pointer is used
+            # later, as an ops table's function pointer or a pointer to data: either stub is taken
             if stub is not None and stub.section.startswith("--stub") and code:
                 stub_kind = "data" if stub.section.endswith("=data") else "ret0"
                 self._check_stub_use(sym.name, stub_kind, place, base, where)

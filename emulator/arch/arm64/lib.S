@@ -1,7 +1,7 @@
 /*
- * The kernel's library functions loaded objects call, as byte loops with the kernel's semantics
- * (lib/string.c, crypto/memneq.c; arch/arm64/lib/ has faster ones with the same results), and
- * the libgcc helpers gcc emits calls to. Loaded after runtime.S.
+ * The kernel's library functions loaded objects call, as byte loops with the results of the
+ * kernel's (arch/arm64/lib/*.S for memcmp, strlen, strnlen, strcmp, strncmp, strchr, memchr; else
+ * lib/string.c; crypto/memneq.c), and the libgcc helpers gcc emits calls to. Loaded after runtime.S.
  */
 
 .globl memcmp
@@ -61,31 +61,28 @@ strnlen_done:
     ret
 
 .globl strcmp
-strcmp:                     // -1, 0 or 1, comparing unsigned chars (lib/string.c)
-    ldrb w2, [x0], #1
+strcmp:                     // the first differing unsigned chars' difference, as arch/arm64/lib/strcmp.S
+    ldrb w2, [x0], #1       // returns it (lib/string.c's, which x86_64 uses, gives -1 or 1)
     ldrb w3, [x1], #1
-    cmp w2, w3
+    subs w4, w2, w3
     b.ne strcmp_differ
     cbnz w2, strcmp
-    mov w0, #0
-    ret
 strcmp_differ:
-    mov w0, #1
-    cneg w0, w0, lo         // c1 < c2: -1
+    mov w0, w4
     ret
 
 .globl strncmp
-strncmp:                    // x0, x1, x2 = count
-    cbz x2, strncmp_equal
-    ldrb w3, [x0], #1
-    ldrb w4, [x1], #1
-    cmp w3, w4
+strncmp:                    // x0, x1, x2 = count; the difference, as arch/arm64/lib/strncmp.S
+    mov w4, #0
+strncmp_loop:
+    cbz x2, strcmp_differ
+    ldrb w5, [x0], #1
+    ldrb w6, [x1], #1
+    subs w4, w5, w6
     b.ne strcmp_differ
     sub x2, x2, #1
-    cbnz w3, strncmp
-strncmp_equal:
-    mov w0, #0
-    ret
+    cbnz w5, strncmp_loop
+    b strcmp_differ
 
 .globl strchr
 strchr:                     // the first (char)c, the terminator included; NULL if none

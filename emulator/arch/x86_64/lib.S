@@ -1,7 +1,7 @@
 /*
- * The kernel's library functions loaded objects call, as byte loops with the kernel's semantics
- * (lib/string.c, crypto/memneq.c), the libgcc helpers gcc emits calls to, and the retpoline
- * thunks. Loaded after runtime.S.
+ * The kernel's library functions loaded objects call, as byte loops with the results of the
+ * kernel's (lib/string.c: x86_64 has its own memcpy, memmove and memset only; crypto/memneq.c),
+ * the libgcc helpers gcc emits calls to, and the retpoline thunks. Loaded after runtime.S.
  */
 
 .globl memcmp
