@@ -326,7 +326,9 @@ def test_crc_t10dif_from_the_cli_traced_and_verified(capsys, arch):
         "# verify: 1 of 1 snapshots equal the true registers in every captured field",
         f"# {call} = {expected} ({expected:#x})",
     ]
-    assert ftlab(capsys, "sites", module(arch, "crc-itu-t").as_posix()) == f"# crc-itu-t.ko: 0 patch sites ({arch})\n"
+    assert ftlab(capsys, "sites", module(arch, "crc-itu-t").as_posix()).startswith(
+        f"# crc-itu-t.ko: 0 patch sites ({arch}): built without "
+    )
 
 
 def test_a_missing_module_skips_naming_make_modules(tmp_path):
