@@ -17,8 +17,8 @@ from emulator.asm import decode
 from fixtures import catalog
 from helpers import ftlab
 from tracers import Fprobe, Kretprobe, Lab
-from tracers.cli.main import main
 from tracers.call_syntax import parse_calls
+from tracers.cli.main import main
 from tracers.cli.mechanisms import capture
 from tracers.kernel_version import CHANGES, MODELLED, KernelVersion
 

@@ -103,7 +103,8 @@ def test_the_layout_is_the_readmes(arch):
 def test_a_recording_holds_the_counters_no_event_shows(capsys, arch, tmp_path):
     path = tmp_path / "fib.ftl"
     assert main(["record", "--arch", arch, "funcs", "fib(5)", "--tracer", "function_graph", "-o", str(path)]) == 0
-    assert parts(path.read_bytes())[3] == {"counters": {"trace_overrun": 0}, "results": [["fib(5)", "s64", 5]], "buffers": []}
+    trailer = {"counters": {"trace_overrun": 0}, "results": [["fib(5)", "s64", 5]], "buffers": []}
+    assert parts(path.read_bytes())[3] == trailer
     assert main(["replay", str(path)]) == 0
     assert "# entries: 15, exits: 15, trace_overrun: 0\n# fib(5) = 5\n" in capsys.readouterr().out
 
@@ -255,7 +256,8 @@ def test_random_headers_and_trailers_are_replayed_or_refused(arch, data):
             changed[key] = data.draw(JSON)
         else:
             changed.pop(key, None)
-    tail = data.draw(st.sampled_from([trailer, {"counters": {"lost": 3}, "results": [["divmod(1, 2)", "pair", [1, 2]]], "buffers": [["out", "00ff"]]}]) | JSON)
+    pair = {"counters": {"lost": 3}, "results": [["divmod(1, 2)", "pair", [1, 2]]], "buffers": [["out", "00ff"]]}
+    tail = data.draw(st.sampled_from([trailer, pair]) | JSON)
     as_bytes = data.draw(st.booleans())
     head = json.dumps(changed).encode()[: data.draw(st.integers(0, 200))] if as_bytes else changed
     blob = build(head, records, json.dumps(tail).encode())

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tracers.cli.main import main
 from tracers.call_syntax import parse_calls
+from tracers.cli.main import main
 from tracers.cli.mechanisms import MECHANISMS, capture_all
 
 CALL = parse_calls("chain_a(10)")
