@@ -63,8 +63,8 @@ def test_each_result_type(kind):
 
 
 def test_results_are_untyped_unless_given():
-    a, b = parse_calls("f(1); g(2):x8;").calls
-    assert (a.ret, b.ret) == (None, "x8")
+    a, b, c = parse_calls("f(1); g(2):x8; h(3):i32").calls
+    assert (a.ret, b.ret, c.ret) == (None, "x8", "s32") and c.text == "h(3):i32"
 
 
 def test_the_text_shown_is_one_line():
@@ -100,7 +100,7 @@ ERRORS = [
     ("fib(1) fib(2)", 8, r"expected ';', ':TYPE' or the end, found 'fib'"),
     ("fib(1):u16 x", 12, r"expected ';' or the end, found 'x'"),
     ("fib(1):", 8, r"expected a result type \(u8 .* void\), found the end"),
-    ("fib(1):i32", 8, r"expected a result type .*, found 'i32'"),
+    ("fib(1):i16", 8, r"expected a result type .*, found 'i16'"),
     ("fib(1);;", 8, "expected a function name, found ';'"),
     ("f(x=1)", 5, r"expected buf\(SIZE\) or a string after 'x=' \(only a buffer takes a name\), found '1'"),
     ("f(x=y)", 5, r"expected buf\(SIZE\) or a string after 'x='"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .call_syntax import DEFAULT_TYPE, Buffer, CallSequence
+from .call_syntax import DEFAULT_TYPE, RET_ALIASES, Buffer, CallSequence
 
 ROW = 16  # print_hex_dump's rowsize; groupsize 1
 # hex_dump_to_buffer (lib/hexdump.c): the ASCII starts at rowsize * 2 + rowsize / groupsize + 1
@@ -93,9 +93,15 @@ class CallsOutcome:
         }
 
 
+def _signature_type(lab, func: str) -> str:
+    kind = lab.calls.ret_kind(func) or DEFAULT_TYPE
+    return RET_ALIASES.get(kind, kind)
+
+
 def run_calls(lab, calls: CallSequence, ret: str | None = None) -> CallsOutcome:
     """Run the calls in order on one lab, every buffer at one address throughout, and read each
-    result as its call's type, else `ret`, else DEFAULT_TYPE. The caller has checked the calls."""
+    result as its call's :TYPE, else as `ret`, else as its signature's return type (the lab's BTF:
+    tracers.calls), else as DEFAULT_TYPE. The caller has checked the calls."""
     machine = lab.machine
     with machine.heap_scope():
         addr: dict[Buffer, int] = {}
@@ -106,7 +112,7 @@ def run_calls(lab, calls: CallSequence, ret: str | None = None) -> CallsOutcome:
         for call in calls.calls:
             args = tuple(addr[a] if isinstance(a, Buffer) else a for a in call.args)
             lo, hi = lab.call(call.name, *args, ret="pair")
-            kind = call.ret or ret or DEFAULT_TYPE
+            kind = call.ret or ret or _signature_type(lab, call.name)
             results.append(Result(call.text, kind, decode_result(kind, lo, hi)))
         buffers = {b.name: machine.read(addr[b], len(b.init)) for b in calls.buffers if b.name is not None}
     return CallsOutcome(tuple(results), buffers)

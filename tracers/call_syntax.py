@@ -16,7 +16,7 @@ The grammar (whitespace, newlines included, is free between tokens):
     string   := a Python bytes or str literal on one line: b"\\x00", 'abc', rb"\\d"
     TYPE     := u8 u16 u32 u64 s8 s16 s32 s64 x8 x16 x32 x64 (the kernel's fetcharg types,
                 Documentation/trace/kprobetrace.rst), pair (a 16-byte struct in two registers)
-                or void (nothing to read)
+                or void (nothing to read); i64 and i32 are s64 and s32 (--ret's older names)
     FUNC     := a C identifier, or a compiler's clone of one (fib.isra.0)
     NAME     := a C identifier
 
@@ -203,9 +203,10 @@ class _Parser:
         ret = None
         if self.accept(":"):
             tok = self.peek()
-            if tok.kind != "name" or tok.text not in RESULT_TYPES:
+            if tok.kind != "name" or RET_ALIASES.get(tok.text, tok.text) not in RESULT_TYPES:
                 self.expected(f"a result type ({' '.join(RESULT_TYPES)})")
-            ret = self.take().text
+            self.take()
+            ret = RET_ALIASES.get(tok.text, tok.text)
         return Call(name, tuple(args), ret, self.shown(first, self.at))
 
     def arg(self) -> Arg:

@@ -82,6 +82,8 @@ def cmd_trace(args, out):
             tracer_name = args.tracer or "function"
             graph = tracer_name == "function_graph"
             options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+            if graph and args.funcgraph_args:
+                options["args"] = lab.calls.function_args
             sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options)
             extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
             tracer = TRACERS[tracer_name](
@@ -342,6 +344,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("function_graph options (the kernel's trace_options)")
     g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
+    g.add_argument(
+        "--funcgraph-args", action="store_true", help="show each call's arguments (6.15+; needs the object's DWARF)"
+    )
     g.add_argument(
         "--max-graph-depth",
         type=_graph_depth,
