@@ -256,3 +256,17 @@ def test_lab_call_is_unchanged(arch):
     assert lab.call("add3", -1, 0, -5, ret="i32") == -6
     with pytest.raises(FtlabError, match="takes 3 arguments"):
         lab.run_calls("add3(1, 2)")
+
+
+def test_a_signature_types_the_result_a_call_leaves_untyped(arch):
+    """funcs-g has DWARF (the lab's BTF): add3 returns an int, divmod a 16-byte struct; --ret and a
+    :TYPE come first."""
+    lab = Lab.open("funcs-g", arch)
+    add3, divmod = (catalog.FUNCTIONS[n].reference for n in ("add3", "divmod"))
+    got = lab.run_calls("add3(-1, 0, -5); divmod(-47, 5); add3(-1, 0, -5):x32")
+    assert [(r.type, r.value) for r in got.results] == [
+        ("s32", add3(-1, 0, -5)),
+        ("pair", divmod(-47, 5)),
+        ("x32", 0xFFFFFFFA),
+    ]
+    assert lab.run_calls("add3(-1, 0, -5)", ret="u8").results[0].value == 0xFA
