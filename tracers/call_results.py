@@ -2,7 +2,7 @@
 named buffers as the last call left them, as `ftlab run`, `trace` and `replay` print them.
 
     arc4_setkey(ctx=buf(1032), b"Key", 3) = 0
-    arc4_crypt(ctx, out=buf(9), b"Plaintext", 9) = void
+    arc4_crypt(ctx, out=buf(9), b"Plaintext", 9):void = void
     out[9] = bb f3 16 e8 d9 40 af 0a d3
 
 A buffer of up to 16 bytes is one line, NAME[LEN] = its bytes in hex; a longer one is NAME[LEN] =

@@ -3,6 +3,8 @@ the CLI, the tests and Python users start from.
 
     lab = Lab.open("funcs", "arm64")          # a bundled fixture, or a path to a .o/.ko
     lab.call("fib", 10)                       # 55
+    Lab.open("state", "arm64").run_calls("adler_init(ctx=buf(8)); adler_final(ctx):x32")  # a sequence:
+                                              # its results and named buffers (tracers.call_results)
 """
 
 from __future__ import annotations
