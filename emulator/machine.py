@@ -12,7 +12,8 @@ import bisect
 import ctypes
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,6 +227,16 @@ class Machine:
             raise FtlabError(f"out of {where} memory allocating {size} bytes")
         self._cursor[where] = addr + size
         return addr
+
+    @contextmanager
+    def heap_scope(self) -> Iterator[None]:
+        """Heap allocated inside the scope lives until it ends, across calls (each call frees
+        only what it allocated itself): buffers a sequence of calls shares."""
+        saved = self._cursor["heap"]
+        try:
+            yield
+        finally:
+            self._cursor["heap"] = saved
 
     def map_object(self, size: int) -> int:
         base = self._next_object

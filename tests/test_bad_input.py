@@ -18,6 +18,7 @@ from fixtures import catalog
 from tracers import Lab
 from tracers.builtin.function import FunctionTracer
 from tracers.builtin.tracer import stop_reason
+from tracers.call_syntax import parse_calls
 from tracers.calls import dwarf_signatures
 from tracers.cli.main import main
 from tracers.cli.mechanisms import capture_all
@@ -229,8 +230,8 @@ def test_regs_and_compare_at_a_function_the_call_never_reaches(capsys, arch):
 
 def test_capture_all_names_the_call_it_was_given(arch):
     lab = Lab.open("funcs", arch)
-    with pytest.raises(FtlabError, match=r"^crc32_bitwise\(0, b'12', 2\) never reached fib$"):
-        capture_all(lab, "fib", ("crc32_bitwise", (0, b"12", 2)))
+    with pytest.raises(FtlabError, match=r'^crc32_bitwise\(0, b"12", 2\); fib\(1\) never reached chain_c$'):
+        capture_all(lab, "chain_c", parse_calls('crc32_bitwise(0, b"12", 2);\n fib(1)'))
 
 
 # -- an error during a trace --------------------------------------------------------------------

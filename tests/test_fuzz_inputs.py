@@ -5,7 +5,6 @@ another exception. Deterministic: derandomized, a fixed number of examples each.
 import contextlib
 import functools
 import io
-import keyword
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -86,17 +85,12 @@ def _spell(value) -> str:
 @given(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True), st.lists(ARG, max_size=12))
 def test_parse_call_reads_back_what_was_written(name, values):
     text = f"{name}({', '.join(_spell(v) for v in values)})"
-    try:
-        got = parse_call(text)
-    except FtlabError as err:  # a keyword as the name: not a call
-        assert keyword.iskeyword(name)
-        one_line(err)
-        return
+    got = parse_call(text)  # any C identifier names a function, Python's keywords too
     expected = tuple(v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v for v in values)
     assert got == (name, expected)
 
 
-@pytest.mark.parametrize("text", ["f(" + "-" * 100_000 + "1)", "f(" + "(" * 500 + ")" * 500 + ")", 'f("\udcff")'])
+@pytest.mark.parametrize("text", ["f(" + "(" * 500 + ")" * 500 + ")", 'f("\udcff")', "f(" + "0" * 5000 + "1)"])
 def test_parse_call_survives_the_parsers_limits(text):
     with pytest.raises(FtlabError) as err:
         parse_call(text)

@@ -17,6 +17,7 @@ from emulator.asm import decode
 from fixtures import catalog
 from helpers import ftlab
 from tracers import Fprobe, Kretprobe, Lab
+from tracers.call_syntax import parse_calls
 from tracers.cli.main import main
 from tracers.cli.mechanisms import capture
 from tracers.kernel_version import CHANGES, MODELLED, KernelVersion
@@ -121,9 +122,9 @@ def _fib_calls(n):
 
 
 def test_regs_shows_the_release_s_kretprobe_pstate():
-    exact = capture(_lab("arm64"), "rethook", "fib", ("fib", (3,)))
+    exact = capture(_lab("arm64"), "rethook", "fib", parse_calls("fib(3)"))
     assert exact.title == "kretprobe return: BRK #7, the exception's pt_regs" and exact.mismatch == []
-    lost = capture(_lab("arm64", BEFORE_BRK), "rethook", "fib", ("fib", (3,)))
+    lost = capture(_lab("arm64", BEFORE_BRK), "rethook", "fib", parse_calls("fib(3)"))
     assert "__kretprobe_trampoline" in lost.title and lost.mismatch == ["pstate"]
 
 

@@ -37,7 +37,7 @@ PROPERTY = settings(
 def parts(data: bytes) -> tuple[dict, dict, bytes, dict]:
     """A recording's preamble fields, header, records and trailer, checked as the README says."""
     magic, version, hlen, rlen, tlen, crc = PREAMBLE.unpack_from(data)
-    assert (magic, version) == (b"FTLABREC", 5)
+    assert (magic, version) == (b"FTLABREC", 6)
     assert len(data) == PREAMBLE.size + hlen + rlen + tlen
     body = data[PREAMBLE.size :]
     assert zlib.crc32(data[: PREAMBLE.size - 4], zlib.crc32(body)) == crc
@@ -45,7 +45,7 @@ def parts(data: bytes) -> tuple[dict, dict, bytes, dict]:
     return {"version": version}, json.loads(header), records, json.loads(trailer)
 
 
-def build(header: dict | bytes, records: bytes, trailer: dict | bytes, version: int = 5) -> bytes:
+def build(header: dict | bytes, records: bytes, trailer: dict | bytes, version: int = 6) -> bytes:
     """A recording with a correct checksum around any parts."""
     head = header if isinstance(header, bytes) else json.dumps(header).encode()
     tail = trailer if isinstance(trailer, bytes) else json.dumps(trailer).encode()
@@ -96,14 +96,15 @@ def test_the_layout_is_the_readmes(arch):
     _, header, records, trailer = parts(recording(arch))
     assert header["arch"] == arch and header["tracer"] == "function_graph" and header["call"] == "fib(3)"
     assert len(records) == 10 * header["record_size"]  # fib(3): 5 calls, an entry and an exit each
-    assert trailer == {"counters": {"trace_overrun": 0}, "result": 2}
+    assert trailer == {"counters": {"trace_overrun": 0}, "results": [["fib(3)", "s64", 2]], "buffers": []}
     assert "# entries: 5, exits: 5, trace_overrun: 0\n" in replayed(arch)
 
 
 def test_a_recording_holds_the_counters_no_event_shows(capsys, arch, tmp_path):
     path = tmp_path / "fib.ftl"
     assert main(["record", "--arch", arch, "funcs", "fib(5)", "--tracer", "function_graph", "-o", str(path)]) == 0
-    assert parts(path.read_bytes())[3] == {"counters": {"trace_overrun": 0}, "result": 5}
+    trailer = {"counters": {"trace_overrun": 0}, "results": [["fib(5)", "s64", 5]], "buffers": []}
+    assert parts(path.read_bytes())[3] == trailer
     assert main(["replay", str(path)]) == 0
     assert "# entries: 15, exits: 15, trace_overrun: 0\n# fib(5) = 5\n" in capsys.readouterr().out
 
@@ -135,9 +136,9 @@ def test_other_files_and_versions_are_refused(arch):
     assert refused(Path("fixtures/obj/arm64/funcs.o").read_bytes()) == "not an ftlab recording"
     _, header, records, trailer = parts(recording(arch))
     old = json.dumps({"format": "ftlab-record", "version": 4, **header}).encode() + b"\n" + bytes(8)
-    assert refused(old) == "recording version 4, this ftlab reads 5"
-    assert refused(build(header, records, trailer, version=6)) == "recording version 6, this ftlab reads 5"
-    assert refused(build(header, records, trailer, version=4)) == "recording version 4, this ftlab reads 5"
+    assert refused(old) == "recording version 4, this ftlab reads 6"
+    assert refused(build(header, records, trailer, version=7)) == "recording version 7, this ftlab reads 6"
+    assert refused(build(header, records, trailer, version=5)) == "recording version 5, this ftlab reads 6"
 
 
 def test_a_header_it_cannot_use_is_named(arch):
@@ -172,8 +173,15 @@ def test_a_trailer_or_records_it_cannot_use_are_named(arch):
         f"the records at bytes {at}-{at + len(records) - 1} are not whole {size}-byte records "
         f"({len(records) - 1} bytes)"
     )
-    assert refused(build(header, records, {"counters": {}, "result": "5"})) == (
-        "the trailer's 'result' is not the call's result (a number or a pair)"
+    results = "the trailer's 'results' is not a list of [call, type, value] (each call's result)"
+    for bad in ("5", [["fib(3)", "u8", 256]], [["fib(3)", "s8", -129]], [["fib(3)", "u7", 1]], [["f()", "void", 0]]):
+        assert refused(build(header, records, {"counters": {}, "results": bad, "buffers": []})) == results
+    assert refused(build(header, records, {"counters": {}, "results": [], "buffers": [["out", "0g"]]})) == (
+        "the trailer's 'buffers' is not a list of [name, hex bytes]"
+    )
+    twice = [["out", ""], ["out", "00"]]
+    assert refused(build(header, records, {"counters": {}, "results": [], "buffers": twice})).startswith(
+        "the trailer's 'buffers'"
     )
     assert refused(build(header, records, {"result": 5})) == "the trailer's 'counters' is not an object of counts"
     assert refused(build(header, records, b"\xff")).startswith("the trailer at bytes")
@@ -248,7 +256,8 @@ def test_random_headers_and_trailers_are_replayed_or_refused(arch, data):
             changed[key] = data.draw(JSON)
         else:
             changed.pop(key, None)
-    tail = data.draw(st.sampled_from([trailer, {"counters": {"lost": 3}, "result": [1, 2]}]) | JSON)
+    pair = {"counters": {"lost": 3}, "results": [["divmod(1, 2)", "pair", [1, 2]]], "buffers": [["out", "00ff"]]}
+    tail = data.draw(st.sampled_from([trailer, pair]) | JSON)
     as_bytes = data.draw(st.booleans())
     head = json.dumps(changed).encode()[: data.draw(st.integers(0, 200))] if as_bytes else changed
     blob = build(head, records, json.dumps(tail).encode())

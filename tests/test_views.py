@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from tracers.call_syntax import parse_calls
 from tracers.cli.main import main
 from tracers.cli.mechanisms import MECHANISMS, capture_all
 
-CALL = ("chain_a", (10,))
+CALL = parse_calls("chain_a(10)")
 
 
 def test_ftrace_regs_is_cheaper_than_any_pt_regs(lab):
@@ -45,7 +46,7 @@ def _third_instruction(lab, func="fib"):
 
 def test_kprobe_mid_function(lab):
     off = _third_instruction(lab)
-    [c] = capture_all(lab, "fib", ("fib", (4,)), off)
+    [c] = capture_all(lab, "fib", parse_calls("fib(4)"), off)
     assert (c.mechanism, c.at, c.kind, c.mismatch) == ("kprobe", f"fib+{off:#x}", "pt_regs", [])
 
 

@@ -3,11 +3,12 @@ the CLI, the tests and Python users start from.
 
     lab = Lab.open("funcs", "arm64")          # a bundled fixture, or a path to a .o/.ko
     lab.call("fib", 10)                       # 55
+    Lab.open("state", "arm64").run_calls("adler_init(ctx=buf(8)); adler_final(ctx):x32")  # a sequence:
+                                              # its results and named buffers (tracers.call_results)
 """
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
 from .builtin.guest import TracerCode
+from .call_results import CallsOutcome, run_calls
+from .call_syntax import CallSequence, parse_calls, printable
 from .calls import CallCheck
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
@@ -142,56 +145,28 @@ class Lab:
             self.calls.check(func, args)
         return self.machine.call(func, *args, ret=ret)
 
+    def check_calls(self, calls: CallSequence) -> None:
+        """Every call of a sequence checked before any runs (a refused call runs nothing)."""
+        for call in calls.calls:
+            self.calls.check(call.name, call.args)
+
+    def run_calls(self, calls: str | CallSequence, ret: str | None = None) -> CallsOutcome:
+        """Run a CALL sequence (tracers.call_syntax): calls sharing buffers, each result read as
+        its `:TYPE`, else as `ret`, else as s64; returns the results and the named buffers.
+
+            lab.run_calls('adler_init(ctx=buf(8)); adler_update(ctx, b"abc", 3); adler_final(ctx):x32')
+        """
+        seq = parse_calls(calls) if isinstance(calls, str) else calls
+        self.check_calls(seq)
+        return run_calls(self, seq, ret)
+
 
 def parse_call(text: str) -> tuple[str, tuple]:
-    """`fib(20)` or `crc32_bitwise(0, b"123456789", 9)`: a name and int/bytes/str literals (a
-    str is passed as its UTF-8 bytes). Any other text is a one-line FtlabError."""
-    shown = _printable(text)
-    try:
-        node = ast.parse(text.strip(), mode="eval").body
-    except (SyntaxError, ValueError, MemoryError, RecursionError):  # the parser's limits: nesting
-        node = None
-    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
-        raise FtlabError(f"malformed CALL '{shown}': expected NAME(ARG, ...), e.g. fib(20)")
-    args = []
-    for arg in node.args:
-        value = _literal(arg)
-        if value is None:
-            source = ast.get_source_segment(text.strip(), arg) or "?"
-            raise FtlabError(
-                f"malformed CALL '{shown}': argument '{_printable(source)}' is not an integer, bytes or string literal"
-            )
-        args.append(value)
-    return node.func.id, tuple(args)
-
-
-def _literal(node: ast.expr) -> int | bytes | None:
-    """An argument's value: an integer with any signs before it, or a bytes or str literal."""
-    sign, signed = 1, False
-    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        sign, signed = -sign if isinstance(node.op, ast.USub) else sign, True
-        node = node.operand
-    if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
-        return None
-    value = node.value
-    if isinstance(value, int):
-        return sign * value
-    if signed:
-        return None
-    if isinstance(value, str):
-        try:
-            return value.encode()
-        except UnicodeEncodeError:  # a lone surrogate
-            return None
-    return value if isinstance(value, bytes) else None
-
-
-def _printable(text: str) -> str:
-    """Text for a one-line message: control characters (newlines too) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def format_result(value) -> str:
-    if isinstance(value, tuple):
-        return "(" + ", ".join(str(v) for v in value) + ")"
-    return f"{value} ({value & (1 << 64) - 1:#x})" if value < 0 or value > 9 else str(value)
+    """One call of integer, bytes and str literals, as `Lab.call` takes it: `fib(20)` gives
+    ('fib', (20,)) and `crc32_bitwise(0, b"123456789", 9)` passes the bytes by pointer (a str as
+    its UTF-8). Anything else is a one-line FtlabError; `parse_calls` reads the whole language."""
+    seq = parse_calls(text)
+    call = seq.calls[0]
+    if len(seq.calls) > 1 or seq.buffers or call.ret is not None:
+        raise FtlabError(f"malformed CALL '{printable(text)}': expected one NAME(ARG, ...) of literals, e.g. fib(20)")
+    return call.name, call.args

@@ -9,16 +9,17 @@ import re
 import sys
 
 from emulator import FtlabError
-from emulator.machine import DEFAULT_BUDGET, RETURN_KINDS
+from emulator.machine import DEFAULT_BUDGET
 
 from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
 from ..builtin.probe import ProbeEventTracer
 from ..builtin.trace_clock import CLOCKS
+from ..call_syntax import DEFAULT_TYPE, RESULT_TYPES, RET_ALIASES, parse_calls, ret_type
 from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
-from ..lab import Lab, format_result, parse_call, resolve
+from ..lab import Lab, resolve
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
@@ -65,10 +66,11 @@ def _banner(args, lab, out):
 
 
 def cmd_run(args, out):
-    name, call_args = parse_call(args.call)
+    calls = parse_calls(args.call)
     for lab in _labs(args):
         prefix = f"{lab.arch.name}: " if args.arch == "all" else ""
-        out.write(f"{prefix}{args.call.strip()} = {format_result(lab.call(name, *call_args, ret=args.ret))}\n")
+        for line in lab.run_calls(calls, args.ret).lines():
+            out.write(f"{prefix}{line}\n")
 
 
 def cmd_sites(args, out):
@@ -88,9 +90,9 @@ def _probe_events(args, lab, sink):
 
 
 def cmd_trace(args, out):
-    name, call_args = parse_call(args.call)
+    calls = parse_calls(args.call)
     for lab in _labs(args):  # the sink's first line names the arch
-        lab.calls.check(name, call_args)  # a refused call prints no trace
+        lab.check_calls(calls)  # a refused call prints no trace
         if args.event and not args.tracer:  # the nop tracer: the probe events alone
             sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel)
             tracer = _probe_events(args, lab, sink)
@@ -107,35 +109,35 @@ def cmd_trace(args, out):
             )
             if args.event:  # current_tracer and the dynamic events, into one buffer
                 tracer.add_events(_probe_events(args, lab, sink))
-        with tracer:
-            result = lab.call(name, *call_args, ret=args.ret)
+        with tracer:  # one trace of every call of the sequence
+            outcome = lab.run_calls(calls, args.ret)
         if args.format == "text":
-            out.write(f"# {args.call.strip()} = {format_result(result)}\n")
+            out.writelines(f"# {line}\n" for line in outcome.lines())
 
 
 def cmd_regs(args, out):
-    call = parse_call(args.call)
+    calls = parse_calls(args.call)
     reports = []
     for lab in _labs(args):
-        lab.calls.check(*call)
+        lab.check_calls(calls)
         func, offset = parse_at(lab, args.at)
-        captures = capture_all(lab, func, call, offset, shown=args.call.strip())
+        captures = capture_all(lab, func, calls, offset)
         if args.format == "json":
             reports.append(regs_json(lab, captures))
         else:
-            out.write(f"# {lab.arch.name}: one hit at {args.at.strip()} during {args.call.strip()}\n\n")
+            out.write(f"# {lab.arch.name}: one hit at {args.at.strip()} during {calls.text}\n\n")
             regs_table(lab, captures, out)
     if reports:
         dump_json(reports if len(reports) > 1 else reports[0], out)
 
 
 def cmd_compare(args, out):
-    name, call_args = parse_call(args.call)
+    calls = parse_calls(args.call)
     labs = list(_labs(args))
     for lab in labs:
-        lab.calls.check(name, call_args)
+        lab.check_calls(calls)
     text = out if args.format == "text" else io.StringIO()
-    rows = compare(labs, args.at or name, (name, call_args), text, shown=args.call.strip())
+    rows = compare(labs, args.at or calls.calls[0].name, calls, text)
     if args.format == "json":
         dump_json(rows, out)
 
@@ -148,11 +150,11 @@ def cmd_record(args, out):
         )
     if args.arch == "all":
         raise FtlabError("record: --arch all: a recording holds one arch; record each (--arch x86_64, --arch arm64)")
-    name, call_args = parse_call(args.call)
+    calls = parse_calls(args.call)
     with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
         [lab] = list(_labs(args))
-        lab.calls.check(name, call_args)
-        rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip())
+        lab.check_calls(calls)
+        rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, calls.text)
         # the tracer's events are the file's records: it writes them and decodes none
         options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
         tracer = TRACERS[args.tracer](
@@ -160,12 +162,12 @@ def cmd_record(args, out):
         )
         try:
             with tracer:
-                result = lab.call(name, *call_args, ret=args.ret)
+                outcome = lab.run_calls(calls, args.ret)
         except FtlabError as err:  # nothing recorded is lost: the records so far, and why it stopped
             rec.finish(tracer.stats(), None, stopped=str(err))
             output.commit()
             raise
-        rec.finish(tracer.stats(), result)
+        rec.finish(tracer.stats(), outcome)
 
 
 def cmd_replay(args, out):
@@ -173,8 +175,7 @@ def cmd_replay(args, out):
     if info["stopped"] is not None:  # as the traced run ended: its events, '# stopped:', the error
         raise FtlabError(info["stopped"])
     if args.format == "text":
-        result = info["result"]
-        out.write(f"# {info['call']} = {format_result(tuple(result) if isinstance(result, list) else result)}\n")
+        out.writelines(f"# {line}\n" for line in info["outcome"].lines())
 
 
 def cmd_demo(args, out):
@@ -240,21 +241,21 @@ def _kernel(text: str) -> KernelVersion:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _ret_kind(text: str) -> str:
-    """--ret: how to read the call's return registers (the object carries no signatures)."""
-    if text not in RETURN_KINDS:
-        raise argparse.ArgumentTypeError(f"unknown return kind '{text}' (known: {', '.join(RETURN_KINDS)})")
-    return text
+def _ret_type(text: str) -> str:
+    """--ret: how to read the results of the calls that give no :TYPE."""
+    try:
+        return ret_type(text)
+    except FtlabError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_ret(p):
     p.add_argument(
         "--ret",
-        type=_ret_kind,
-        default="i64",
-        metavar="KIND",
-        help="the C type of CALL's result: i64 (the default), u64, i32, u32, u16, u8, or pair "
-        "(a 16-byte struct in two registers)",
+        type=_ret_type,
+        metavar="TYPE",
+        help=f"the result type of every call that gives no :TYPE: {' '.join(RESULT_TYPES)} "
+        f"(default {DEFAULT_TYPE}; {', '.join(f'{a} is {k}' for a, k in RET_ALIASES.items())})",
     )
 
 

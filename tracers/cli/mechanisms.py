@@ -1,7 +1,8 @@
 """Every mechanism's snapshot of the same moment, side by side, with what it costs.
 
-For one function (and for kprobes one instruction), each mechanism is attached alone, the call is
-run once with verify mode on and the lab's code counted, and its first snapshot is kept with its
+For one function (and for kprobes one instruction), each mechanism is attached alone, the CALL
+(one call or a sequence: tracers.call_syntax) is run once with verify mode on and the lab's code
+counted, and its first snapshot, during whichever call first reaches the function, is kept with its
 comparison against the true registers. Costs are per event: the instructions the lab's guest code
 (trampolines, exception entry, single-step slots) ran, and the bytes it stored. The CPU's own
 exception frame (x86's 40 bytes) and the Python handlers are not counted.
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from emulator import FtlabError
 
+from ..call_syntax import CallSequence
 from ..core.fgraph import FgraphOps
 from ..core.ftrace import FtraceOps, OpsFlag
 from ..core.kprobes import Kprobe
@@ -58,9 +60,9 @@ def _snap(capture: Capture, regs) -> None:
     capture.verification = regs.verify()
 
 
-def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = None) -> Capture:
-    """Run call = (name, args) with one mechanism attached at func (offset: the kprobe's, default
-    the instruction after the patch site) and return its first snapshot and its cost."""
+def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | None = None) -> Capture:
+    """Run the calls with one mechanism attached at func (offset: the kprobe's, default the
+    instruction after the patch site) and return its first snapshot and its cost."""
     site = lab.ftrace.site(func)
     sym = lab.machine.symbols.get(func)
     title = lab.rethook.design.title if mechanism == "rethook" else MECHANISMS[mechanism]
@@ -76,7 +78,7 @@ def capture(lab, mechanism: str, func: str, call: tuple, offset: int | None = No
     with lab.verify.holding(_verified(lab, mechanism)):
         attach()
         m.count_lab_code(True)
-        lab.call(call[0], *call[1])
+        lab.run_calls(calls)
         m.count_lab_code(False)
         detach()
     if c.events:
@@ -130,20 +132,14 @@ def _first_probeable(lab, sym, site) -> int:
     return site.ip + lab.karch.sites.size - sym.addr
 
 
-def capture_all(lab, func: str, call: tuple, offset: int | None = None, shown: str | None = None) -> list[Capture]:
-    """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere. A
-    call that never reaches func is an error (`shown`: the call as the user wrote it)."""
+def capture_all(lab, func: str, calls: CallSequence, offset: int | None = None) -> list[Capture]:
+    """Every mechanism that applies at func: all of them at its entry; only kprobes elsewhere.
+    Calls that never reach func are an error."""
     at_entry = offset is None or lab.machine.address_of(func) + offset == lab.ftrace.site(func).ip
     if not at_entry:
         lab.kprobes.check(Kprobe(func, offset))  # a bad probe point is the user's error
-    captures = [capture(lab, mech, func, call, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]
+    captures = [capture(lab, mech, func, calls, offset) for mech in (MECHANISMS if at_entry else ["kprobe"])]
     if any(not c.refused and not c.events for c in captures):  # nothing to show, nothing to compare
         at = func if offset is None else f"{func}+{offset:#x}"
-        raise FtlabError(f"{shown or call_text(call)} never reached {at}")
+        raise FtlabError(f"{calls.text} never reached {at}")
     return captures
-
-
-def call_text(call: tuple) -> str:
-    """(name, args) as the CALL it was written as: `fib(3)`."""
-    name, args = call
-    return f"{name}({', '.join(repr(a) for a in args)})"

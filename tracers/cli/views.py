@@ -7,6 +7,7 @@ import json
 from emulator import FtlabError
 from emulator.asm import disassemble
 
+from ..call_syntax import CallSequence
 from ..core.regs import decode_flags
 from .mechanisms import MECHANISMS, capture_all
 
@@ -131,14 +132,12 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
     ]
 
 
-def compare(labs, func: str, call: tuple, out, shown: str | None = None) -> list[dict]:
-    """Mechanism by mechanism, the arches side by side (`shown`: the call as the user wrote it)."""
-    results = {
-        lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, call, shown=shown)}) for lab in labs
-    }
+def compare(labs, func: str, calls: CallSequence, out) -> list[dict]:
+    """Mechanism by mechanism, the arches side by side."""
+    results = {lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, calls)}) for lab in labs}
     names = list(results)
     width = 50
-    out.write(f"{func}: called as {call[0]}{call[1]!r}".replace(",)", ")") + "\n\n")
+    out.write(f"{func}: called as {calls.text}\n\n")
     out.write(f"{'':<15}" + "".join(f"{n:<{width}}" for n in names) + "\n")
     states = {n: dict(site_states(results[n][0], func)) for n in names}
     for state in states[names[0]]:

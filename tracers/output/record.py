@@ -1,13 +1,14 @@
 """The record file of `ftlab record` / `ftlab replay`: record now, format later, as trace-cmd and uftrace do.
 
-A recording (version 5) is, in order:
+A recording (version 6) is, in order:
 
 - a 32-byte preamble (PREAMBLE): the magic `FTLABREC`, the version, the lengths of the three parts
   below, and a CRC-32 (zlib.crc32) of the three parts, continued over the preamble's other fields;
-- the header: JSON (arch, kernel release, tracer, clock, the call, the record layout: record_size,
-  fields and exit_fields, and the symbols needed to name addresses);
+- the header: JSON (arch, kernel release, tracer, clock, the CALL text, the record layout:
+  record_size, fields and exit_fields, and the symbols needed to name addresses);
 - the records: the raw ring-buffer records as the buffer drained, a whole number of record_size;
-- the trailer: JSON (the counters no event shows, and the call's result).
+- the trailer: JSON (the counters no event shows; each call's result as [call, type, value] and
+  each named buffer as [name, hex] after the last call, or for a run an error stopped, why).
 
 The recorder writes into an OutputFile (a temporary file renamed into place when complete) and
 fills the preamble in last, so an unfinished recording has no magic and none is left behind.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -34,6 +36,8 @@ from emulator import arch as arches
 from emulator.symbols import Symbol, SymbolTable
 
 from ..arch import kernel_arch
+from ..call_results import CallsOutcome, Result
+from ..call_syntax import RESULT_TYPES
 from ..core.fgraph import SHADOW_STACK_OFFSET
 from ..kernel_version import KernelVersion
 from .decode import DECODERS
@@ -44,8 +48,9 @@ from .sinks import make_sink
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
 # release, whose text formats replay prints. 4: the release fixes the exit record's fields (x86's
 # return_to_handler saves sp from 6.18), which the header lists as exit_fields. 5: a binary
-# preamble with the parts' lengths and a CRC-32; one block of records (no chunk lengths).
-MAGIC, VERSION = b"FTLABREC", 5
+# preamble with the parts' lengths and a CRC-32; one block of records (no chunk lengths). 6: the
+# call is a sequence: the trailer has each call's typed result and the named buffers.
+MAGIC, VERSION = b"FTLABREC", 6
 OLD_MAGIC = "ftlab-record"  # versions 1-4: a JSON header line with {"format": OLD_MAGIC, "version": N}
 PREAMBLE = struct.Struct("<8sIIQII")  # magic, version, header, records and trailer lengths, crc32
 CLOCKS = ("counter",)  # what a recording's timestamps count (record takes no --clock)
@@ -99,12 +104,12 @@ class Recorder:
         self._write(chunk, checked=True)
         self.records += len(chunk)
 
-    def finish(self, counters: dict, result, stopped: str | None = None) -> None:
+    def finish(self, counters: dict, outcome: CallsOutcome | None, stopped: str | None = None) -> None:
         """The trailer: the tracer's counters that its events do not show (what the buffer lost,
-        trace_overrun), and the call's result, or for a run an error stopped (result None) why;
-        then the preamble, which makes the file a recording."""
-        ended = {"result": list(result) if isinstance(result, tuple) else result}
-        trailer = json.dumps({"counters": counters, **(ended if stopped is None else {"stopped": stopped})})
+        trace_overrun), and the calls' results and buffers, or for a run an error stopped (outcome
+        None) why; then the preamble, which makes the file a recording."""
+        ended = {"stopped": stopped} if outcome is None else outcome.to_json()
+        trailer = json.dumps({"counters": counters, **ended})
         self._write(trailer.encode(), checked=True)
         fields = PREAMBLE.pack(MAGIC, VERSION, len(self.header), self.records, len(trailer), 0)
         preamble = fields[:-4] + struct.pack("<I", _crc(self.crc, fields))
@@ -150,6 +155,35 @@ def _words(v) -> bool:
 
 def _strings(v) -> bool:
     return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _results(v) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(r, list) and len(r) == 3 and isinstance(r[0], str) and _typed(r[1], r[2]) for r in v
+    )
+
+
+def _typed(kind, value) -> bool:
+    """A value decode_result() could have given for the type."""
+    if kind == "void":
+        return value is None
+    if kind == "pair":
+        return isinstance(value, list) and len(value) == 2 and all(_typed("s64", x) for x in value)
+    if kind not in RESULT_TYPES or not _is_int(value):
+        return False
+    bits = int(kind[1:])
+    low, high = (-(1 << bits - 1), 1 << bits - 1) if kind[0] == "s" else (0, 1 << bits)
+    return low <= value < high
+
+
+def _buffers(v) -> bool:
+    """[[name, hex], ...], each name once."""
+    return (
+        isinstance(v, list)
+        and all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b) for b in v)
+        and all(re.fullmatch(r"(?:[0-9a-f]{2})*", data) for _, data in v)
+        and len({name for name, _ in v}) == len(v)
+    )
 
 
 def _symbol(s) -> bool:
@@ -291,17 +325,19 @@ class Recording:
         )
         if "stopped" in trailer:  # a run an error stopped: why, and no result
             stopped = _field(self.path, "trailer", trailer, "stopped", lambda v: isinstance(v, str), "a reason")
-            self.trailer = {"counters": counters, "result": None, "stopped": stopped}
+            self.trailer = {"counters": counters, "outcome": None, "stopped": stopped}
             return
-        result = _field(
-            self.path,
-            "trailer",
-            trailer,
-            "result",
-            lambda v: _is_int(v) or (isinstance(v, list) and len(v) == 2 and all(map(_is_int, v))),
-            "the call's result (a number or a pair)",
+        results = _field(
+            self.path, "trailer", trailer, "results", _results, "a list of [call, type, value] (each call's result)"
         )
-        self.trailer = {"counters": counters, "result": result}
+        buffers = _field(self.path, "trailer", trailer, "buffers", _buffers, "a list of [name, hex bytes]")
+        self.trailer = {
+            "counters": counters,
+            "outcome": CallsOutcome(
+                tuple(Result(call, kind, tuple(v) if isinstance(v, list) else v) for call, kind, v in results),
+                {name: bytes.fromhex(data) for name, data in buffers},
+            ),
+        }
 
     def __enter__(self):
         return self
@@ -328,7 +364,7 @@ class Recording:
 
 def replay(path: str, fmt: str, out, **graph_options) -> dict:
     """A recording through its tracer's decoder into a sink: the trace `ftlab trace` would have
-    printed. Returns the call and its result."""
+    printed. Returns the CALL text, the calls' outcome (None for a run an error stopped) and why it stopped."""
     with Recording(path) as rec:
         decoder = rec.decoder()
         options = graph_options if rec.tracer == "function_graph" else {}
@@ -346,4 +382,4 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
         if "stopped" in rec.trailer:
             summary["stopped"] = rec.trailer["stopped"]
         sink.end(summary)
-        return {"call": rec.call, "result": rec.trailer["result"], "stopped": rec.trailer.get("stopped")}
+        return {"call": rec.call, "outcome": rec.trailer["outcome"], "stopped": rec.trailer.get("stopped")}
