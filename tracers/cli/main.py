@@ -260,11 +260,23 @@ def _add_ret(p):
 
 
 def _add_target(p, call=True):
-    p.add_argument("--arch", help="x86_64, arm64, or all (a bundled fixture on both); optional when OBJ is a file")
-    p.add_argument("obj", metavar="OBJ", help="an object file (.o, .ko) or a bundled fixture name (funcs, ...)")
+    p.add_argument(
+        "--arch",
+        help="x86_64, arm64, or all (a bundled fixture on both); optional when OBJ is an object file, "
+        "required for a .S source",
+    )
+    p.add_argument(
+        "obj",
+        metavar="OBJ",
+        help="an object file (.o, .ko), an assembly source (.S) or a bundled fixture name (funcs, ...)",
+    )
     if call:
         p.add_argument(
-            "call", metavar="CALL", help='the call to run, e.g. "fib(20)" or \'crc32_bitwise(0, b"123456789", 9)\''
+            "call",
+            metavar="CALL",
+            help='the call to run, e.g. "fib(20)" or \'crc32_bitwise(0, b"123456789", 9):x32\', or several '
+            'sharing named buffers: \'arc4_setkey(ctx=buf(1032), b"Key", 3); arc4_crypt(ctx, out=buf(9), '
+            'b"Plaintext", 9)\'',
         )
     p.add_argument(
         "--load",
