@@ -19,7 +19,7 @@ from pathlib import Path
 import unicorn
 from unicorn import UcError
 
-from . import asm
+from . import asm, refuse
 from .arch import Arch
 from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
@@ -292,6 +292,7 @@ class Machine:
         """An ELF object (.o, .ko), or an assembly source (.S) assembled into one (asm_object)."""
         path = Path(path)
         obj = (load_assembly if path.suffix == ".S" else load_object)(self, path, stubs)
+        refuse.guard(self, obj)
         self.objects.append(obj)
         return obj
 

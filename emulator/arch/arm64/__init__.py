@@ -159,4 +159,5 @@ CPU = Arch(
     runtime=Path(__file__).parent / "runtime.S",
     reloc_hints=RELOC_HINTS,
     site_flags="-fpatchable-function-entry=2",  # arch/arm64/Makefile (DYNAMIC_FTRACE_WITH_ARGS)
+    refused=None,
 )
