@@ -8,21 +8,23 @@ verifies and prints it).
 At load, each function of the object is decoded linearly from its symbol to the next function (or
 its section's end), so padding between functions is decoded too and each function start resyncs the
 decoding. A byte capstone cannot decode is skipped by one instruction alignment unit: if it runs, it
-faults as an invalid instruction in Unicorn too. A code span holding a refused instruction gets a
+faults as an invalid instruction in Unicorn too. A code span holding a refused instruction gets one
 block hook over that span, nothing else does: an object without one costs nothing. The hook fires
-before a translated block runs, decodes that block (its decoding is exact: the block starts where
-execution really is) and refuses the first refused instruction in it, before any of it runs. It is
-a block hook and not a code hook per instruction because every code hook slows every instruction
-under the budget (docs/unicorn.md, "Hooks, the instruction budget and counting").
+before a translated block runs and refuses the first refused instruction inside the block, before
+any of the block runs. It is a block hook and not a code hook per instruction because every code
+hook slows every instruction under the budget (docs/unicorn.md, "Hooks, the instruction budget
+and counting").
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
+from functools import cache
 
+import capstone
 import unicorn
 
-from . import asm
 from .elf import LoadedObject
 from .errors import GuestFault
 
@@ -33,8 +35,9 @@ def guard(machine, obj: LoadedObject) -> None:
     if refused is None:
         return
     for begin, end in _spans(obj):
-        if any(refused(code) for _, code in _decode(machine, begin, end)):
-            machine.uc.hook_add(unicorn.UC_HOOK_BLOCK, _Refusal(machine, refused), begin=begin, end=end - 1)
+        found = {addr: why for addr, code in _decode(machine, begin, end) if (why := refused(code))}
+        if found:
+            machine.uc.hook_add(unicorn.UC_HOOK_BLOCK, _Refusal(machine, found), begin=begin, end=end - 1)
             machine.uc.ctl_remove_cache(begin, end)
 
 
@@ -50,31 +53,38 @@ def _spans(obj: LoadedObject) -> list[tuple[int, int]]:
     return spans
 
 
+@cache
+def _capstone(arch_id: tuple[int, int]) -> capstone.Cs:
+    return capstone.Cs(*arch_id)
+
+
 def _decode(machine, begin: int, end: int):
-    """(address, bytes) of each instruction decoded linearly in [begin, end)."""
+    """(address, bytes) of each instruction decoded linearly in [begin, end) (capstone without
+    details: about 1 µs an instruction)."""
     code, offset, step = machine.read(begin, end - begin), 0, machine.arch.insn_align
+    cs = _capstone(machine.arch.cs)
     while offset < len(code):
-        insn = asm.decode(machine.arch, code[offset : offset + 16], begin + offset)
-        size = insn.size if insn is not None else step
-        if insn is not None:
-            yield begin + offset, bytes(insn.bytes)
-        offset += size
+        for _, size, _, _ in cs.disasm_lite(code[offset:], begin + offset):
+            yield begin + offset, code[offset : offset + size]
+            offset += size
+        if offset < len(code):  # capstone stopped at bytes it cannot decode
+            offset += step
 
 
 class _Refusal:
-    """The block hook: the first refused instruction of a block about to run, as a guest fault."""
+    """The block hook: the first refused instruction of a block about to run, as a guest fault.
+    The addresses are the ones found at load, so a kprobe's int3 over one's first byte does not
+    hide it (the kprobe would run the original instruction out of line)."""
 
-    def __init__(self, machine, refused):
-        self.machine, self.refused = machine, refused
-        self.blocks: dict[tuple[int, int], tuple[int, str] | None] = {}  # (addr, size) -> (where, why)
+    def __init__(self, machine, found: dict[int, str]):
+        self.machine = machine
+        self.texts = {
+            addr: f"{machine.disasm(addr)} at {addr:#x} <{machine.symbols.name(addr)}>: {why}"
+            for addr, why in found.items()
+        }
+        self.addrs = sorted(found)
 
     def __call__(self, uc, addr: int, size: int, _) -> None:
-        key = (addr, size)
-        if key not in self.blocks:
-            found = ((at, self.refused(code)) for at, code in _decode(self.machine, addr, addr + size))
-            self.blocks[key] = next(((at, why) for at, why in found if why), None)
-        hit = self.blocks[key]
-        if hit is not None:
-            at, why = hit
-            m = self.machine
-            raise GuestFault(f"guest fault: refused {m.disasm(at)} at {at:#x} <{m.symbols.name(at)}>: {why}")
+        i = bisect.bisect_left(self.addrs, addr)
+        if i < len(self.addrs) and self.addrs[i] < addr + size:
+            raise GuestFault(f"guest fault: refused {self.texts[self.addrs[i]]}")

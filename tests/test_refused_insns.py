@@ -17,6 +17,8 @@ from unicorn import x86_const as X
 from emulator import GuestFault, Machine, asm
 from emulator import arch as arches
 from fixtures import catalog
+from tracers import Lab
+from tracers.core.kprobes import Kprobe
 
 X86 = arches.get("x86_64")
 EM = {"x86_64": 62, "arm64": 183}
@@ -167,3 +169,16 @@ def test_fixtures_have_nothing_refused(variant):
         for addr, _, text in asm.disassemble(X86, m.read(f.addr, f.size), f.addr):
             assert not text.startswith("v"), f"{f.name} at {addr:#x}: {text}"
             assert X86.refused(m.read(addr, 15)) is None, f"{f.name} at {addr:#x}: {text}"
+
+
+def test_kprobe_on_a_refused_instruction_does_not_hide_it(vex_machine, tmp_path):
+    """A kprobe's int3 over the vpaddd's first byte would run the original instruction out of line
+    in a slot: the refusal still comes first."""
+    path = tmp_path / "vex.o"  # vex_machine wrote it
+    lab = Lab.open(str(path), "x86_64")
+    hits = []
+    lab.kprobes.register(Kprobe("vadd", 2, lambda p, regs: hits.append(p) and 0))
+    assert lab.machine.read(lab.machine.symbols.get("vadd").addr + 2, 1) == b"\xcc"  # armed
+    with pytest.raises(GuestFault, match=r"^guest fault: refused vpaddd xmm0, xmm1, xmm2 at 0x[0-9a-f]+ <vadd\+0x2>"):
+        lab.call("vadd", 7)
+    assert hits == []
