@@ -565,6 +565,9 @@ class Machine:
         if self._fault_access is not None:
             access, addr, mapped = self._fault_access
             self._fault_access = None
+            bad_pointer = self.arch.bad_pointer and self.arch.bad_pointer(pc, self.symbols.name)
+            if access == unicorn.UC_MEM_FETCH and bad_pointer:
+                return GuestFault(f"guest fault: execution of {pc:#x}, {bad_pointer}")
             if not mapped and access != unicorn.UC_MEM_FETCH:
                 addr = self._exact_fault_address(pc) or addr
             kind = {

@@ -168,4 +168,5 @@ CPU = Arch(
     reloc_hints=RELOC_HINTS,
     site_flags="-pg -mfentry -mrecord-mcount",  # arch/x86/Makefile, kernel/trace/Kconfig (CC_USING_FENTRY)
     refused=refused,
+    bad_pointer=None,
 )
