@@ -11,9 +11,10 @@ decoding. A byte capstone cannot decode is skipped by one instruction alignment 
 faults as an invalid instruction in Unicorn too. A code span holding a refused instruction gets one
 block hook over that span, nothing else does: an object without one costs nothing. The hook fires
 before a translated block runs and refuses the first refused instruction inside the block, before
-any of the block runs. It is a block hook and not a code hook per instruction because every code
-hook slows every instruction under the budget (docs/unicorn.md, "Hooks, the instruction budget
-and counting").
+any of the block runs. (A block that falls through from the code before a function symbol into a
+refused instruction is not seen: compilers end functions with a branch.) It is a block hook and not
+a code hook per instruction because every code hook slows every instruction under the budget
+(docs/unicorn.md, "Hooks, the instruction budget and counting").
 """
 
 from __future__ import annotations

@@ -71,6 +71,23 @@ def test_unicorn_runs_vex_with_sse_semantics():
     assert uc.reg_read(X.UC_X86_REG_XMM0) == 1000 + 1  # not 100 + 1
 
 
+def test_cpuid_advertises_no_avx():
+    """Kernel code that picks an AVX path by CPU feature (boot_cpu_has(X86_FEATURE_AVX)) does not
+    pick it: CPUID.1:ECX.AVX[28] and CPUID.7.0:EBX.AVX2[5] are clear (Intel SDM vol. 2A, CPUID)."""
+    uc = unicorn.Uc(*X86.uc)
+    code = x86("cpuid")
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, code)
+    leaves = {}
+    for leaf in (1, 7):
+        uc.reg_write(X.UC_X86_REG_RAX, leaf)
+        uc.reg_write(X.UC_X86_REG_RCX, 0)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        leaves[leaf] = uc.reg_read(X.UC_X86_REG_RCX), uc.reg_read(X.UC_X86_REG_RBX)
+    assert leaves[1][0] >> 28 & 1 == 0
+    assert leaves[7][1] >> 5 & 1 == 0
+
+
 @pytest.mark.parametrize(
     "source,kind",
     [
