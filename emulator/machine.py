@@ -20,7 +20,7 @@ from pathlib import Path
 import unicorn
 from unicorn import UcError
 
-from . import asm
+from . import asm, refuse
 from .arch import Arch
 from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
@@ -303,6 +303,7 @@ class Machine:
         """An ELF object (.o, .ko), or an assembly source (.S) assembled into one (asm_object)."""
         path = Path(path)
         obj = (load_assembly if path.suffix == ".S" else load_object)(self, path, stubs)
+        refuse.guard(self, obj)
         self.objects.append(obj)
         return obj
 
@@ -575,6 +576,9 @@ class Machine:
         if self._fault_access is not None:
             access, addr, mapped = self._fault_access
             self._fault_access = None
+            bad_pointer = self.arch.bad_pointer and self.arch.bad_pointer(pc, self.symbols.name)
+            if access == unicorn.UC_MEM_FETCH and bad_pointer:
+                return GuestFault(f"guest fault: execution of {pc:#x}, {bad_pointer}")
             if not mapped and access != unicorn.UC_MEM_FETCH:
                 addr = self._exact_fault_address(pc) or addr
             kind = {

@@ -62,6 +62,12 @@ class Arch:
     reloc_hints: dict[int, str] = field(default_factory=dict)
     # the compiler flags a kernel build gives for dynamic ftrace's patch sites (CC_FLAGS_FTRACE)
     site_flags: str = ""
+    # An instruction's bytes -> why the lab will not run it (the CPU model would run it wrongly), or
+    # None to run it; None: nothing is refused. emulator/refuse.py stops the guest before one runs.
+    refused: Callable[[bytes], str | None] | None = None
+    # (address a fetch failed at, symbol namer) -> what the address itself says went wrong (arm64:
+    # a pointer that failed authentication), or None; None: addresses say nothing.
+    bad_pointer: Callable[[int, Callable[[int], str]], str | None] | None = None
 
 
 def sign_check(value: int, bits: int, signed: bool) -> bool:

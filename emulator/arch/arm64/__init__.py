@@ -73,14 +73,68 @@ def deliver_trap(uc, intno, read):
     return None
 
 
+# SCR_EL3, HCR_EL2 and SCTLR_EL1 bits, and the system registers' (op0, op1, CRn, CRm, op2).
+SCR_EL3_NS, SCR_EL3_RW, SCR_EL3_APK, SCR_EL3_API = 1, 1 << 10, 1 << 16, 1 << 17
+HCR_RW, HCR_APK, HCR_API = 1 << 31, 1 << 40, 1 << 41
+SCTLR_ELx_ENIA, SCTLR_ELx_ENIB, SCTLR_ELx_ENDA, SCTLR_ELx_ENDB = 1 << 31, 1 << 30, 1 << 27, 1 << 13
+SCR_EL3, HCR_EL2, SCTLR_EL1 = (3, 6, 1, 1, 0), (3, 4, 1, 1, 0), (3, 0, 1, 0, 0)
+APIAKEYLO_EL1, APIAKEYHI_EL1 = (3, 0, 2, 1, 0), (3, 0, 2, 1, 1)
+ID_AA64ISAR1_EL1, ID_AA64ISAR2_EL1 = (3, 0, 0, 6, 1), (3, 0, 0, 6, 2)
+ID_AA64ISAR1_APA_SHIFT, ID_AA64ISAR2_APA3_SHIFT = 4, 12
+# The kernel's instruction key A. ptrauth_keys_init_kernel() draws it per task with
+# get_random_bytes(); the lab's is fixed, so signed return addresses are the same on every run.
+KERNEL_APIAKEY = (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210)  # lo, hi
+
+
+def has_address_auth(uc) -> bool:
+    """What __ptrauth_keys_init_cpu tests: ID_AA64ISAR1_EL1.{APA,API} or ID_AA64ISAR2_EL1.APA3."""
+    apa_api = (uc.cpr_read(*ID_AA64ISAR1_EL1) >> ID_AA64ISAR1_APA_SHIFT) & 0xFF
+    return bool(apa_api or (uc.cpr_read(*ID_AA64ISAR2_EL1) >> ID_AA64ISAR2_APA3_SHIFT) & 0xF)
+
+
 def setup_cpu(uc, page):
-    """EL1h with interrupts unmasked and PAN set, as kernel code normally runs (CONFIG_ARM64_PAN).
-    SCR_EL3.RW=1 so that an EL1->EL1 eret is legal (with unicorn's reset RW=0, EL1 counts as AArch32
-    and the eret is an illegal return that sets PSTATE.IL); SP_EL0 points at a zeroed "task" page
-    (the stack canary lives there)."""
+    """EL1h with interrupts unmasked and PAN set, as kernel code normally runs (CONFIG_ARM64_PAN);
+    SP_EL0 points at a zeroed "task" page (the stack canary lives there).
+
+    EL1 is Non-secure, below an EL2 and EL3 set up as Documentation/arch/arm64/booting.rst asks of
+    firmware: SCR_EL3.RW and HCR_EL2.RW (EL1 is AArch64; with unicorn's reset RW=0 an EL1->EL1
+    eret is an illegal return that sets PSTATE.IL), SCR_EL3.{API,APK} and HCR_EL2.{API,APK} ("for
+    CPUs with pointer authentication": PAC instructions and key registers are not trapped); HCR_EL2
+    is the kernel's HCR_HOST_NVHE_FLAGS (arch/arm64/include/asm/kvm_arm.h) less HCR_ATA (no MTE).
+    Then pointer authentication is on as __ptrauth_keys_init_cpu leaves it
+    (arch/arm64/include/asm/asm_pointer_auth.h, torvalds/linux 292ca2d8): SCTLR_EL1.{EnIA, EnIB,
+    EnDA, EnDB} set and the kernel's APIA key installed, so paciasp signs the return address and
+    autiasp checks it (in Secure EL1 unicorn traps them, docs/unicorn.md)."""
     uc.reg_write(A.UC_ARM64_REG_PSTATE, PSTATE_PAN | 0x5)
     uc.reg_write(A.UC_ARM64_REG_SP_EL0, page)
-    uc.cpr_write(3, 6, 1, 1, 0, 0x400)  # SCR_EL3; a CP_REG write also rebuilds the cached EL
+    uc.cpr_write(*HCR_EL2, HCR_RW | HCR_API | HCR_APK)
+    if has_address_auth(uc):
+        enable = SCTLR_ELx_ENIA | SCTLR_ELx_ENIB | SCTLR_ELx_ENDA | SCTLR_ELx_ENDB
+        uc.cpr_write(*SCTLR_EL1, uc.cpr_read(*SCTLR_EL1) | enable)
+        uc.cpr_write(*APIAKEYLO_EL1, KERNEL_APIAKEY[0])
+        uc.cpr_write(*APIAKEYHI_EL1, KERNEL_APIAKEY[1])
+    # last: a CP_REG write also rebuilds the cached EL and security state
+    uc.cpr_write(*SCR_EL3, SCR_EL3_NS | SCR_EL3_RW | SCR_EL3_APK | SCR_EL3_API)
+
+
+PAC_ERROR_SHIFT = 61  # where AUTIA/AUTIB put their error code with TBI off (TCR_EL1.TBI0 is 0)
+PAC_ERRORS = {0b01: "A", 0b10: "B"}  # error code -> key
+
+
+def failed_authentication(addr, name):
+    """Without FEAT_FPAC a failed AUTIA/AUTIB does not fault: it replaces the pointer's PAC field
+    with copies of bit 55 and sets a per-key error code in bits 62:61 (the Arm ARM's AArch64.Auth;
+    QEMU's pauth_auth), making it non-canonical. The fault comes at the use, such as a ret."""
+    top = (addr >> 48) ^ (0xFFFF if addr >> 55 & 1 else 0)  # bits 63:48, 0 where they extend bit 55
+    error = top >> (PAC_ERROR_SHIFT - 48)
+    key = PAC_ERRORS.get(error)
+    if key is None or top != error << (PAC_ERROR_SHIFT - 48):
+        return None
+    pointer = addr ^ error << PAC_ERROR_SHIFT
+    return (
+        f"a pointer that failed authentication: AUTI{key} (key {key}) found the PAC of {pointer:#x} "
+        f"<{name(pointer)}> wrong and poisoned it (a return address corrupted after PACI{key}SP?)"
+    )
 
 
 def _field(shift, width, scale=0):
@@ -139,7 +193,7 @@ CPU = Arch(
     uc=(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
     cs=(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
     ks=(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN),
-    cpu_model=A.UC_CPU_ARM64_MAX,  # MAX has PAN, UAO and BTI; the default Cortex-A72 has none
+    cpu_model=A.UC_CPU_ARM64_MAX,  # MAX has PAN, UAO, BTI and PAuth; the default Cortex-A72 none
     insn_align=4,
     regs=REGS,
     pc="pc",
@@ -159,4 +213,6 @@ CPU = Arch(
     runtime=Path(__file__).parent / "runtime.S",
     reloc_hints=RELOC_HINTS,
     site_flags="-fpatchable-function-entry=2",  # arch/arm64/Makefile (DYNAMIC_FTRACE_WITH_ARGS)
+    refused=None,
+    bad_pointer=failed_authentication,
 )

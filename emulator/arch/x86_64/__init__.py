@@ -98,6 +98,31 @@ def setup_cpu(uc, page):
     uc.reg_write(X.UC_X86_REG_RFLAGS, 0x202)
 
 
+# Legacy prefixes that may come before a VEX, EVEX or XOP opcode byte (a REX prefix there is #UD).
+LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+VEX = (
+    "Unicorn runs VEX-encoded (AVX) instructions with SSE semantics, so its result would be wrong"
+    " (vpaddd xmm0, xmm1, xmm2 computes xmm0 + xmm2)"
+)
+REFUSED_OPCODES = {
+    0xC4: VEX,
+    0xC5: VEX,
+    0x62: "EVEX-encoded (AVX-512): Unicorn does not implement it",
+    0x8F: "XOP-encoded (AMD): Unicorn does not implement it",
+}
+
+
+def refused(code: bytes) -> str | None:
+    """VEX (C4, C5), EVEX (62) and XOP (8F with ModRM.reg != 0, POP r/m otherwise) encodings: in
+    64-bit mode C4, C5 and 62 after the legacy prefixes are nothing else (LES, LDS and BOUND are
+    gone). Unicorn 2.1 runs 128-bit VEX ones with legacy SSE semantics (docs/unicorn.md, x86_64)."""
+    i = next((n for n, b in enumerate(code) if b not in LEGACY_PREFIXES), len(code))
+    opcode = code[i] if i < len(code) else None
+    if opcode == 0x8F and (i + 1 >= len(code) or not code[i + 1] >> 3 & 7):
+        return None
+    return REFUSED_OPCODES.get(opcode) if opcode is not None else None
+
+
 RELOCS = {
     0: Reloc("R_X86_64_NONE", 0, lambda S, A, P: 0),  # a no-op, as apply_relocate_add() takes it
     1: Reloc("R_X86_64_64", 8, lambda S, A, P: S + A),
@@ -142,4 +167,6 @@ CPU = Arch(
     runtime=Path(__file__).parent / "runtime.S",
     reloc_hints=RELOC_HINTS,
     site_flags="-pg -mfentry -mrecord-mcount",  # arch/x86/Makefile, kernel/trace/Kconfig (CC_USING_FENTRY)
+    refused=refused,
+    bad_pointer=None,
 )
