@@ -101,8 +101,8 @@ def setup_cpu(uc, page):
 # Legacy prefixes that may come before a VEX, EVEX or XOP opcode byte (a REX prefix there is #UD).
 LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
 VEX = (
-    "Unicorn runs VEX-encoded (AVX) instructions with SSE semantics, so its result would be wrong"
-    " (vpaddd xmm0, xmm1, xmm2 computes xmm0 + xmm2)"
+    "VEX-encoded (AVX, BMI): Unicorn runs 128-bit AVX with SSE semantics (vpaddd xmm0, xmm1, xmm2"
+    " computes xmm0 + xmm2), so the lab runs no VEX instruction until one is verified"
 )
 REFUSED_OPCODES = {
     0xC4: VEX,
