@@ -43,6 +43,8 @@ ftrace_call:
     add sp, sp, #FREGS_SIZE + 32
     ret x9
 
+.include "mcount_caller.S"
+
 /* The ops dispatch, ftrace_ops_list_func(ip, parent_ip, op, fregs) (kernel/trace/ftrace.c). The
  * registered ftrace_ops run in the lab: this stub leaves its arguments in lab data, where the lab
  * reads them with one load, and branches to ftrace_ops_list_lab, whose block carries the lab's
