@@ -186,6 +186,16 @@ class Ftrace:
                 addrs += [place + enc.offset_from_reloc for place in obj.imports.get(sym, [])]
         return addrs
 
+    def uncaptured(self) -> dict[int, tuple[str, ...]]:
+        """Site ip -> the ftrace_regs members its trampoline stores but, at that kind of site, does
+        not capture (arm64 -pg: x0), for decoding the records that copy every member."""
+        every = self.karch.ftrace_regs_saved
+        out = {}
+        for s in self.sites:
+            if s.encoding.saved is not None and (lost := tuple(m for m in every if m not in s.encoding.saved)):
+                out[s.ip] = lost
+        return out
+
     def site(self, func: str) -> Site:
         found = next((s for s in self.sites if s.func.name == func), None)
         if found is None:
