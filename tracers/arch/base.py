@@ -44,6 +44,7 @@ class SiteEncoding:
     # (site ip, true registers at the site, u64(addr)) -> the true value.
     meaning: dict[str, Callable[[int, dict, Callable[[int], int]], int]] = field(default_factory=dict)
     where: str = ""  # where the site is and what its trampoline can know, in a phrase
+    after_prologue: bool = False  # the site follows the function's prologue (-pg mcount)
 
 
 @dataclass(frozen=True)

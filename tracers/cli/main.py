@@ -132,7 +132,9 @@ def cmd_record(args, out):
     with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
         [lab] = list(_labs(args))
         lab.calls.check(name, call_args)
-        rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip())
+        rec = Recorder(
+            output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, args.call.strip(), lab.ftrace.uncaptured()
+        )
         # the tracer's events are the file's records: it writes them and decodes none
         options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
         tracer = TRACERS[args.tracer](

@@ -107,7 +107,9 @@ class GraphDecoder:
                 if ip in self.partial:
                     keep, miss = self.partial[ip]
                     regs = {m: regs[m] for m in keep}
-                yield Event(name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args), "ftrace_regs", regs, miss)
+                yield Event(
+                    name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args), "ftrace_regs", regs, miss
+                )
             else:
                 yield Event(
                     name,

@@ -142,6 +142,7 @@ KERNEL = KernelArch(
     legacy_sites=(
         SiteEncoding(
             name="mcount",
+            after_prologue=True,
             tables=(),  # -pg records nothing: every R_AARCH64_CALL26 against _mcount is a site
             call_symbols=("_mcount",),
             offset_from_reloc=0,

@@ -176,6 +176,7 @@ KERNEL = KernelArch(
     legacy_sites=(
         SiteEncoding(
             name="mcount",
+            after_prologue=True,
             tables=("__mcount_loc",),  # gcc -pg -mrecord-mcount; else the relocations against mcount
             call_symbols=("mcount",),
             offset_from_reloc=-1,
