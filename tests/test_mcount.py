@@ -5,6 +5,7 @@ The references are independent of the lab: the objects' relocations read with py
 instructions decoded with capstone, the C source's call graph, the catalog's functions, and the
 emulator's true registers at each site (verify mode)."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -21,6 +22,7 @@ from tracers.core.ftrace import FtraceOps
 from tracers.core.kprobes import Kprobe
 from tracers.core.kretprobe import Kretprobe
 from tracers.output.sinks import ListSink
+from transcripts import run
 
 MCOUNT = [
     pytest.param(a, n, id=f"{a}-{n}")
@@ -240,3 +242,16 @@ def test_kprobes_kretprobes_and_fprobes_on_an_mcount_function(arch):
     lab.kprobes.register(on_site)
     assert lab.call("add3", 1, 2, 3) == 6
     assert seen[-1] == site.ip + lab.karch.kprobes.TRAP_IP_OFFSET
+
+
+def test_replay_marks_what_the_trace_marked(tmp_path):
+    """The ring records copy every ftrace_regs member: a recording says which ones an mcount site
+    does not capture (arm64's x0), so its replay prints what the trace printed."""
+    rec = str(tmp_path / "t.rec")
+    call = ["funcs-mcount", "--arch", "arm64", "chain_a(10)"]
+    traced = run(["trace", "--tracer", "function_graph", "--format", "json", *call])
+    assert run(["record", "--tracer", "function_graph", "-o", rec, *call])[2] == 0
+    replayed = run(["replay", "--format", "json", rec])
+    assert replayed == traced and traced[2] == 0
+    entries = [json.loads(line) for line in traced[0].splitlines() if '"entry"' in line]
+    assert len(entries) == 4 and all("x0" in e["regs"]["missing"] for e in entries)
