@@ -45,10 +45,12 @@ ftrace_call:
 
 /*
  * ftrace_caller_mcount for arm64's legacy -pg sites, after the !DYNAMIC_FTRACE_WITH_REGS half of
- * arch/arm64/kernel/entry-ftrace.S (AKASHI Takahiro, 2014; torvalds/linux 45aaee55afff in 6.1, and
- * asm/ftrace.h still had its MCOUNT_ADDR in 6.6). The modelled 7.0 builds only patchable entries
- * (DYNAMIC_FTRACE_WITH_ARGS); this models that older path, dispatching into the same ftrace_regs
- * ops list as ftrace_caller.
+ * arch/arm64/kernel/entry-ftrace.S as 6.1 had it (blob 45aaee55afff; AKASHI Takahiro's 2014 code:
+ * mcount_enter, mcount_get_pc0, mcount_get_lr, ftrace_graph_caller's mcount_get_lr_addr and
+ * mcount_get_parent_fp); 6.6's asm/ftrace.h still defined MCOUNT_ADDR for it. The modelled 7.0
+ * builds only patchable entries (DYNAMIC_FTRACE_WITH_ARGS). The lab runs that 6.1 site and frame
+ * recovery, but dispatches into 7.0's ftrace_regs ops list as ftrace_caller does (the kernel's
+ * called the tracer with (pc, lr) only, and fgraph through a separate ftrace_graph_caller).
  *
  * Entered by `BL ftrace_caller_mcount` at an enabled site, after the prologue built the traced
  * function's frame record at x29 = {the parent's fp, lr}:

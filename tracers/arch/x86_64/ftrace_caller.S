@@ -77,7 +77,8 @@
 
 define_ftrace_caller ftrace_caller, ftrace_call, fentry
 define_ftrace_regs_caller ftrace_regs_caller, ftrace_regs_call, fentry
-/* The same for legacy -pg sites (the kernel built one or the other, by CC_USING_FENTRY). */
+/* The same for legacy -pg sites, as 5.1 built them without CC_USING_FENTRY (a kernel had one or
+ * the other; the lab patches both kinds of object). */
 define_ftrace_caller ftrace_caller_mcount, ftrace_call_mcount, mcount
 define_ftrace_regs_caller ftrace_regs_caller_mcount, ftrace_regs_call_mcount, mcount
 

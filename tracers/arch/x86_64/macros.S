@@ -35,8 +35,10 @@
 /* mcount (-pg without -mfentry: call mcount after push rbp; mov rbp, rsp): the parent ip is
  * 8(%rbp), as save_mcount_regs found it without CC_USING_FENTRY (`movq 8(%rdx), %rsi` with rdx the
  * original rbp, arch/x86/kernel/ftrace_64.S up to 5.1; torvalds/linux 562e14f72292 "ftrace/x86:
- * Remove mcount support" took it out for 5.2), and that slot is the function's sp at entry (the
- * lab's ftrace_regs sp, so that fgraph, rethook and stack arguments find it as at fentry). */
+ * Remove mcount support" took it out for 5.2). That slot is the one 5.1's ftrace_graph_caller
+ * hooked (`leaq 8(%rdx), %rsi`), and the function's sp at entry: the lab stores it as the ftrace_regs
+ * sp, so that fgraph, rethook and stack arguments find it as at fentry (5.1's ftrace_regs_caller
+ * stored the site's rsp there; its ftrace_caller passed no regs at all). */
 .macro mcount_frame added
     lea rdx, [rbp+8]
     mov [rsp+RSP], rdx
