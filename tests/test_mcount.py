@@ -17,10 +17,12 @@ from fixtures import catalog
 from helpers import ARCHES, EXAMPLES
 from tracers import FunctionTracer, Lab
 from tracers.builtin.function_graph import FunctionGraphTracer
+from tracers.core.fgraph import FgraphOps
 from tracers.core.fprobe import Fprobe
 from tracers.core.ftrace import FtraceOps
 from tracers.core.kprobes import Kprobe
 from tracers.core.kretprobe import Kretprobe
+from tracers.core.stacktrace import stack_trace
 from tracers.output.sinks import ListSink
 from transcripts import run
 
@@ -255,3 +257,21 @@ def test_replay_marks_what_the_trace_marked(tmp_path):
     assert replayed == traced and traced[2] == 0
     entries = [json.loads(line) for line in traced[0].splitlines() if '"entry"' in line]
     assert len(entries) == 4 and all("x0" in e["regs"]["missing"] for e in entries)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_unwinding_through_hooked_mcount_frames(arch):
+    """The word fgraph recorded for each hooked frame (x86: the return slot rbp + 8, arm64: the
+    caller's fp from the frame record) is the one an unwinder finds in the frame records, so
+    ftrace_graph_ret_addr gives back the real return addresses."""
+    lab = Lab.open("funcs-mcount", arch)
+    fg, m, traces = lab.fgraph, lab.machine, []
+
+    def ret(trace, gops, fregs):
+        if trace.depth == 2:
+            args = (m, lab.karch, fregs.get_instruction_pointer(), fregs.get_frame_pointer())
+            traces.append([m.symbols.lookup(a)[0].name for a in stack_trace(*args, [fg.ret_addr])])
+
+    fg.register(FgraphOps(lambda t, g, f: 1, ret))
+    assert lab.call("chain_a", 10) == 129
+    assert traces == [["chain_b", "chain_a", "ftlab_caller"]]
