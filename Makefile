@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint format-check types coverage bench golden fixtures clean
+.PHONY: demo test check lint format-check types coverage bench golden fixtures modules clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/ftlab demo
 
 # The whole suite (slow sweeps included) on every core; `$(BIN)/pytest -m 'not slow'` skips the sweeps.
-test: $(STAMP)
+test: $(STAMP) modules
 	$(BIN)/pytest
 
 # What CI runs: lint, format, types, then the whole suite under coverage with its floor.
@@ -32,7 +32,7 @@ format-check: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-coverage: $(STAMP)
+coverage: $(STAMP) modules
 	$(BIN)/pytest --cov --cov-report=term
 
 bench: $(STAMP)
@@ -45,6 +45,10 @@ golden: $(STAMP)
 # Rebuild the committed fixture objects (installs the cross compilers when missing).
 fixtures:
 	bash fixtures/build.sh
+
+# Download the Debian kernel modules tests/test_debian_modules.py runs; a failure only makes those tests skip.
+modules:
+	-bash fixtures/modules.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench.json .coverage .coverage.* .mypy_cache .ruff_cache

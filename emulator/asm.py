@@ -153,10 +153,13 @@ def _expand(lines: list[str], macros: dict[str, _Macro], name: str, nesting: int
     return out
 
 
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string literal, escapes included
+
+
 def _statements(source: str, constants: dict[str, int], where: Path | None = None, name: str = "<lab>") -> list[str]:
     out = []
     for line in _expand(_lines(source, where), {}, name):
-        if "\\" in line:
+        if "\\" in STRING.sub('""', line):  # a string's escapes (.ascii "\001") are its own
             raise FtlabError(f"{name}: '{line}' names an argument no macro or .irp around it has")
         out.append(NAME.sub(lambda m: str(constants.get(m.group(), m.group())), line))
     return out
@@ -170,21 +173,50 @@ def assemble(
     name: str = "<lab>",
     where: Path | None = None,
 ) -> Assembly:
-    stmts = _statements(source, constants or {}, where, name)
+    return assemble_statements(arch, _statements(source, constants or {}, where, name), base, name)
+
+
+def preprocess(source: str, where: Path | None, name: str) -> list[str]:
+    """A source's statements: comments gone, `.include`, macros and `.irp` expanded."""
+    return _statements(source, {}, where, name)
+
+
+def assemble_statements(arch, stmts: list[str], base: int, name: str = "<lab>") -> Assembly:
+    """Preprocessed statements (labels on lines of their own) assembled at base."""
     labels = [m.group(1) for s in stmts if (m := LABEL.match(s))]
     exported = tuple(s.split()[1] for s in stmts if s.startswith(".globl"))
     body = [s for s in stmts if not s.startswith(".globl")]
-    # Keystone reports no symbols, so a table of every label's address is appended and read back.
-    text = "\n".join(body + [".balign 8"] + [f".quad {label}" for label in labels]) + "\n"
     try:
-        encoding, _ = _ks(arch.ks).asm(text, base)
+        code = _keystone(arch, body, labels, base)
     except keystone.KsError as err:
-        raise FtlabError(f"{name}: keystone cannot assemble it: {err}") from None
-    code = bytes(encoding or b"")
+        failing = _first_failing(arch, body, labels, base)
+        raise FtlabError(f"{name}: keystone cannot assemble {failing}: {err}") from None
     table = code[len(code) - 8 * len(labels) :]
     symbols = dict(zip(labels, struct.unpack(f"<{len(labels)}Q", table), strict=True))
     code = code[: len(code) - 8 * len(labels)]
     return Assembly(base, code, symbols, exported, tuple(s for s in body if not LABEL.match(s)))
+
+
+def _keystone(arch, body: list[str], labels: list[str], base: int) -> bytes:
+    """Keystone's bytes, then a table of every label's address: it reports no symbols itself."""
+    text = "\n".join(body + [".balign 8"] + [f".quad {label}" for label in labels]) + "\n"
+    encoding, _ = _ks(arch.ks).asm(text, base)
+    return bytes(encoding or b"")
+
+
+def _first_failing(arch, body: list[str], labels: list[str], base: int) -> str:
+    """The first statement keystone refuses ('it' if none alone is to blame): the shortest failing
+    prefix, every label still defined after it. Keystone's own statement count does not say."""
+    lo, hi = 0, len(body)  # body[:lo] assembles; body[:hi] does not (as a whole, it failed)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        defined = {m.group(1) for s in body[:mid] if (m := LABEL.match(s))}
+        try:
+            _keystone(arch, body[:mid] + [f"{label}:" for label in labels if label not in defined], [], base)
+            lo = mid
+        except keystone.KsError:
+            hi = mid
+    return f"'{body[hi - 1]}'" if hi else "it"
 
 
 def disassemble(arch, code: bytes, addr: int) -> list[tuple[int, int, str]]:
@@ -267,6 +299,8 @@ def _normal(text: str, symbols: dict[str, int], next_ip: int | None = None) -> s
         total = int(m.group(1)) + sum(int(t) for t in re.findall(r"[+-]\d+", m.group(2)))
         text = text[: m.start()] + str(total) + text[m.end() :]
     text = re.sub(r"\+-", "-", text).replace(",0]", "]").replace("+0]", "]")
+    # tbz/tbnz name bits 0-31 of either register form, which encode alike: capstone prints the w form
+    text = re.sub(r"^(tbn?z)x(\d+),(\d+),", lambda m: f"{m[1]}{'w' if int(m[3]) < 32 else 'x'}{m[2]},{m[3]},", text)
     if next_ip is not None:  # capstone prints rip-relative operands as a displacement
         text = re.sub(r"rip([+-]\d+)", lambda m: f"rip+{next_ip + int(m.group(1))}", text)
     return ALIASES.get(text, text)
@@ -277,7 +311,7 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
 
     Returns the disagreements (empty when keystone encoded exactly what the source says).
     """
-    problems, addr, end = [], asm.base, asm.base + len(asm.code)
+    problems, addr = [], asm.base
     for stmt in asm.statements:
         directive = stmt.split()[0]
         if directive == ".balign":
@@ -290,13 +324,24 @@ def roundtrip(arch, asm: Assembly) -> list[str]:
         if directive in (".quad", ".byte"):
             addr += (8 if directive == ".quad" else 1) * len(stmt.split(None, 1)[1].split(","))
             continue
-        off = addr - asm.base
-        decoded = disassemble(arch, asm.code[off : off + 16], addr)
-        if addr >= end or not decoded:
-            problems.append(f"{addr:#x}: '{stmt}' did not decode")
+        size, problem = check_instruction(arch, asm, addr, stmt)
+        if problem:
+            problems.append(problem)
+        if size is None:
             break
-        _, size, text = decoded[0]
-        if _normal(stmt, asm.symbols) != _normal(text, {}, addr + size):
-            problems.append(f"{addr:#x}: source '{stmt}' assembled as '{text}'")
         addr += size
     return problems
+
+
+def check_instruction(arch, asm: Assembly, addr: int, stmt: str, symbols=None) -> tuple[int | None, str | None]:
+    """The size of the instruction assembled from `stmt` at addr (None if nothing decodes there),
+    and how capstone's reading of it disagrees with the source, if it does. `symbols` are the
+    labels the source may name (default: all of the assembly's)."""
+    off = addr - asm.base
+    decoded = disassemble(arch, asm.code[off : off + 16], addr) if 0 <= off < len(asm.code) else []
+    if not decoded:
+        return None, f"{addr:#x}: '{stmt}' did not decode"
+    _, size, text = decoded[0]
+    if _normal(stmt, asm.symbols if symbols is None else symbols) != _normal(text, {}, addr + size):
+        return size, f"{addr:#x}: source '{stmt}' assembled as '{text}'"
+    return size, None

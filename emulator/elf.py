@@ -1,9 +1,11 @@
 """Loading relocatable ELF objects (.o, .ko) into guest memory with pyelftools.
 
 Every SHF_ALLOC section is placed in one mapping, relocations are applied with the arch's table,
-and undefined symbols are bound to the lab runtime (the ftrace entry symbols, the return thunk,
-memcpy/memmove/memset), to earlier objects, or to stubs the user asked for. Anything else is an
-error naming the symbol and where it is used.
+and undefined symbols are bound to the global definitions of objects loaded earlier (as insmod
+binds a module to its dependencies' exports; two globals of one name are refused), to the lab
+runtime (the ftrace entry symbols, memcpy/memmove/memset, and lib.S: the kernel's string functions,
+libgcc's helpers, the retpoline thunks, printk), or to stubs the user asked for. Every other
+undefined symbol is named in one error, with where it is first used.
 
 What loads is checked at the edge (`_check`), from the raw bytes before pyelftools parses a
 structure: a regular file, the ELF magic, ELFCLASS64, ELFDATA2LSB, a machine the lab emulates,
@@ -20,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import capstone
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
@@ -60,6 +63,7 @@ RELOC_NAMES = {  # for messages: the type numbers of the arches' relocations, na
     machine: {number: name for name, number in enum.items() if isinstance(number, int)}
     for machine, enum in (("EM_X86_64", ENUM_RELOC_TYPE_x64), ("EM_AARCH64", ENUM_RELOC_TYPE_AARCH64))
 }
+RELOC_NAMES["EM_X86_64"][41] = "R_X86_64_GOTPCRELX"  # pyelftools 0.31 has no name for it
 MACHINE_NAMES = {number: name for name, number in ENUM_E_MACHINE.items() if isinstance(number, int)}
 
 
@@ -273,7 +277,11 @@ class _Checker:
             reloc = self.arch.relocs.get(kind)
             if reloc is None and applied:
                 name = RELOC_NAMES[self.arch.elf_machine].get(kind, "unknown")
-                self.fail(f"{where}: relocation type {kind} ({name}) is not supported on {self.arch.name}")
+                hint = self.arch.reloc_hints.get(kind)
+                self.fail(
+                    f"{where}: relocation type {kind} ({name}) is not supported on {self.arch.name}"
+                    + (f": {hint}" if hint else "")
+                )
             if sym >= self.nsyms:
                 self.fail(f"{where}: symbol index {sym} is past the symbol table ({self.nsyms} symbols)")
             if r_offset + (reloc.size if reloc else 1) > limit:
@@ -363,24 +371,33 @@ class _Loader:
                 values.append(None if kind == "STT_SECTION" else 0)  # a section we did not load
                 continue
             values.append(addr)
-            if kind in ("STT_FUNC", "STT_OBJECT") and sym.name:
-                symbol = Symbol(sym.name, addr, sym["st_size"], "func" if kind == "STT_FUNC" else "object", section)
+            if kind not in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") or not sym.name:
+                continue
+            symbol = Symbol(sym.name, addr, sym["st_size"], "func" if kind == "STT_FUNC" else "object", section)
+            if kind != "STT_NOTYPE":  # an assembler label: exported when global, never named in output
                 self.m.symbols.add(symbol)
-                if kind == "STT_FUNC":
-                    obj.functions.append(symbol)
+            if kind == "STT_FUNC":
+                obj.functions.append(symbol)
+            if sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK"):
+                self._export(symbol, sym["st_info"]["bind"] == "STB_WEAK")
         return values
 
-    def _resolve(self, name: str, where: str) -> int:
-        sym = self.m.symbols.get(name)
+    def _export(self, symbol: Symbol, weak: bool) -> None:
+        """A global definition, visible to the objects loaded later (as if EXPORT_SYMBOL'd). Two
+        loaded objects defining one global is a clash, as two modules exporting one symbol is."""
+        clash = self.m.symbols.export(symbol, str(self.path), weak)
+        if clash is not None:
+            raise FtlabError(
+                f"{self.path}: global symbol '{symbol.name}' ({symbol.section}) is already defined by {clash}"
+            )
+
+    def _resolve(self, name: str) -> int:
+        """An undefined symbol's address: an earlier object's global, the lab's runtime, or a stub
+        (made on first use) the user asked for. _undefined() has checked it is one of these."""
+        sym = self.m.symbols.resolve(name)
         if sym is not None:
             return sym.addr
-        kind = self.stubs.get(name)
-        if kind is None:
-            raise FtlabError(
-                f"{self.path}: undefined symbol '{name}' (used at {where}); "
-                f"supply it with --stub {name} or --stub {name}=data"
-            )
-        if kind == "data":
+        if self.stubs[name] == "data":
             addr = self.m.alloc("lab data", DATA_STUB_SIZE, 16)
             self.m.symbols.add(Symbol(name, addr, DATA_STUB_SIZE, "lab", f"--stub {name}=data"))
         else:
@@ -388,7 +405,9 @@ class _Loader:
             self.m.symbols.add(Symbol(name, addr, 0, "lab", f"--stub {name}"))
         return addr
 
-    def _relocate(self, obj: LoadedObject) -> None:
+    def _relocations(self):
+        """Every relocation of a loaded section: (rel, its section's index, where, symbol, symbol
+        index, whether the section is code)."""
         syms = list(self.symtab.iter_symbols()) if self.symtab else []
         for sec in self.elf.iter_sections():
             if sec["sh_type"] not in ("SHT_RELA", "SHT_REL") or sec["sh_info"] not in self.placed:
@@ -398,30 +417,75 @@ class _Loader:
                 raise FtlabError(
                     f"{self.path}: {sec.name}: REL relocations are not used on {self.arch.name}; only RELA is supported"
                 )
-            base = self.placed[sec["sh_info"]]
             code = bool(target["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
             for rel in sec.iter_relocations():
-                place, kind = base + rel["r_offset"], rel["r_info_type"]
                 where = f"{target.name}+{rel['r_offset']:#x}"
-                sym = syms[rel["r_info_sym"]]
-                value = self.values[rel["r_info_sym"]]
-                if value is None and sym["st_info"]["type"] == "STT_SECTION":
-                    continue  # against a section we did not load
-                stub = None
-                if value is None:
-                    value = self._resolve(sym.name, f"{self.m.symbols.name(place)} ({where})")
-                    obj.imports.setdefault(sym.name, []).append(place)
+                yield rel, sec["sh_info"], where, syms[rel["r_info_sym"]], rel["r_info_sym"], code
+
+    def _unbound(self, rel, sym, index) -> bool:
+        """Whether a relocation refers to an undefined symbol (not a null relocation, and not a
+        section we did not load)."""
+        reloc = self.arch.relocs.get(rel["r_info_type"])
+        return (
+            self.values[index] is None
+            and sym["st_info"]["type"] != "STT_SECTION"
+            and not (reloc is not None and reloc.none)
+        )
+
+    def _undefined(self) -> None:
+        """Every undefined symbol nothing supplies, in one error, in the order of first use: a
+        module needing 16 takes one run to learn them all, not 16."""
+        missing: dict[str, str] = {}
+        for rel, index, where, sym, sym_index, _ in self._relocations():
+            if not self._unbound(rel, sym, sym_index) or sym["st_info"]["bind"] == "STB_WEAK":
+                continue
+            if self.m.symbols.resolve(sym.name) is None and sym.name not in self.stubs:
+                place = self.placed[index] + rel["r_offset"]
+                missing.setdefault(sym.name, f"{self.m.symbols.name(place)} ({where})")
+        if len(missing) == 1:
+            [(name, where)] = missing.items()
+            raise FtlabError(
+                f"{self.path}: undefined symbol '{name}' (used at {where}); "
+                f"supply it with --stub {name} or --stub {name}=data"
+            )
+        if missing:
+            listed = ", ".join(f"{name} (used at {where})" for name, where in missing.items())
+            raise FtlabError(
+                f"{self.path}: {len(missing)} undefined symbols: {listed}; "
+                "supply them with --stub NAME or --stub NAME=data"
+            )
+
+    def _relocate(self, obj: LoadedObject) -> None:
+        self._undefined()
+        for rel, index, where, sym, sym_index, code in self._relocations():
+            base = self.placed[index]
+            place, kind = base + rel["r_offset"], rel["r_info_type"]
+            value = self.values[sym_index]
+            if value is None and sym["st_info"]["type"] == "STT_SECTION":
+                continue  # against a section we did not load
+            stub = None
+            if self._unbound(rel, sym, sym_index):
+                if sym["st_info"]["bind"] == "STB_WEAK" and self.m.symbols.resolve(sym.name) is None:
+                    value = 0  # an undefined weak symbol is 0, as simplify_symbols() leaves it
+                else:
+                    value = self._resolve(sym.name)
                     stub = self.m.symbols.get(sym.name)
-                self._apply(kind, value, rel["r_addend"], place, where)
-                if stub is not None and stub.section.startswith("--stub") and code:
-                    stub_kind = "data" if stub.section.endswith("=data") else "ret0"
-                    self._check_stub_use(sym.name, stub_kind, place, base, where)
+                obj.imports.setdefault(sym.name, []).append(place)
+            self._apply(kind, value or 0, rel["r_addend"], place, where)
+            # a reference from data (a pointer in .data) says nothing of how the pointer is used
+            # later, as an ops table's function pointer or a pointer to data: either stub is taken
+            if stub is not None and stub.section.startswith("--stub") and code:
+                stub_kind = "data" if stub.section.endswith("=data") else "ret0"
+                self._check_stub_use(sym.name, stub_kind, place, base, where)
 
     def _check_stub_use(self, name: str, stub: str, place: int, start: int, where: str) -> None:
         """A function stub (ftlab_ret0's code) read as data would give its instruction bytes as
         the value; a data stub called would run zeroed data: refuse both, saying which stub fits."""
         use = _use(self.m, place, start)
-        at = f"{self.m.symbols.name(place)} ({where}): {self.m.disasm(use[1]) if use else 'unknown'}"
+        at = f"{self.m.symbols.name(place)} ({where})"
+        if use and use[1] > place:  # shown by an instruction after the one holding the field
+            at += f" then {self.m.symbols.name(use[1])}"
+        at += f": {self.m.disasm(use[1]) if use else 'unknown'}"
         if stub == "ret0" and use and use[0] == "data":
             raise FtlabError(
                 f"{self.path}: '{name}' is read or written as data at {at}; "
@@ -434,6 +498,8 @@ class _Loader:
         reloc = self.arch.relocs.get(kind)
         if reloc is None:
             raise FtlabError(f"{self.path}: relocation type {kind} at {where} is not supported on {self.arch.name}")
+        if reloc.none:
+            return
         value = reloc.value(S, A, P)
         if reloc.bits and not sign_check(value, *reloc.bits):
             raise FtlabError(f"{self.path}: {reloc.name} at {where}: value {value:#x} out of range")
@@ -447,12 +513,13 @@ class _Loader:
 
 
 def _use(m, place: int, start: int) -> tuple[str, int] | None:
-    """How the instruction holding a relocated field at `place` uses the symbol: 'call' (a direct
-    call or jump), 'data' (a memory operand: a load, a store, an indirect call through it) or
-    'address' (its address taken), with the instruction's address; None if the code does not
-    decode up to there. Decoded from the start of the function holding it (else of its section,
-    at `start`), one instruction after another: on x86 a decode from any nearer byte may start
-    inside an instruction."""
+    """How the code uses the symbol whose relocated field is at `place`: 'call' (a direct call or
+    jump, or an indirect one through the register its address was put in), 'data' (a memory
+    access there, directly or through that register) or 'address' (the address only escapes),
+    with the address of the instruction that shows it; None if the code does not decode up to
+    there. Decoded from the start of the function holding it (else of its section, at `start`),
+    one instruction after another: on x86 a decode from any nearer byte may start inside an
+    instruction."""
     hit = m.symbols.lookup(place)
     addr = hit[0].addr if hit and hit[0].kind == "func" and hit[0].addr >= start else start
     end = m.region(place).end
@@ -464,6 +531,60 @@ def _use(m, place: int, start: int) -> tuple[str, int] | None:
             fields = asm.field_offsets(insn)
             if fields and place - addr not in fields:
                 return None
-            return asm.reference_kind(insn), addr
+            kind = asm.reference_kind(insn)
+            if kind == "data" and place - addr == getattr(insn, "imm_offset", None):
+                kind = "address"  # x86: the immediate stored (mov qword ptr [x], offset sym), not the operand
+            if kind == "address":  # adrp (+ add), lea, mov $sym: what is done with the register?
+                return _through_register(m, insn, end) or (kind, addr)
+            return kind, addr
         addr += insn.size
+    return None
+
+
+FLAGS = ("rflags", "nzcv")  # a flags register written beside the address is not where it goes
+FLAGS_WIDE = set(FLAGS)
+FOLLOWED = 8  # instructions after an address is taken that are searched for its use
+WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")}
+
+
+def _wide(name: str) -> str:
+    """A register by its full 64-bit name (eax -> rax, r8d -> r8, w3 -> x3): the address may be
+    put in the 32-bit half (mov $sym, %eax under -mcmodel=kernel) and used through the whole."""
+    if name in WIDE:
+        return WIDE[name]
+    if name.startswith("r") and name.endswith("d") and name[1:-1].isdigit():
+        return name[:-1]
+    return "x" + name[1:] if name.startswith("w") and name[1:].isdigit() else name
+
+
+def _through_register(m, insn, end: int) -> tuple[str, int] | None:
+    """What the few instructions after `insn` do with the register it put an address in (and the
+    registers a mov copies it to): a load or store through it ('data': arm64's adrp + add + ldr
+    [x1, w0, sxtw #3], x86's mov $table, %eax + mov (%rax)), or a call or jump to it ('call': the
+    tail call mov x16, x0 + br x16); None when it is overwritten, control leaves the straight
+    line, or nothing shows within FOLLOWED instructions."""
+    written = [name for name in map(insn.reg_name, insn.regs_access()[1]) if name not in FLAGS]
+    if len(written) != 1:
+        return None
+    tracked = {_wide(written[0])}
+    addr = insn.address + insn.size
+    for _ in range(FOLLOWED):
+        nxt = asm.decode(m.arch, m.read(addr, min(16, end - addr)), addr) if addr < end else None
+        if nxt is None:
+            return None
+        read, write = ({_wide(nxt.reg_name(r)) for r in regs if nxt.reg_name(r)} for regs in nxt.regs_access())
+        bases = {
+            _wide(nxt.reg_name(op.mem.base)) for op in nxt.operands if op.type == capstone.CS_OP_MEM and op.mem.base
+        }
+        if bases & tracked:
+            return "data", nxt.address
+        if nxt.group(capstone.CS_GRP_CALL) or nxt.group(capstone.CS_GRP_JUMP) or nxt.group(capstone.CS_GRP_RET):
+            return ("call", nxt.address) if read & tracked else None
+        if nxt.mnemonic == "mov" and read & tracked:
+            tracked |= write - FLAGS_WIDE
+        elif write & tracked and not read & tracked:
+            tracked -= write  # overwritten: the address went nowhere we follow
+            if not tracked:
+                return None
+        addr += nxt.size
     return None

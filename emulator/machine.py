@@ -21,7 +21,9 @@ from unicorn import UcError
 
 from . import asm
 from .arch import Arch
+from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
+from .console import Console
 from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
 from .symbols import Symbol, SymbolTable
@@ -79,6 +81,7 @@ class Machine:
     STACK = 0x2000_0000, 0x0010_0000  # the task's kernel stack
     LAB_DATA = 0x3E00_0000, 0x0100_0000  # per-cpu page, ops, buffers of the tracers
     LAB_TEXT = 0x3F00_0000, 0x0010_0000  # the lab's runtime and trampolines
+    LAB_LIB = 0x3F10_0000, 0x0001_0000  # the kernel's library functions (lib.S): code the objects call
     OBJECTS = 0x4000_0000  # loaded objects, one mapping each
     ARG_AREA = 0x1000  # the top of the stack a call's arguments past the registers may use
 
@@ -101,10 +104,17 @@ class Machine:
             ("stack", self.STACK),
             ("lab data", self.LAB_DATA),
             ("lab text", self.LAB_TEXT),
+            ("lab lib", self.LAB_LIB),
         ):
             self._map(name, base, size)
         self.mark_executable(*self.LAB_TEXT)
-        self._cursor = {"heap": self.HEAP[0], "lab data": self.LAB_DATA[0], "lab text": self.LAB_TEXT[0]}
+        self.mark_executable(*self.LAB_LIB)
+        self._cursor = {
+            "heap": self.HEAP[0],
+            "lab data": self.LAB_DATA[0],
+            "lab text": self.LAB_TEXT[0],
+            "lab lib": self.LAB_LIB[0],
+        }
         self._next_object = self.OBJECTS
         self.percpu = self.alloc("lab data", 0x10000, 0x1000)
         arch.setup_cpu(self.uc, self.percpu)
@@ -131,6 +141,10 @@ class Machine:
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}  # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.runtime)
         self.exit_addr = runtime["ftlab_caller"]
+        # lib.S beside runtime.S, in its own mapping: the addresses of the lab's own code stay put,
+        # and lab-code costs (count_lab_code) leave out the kernel functions the objects call
+        lib = self.load_lab_code(arch.runtime.with_name("lib.S"), where="lab lib")
+        self.console = Console(self, lib)  # what the guest printk()s
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -238,14 +252,14 @@ class Machine:
         self.write_code(addr, new)
 
     def load_lab_code(
-        self, source: str | Path, constants: dict[str, int] | None = None, macros: str = ""
+        self, source: str | Path, constants: dict[str, int] | None = None, macros: str = "", where: str = "lab text"
     ) -> dict[str, int]:
-        """Assemble a .S file into lab text; its .globl labels become lab symbols. `macros` are
-        `.macro` definitions generated for it (as its constants are), read before the file."""
+        """Assemble a .S file into lab text (or `where`); its .globl labels become lab symbols.
+        `macros` are `.macro` definitions generated for it (as its constants are), read before the file."""
         path = Path(source)
-        base = self.alloc("lab text", 0, 16)
+        base = self.alloc(where, 0, 16)
         code = asm.assemble(self.arch, macros + path.read_text(), base, constants, name=path.name, where=path.parent)
-        self.alloc("lab text", len(code.code), 1)
+        self.alloc(where, len(code.code), 1)
         self.write_code(base, code.code)
         # a .globl label runs to the next one (its local labels, such as loops, are inside it)
         ends = sorted({code.symbols[n] for n in code.exported} | {base + len(code.code)})
@@ -275,7 +289,9 @@ class Machine:
         return f"{addr:#x} <{self.symbols.name(addr)}>: {self.disasm(addr)}"
 
     def load(self, path, stubs=()):
-        obj = load_object(self, Path(path), stubs)
+        """An ELF object (.o, .ko), or an assembly source (.S) assembled into one (asm_object)."""
+        path = Path(path)
+        obj = (load_assembly if path.suffix == ".S" else load_object)(self, path, stubs)
         self.objects.append(obj)
         return obj
 

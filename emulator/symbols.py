@@ -31,6 +31,27 @@ class SymbolTable:
         self._by_name: dict[str, Symbol] = {}
         self._starts: list[int] = []
         self._sorted: list[Symbol] = []
+        # global definitions of objects: name -> (symbol, owner, weak)
+        self._exports: dict[str, tuple[Symbol, str, bool]] = {}
+
+    def export(self, sym: Symbol, owner: str, weak: bool = False) -> str | None:
+        """Make an object's global (or weak) definition visible to the objects loaded after it.
+        Returns the owner of an earlier global definition of the name: a clash. A weak definition
+        clashes with nothing, and a global one replaces it for the objects loaded later."""
+        earlier = self._exports.get(sym.name)
+        if earlier is None or (earlier[2] and not weak):
+            self._exports[sym.name] = (sym, owner, weak)
+            return None
+        return None if weak or earlier[2] else earlier[1]
+
+    def resolve(self, name: str) -> Symbol | None:
+        """What an undefined symbol binds to: an earlier object's global definition, else the lab's
+        own (runtime, stubs); never an object's local (static) symbol."""
+        exported = self._exports.get(name)
+        if exported is not None:
+            return exported[0]
+        sym = self._by_name.get(name)
+        return sym if sym is not None and sym.kind == "lab" else None
 
     def add(self, sym: Symbol) -> None:
         self._by_name.setdefault(sym.name, sym)

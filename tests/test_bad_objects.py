@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from cc import build
 from emulator import FtlabError, Machine
 from emulator import arch as arches
 from fixtures import catalog
@@ -349,3 +350,59 @@ def test_every_committed_object_still_loads(arch_name):
     for path in sorted((catalog.OBJ_DIR / arch_name).glob("*.o")):
         stubs = ["helper", "jiffies_like=data"] if path.stem == IMPORTS else []
         Lab.open(str(path), stubs=stubs)
+
+
+# -- a stub of the wrong kind, however the code reaches the symbol ---------------------------------
+
+STUB_USES = """
+extern int fips_enabled;
+extern long table[];
+extern void hook(void);
+int flag_check(int x) { if (fips_enabled) return x + 1; return x; }
+long table_read(int i) { return table[i] + 3; }
+void via_pointer(void) { void (*fn)(void) = hook; asm("" : "+r"(fn)); fn(); }
+void (*volatile saved)(void);
+void store_pointer(void) { saved = hook; }
+"""
+
+
+@pytest.mark.parametrize(
+    "function, name",
+    [
+        ("flag_check", "fips_enabled"),  # x86 cmp dword ptr [rip+x], 0; arm64 adrp + ldr :lo12:
+        ("table_read", "table"),  # x86 an absolute 32S operand; arm64 adrp + add, then ldr [x1, w0, sxtw #3]
+    ],
+)
+def test_function_stub_for_data_is_refused_however_it_is_read(tmp_path, arch, function, name):
+    """The instruction holding the relocation, or the load through the register it puts the
+    address in: a function stub would read as ftlab_ret0's instruction bytes."""
+    path = build(tmp_path, arch, STUB_USES)
+    others = {"fips_enabled": "fips_enabled=data", "table": "table=data", "hook": "hook"}
+    stubs = [spec for symbol, spec in others.items() if symbol != name] + [name]
+    with pytest.raises(FtlabError) as err:
+        Lab.open(str(path), stubs=stubs)
+    message = str(err.value)
+    assert re.fullmatch(
+        rf".*: '{name}' is read or written as data at {function}\+0x[0-9a-f]+ \(\.text\+0x[0-9a-f]+\)"
+        rf"( then {function}\+0x[0-9a-f]+)?: [^;]*\[[^;]*; "
+        rf"a function stub cannot stand in for it: use --stub {name}=data",
+        message,
+    ), message
+    lab = Lab.open(str(path), stubs=[*others.values()])
+    assert lab.call("flag_check", 5) == 5 and lab.call("table_read", 2) == 3  # zeroed data
+
+
+def test_data_stub_for_a_function_called_through_a_register_is_refused(tmp_path, arch):
+    """Its address put in a register, then called through it (blr x0; x86 call rax)."""
+    path = build(tmp_path, arch, STUB_USES)
+    with pytest.raises(FtlabError, match=r": 'hook' is called at via_pointer\+0x[0-9a-f]+ .*use --stub hook$"):
+        Lab.open(str(path), stubs=["fips_enabled=data", "table=data", "hook=data"])
+
+
+def test_a_function_address_stored_as_an_immediate_is_not_data(tmp_path, arch):
+    """x86 `mov qword ptr [rip+saved], offset hook`: the relocated field is the immediate, the
+    symbol's address; the memory operand is another symbol's."""
+    path = build(tmp_path, arch, STUB_USES)
+    lab = Lab.open(str(path), stubs=["fips_enabled=data", "table=data", "hook"])
+    lab.call("store_pointer")
+    assert lab.machine.u64(lab.machine.symbols.get("saved").addr) == lab.machine.symbols.get("ftlab_ret0").addr

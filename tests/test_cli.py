@@ -209,7 +209,7 @@ BAD = [
         ["run", "--arch", "x86_64", "--budget", "5000", "funcs", "fib(25)"],
         r"instruction budget of 5,000 exhausted at 0x[0-9a-f]+ <fib",
     ),
-    (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"undefined symbol 'helper'"),
+    (["run", "fixtures/obj/x86_64/imports.o", "use_helper(1)"], r"2 undefined symbols: helper \(used at use_helper"),
     (
         ["record", "--arch", "arm64", "funcs", "fib(3)", "-o", "/nonexistent/dir/x.ftl"],
         r"/nonexistent/dir/x.ftl: No such file or directory",

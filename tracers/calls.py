@@ -12,6 +12,12 @@ An object file has symbols but no types, so a function's parameters come from:
 A function with no known signature gets its arguments as given. Whatever the signature, the
 arguments past the registers must fit in the stack area the lab reserves for them
 (emulator.Machine.ARG_AREA).
+
+An object's DWARF is also the lab's BTF: a signature read from it is typed (`Signature.typed`:
+each parameter's name and `CType`, and the return's), as the kernel's BTF types a function's
+prototype. The probe events' parameter names and `$arg*`, the function_graph tracer's
+funcgraph-args and a call's default result type read these; the C text of a bundled object gives
+arity only, so an object without DWARF is traced exactly as a kernel without BTF would be.
 """
 
 from __future__ import annotations
@@ -28,6 +34,57 @@ from elftools.elf.elffile import ELFFile
 from emulator import FtlabError
 from fixtures import source
 
+from .output.sinks import print_function_args
+
+
+@dataclass(frozen=True)
+class CType:
+    """A C type as BTF keeps it once btf_type_skip_modifiers() has passed typedefs and qualifiers:
+    its kind (int, pointer, struct, union, enum, float, void), its size and, for an int, its
+    signedness. `text` is its C spelling, for messages."""
+
+    kind: str
+    size: int
+    signed: bool = False
+    text: str = ""
+
+    @property
+    def fetch_type(self) -> str | None:
+        """The fetcharg type a probe event gives a value of this type: fetch_type_from_btf_type()
+        (kernel/trace/trace_probe.c, v6.17): an enum is s32 (an 8-byte one s64), a pointer x64, an
+        int s/u with its bits; anything else None, for which the kernel takes the default, x64."""
+        if self.kind == "enum":
+            return "s64" if self.size == 8 else "s32"
+        if self.kind == "pointer":
+            return "x64"
+        if self.kind == "int" and self.size in (1, 2, 4, 8):
+            return f"{'s' if self.signed else 'u'}{8 * self.size}"
+        return None
+
+    @property
+    def ret_kind(self) -> str | None:
+        """How a call's result of this type is read (emulator.machine.RETURN_KINDS), None where
+        none fits (void; a signed char or short, which RETURN_KINDS has no kind for): a struct or
+        union of 9 to 16 bytes comes back in two registers (the lab's 'pair')."""
+        if self.kind in ("struct", "union"):
+            return "pair" if 8 < self.size <= 16 else "u64" if self.size <= 8 else None
+        fetch = self.fetch_type
+        if fetch is None or fetch == "x64":
+            return "u64" if fetch == "x64" else None
+        kind = {"s64": "i64", "s32": "i32"}.get(fetch, fetch)
+        return kind if kind in ("i64", "i32", "u64", "u32", "u16", "u8") else None
+
+
+VOID = CType("void", 0, text="void")
+
+
+@dataclass(frozen=True)
+class Typed:
+    """What BTF says of a function: its parameters' names and types, its return type."""
+
+    params: tuple[tuple[str, CType], ...]
+    ret: CType
+
 
 @dataclass(frozen=True)
 class Signature:
@@ -35,6 +92,12 @@ class Signature:
     params: tuple[str, ...]  # each parameter as C text, e.g. 'long n'
     variadic: bool
     source: str  # where it was read: 'fixtures/src/funcs.c', or "OBJ's DWARF"
+    typed: Typed | None = None  # from DWARF only: the lab's BTF
+
+    @property
+    def ret_kind(self) -> str | None:
+        """How to read this function's result when the user names no type (RETURN_KINDS), or None."""
+        return None if self.typed is None else self.typed.ret.ret_kind
 
     def check(self, args: tuple) -> None:
         want, got = len(self.params), len(args)
@@ -102,14 +165,15 @@ def _subprogram(die, source: str) -> Signature | None:
         return None
     if not (at.get("DW_AT_prototyped") and at["DW_AT_prototyped"].value):
         return None
-    params, variadic = [], False
+    params, typed, variadic = [], [], False
     for child in die.iter_children():
         if child.tag == "DW_TAG_formal_parameter":
             name = child.attributes.get("DW_AT_name")
             params.append(f"{_type_name(child)}{' ' + name.value.decode() if name else ''}".replace("* ", "*"))
+            typed.append((name.value.decode() if name else "", _ctype(child)))
         elif child.tag == "DW_TAG_unspecified_parameters":
             variadic = True
-    return Signature(at["DW_AT_name"].value.decode(), tuple(params), variadic, source)
+    return Signature(at["DW_AT_name"].value.decode(), tuple(params), variadic, source, Typed(tuple(typed), _ctype(die)))
 
 
 _QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile", "DW_TAG_restrict_type": "restrict"}
@@ -134,6 +198,40 @@ def _type_name(die, depth: int = 0) -> str:
     return _TAGGED.get(t.tag, "") + name.value.decode()
 
 
+# DWARF's base-type encodings (DWARF 5, 7.8): which are signed ints, which are floats
+_SIGNED = {0x05, 0x06}  # DW_ATE_signed, DW_ATE_signed_char
+_FLOAT = {0x03, 0x04}  # DW_ATE_complex_float, DW_ATE_float
+_SKIPPED = {"DW_TAG_typedef", *_QUALIFIERS}  # what btf_type_skip_modifiers() passes
+_KINDS = {
+    "DW_TAG_pointer_type": "pointer",
+    "DW_TAG_structure_type": "struct",
+    "DW_TAG_union_type": "union",
+    "DW_TAG_enumeration_type": "enum",
+}
+
+
+def _ctype(die, depth: int = 0) -> CType:
+    """The CType of a DIE's DW_AT_type (void when it has none), typedefs and qualifiers passed."""
+    text = _type_name(die)
+    while "DW_AT_type" in die.attributes and depth < 16:
+        die, depth = die.get_DIE_from_attribute("DW_AT_type"), depth + 1
+        if die.tag in _SKIPPED:
+            continue
+        size_at = die.attributes.get("DW_AT_byte_size")
+        size = size_at.value if size_at is not None else 8 if die.tag == "DW_TAG_pointer_type" else 0
+        if die.tag == "DW_TAG_base_type":
+            encoding = die.attributes["DW_AT_encoding"].value
+            kind = "float" if encoding in _FLOAT else "int"
+            return CType(kind, size, encoding in _SIGNED, text)
+        return CType(_KINDS.get(die.tag, "void"), size, False, text)
+    return VOID
+
+
+# include/linux/ftrace_regs.h's default (533c20b062d7), which neither arch overrides: arm64's
+# asm/ftrace.h (v6.16) has no FTRACE_REGS_MAX_ARGS, though its ftrace_regs holds x0-x8
+FTRACE_REGS_MAX_ARGS = 6
+
+
 class CallCheck:
     """The checks a call to one lab's object passes before it runs."""
 
@@ -146,9 +244,38 @@ class CallCheck:
 
     @cached_property
     def signatures(self) -> dict[str, Signature]:
+        """The object's DWARF when it has some (a bundled -g object's too: it says what its C text
+        says, and more), else a bundled object's C text."""
         path = self.lab.target.path
         src = source(path)
-        return dwarf_signatures(path) if src is None else source_signatures(src)
+        return dwarf_signatures(path) or ({} if src is None else source_signatures(src))
+
+    @cached_property
+    def btf(self) -> dict[str, Typed]:
+        """The lab's BTF: the typed prototypes of the object's functions ({} without DWARF)."""
+        return {name: sig.typed for name, sig in self.signatures.items() if sig.typed is not None}
+
+    def function_args(self, func: str, ev) -> str:
+        """funcgraph-args: '(n=10)' for an entry event, print_function_args() of its recorded
+        arguments (tracers.output.sinks); '()' for a function BTF does not describe."""
+        typed = self.btf.get(func)
+        if typed is None:
+            return "()"
+        params = [(name, t.kind, t.size, t.signed) for name, t in typed.params]
+        return print_function_args(params, self.recorded_args(ev), self.lab.kernel.has("funcgraph_args_unsigned_hex"))
+
+    def recorded_args(self, ev) -> list[int]:
+        """The argument words a graph entry records with funcgraph-args: FTRACE_REGS_MAX_ARGS of
+        ftrace_regs_get_argument() (__graph_entry(), kernel/trace/trace_functions_graph.c,
+        ff5c9c576e75). The lab's entry record already holds every register ftrace_caller saved,
+        the argument registers among them, so they are read from it."""
+        return [ev.regs[reg] for reg in self.lab.machine.arch.arg_regs[:FTRACE_REGS_MAX_ARGS]]
+
+    def ret_kind(self, func: str) -> str | None:
+        """How a call of func reads its result when the user names no type: its return type's
+        RETURN_KINDS kind, or None (no BTF for it, or no kind fits) for the caller's default."""
+        sig = self.signatures.get(func)
+        return None if sig is None else sig.ret_kind
 
     def check(self, func: str, args: tuple) -> None:
         if func not in self.functions:

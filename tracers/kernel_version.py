@@ -61,6 +61,24 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "before, `/* = 0x31 */` and `} /* f = -22 */`"
         ),
     ),
+    "probe_btf_args": (
+        KernelVersion(6, 5),
+        (
+            "probe events read BTF: parameter names, $arg* and a typed $retval (commits b576e09701c7, "
+            "18b1e870a496, fd26290ec89d); before, $argN only"
+        ),
+    ),
+    "funcgraph_args": (
+        KernelVersion(6, 15),
+        (
+            "the function_graph tracer's funcgraph-args option, `f(n=10) {` from BTF (commits "
+            "533c20b062d7, ff5c9c576e75); before, no arguments"
+        ),
+    ),
+    "funcgraph_args_unsigned_hex": (
+        KernelVersion(6, 17),
+        "print_function_args() prints unsigned ints in hex (commit 3ca824369b71); 6.15-6.16 in decimal",
+    ),
     "fprobe_entry_only_ftrace": (
         KernelVersion(6, 19),
         (

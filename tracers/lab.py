@@ -40,13 +40,19 @@ class Target:
 
 
 def resolve(obj: str, arch: str | None) -> list[Target]:
-    """OBJ as the CLI takes it: a file (its ELF header names the arch) or a bundled fixture name.
+    """OBJ as the CLI takes it: a file (its ELF header names the arch; an assembly source .S is for
+    `arch`) or a bundled fixture name.
 
-    `arch` may be None for a file, a name, or 'all' (a bundled fixture on every arch)."""
+    `arch` may be None for a file, a name, or 'all' (a bundled fixture on every arch, a file on
+    its own)."""
     path = Path(obj)
+    if path.suffix == ".S":  # assembly source: no header names its arch
+        if arch in (None, "all"):
+            raise FtlabError(f"{path} is assembly source: say which --arch it is written for (x86_64 or arm64)")
+        return [Target(path, arches.get(arch))]
     if path.exists() or "/" in obj or path.suffix in (".o", ".ko"):
         actual = elf_arch(path)
-        if arch not in (None, actual.name) and arches.get(arch) is not actual:
+        if arch not in (None, "all", actual.name) and arches.get(arch) is not actual:  # all: its own
             raise FtlabError(f"{path} is an {actual.name} object; --arch {arch} contradicts it")
         return [Target(path, actual)]
     if arch is None:
@@ -67,10 +73,13 @@ class Lab:
         init: bool = True,
         ring_records: int | None = None,
         kernel: KernelVersion = MODELLED,
+        loads=(),
     ):
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
         ring_records sizes the guest ring buffer (in records). kernel is the release whose
-        behaviour the lab shows (tracers.kernel_version).
+        behaviour the lab shows (tracers.kernel_version). loads are objects loaded first, in
+        order, as insmod loads a module's dependencies: their global symbols resolve the later
+        objects' undefined ones, and their patch sites are initialised too.
 
         Every core, then the built-in tracers' guest code, is built here in one order before the
         object loads: the lab's code and data sit at the same addresses whatever is used later."""
@@ -84,8 +93,9 @@ class Lab:
         records = DEFAULT_RECORDS if ring_records is None else ring_records
         self.ring_buffer = RingBuffer(self.machine, karch, records_of(karch, kernel).size, records)
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
+        self.loaded = [self.machine.load(Path(path), stubs) for path in loads]
         self.obj = self.machine.load(target.path, stubs)
-        self.sites = self.ftrace.add_object(self.obj) if init else []
+        self.sites = [site for obj in (*self.loaded, self.obj) for site in self.ftrace.add_object(obj)] if init else []
         self.calls = CallCheck(self)
 
     @classmethod
@@ -98,6 +108,10 @@ class Lab:
     @property
     def arch(self):
         return self.machine.arch
+
+    def no_sites(self) -> str:
+        """Why ftrace has nothing to trace, when no loaded object has a patch site."""
+        return f"built without {self.arch.site_flags}, the flags that make patch sites: nothing for ftrace to trace"
 
     @property
     def karch(self):

@@ -7,7 +7,7 @@ kernel's arch/ code knows (struct layouts, patch sites, trampolines) is in trace
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -20,6 +20,11 @@ class Reloc:
     value: Callable[[int, int, int], int]  # (S, A, P) -> value
     store: Callable[[int, int], int] | None = None  # (old field, value) -> new field; None: plain little-endian
     bits: tuple[int, bool] | None = None  # (width, signed) range check of the value before storing
+
+    @property
+    def none(self) -> bool:
+        """R_*_NONE: a relocation that changes nothing (size 0)."""
+        return self.size == 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class Arch:
     relocs: dict[int, Reloc]
     setup_cpu: Callable  # (uc, per-cpu page address) -> None: kernel privilege, selectors ...
     runtime: Path  # runtime.S: what the lab's "kernel" supplies to objects
+    # relocation types the kernel's module loader refuses too, with the build flag that avoids
+    # them: type -> hint, for the loader's one-line error
+    reloc_hints: dict[int, str] = field(default_factory=dict)
+    # the compiler flags a kernel build gives for dynamic ftrace's patch sites (CC_FLAGS_FTRACE)
+    site_flags: str = ""
 
 
 def sign_check(value: int, bits: int, signed: bool) -> bool:

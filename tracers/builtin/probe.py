@@ -22,7 +22,7 @@ from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
 from ..output.events import NR_ARGS, Event
 from ..output.sinks import location
-from ..probe_events import FetchFault, ProbeSpec, check_append, evaluate, parse
+from ..probe_events import BtfProto, FetchFault, ProbeSpec, check_append, evaluate, parse
 from .tracer import Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
@@ -92,6 +92,21 @@ def _retval(regs) -> int:
     return regs.get_return_value() if regs.kind == "ftrace_regs" else regs.regs_return_value()
 
 
+def btf_protos(btf) -> dict[str, BtfProto] | None:
+    """The lab's BTF (tracers.calls: the object's DWARF) as the probe parser takes it; None when
+    the object has none, as a kernel without BTF."""
+    if not btf:
+        return None
+    return {
+        name: BtfProto(
+            tuple((param, ctype.fetch_type) for param, ctype in typed.params),
+            typed.ret.fetch_type,
+            typed.ret.kind == "void",
+        )
+        for name, typed in btf.items()
+    }
+
+
 class ProbeEventTracer(Tracer):
     """The `nop` tracer with probe events enabled, as `echo SPEC > dynamic_events` would."""
 
@@ -100,9 +115,10 @@ class ProbeEventTracer(Tracer):
     def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
         super().__init__(lab, sink, clock, verify)
         registers = list(lab.karch.pt_regs.offsets)
+        btf = btf_protos(lab.calls.btf) if lab.kernel.has("probe_btf_args") else None
         self.specs: list[ProbeSpec] = []
         for text in specs:
-            spec = self._resolve(parse(text, registers, lab.kprobes.kprobe_on_func_entry))
+            spec = self._resolve(parse(text, registers, lab.kprobes.kprobe_on_func_entry, btf))
             check_append(spec, self.specs)
             self.specs.append(spec)
         self.fprobes = lab.fprobes(design)

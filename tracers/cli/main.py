@@ -33,13 +33,30 @@ TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 def _labs(args):
     for target in resolve(args.obj, args.arch):
-        yield Lab(
+        lab = Lab(
             target,
             stubs=args.stub,
             budget=args.budget,
             ring_records=getattr(args, "buffer_size", None),
             kernel=args.kernel,
+            loads=args.load,
         )
+        args.consoles.append(lab)
+        if args.cmd in ("trace", "record") and not args.event and not lab.sites:  # an empty trace says nothing
+            names = ", ".join(obj.path.name for obj in (*lab.loaded, lab.obj))
+            raise FtlabError(f"{names}: {lab.no_sites()} (`ftlab run` calls its functions untraced)")
+        yield lab
+
+
+def _print_console(args) -> None:
+    """What the guest printk()ed, after the command's output, on stderr as `dmesg -r` shows it
+    (`<6>text`; prefixed by the arch when there are several): kernel messages go to the log, not
+    into the trace, so stdout stays the same whether the code prints or not."""
+    labs = getattr(args, "consoles", [])
+    for lab in labs:
+        prefix = f"{lab.arch.name}: " if len(labs) > 1 else ""
+        for line in lab.machine.console.lines:
+            print(f"{prefix}{line}", file=sys.stderr)
 
 
 def _banner(args, lab, out):
@@ -57,7 +74,8 @@ def cmd_run(args, out):
 def cmd_sites(args, out):
     for lab in _labs(args):
         _banner(args, lab, out)
-        out.write(f"# {lab.target.path.name}: {len(lab.sites)} patch sites ({lab.arch.name})\n")
+        why = f": {lab.no_sites()}" if not lab.sites else ""
+        out.write(f"# {lab.target.path.name}: {len(lab.sites)} patch sites ({lab.arch.name}){why}\n")
         for func, ip, states in site_rows(lab):
             sym_off = ip - lab.machine.symbols.get(func).addr
             out.write(f"{func}+{sym_off:#x} at {ip:#x}\n")
@@ -80,6 +98,8 @@ def cmd_trace(args, out):
             tracer_name = args.tracer or "function"
             graph = tracer_name == "function_graph"
             options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+            if graph and args.funcgraph_args:
+                options["args"] = lab.calls.function_args
             sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options)
             extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
             tracer = TRACERS[tracer_name](
@@ -248,6 +268,14 @@ def _add_target(p, call=True):
             "call", metavar="CALL", help='the call to run, e.g. "fib(20)" or \'crc32_bitwise(0, b"123456789", 9)\''
         )
     p.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        metavar="OBJ",
+        help="an object to load first, as insmod of a dependency: its global symbols resolve OBJ's, "
+        "its patch sites are initialised too (repeatable, loaded in order)",
+    )
+    p.add_argument(
         "--stub",
         action="append",
         default=[],
@@ -344,6 +372,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--funcgraph-retval", action="store_true", help="show return values")
     g.add_argument("--funcgraph-tail", action="store_true", help="name the function at each closing brace")
     g.add_argument(
+        "--funcgraph-args", action="store_true", help="show each call's arguments (6.15+; needs the object's DWARF)"
+    )
+    g.add_argument(
         "--max-graph-depth",
         type=_graph_depth,
         default=0,
@@ -406,6 +437,7 @@ def _drop_stdout() -> None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.consoles = []  # the labs made, whose printk lines follow the output
     try:
         if args.cmd == "trace" and args.output is not None:
             with OutputFile(args.output) as output:  # checked before any work; in place when complete
@@ -419,11 +451,14 @@ def main(argv=None) -> int:
                     raise
         else:
             args.func(args, sys.stdout)
+        sys.stdout.flush()
+        _print_console(args)
     except FtlabError as err:
         try:
             sys.stdout.flush()  # what came before the error, then the error
         except BrokenPipeError:
             _drop_stdout()
+        _print_console(args)  # what the guest printed before it went wrong
         print(f"ftlab: error: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`ftlab ... | head -1`): stop quietly, as coreutils do

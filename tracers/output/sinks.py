@@ -163,6 +163,37 @@ def graph_retval(value: int) -> str:
     return str(signed) if -4095 <= signed < 0 else f"{value:#x}"
 
 
+def print_function_args(params, args, unsigned_hex: bool = True) -> str:
+    """print_function_args() (kernel/trace/trace_output.c, 533c20b062d7; v6.17): '(name=value, ...)'
+    from a function's BTF prototype and the entry's recorded argument words (FTRACE_REGS_MAX_ARGS
+    of them: past those, '...'). params are (name, kind, size, signed) with typedefs and qualifiers
+    passed (btf_type_skip_modifiers). Each value is the whole register, not cut to its type's
+    size: a signed int or an enum as %ld, an unsigned int as 0x%lx (as %ld before 3ca824369b71),
+    a pointer as 0x%lx, anything else as '(KIND)[0x..]' with one more word per 8 bytes."""
+    out, a = [], 0
+    for name, kind, size, signed in params:
+        if a == len(args):
+            out.append("...")
+            break
+        arg = args[a]
+        if kind == "enum" or (kind == "int" and (signed or not unsigned_hex)):
+            text = str(arg - (1 << 64) if arg >> 63 else arg)
+        elif kind in ("int", "pointer"):
+            text = f"0x{arg:x}"
+        else:  # the kernel's "This does not handle complex arguments": btf_type_str() and words
+            words = [f"0x{arg:x}"]
+            for _ in range(8, size, 8):
+                a += 1
+                if a == len(args):  # out of words: "...]" ends the list
+                    out.append(f"{name}=({kind.upper()})[{':'.join([*words, '...'])}]")
+                    return "(" + ", ".join(out) + ")"
+                words.append(f"0x{args[a]:x}")
+            text = f"({kind.upper()})[{':'.join(words)}]"
+        out.append(f"{name}={text}")  # btf_name_by_offset() gives "" for a nameless parameter
+        a += 1
+    return "(" + ", ".join(out) + ")"
+
+
 class GraphTextSink:
     """The function_graph tracer's trace file: `CPU) DURATION | func() {` ... `}`, `func();` for
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
@@ -177,11 +208,17 @@ class GraphTextSink:
         tail: bool = False,
         kernel: KernelVersion = MODELLED,
         model: str = "",
+        args=None,
     ):
         if retval and not kernel.has("funcgraph_retval"):
             raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
+        if args is not None and not kernel.has("funcgraph_args"):
+            raise FtlabError(f"--funcgraph-args: Linux {kernel} has no funcgraph-args option (it came in 6.15)")
         self.out, self.sym, self.model = out, symbols, model
         self.retval, self.tail = retval, tail
+        # funcgraph-args: args(name, ev) is the '(n=10)' after the name (tracers.calls
+        # CallCheck.function_args); without it, '()'
+        self.args = args
         # print_graph_retval (kernel/trace/trace_functions_graph.c): since 6.13 (commit 21e92806d39c,
         # "function_graph: Support recording and printing the function return address") the value
         # follows "ret=": "f(); /* ret=0x31 */", "} /* f ret=-22 */"; before, "/* = 0x31 */",
@@ -204,9 +241,14 @@ class GraphTextSink:
             column = f"{mark} {f'{duration} {self.unit} ':<12}"
         self.out.write(f" {CPU}) {column}|  {'  ' * depth}{text}\n")
 
+    def _call(self, ev: Event) -> str:
+        """The function and its arguments as print_graph_entry_nested/_leaf print them."""
+        name = func_name(self.sym, ev.ip)
+        return name + ("()" if self.args is None else self.args(name, ev))
+
     def _open(self, ev: Event) -> None:
         self._depth = ev.depth  # print_graph_entry_nested: the comments inside go one deeper
-        self._line(None, ev.depth, f"{func_name(self.sym, ev.ip)}() {{")
+        self._line(None, ev.depth, f"{self._call(ev)} {{")
 
     def _comment(self, ev: Event) -> None:
         """print_graph_comment() (kernel/trace/trace_functions_graph.c): the CPU, an empty duration
@@ -229,7 +271,7 @@ class GraphTextSink:
         name = func_name(self.sym, ev.ip)
         assert ev.retval is not None  # every exit carries its return value
         if held is not None and held.ip == ev.ip and held.depth == ev.depth:
-            text = f"{name}();" + (f" /* {self.ret}{graph_retval(ev.retval)} */" if self.retval else "")
+            text = f"{self._call(held)};" + (f" /* {self.ret}{graph_retval(ev.retval)} */" if self.retval else "")
         else:
             if held is not None:
                 self._open(held)

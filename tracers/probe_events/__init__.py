@@ -6,11 +6,12 @@ from .append import check_append
 from .fetch import evaluate
 from .format import format_args, format_value
 from .parse import parse
-from .spec import FAULT, TYPES, Fetch, FetchArg, FetchContext, FetchFault, ProbeSpec, ProbeSpecError
+from .spec import FAULT, TYPES, BtfProto, Fetch, FetchArg, FetchContext, FetchFault, ProbeSpec, ProbeSpecError
 
 __all__ = [
     "FAULT",
     "TYPES",
+    "BtfProto",
     "check_append",
     "Fetch",
     "FetchArg",

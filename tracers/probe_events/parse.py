@@ -14,8 +14,14 @@ FETCHARG is [NAME=]FETCH[:TYPE] with FETCH one of %REG $argN $retval $stackN $st
 column (1-based, in the text as given) where the kernel puts its caret.
 
 Where ftlab differs from the kernel (each on purpose):
-  * There is no BTF: bare names, $arg* and $retval->field fail with the kernel's no-BTF message,
-    and unnamed arguments are named argN (the kernel's name without BTF).
+  * BTF is what the caller passes (`btf`: function name -> BtfProto; the lab reads it from the
+    object's DWARF). Without it (None), bare names, $arg* and $retval->field fail with the
+    kernel's no-BTF message and unnamed arguments are named argN. With it, as trace_probe.c
+    (v6.17) does with CONFIG_PROBE_EVENTS_BTF_ARGS: a parameter's name fetches it, typed by BTF;
+    `$arg*` and every bare `$argN` are expanded to the parameters' names
+    (traceprobe_expand_meta_args); `$retval` takes the return type; an unnamed argument that is a
+    C identifier is named by its own text (generate_probe_arg_name). Struct members (`->`) and the
+    string type on a BTF variable are refused with a message saying they are not modelled.
   * Types u8..u64, s8..s64, x8..x64, string and symbol. ustring, symstr, char, bitfields and
     arrays are valid in the kernel but are rejected here with a message saying so.
   * Stricter: text between the kind letter and ':' must be a MAXACTIVE (the kernel skips it), and
@@ -29,7 +35,7 @@ Where ftlab differs from the kernel (each on purpose):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -44,6 +50,7 @@ from .spec import (
     BAD_EVENT_NAME,
     BAD_FETCH_ARG,
     BAD_GROUP_NAME,
+    BAD_HYPHEN,
     BAD_IMM,
     BAD_KIND,
     BAD_MAXACT,
@@ -60,6 +67,7 @@ from .spec import (
     DEFAULT_TYPE,
     DEREF_NEED_BRACE,
     DEREF_OPEN_BRACE,
+    DOUBLE_ARGS,
     EMPTY,
     EVENT_TOO_LONG,
     FILE_ON_KPROBE,
@@ -75,12 +83,17 @@ from .spec import (
     NEED_STRING_TYPE,
     NO_ARG_BODY,
     NO_ARG_NAME,
+    NO_BTF_ENTRY,
+    NO_BTFARG,
     NO_DELETE_TARGET,
     NO_EVENT_NAME,
     NO_GROUP_NAME,
+    NO_RETVAL,
     NO_SYMBOL,
     NOFENTRY_ARGS,
     NOSUP_BTFARG,
+    NOSUP_DAT_ARG,
+    NOT_MODELLED_BTF,
     NOT_MODELLED_TYPE,
     NOT_MODELLED_UPROBE,
     PARAM_MAX_STACK,
@@ -91,6 +104,7 @@ from .spec import (
     TYPES,
     U64,
     USED_ARG_NAME,
+    BtfProto,
     Fetch,
     FetchArg,
     ProbeSpec,
@@ -104,11 +118,14 @@ _FSYM = re.compile(r"(?:[A-Za-z0-9_]+:)?[A-Za-z_.*?][A-Za-z0-9_.$*?]*")  # fprob
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def parse(spec: str, registers: Iterable[str], on_func_entry=None) -> ProbeSpec:
+def parse(
+    spec: str, registers: Iterable[str], on_func_entry=None, btf: Mapping[str, BtfProto] | None = None
+) -> ProbeSpec:
     """Parse one dynamic_events line; registers are the names %REG may use (pt_regs members).
     on_func_entry(symbol, offset) is kprobe_on_func_entry(): True, False, or None for an unknown
-    symbol; without one, only offset 0 is the entry (the kernel's __weak arch_adjust_kprobe_addr)."""
-    return _Parser(spec, registers, on_func_entry or (lambda symbol, offset: offset == 0)).parse()
+    symbol; without one, only offset 0 is the entry (the kernel's __weak arch_adjust_kprobe_addr).
+    btf maps a function's name to its prototype (None: the kernel has no BTF)."""
+    return _Parser(spec, registers, on_func_entry or (lambda symbol, offset: offset == 0), btf).parse()
 
 
 @dataclass(frozen=True)
@@ -121,10 +138,15 @@ class _Where:
 
 
 class _Parser:
-    def __init__(self, text: str, registers: Iterable[str], on_func_entry):
+    def __init__(self, text: str, registers: Iterable[str], on_func_entry, btf: Mapping[str, BtfProto] | None):
         self.text = text
         self.regs = frozenset(registers)
         self.on_func_entry = on_func_entry
+        self.btf = btf
+        self.symbol = ""
+        # ctx->last_type: whether the argument being parsed is a BTF variable, and its fetch type
+        self.btf_var: bool = False
+        self.btf_type: str | None = None
         # argv_split(): words separated by white space
         self.words = [(m.group(), m.start()) for m in re.finditer(r"\S+", text)]
 
@@ -147,6 +169,7 @@ class _Parser:
         maxactive = self._maxactive(kind, between, hpos + 1)
         point = self._fprobe_point() if kind == "f" else self._kprobe_point(kind)
         symbol, offset, address, is_return, where = point
+        self.symbol = symbol
 
         group = "fprobes" if kind == "f" else "kprobes"
         event = None
@@ -275,7 +298,23 @@ class _Parser:
         words = self.words[2:]
         if len(words) > MAX_TRACE_ARGS:
             self.fail(TOO_MANY_ARGS, words[0][1], words[0][0])
-        for word, pos in words:  # traceprobe_expand_meta_args() looks at bare $arg words first
+        if self.btf is None:
+            self._refuse_meta_args(words, where)
+        else:
+            words = self._expand_meta_args(words, where)
+        args: list[FetchArg] = []
+        for i, (word, pos) in enumerate(words):
+            args.append(self._arg(i, word, pos, where, {a.name for a in args}))
+        return tuple(args)
+
+    def _proto(self) -> BtfProto | None:
+        """query_btf_context(): the probed function's prototype, None if BTF has none."""
+        return None if self.btf is None else self.btf.get(self.symbol)
+
+    def _refuse_meta_args(self, words: list[tuple[str, int]], where: _Where) -> None:
+        """Without BTF, traceprobe_expand_meta_args() only checks the bare $arg words: `$arg*`
+        needs BTF."""
+        for word, pos in words:
             if word.startswith("$arg"):
                 if not (where.entry or where.ret):
                     self.fail(NOFENTRY_ARGS, pos, word)
@@ -283,10 +322,46 @@ class _Parser:
                     self.fail(NOSUP_BTFARG, pos, word)
                 if not word[4:5].isdigit():
                     self.fail(BAD_VAR, pos, word)
-        args: list[FetchArg] = []
+
+    def _expand_meta_args(self, words: list[tuple[str, int]], where: _Where) -> list[tuple[str, int]]:
+        """argv_has_var_arg() and traceprobe_expand_meta_args() (trace_probe.c): `$arg*` becomes
+        every parameter's name, a bare `$argN[:TYPE]` the N-th's name (with the type); without a
+        prototype, `$arg*` is refused and `$argN` is left as it is."""
+        star, last = None, None
         for i, (word, pos) in enumerate(words):
-            args.append(self._arg(i, word, pos, where, {a.name for a in args}))
-        return tuple(args)
+            if not word.startswith("$arg"):
+                continue
+            last = (word, pos)
+            if not (where.entry or where.ret):
+                self.fail(NOFENTRY_ARGS, pos, word)
+            if word[4:5].isdigit():
+                continue
+            if word[4:5] != "*":
+                self.fail(BAD_VAR, pos, word)
+            if star is not None:
+                self.fail(DOUBLE_ARGS, pos, word)
+            star = i
+        if last is None:
+            return words
+        proto = self._proto()
+        if proto is None or not proto.params:
+            if star is not None:  # logged at the last $arg word, as the kernel's log index is
+                self.fail(NOSUP_BTFARG, last[1], last[0])
+            return words
+        out: list[tuple[str, int]] = []
+        for i, (word, pos) in enumerate(words):
+            m = re.fullmatch(r"\$arg([0-9]+)(.*)", word)
+            if i == star:
+                out += [(name, pos) for name, _ in proto.params]
+            elif m is None or int(m.group(1)) == 0:  # $arg0 keeps its own error, BAD_ARG_NUM
+                out.append((word, pos))
+            elif m.group(2)[:1] not in ("", ":"):
+                self.fail(BAD_VAR, pos, word)
+            elif int(m.group(1)) > len(proto.params):
+                self.fail(NO_BTFARG, pos, word)
+            else:
+                out.append((proto.params[int(m.group(1)) - 1][0] + m.group(2), pos))
+        return out
 
     def _arg(self, i: int, word: str, pos: int, where: _Where, used: set[str]) -> FetchArg:
         eq = word.find("=")
@@ -297,7 +372,10 @@ class _Parser:
                 self.fail(NO_ARG_NAME, pos, word)
             name, body, bpos = word[:eq], word[eq + 1 :], pos + eq + 1
         else:
-            name, body, bpos = f"arg{i + 1}", word, pos
+            # generate_probe_arg_name(): with BTF, text that is a C identifier names itself
+            own = word.split(":")[0]
+            name = own if self.btf is not None and _NAME.fullmatch(own) else f"arg{i + 1}"
+            body, bpos = word, pos
         if not _NAME.fullmatch(name):
             self.fail(BAD_ARG_NAME, pos, name)
         if name in RESERVED_NAMES or name in used:
@@ -316,7 +394,13 @@ class _Parser:
                 self.fail(NEED_STRING_TYPE, tpos, type_name)
             type_name = "string"
         type_ = self._type(type_name, tpos)
+        self.btf_var, self.btf_type = False, None
         fetch, _ = self._fetch(expr, bpos, where)
+        if self.btf_var:  # the BTF type, unless the user gave one (find_fetch_type_from_btf_type)
+            if type_name is None:
+                type_ = self.btf_type or DEFAULT_TYPE
+            elif type_ == "string":
+                self.fail(NOT_MODELLED_BTF, tpos, type_name)
         # A string is read at an address: memory fetches (their last load becomes the string
         # read), an immediate address, $comm or an immediate string. Not a register or $argN.
         if type_ == "string" and fetch.op not in ("deref", "mem", "sym", "imm", "comm", "imm_str"):
@@ -373,7 +457,9 @@ class _Parser:
                 self.fail(BAD_IMM, pos + 1, expr[1:])
             return Fetch("imm", value & U64), 1
         if c.isascii() and (c.isalpha() or c == "_"):  # a BTF variable name
-            self.fail(NOSUP_BTFARG, pos, expr)
+            if self.btf is None or not (where.entry or where.ret):
+                self.fail(NOSUP_BTFARG, pos, expr)
+            return self._btf_arg(expr, pos), 1
         self.fail(BAD_FETCH_ARG, pos, expr)
 
     def _var(self, expr: str, pos: int, where: _Where) -> Fetch:
@@ -381,7 +467,14 @@ class _Parser:
         if var.startswith("retval"):
             if not where.ret:
                 self.fail(RETVAL_ON_PROBE, pos, expr)
-            if var != "retval":  # $retval->field etc. need BTF
+            proto = self._proto()
+            if proto is not None:  # parse_btf_arg(): typed by the return type
+                if var != "retval":
+                    self._btf_arg(expr, pos)  # $retval->member, or a name no parameter has
+                if proto.void:
+                    self.fail(NO_RETVAL, pos, expr)
+                self.btf_var, self.btf_type = True, proto.ret
+            elif var != "retval":  # $retval->field etc. need BTF
                 self.fail(BAD_VAR, pos, expr)
             return Fetch("retval")
         if var.startswith("stack"):
@@ -405,6 +498,29 @@ class _Parser:
                 self.fail(NOFENTRY_ARGS, pos, expr)
             return Fetch("arg", n)
         self.fail(BAD_VAR, pos, expr)
+
+    def _btf_arg(self, expr: str, pos: int) -> Fetch:
+        """parse_btf_arg() (trace_probe.c): a parameter's name fetches it ($argN's fetch, at entry
+        or, saved at entry, at exit) with its BTF type."""
+        sep = re.search(r"[.-]", expr)
+        name = expr if sep is None else expr[: sep.start()]
+        if sep is not None:  # split_next_field()
+            if expr[sep.start() :].startswith("."):
+                self.fail(NOSUP_DAT_ARG, pos + sep.start(), expr)
+            if not expr[sep.start() :].startswith("->"):
+                self.fail(BAD_HYPHEN, pos + sep.start(), expr)
+        proto = self._proto()
+        if name != "$retval":
+            if proto is None or not proto.params:
+                self.fail(NO_BTF_ENTRY, pos, expr)
+            index = next((i for i, (param, _) in enumerate(proto.params) if param == name), None)
+            if index is None:
+                self.fail(NO_BTFARG, pos, expr)
+        if sep is not None:  # parse_btf_field(): a member through a pointer
+            self.fail(NOT_MODELLED_BTF, pos + sep.start(), expr)
+        assert proto is not None and index is not None
+        self.btf_var, self.btf_type = True, proto.params[index][1]
+        return Fetch("arg", index + 1)
 
     def _deref(self, expr: str, pos: int, where: _Where) -> tuple[Fetch, int]:
         user = expr[1:2] == "u"

@@ -74,6 +74,12 @@ USED_ARG_NAME = "This argument name is already used"
 ARG_TOO_LONG = "Argument expression is too long"
 NO_ARG_BODY = "No argument expression"
 NOSUP_BTFARG = "BTF is not available or not supported"
+NO_BTFARG = "This variable is not found at this probe point"
+NO_BTF_ENTRY = "No BTF entry for this probe point"
+DOUBLE_ARGS = "$arg* can be used only once in the parameters"
+NO_RETVAL = "This function returns 'void' type"
+NOSUP_DAT_ARG = "Non pointer structure/union argument is not supported."
+BAD_HYPHEN = "Failed to parse single hyphen. Forgot '>'?"
 NOFENTRY_ARGS = "$arg* can be used only on function entry or exit"
 NEED_STRING_TYPE = "$comm and immediate-string only accepts string type"
 TOO_MANY_ARGS = "Too many arguments are specified"
@@ -88,6 +94,7 @@ NO_SYMBOL = "Probe point (SYM or MEMADDR) is not specified"
 NO_DELETE_TARGET = "'-:' needs [GRP/]EVENT and nothing after it"
 NOT_MODELLED_TYPE = "Type is valid in the kernel but not modelled by ftlab"
 NOT_MODELLED_UPROBE = "Uprobe events are not modelled by ftlab"
+NOT_MODELLED_BTF = "Struct members and strings of BTF variables are valid in the kernel but not modelled by ftlab"
 
 
 class ProbeSpecError(FtlabError):
@@ -97,6 +104,17 @@ class ProbeSpecError(FtlabError):
         self.spec, self.message, self.token, self.column = spec, message, token, column
         where = "" if token is None else f": '{_printable(token)}' (column {column})"
         super().__init__(f"bad probe spec '{_printable(spec)}': {message}{where}")
+
+
+@dataclass(frozen=True)
+class BtfProto:
+    """What BTF says of one function, as the parser needs it (the caller reads it from wherever the
+    lab keeps its BTF): each parameter's name and fetch type, and the return's; a fetch type is
+    fetch_type_from_btf_type()'s, None where the kernel falls back to the default (x64)."""
+
+    params: tuple[tuple[str, str | None], ...]
+    ret: str | None
+    void: bool  # the function returns void: $retval is refused (NO_RETVAL)
 
 
 class FetchFault(Exception):

@@ -101,7 +101,10 @@ def _lo12(shift):
     return Reloc(f"R_AARCH64_LDST{8 << shift}_ABS_LO12_NC", 4, lambda S, A, P: (S + A) & 0xFFF, _field(10, 12, shift))
 
 
+NONE = Reloc("R_AARCH64_NONE", 0, lambda S, A, P: 0)
 RELOCS = {
+    0: NONE,  # R_ARM_NONE and R_AARCH64_NONE: the null relocations reloc_insn's caller skips
+    256: NONE,  # (arch/arm64/kernel/module.c apply_relocate_add())
     257: Reloc("R_AARCH64_ABS64", 8, lambda S, A, P: S + A),
     258: Reloc("R_AARCH64_ABS32", 4, lambda S, A, P: S + A, bits=(32, False)),
     260: Reloc("R_AARCH64_PREL64", 8, lambda S, A, P: S + A - P),
@@ -120,6 +123,14 @@ RELOCS = {
     280: Reloc("R_AARCH64_CONDBR19", 4, lambda S, A, P: S + A - P, _field(5, 19, 2), (21, True)),
     282: Reloc("R_AARCH64_JUMP26", 4, lambda S, A, P: S + A - P, _field(0, 26, 2), (28, True)),
     283: Reloc("R_AARCH64_CALL26", 4, lambda S, A, P: S + A - P, _field(0, 26, 2), (28, True)),
+}
+
+PIC = "kernel code is built -fno-pic (-fno-PIE), which needs no GOT"
+TLS = "thread-local (__thread) data has no place in kernel code (per-cpu data replaces it)"
+# What arch/arm64/kernel/module.c apply_relocate_add() refuses ("unsupported RELA relocation").
+RELOC_HINTS = {
+    **dict.fromkeys(range(300, 313), PIC),  # MOVW_GOTOFF_G0 ... LD64_GOT_LO12_NC
+    **dict.fromkeys(range(512, 574), TLS),  # TLSGD_ADR_PREL21 ... TLSDESC_*, TLSLE_*
 }
 
 CPU = Arch(
@@ -146,4 +157,6 @@ CPU = Arch(
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     runtime=Path(__file__).parent / "runtime.S",
+    reloc_hints=RELOC_HINTS,
+    site_flags="-fpatchable-function-entry=2",  # arch/arm64/Makefile (DYNAMIC_FTRACE_WITH_ARGS)
 )

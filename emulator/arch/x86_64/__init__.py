@@ -99,12 +99,21 @@ def setup_cpu(uc, page):
 
 
 RELOCS = {
+    0: Reloc("R_X86_64_NONE", 0, lambda S, A, P: 0),  # a no-op, as apply_relocate_add() takes it
     1: Reloc("R_X86_64_64", 8, lambda S, A, P: S + A),
     2: Reloc("R_X86_64_PC32", 4, lambda S, A, P: S + A - P, bits=(32, True)),
     4: Reloc("R_X86_64_PLT32", 4, lambda S, A, P: S + A - P, bits=(32, True)),
     10: Reloc("R_X86_64_32", 4, lambda S, A, P: S + A, bits=(32, False)),
     11: Reloc("R_X86_64_32S", 4, lambda S, A, P: S + A, bits=(32, True)),
     24: Reloc("R_X86_64_PC64", 8, lambda S, A, P: S + A - P),
+}
+
+PIC = "kernel code is built -fno-pic -mcmodel=kernel, which needs no GOT"
+TLS = "thread-local (__thread) data has no place in kernel code (per-cpu data replaces it)"
+# What arch/x86/kernel/module.c apply_relocate_add() refuses ("Unknown rela relocation"), named.
+RELOC_HINTS = {
+    **dict.fromkeys((3, 9, 25, 26, 27, 28, 29, 30, 31, 41, 42), PIC),  # GOT32 ... REX_GOTPCRELX
+    **dict.fromkeys((16, 17, 18, 19, 20, 21, 22, 23, 34, 35, 36), TLS),  # DTPMOD64 ... TLSDESC
 }
 
 CPU = Arch(
@@ -131,4 +140,6 @@ CPU = Arch(
     relocs=RELOCS,
     setup_cpu=setup_cpu,
     runtime=Path(__file__).parent / "runtime.S",
+    reloc_hints=RELOC_HINTS,
+    site_flags="-pg -mfentry -mrecord-mcount",  # arch/x86/Makefile, kernel/trace/Kconfig (CC_USING_FENTRY)
 )

@@ -45,6 +45,7 @@ BRANCH = ("b", "bl", "cbz", "cbnz", "tbz", "tbnz", "ret", "ret_auth", "bcond", "
 LITERAL = ("ldr_lit", "ldrsw_lit", "adr", "adrp", "prfm_lit")  # aarch64_insn_uses_literal()
 # What arm_probe_decode_insn() simulates when the instruction is not steppable.
 SIMULATED = ("bcond", "cbz", "cbnz", "tbz", "tbnz", "adr", "adrp", "b", "bl", "br", "blr", "ret")
+CAPSTONE_NAMES = {"fp": "x29", "lr": "x30"}  # capstone's names for them
 AARCH64_INSN_SPCLREG_DAIF = 0xDA11  # op0 3, op1 3, CRn 4, CRm 2, op2 1
 HINT_NOP = 0x000
 # aarch64_insn_is_steppable_hint(): NOP, XPACLRI, PACIA1716, PACIB1716, PACIAZ, PACIASP, PACIBZ,
@@ -125,18 +126,23 @@ def copy_for_slot(insn, slot: int) -> bytes:
     return bytes(insn.bytes) + SS_BREAKPOINT
 
 
+def _member(insn, reg_id) -> tuple[str | None, int]:
+    """The pt_regs member an operand names (None: the zero register) and its width's mask, as
+    get_x_reg()/get_w_reg() read it (simulate-insn.c). Capstone calls x29 and x30 fp and lr."""
+    name = CAPSTONE_NAMES.get(insn.reg_name(reg_id), insn.reg_name(reg_id))
+    mask = 0xFFFFFFFF if name[0] == "w" else (1 << 64) - 1
+    return (None if name in ("xzr", "wzr") else "x" + name[1:]), mask
+
+
 def _reg(regs, insn, reg_id) -> int:
-    name = insn.reg_name(reg_id)
-    if name in ("xzr", "wzr"):
-        return 0
-    value = regs.reg("x" + name[1:] if name[0] == "w" else name)
-    return value & 0xFFFFFFFF if name[0] == "w" else value
+    member, mask = _member(insn, reg_id)
+    return 0 if member is None else regs.reg(member) & mask
 
 
 def _set(regs, insn, reg_id, value) -> None:
-    name = insn.reg_name(reg_id)
-    if name not in ("xzr", "wzr"):
-        regs.set_reg("x" + name[1:] if name[0] == "w" else name, value & (0xFFFFFFFF if name[0] == "w" else -1))
+    member, mask = _member(insn, reg_id)
+    if member is not None:
+        regs.set_reg(member, value & mask)
 
 
 def simulate(insn, regs, machine) -> None:

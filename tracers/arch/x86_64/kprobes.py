@@ -37,6 +37,13 @@ JCC = {  # condition on (CF, PF, ZF, SF, OF)
     "jle": lambda c, p, z, s, o: z or s != o,
     "jg": lambda c, p, z, s, o: not z and s == o,
 }
+# prepare_emulation() sends ret (c3), ret imm16 (c2) and the far returns (cb, ca) alike to
+# kprobe_emulate_ret(), whose int3_emulate_ret() (arch/x86/include/asm/text-patching.h) pops the
+# return address and jumps there: a probed `ret imm16` leaves its imm16 bytes on the stack, and a
+# far return is taken as a near one (arch/x86/kernel/kprobes/core.c, so since 6256e668b7af, 5.13's
+# "Use int3 instead of debug trap for single-step"). Kernel code never uses either; a hand-written
+# test function may (fixtures/asm/x86_64/insns.S, pop_two).
+RETURNS = ("ret", "retq", "retf", "retfq")
 ENDBR64 = 0xFA1E0FF3  # gen_endbr(): f3 0f 1e fa (arch/x86/include/asm/ibt.h)
 ENDBR_INSN_SIZE = 4
 REG = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp", "rsp": "sp"}
@@ -144,10 +151,9 @@ def simulate(insn, regs, machine) -> None:
     elif mnem in ("jrcxz", "jecxz"):
         mask = (1 << 64) - 1 if mnem == "jrcxz" else 0xFFFFFFFF
         target = insn.operands[0].imm if regs.reg("cx") & mask == 0 else nxt
-    elif mnem in ("ret", "retq"):
+    elif mnem in RETURNS:  # kprobe_emulate_ret: int3_emulate_ret pops the return address, no more
         target = machine.u64(sp)
-        pop = insn.operands[0].imm if insn.operands else 0
-        regs.set_reg("sp", sp + 8 + pop)
+        regs.set_reg("sp", sp + 8)
     else:
         raise ValueError(f"ftlab cannot emulate '{mnem}'")
     regs.instruction_pointer_set(target)
