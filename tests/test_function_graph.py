@@ -57,6 +57,8 @@ def test_every_function_graphs_balanced_with_true_return_values(arch_name, varia
             callee = catalog.FUNCTIONS[m.symbols.lookup(entry.ip)[0].name]
             if callee.name == ex.name and entry.depth == 0:
                 call_args = ex.args
+            elif "x0" in entry.missing:  # arm64 -pg: argument 1 is gone at the site (test_mcount.py)
+                continue
             elif all(isinstance(a, int) for a in ex.args) and len(ex.args) <= 6:
                 nargs = callee.signature.count(",") + 1
                 call_args = tuple(decode_return("i64", a) for a in entry.args[:nargs])

@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 
+from fixtures import catalog
 from helpers import EXAMPLES, all_variants
 from tracers import FgraphOps, FtraceOps, FunctionTracer, Lab, OpsFlag
 from tracers.output.sinks import ListSink
@@ -12,6 +13,9 @@ MISSING = {
     "x86_64": ["r15", "r14", "r13", "r12", "bx", "r11", "r10", "orig_ax", "cs", "flags", "ss"],
     "arm64": [f"x{n}" for n in range(9, 29)] + ["pstate"],
 }
+# What a legacy -pg site cannot capture besides: on arm64 argument 1, gone to gcc's MOV X0, X30 (clang
+# leaves it, but the lab marks the kind, not the compiler); x86's mcount call keeps every argument.
+UNCAPTURED = {("arm64", "mcount"): ["x0"]}
 
 
 def trace(lab, func, *args, ret="i64", **kw):
@@ -26,6 +30,7 @@ def trace(lab, func, *args, ret="i64", **kw):
 def test_traced_results_counts_args_and_snapshots(arch_name, variant):
     lab = Lab.open(variant, arch_name)
     m = lab.machine
+    lost = UNCAPTURED.get((arch_name, catalog.variant(arch_name, variant).site_kind), [])
     for ex in EXAMPLES:
         result, sink = trace(lab, ex.name, *ex.args, ret=ex.func.ret, verify=True)
         assert result == ex.expected, ex
@@ -34,16 +39,18 @@ def test_traced_results_counts_args_and_snapshots(arch_name, variant):
             assert Counter(names) == Counter(ex.calls)
         first = sink.events[0]
         assert names[0] == ex.name and first.parent_ip == m.exit_addr and first.depth == 0
-        for got, want in zip(first.args, ex.args, strict=False):  # six recorded, fewer passed
+        for n, (got, want) in enumerate(zip(first.args, ex.args, strict=False)):  # six recorded, fewer passed
+            if m.arch.arg_regs[n] in lost:
+                continue
             if isinstance(want, int):
                 assert got == want & (1 << 64) - 1
             else:  # a buffer, passed by pointer
                 assert m.read(got, len(want)) == want
         for ev in sink.events:
             assert ev.mismatch == [], (ex.name, ev.verification)
-            assert list(ev.missing) == MISSING[arch_name]
+            assert list(ev.missing) == lost + MISSING[arch_name]
             assert ev.regs_kind == "ftrace_regs"
-            assert set(ev.regs) == set(lab.karch.ftrace_regs_saved)
+            assert set(ev.regs) == set(lab.karch.ftrace_regs_saved) - set(lost)
     # tracing off again: the text is back to its post-init bytes and results are unchanged
     assert not any(s.on for s in lab.sites)
     assert lab.call("fib", 15) == 610

@@ -153,7 +153,8 @@ def dwarf_signatures(path: Path) -> dict[str, Signature]:
                     if sig is not None:
                         found.setdefault(sig.name, sig)
             return found
-    except (OSError, ELFError, DWARFError, ConstructError, LookupError, ValueError):
+    # pyelftools asserts on some broken DWARF (a DW_FORM_strp without .debug_str)
+    except (OSError, ELFError, DWARFError, ConstructError, LookupError, ValueError, AssertionError):
         return {}
 
 

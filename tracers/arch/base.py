@@ -9,7 +9,7 @@ arch's name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -19,8 +19,11 @@ from emulator.layout import Layout
 
 @dataclass(frozen=True)
 class SiteEncoding:
-    """Patch sites (ftrace_call_adjust, ftrace_init_nop, ftrace_make_call/_nop)."""
+    """One kind of patch site (ftrace_call_adjust, ftrace_init_nop, ftrace_make_call/_nop), and the
+    trampolines its enabled sites call. An arch may have several kinds (fentry or patchable entries,
+    and the legacy -pg mcount call after the prologue); each object's sites are of one kind."""
 
+    name: str  # 'fentry', 'patchable', 'mcount': what the lab's tables call it
     tables: tuple[str, ...]  # sections listing the sites
     call_symbols: tuple[str, ...]  # relocations against these mark sites when no table exists
     offset_from_reloc: int  # call-site ip = relocation place + this
@@ -32,6 +35,16 @@ class SiteEncoding:
     # (ip, compiled window bytes, address of the mcount symbol) -> the window after init, or None
     init: Callable
     encode_call: Callable[[int, int], bytes]  # (site ip, target) -> the enabled site bytes
+    caller: str = "ftrace_caller"  # the trampoline an enabled site calls
+    regs_caller: str | None = "ftrace_regs_caller"  # ... for ops that want a full pt_regs, if any
+    calls: tuple[str, ...] = ("ftrace_call", "ftrace_regs_call")  # their patchable ops calls
+    # the ftrace_regs members its trampoline stores (None: KernelArch.ftrace_regs_saved)
+    saved: tuple[str, ...] | None = None
+    # Members whose kernel meaning is not "the register at the patch site":
+    # (site ip, true registers at the site, u64(addr)) -> the true value.
+    meaning: dict[str, Callable[[int, dict, Callable[[int], int]], int]] = field(default_factory=dict)
+    where: str = ""  # where the site is and what its trampoline can know, in a phrase
+    after_prologue: bool = False  # the site follows the function's prologue (-pg mcount)
 
 
 @dataclass(frozen=True)
@@ -137,20 +150,29 @@ class KernelArch:
     ftrace_regs: Layout
     ftrace_regs_saved: tuple[str, ...]  # members ftrace_caller actually stores
     ftrace_regs_aliases: dict[str, str]  # ftrace_regs member -> pt_regs member it holds
-    # Members whose kernel meaning is not "the register at the patch site": site ip -> true value.
-    ftrace_regs_meaning: dict[str, Callable[[int], int]]
     ftrace_regs_is_pt_regs: bool  # ftrace_partial_regs() can return the same memory
     ftrace_regs_stack_args: bool  # ftrace_regs_get_argument(n) past the registers reads the stack
     # ftrace_partial_regs() by release: (the CHANGES entry that brought it, or None; its fix-ups), oldest first
     partial_regs: tuple[tuple[str | None, PartialRegs], ...]
     regs_caller: RegsCaller | None  # None: the arch has no ftrace_regs_caller ...
     no_regs_caller_reason: str | None  # ... and why not, in the kernel's words
-    sites: SiteEncoding
+    sites: SiteEncoding  # the modelled release's kind of site
+    legacy_sites: tuple[SiteEncoding, ...]  # older kinds the lab also patches (the -pg mcount call)
     fgraph: FgraphArch
     rethook: RethookArch
     kprobes: ModuleType  # tracers/arch/<arch>/kprobes.py
     asm_constants: dict[str, int]  # asm-offsets for the .S files beside it
     source_dir: Path  # the arch's trampolines
+
+    def site_encoding(self, imports) -> SiteEncoding:
+        """The kind of an object's sites: the one whose call symbol it imports, else the modelled
+        one (gcc's -mnop-mcount and arm64's patchable NOPs import nothing)."""
+        found = (e for e in self.legacy_sites if any(s in imports for s in e.call_symbols))
+        return next(found, self.sites)
+
+    @property
+    def site_encodings(self) -> tuple[SiteEncoding, ...]:
+        return (self.sites, *self.legacy_sites)
 
     def partial_regs_of(self, kernel) -> PartialRegs:
         """The kernel release's ftrace_partial_regs() fix-ups."""

@@ -145,7 +145,8 @@ class RingTracer(Tracer):
         self.ring = (clock == "counter" and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         self.filters, self.notrace = list(filters), list(notrace)
-        self.decoder = self.decoder_class(lab.karch, lab.kernel)  # the ring buffer's records as events
+        # the ring buffer's records as events
+        self.decoder = self.decoder_class(lab.karch, lab.kernel, lab.ftrace.uncaptured())
         self.pending: dict = {}  # probe events whose records are in the buffer, by key
         self._keys = itertools.count()
 

@@ -154,7 +154,9 @@ def cmd_record(args, out):
     with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
         [lab] = list(_labs(args))
         lab.check_calls(calls)
-        rec = Recorder(output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, calls.text)
+        rec = Recorder(
+            output, lab.karch, lab.kernel, lab.machine.symbols, args.tracer, calls.text, lab.ftrace.uncaptured()
+        )
         # the tracer's events are the file's records: it writes them and decodes none
         options = {"max_depth": args.max_graph_depth} if args.tracer == "function_graph" else {}
         tracer = TRACERS[args.tracer](

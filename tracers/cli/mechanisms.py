@@ -71,6 +71,8 @@ def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | N
         c.note = f"Linux {lab.kernel}: {lab.karch.partial_regs_of(lab.kernel).effect}"
     elif mechanism == "fgraph_exit":
         c.note = f"Linux {lab.kernel}: {lab.fgraph.design.effect}"
+    elif mechanism.startswith("ftrace_") and site.encoding is not lab.karch.sites:  # an older kind of site
+        c.note = f"{site.encoding.name} site: {site.encoding.where}"
     attach, detach = _attachments(lab, mechanism, func, site, sym, offset, c)
     if c.refused:
         return c
@@ -107,7 +109,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         return (lambda: lab.kprobes.register(p)), (lambda: lab.kprobes.unregister(p))
     if mechanism in ("ftrace_caller", "ftrace_regs_caller", "partial_regs"):
         regs_wanted = mechanism == "ftrace_regs_caller"
-        if regs_wanted and lab.ftrace.regs_caller is None:
+        if regs_wanted and lab.ftrace.callers[site.encoding.name].regs_caller is None:
             c.refused = lab.karch.no_regs_caller_reason
         scratch = lab.machine.percpu + 0x1000
 
@@ -129,7 +131,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
 def _first_probeable(lab, sym, site) -> int:
     """The instruction after the patch site: the breakpoint path on both arches (a probe on the
     site itself is x86's kprobe-on-ftrace, which is the ftrace_regs_caller row)."""
-    return site.ip + lab.karch.sites.size - sym.addr
+    return site.ip + site.encoding.size - sym.addr
 
 
 def capture_all(lab, func: str, calls: CallSequence, offset: int | None = None) -> list[Capture]:

@@ -103,14 +103,29 @@ def regs_json(lab, captures) -> dict:
 
 
 def site_rows(lab):
-    """(function, ip, [(state, bytes, disassembly)]) for every site: compiled, after init, enabled."""
+    """(function, ip, [(state, bytes, disassembly)]) for every site: compiled, after init, enabled;
+    for a site after the prologue (-pg mcount) first that prologue."""
     m = lab.machine
     for s in lab.sites:
         states = []
+        if s.encoding.after_prologue:
+            code = m.read(s.func.addr, s.addr - s.func.addr)
+            states.append(("prologue", code, "; ".join(t for _, _, t in disassemble(m.arch, code, s.func.addr))))
         for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
-            text = "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, s.addr))
+            text = "; ".join(_annotate(m, s, t) for _, _, t in disassemble(m.arch, code, s.addr))
             states.append((state, code, text))
         yield s.func.name, s.ip, states
+
+
+def _annotate(m, site, text: str) -> str:
+    """objdump's `<symbol>` for a branch target; the compiled call by the symbol its kind calls (the
+    runtime's mcount and __fentry__ are one `ret`)."""
+    text = m.annotate(text)
+    for name in site.encoding.call_symbols:
+        sym = m.symbols.get(name)
+        if sym is not None:
+            text = text.replace(f"{sym.addr:#x} <{m.symbols.name(sym.addr)}>", f"{sym.addr:#x} <{name}>")
+    return text
 
 
 def site_states(lab, func: str) -> list[tuple[str, str]]:
@@ -119,9 +134,9 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
     m, site = lab.machine, lab.ftrace.site(func)
 
     def show(code: bytes, addr: int) -> str:
-        return f"{code.hex(' ')}  " + "; ".join(m.annotate(t) for _, _, t in disassemble(m.arch, code, addr))
+        return f"{code.hex(' ')}  " + "; ".join(_annotate(m, site, t) for _, _, t in disassemble(m.arch, code, addr))
 
-    after = site.ip + lab.karch.sites.size
+    after = site.ip + site.encoding.size
     size = disassemble(m.arch, m.read(after, 16), after)[0][1]
     brk = lab.karch.kprobes.BREAKPOINT
     return [

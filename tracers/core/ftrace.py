@@ -17,6 +17,7 @@ from emulator.layout import Layout
 from emulator.symbols import Symbol
 
 from ..arch import kernel_arch
+from ..arch.base import SiteEncoding
 from .regs import FtraceRegs
 from .verify import Verify
 
@@ -94,16 +95,25 @@ class Site:
     disabled: bytes  # after ftrace_init_nop
     enabled: bytes  # calling ftrace_caller
     literal: int | None  # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
+    encoding: SiteEncoding  # its kind (fentry, patchable, mcount) and that kind's trampolines
     target: int | None = None  # the trampoline it calls now (None: disabled)
 
     @property
     def on(self) -> bool:
         return self.target is not None
 
-    def calling(self, target: int | None, sites) -> bytes:
+    def calling(self, target: int | None) -> bytes:
         """The bytes at ip when the site calls target (None: the disabled NOP). Only these change
         at run time, as ftrace_make_call/ftrace_make_nop do; arm64's MOV X9, LR is written once."""
-        return sites.nop if target is None else sites.encode_call(self.ip, target)
+        return self.encoding.nop if target is None else self.encoding.encode_call(self.ip, target)
+
+
+@dataclass(frozen=True)
+class Callers:
+    """The trampolines one kind of site calls: ftrace_caller, and ftrace_regs_caller if it has one."""
+
+    caller: int
+    regs_caller: int | None
 
 
 class Ftrace:
@@ -111,11 +121,15 @@ class Ftrace:
         self.m = machine
         self.karch = karch = kernel_arch(machine.arch)
         syms = karch.load(machine, "ftrace_caller.S", OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
-        self.caller = syms["ftrace_caller"]
-        self.regs_caller = syms.get("ftrace_regs_caller")  # x86 only: DYNAMIC_FTRACE_WITH_REGS
+        self.callers = {
+            e.name: Callers(syms[e.caller], syms[e.regs_caller] if e.regs_caller else None)
+            for e in karch.site_encodings
+        }
+        self.caller = self.callers[karch.sites.name].caller
+        self.regs_caller = self.callers[karch.sites.name].regs_caller  # x86 only: DYNAMIC_FTRACE_WITH_REGS
         self.list_func = syms["ftrace_ops_list_func"]
         # the trampolines' patchable calls of the ops function (ftrace_update_ftrace_func)
-        self._call_sites = {syms[s]: self.list_func for s in ("ftrace_call", "ftrace_regs_call") if s in syms}
+        self._call_sites = {syms[c]: self.list_func for e in karch.site_encodings for c in e.calls}
         self.list_ops = machine.alloc("lab data", 64, 64)  # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
         self.sites: list[Site] = []
@@ -131,39 +145,56 @@ class Ftrace:
     # -- sites (ftrace_process_locs, ftrace_init_nop) --------------------------------------------
 
     def add_object(self, obj) -> list[Site]:
-        m, sites = self.m, self.karch.sites
-        mcount = next(m.symbols.get(s).addr for s in ("__fentry__", "mcount", "_mcount") if s in m.symbols)
+        """The object's sites, of the one kind its build made (KernelArch.site_encoding), found
+        and initialised (ftrace_init_nop)."""
+        m = self.m
+        enc = self.karch.site_encoding(obj.imports)
+        called = [m.symbols.get(s) for s in enc.call_symbols if s in m.symbols]
+        mcount = called[0].addr if called else None  # MCOUNT_ADDR: what the compiled sites call
+        caller = self.callers[enc.name].caller
         added = []
-        for recorded in sorted(set(self._recorded(obj))):
-            ip, literal = sites.adjust(recorded, m.read, m.symbols.is_function_start)
+        for recorded in sorted(set(self._recorded(obj, enc))):
+            ip, literal = enc.adjust(recorded, m.read, m.symbols.is_function_start)
             hit = m.symbols.lookup(ip)
             if hit is None or hit[0].kind != "func":
                 raise FtlabError(f"{obj.path}: patch site at {ip:#x} is outside any function")
-            start = ip - sites.window
-            compiled = m.read(start, sites.window + sites.size)
-            disabled = sites.init(ip, compiled, mcount)
+            start = ip - enc.window
+            compiled = m.read(start, enc.window + enc.size)
+            disabled = enc.init(ip, compiled, mcount)
             if disabled is None:
-                raise FtlabError(f"{obj.path}: unrecognised patch site at {m.where(ip)} (bytes {compiled.hex(' ')})")
+                raise FtlabError(
+                    f"{obj.path}: unrecognised {enc.name} patch site at {m.where(ip)} (bytes {compiled.hex(' ')})"
+                )
             m.patch(start, compiled, disabled)
-            enabled = disabled[: sites.window] + sites.encode_call(ip, self.caller)
-            site = Site(ip, hit[0], start, compiled, disabled, enabled, literal)
+            enabled = disabled[: enc.window] + enc.encode_call(ip, caller)
+            site = Site(ip, hit[0], start, compiled, disabled, enabled, literal, enc)
             self.sites.append(site)
             self.by_ip[ip] = site
             added.append(site)
         return added
 
-    def _recorded(self, obj) -> list[int]:
+    def _recorded(self, obj, enc: SiteEncoding) -> list[int]:
         """Site addresses from the compiler's tables, else from calls to the mcount symbol."""
-        sites, addrs = self.karch.sites, []
-        for table in sites.tables:
+        addrs: list[int] = []
+        for table in enc.tables:
             for addr, size in obj.sections.get(table, []):
                 if size % 8:
                     raise FtlabError(f"{obj.path}: {table} is {size:#x} bytes, not a whole number of 8-byte addresses")
                 addrs += struct.unpack(f"<{size // 8}Q", self.m.read(addr, size))
         if not addrs:
-            for sym in sites.call_symbols:
-                addrs += [place + sites.offset_from_reloc for place in obj.imports.get(sym, [])]
+            for sym in enc.call_symbols:
+                addrs += [place + enc.offset_from_reloc for place in obj.imports.get(sym, [])]
         return addrs
+
+    def uncaptured(self) -> dict[int, tuple[str, ...]]:
+        """Site ip -> the ftrace_regs members its trampoline stores but, at that kind of site, does
+        not capture (arm64 -pg: x0), for decoding the records that copy every member."""
+        every = self.karch.ftrace_regs_saved
+        out = {}
+        for s in self.sites:
+            if s.encoding.saved is not None and (lost := tuple(m for m in every if m not in s.encoding.saved)):
+                out[s.ip] = lost
+        return out
 
     def site(self, func: str) -> Site:
         found = next((s for s in self.sites if s.func.name == func), None)
@@ -226,21 +257,22 @@ class Ftrace:
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
         ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python (not while
         ftrace is verified: the Python dispatch takes the truth at each site)."""
-        sites = self.karch.sites
+        encode = self.karch.sites.encode_call  # the trampolines' own calls
         lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verify.held(self) else None
         for addr, current in self._call_sites.items():
             func = lone or self.list_func
             if func != current:
-                self.m.patch(addr, sites.encode_call(addr, current), sites.encode_call(addr, func))
+                self.m.patch(addr, encode(addr, current), encode(addr, func))
                 self._call_sites[addr] = func
         for site in self.sites:
             users = [ops for ops in self.ops if ops.traces(site.ip)]
             target = None
             if users:
-                regs = self.regs_caller is not None and any(ops.wants_regs for ops in users)
-                target = self.regs_caller if regs else self.caller
+                callers = self.callers[site.encoding.name]
+                regs = callers.regs_caller is not None and any(ops.wants_regs for ops in users)
+                target = callers.regs_caller if regs else callers.caller
             if target != site.target:
-                self.m.patch(site.ip, site.calling(site.target, sites), site.calling(target, sites))
+                self.m.patch(site.ip, site.calling(site.target), site.calling(target))
                 site.target = target
         self.verify.refresh()
 
@@ -255,11 +287,13 @@ class Ftrace:
         ip, parent_ip, fregs_addr = DISPATCH_ARGS(self._args)
         karch = self.karch
         truth = self.verify.take(ip)  # the patch-site instant (also a kprobe's there, on x86)
-        meaning = {member: f(ip) for member, f in karch.ftrace_regs_meaning.items()} if truth else None
         site = self.by_ip.get(ip)
         if site is None:  # the trampoline was called, not reached from a patch site
             raise FtlabError(f"ftrace: ftrace_caller entered from {self.m.where(ip)}, which is not a patch site")
-        saved = karch.regs_caller.saved if site.target == self.regs_caller else None
+        enc = site.encoding
+        meaning = {member: f(ip, truth, self.m.u64) for member, f in enc.meaning.items()} if truth else None
+        regs_caller = self.callers[enc.name].regs_caller
+        saved = karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
         # ftrace_ops_list holds the newest ops first (add_ftrace_ops puts it at the head,
         # kernel/trace/ftrace.c) and __ftrace_ops_list_func walks it from there

@@ -79,7 +79,10 @@ class Snapshot:
         (arm64) 0 past x7, as regs_get_kernel_argument and ftrace_regs_get_argument do."""
         regs = self._arch.arg_regs
         if n < len(regs):
-            return self.reg(regs[n])
+            # a register the trampoline stored but does not capture as what it means (arm64's x0 at
+            # a -pg site, gcc's copy of lr) reads as the kernel's accessor reads it: the member
+            slot = self._slot.get(regs[n])
+            return self.words[self._layout.offsets[regs[n]] // 8 if slot is None else slot]
         if self._k.ftrace_regs_stack_args:
             return self._m.u64(self.reg(self._arch.sp) + 8 * (n - len(regs) + 1))
         return 0

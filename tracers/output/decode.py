@@ -29,17 +29,28 @@ class StackDepth:
         return len(sps) - 1
 
 
+def partial_sites(karch, uncaptured) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Site ip -> (members captured, registers missing) where that site's trampoline stores members
+    it does not capture (Ftrace.uncaptured: arm64's x0 at a -pg site); a record holds them all."""
+    out = {}
+    for ip, members in (uncaptured or {}).items():
+        keep = tuple(m for m in karch.ftrace_regs_saved if m not in members)
+        out[ip] = (keep, tuple(missing_registers(karch, keep, karch.ftrace_regs_aliases)))
+    return out
+
+
 class FunctionDecoder:
     """The function tracer's records (entries only: records.Records.function)."""
 
     tracer = "function"
 
-    def __init__(self, karch, kernel: KernelVersion = MODELLED):
+    def __init__(self, karch, kernel: KernelVersion = MODELLED, uncaptured=None):
         self.rec = record_struct(karch, kernel)
         self.saved = saved = karch.ftrace_regs_saved
         self.sp = saved.index(karch.cpu.sp)
         self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
         self.missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
+        self.partial = partial_sites(karch, uncaptured)
         self.depth = StackDepth()
 
     # A record is as long as the tracers' largest: the fields a kind does not fill are padding, which
@@ -47,9 +58,14 @@ class FunctionDecoder:
 
     def events(self, chunk: bytes):
         name, saved, sp, args, missing, depth = self.tracer, self.saved, self.sp, self.args, self.missing, self.depth
+        partial = self.partial
         for kind, ts, ip, parent, *fields in self.rec.iter_unpack(chunk):
             if kind == REC_UNCOMMITTED:
                 continue
+            regs, miss = dict(zip(saved, fields, strict=False)), missing
+            if ip in partial:
+                keep, miss = partial[ip]
+                regs = {m: regs[m] for m in keep}
             yield Event(
                 name,
                 "entry",
@@ -59,8 +75,8 @@ class FunctionDecoder:
                 ts,
                 tuple(fields[i] for i in args),
                 "ftrace_regs",
-                dict(zip(saved, fields, strict=False)),
-                missing,
+                regs,
+                miss,
             )
 
 
@@ -70,8 +86,9 @@ class GraphDecoder:
 
     tracer = "function_graph"
 
-    def __init__(self, karch, kernel: KernelVersion = MODELLED):
+    def __init__(self, karch, kernel: KernelVersion = MODELLED, uncaptured=None):
         self.rec = record_struct(karch, kernel)
+        self.partial = partial_sites(karch, uncaptured)
         self.saved, self.exit_saved = saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved(kernel)
         aliases = karch.ftrace_regs_aliases
         self.args = [saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS]]
@@ -86,17 +103,12 @@ class GraphDecoder:
             if kind == REC_UNCOMMITTED:
                 continue
             if kind == REC_ENTRY:
+                regs, miss = dict(zip(saved, fields, strict=False)), self.missing_in
+                if ip in self.partial:
+                    keep, miss = self.partial[ip]
+                    regs = {m: regs[m] for m in keep}
                 yield Event(
-                    name,
-                    "entry",
-                    ip,
-                    parent,
-                    depth,
-                    ts,
-                    tuple(fields[i] for i in args),
-                    "ftrace_regs",
-                    dict(zip(saved, fields, strict=False)),
-                    self.missing_in,
+                    name, "entry", ip, parent, depth, ts, tuple(fields[i] for i in args), "ftrace_regs", regs, miss
                 )
             else:
                 yield Event(

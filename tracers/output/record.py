@@ -68,8 +68,16 @@ class Recorder:
     A write that fails is kept and reported by finish() (the consumer runs inside the emulation)."""
 
     def __init__(
-        self, out: OutputFile, karch, kernel: KernelVersion, symbols: SymbolTable, tracer: str, call_text: str
+        self,
+        out: OutputFile,
+        karch,
+        kernel: KernelVersion,
+        symbols: SymbolTable,
+        tracer: str,
+        call_text: str,
+        uncaptured: dict[int, tuple[str, ...]] | None = None,
     ):
+        """uncaptured: Ftrace.uncaptured(), the sites whose records hold members not captured there."""
         if tracer not in DECODERS:
             raise FtlabError(f"record takes --tracer {' or '.join(DECODERS)}")
         self.out, self.fh = out, out.fh
@@ -85,6 +93,8 @@ class Recorder:
             "exit_fields": list(karch.fgraph.exit_saved(kernel)),
             "symbols": [[s.name, s.addr, s.size, s.kind] for s in symbols],
         }
+        if uncaptured:  # legacy -pg sites (arm64's x0); absent otherwise
+            header["uncaptured"] = [[ip, list(members)] for ip, members in sorted(uncaptured.items())]
         self.crc, self.records = 0, 0
         self._write(bytes(PREAMBLE.size))  # no magic until finish() fills it in
         self.header = json.dumps(header).encode()
@@ -186,6 +196,12 @@ def _buffers(v) -> bool:
     )
 
 
+def _uncaptured(v) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(e, list) and len(e) == 2 and _words(e[0]) and _strings(e[1]) for e in v
+    )
+
+
 def _symbol(s) -> bool:
     return (
         isinstance(s, list)
@@ -203,6 +219,7 @@ class Recording:
 
     def __init__(self, path: str):
         self.path = path
+        self.uncaptured: dict[int, tuple[str, ...]] = {}
         self.fh: IO[bytes]
         try:
             self.fh = open(path, "rb")
@@ -296,6 +313,9 @@ class Recording:
         _field(path, "header", header, "record_size", _is_int, "a whole number")
         _field(path, "header", header, "fields", _strings, "a list of register names")
         _field(path, "header", header, "exit_fields", _strings, "a list of register names")
+        uncaptured = header.get("uncaptured", [])
+        _field(path, "header", {"uncaptured": uncaptured}, "uncaptured", _uncaptured, "a list of [address, members]")
+        self.uncaptured = {ip: tuple(members) for ip, members in uncaptured}
         if (
             header["fields"] != list(karch.ftrace_regs_saved)
             or header["exit_fields"] != list(karch.fgraph.exit_saved(kernel))
@@ -347,7 +367,7 @@ class Recording:
 
     def decoder(self):
         """A fresh decoder for this recording's records."""
-        return DECODERS[self.tracer](self.karch, self.kernel)
+        return DECODERS[self.tracer](self.karch, self.kernel, self.uncaptured)
 
     def chunks(self, rec_size: int):
         """The records in the order they were written, in chunks of whole records."""

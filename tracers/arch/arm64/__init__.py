@@ -82,14 +82,25 @@ def init_site(ip, window, mcount):
     return None
 
 
+def init_mcount_site(ip, window, mcount):
+    """ftrace_init_nop for -pg (ftrace_make_nop(mod, rec, MCOUNT_ADDR), arch/arm64/kernel/ftrace.c of
+    the !WITH_REGS builds): `BL _mcount` becomes a NOP; the MOV X0, X30 before it stays."""
+    if window in (word.pack(NOP), encode_call(ip, mcount)):
+        return word.pack(NOP)
+    return None
+
+
+def after_site(site, truth, u64):
+    """fregs->pc is x30 after the site's BL: the instruction after the BL."""
+    return site + AARCH64_INSN_SIZE
+
+
 KERNEL = KernelArch(
     cpu=CPU,
     pt_regs=PT_REGS,
     ftrace_regs=FTRACE_REGS,
     ftrace_regs_saved=tuple(X[:9]) + ("fp", "lr", "sp", "pc"),
     ftrace_regs_aliases={"fp": "x29", "lr": "x30"},
-    # fregs->pc is x30 after the site's BL: the instruction after the BL.
-    ftrace_regs_meaning={"pc": lambda site: site + AARCH64_INSN_SIZE},
     ftrace_regs_is_pt_regs=False,
     ftrace_regs_stack_args=False,  # ftrace_regs_get_argument: 0 past x7
     # ftrace_partial_regs() copies x0-x8, sp, pc, fp and lr into the caller's pt_regs
@@ -113,6 +124,7 @@ KERNEL = KernelArch(
         "is always NULL and there are no kprobes on ftrace"
     ),
     sites=SiteEncoding(
+        name="patchable",
         tables=("__patchable_function_entries",),
         call_symbols=(),
         offset_from_reloc=0,
@@ -122,6 +134,39 @@ KERNEL = KernelArch(
         window=4,
         init=init_site,
         encode_call=encode_call,
+        regs_caller=None,
+        calls=("ftrace_call",),
+        meaning={"pc": after_site},
+        where="MOV X9, LR; BL at the entry, before the prologue: every register is the caller's",
+    ),
+    legacy_sites=(
+        SiteEncoding(
+            name="mcount",
+            after_prologue=True,
+            tables=(),  # -pg records nothing: every R_AARCH64_CALL26 against _mcount is a site
+            call_symbols=("_mcount",),
+            offset_from_reloc=0,
+            size=AARCH64_INSN_SIZE,
+            nop=word.pack(NOP),
+            adjust=lambda addr, read, is_function_start: (addr, None),
+            window=0,  # gcc's MOV X0, X30 before it stays
+            init=init_mcount_site,
+            encode_call=encode_call,
+            caller="ftrace_caller_mcount",
+            regs_caller=None,
+            calls=("ftrace_call_mcount",),
+            saved=tuple(X[1:9]) + ("fp", "lr", "sp", "pc"),  # x0 is gone: gcc's MOV X0, X30
+            meaning={
+                "pc": after_site,
+                # fp and lr at the function's entry, from the frame record the prologue built
+                "fp": lambda site, truth, u64: u64(truth["x29"]),
+                "lr": lambda site, truth, u64: u64(truth["x29"] + 8),
+            },
+            where=(
+                "BL _mcount after the prologue's frame record (-pg): fp and lr are read from that "
+                "record, sp is the site's, and gcc's MOV X0, X30 has overwritten x0 (argument 1)"
+            ),
+        ),
     ),
     # return_to_handler (arch/arm64/kernel/entry-ftrace.S, 6.14+): x0-x7 and x29 only, in every
     # modelled release with fgraph on ftrace_regs (the 6.18 and 7.0 sp fixes were x86's);

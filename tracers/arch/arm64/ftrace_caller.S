@@ -43,6 +43,58 @@ ftrace_call:
     add sp, sp, #FREGS_SIZE + 32
     ret x9
 
+/*
+ * ftrace_caller_mcount for arm64's legacy -pg sites, after the !DYNAMIC_FTRACE_WITH_REGS half of
+ * arch/arm64/kernel/entry-ftrace.S as 6.1 had it (blob 45aaee55afff; AKASHI Takahiro's 2014 code:
+ * mcount_enter, mcount_get_pc0, mcount_get_lr, ftrace_graph_caller's mcount_get_lr_addr and
+ * mcount_get_parent_fp); 6.6's asm/ftrace.h still defined MCOUNT_ADDR for it. The modelled 7.0
+ * builds only patchable entries (DYNAMIC_FTRACE_WITH_ARGS). The lab runs that 6.1 site and frame
+ * recovery, but dispatches into 7.0's ftrace_regs ops list as ftrace_caller does (the kernel's
+ * called the tracer with (pc, lr) only, and fgraph through a separate ftrace_graph_caller).
+ *
+ * Entered by `BL ftrace_caller_mcount` at an enabled site, after the prologue built the traced
+ * function's frame record at x29 = {the parent's fp, lr}:
+ *     x30 = the instruction after the BL
+ *     x0  = gcc's MOV X0, X30 copy of lr (argument 1 is gone); clang leaves argument 1 there
+ * To the compiler this is an ordinary call: x0-x18 may be clobbered, so nothing of them is
+ * restored. As the kernel's: pc = lr - 4 (mcount_get_pc0), the parent's pc = [x29 + 8]
+ * (mcount_get_lr) and the parent's fp = [x29] (mcount_get_parent_fp). Its ftrace_regs has what
+ * ftrace_regs users look for at an entry: fp and lr are the function's at entry, read from that
+ * frame record; sp is the site's (the entry sp is unknown: the frame size is the compiler's).
+ * x0 is stored as the site had it, for the accessors, but is not among what this kind captures.
+ * On the way out the lr in fregs goes back into the frame record, so that fgraph's hook (the
+ * kernel's prepare_ftrace_return(pc, &lr, fp), mcount_get_lr_addr) is what the function's
+ * epilogue loads; and it returns to fregs->pc.
+ */
+.globl ftrace_caller_mcount
+ftrace_caller_mcount:
+    hint #34                            // bti c
+    sub sp, sp, #FREGS_SIZE + 16        // ftrace_regs and our frame record (mcount_enter)
+    fregs_x0_x7 stp                     // x0 as the site left it: what ftrace_regs_get_argument(0)
+    str x8, [sp, #FREGS_X8]             // reads, but not argument 1 after gcc's MOV X0, X30
+    str xzr, [sp, #FREGS_DIRECT_TRAMP]
+    ldr x10, [x29]                      // the parent's fp
+    str x10, [sp, #FREGS_FP]
+    ldr x1, [x29, #8]                   // parent_ip = the lr in the frame record
+    str x1, [sp, #FREGS_LR]
+    add x10, sp, #FREGS_SIZE + 16
+    str x10, [sp, #FREGS_SP]            // the site's sp
+    str x30, [sp, #FREGS_PC]
+    stp x29, x30, [sp, #FREGS_SIZE]
+    add x29, sp, #FREGS_SIZE
+    sub x0, x30, #AARCH64_INSN_SIZE     // ip = the BL
+    ldr x2, function_trace_op           // op
+    mov x3, sp                          // fregs
+.globl ftrace_call_mcount
+ftrace_call_mcount:
+    bl ftrace_ops_list_func
+    ldr x29, [sp, #FREGS_SIZE]          // the traced function's fp
+    ldr x10, [sp, #FREGS_LR]
+    str x10, [x29, #8]                  // fgraph may have hooked it
+    ldr x9, [sp, #FREGS_PC]
+    add sp, sp, #FREGS_SIZE + 16
+    ret x9
+
 /* The ops dispatch, ftrace_ops_list_func(ip, parent_ip, op, fregs) (kernel/trace/ftrace.c). The
  * registered ftrace_ops run in the lab: this stub leaves its arguments in lab data, where the lab
  * reads them with one load, and branches to ftrace_ops_list_lab, whose block carries the lab's

@@ -66,12 +66,18 @@ def encode_call(ip: int, target: int) -> bytes:
     return bytes([CALL]) + struct.pack("<i", rel)
 
 
+def after_site(site, truth, u64):
+    """regs.ip: the return address the site's call pushed, the instruction after the 5-byte site."""
+    return site + MCOUNT_INSN_SIZE
+
+
 def adjust_site(addr, read, is_function_start):
     return addr, None  # __mcount_loc records the call itself (func+0, or func+4 after endbr64)
 
 
 def init_site(ip, window, mcount):
-    """ftrace_init_nop: `call __fentry__` (or gcc's -mnop-mcount NOP) becomes NOP5."""
+    """ftrace_init_nop: `call __fentry__` or `call mcount` (or gcc's -mnop-mcount NOP) becomes NOP5
+    (ftrace_make_nop before 5.2 checked the call against MCOUNT_ADDR, mcount's address)."""
     if window == NOP5 or window == encode_call(ip, mcount):
         return NOP5
     return None
@@ -115,8 +121,6 @@ KERNEL = KernelArch(
     # ("not a full pt_regs"), not captured registers.
     ftrace_regs_saved=("ax", "cx", "dx", "si", "di", "r8", "r9", "bp", "ip", "sp"),
     ftrace_regs_aliases={},
-    # regs.ip is the return address the site's call pushed: the instruction after the 5-byte site.
-    ftrace_regs_meaning={"ip": lambda site: site + MCOUNT_INSN_SIZE},
     ftrace_regs_is_pt_regs=True,  # HAVE_FTRACE_REGS_HAVING_PT_REGS
     ftrace_regs_stack_args=True,  # regs_get_kernel_argument: n >= 6 is sp[n - 5]
     # ftrace_partial_regs() returns &fregs->regs itself (HAVE_FTRACE_REGS_HAVING_PT_REGS). x86_64's
@@ -156,6 +160,7 @@ KERNEL = KernelArch(
     ),  # arch_ftrace_get_regs(): NULL when regs.cs == 0
     no_regs_caller_reason=None,
     sites=SiteEncoding(
+        name="fentry",
         tables=("__mcount_loc",),
         call_symbols=("__fentry__",),
         offset_from_reloc=-1,  # the PLT32 relocation is on the rel32 after the e8 byte
@@ -165,6 +170,32 @@ KERNEL = KernelArch(
         window=0,
         init=init_site,
         encode_call=encode_call,
+        meaning={"ip": after_site},
+        where="call __fentry__ at the entry, before the prologue: every register is the caller's",
+    ),
+    legacy_sites=(
+        SiteEncoding(
+            name="mcount",
+            after_prologue=True,
+            tables=("__mcount_loc",),  # gcc -pg -mrecord-mcount; else the relocations against mcount
+            call_symbols=("mcount",),
+            offset_from_reloc=-1,
+            size=MCOUNT_INSN_SIZE,
+            nop=NOP5,
+            adjust=adjust_site,
+            window=0,
+            init=init_site,
+            encode_call=encode_call,
+            caller="ftrace_caller_mcount",
+            regs_caller="ftrace_regs_caller_mcount",
+            calls=("ftrace_call_mcount", "ftrace_regs_call_mcount"),
+            # sp: the function's sp at entry, where its return address is: 8(%rbp) after the prologue
+            meaning={"ip": after_site, "sp": lambda site, truth, u64: truth["bp"] + 8},
+            where=(
+                "call mcount after push rbp; mov rbp, rsp (-pg without -mfentry, gone in 5.2): the "
+                "parent and the entry sp are found through rbp, bp is the function's own frame"
+            ),
+        ),
     ),
     # return_to_handler (arch/x86/kernel/ftrace_64.S) by release; ip is the real return address,
     # which ftrace_return_to_handler() stores (ftrace_regs_set_instruction_pointer).

@@ -5,6 +5,8 @@
  * Entered by `call ftrace_caller` at an enabled fentry site:
  *     [rsp]     = site + 5, the return into the traced function
  *     [rsp + 8] = parent ip, the traced function's own return address
+ * or by `call ftrace_caller_mcount` at an enabled legacy -pg site, after the prologue:
+ *     [rsp]     = site + 5, and rbp = the traced function's frame: 8(%rbp) is the parent ip
  * It builds a pt_regs-shaped struct ftrace_regs on the stack holding what ftrace_regs promises
  * (argument registers, rax, rbp, ip, sp), marks it partial with cs = 0, calls
  * ftrace_ops_list_func(ip, parent_ip, op, fregs), restores, and returns into the traced function.
@@ -12,21 +14,23 @@
  */
 .include "macros.S"
 
-.globl ftrace_caller
-ftrace_caller:
-    save_mcount_regs
-    lea rdx, [rsp+FRAME_SIZE+8]
-    mov [rsp+RSP], rdx                  // sp = the traced function's sp at entry
+/* ftrace_caller, for the site kind \site: its call of the ops function, \call, is patched to a lone
+ * ops's own function (ftrace_update_ftrace_func). */
+.macro define_ftrace_caller name, call, site
+.globl \name
+\name:
+    save_mcount_regs site=\site
     mov qword ptr [rsp+CS], 0           // "not a full pt_regs": ftrace_get_regs() gives NULL
     mov rdx, [rip+function_trace_op]    // op
     mov rcx, rsp                        // fregs
-.globl ftrace_call
-ftrace_call:
+.globl \call
+\call:
     call ftrace_ops_list_func
     mov rax, [rsp+RIP]                  // handlers may change the ip: return there
     mov [rsp+FRAME_SIZE], rax
     restore_mcount_regs
     ret
+.endm
 
 /*
  * ftrace_regs_caller: for ops with FTRACE_OPS_FL_SAVE_REGS (kprobes on ftrace, livepatch). The flags
@@ -35,10 +39,11 @@ ftrace_call:
  * gives a complete pt_regs. Handlers may change flags and ip. As in the kernel, r11 is saved but
  * not restored. (Direct-call trampolines through orig_ax are not modelled.)
  */
-.globl ftrace_regs_caller
-ftrace_regs_caller:
+.macro define_ftrace_regs_caller name, call, site
+.globl \name
+\name:
     pushfq
-    save_mcount_regs 8                  // the pt_regs sits under the flags
+    save_mcount_regs 8, \site          // the pt_regs sits under the flags
     mov [rsp+R15], r15
     mov [rsp+R14], r14
     mov [rsp+R13], r13
@@ -50,12 +55,10 @@ ftrace_regs_caller:
     mov [rsp+EFLAGS], rcx
     mov qword ptr [rsp+SS], KERNEL_DS
     mov qword ptr [rsp+CS], KERNEL_CS   // a full pt_regs: ftrace_get_regs() gives it
-    lea rcx, [rsp+FRAME_SIZE+16]
-    mov [rsp+RSP], rcx                  // sp = the traced function's sp at entry
     mov rdx, [rip+function_trace_op]    // op
     mov rcx, rsp                        // regs
-.globl ftrace_regs_call
-ftrace_regs_call:
+.globl \call
+\call:
     call ftrace_ops_list_func
     mov rax, [rsp+EFLAGS]               // handlers may change the flags and the ip
     mov [rsp+FRAME_SIZE], rax
@@ -70,6 +73,14 @@ ftrace_regs_call:
     restore_mcount_regs
     popfq
     ret
+.endm
+
+define_ftrace_caller ftrace_caller, ftrace_call, fentry
+define_ftrace_regs_caller ftrace_regs_caller, ftrace_regs_call, fentry
+/* The same for legacy -pg sites, as 5.1 built them without CC_USING_FENTRY (a kernel had one or
+ * the other; the lab patches both kinds of object). */
+define_ftrace_caller ftrace_caller_mcount, ftrace_call_mcount, mcount
+define_ftrace_regs_caller ftrace_regs_caller_mcount, ftrace_regs_call_mcount, mcount
 
 /* The ops dispatch, ftrace_ops_list_func(ip, parent_ip, op, fregs) (kernel/trace/ftrace.c). The
  * registered ftrace_ops run in the lab: this stub leaves its arguments in lab data, where the lab

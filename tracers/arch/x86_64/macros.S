@@ -4,9 +4,10 @@
  */
 
 /* A pt_regs below the return address, holding the registers ftrace_regs promises (arguments, rax
- * and rbp; orig_ax = 0: not a syscall) and ip; then rdi = the call site and rsi = the parent ip.
- * added: the bytes pushed before it (ftrace_regs_caller's flags). */
-.macro save_mcount_regs added=0
+ * and rbp; orig_ax = 0: not a syscall), ip and the traced function's sp at entry; then rdi = the
+ * call site and rsi = the parent ip. added: the bytes pushed before it (ftrace_regs_caller's
+ * flags); site: the kind of call site, fentry or mcount (the frame macros below). */
+.macro save_mcount_regs added=0, site=fentry
     sub rsp, FRAME_SIZE
     mov [rsp+RAX], rax
     mov [rsp+RCX], rcx
@@ -20,7 +21,28 @@
     mov rdi, [rsp+FRAME_SIZE+\added]   // the return address the site's call pushed
     mov [rsp+RIP], rdi
     sub rdi, MCOUNT_INSN_SIZE           // ip = the call site
-    mov rsi, [rsp+FRAME_SIZE+\added+8] // parent_ip
+    \site\()_frame \added
+.endm
+
+/* fentry (call __fentry__ before the prologue): the parent ip is the word above the return
+ * address into the site, and where it sits is the traced function's sp at entry. */
+.macro fentry_frame added
+    lea rdx, [rsp+FRAME_SIZE+\added+8]
+    mov [rsp+RSP], rdx
+    mov rsi, [rdx]                      // parent_ip
+.endm
+
+/* mcount (-pg without -mfentry: call mcount after push rbp; mov rbp, rsp): the parent ip is
+ * 8(%rbp), as save_mcount_regs found it without CC_USING_FENTRY (`movq 8(%rdx), %rsi` with rdx the
+ * original rbp, arch/x86/kernel/ftrace_64.S up to 5.1; torvalds/linux 562e14f72292 "ftrace/x86:
+ * Remove mcount support" took it out for 5.2). That slot is the one 5.1's ftrace_graph_caller
+ * hooked (`leaq 8(%rdx), %rsi`), and the function's sp at entry: the lab stores it as the ftrace_regs
+ * sp, so that fgraph, rethook and stack arguments find it as at fentry (5.1's ftrace_regs_caller
+ * stored the site's rsp there; its ftrace_caller passed no regs at all). */
+.macro mcount_frame added
+    lea rdx, [rbp+8]
+    mov [rsp+RSP], rdx
+    mov rsi, [rdx]                      // parent_ip
 .endm
 
 .macro restore_mcount_regs
