@@ -153,8 +153,9 @@ def dwarf_signatures(path: Path) -> dict[str, Signature]:
                     if sig is not None:
                         found.setdefault(sig.name, sig)
             return found
-    # pyelftools asserts on some broken DWARF (a DW_FORM_strp without .debug_str)
-    except (OSError, ELFError, DWARFError, ConstructError, LookupError, ValueError, AssertionError):
+    # pyelftools asserts on some broken DWARF (a DW_FORM_strp without .debug_str), and gives None for
+    # a string past the end of its section (AttributeError on .decode)
+    except (OSError, ELFError, DWARFError, ConstructError, LookupError, ValueError, AssertionError, AttributeError):
         return {}
 
 
