@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -170,17 +170,16 @@ def state_path(report: Path) -> Path:
 def _load_done(report: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The records a previous run left for this header: the report's, then its state file's."""
     done: dict[str, dict[str, Any]] = {}
-    documents: list[tuple[Path, dict[str, Any], Iterable[dict[str, Any]]]] = []
+    documents: list[tuple[Path, dict[str, Any], list[dict[str, Any]]]] = []
     try:
         if report.is_file():
             data = json.loads(report.read_text())
             documents.append((report, data, data["objects"]))
         state = state_path(report)
         if state.is_file():
-            first, *lines = state.read_text().splitlines()
-            # a run killed mid-write leaves a partial last line: that object is checked again
-            records = [json.loads(line) for line in lines if line.endswith("}")]
-            documents.append((state, json.loads(first), records))
+            first, *lines = state.read_text().split("\n")
+            # the last line is partial when a run was killed while writing it: that object is checked again
+            documents.append((state, json.loads(first), [json.loads(line) for line in lines[:-1]]))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FtlabError(f"{report}: not a corpus report to resume ({err}): name another --report") from None
     for source, data, records in documents:
@@ -254,6 +253,9 @@ def _run(engine: Engine, tasks, names: list[str], state: Path, header, progress)
     """Run the tasks, and yield each record, named by names[its index], as it comes, once appended
     to the state file (after the header, when the file is new)."""
     fresh = not state.is_file()
+    if not fresh:  # after a killed run's partial last line (left out by _load_done), if any
+        kept = state.read_bytes()
+        state.write_bytes(kept[: kept.rfind(b"\n") + 1])
     with open(state, "a") as log, tqdm(total=len(tasks), unit="obj", file=progress, disable=None) as bar:
         if fresh:
             log.write(json.dumps(header) + "\n")
