@@ -18,6 +18,7 @@ from elftools.elf.elffile import ELFFile
 
 from emulator import FtlabError
 from fixtures import catalog
+from tracers import cluster
 from tracers.cli.main import main
 from tracers.cluster import DaskCluster, ProcessPool
 from tracers.conformance.corpus import DEFAULT_CHECK, cause, find_objects, run_corpus, state_path
@@ -183,6 +184,8 @@ def test_resume_skips_what_is_done(tree, tmp_path):
     header, *lines = state_path(report).read_text().splitlines()
     assert json.loads(header)["options"] == options and len(lines) == 2
     saved = {json.loads(line)["path"] for line in lines}
+    with open(state_path(report), "a") as state:  # killed while writing a record
+        state.write('{"path": "x86_64/fu')
 
     for path in log.iterdir():
         path.unlink()
@@ -206,6 +209,38 @@ def test_resume_skips_what_is_done(tree, tmp_path):
 
     with pytest.raises(FtlabError, match=r"^\S+r\.json: a run with kernel '7\.0', not '6\.1': name another --report"):
         run_corpus(tree, report, ProcessPool(2), named_check, kernel=KernelVersion.parse("6.1"), options=options)
+
+
+def test_engine_choice(monkeypatch):
+    """Dask when it is installed, else a process pool on every core; an existing cluster's address
+    without Dask is refused."""
+    monkeypatch.setattr(cluster, "dask_available", lambda: False)
+    pool = cluster.engine()
+    assert isinstance(pool, ProcessPool) and pool.workers == os.cpu_count()
+    assert cluster.engine(3).name == "process pool (3 workers)"
+    with pytest.raises(FtlabError, match=r"^--scheduler tcp://h:8786: Dask is not installed"):
+        cluster.engine(scheduler="tcp://h:8786")
+
+
+def test_existing_cluster(tree, tmp_path, capsys):
+    """--scheduler ADDRESS: the tasks go to that cluster's workers."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
+        code = main(
+            [
+                "check-corpus",
+                "--corpus",
+                str(tree),
+                "--report",
+                str(tmp_path / "r.json"),
+                "--scheduler",
+                local.scheduler_address,
+            ]
+        )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"# corpus {tree}: 5 objects, 5 checked by this run in ")
+    assert out.splitlines()[0].endswith(f"on dask cluster at {local.scheduler_address} (1 worker)")
 
 
 def test_deterministic_report(tree, tmp_path):

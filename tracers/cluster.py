@@ -42,7 +42,7 @@ class ProcessPool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.name = f"process pool ({workers} worker{'s' * (workers != 1)})"
+        self.name = f"process pool ({_workers(workers)})"
 
     def run(self, fn, tasks):
         todo = list(range(len(tasks)))[::-1]  # popped from the end: in order
@@ -87,11 +87,11 @@ class DaskCluster:
                     silence_logs=logging.ERROR,  # a restarted worker is reported per task, not logged
                 )
                 self.client = distributed.Client(cluster)
-                self.name = f"dask local cluster ({workers} worker{'s' * (workers != 1)})"
+                self.name = f"dask local cluster ({_workers(workers)})"
             else:
                 self.client = distributed.Client(address, timeout=10)
                 count = len(self.client.scheduler_info(n_workers=-1)["workers"])
-                self.name = f"dask cluster at {address} ({count} workers)"
+                self.name = f"dask cluster at {address} ({_workers(count)})"
         except (OSError, TimeoutError) as err:
             raise FtlabError(f"dask scheduler {address or '(local)'}: {err}") from None
 
@@ -110,6 +110,10 @@ class DaskCluster:
         self.client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' * (n != 1)}"
 
 
 def dask_available() -> bool:
