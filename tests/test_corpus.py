@@ -309,3 +309,11 @@ def test_cli_refusals(tmp_path, capsys):
     assert capsys.readouterr().err == f"ftlab: error: --corpus {tmp_path / 'none'}: not a directory\n"
     assert main(["check-corpus", "--report", str(tmp_path / "r.json")]) == 1
     assert capsys.readouterr().err == "ftlab: error: name the tree to check with --corpus DIR\n"
+    assert main(["check-corpus", "--corpus", str(tmp_path), "--scheduler", "tcp://h:1", "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ftlab: error: --workers: the cluster at --scheduler tcp://h:1 has its own workers\n"
+    report = tmp_path / "r.json"
+    report.write_text("[]")
+    assert main(["check-corpus", "--corpus", str(tmp_path), "--report", str(report), "--workers", "1"]) == 1
+    assert capsys.readouterr().err.startswith(f"ftlab: error: {report}: not a corpus report to resume (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file left

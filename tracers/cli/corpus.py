@@ -62,6 +62,8 @@ def corpus_options(args: argparse.Namespace) -> dict:
 def run_corpus_command(args: argparse.Namespace, out) -> None:
     if not args.corpus:
         raise FtlabError("name the tree to check with --corpus DIR")
+    if args.scheduler and args.workers:
+        raise FtlabError(f"--workers: the cluster at --scheduler {args.scheduler} has its own workers")
     report = Path(args.report)
     corpus = Corpus(Path(args.corpus), report, kernel=getattr(args, "kernel", MODELLED), options=corpus_options(args))
     try:
