@@ -27,6 +27,10 @@ Task = tuple[Any, ...]  # the task function's arguments
 SPAWN = multiprocessing.get_context("spawn")
 
 
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' * (n != 1)}"
+
+
 class Engine(Protocol):
     name: str
 
@@ -37,8 +41,8 @@ class Engine(Protocol):
 
 class ProcessPool:
     """concurrent.futures' process pool. A worker that dies breaks the whole pool, failing every
-    task it held: those are LOST, and a new pool takes the rest. At most 2 tasks a worker are in
-    flight, so a crash loses few."""
+    task it held, not only its own: those are all LOST, and a new pool takes the rest. At most 2
+    tasks a worker are in flight, so few are LOST with the one that crashed."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -110,10 +114,6 @@ class DaskCluster:
         self.client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _workers(n: int) -> str:
-    return f"{n} worker{'s' * (n != 1)}"
 
 
 def dask_available() -> bool:
