@@ -291,7 +291,7 @@ def test_cli(tree, tmp_path, capfd):
     assert err == f"ftlab: error: 1 of 5 objects not ok (report: {report})\n"
     lines = out.splitlines()
     assert lines[0].startswith(f"# corpus {tree}: 5 objects, 5 checked by this run in ")
-    assert lines[1].split() == ["arch", "objects", "ok", "failed", "error", "crashed", "cpu", "s"]
+    assert lines[1].split() == ["arch", "objects", "ok", "failed", "error", "crashed", "seconds"]
     assert [line.split()[:6] for line in lines[2:6]] == [
         ["-", "1", "0", "0", "1", "0"],
         ["arm64", "2", "2", "0", "0", "0"],

@@ -276,13 +276,14 @@ def _run(engine: Engine, tasks, names: list[str], state: Path, header, progress)
 
 
 def summary(result: CorpusResult, out: IO[str]) -> None:
-    """The table: objects per arch by status, then the causes of every object not ok."""
+    """The table: objects per arch by status and the seconds their tasks took, then the causes of
+    every object not ok."""
     rate = result.checked / result.seconds if result.seconds else 0.0
     out.write(
         f"# corpus {result.root}: {len(result.records)} objects, {result.checked} checked by this run "
         f"in {result.seconds:.1f} s ({rate:.1f} objects/s) on {result.engine}\n"
     )
-    out.write(f"{'arch':<8}{'objects':>9}" + "".join(f"{s:>9}" for s in STATUSES) + f"{'cpu s':>10}\n")
+    out.write(f"{'arch':<8}{'objects':>9}" + "".join(f"{s:>9}" for s in STATUSES) + f"{'seconds':>10}\n")
     by_arch: dict[str, list[dict[str, Any]]] = {}
     for record in result.records:
         by_arch.setdefault(record["arch"] or "-", []).append(record)
