@@ -16,6 +16,8 @@ The fixtures:
   ftlab_arch  the arch name, one test for each arch the lab emulates; `@pytest.mark.ftlab_arches(
               "arm64")` narrows it.
 `pytest --ftlab-update-goldens` writes the golden files instead of comparing (review the diff).
+
+PYTEST_DONT_REWRITE: the plugin asserts nothing itself, and a `-p` run finds it imported already.
 """
 
 from __future__ import annotations
@@ -60,10 +62,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "ftlab_arch" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("ftlab_arches")
-    try:
-        names = [arches.get(name).name for name in marker.args] if marker else list(arches.ARCHES)
-    except FtlabError as err:
-        pytest.fail(f"{metafunc.definition.nodeid}: @pytest.mark.ftlab_arches: {err}", pytrace=False)
+    names, wrong = list(arches.ARCHES), None
+    if marker is not None:
+        try:
+            names = [arches.get(name).name for name in marker.args]
+        except FtlabError as err:
+            wrong = str(err)
+        if not names:
+            wrong = f"name at least one arch ({', '.join(arches.ARCHES)})"
+    if wrong is not None:
+        pytest.fail(f"{metafunc.definition.nodeid}: @pytest.mark.ftlab_arches: {wrong}", pytrace=False)
     metafunc.parametrize("ftlab_arch", names, indirect=True, ids=names)
 
 
