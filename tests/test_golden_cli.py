@@ -82,7 +82,10 @@ def test_replay_compares_with_the_golden_trace_wrote(capsys, tmp_path, arch):
         assert run(capsys, *trace(arch, "--format", fmt, "--golden", str(golden), "--update-golden"))[0] == 0
         assert run(capsys, "record", "--arch", arch, "funcs", CALL, "-o", str(recording))[0] == 0
         assert run(capsys, "replay", str(recording), "--format", fmt, "--golden", str(golden)) == (0, "", "")
-    code, diff, err = run(capsys, "replay", str(recording), "--golden", str(golden))  # text against the json golden
+    golden.unlink()
+    assert run(capsys, "replay", str(recording), "--golden", str(golden), "--update-golden") == (0, "", "")
+    assert golden.read_text() == run(capsys, *trace(arch))[1]
+    code, diff, err = run(capsys, "replay", str(recording), "--format", "json", "--golden", str(golden))
     assert code == 1 and diff.startswith(f"--- {golden}\n+++ trace\n") and err.startswith("ftlab: error: trace differs")
 
 
@@ -104,8 +107,8 @@ def test_golden_errors_are_one_line_before_any_work(capsys, tmp_path):
         "",
         f"ftlab: error: {missing}: No such file or directory (--update-golden writes it)\n",
     )
-    directory = (f"ftlab: error: {tmp_path}: Is a directory\n",)
-    assert run(capsys, *trace("arm64", "--golden", str(tmp_path))) == (1, "", *directory)
+    is_a_directory = f"ftlab: error: {tmp_path}: Is a directory\n"
+    assert run(capsys, *trace("arm64", "--golden", str(tmp_path))) == (1, "", is_a_directory)
     assert run(capsys, *trace("arm64", "--update-golden")) == (
         1,
         "",

@@ -62,12 +62,16 @@ def test_ftlab_arch_makes_one_test_per_arch_and_the_marker_narrows_it(pytester, 
     session("--strict-markers").assert_outcomes(passed=5)
 
 
-def test_an_unknown_arch_in_the_marker_is_a_collection_error_naming_it(pytester, session):
+@pytest.mark.parametrize(
+    "names,why",
+    [('"mips"', "unknown architecture 'mips' (known: x86_64, arm64)"), ("", "name at least one arch (x86_64, arm64)")],
+)
+def test_a_wrong_marker_is_one_collection_error_line(pytester, session, names, why):
     pytester.makepyfile(
-        """
+        f"""
         import pytest
 
-        @pytest.mark.ftlab_arches("mips")
+        @pytest.mark.ftlab_arches({names})
         def test_x(ftlab_arch):
             pass
         """
@@ -75,11 +79,7 @@ def test_an_unknown_arch_in_the_marker_is_a_collection_error_naming_it(pytester,
     result = session()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        [
-            "test_*.py::test_x: @pytest.mark.ftlab_arches: unknown architecture 'mips' (known: x86_64, arm64)",
-            "*= short test summary info =*",
-        ],
-        consecutive=True,
+        [f"test_*.py::test_x: @pytest.mark.ftlab_arches: {why}", "*= short test summary info =*"], consecutive=True
     )
 
 
