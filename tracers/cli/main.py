@@ -20,6 +20,7 @@ from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, resolve
+from ..output.golden import Golden
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
@@ -180,6 +181,27 @@ def cmd_replay(args, out):
         out.writelines(f"# {line}\n" for line in info["outcome"].lines())
 
 
+def _run_golden(args) -> None:
+    """--golden FILE: the output of trace or replay compared with FILE, or (--update-golden) written
+    to it, instead of printed. FILE is checked before any work; a run that fails is not compared and
+    leaves FILE untouched: its output and its error show as without --golden."""
+    if args.golden is None:
+        raise FtlabError("--update-golden writes the --golden FILE: name it")
+    if getattr(args, "output", None) is not None:
+        raise FtlabError("-o and --golden: the output is compared with (or written to) the --golden FILE; give one")
+    golden = Golden(args.golden, update=args.update_golden)
+    text = io.StringIO()
+    try:
+        args.func(args, text)
+    except FtlabError:
+        sys.stdout.write(text.getvalue())
+        raise
+    else:
+        golden.finish(text.getvalue(), diff_to=sys.stdout)
+    finally:
+        golden.abort()  # a no-op once FILE is written
+
+
 def cmd_demo(args, out):
     demo(out)
 
@@ -258,6 +280,20 @@ def _add_ret(p):
         metavar="TYPE",
         help=f"the result type of every call that gives no :TYPE: {' '.join(RESULT_TYPES)} "
         f"(default {DEFAULT_TYPE}; {', '.join(f'{a} is {k}' for a, k in RET_ALIASES.items())})",
+    )
+
+
+def _add_golden(p):
+    p.add_argument(
+        "--golden",
+        metavar="FILE",
+        help="compare the output with FILE instead of printing it: silent when they are equal, else a "
+        "unified diff on stdout and exit status 1",
+    )
+    p.add_argument(
+        "--update-golden",
+        action="store_true",
+        help="write the output to the --golden FILE instead (whole or not at all)",
     )
 
 
@@ -394,6 +430,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="trace only N levels deep (max_graph_depth: 0, the default, is no limit)",
     )
+    _add_golden(p)
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
@@ -413,6 +450,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--funcgraph-retval", action="store_true")
     p.add_argument("--funcgraph-tail", action="store_true")
+    _add_golden(p)
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
     _add_target(p)
@@ -452,7 +490,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.consoles = []  # the labs made, whose printk lines follow the output
     try:
-        if args.cmd == "trace" and args.output is not None:
+        if args.cmd in ("trace", "replay") and (args.golden is not None or args.update_golden):
+            _run_golden(args)
+        elif args.cmd == "trace" and args.output is not None:
             with OutputFile(args.output) as output:  # checked before any work; in place when complete
                 try:
                     args.func(args, output.fh)
