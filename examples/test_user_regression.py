@@ -8,11 +8,12 @@ def test_function_graph_of_fib(ftlab, ftlab_arch):  # one test per arch
     ftlab.assert_golden(text)  # goldens/test_function_graph_of_fib-x86_64.txt, then -arm64.txt
 
 
-def test_fprobe_sees_every_argument_and_return_value(ftlab, ftlab_arch):
-    """An entry+exit fprobe event; its snapshots checked against the true registers (--verify)."""
+def test_kretprobe_sees_the_argument_and_return_value(ftlab, ftlab_arch):
+    """A kretprobe event (r:) fetching the argument and $retval; snapshots checked against the true
+    registers (--verify)."""
     spec = "r:fibret fib n=$arg1:s64 ret=$retval:s64"
     text = ftlab.trace("funcs", "fib(3)", arch=ftlab_arch, event=[spec], verify=True)
-    ftlab.assert_golden(text, f"fprobe-fib-{ftlab_arch}")
+    ftlab.assert_golden(text, f"kretprobe-fib-{ftlab_arch}")
 
 
 def test_every_fib_call_reaches_the_ftrace_ops(ftlab, ftlab_arch):
