@@ -23,6 +23,7 @@ from ..lab import Lab, resolve
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
+from ..trampolines import add_option, trampolines
 from .bench import bench
 from .demo import demo
 from .mechanisms import capture_all
@@ -41,6 +42,7 @@ def _labs(args):
             ring_records=getattr(args, "buffer_size", None),
             kernel=args.kernel,
             loads=args.load,
+            trampolines=trampolines(getattr(args, "trampoline", ())),
         )
         args.consoles.append(lab)
         if args.cmd in ("trace", "record") and not args.event and not lab.sites:  # an empty trace says nothing
@@ -394,6 +396,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="trace only N levels deep (max_graph_depth: 0, the default, is no limit)",
     )
+    add_option(p)
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
@@ -423,6 +426,7 @@ def parser() -> argparse.ArgumentParser:
         help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)",
     )
     p.add_argument("--format", choices=FORMATS, default="text")
+    add_option(p)
     p.set_defaults(func=cmd_regs)
     p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
     _add_target(p)
