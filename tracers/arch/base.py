@@ -200,7 +200,7 @@ class KernelArch:
         callers = {name for e in self.site_encodings for name in (e.caller, e.regs_caller) if name}
         rethook = self.rethook.trampoline(kernel)
         return {
-            **{name: "ftrace_caller.S" for name in sorted(callers)},
+            **dict.fromkeys(sorted(callers), "ftrace_caller.S"),
             "return_to_handler": self.fgraph.return_to_handler(kernel).source,
             rethook.symbol: rethook.source,
             self.exception_entry: "entry.S",
@@ -212,12 +212,12 @@ class KernelArch:
         must name the same user file."""
         sources = self.trampoline_sources(kernel)
         replaced: dict[str, Path] = {}
-        for name, path in trampolines.items():
+        for name, given in trampolines.items():
             if name not in sources:
                 raise FtlabError(
                     f"--trampoline {name}: no such trampoline on {self.name} (replaceable: {', '.join(sources)})"
                 )
-            path = Path(path)
+            path = Path(given)
             if not path.is_file():
                 raise FtlabError(f"--trampoline {name}={path}: no such file")
             source = sources[name]
@@ -271,7 +271,8 @@ class KernelArch:
         sp = machine.reg(self.cpu.sp)
         if sp % self.stack_align:
             raise FtlabError(
-                f"{caller}: calls {callee} with sp {sp:#x}, not {self.stack_align}-byte aligned ({self.stack_align_reason})"
+                f"{caller}: calls {callee} with sp {sp:#x}, not {self.stack_align}-byte aligned "
+                f"({self.stack_align_reason})"
             )
 
     def _include(self, path: Path, match: re.Match) -> str:
@@ -300,7 +301,9 @@ class UserSymbols(dict):
         self.path, self.source = path, source
 
     def __missing__(self, name: str) -> int:
-        raise FtlabError(f"{self.path}: defines no label {name}, which the lab's {self.source} defines and the lab uses")
+        raise FtlabError(
+            f"{self.path}: defines no label {name}, which the lab's {self.source} defines and the lab uses"
+        )
 
 
 def locate(err: FtlabError, path: Path, constants: dict[str, int]) -> str:

@@ -266,9 +266,11 @@ class Ftrace:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
         ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python (not while
-        ftrace is verified: the Python dispatch takes the truth at each site)."""
+        ftrace is verified: the Python dispatch takes the truth at each site; nor from a user's
+        trampoline: the dispatch checks its stack and where it returns)."""
         encode = self.karch.sites.encode_call  # the trampolines' own calls
-        lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verify.held(self) else None
+        direct = len(self.ops) == 1 and not self.verify.held(self) and self._returns is None
+        lone = self.ops[0].guest_func if direct else None
         for addr, current in self._call_sites.items():
             func = lone or self.list_func
             if func != current:
@@ -322,7 +324,9 @@ class Ftrace:
         aliases = self.karch.ftrace_regs_aliases
         return {r: fregs.reg(r) for r in (aliases.get(m, m) for m in fregs.saved)}
 
-    def _expect_return(self, caller: str, site: Site, fregs: FtraceRegs, before: dict[str, int], truth: dict | None) -> None:
+    def _expect_return(
+        self, caller: str, site: Site, fregs: FtraceRegs, before: dict[str, int], truth: dict | None
+    ) -> None:
         """A user's trampoline must return after the site, or where a handler moved fregs->ip; with
         the registers as at the site (when verifying), but for those the site's call may clobber and
         those a handler changed in fregs, which it must restore as changed."""

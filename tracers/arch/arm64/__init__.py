@@ -238,6 +238,7 @@ KERNEL = KernelArch(
     exception_entry="vectors",  # entry.S
     stack_align=16,
     stack_align_reason=(
-        "AAPCS64, and the kernel sets SCTLR_EL1.SA (INIT_SCTLR_EL1_MMU_ON, arch/arm64/include/asm/sysreg.h): an access through a misaligned sp faults"
+        "AAPCS64; the kernel sets SCTLR_EL1.SA (INIT_SCTLR_EL1_MMU_ON, arch/arm64/include/asm/sysreg.h), "
+        "so a load or store through a misaligned sp faults"
     ),
 )

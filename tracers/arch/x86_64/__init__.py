@@ -273,6 +273,7 @@ KERNEL = KernelArch(
     exception_entry="asm_exc_int3",  # entry.S
     stack_align=8,
     stack_align_reason=(
-        "the x86_64 kernel's C code is built with -mpreferred-stack-boundary=3, arch/x86/Makefile: 'the standard kernel entry on x86-64 leaves the stack on an 8-byte boundary'"
+        "the kernel's C code is built with -mpreferred-stack-boundary=3, arch/x86/Makefile: "
+        "'the standard kernel entry on x86-64 leaves the stack on an 8-byte boundary'"
     ),
 )
