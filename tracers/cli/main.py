@@ -11,6 +11,7 @@ import sys
 from emulator import FtlabError
 from emulator.machine import DEFAULT_BUDGET
 
+from .. import trampolines as trampoline_option
 from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
 from ..builtin.probe import ProbeEventTracer
@@ -42,6 +43,7 @@ def _labs(args):
             ring_records=getattr(args, "buffer_size", None),
             kernel=args.kernel,
             loads=args.load,
+            trampolines=trampoline_option.trampolines(getattr(args, "trampoline", ())),
         )
         args.consoles.append(lab)
         if args.cmd in ("trace", "record") and not args.event and not lab.sites:  # an empty trace says nothing
@@ -431,6 +433,7 @@ def parser() -> argparse.ArgumentParser:
         help="trace only N levels deep (max_graph_depth: 0, the default, is no limit)",
     )
     _add_golden(p)
+    trampoline_option.add_option(p)
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
@@ -461,6 +464,7 @@ def parser() -> argparse.ArgumentParser:
         help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)",
     )
     p.add_argument("--format", choices=FORMATS, default="text")
+    trampoline_option.add_option(p)
     p.set_defaults(func=cmd_regs)
     p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
     _add_target(p)

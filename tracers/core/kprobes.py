@@ -72,6 +72,7 @@ class Kprobes:
         syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
         self.m.install_trap_vector(syms["trap_vector"])
         self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS.nr_words)
+        self._handler_name = self.m.symbols.name(syms["trap_handler"])  # do_int3, do_debug_exception
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
         self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)  # every register
         self.points: dict[int, _Point] = {}
@@ -211,6 +212,8 @@ class Kprobes:
     def _dispatch(self, _addr: int) -> None:
         regs_addr = self._regs_arg[REGS_ARG]
         m, arch = self.m, self.m.arch
+        karch = self.karch
+        karch.check_call_alignment(m, karch.describe("entry.S", karch.exception_entry), self._handler_name)
         trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:
             truth = self.verify.take(trap)
