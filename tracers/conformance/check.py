@@ -11,14 +11,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from emulator import FtlabError
+from emulator import arch as arches
 from emulator.machine import DEFAULT_BUDGET
 
 from ..call_results import CallsOutcome, format_result
 from ..call_syntax import CallSequence, parse_calls
 from ..kernel_version import MODELLED
-from ..lab import Lab
+from ..lab import Lab, Target
 from .calls import called_functions, plan
 from .report import ObjectReport, Row
 from .runners import Runner, Seen, runners
@@ -83,17 +85,26 @@ def check_object(
     return report
 
 
+def check_path(path: str, arch: str, **options) -> ObjectReport:
+    """check_object for an object named by its path and arch name: plain arguments, for a
+    process pool's tasks (an Arch does not pickle)."""
+    return check_object(Target(Path(path), arches.get(arch)), **options)
+
+
 def _check(report: ObjectReport, new_lab, lines: list[str] | None) -> None:
     bare = new_lab()
     functions = [s.name for s in bare.obj.functions]
-    todo = plan(functions, bare.calls.btf, lines)
-    items = []
-    for n, line in enumerate(todo.lines, 1):
+    seqs = {}
+    for n, line in enumerate(lines or (), 1):
         try:
-            seq = parse_calls(line)
-            bare.check_calls(seq)
+            seqs[line] = parse_calls(line)
+            bare.check_calls(seqs[line])
         except FtlabError as err:
             raise FtlabError(f"call line {n} ({line}): {err}") from None
+    todo = plan(functions, bare.calls.btf, lines)
+    items = []
+    for line in todo.lines:
+        seq = seqs.get(line) or parse_calls(line)
         items += [Item(seq, func) for func in called_functions(seq, set(functions))]
     report.calls = len(todo.lines)
     truths = [_untraced(bare, item) for item in items]
@@ -124,7 +135,7 @@ def _row(func: str, runner: Runner, t: Tally) -> Row:
 
 def _untraced(lab: Lab, item: Item) -> Truth:
     m = lab.machine
-    sym = m.symbols.get(item.func)
+    sym = next(s for s in lab.obj.functions if s.name == item.func)
     begin = min(sym.addr, *(s.addr for s in lab.sites if s.func is sym))
     ran: Counter = Counter()
 

@@ -41,6 +41,8 @@ class ObjectReport:
         c = self.counts()
         functions = len({r.function for r in self.rows})
         verdict = "PASS" if self.ok else "FAIL"
+        if not self.rows:  # the object did not load, or the calls did not parse
+            return f"{verdict} {self.name} {self.arch}: nothing checked ({len(self.failures)} failure lines)"
         return (
             f"{verdict} {self.name} {self.arch}: {c['ok']} ok, {c['n/a']} n/a, {c['FAIL']} FAIL "
             f"({functions} functions, {self.calls} call lines, {len(self.failures)} failure lines)"
@@ -79,6 +81,8 @@ class ObjectReport:
         width = max([len("function"), *map(len, cells)])
         cols = [max(len(m), 9) for m in self.mechanisms]
         lines = [f"# {self.name} ({self.arch}, Linux {self.kernel})"]
+        if not self.rows:
+            return [*lines, *self.failures, self.summary()]
         lines.append(
             f"{'function':<{width}}  " + "  ".join(f"{m:<{w}}" for m, w in zip(self.mechanisms, cols, strict=True))
         )

@@ -18,6 +18,7 @@ from ..builtin.function_graph import FunctionGraphTracer
 from ..core.fprobe import Fprobe
 from ..core.kprobes import Kprobe
 from ..core.kretprobe import DEFAULT_MAXACTIVE, Kretprobe
+from ..core.regs import Verification
 from ..output.sinks import ListSink
 
 
@@ -28,7 +29,7 @@ class Snap:
 
     when: str  # 'entry', 'exit' or 'insn'
     pc: int
-    verification: object  # tracers.core.regs.Verification, None where no truth was taken
+    verification: Verification | None  # None where no truth was taken
 
 
 @dataclass
