@@ -209,3 +209,18 @@ def test_every_committed_fixture_passes(arch):
 def test_fixture_calls_files_parse():
     for f in CALLS.glob("*.calls"):
         assert read_calls_file(f), f
+
+
+def test_a_function_without_a_patch_site_gets_kprobes_alone(arch):
+    """Debian's crc-itu-t.ko: crc_itu_t has no patch site (the module is built without them), so
+    only the kprobes apply; its result is the CRC's check value (CRC-16/XMODEM of "123456789")."""
+    path = OBJ_DIR.parent / "modules" / arch / "crc-itu-t.ko"
+    if not path.is_file():
+        pytest.skip(f"{path} is not downloaded: run `make modules`")
+    report = check_object(resolve(str(path), arch)[0], calls=['crc_itu_t(0, b"123456789", 9):u16'])
+    assert report.ok, report.failures
+    got = {m: (r.status, r.detail) for (f, m), r in rows(report).items() if f == "crc_itu_t"}
+    assert got.pop("kprobe")[0] == "ok"
+    assert {status for status, _ in got.values()} == {"n/a"}
+    assert all(detail.startswith("no patch site") for _, detail in got.values())
+    assert Lab(resolve(str(path), arch)[0]).run_calls('crc_itu_t(0, b"123456789", 9):u16').results[0].value == 0x31C3

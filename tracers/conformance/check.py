@@ -136,7 +136,7 @@ def _row(func: str, runner: Runner, t: Tally) -> Row:
 def _untraced(lab: Lab, item: Item) -> Truth:
     m = lab.machine
     sym = next(s for s in lab.obj.functions if s.name == item.func)
-    begin = min(sym.addr, *(s.addr for s in lab.sites if s.func is sym))
+    begin = min([sym.addr, *(s.addr for s in lab.sites if s.func is sym)])
     ran: Counter = Counter()
 
     def count(addr: int) -> None:
@@ -170,7 +170,7 @@ def _run_mechanism(runner: Runner, new_lab, items: list[Item], truths: list[Trut
             _run_quietly(lab, item.seq)
             continue
         if runner.needs_site and item.func not in traceable:
-            t.na = "no patch site"
+            t.na = f"no patch site: {lab.no_sites()}" if not lab.sites else "no patch site (notrace, or inlined)"
             _run_quietly(lab, item.seq)
             continue
         fail = _Failures(lab, item.func, runner.name, t.failures)
