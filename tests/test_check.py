@@ -15,9 +15,11 @@ from fixtures import ASM_DIR, OBJ_DIR, bundled, bundled_names, catalog
 from helpers import ARCHES
 from tracers import Lab
 from tracers.arch import kernel_arch
+from tracers.builtin.function import FunctionTracer
 from tracers.cli.main import main
 from tracers.conformance import check_object, check_path
 from tracers.conformance.calls import read_calls_file
+from tracers.core.kprobes import Kprobes
 from tracers.core.regs import FtraceRegs
 from tracers.lab import Target, resolve
 
@@ -224,3 +226,44 @@ def test_a_function_without_a_patch_site_gets_kprobes_alone(arch):
     assert {status for status, _ in got.values()} == {"n/a"}
     assert all(detail.startswith("no patch site") for _, detail in got.values())
     assert Lab(resolve(str(path), arch)[0]).run_calls('crc_itu_t(0, b"123456789", 9):u16').results[0].value == 0x31C3
+
+
+def test_a_probe_left_armed_fails_text_and_state_and_the_next_function_starts_clean(arch, monkeypatch):
+    """The kprobe on fib's last instruction is never unregistered: fib's text keeps its breakpoint
+    and the point stays armed; add3, checked next on a fresh lab with the same history, is ok."""
+    lab = Lab.open("funcs", arch)
+    fib = lab.machine.symbols.get("fib")
+    last = disassemble(lab.arch, lab.machine.read(fib.addr, fib.size), fib.addr)[-1][0]
+    unregister = Kprobes.unregister
+
+    def forgetful(self, p):
+        if p.addr != last:
+            unregister(self, p)
+
+    monkeypatch.setattr(Kprobes, "unregister", forgetful)
+    report = check_object(target(arch, "funcs"), calls=["fib(3)", "add3(1, 2, 3)"])
+    status = {(f, m): r.status for (f, m), r in rows(report).items() if f in ("fib", "add3")}
+    assert status.pop(("fib", "kprobe")) == "FAIL" and set(status.values()) == {"ok"}
+    brk = kernel_arch(lab.arch).kprobes.BREAKPOINT
+    text, left = report.failures
+    assert text.startswith(f"FAIL fib kprobe: text {brk.hex(' ')}") and f"at {last:#x} <fib+" in text
+    assert left == "FAIL fib kprobe: left behind after unregistering: 1 kprobe points still armed"
+
+
+def test_a_lost_event_is_counted(arch, monkeypatch):
+    """The function tracer drops its second event: fib(3) entered fib 5 times (the catalog)."""
+    entries = catalog.FUNCTIONS["fib"].calls(3)["fib"]
+    emit, seen = FunctionTracer.emit, []
+
+    def lossy(self, event):
+        seen.append(event)
+        if len(seen) != 2:
+            emit(self, event)
+
+    monkeypatch.setattr(FunctionTracer, "emit", lossy)
+    report = check_object(target(arch, "funcs"), calls=["fib(3)"])
+    site = Lab.open("funcs", arch).ftrace.site("fib")
+    [line] = report.failures
+    assert line.startswith(
+        f"FAIL fib function: entries {entries - 1}, the site ran {entries} times at {site.ip:#x} <fib"
+    )
