@@ -26,6 +26,7 @@ from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
+from .check import add_parser as add_check
 from .demo import demo
 from .mechanisms import capture_all
 from .views import compare, dump_json, parse_at, regs_json, regs_table, site_rows
@@ -471,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--at", metavar="SYM", help="the function to attach to (default: the one CALL calls)")
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
+    add_check(sub, _add_target)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")
