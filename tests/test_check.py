@@ -184,8 +184,45 @@ def test_user_errors_are_one_line(capsys, tmp_path):
     assert main(["check", "funcs", "--arch", "x86_64", "--calls", str(bad)]) == 1
     out, _ = capsys.readouterr()
     assert "FAIL funcs.o: call line 2 (fib(): malformed CALL" in out
-    assert main(["check", "funcs", "--arch", "x86_64", "--trampoline", "ftrace_caller"]) == 1
-    assert capsys.readouterr().err.startswith("ftlab: error: --trampoline ftrace_caller: expected NAME=FILE.S")
+    with pytest.raises(SystemExit):  # argparse's refusal, exit 2
+        main(["check", "funcs", "--arch", "x86_64", "--trampoline", "ftrace_caller"])
+    assert "'ftrace_caller' is not NAME=FILE.S" in capsys.readouterr().err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCS_CALLS = ROOT / "fixtures/calls/funcs.calls"
+
+# What `check` names for each shipped broken trampoline (fixtures/trampolines/ARCH/DEFECT.S): the
+# first failure line of the function tracer's row, on add3.
+BROKEN = {
+    "clobber": r"FAIL add3 function: add3\(1, 2, 3\) fails traced, not untraced: ftrace_caller \(.*clobber\.S\): "
+    r"returns to the instruction after the site with \w+ 0x[0-9a-f]+ \(at the site 0x[0-9a-f]+\)",
+    "wrong_offset": r"FAIL add3 function: entry (di|x0) saved 0x[0-9a-f]+ true 0x1 at 0x[0-9a-f]+ <add3",
+    "misaligned": r"FAIL add3 function: add3\(1, 2, 3\) fails traced, not untraced: ftrace_caller "
+    r"\(.*misaligned\.S\): calls ftrace_ops_list_func with sp 0x[0-9a-f]+, not (8|16)-byte aligned",
+    "wrong_return": r"FAIL add3 function: add3\(1, 2, 3\) fails traced, not untraced: ftrace_caller "
+    r"\(.*wrong_return\.S\): returns to 0x[0-9a-f]+ <\w+>: .*, not to the instruction after the site",
+}
+
+
+@pytest.mark.parametrize("defect", sorted(BROKEN))
+def test_each_broken_trampoline_fails_check_naming_it(capsys, arch, defect):
+    """A correct copy passes (test_a_copy...), each broken one fails with its defect named."""
+    broken = ROOT / "fixtures/trampolines" / arch / f"{defect}.S"
+    code = main(
+        ["check", "funcs", "--arch", arch, "--calls", str(FUNCS_CALLS), "--trampoline", f"ftrace_caller={broken}"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1 and err.startswith("ftlab: error: check: ")
+    first = next(line for line in out.splitlines() if line.startswith("FAIL add3 function:"))
+    assert re.match(BROKEN[defect], first), first
+
+
+def test_a_copy_of_the_labs_own_trampoline_passes_check(capsys, arch):
+    own = ROOT / "tracers/arch" / arch / "ftrace_caller.S"
+    code = main(["check", "funcs", "--arch", arch, "--calls", str(FUNCS_CALLS), "--trampoline", f"ftrace_caller={own}"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and out.splitlines()[-1].startswith(f"PASS funcs.o {arch}: 60 ok, 0 n/a, 0 FAIL"), out
 
 
 def _calls_for(path: Path) -> tuple[list[str], list[str]]:

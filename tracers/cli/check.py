@@ -6,28 +6,16 @@ from pathlib import Path
 
 from emulator import FtlabError
 
+from .. import trampolines as trampoline_option
 from ..conformance import check_object
 from ..conformance.calls import read_calls_file
 from ..lab import resolve
 from .views import dump_json
 
 
-def trampoline_files(specs: list[str]) -> dict[str, Path] | None:
-    """--trampoline NAME=FILE.S, repeatable: {kernel trampoline name: its source}."""
-    if not specs:
-        return None
-    out = {}
-    for spec in specs:
-        name, eq, path = spec.partition("=")
-        if not eq or not name or not path:
-            raise FtlabError(f"--trampoline {spec}: expected NAME=FILE.S, e.g. ftrace_caller=my_ftrace_caller.S")
-        out[name] = Path(path)
-    raise FtlabError(f"--trampoline {', '.join(out)}: not supported yet (the lab's own trampolines are checked)")
-
-
 def cmd_check(args, out) -> None:
     calls = None if args.calls is None else read_calls_file(Path(args.calls))
-    trampolines = trampoline_files(args.trampoline)
+    trampolines = trampoline_option.trampolines(args.trampoline)
     reports = [
         check_object(
             target,
@@ -60,12 +48,6 @@ def add_parser(sub, add_target) -> None:
         help="the calls to make, one CALL (or ';' sequence) a line, '#' comments; default: made up from "
         "the object's DWARF signatures",
     )
-    p.add_argument(
-        "--trampoline",
-        action="append",
-        default=[],
-        metavar="NAME=FILE.S",
-        help="check against your own trampoline in place of the lab's (repeatable)",
-    )
+    trampoline_option.add_option(p)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_check)

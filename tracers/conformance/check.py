@@ -255,14 +255,14 @@ def _compare_counts(fail: _Failures, runner: Runner, seen: Seen, truth: Truth, l
     if runner.counts_exits is None:  # kprobe: each instruction's hits
         for addr, hits in sorted(seen.hits.items()):
             if hits != truth.ran[addr]:
-                fail.add(f"hits {hits}, the instruction ran {truth.ran[addr]} times", addr)
+                fail.add(f"hits {hits}, the instruction ran {_times(truth.ran[addr])}", addr)
         return
     site = lab.ftrace.site(fail.func)
     ran = truth.ran[site.ip]
     if seen.entries != ran:
-        fail.add(f"entries {seen.entries}, the site ran {ran} times", site.ip)
+        fail.add(f"entries {seen.entries}, the site ran {_times(ran)}", site.ip)
     if runner.counts_exits and seen.exits != ran:
-        fail.add(f"exits {seen.exits}, the site ran {ran} times", site.ip)
+        fail.add(f"exits {seen.exits}, the site ran {_times(ran)}", site.ip)
 
 
 def _compare_state(fail: _Failures, lab: Lab, after_init: dict[int, bytes]) -> bool:
@@ -273,3 +273,7 @@ def _compare_state(fail: _Failures, lab: Lab, after_init: dict[int, bytes]) -> b
     for what in left:
         fail.add(f"left behind after unregistering: {what}")
     return bool(changed or left)
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
