@@ -38,9 +38,10 @@ coverage: $(STAMP) modules
 bench: $(STAMP)
 	$(BIN)/ftlab bench --json bench.json
 
-# Rewrite the golden transcripts (tests/golden/) after a deliberate change of the output; review the diff.
+# Rewrite the golden transcripts (tests/golden/, examples/goldens/) after a deliberate change of the output; review the diff.
 golden: $(STAMP)
 	$(BIN)/python -m tests.transcripts
+	$(BIN)/pytest examples -n 0 -q --ftlab-update-goldens
 
 # Rebuild the committed fixture objects (installs the cross compilers when missing).
 fixtures:

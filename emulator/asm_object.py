@@ -242,6 +242,7 @@ def load_assembly(machine, path: Path, stubs=()) -> LoadedObject:
         obj.sections.setdefault(name, []).append((start, end - start))
         if src.sections[name].executable and end > start:
             machine.mark_executable(start, end - start)
+            obj.text.append((start, end - start))
     machine.write_code(base, image.assembly.code)  # fresh memory: one write, one cache flush
     _symbols(machine, src, image, obj)
     _imports(machine, image, externals, obj)

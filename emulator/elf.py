@@ -76,6 +76,7 @@ class LoadedObject:
     functions: list[Symbol] = field(default_factory=list)
     # relocation places that refer to each undefined symbol, e.g. the __fentry__ call sites
     imports: dict[str, list[int]] = field(default_factory=dict)
+    text: list[tuple[int, int]] = field(default_factory=list)  # the executable sections: [(addr, size)]
 
 
 def elf_arch(path: Path) -> Arch:
@@ -312,6 +313,7 @@ class _Loader:
                 self.m.write(addr, sec.data())  # fresh memory: nothing translated from it yet
             if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
                 self.m.mark_executable(addr, sec["sh_size"])
+                obj.text.append((addr, sec["sh_size"]))
         self.placed = placed
         self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.values = self._symbols(obj)

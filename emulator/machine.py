@@ -263,13 +263,20 @@ class Machine:
         self.write_code(addr, new)
 
     def load_lab_code(
-        self, source: str | Path, constants: dict[str, int] | None = None, macros: str = "", where: str = "lab text"
+        self,
+        source: str | Path,
+        constants: dict[str, int] | None = None,
+        macros: str = "",
+        where: str = "lab text",
+        text: str | None = None,
     ) -> dict[str, int]:
         """Assemble a .S file into lab text (or `where`); its .globl labels become lab symbols.
-        `macros` are `.macro` definitions generated for it (as its constants are), read before the file."""
+        `macros` are `.macro` definitions generated for it (as its constants are), read before the file.
+        `text`, if given, is the file's text as the caller rewrote it; messages name it by `source`."""
         path = Path(source)
         base = self.alloc(where, 0, 16)
-        code = asm.assemble(self.arch, macros + path.read_text(), base, constants, name=path.name, where=path.parent)
+        text = path.read_text() if text is None else text
+        code = asm.assemble(self.arch, macros + text, base, constants, name=path.name, where=path.parent)
         self.alloc(where, len(code.code), 1)
         self.write_code(base, code.code)
         # a .globl label runs to the next one (its local labels, such as loops, are inside it)

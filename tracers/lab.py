@@ -19,6 +19,7 @@ from emulator.elf import elf_arch
 from emulator.machine import DEFAULT_BUDGET
 from fixtures import bundled
 
+from .arch import kernel_arch
 from .builtin.guest import TracerCode
 from .call_results import CallsOutcome, run_calls
 from .call_syntax import CallSequence, parse_calls, printable
@@ -77,18 +78,22 @@ class Lab:
         ring_records: int | None = None,
         kernel: KernelVersion = MODELLED,
         loads=(),
+        trampolines: dict[str, Path] | None = None,
     ):
         """init=False leaves the patch sites as compiled (no ftrace_init_nop): for comparisons.
         ring_records sizes the guest ring buffer (in records). kernel is the release whose
         behaviour the lab shows (tracers.kernel_version). loads are objects loaded first, in
         order, as insmod loads a module's dependencies: their global symbols resolve the later
-        objects' undefined ones, and their patch sites are initialised too.
+        objects' undefined ones, and their patch sites are initialised too. trampolines replace
+        the lab's: {kernel name (ftrace_caller, return_to_handler, ...): the user's .S}, each
+        replacing the whole lab .S defining that name (docs/trampolines.md).
 
         Every core, then the built-in tracers' guest code, is built here in one order before the
         object loads: the lab's code and data sit at the same addresses whatever is used later."""
         self.target, self.kernel = target, kernel
         self.machine = Machine(target.arch, budget)
-        self.ftrace = Ftrace(self.machine)
+        karch = kernel_arch(target.arch).replacing(trampolines, kernel) if trampolines else None
+        self.ftrace = Ftrace(self.machine, karch)
         self.fgraph = Fgraph(self.ftrace, kernel)
         self.rethook = RethookCore(self.ftrace, kernel)
         self.kprobes = Kprobes(self.ftrace, self.rethook.break_hooks())

@@ -8,11 +8,14 @@ arch's name.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from emulator import FtlabError, asm
 from emulator.arch import Arch
 from emulator.layout import Layout
 
@@ -44,6 +47,8 @@ class SiteEncoding:
     # (site ip, true registers at the site, u64(addr)) -> the true value.
     meaning: dict[str, Callable[[int, dict, Callable[[int], int]], int]] = field(default_factory=dict)
     where: str = ""  # where the site is and what its trampoline can know, in a phrase
+    # registers its trampoline may return changed (what the compiler assumes the site's call clobbers)
+    clobbers: tuple[str, ...] = ()
     after_prologue: bool = False  # the site follows the function's prologue (-pg mcount)
 
 
@@ -163,6 +168,13 @@ class KernelArch:
     kprobes: ModuleType  # tracers/arch/<arch>/kprobes.py
     asm_constants: dict[str, int]  # asm-offsets for the .S files beside it
     source_dir: Path  # the arch's trampolines
+    exception_entry: str  # the kernel's name for the breakpoint exception's entry (entry.S)
+    # The stack alignment the kernel's C code is built for: what a trampoline's sp must be a multiple
+    # of when it calls into C, and where the kernel says so, in a phrase
+    stack_align: int
+    stack_align_reason: str
+    # A user's trampolines: (the lab's .S file name, the user's .S that replaces it), set by `replacing`
+    replaced: tuple[tuple[str, Path], ...] = ()
 
     def site_encoding(self, imports) -> SiteEncoding:
         """The kind of an object's sites: the one whose call symbol it imports, else the modelled
@@ -182,7 +194,130 @@ class KernelArch:
     def name(self) -> str:
         return self.cpu.name
 
+    def trampoline_sources(self, kernel) -> dict[str, str]:
+        """The trampolines a user may replace (--trampoline NAME=FILE): the kernel's name for each,
+        and the lab's .S file defining it in the kernel release (a KernelVersion)."""
+        callers = {name for e in self.site_encodings for name in (e.caller, e.regs_caller) if name}
+        rethook = self.rethook.trampoline(kernel)
+        return {
+            **dict.fromkeys(sorted(callers), "ftrace_caller.S"),
+            "return_to_handler": self.fgraph.return_to_handler(kernel).source,
+            rethook.symbol: rethook.source,
+            self.exception_entry: "entry.S",
+        }
+
+    def replacing(self, trampolines: dict[str, Path], kernel) -> KernelArch:
+        """This arch with the user's trampolines ({kernel name: .S path}) in place of the lab's .S
+        files defining them. Each user file replaces a whole lab file, so two names of one file
+        must name the same user file."""
+        sources = self.trampoline_sources(kernel)
+        replaced: dict[str, Path] = {}
+        for name, given in trampolines.items():
+            if name not in sources:
+                raise FtlabError(
+                    f"--trampoline {name}: no such trampoline on {self.name} (replaceable: {', '.join(sources)})"
+                )
+            path = Path(given)
+            if not path.is_file():
+                raise FtlabError(f"--trampoline {name}={path}: no such file")
+            source = sources[name]
+            if replaced.get(source, path) != path:
+                others = [n for n, s in sources.items() if s == source]
+                raise FtlabError(
+                    f"--trampoline {name}={path}: {', '.join(others)} are all defined by one file, the "
+                    f"lab's {source}, which {replaced[source]} already replaces"
+                )
+            replaced[source] = path
+        return dataclasses.replace(self, replaced=self.replaced + tuple(replaced.items()))
+
+    def source_path(self, source: str) -> Path:
+        """The .S file loaded for one of the lab's source names: the user's, if replaced."""
+        return dict(self.replaced).get(source, self.source_dir / source)
+
+    def is_replaced(self, source: str) -> bool:
+        return source in dict(self.replaced)
+
+    def describe(self, source: str, symbol: str) -> str:
+        """A trampoline as messages name it: `ftrace_caller (my_ftrace_caller.S)`."""
+        return f"{symbol} ({self.source_path(source)})"
+
     def load(self, machine, source: str, constants: dict[str, int] | None = None, macros: str = "") -> dict[str, int]:
         """Assemble one of this arch's .S files into the lab text, with its asm-offsets (and any
-        macros generated from the layouts it writes)."""
-        return machine.load_lab_code(self.source_dir / source, {**self.asm_constants, **(constants or {})}, macros)
+        macros generated from the layouts it writes). A user's replacement (`replacing`) must define
+        every global the lab's file defines; its `.include`s find the lab's files (macros.S) when
+        they are not beside it, as the kernel's include path does."""
+        constants = {**self.asm_constants, **(constants or {})}
+        path = self.source_path(source)
+        if path == self.source_dir / source:
+            return machine.load_lab_code(path, constants, macros)
+        text = INCLUDE.sub(lambda m: self._include(path, m), path.read_text())
+        own = exported(asm.preprocess((self.source_dir / source).read_text(), self.source_dir, source))
+        theirs = exported(asm.preprocess(text, path.parent, str(path)))
+        missing = [name for name in own if name not in theirs]
+        if missing:
+            raise FtlabError(
+                f"{path}: defines no global {', '.join(missing)}, which the lab's {source} defines "
+                f"(.globl) and the lab looks up; copy {self.source_dir / source} as the template"
+            )
+        try:
+            syms = machine.load_lab_code(path, constants, macros, text=text)
+        except FtlabError as err:
+            raise FtlabError(locate(err, path, constants)) from None
+        return UserSymbols(syms, path, source)
+
+    def check_call_alignment(self, machine, caller: str, callee: str) -> None:
+        """A trampoline calling into C (at the callee's entry) must leave sp as the kernel's C code
+        is built to expect it (stack_align); Unicorn does not check it (arm64's SCTLR_EL1.SA)."""
+        sp = machine.reg(self.cpu.sp)
+        if sp % self.stack_align:
+            raise FtlabError(
+                f"{caller}: calls {callee} with sp {sp:#x}, not {self.stack_align}-byte aligned "
+                f"({self.stack_align_reason})"
+            )
+
+    def _include(self, path: Path, match: re.Match) -> str:
+        name = match.group(1)
+        if (path.parent / name).exists():
+            return match.group(0)
+        if (self.source_dir / name).exists():
+            return f'.include "{self.source_dir / name}"'
+        raise FtlabError(f'{path}: .include "{name}": no such file beside it or in the lab\'s {self.source_dir}')
+
+
+INCLUDE = re.compile(r'^\s*\.include\s+"([^"]+)"', re.MULTILINE)
+
+
+def exported(statements: list[str]) -> list[str]:
+    """The .globl names of preprocessed statements, in order."""
+    return [s.split()[1] for s in statements if s.startswith(".globl")]
+
+
+class UserSymbols(dict):
+    """A user trampoline's labels: looking up one it does not define (a local label the lab's file
+    has, such as a mailbox) is a one-line error naming both files."""
+
+    def __init__(self, syms: dict[str, int], path: Path, source: str):
+        super().__init__(syms)
+        self.path, self.source = path, source
+
+    def __missing__(self, name: str) -> int:
+        raise FtlabError(
+            f"{self.path}: defines no label {name}, which the lab's {self.source} defines and the lab uses"
+        )
+
+
+def locate(err: FtlabError, path: Path, constants: dict[str, int]) -> str:
+    """An assembler error about a user's file, naming it by path and, where the failing statement
+    is one line of it (not a macro's expansion), by line: `my.S:12: keystone cannot assemble ...`."""
+    text = str(err)
+    prefix = f"{path.name}: "
+    if not text.startswith(prefix):
+        return text
+    rest = text[len(prefix) :]
+    found = re.search(r"cannot assemble '(.*)': ", rest)
+    if found:
+        for number, raw in enumerate(path.read_text().splitlines(), 1):
+            line = raw.split("//", 1)[0].strip()
+            if line and asm.NAME.sub(lambda m: str(constants.get(m.group(), m.group())), line) == found.group(1):
+                return f"{path}:{number}: {rest}"
+    return f"{path}: {rest}"

@@ -11,6 +11,7 @@ import sys
 from emulator import FtlabError
 from emulator.machine import DEFAULT_BUDGET
 
+from .. import trampolines as trampoline_option
 from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
 from ..builtin.probe import ProbeEventTracer
@@ -20,10 +21,12 @@ from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, resolve
+from ..output.golden import Golden
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
+from .check import add_parser as add_check
 from .corpus import add_corpus_options, run_corpus_command
 from .demo import demo
 from .mechanisms import capture_all
@@ -42,6 +45,7 @@ def _labs(args):
             ring_records=getattr(args, "buffer_size", None),
             kernel=args.kernel,
             loads=args.load,
+            trampolines=trampoline_option.trampolines(getattr(args, "trampoline", ())),
         )
         args.consoles.append(lab)
         if args.cmd in ("trace", "record") and not args.event and not lab.sites:  # an empty trace says nothing
@@ -181,6 +185,27 @@ def cmd_replay(args, out):
         out.writelines(f"# {line}\n" for line in info["outcome"].lines())
 
 
+def _run_golden(args) -> None:
+    """--golden FILE: the output of trace or replay compared with FILE, or (--update-golden) written
+    to it, instead of printed. FILE is checked before any work; a run that fails is not compared and
+    leaves FILE untouched: its output and its error show as without --golden."""
+    if args.golden is None:
+        raise FtlabError("--update-golden writes the --golden FILE: name it")
+    if getattr(args, "output", None) is not None:
+        raise FtlabError("-o and --golden: the output is compared with (or written to) the --golden FILE; give one")
+    golden = Golden(args.golden, update=args.update_golden)
+    text = io.StringIO()
+    try:
+        args.func(args, text)
+    except FtlabError:
+        sys.stdout.write(text.getvalue())
+        raise
+    else:
+        golden.finish(text.getvalue(), diff_to=sys.stdout)
+    finally:
+        golden.abort()  # a no-op once FILE is written
+
+
 def cmd_demo(args, out):
     demo(out)
 
@@ -259,6 +284,20 @@ def _add_ret(p):
         metavar="TYPE",
         help=f"the result type of every call that gives no :TYPE: {' '.join(RESULT_TYPES)} "
         f"(default {DEFAULT_TYPE}; {', '.join(f'{a} is {k}' for a, k in RET_ALIASES.items())})",
+    )
+
+
+def _add_golden(p):
+    p.add_argument(
+        "--golden",
+        metavar="FILE",
+        help="compare the output with FILE instead of printing it: silent when they are equal, else a "
+        "unified diff on stdout and exit status 1",
+    )
+    p.add_argument(
+        "--update-golden",
+        action="store_true",
+        help="write the output to the --golden FILE instead (whole or not at all)",
     )
 
 
@@ -395,6 +434,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="trace only N levels deep (max_graph_depth: 0, the default, is no limit)",
     )
+    _add_golden(p)
+    trampoline_option.add_option(p)
     p.set_defaults(func=cmd_trace)
     p = sub.add_parser("record", help="record a function trace to a file at ring-buffer speed")
     _add_target(p)
@@ -414,6 +455,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.add_argument("--funcgraph-retval", action="store_true")
     p.add_argument("--funcgraph-tail", action="store_true")
+    _add_golden(p)
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("regs", help="one probe hit: every applicable mechanism's snapshot against the truth")
     _add_target(p)
@@ -424,12 +466,14 @@ def parser() -> argparse.ArgumentParser:
         help="SYM (the function's entry: every mechanism) or SYM+OFFS (a kprobe there)",
     )
     p.add_argument("--format", choices=FORMATS, default="text")
+    trampoline_option.add_option(p)
     p.set_defaults(func=cmd_regs)
     p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
     _add_target(p)
     p.add_argument("--at", metavar="SYM", help="the function to attach to (default: the one CALL calls)")
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
+    add_check(sub, _add_target)
     # temporary (issue #13): `ftlab check --corpus DIR` once the check subcommand is merged
     p = sub.add_parser("check-corpus", help="check every object of a tree (to become `check --corpus DIR`)")
     add_corpus_options(p)
@@ -460,7 +504,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.consoles = []  # the labs made, whose printk lines follow the output
     try:
-        if args.cmd == "trace" and args.output is not None:
+        if args.cmd in ("trace", "replay") and (args.golden is not None or args.update_golden):
+            _run_golden(args)
+        elif args.cmd == "trace" and args.output is not None:
             with OutputFile(args.output) as output:  # checked before any work; in place when complete
                 try:
                     args.func(args, output.fh)

@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,39 +28,16 @@ from emulator.elf import elf_arch
 
 from ..cluster import LOST, Engine, run_alone
 from ..kernel_version import MODELLED, KernelVersion
-from ..lab import Lab, Target
+from ..lab import Target
 from ..output.outfile import OutputFile
+from .check import check_object
 
 SUFFIXES = (".o", ".ko")
 FORMAT = 1  # the report's "ftlab_corpus" version
 
 
-@dataclass
-class StandInReport:
-    """What the stand-in check gives: the shape of tracers.conformance's ObjectReport."""
-
-    path: Path
-    arch: str
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # function, mechanism, status, detail
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-def load_sites_stand_in(target: Target, *, kernel: KernelVersion = MODELLED, **options) -> StandInReport:
-    """STAND-IN for tracers.conformance.check_object until it lands (issue #13): loads the object
-    in a Lab and lists its patch sites, one 'ok' row each."""
-    start = time.perf_counter()
-    lab = Lab(target, kernel=kernel, **options)
-    rows = [(site.func.name, "ftrace_init", "ok", f"site at {site.ip:#x}") for site in lab.sites]
-    return StandInReport(target.path, target.arch.name, rows, seconds=time.perf_counter() - start)
-
-
-# The per-object check; at merge: `DEFAULT_CHECK = check_object` (from tracers.conformance).
-DEFAULT_CHECK: Callable[..., Any] = load_sites_stand_in
+# The per-object check (issue #13's `ftlab check`).
+DEFAULT_CHECK: Callable[..., Any] = check_object
 
 
 def find_objects(root: Path) -> list[Path]:
@@ -103,7 +80,7 @@ def cause(record: dict[str, Any]) -> str:
     """What stopped an object, without what is particular to it (its path, names in quotes,
     numbers, details in parentheses): the error's, else the first failure's, first clause."""
     text = record["error"] or record["failures"][0]
-    text = re.sub(r"^.*?\.k?o: ", "", text)  # the object's path
+    text = re.sub(r"^(?:.*?\.k?o: )+", "", text)  # the object's path (and name)
     text = re.split(r"[:;] ", text, maxsplit=1)[0]
     text = re.sub(r"'[^']*'", "'…'", text)
     while re.search(r"\([^()]*\)", text):

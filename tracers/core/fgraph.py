@@ -469,6 +469,9 @@ class Fgraph:
         frame = self._frame(top - 1 - get_offset(self._word(top - 1)))  # get_ret_stack
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch
+        karch.check_call_alignment(
+            self.m, karch.describe(self.design.source, "return_to_handler"), "ftrace_return_to_handler"
+        )
         fregs = FtraceRegs(
             karch,
             self.m,

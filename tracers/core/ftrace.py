@@ -19,6 +19,7 @@ from emulator.symbols import Symbol
 from ..arch import kernel_arch
 from ..arch.base import SiteEncoding
 from .regs import FtraceRegs
+from .return_watch import ReturnWatch
 from .verify import Verify
 
 U64 = struct.Struct("<Q")
@@ -117,10 +118,14 @@ class Callers:
 
 
 class Ftrace:
-    def __init__(self, machine):
+    SOURCE = "ftrace_caller.S"
+
+    def __init__(self, machine, karch=None):
+        """karch: the kernel's arch code, by default the lab's own (KernelArch.replacing gives one
+        with a user's trampolines, which every core built on this one loads)."""
         self.m = machine
-        self.karch = karch = kernel_arch(machine.arch)
-        syms = karch.load(machine, "ftrace_caller.S", OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
+        self.karch = karch = karch or kernel_arch(machine.arch)
+        syms = karch.load(machine, self.SOURCE, OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
         self.callers = {
             e.name: Callers(syms[e.caller], syms[e.regs_caller] if e.regs_caller else None)
             for e in karch.site_encodings
@@ -141,6 +146,11 @@ class Ftrace:
         # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
         self.verify = Verify(machine)
         self.verify.add(self, "ftrace", lambda: [s.ip for s in self.sites if s.on], self._update)
+        self._returns = None
+        if karch.is_replaced(self.SOURCE):  # a user's trampoline: watch where it returns
+            start = min(syms.values())
+            span = range(start, machine.alloc("lab text", 0, 1))
+            self._returns = ReturnWatch(machine, span)
 
     # -- sites (ftrace_process_locs, ftrace_init_nop) --------------------------------------------
 
@@ -256,9 +266,11 @@ class Ftrace:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
         ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python (not while
-        ftrace is verified: the Python dispatch takes the truth at each site)."""
+        ftrace is verified: the Python dispatch takes the truth at each site; nor from a user's
+        trampoline: the dispatch checks its stack and where it returns)."""
         encode = self.karch.sites.encode_call  # the trampolines' own calls
-        lone = self.ops[0].guest_func if len(self.ops) == 1 and not self.verify.held(self) else None
+        direct = len(self.ops) == 1 and not self.verify.held(self) and self._returns is None
+        lone = self.ops[0].guest_func if direct else None
         for addr, current in self._call_sites.items():
             func = lone or self.list_func
             if func != current:
@@ -291,6 +303,8 @@ class Ftrace:
         if site is None:  # the trampoline was called, not reached from a patch site
             raise FtlabError(f"ftrace: ftrace_caller entered from {self.m.where(ip)}, which is not a patch site")
         enc = site.encoding
+        caller = karch.describe(self.SOURCE, self.m.symbols.name(site.target)) if site.target else "ftrace"
+        karch.check_call_alignment(self.m, caller, "ftrace_ops_list_func")
         meaning = {member: f(ip, truth, self.m.u64) for member, f in enc.meaning.items()} if truth else None
         regs_caller = self.callers[enc.name].regs_caller
         saved = karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
@@ -298,6 +312,33 @@ class Ftrace:
         # ftrace_ops_list holds the newest ops first (add_ftrace_ops puts it at the head,
         # kernel/trace/ftrace.c) and __ftrace_ops_list_func walks it from there
         ops = tuple(reversed(self.ops))
+        before = self._saved_regs(fregs) if self._returns is not None else {}
+        try:
+            self._call_ops(ops, ip, parent_ip, fregs)
+        finally:
+            if self._returns is not None:
+                self._expect_return(caller, site, fregs, before, truth)
+
+    def _saved_regs(self, fregs: FtraceRegs) -> dict[str, int]:
+        """The registers a ftrace_regs holds, by their pt_regs names."""
+        aliases = self.karch.ftrace_regs_aliases
+        return {r: fregs.reg(r) for r in (aliases.get(m, m) for m in fregs.saved)}
+
+    def _expect_return(
+        self, caller: str, site: Site, fregs: FtraceRegs, before: dict[str, int], truth: dict | None
+    ) -> None:
+        """A user's trampoline must return after the site, or where a handler moved fregs->ip; with
+        the registers as at the site (when verifying), but for those the site's call may clobber and
+        those a handler changed in fregs, which it must restore as changed."""
+        pc = self.karch.cpu.pc
+        changed = {r: v for r, v in self._saved_regs(fregs).items() if v != before[r]}
+        target = changed.pop(pc, site.ip + site.encoding.size)
+        regs = {r: v for r, v in (truth or {}).items() if r not in site.encoding.clobbers and r != pc}
+        what = "fregs->ip" if target != site.ip + site.encoding.size else "the instruction after the site"
+        regs.update((r, v) for r, v in changed.items() if r in regs)
+        self._returns.expect(caller, target, what, regs, site.encoding.clobbers)
+
+    def _call_ops(self, ops, ip: int, parent_ip: int, fregs: FtraceRegs) -> None:
         if len(ops) == 1 and not ops[0].flags & OpsFlag.RECURSION:
             if ops[0].traces(ip):
                 ops[0].func(ip, parent_ip, ops[0], fregs)

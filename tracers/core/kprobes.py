@@ -72,6 +72,7 @@ class Kprobes:
         syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
         self.m.install_trap_vector(syms["trap_vector"])
         self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS.nr_words)
+        self._handler_name = self.m.symbols.name(syms["trap_handler"])  # do_int3, do_debug_exception
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
         self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)  # every register
         self.points: dict[int, _Point] = {}
@@ -144,7 +145,7 @@ class Kprobes:
         addr, _ = self.ops.arch_adjust_kprobe_addr(sym.addr, p.offset, m.read)  # _kprobe_addr()
         if addr in self.points:
             return addr  # checked when the first probe came
-        starts = {a for a, _, _ in disassemble(m.arch, m.read(sym.addr, sym.size), sym.addr)}
+        starts = {a for a, _, _ in disassemble(m.arch, self.original_text(sym.addr, sym.size), sym.addr)}
         if addr not in starts:
             raise FtlabError(f"kprobe: Probe point is not an instruction boundary: {where}")
         if addr in self.ftrace.by_ip and self.ftrace.regs_caller is None:
@@ -152,6 +153,17 @@ class Kprobes:
                 f"kprobe: {where} is an ftrace site, which needs KPROBES_ON_FTRACE: {self.karch.no_regs_caller_reason}"
             )
         return addr
+
+    def original_text(self, addr: int, size: int) -> bytes:
+        """The bytes at addr with every armed breakpoint's replaced bytes put back, as can_probe()
+        decodes the function (x86: __recover_probed_insn(), arch/x86/kernel/kprobes/core.c, v6.17):
+        another probe's int3 must not shift the instruction boundaries after it."""
+        code = bytearray(self.m.read(addr, size))
+        for point in self.points.values():
+            off = point.addr - addr
+            if point.opcode and 0 <= off and off + len(point.opcode) <= size:
+                code[off : off + len(point.opcode)] = point.opcode
+        return bytes(code)
 
     def kprobe_on_func_entry(self, symbol: str, offset: int) -> bool | None:
         """Whether symbol+offset is the function's entry (x86: +4 too, after an ENDBR); None for
@@ -211,6 +223,8 @@ class Kprobes:
     def _dispatch(self, _addr: int) -> None:
         regs_addr = self._regs_arg[REGS_ARG]
         m, arch = self.m, self.m.arch
+        karch = self.karch
+        karch.check_call_alignment(m, karch.describe("entry.S", karch.exception_entry), self._handler_name)
         trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:
             truth = self.verify.take(trap)

@@ -138,6 +138,9 @@ KERNEL = KernelArch(
         calls=("ftrace_call",),
         meaning={"pc": after_site},
         where="MOV X9, LR; BL at the entry, before the prologue: every register is the caller's",
+        # "x0-x8 and x18-x30 are live ..., and x9-x17 are safe to clobber" (entry-ftrace.S, since
+        # 6.2); NZCV too, as across any call
+        clobbers=tuple(f"x{n}" for n in range(9, 18)) + ("pstate",),
     ),
     legacy_sites=(
         SiteEncoding(
@@ -166,6 +169,9 @@ KERNEL = KernelArch(
                 "BL _mcount after the prologue's frame record (-pg): fp and lr are read from that "
                 "record, sp is the site's, and gcc's MOV X0, X30 has overwritten x0 (argument 1)"
             ),
+            # an ordinary call to the compiler: AAPCS64's caller-saved x0-x17, and lr (saved by the
+            # prologue); x18 stays (the platform register: the shadow call stack)
+            clobbers=tuple(f"x{n}" for n in range(18)) + ("x30", "pstate"),
         ),
     ),
     # return_to_handler (arch/arm64/kernel/entry-ftrace.S, 6.14+): x0-x7 and x29 only, in every
@@ -229,4 +235,10 @@ KERNEL = KernelArch(
         "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE,
     },
     source_dir=Path(__file__).parent,
+    exception_entry="vectors",  # entry.S
+    stack_align=16,
+    stack_align_reason=(
+        "AAPCS64; the kernel sets SCTLR_EL1.SA (INIT_SCTLR_EL1_MMU_ON, arch/arm64/include/asm/sysreg.h), "
+        "so a load or store through a misaligned sp faults"
+    ),
 )

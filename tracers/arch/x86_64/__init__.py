@@ -172,6 +172,10 @@ KERNEL = KernelArch(
         encode_call=encode_call,
         meaning={"ip": after_site},
         where="call __fentry__ at the entry, before the prologue: every register is the caller's",
+        # the arguments, rax and the callee-saved registers are live; the kernel's ftrace_caller
+        # restores neither r10 nor r11 (ftrace_regs_caller saves r11 but does not restore it), and
+        # the flags are never preserved across a call
+        clobbers=("r10", "r11", "flags"),
     ),
     legacy_sites=(
         SiteEncoding(
@@ -195,6 +199,9 @@ KERNEL = KernelArch(
                 "call mcount after push rbp; mov rbp, rsp (-pg without -mfentry, gone in 5.2): the "
                 "parent and the entry sp are found through rbp, bp is the function's own frame"
             ),
+            # gcc calls mcount with the arguments still live in their registers (the kernel's
+            # mcount saved them as ftrace_caller does); r10, r11 and the flags are the call's
+            clobbers=("r10", "r11", "flags"),
         ),
     ),
     # return_to_handler (arch/x86/kernel/ftrace_64.S) by release; ip is the real return address,
@@ -263,4 +270,10 @@ KERNEL = KernelArch(
         "KERNEL_DS": KERNEL_DS,
     },
     source_dir=Path(__file__).parent,
+    exception_entry="asm_exc_int3",  # entry.S
+    stack_align=8,
+    stack_align_reason=(
+        "the kernel's C code is built with -mpreferred-stack-boundary=3, arch/x86/Makefile: "
+        "'the standard kernel entry on x86-64 leaves the stack on an 8-byte boundary'"
+    ),
 )
