@@ -158,6 +158,9 @@ def test_causes_leave_out_what_is_particular():
         "undefined symbol '…'"
     )
     assert cause(record(None, ["fib under kprobe: x0 differs at 0x40", "other"])) == "fib under kprobe"
+    assert cause(record(None, ["FAIL b.ko: /x/b.ko: 3 undefined symbols: a (used at f+0x3), b, c"])) == (
+        "N undefined symbols"  # check_object's line for an object it cannot load
+    )
 
 
 class Interrupted(ProcessPool):
