@@ -231,7 +231,7 @@ def test_existing_cluster(tree, tmp_path, capsys):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
         code = main(
             [
-                "check-corpus",
+                "check",
                 "--corpus",
                 str(tree),
                 "--report",
@@ -288,7 +288,7 @@ def test_cli(tree, tmp_path, capfd):
     """The command with the default check (ftlab check's): the table on stdout, one error line, exit status 1 as
     one object is not ok; nothing else on stderr (not a terminal: no progress bar)."""
     report = tmp_path / "r.json"
-    code = main(["check-corpus", "--corpus", str(tree), "--report", str(report), "--workers", "1"])
+    code = main(["check", "--corpus", str(tree), "--report", str(report), "--workers", "1"])
     out, err = capfd.readouterr()
     assert code == 1
     assert err == f"ftlab: error: 1 of 5 objects not ok (report: {report})\n"
@@ -307,15 +307,17 @@ def test_cli(tree, tmp_path, capfd):
 
 
 def test_cli_refusals(tmp_path, capsys):
-    assert main(["check-corpus", "--corpus", str(tmp_path / "none"), "--report", str(tmp_path / "r.json")]) == 1
+    assert main(["check", "--corpus", str(tmp_path / "none"), "--report", str(tmp_path / "r.json")]) == 1
     assert capsys.readouterr().err == f"ftlab: error: --corpus {tmp_path / 'none'}: not a directory\n"
-    assert main(["check-corpus", "--report", str(tmp_path / "r.json")]) == 1
-    assert capsys.readouterr().err == "ftlab: error: name the tree to check with --corpus DIR\n"
-    assert main(["check-corpus", "--corpus", str(tmp_path), "--scheduler", "tcp://h:1", "--workers", "2"]) == 1
+    assert main(["check", "--report", str(tmp_path / "r.json")]) == 1
+    assert capsys.readouterr().err == "ftlab: error: check: name an object (OBJ) or a tree of them (--corpus DIR)\n"
+    assert main(["check", "funcs", "--corpus", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"ftlab: error: check: give OBJ (funcs) or --corpus DIR ({tmp_path}), not both\n"
+    assert main(["check", "--corpus", str(tmp_path), "--scheduler", "tcp://h:1", "--workers", "2"]) == 1
     err = capsys.readouterr().err
     assert err == "ftlab: error: --workers: the cluster at --scheduler tcp://h:1 has its own workers\n"
     report = tmp_path / "r.json"
     report.write_text("[]")
-    assert main(["check-corpus", "--corpus", str(tmp_path), "--report", str(report), "--workers", "1"]) == 1
+    assert main(["check", "--corpus", str(tmp_path), "--report", str(report), "--workers", "1"]) == 1
     assert capsys.readouterr().err.startswith(f"ftlab: error: {report}: not a corpus report to resume (")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file left

@@ -10,10 +10,18 @@ from .. import trampolines as trampoline_option
 from ..conformance import check_object
 from ..conformance.calls import read_calls_file
 from ..lab import resolve
+from .corpus import add_corpus_options, run_corpus_command
 from .views import dump_json
 
 
 def cmd_check(args, out) -> None:
+    if args.corpus is not None:
+        if args.obj is not None:
+            raise FtlabError(f"check: give OBJ ({args.obj}) or --corpus DIR ({args.corpus}), not both")
+        run_corpus_command(args, out)
+        return
+    if args.obj is None:
+        raise FtlabError("check: name an object (OBJ) or a tree of them (--corpus DIR)")
     calls = None if args.calls is None else read_calls_file(Path(args.calls))
     trampolines = trampoline_option.trampolines(args.trampoline)
     reports = [
@@ -41,7 +49,7 @@ def cmd_check(args, out) -> None:
 
 def add_parser(sub, add_target) -> None:
     p = sub.add_parser("check", help="a conformance verdict: every function under every mechanism, checked")
-    add_target(p, call=False)
+    add_target(p, call=False, obj_optional=True)
     p.add_argument(
         "--calls",
         metavar="FILE",
@@ -50,4 +58,5 @@ def add_parser(sub, add_target) -> None:
     )
     trampoline_option.add_option(p)
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_corpus_options(p)
     p.set_defaults(func=cmd_check)

@@ -56,12 +56,16 @@ def corpus_options(args: argparse.Namespace) -> dict:
         options["budget"] = args.budget
     if getattr(args, "stub", None):
         options["stubs"] = list(args.stub)
+    if getattr(args, "load", None):
+        options["loads"] = list(args.load)
+    if getattr(args, "calls", None):
+        raise FtlabError("--calls names one object's calls; with --corpus, calls come from each object's DWARF")
+    if getattr(args, "trampoline", None):
+        options["trampolines"] = {name: str(path) for name, path in args.trampoline}
     return options
 
 
 def run_corpus_command(args: argparse.Namespace, out) -> None:
-    if not args.corpus:
-        raise FtlabError("name the tree to check with --corpus DIR")
     if args.scheduler and args.workers:
         raise FtlabError(f"--workers: the cluster at --scheduler {args.scheduler} has its own workers")
     report = Path(args.report)

@@ -27,7 +27,6 @@ from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
 from .check import add_parser as add_check
-from .corpus import add_corpus_options, run_corpus_command
 from .demo import demo
 from .mechanisms import capture_all
 from .views import compare, dump_json, parse_at, regs_json, regs_table, site_rows
@@ -301,7 +300,7 @@ def _add_golden(p):
     )
 
 
-def _add_target(p, call=True):
+def _add_target(p, call=True, obj_optional=False):
     p.add_argument(
         "--arch",
         help="x86_64, arm64, or all (a bundled fixture on both); optional when OBJ is an object file, "
@@ -310,6 +309,7 @@ def _add_target(p, call=True):
     p.add_argument(
         "obj",
         metavar="OBJ",
+        nargs="?" if obj_optional else None,
         help="an object file (.o, .ko), an assembly source (.S) or a bundled fixture name (funcs, ...)",
     )
     if call:
@@ -474,13 +474,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
     add_check(sub, _add_target)
-    # temporary (issue #13): `ftlab check --corpus DIR` once the check subcommand is merged
-    p = sub.add_parser("check-corpus", help="check every object of a tree (to become `check --corpus DIR`)")
-    add_corpus_options(p)
-    p.add_argument("--kernel", type=_kernel, default=MODELLED, metavar="VERSION")
-    p.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET)
-    p.add_argument("--stub", action="append", default=[], metavar="NAME[=data]")
-    p.set_defaults(func=run_corpus_command)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")

@@ -88,6 +88,8 @@ def check_object(
 def check_path(path: str, arch: str, **options) -> ObjectReport:
     """check_object for an object named by its path and arch name: plain arguments, for a
     process pool's tasks (an Arch does not pickle)."""
+    if options.get("trampolines"):
+        options["trampolines"] = {name: Path(file) for name, file in options["trampolines"].items()}
     return check_object(Target(Path(path), arches.get(arch)), **options)
 
 
