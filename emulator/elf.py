@@ -35,7 +35,8 @@ from .arch.base import sign_check
 from .errors import FtlabError
 from .symbols import Symbol
 
-STUB_KINDS = ("ret0", "data")  # a function returning 0, or 4 KiB of zeroed data
+STUB_KINDS = ("ret0", "data")
+STUB_ALL = "*"  # --stub '*': every undefined symbol nothing else supplies, each stubbed as its use says  # a function returning 0, or 4 KiB of zeroed data
 DATA_STUB_SIZE = 4096
 MAX_OBJECT = 64 << 20  # the most guest memory one object's sections and common symbols may take
 MAX_FILE = 1 << 30  # a bigger file is refused before it is read
@@ -438,12 +439,18 @@ class _Loader:
         """Every undefined symbol nothing supplies, in one error, in the order of first use: a
         module needing 16 takes one run to learn them all, not 16."""
         missing: dict[str, str] = {}
-        for rel, index, where, sym, sym_index, _ in self._relocations():
+        uses: dict[str, set[str]] = {}  # for --stub '*': how the code uses each missing symbol
+        for rel, index, where, sym, sym_index, code in self._relocations():
             if not self._unbound(rel, sym, sym_index) or sym["st_info"]["bind"] == "STB_WEAK":
                 continue
             if self.m.symbols.resolve(sym.name) is None and sym.name not in self.stubs:
                 place = self.placed[index] + rel["r_offset"]
                 missing.setdefault(sym.name, f"{self.m.symbols.name(place)} ({where})")
+                use = _use(self.m, place, self.placed[index]) if code and STUB_ALL in self.stubs else None
+                uses.setdefault(sym.name, set()).add(use[0] if use else "address")
+        if STUB_ALL in self.stubs:  # each as its use says: data where code reads or writes it
+            self.stubs.update({name: "data" if "data" in uses[name] else "ret0" for name in missing})
+            return
         if len(missing) == 1:
             [(name, where)] = missing.items()
             raise FtlabError(

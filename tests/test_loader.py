@@ -234,6 +234,19 @@ def test_stubs_supply_a_function_and_data(arch):
     assert m.call("use_helper", 41) == 101
 
 
+def test_stub_star_stubs_each_undefined_symbol_as_its_use_says(arch):
+    """--stub '*': helper is called (a function returning 0), jiffies_like is read (data), as the
+    explicit --stub helper --stub jiffies_like=data would have it."""
+    m = Machine(arches.get(arch))
+    m.load(catalog.OBJ_DIR / arch / IMPORTS, stubs=["*"])
+    assert (m.symbols.get("helper").section, m.symbols.get("jiffies_like").section) == (
+        "--stub helper",
+        "--stub jiffies_like=data",
+    )
+    m.write(m.symbols.get("jiffies_like").addr, struct.pack("<q", 100))
+    assert m.call("use_helper", 41) == 101
+
+
 def test_bad_stub_spec_is_refused():
     with pytest.raises(FtlabError, match="bad stub"):
         Machine(arches.get("arm64")).load(catalog.variant("arm64", "funcs").path, stubs=["x=code"])

@@ -333,7 +333,8 @@ def _add_target(p, call=True, obj_optional=False):
         action="append",
         default=[],
         metavar="NAME[=data]",
-        help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data",
+        help="supply an undefined symbol: a function returning 0, or 4 KiB of zeroed data; '*' supplies "
+        "every undefined symbol, each as its use says (data where the code reads or writes it)",
     )
     p.add_argument(
         "--kernel",
