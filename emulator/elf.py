@@ -35,8 +35,8 @@ from .arch.base import sign_check
 from .errors import FtlabError
 from .symbols import Symbol
 
-STUB_KINDS = ("ret0", "data")
-STUB_ALL = "*"  # --stub '*': every undefined symbol nothing else supplies, each stubbed as its use says  # a function returning 0, or 4 KiB of zeroed data
+STUB_KINDS = ("ret0", "data")  # a function returning 0, or 4 KiB of zeroed data
+STUB_ALL = "*"  # --stub '*': every undefined symbol nothing else supplies, each stubbed as its use says
 DATA_STUB_SIZE = 4096
 MAX_OBJECT = 64 << 20  # the most guest memory one object's sections and common symbols may take
 MAX_FILE = 1 << 30  # a bigger file is refused before it is read
