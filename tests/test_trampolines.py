@@ -4,6 +4,7 @@ message naming the file and what is wrong; bad files and names are one-line erro
 
 from __future__ import annotations
 
+import difflib
 import re
 import shutil
 from pathlib import Path
@@ -178,6 +179,19 @@ def test_the_broken_fixtures_say_what_is_broken(arch):
     for path in sorted((BROKEN / arch).glob("*.S")):
         assert "BROKEN ON PURPOSE" in path.read_text()
         assert "// BROKEN:" in path.read_text(), path
+
+
+def test_each_broken_fixture_is_the_labs_file_with_only_its_defect(arch):
+    """Past their header, the broken copies differ from the lab's ftrace_caller.S only next to a
+    `// BROKEN:` line, so a change to the lab's trampoline that they miss fails here, not later."""
+    lab = (Path(__file__).parent.parent / "tracers" / "arch" / arch / "ftrace_caller.S").read_text().splitlines()
+    for path in sorted((BROKEN / arch).glob("*.S")):
+        text = path.read_text()
+        body = text[text.index("*/\n") + 3 :].splitlines()  # after the BROKEN ON PURPOSE header
+        marks = [n for n, line in enumerate(body) if "// BROKEN:" in line]
+        for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, lab, body, autojunk=False).get_opcodes():
+            if tag != "equal":
+                assert any(j1 - 3 <= m <= j2 + 2 for m in marks), f"{path.name}: lines {j1}-{j2} differ unmarked"
 
 
 # -- one-line errors ---------------------------------------------------------------------------
