@@ -265,13 +265,14 @@ class KernelArch:
             raise FtlabError(locate(err, path, constants)) from None
         return UserSymbols(syms, path, source)
 
-    def check_call_alignment(self, machine, caller: str, callee: str) -> None:
+    def check_call_alignment(self, machine, caller: Callable[[], str], callee: str) -> None:
         """A trampoline calling into C (at the callee's entry) must leave sp as the kernel's C code
-        is built to expect it (stack_align); Unicorn does not check it (arm64's SCTLR_EL1.SA)."""
+        is built to expect it (stack_align); Unicorn does not check it (arm64's SCTLR_EL1.SA).
+        caller() names the trampoline, only for the error: this runs at every hook."""
         sp = machine.reg(self.cpu.sp)
         if sp % self.stack_align:
             raise FtlabError(
-                f"{caller}: calls {callee} with sp {sp:#x}, not {self.stack_align}-byte aligned "
+                f"{caller()}: calls {callee} with sp {sp:#x}, not {self.stack_align}-byte aligned "
                 f"({self.stack_align_reason})"
             )
 

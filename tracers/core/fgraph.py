@@ -470,7 +470,7 @@ class Fgraph:
         truth = self.verify.take(self.return_to_handler)
         karch = self.karch
         karch.check_call_alignment(
-            self.m, karch.describe(self.design.source, "return_to_handler"), "ftrace_return_to_handler"
+            self.m, lambda: karch.describe(self.design.source, "return_to_handler"), "ftrace_return_to_handler"
         )
         fregs = FtraceRegs(
             karch,

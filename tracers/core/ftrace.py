@@ -290,6 +290,10 @@ class Ftrace:
 
     # -- the dispatch (ftrace_ops_list_func, or the lone ops' function) ----------------------------
 
+    def _caller(self, site: Site) -> str:
+        """The trampoline the site calls, as messages name it (the user's file, if replaced)."""
+        return self.karch.describe(self.SOURCE, self.m.symbols.name(site.target)) if site.target else "ftrace"
+
     def _dispatch(self, _addr: int) -> None:
         """What ftrace_call calls (update_ftrace_function, kernel/trace/ftrace.c, v6.17): with one
         ops, ftrace_ops_get_func(ops): ops->func itself, unguarded, unless the ops asks for
@@ -303,8 +307,7 @@ class Ftrace:
         if site is None:  # the trampoline was called, not reached from a patch site
             raise FtlabError(f"ftrace: ftrace_caller entered from {self.m.where(ip)}, which is not a patch site")
         enc = site.encoding
-        caller = karch.describe(self.SOURCE, self.m.symbols.name(site.target)) if site.target else "ftrace"
-        karch.check_call_alignment(self.m, caller, "ftrace_ops_list_func")
+        karch.check_call_alignment(self.m, lambda: self._caller(site), "ftrace_ops_list_func")
         meaning = {member: f(ip, truth, self.m.u64) for member, f in enc.meaning.items()} if truth else None
         regs_caller = self.callers[enc.name].regs_caller
         saved = karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
@@ -317,7 +320,7 @@ class Ftrace:
             self._call_ops(ops, ip, parent_ip, fregs)
         finally:
             if self._returns is not None:
-                self._expect_return(caller, site, fregs, before, truth)
+                self._expect_return(self._caller(site), site, fregs, before, truth)
 
     def _saved_regs(self, fregs: FtraceRegs) -> dict[str, int]:
         """The registers a ftrace_regs holds, by their pt_regs names."""

@@ -224,7 +224,7 @@ class Kprobes:
         regs_addr = self._regs_arg[REGS_ARG]
         m, arch = self.m, self.m.arch
         karch = self.karch
-        karch.check_call_alignment(m, karch.describe("entry.S", karch.exception_entry), self._handler_name)
+        karch.check_call_alignment(m, lambda: karch.describe("entry.S", karch.exception_entry), self._handler_name)
         trap = PtRegs(self.karch, m, regs_addr, self.saved).instruction_pointer() - self.ops.TRAP_IP_OFFSET
         if trap in self.points:
             truth = self.verify.take(trap)

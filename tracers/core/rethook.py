@@ -101,7 +101,9 @@ class RethookCore:
     def _callback(self, _addr: int) -> None:
         """The trampoline's call (arch_rethook_trampoline_callback, trampoline_probe_handler)."""
         design = self.design
-        self.karch.check_call_alignment(self.m, self.karch.describe(design.source, design.symbol), design.callback)
+        self.karch.check_call_alignment(
+            self.m, lambda: self.karch.describe(design.source, design.symbol), design.callback
+        )
         self._handler(self._regs_arg[REGS_ARG])
 
     def _handler(self, regs_addr: int) -> None:
