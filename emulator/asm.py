@@ -56,6 +56,12 @@ def _cs_detail(arch_id):
     return cs
 
 
+def starts(arch, code: bytes, addr: int) -> list[int]:
+    """The address of each instruction decoded one after another from the start of code, up to
+    its end or the first bytes that do not decode (capstone's lite mode: no operand details)."""
+    return [address for address, _, _, _ in _cs(arch.cs).disasm_lite(code, addr)]
+
+
 def decode(arch, code: bytes, addr: int):
     """The first instruction of code with capstone's operand details, or None."""
     return next(_cs_detail(arch.cs).disasm(code, addr, 1), None)

@@ -15,12 +15,15 @@ Anything else is refused in one line naming the file and the section, offset or 
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import stat
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import capstone
 from elftools.common.exceptions import ELFError
@@ -80,6 +83,67 @@ class LoadedObject:
     text: list[tuple[int, int]] = field(default_factory=list)  # the executable sections: [(addr, size)]
 
 
+class _Sym(NamedTuple):
+    name: str
+    value: int
+    size: int
+    type: str  # STT_*
+    bind: str  # STB_*
+    shndx: int | str  # a section index or SHN_*
+
+
+class _Rel(NamedTuple):
+    offset: int
+    type: int
+    sym: int
+    addend: int
+
+
+@dataclass(frozen=True)
+class _RelSection:
+    name: str
+    kind: str  # SHT_RELA or SHT_REL
+    target: int  # the index of the section it relocates
+    target_name: str
+    code: bool  # whether that section is executable
+    rels: tuple[_Rel, ...]
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """An object's symbols and relocations, parsed once: `check` loads one object once per
+    mechanism, and a module's 80,000 relocations take seconds to parse."""
+
+    symbols: tuple[_Sym, ...]
+    relocations: tuple[_RelSection, ...]
+
+
+@lru_cache(maxsize=2)
+def _tables(data: bytes) -> _Tables:
+    elf = ELFFile(io.BytesIO(data))
+    symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
+    symbols = tuple(
+        _Sym(sym.name, sym["st_value"], sym["st_size"], sym["st_info"]["type"], sym["st_info"]["bind"], sym["st_shndx"])
+        for sym in (symtab.iter_symbols() if symtab else ())
+    )
+    sections = []
+    for sec in elf.iter_sections():
+        if sec["sh_type"] not in ("SHT_RELA", "SHT_REL"):
+            continue
+        target = elf.get_section(sec["sh_info"])
+        rels = (
+            tuple(
+                _Rel(rel["r_offset"], rel["r_info_type"], rel["r_info_sym"], rel["r_addend"])
+                for rel in sec.iter_relocations()
+            )
+            if sec["sh_type"] == "SHT_RELA"
+            else ()
+        )
+        code = bool(target["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
+        sections.append(_RelSection(sec.name, sec["sh_type"], sec["sh_info"], target.name, code, rels))
+    return _Tables(symbols, tuple(sections))
+
+
 def elf_arch(path: Path) -> Arch:
     """The Arch an object is built for (FtlabError if it is not an object the lab loads)."""
     return _read(path)[0]
@@ -91,7 +155,7 @@ def load_object(machine, path: Path, stubs=()) -> LoadedObject:
         raise FtlabError(f"{path}: built for {arch.name}, not {machine.arch.name}")
     stub_kinds = dict(_parse_stub(s) for s in stubs)
     try:
-        return _Loader(machine, path, ELFFile(io.BytesIO(data)), stub_kinds).load()
+        return _Loader(machine, path, ELFFile(io.BytesIO(data)), _tables(data), stub_kinds).load()
     except (ELFError, struct.error, UnicodeDecodeError) as err:  # the last guard: _check ran first
         raise FtlabError(f"{path}: malformed ELF: {err}") from None
 
@@ -299,9 +363,10 @@ def _parse_stub(spec: str) -> tuple[str, str]:
 
 
 class _Loader:
-    def __init__(self, machine, path, elf, stubs):
-        self.m, self.path, self.elf, self.stubs = machine, path, elf, stubs
+    def __init__(self, machine, path, elf, tables: _Tables, stubs):
+        self.m, self.path, self.elf, self.tables, self.stubs = machine, path, elf, tables, stubs
         self.arch = machine.arch
+        self.walks: dict[int, list[int]] = {}  # instruction starts decoded from an address, for _use
 
     def load(self) -> LoadedObject:
         elf = self.elf
@@ -316,7 +381,6 @@ class _Loader:
                 self.m.mark_executable(addr, sec["sh_size"])
                 obj.text.append((addr, sec["sh_size"]))
         self.placed = placed
-        self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.values = self._symbols(obj)
         self._relocate(obj)
         self.m.write_code(self.base, self.m.read(self.base, self.size))  # one cache flush for it all
@@ -342,33 +406,32 @@ class _Loader:
                     f"ends {end:#x} bytes in; an object may take {MAX_OBJECT:#x}"
                 )
         self.common = end = -(-end // 16) * 16
-        end += sum(-(-sym["st_size"] // 16) * 16 for sym in self._commons())
+        end += sum(-(-sym.size // 16) * 16 for sym in self._commons())
         if end > MAX_OBJECT:
             raise FtlabError(f"{self.path}: common symbols take the object to {end:#x} bytes, over {MAX_OBJECT:#x}")
         self.base, self.size = self.m.map_object(end), end
         return {i: self.base + off for i, off in offsets.items()}
 
-    def _commons(self):
-        symtab = next((s for s in self.elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
-        return [sym for sym in (symtab.iter_symbols() if symtab else ()) if sym["st_shndx"] == "SHN_COMMON"]
+    def _commons(self) -> list[_Sym]:
+        return [sym for sym in self.tables.symbols if sym.shndx == "SHN_COMMON"]
 
     def _symbols(self, obj: LoadedObject) -> list[int | None]:
         """Every symbol's address (None: undefined, bound later); defines functions and objects."""
         values: list[int | None] = []
         common = self.base + self.common
-        for sym in self.symtab.iter_symbols() if self.symtab else ():
-            shndx, kind = sym["st_shndx"], sym["st_info"]["type"]
+        for sym in self.tables.symbols:
+            shndx, kind = sym.shndx, sym.type
             if shndx == "SHN_UNDEF":
                 values.append(None)
                 continue
             if shndx == "SHN_ABS":
-                values.append(sym["st_value"])
+                values.append(sym.value)
                 continue
             if shndx == "SHN_COMMON":
-                addr, common = common, common + -(-sym["st_size"] // 16) * 16
+                addr, common = common, common + -(-sym.size // 16) * 16
                 section = "COMMON"
             elif shndx in self.placed:
-                addr = self.placed[shndx] + sym["st_value"]
+                addr = self.placed[shndx] + sym.value
                 section = self.elf.get_section(shndx).name
             else:
                 values.append(None if kind == "STT_SECTION" else 0)  # a section we did not load
@@ -376,13 +439,13 @@ class _Loader:
             values.append(addr)
             if kind not in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") or not sym.name:
                 continue
-            symbol = Symbol(sym.name, addr, sym["st_size"], "func" if kind == "STT_FUNC" else "object", section)
+            symbol = Symbol(sym.name, addr, sym.size, "func" if kind == "STT_FUNC" else "object", section)
             if kind != "STT_NOTYPE":  # an assembler label: exported when global, never named in output
                 self.m.symbols.add(symbol)
             if kind == "STT_FUNC":
                 obj.functions.append(symbol)
-            if sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK"):
-                self._export(symbol, sym["st_info"]["bind"] == "STB_WEAK")
+            if sym.bind in ("STB_GLOBAL", "STB_WEAK"):
+                self._export(symbol, sym.bind == "STB_WEAK")
         return values
 
     def _export(self, symbol: Symbol, weak: bool) -> None:
@@ -411,29 +474,22 @@ class _Loader:
     def _relocations(self):
         """Every relocation of a loaded section: (rel, its section's index, where, symbol, symbol
         index, whether the section is code)."""
-        syms = list(self.symtab.iter_symbols()) if self.symtab else []
-        for sec in self.elf.iter_sections():
-            if sec["sh_type"] not in ("SHT_RELA", "SHT_REL") or sec["sh_info"] not in self.placed:
+        syms = self.tables.symbols
+        for sec in self.tables.relocations:
+            if sec.target not in self.placed:
                 continue
-            target = self.elf.get_section(sec["sh_info"])
-            if sec["sh_type"] == "SHT_REL":
+            if sec.kind == "SHT_REL":
                 raise FtlabError(
                     f"{self.path}: {sec.name}: REL relocations are not used on {self.arch.name}; only RELA is supported"
                 )
-            code = bool(target["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
-            for rel in sec.iter_relocations():
-                where = f"{target.name}+{rel['r_offset']:#x}"
-                yield rel, sec["sh_info"], where, syms[rel["r_info_sym"]], rel["r_info_sym"], code
+            for rel in sec.rels:
+                yield rel, sec.target, f"{sec.target_name}+{rel.offset:#x}", syms[rel.sym], rel.sym, sec.code
 
     def _unbound(self, rel, sym, index) -> bool:
         """Whether a relocation refers to an undefined symbol (not a null relocation, and not a
         section we did not load)."""
-        reloc = self.arch.relocs.get(rel["r_info_type"])
-        return (
-            self.values[index] is None
-            and sym["st_info"]["type"] != "STT_SECTION"
-            and not (reloc is not None and reloc.none)
-        )
+        reloc = self.arch.relocs.get(rel.type)
+        return self.values[index] is None and sym.type != "STT_SECTION" and not (reloc is not None and reloc.none)
 
     def _undefined(self) -> None:
         """Every undefined symbol nothing supplies, in one error, in the order of first use: a
@@ -441,12 +497,12 @@ class _Loader:
         missing: dict[str, str] = {}
         uses: dict[str, set[str]] = {}  # for --stub '*': how the code uses each missing symbol
         for rel, index, where, sym, sym_index, code in self._relocations():
-            if not self._unbound(rel, sym, sym_index) or sym["st_info"]["bind"] == "STB_WEAK":
+            if not self._unbound(rel, sym, sym_index) or sym.bind == "STB_WEAK":
                 continue
             if self.m.symbols.resolve(sym.name) is None and sym.name not in self.stubs:
-                place = self.placed[index] + rel["r_offset"]
+                place = self.placed[index] + rel.offset
                 missing.setdefault(sym.name, f"{self.m.symbols.name(place)} ({where})")
-                use = _use(self.m, place, self.placed[index]) if code and STUB_ALL in self.stubs else None
+                use = self._use(place, self.placed[index]) if code and STUB_ALL in self.stubs else None
                 uses.setdefault(sym.name, set()).add(use[0] if use else "address")
         if STUB_ALL in self.stubs:  # each as its use says: data where code reads or writes it
             self.stubs.update({name: "data" if "data" in uses[name] else "ret0" for name in missing})
@@ -468,19 +524,19 @@ class _Loader:
         self._undefined()
         for rel, index, where, sym, sym_index, code in self._relocations():
             base = self.placed[index]
-            place, kind = base + rel["r_offset"], rel["r_info_type"]
+            place, kind = base + rel.offset, rel.type
             value = self.values[sym_index]
-            if value is None and sym["st_info"]["type"] == "STT_SECTION":
+            if value is None and sym.type == "STT_SECTION":
                 continue  # against a section we did not load
             stub = None
             if self._unbound(rel, sym, sym_index):
-                if sym["st_info"]["bind"] == "STB_WEAK" and self.m.symbols.resolve(sym.name) is None:
+                if sym.bind == "STB_WEAK" and self.m.symbols.resolve(sym.name) is None:
                     value = 0  # an undefined weak symbol is 0, as simplify_symbols() leaves it
                 else:
                     value = self._resolve(sym.name)
                     stub = self.m.symbols.get(sym.name)
                 obj.imports.setdefault(sym.name, []).append(place)
-            self._apply(kind, value or 0, rel["r_addend"], place, where)
+            self._apply(kind, value or 0, rel.addend, place, where)
             # a reference from data (a pointer in .data) says nothing of how the pointer is used
             # later, as an ops table's function pointer or a pointer to data: either stub is taken
             if stub is not None and stub.section.startswith("--stub") and code:
@@ -490,7 +546,7 @@ class _Loader:
     def _check_stub_use(self, name: str, stub: str, place: int, start: int, where: str) -> None:
         """A function stub (ftlab_ret0's code) read as data would give its instruction bytes as
         the value; a data stub called would run zeroed data: refuse both, saying which stub fits."""
-        use = _use(self.m, place, start)
+        use = self._use(place, start)
         at = f"{self.m.symbols.name(place)} ({where})"
         if use and use[1] > place:  # shown by an instruction after the one holding the field
             at += f" then {self.m.symbols.name(use[1])}"
@@ -502,6 +558,41 @@ class _Loader:
             )
         if stub == "data" and use and use[0] == "call":
             raise FtlabError(f"{self.path}: '{name}' is called at {at}; a data stub cannot be run: use --stub {name}")
+
+    def _use(self, place: int, start: int) -> tuple[str, int] | None:
+        """How the code uses the symbol whose relocated field is at `place`: 'call' (a direct call
+        or jump, or an indirect one through the register its address was put in), 'data' (a
+        memory access there, directly or through that register) or 'address' (the address only
+        escapes), with the address of the instruction that shows it; None if the code does not
+        decode up to there. Decoded from the start of the function holding it (else of its
+        section, at `start`), one instruction after another: on x86 a decode from any nearer byte
+        may start inside an instruction. Each walk is decoded once for all the relocations in it
+        (a module has tens of thousands)."""
+        m = self.m
+        hit = m.symbols.lookup(place)
+        func = hit[0] if hit and hit[0].kind == "func" and hit[0].addr >= start else None
+        walk_from = func.addr if func else start
+        end = m.region(place).end
+        if walk_from not in self.walks:
+            stop = min(func.addr + func.size, end) if func and func.size else end
+            self.walks[walk_from] = asm.starts(m.arch, m.read(walk_from, stop - walk_from), walk_from)
+        walk = self.walks[walk_from]
+        i = bisect.bisect_right(walk, place) - 1
+        if i < 0:
+            return None
+        addr = walk[i]
+        insn = asm.decode(m.arch, m.read(addr, min(16, end - addr)), addr)
+        if insn is None or addr + insn.size <= place:
+            return None  # the walk stopped before reaching place
+        fields = asm.field_offsets(insn)
+        if fields and place - addr not in fields:
+            return None
+        kind = asm.reference_kind(insn)
+        if kind == "data" and place - addr == getattr(insn, "imm_offset", None):
+            kind = "address"  # x86: the immediate stored (mov qword ptr [x], offset sym), not the operand
+        if kind == "address":  # adrp (+ add), lea, mov $sym: what is done with the register?
+            return _through_register(m, insn, end) or (kind, addr)
+        return kind, addr
 
     def _apply(self, kind: int, S: int, A: int, P: int, where: str) -> None:
         reloc = self.arch.relocs.get(kind)
@@ -519,35 +610,6 @@ class _Loader:
         else:
             new = reloc.store(struct.unpack(fmt, self.m.read(P, reloc.size))[0], value) & mask
         self.m.write(P, struct.pack(fmt, new))
-
-
-def _use(m, place: int, start: int) -> tuple[str, int] | None:
-    """How the code uses the symbol whose relocated field is at `place`: 'call' (a direct call or
-    jump, or an indirect one through the register its address was put in), 'data' (a memory
-    access there, directly or through that register) or 'address' (the address only escapes),
-    with the address of the instruction that shows it; None if the code does not decode up to
-    there. Decoded from the start of the function holding it (else of its section, at `start`),
-    one instruction after another: on x86 a decode from any nearer byte may start inside an
-    instruction."""
-    hit = m.symbols.lookup(place)
-    addr = hit[0].addr if hit and hit[0].kind == "func" and hit[0].addr >= start else start
-    end = m.region(place).end
-    while addr <= place:
-        insn = asm.decode(m.arch, m.read(addr, min(16, end - addr)), addr)
-        if insn is None:
-            return None
-        if addr + insn.size > place:
-            fields = asm.field_offsets(insn)
-            if fields and place - addr not in fields:
-                return None
-            kind = asm.reference_kind(insn)
-            if kind == "data" and place - addr == getattr(insn, "imm_offset", None):
-                kind = "address"  # x86: the immediate stored (mov qword ptr [x], offset sym), not the operand
-            if kind == "address":  # adrp (+ add), lea, mov $sym: what is done with the register?
-                return _through_register(m, insn, end) or (kind, addr)
-            return kind, addr
-        addr += insn.size
-    return None
 
 
 FLAGS = ("rflags", "nzcv")  # a flags register written beside the address is not where it goes
