@@ -208,14 +208,14 @@ class PtRegs(Snapshot):
         return self.instruction_pointer()
 
     def override_function_with_return(self) -> None:
-        """Return to the caller at once (error injection): pc = lr on arm64; on x86 pop the
-        return address. Only meaningful at a function's entry, before it pushed anything."""
+        """Return to the caller at once (error injection), only meaningful at a function's entry:
+        arm64 pc = lr (arch/arm64/lib/error-inject.c); x86 ip = just_return_func, a lone `ret`
+        that pops the return address (arch/x86/lib/error-inject.c). Only the ip changes, so the
+        trampolines that restore the ip but not the sp (ftrace_caller) return correctly too."""
         if self._arch.lr:
             self.instruction_pointer_set(self.reg(self._arch.lr))
         else:
-            sp = self.kernel_stack_pointer()
-            self.instruction_pointer_set(self._m.u64(sp))
-            self.set_reg(self._arch.sp, sp + 8)
+            self.instruction_pointer_set(self._m.symbols.get("just_return_func").addr)
 
     def regs_get_kernel_argument(self, n: int) -> int:
         return self._argument(n)
