@@ -80,6 +80,7 @@ class Machine:
     # The lab's code sits 16 MiB below them, within arm64's ±128 MiB BL reach.
     HEAP = 0x1000_0000, 0x0100_0000  # buffers passed to calls by pointer
     STACK = 0x2000_0000, 0x0010_0000  # the task's kernel stack
+    BPF = 0x3D00_0000, 0x0100_0000  # BPF maps' values, the BPF stack: memory programs point into
     LAB_DATA = 0x3E00_0000, 0x0100_0000  # per-cpu page, ops, buffers of the tracers
     LAB_TEXT = 0x3F00_0000, 0x0010_0000  # the lab's runtime and trampolines
     LAB_LIB = 0x3F10_0000, 0x0001_0000  # the kernel's library functions (lib.S): code the objects call
@@ -104,6 +105,7 @@ class Machine:
             ("heap", self.HEAP),
             ("stack", self.STACK),
             ("lab data", self.LAB_DATA),
+            ("bpf", self.BPF),
             ("lab text", self.LAB_TEXT),
             ("lab lib", self.LAB_LIB),
         ):
@@ -113,6 +115,7 @@ class Machine:
         self._cursor = {
             "heap": self.HEAP[0],
             "lab data": self.LAB_DATA[0],
+            "bpf": self.BPF[0],
             "lab text": self.LAB_TEXT[0],
             "lab lib": self.LAB_LIB[0],
         }
