@@ -252,8 +252,17 @@ _UNSUPPORTED = {
 
 def invalid(insn: Insn) -> str | None:
     """The kernel verifier's complaint about this instruction on its own (kernel/bpf/verifier.c:
-    bpf_opcode_in_insntable() in resolve_pseudo_ldimm64(), then do_check()'s reserved-field checks
-    per class), or a sentence naming what the lab does not run; None if it is well formed."""
+    bpf_opcode_in_insntable() in resolve_pseudo_ldimm64(), do_check()'s reserved-field checks per
+    class, check_reg_arg()), or a sentence naming what the lab does not run; None if well formed."""
+    problem = _invalid_fields(insn)
+    if problem is None and insn.dst > 10:
+        return f"R{insn.dst} is invalid"
+    if problem is None and insn.src > 10 and insn.code != JMP | CALL and insn.cls != LD:
+        return f"R{insn.src} is invalid"  # src names a register except in a call or an lddw
+    return problem
+
+
+def _invalid_fields(insn: Insn) -> str | None:
     code, cls, mode = insn.code, insn.cls, insn.code & 0xE0
     if code in _UNSUPPORTED:
         return f"{_UNSUPPORTED[code]} is not supported by the lab"
