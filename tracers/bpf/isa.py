@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import capstone
 
@@ -167,10 +167,15 @@ def disasm(insns: Sequence[Insn], index: int) -> str:
     if text is not None:
         return text
     decoded = list(_CS.disasm(encode([insn]), 0))
+    writes_fp = not decoded and insn.dst == 10
+    if writes_fp:  # capstone decodes no write to r10 (read-only): decode it as r0's, then rename
+        decoded = list(_CS.disasm(encode([replace(insn, dst=0)]), 0))
     if not decoded:
         return f"opcode {insn.code:#04x}"
     (cs,) = decoded
     operands = [_cs_operand(insn, op) for op in cs.operands]
+    if writes_fp:
+        operands[0] = "r10"
     if None in operands:  # a cBPF-style operand (ld abs/ind): capstone's own text
         return f"{cs.mnemonic} {cs.op_str}".rstrip()
     return f"{cs.mnemonic} {', '.join(operands)}".rstrip()  # type: ignore[arg-type]
