@@ -111,7 +111,7 @@ def encode(insns: Sequence[Insn]) -> bytes:
             out += _SLOT.pack(insn.code, regs, insn.off, _s32(imm & M32))
             out += _SLOT.pack(0, 0, 0, _s32(imm >> 32))
         else:
-            out += _SLOT.pack(insn.code, regs, insn.off, insn.imm)
+            out += _SLOT.pack(insn.code, regs, insn.off, _s32(insn.imm & M32))
     return bytes(out)
 
 
