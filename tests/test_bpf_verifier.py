@@ -39,6 +39,7 @@ def test_a_program_the_kernel_accepts():
         lddw(2, 1 << 40),
         Insn(0x0F, 0, 2),
         Insn(0x7B, 10, 0, -8),
+        Insn(0x7A, 10, 0, -512, 0),  # the frame's lowest word
         Insn(0x85, 0, 1, 0, 1),  # a bpf-to-bpf call to the subprogram below
         EXIT,
         ldx(0, 1, 4096),  # a subprogram's r1 is not known to be ctx
@@ -77,6 +78,9 @@ def test_a_program_the_kernel_accepts():
         ([ldx(10, 1, 0), EXIT], "insn 0 (ldxdw r10, [r1+0x0]): frame pointer is read only"),
         ([Insn(0xDB, 1, 10, 0, 0x01), EXIT], "insn 0 (fetch_adddw [r1+0x0], r10): frame pointer is read only"),
         ([Insn(0x07, 1, 0, 0, 5), Insn(0x07, 11, 0, 0, 1), EXIT], "insn 1 (opcode 0x07): R11 is invalid"),
+        ([Insn(0x7B, 10, 1, -516), EXIT], "insn 0 (stxdw [r10-0x204], r1): invalid write to stack R10 off=-516 size=8"),
+        ([Insn(0x62, 10, 0, -2, 1), EXIT], "insn 0 (stw [r10-0x2], 0x1): invalid write to stack R10 off=-2 size=4"),
+        ([ldx(0, 10, 0, 1), EXIT], "insn 0 (ldxb r0, [r10+0x0]): invalid read from stack R10 off=0 size=1"),
     ],
 )
 def test_refusals(prog, message):

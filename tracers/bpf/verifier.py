@@ -1,10 +1,11 @@
 """What the kernel's verifier (kernel/bpf/verifier.c, 7.0) refuses that the lab can decide without
 tracking values: malformed instructions, jumps out of range or into an lddw, a subprogram that
-falls off its end, helpers the program type may not call, writes to r10, and ctx accesses out of
-bounds or writing a read-only ctx. Registers are known to hold ctx only as far as one forward pass
-copying r1 can tell; the kernel tracks every value on every path, so it refuses more (the lab stops
-a loop it cannot bound at its budget instead, see interpreter.py). Check a program as loaded,
-before fixups.inline_tracing_helpers() rewrites it."""
+falls off its end, helpers the program type may not call, writes to r10, accesses through r10
+outside its 512-byte frame, and ctx accesses out of bounds or writing a read-only ctx. Registers
+are known to hold ctx only as far as one forward pass copying r1 can tell; the kernel tracks every
+value on every path, so it refuses more (the lab stops a loop it cannot bound at its budget
+instead, see interpreter.py). Check a program as loaded, before fixups.inline_tracing_helpers()
+rewrites it."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ class _Check:
             self._call(i, insn, helpers, kfuncs)
             if _writes(insn, FP):
                 raise self.fail(i, "frame pointer is read only")
+            self._stack_access(i, insn)
         self._ctx_accesses(set(subprogs), ctx)
 
     def target(self, i: int, insn: Insn) -> int:
@@ -133,6 +135,18 @@ class _Check:
             raise self.fail(i, f"program of this type cannot use helper {isa.helper_name(insn.imm)}#{insn.imm}")
         if insn.src == KFUNC_CALL and insn.imm not in kfuncs:
             raise self.fail(i, f"calling kernel function #{insn.imm} is not allowed")
+
+    def _stack_access(self, i: int, insn: Insn) -> None:
+        """check_stack_access_within_bounds() for accesses through r10 itself: [r10 - 512, r10)."""
+        if insn.cls == LDX and insn.src == FP:
+            what = "read from"
+        elif insn.cls in (ST, STX) and insn.dst == FP:
+            what = "write to"
+        else:
+            return
+        size = SIZE_BYTES[insn.code & 0x18]
+        if insn.off < -isa.STACK_SIZE or insn.off + size > 0:
+            raise self.fail(i, f"invalid {what} stack R{FP} off={insn.off} size={size}")
 
     def _ctx_accesses(self, subprog_starts: set[int], ctx: CtxRules) -> None:
         """One forward pass knowing which registers hold the unmodified ctx pointer: r1 at entry,
