@@ -359,12 +359,14 @@ def test_helper_errors_name_the_helper_and_the_instruction():
     def broken(env, *args):
         raise FtlabError("map value out of range")
 
-    message = r"^t\.bpf\.o: fentry/f: insn 0 \(call 0x1\): bpf_map_lookup_elem: map value out of range$"
+    message = r"^t\.bpf\.o: fentry/f: insn 0 \(call 0x1\): helper bpf_map_lookup_elem#1: map value out of range$"
     with pytest.raises(BpfError, match=message):
         run([Insn(0x85, 0, 0, 0, 1), EXIT], helpers={1: broken})
     message = r"insn 0 \(call 0x6\): helper bpf_trace_printk#6 is not available to this program$"
     with pytest.raises(BpfError, match=message):
         run([Insn(0x85, 0, 0, 0, 6), EXIT])
+    with pytest.raises(BpfError, match=r"insn 0 \(call kfunc 0x2\): kfunc #2 is not available to this program$"):
+        run([Insn(0x85, 0, 2, 0, 2), EXIT])
 
 
 @pytest.mark.parametrize(

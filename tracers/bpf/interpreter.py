@@ -216,7 +216,7 @@ class Interpreter:
     @staticmethod
     def _fault(insn: Insn, regs: list[int], err: FtlabError) -> str:
         if insn.code == JMP | CALL:
-            return f"{isa.helper_name(insn.imm) if insn.src == HELPER_CALL else 'kfunc'}: {err}"
+            return f"{_callee(insn)}: {err}"
         base = insn.src if insn.cls == LDX else insn.dst
         addr = (regs[base] + insn.off) & M64
         size = SIZE_BYTES[insn.code & 0x18]
@@ -369,11 +369,10 @@ class _Translation:
                 return target
 
             return bpf_call
-        table, what = (interp.kfuncs, "kfunc") if insn.src == KFUNC_CALL else (interp.helpers, "helper")
+        table = interp.kfuncs if insn.src == KFUNC_CALL else interp.helpers
         fn = table.get(insn.imm)
         if fn is None:
-            label = isa.helper_name(insn.imm) if insn.src == HELPER_CALL else "kfunc"
-            message = f"{what} {label}#{insn.imm} is not available to this program"
+            message = f"{_callee(insn)} is not available to this program"
             return lambda r: _raise(self.error(i, message))
         helper = fn
 
@@ -404,6 +403,12 @@ class _Translation:
             return nxt
 
         return store
+
+
+def _callee(call: Insn) -> str:
+    if call.src == HELPER_CALL:
+        return f"helper {isa.helper_name(call.imm)}#{call.imm}"
+    return f"kfunc #{call.imm}"
 
 
 def _raise(error: BpfError) -> int:
