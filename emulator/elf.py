@@ -30,6 +30,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE, ENUM_RELOC_TYPE_AARCH64, ENUM_RELOC_TYPE_x64
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from . import asm
@@ -128,7 +129,7 @@ def _tables(data: bytes) -> _Tables:
     )
     sections = []
     for sec in elf.iter_sections():
-        if sec["sh_type"] not in ("SHT_RELA", "SHT_REL"):
+        if not isinstance(sec, RelocationSection):
             continue
         target = elf.get_section(sec["sh_info"])
         rels = (
