@@ -162,16 +162,30 @@ class BpfObject:
         symtab = next((s for s in sections if isinstance(s, SymbolTableSection)), None)
         if symtab is None:
             raise BpfError(f"{self.where}: no symbol table")
-        names = {i: s.name for i, s in enumerate(sections)}
-        symbols = list(symtab.iter_symbols())
         btf_sec = elf.get_section_by_name(".BTF")
         if btf_sec is None:
             raise BpfError(f"{self.where}: no .BTF section (compile with clang -g)")
         license_sec = elf.get_section_by_name("license")
         self.license = license_sec.data().split(b"\0")[0].decode() if license_sec is not None else ""
+        names = {i: s.name for i, s in enumerate(sections)}
+        symbols = list(symtab.iter_symbols())
 
-        # executable sections: their code, relocations and function symbols
-        self.code: dict[str, bytes] = {}
+        self.code = self._read_code(sections)
+        self.relocs = self._read_relocs(sections, names, symbols)
+        self.funcs = self._read_funcs(names, symbols)
+        self.programs = self._read_programs()
+        var_offsets = {
+            (names.get(s["st_shndx"]), s.name): s["st_value"]
+            for s in symbols
+            if s["st_info"]["type"] == "STT_OBJECT" and isinstance(s["st_shndx"], int)
+        }
+        sizes = {sec.name: sec["sh_size"] for sec in sections}
+        self.btf = _fixup_datasecs(btf_mod.parse(btf_sec.data(), self.where), sizes, var_offsets, self.where)
+        self.maps = self._btf_maps(var_offsets) + self._data_maps(sections)
+
+    def _read_code(self, sections: list) -> dict[str, bytes]:
+        """The executable sections' instructions, by section name, in section order."""
+        code = {}
         for sec in sections:
             if sec["sh_type"] == "SHT_PROGBITS" and sec["sh_flags"] & 0x4 and sec["sh_size"]:  # SHF_EXECINSTR
                 if sec["sh_size"] % INSN_SIZE:
@@ -179,21 +193,30 @@ class BpfObject:
                         f"{self.where}: section '{sec.name}': {sec['sh_size']} bytes, "
                         "not a whole number of instructions"
                     )
-                self.code[sec.name] = sec.data()
-        self.relocs: dict[str, dict[int, _Reloc]] = {name: {} for name in self.code}
+                code[sec.name] = sec.data()
+        return code
+
+    def _read_relocs(self, sections: list, names: dict[int, str], symbols: list) -> dict[str, dict[int, _Reloc]]:
+        """The executable sections' relocations, by instruction slot (libbpf ignores those of data
+        and debug sections; `.maps` ones are for map-in-map, which the lab does not have)."""
+        relocs: dict[str, dict[int, _Reloc]] = {name: {} for name in self.code}
         for sec in sections:
-            if not isinstance(sec, RelocationSection):
+            if not isinstance(sec, RelocationSection) or names.get(sec["sh_info"]) not in self.code:
                 continue
-            target = names.get(sec["sh_info"], "")
-            if target not in self.code:
-                continue  # libbpf ignores the relocations of data and debug sections
+            target = names[sec["sh_info"]]
             for r in sec.iter_relocations():
                 sym = symbols[r["r_info_sym"]]
                 shndx = sym["st_shndx"]
-                self.relocs[target][r["r_offset"] // INSN_SIZE] = _Reloc(
-                    r["r_info_type"], sym.name, names.get(shndx, "") if isinstance(shndx, int) else "", sym["st_value"]
+                section = names.get(shndx, "") if isinstance(shndx, int) else ""
+                relocs[target][r["r_offset"] // INSN_SIZE] = _Reloc(
+                    r["r_info_type"], sym.name, section, sym["st_value"]
                 )
-        self.funcs: dict[str, list[_Func]] = {name: [] for name in self.code}
+        return relocs
+
+    def _read_funcs(self, names: dict[int, str], symbols: list) -> dict[str, list[_Func]]:
+        """bpf_object__add_programs: each STT_FUNC symbol of an executable section is a program
+        (in .text, a subprogram); a static one outside .text is refused as libbpf does."""
+        funcs: dict[str, list[_Func]] = {name: [] for name in self.code}
         for sym in symbols:
             shndx = sym["st_shndx"]
             if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int) or names.get(shndx) not in self.code:
@@ -206,30 +229,23 @@ class BpfObject:
                 )
             if section != ".text" and sym["st_info"]["bind"] == "STB_LOCAL":
                 raise BpfError(f"{self.where}: section '{section}': program '{sym.name}' is static and not supported")
-            self.funcs[section].append(
-                _Func(sym.name, section, sym["st_value"] // INSN_SIZE, sym["st_size"] // INSN_SIZE)
-            )
+            funcs[section].append(_Func(sym.name, section, sym["st_value"] // INSN_SIZE, sym["st_size"] // INSN_SIZE))
+        return funcs
 
-        self.programs: list[BpfProgramSpec] = []
+    def _read_programs(self) -> list[BpfProgramSpec]:
+        """The programs in libbpf's order (cmp_progs: by section index, then offset)."""
+        programs = []
         for section, funcs in self.funcs.items():
             if section == ".text":
-                continue  # subprograms
+                continue
             try:
                 kind, target, offset = parse_section(section)
             except BpfError as e:
                 raise BpfError(f"{self.where}: {e}") from None
             for f in sorted(funcs, key=lambda f: f.slot):
                 insns = decode(self.code[section][f.slot * INSN_SIZE : (f.slot + f.slots) * INSN_SIZE])
-                self.programs.append(BpfProgramSpec(f.name, section, kind, target, insns, offset, f.slot))
-
-        var_offsets = {
-            (names.get(s["st_shndx"]), s.name): s["st_value"]
-            for s in symbols
-            if s["st_info"]["type"] == "STT_OBJECT" and isinstance(s["st_shndx"], int)
-        }
-        sizes = {sec.name: sec["sh_size"] for sec in sections}
-        self.btf = _fixup_datasecs(btf_mod.parse(btf_sec.data(), self.where), sizes, var_offsets, self.where)
-        self.maps = self._btf_maps(var_offsets) + self._data_maps(sections)
+                programs.append(BpfProgramSpec(f.name, section, kind, target, insns, offset, f.slot))
+        return programs
 
     def _btf_maps(self, var_offsets: dict) -> list[MapSpec]:
         """parse_btf_map_def for each variable of the `.maps` DATASEC."""
