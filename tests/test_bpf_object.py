@@ -11,12 +11,15 @@ import re
 import shutil
 import struct
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from emulator.arch import ARCHES
 from emulator.machine import Machine
+from fixtures import catalog
+from fixtures.bpf import expected
 from tracers.bpf.isa import BpfError, decode
 from tracers.bpf.object import KFUNCS, internal_map_name, open_object, parse_section
 
@@ -352,3 +355,16 @@ def test_objects_hold_no_build_paths(arch, name):
     """build.sh's -fdebug-prefix-map: no directory of the machine that built them."""
     data = obj_path(arch, name).read_bytes()
     assert b"/tmp/" not in data and b"/work/" not in data and b"/home/" not in data
+
+
+@pytest.mark.parametrize("func", ["add3", "chain_a", "chain_b", "chain_c", "fib", "sum10", "crc32_bitwise"])
+def test_expected_call_trees_match_the_catalog(func):
+    """fixtures/bpf/expected.py's calls: as many of each function as catalog counts, every one
+    returning after its callees."""
+    for args in catalog.FUNCTIONS[func].examples:
+        entries, exits = expected.calls(func, *args)
+        assert Counter(c.func for c in entries) == catalog.FUNCTIONS[func].calls(*args)
+        assert Counter(entries) == Counter(exits) and exits[-1] == entries[0]
+        for i, call in enumerate(exits):  # post-order: a deeper call returns before its caller
+            caller = next((c for c in exits[i + 1 :] if c.depth < call.depth), None)
+            assert caller is None or caller.depth == call.depth - 1
