@@ -368,3 +368,8 @@ def test_expected_call_trees_match_the_catalog(func):
         for i, call in enumerate(exits):  # post-order: a deeper call returns before its caller
             caller = next((c for c in exits[i + 1 :] if c.depth < call.depth), None)
             assert caller is None or caller.depth == call.depth - 1
+
+
+def test_btf_name_outside_the_strings(tmp_path):
+    msg = _corrupt_btf(tmp_path, lambda d, _btf, types: struct.pack_into("<I", d, types, 0x7FFFFF))
+    assert msg == "badbtf.bpf.o: .BTF: type [1] at offset 0x0: name offset 0x7fffff is not a string"

@@ -104,11 +104,10 @@ def parse(data: bytes, where: str) -> Btf:
     strings = data[strings_at : strings_at + str_len]
 
     def name(off: int, type_id: int, at: int) -> str:
-        if off >= len(strings):
-            raise BpfError(
-                f"{where}: .BTF: type [{type_id}] at offset {at:#x}: name offset {off:#x} out of the strings"
-            )
-        return strings[off : strings.index(b"\0", off)].decode("utf-8", "replace")
+        end = strings.find(b"\0", off)
+        if end < 0:
+            raise BpfError(f"{where}: .BTF: type [{type_id}] at offset {at:#x}: name offset {off:#x} is not a string")
+        return strings[off:end].decode("utf-8", "replace")
 
     types = [BtfType(0, "UNKN", "void")]
     pos, end = types_at, types_at + type_len

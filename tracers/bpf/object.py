@@ -321,7 +321,10 @@ class BpfObject:
     # -- load ---------------------------------------------------------------------------------
 
     def load(self, machine: Machine) -> LoadedBpf:
-        maps = {spec.name: create(machine, spec, self.btf) for spec in self.maps}
+        try:
+            maps = {spec.name: create(machine, spec, self.btf) for spec in self.maps}
+        except BpfError as e:
+            raise BpfError(f"{self.where}: {e}") from None
         programs = [LoadedProgram(p, decode(_Linker(self, maps).link(p))) for p in self.programs]
         return LoadedBpf(self, programs, maps)
 
