@@ -20,6 +20,7 @@ from emulator.arch import ARCHES
 from emulator.machine import Machine
 from fixtures import catalog
 from fixtures.bpf import expected
+from tracers.arch import kernel_arch
 from tracers.bpf.isa import BpfError, decode
 from tracers.bpf.object import KFUNCS, internal_map_name, open_object, parse_section
 
@@ -373,3 +374,29 @@ def test_expected_call_trees_match_the_catalog(func):
 def test_btf_name_outside_the_strings(tmp_path):
     msg = _corrupt_btf(tmp_path, lambda d, _btf, types: struct.pack_into("<I", d, types, 0x7FFFFF))
     assert msg == "badbtf.bpf.o: .BTF: type [1] at offset 0x0: name offset 0x7fffff is not a string"
+
+
+# The psABIs' first three argument registers and return register, by their pt_regs names.
+ARG_REGS = {"x86_64": ("di", "si", "dx"), "arm64": ("x0", "x1", "x2")}
+RET_REG = {"x86_64": "ax", "arm64": "x0"}
+
+
+def ctx_load_offsets(insns) -> set[int]:
+    """The offsets a program loads from its ctx (r1 at entry, or a register copied from it)."""
+    ctx, offsets = {1}, set()
+    for insn in insns:
+        if insn.code == 0xBF and insn.src in ctx:  # mov dst, src (64-bit)
+            ctx.add(insn.dst)
+        elif insn.code in (0x61, 0x79) and insn.src in ctx:  # ldxw / ldxdw dst, [src+off]
+            offsets.add(insn.off)
+    return offsets
+
+
+def test_kprobe_programs_read_the_labs_pt_regs(arch):
+    """vmlinux.h's pt_regs is the lab's (the kernel's): BPF_KPROBE's arguments and
+    BPF_KRETPROBE's return value are loads at the lab's pt_regs offsets."""
+    pt_regs = kernel_arch(ARCHES[arch]).pt_regs.offsets
+    kprobe = open_object(obj_path(arch, "kprobe.bpf")).program("kprobe_add3")
+    assert {pt_regs[r] for r in ARG_REGS[arch]} <= ctx_load_offsets(kprobe.insns)
+    kretprobe = open_object(obj_path(arch, "kretprobe.bpf")).program("fib_ret")
+    assert ctx_load_offsets(kretprobe.insns) == {pt_regs[RET_REG[arch]]}
