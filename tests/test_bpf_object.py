@@ -400,3 +400,9 @@ def test_kprobe_programs_read_the_labs_pt_regs(arch):
     assert {pt_regs[r] for r in ARG_REGS[arch]} <= ctx_load_offsets(kprobe.insns)
     kretprobe = open_object(obj_path(arch, "kretprobe.bpf")).program("fib_ret")
     assert ctx_load_offsets(kretprobe.insns) == {pt_regs[RET_REG[arch]]}
+
+
+def test_map_in_map_is_refused():
+    with pytest.raises(BpfError) as e:
+        open_object(BAD / "map_in_map.bpf.o")
+    assert str(e.value) == "map_in_map.bpf.o: section '.rel.maps': map-in-map values are not supported"

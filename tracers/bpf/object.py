@@ -36,8 +36,10 @@ KFUNCS = {"bpf_session_is_return": 1, "bpf_session_cookie": 2}
 # The section_defs entries the lab attaches, all "kind+": SEC("kind") or SEC("kind/extras").
 KINDS = ("kprobe", "kretprobe", "kprobe.multi", "kretprobe.multi", "kprobe.session", "fentry", "fexit", "fmod_ret")
 
-# ELF relocation types of the BPF target (llvm's ELFRelocs/BPF.def)
-R_BPF_64_64, R_BPF_64_ABS64, R_BPF_64_ABS32, R_BPF_64_NODYLD32, R_BPF_64_32 = 1, 2, 3, 4, 10
+# ELF relocation types of the BPF target (llvm's ELFRelocs/BPF.def): lddw, call. (The ABS64/ABS32
+# ones of .BTF, .BTF.ext and DWARF are ignored as libbpf ignores them; .maps has them only for
+# map-in-map values, refused.)
+R_BPF_64_64, R_BPF_64_32 = 1, 10
 LDDW, CALL = 0x18, 0x85  # BPF_LD|BPF_IMM|BPF_DW, BPF_JMP|BPF_CALL
 BPF_PSEUDO_CALL, BPF_PSEUDO_KFUNC_CALL = 1, 2
 INSN_SIZE = 8
@@ -201,7 +203,11 @@ class BpfObject:
         and debug sections; `.maps` ones are for map-in-map, which the lab does not have)."""
         relocs: dict[str, dict[int, _Reloc]] = {name: {} for name in self.code}
         for sec in sections:
-            if not isinstance(sec, RelocationSection) or names.get(sec["sh_info"]) not in self.code:
+            if not isinstance(sec, RelocationSection):
+                continue
+            if names.get(sec["sh_info"]) == ".maps":
+                raise BpfError(f"{self.where}: section '{sec.name}': map-in-map values are not supported")
+            if names.get(sec["sh_info"]) not in self.code:
                 continue
             target = names[sec["sh_info"]]
             for r in sec.iter_relocations():
@@ -405,12 +411,16 @@ class _Linker:
         # (the second slot's imm is the upper half; bytes 0-3 of slot 2 are zero by the ISA)
 
     def _kfunc(self, o: int, regs: int, reloc: _Reloc) -> None:
+        if reloc.type != R_BPF_64_32:
+            raise BpfError(f"relocation type {reloc.type} on a call (expected R_BPF_64_32)")
         kfunc_id = KFUNCS.get(reloc.symbol)
         if kfunc_id is None:
             raise BpfError(f"unknown kfunc '{reloc.symbol}' (the lab has {', '.join(KFUNCS)})")
         struct.pack_into("<BBhi", self.out, o, CALL, BPF_PSEUDO_KFUNC_CALL << 4 | regs & 0x0F, 0, kfunc_id)
 
     def _subprog_call(self, caller: _Func, slot: int, out_slot: int, imm: int, reloc: _Reloc | None) -> None:
+        if reloc is not None and reloc.type != R_BPF_64_32:
+            raise BpfError(f"relocation type {reloc.type} on a call (expected R_BPF_64_32)")
         if reloc is not None:  # against a global function's symbol, or .text's section symbol
             section, target = reloc.section, reloc.value // INSN_SIZE + imm + 1
         else:  # a static function of the same section: imm is relative already
