@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from emulator.arch import ARCHES
 from emulator.machine import Machine
-from tracers.bpf.dump import dump_json, dump_text, formatted
+from tracers.bpf.btf import BTF_INT_BOOL, BTF_INT_SIGNED, Btf, BtfType, Member
+from tracers.bpf.dump import BtfDumper, JsonWriter, dump_json, dump_text, formatted
 from tracers.bpf.isa import BpfError
 from tracers.bpf.maps import (
     BPF_MAP_TYPE_ARRAY,
@@ -306,3 +307,31 @@ def test_dump_empty_and_ringbuf(arch):
     assert dump_text(bpf.maps["entries"]) == "[]\n"
     bpf.maps["events"].output(b"12345678", 0)
     assert dump_text(bpf.maps["events"]) == "[]\n"  # get_next_key: -ENOTSUPP, nothing dumped
+
+
+def test_btf_dumper_kinds():
+    """btf_dumper.c's forms, plain text and JSON: signed int, bool, enum by name, a char array
+    with a NUL as a string, pointers ("%p" with glibc's (nil) / %lu), a bitfield in hex."""
+    types = [
+        BtfType(0, "UNKN", "void"),
+        BtfType(1, "INT", "int", size=4, encoding=BTF_INT_SIGNED, bits=32),
+        BtfType(2, "INT", "_Bool", size=1, encoding=BTF_INT_BOOL, bits=8),
+        BtfType(3, "ENUM", "num", size=4, members=(Member("ONE", 0, 1), Member("TWO", 0, 2))),
+        BtfType(4, "INT", "char", size=1, encoding=BTF_INT_SIGNED, bits=8),
+        BtfType(5, "ARRAY", "", type=4, nelems=8),
+        BtfType(6, "PTR", "", type=0),
+        BtfType(7, "INT", "unsigned int", size=4, bits=32),
+        BtfType(8, "STRUCT", "s", size=40, kflag=True, members=(
+            Member("a", 1, 0), Member("ok", 2, 32), Member("e", 3, 64), Member("name", 5, 96),
+            Member("p", 6, 160), Member("nil", 6, 224), Member("bits", 7, 290, 3),
+        )),
+    ]  # fmt: skip
+    data = struct.pack("<i?3xi8sQQI", -1, True, 2, b"fib", 0x1000, 0, 0b11101 << 2 | 0b10)  # bits 2..4: 0b101
+    plain, js = JsonWriter(pretty=True), JsonWriter(pretty=False)
+    BtfDumper(Btf(types), plain, plain_text=True).dump(8, data)
+    BtfDumper(Btf(types), js, plain_text=False).dump(8, data)
+    assert plain.text() == (
+        '{\n    "a": -1,\n    "ok": true,\n    "e": "TWO",\n    "name": "fib",\n'
+        '    "p": "0x1000",\n    "nil": "(nil)",\n    "bits": 0x5\n}'
+    )
+    assert js.text() == '{"a":-1,"ok":true,"e":"TWO","name":"fib","p":4096,"nil":0,"bits":"0x5"}'
