@@ -125,4 +125,23 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "before, __kretprobe_trampoline built PSTATE from MRS and lost PAN"
         ),
     ),
+    "kprobe_session": (
+        KernelVersion(6, 10),
+        "BPF kprobe.session programs: one program at entry and exit on fprobe, sharing a cookie (commit 535a3692ba72)",
+    ),
+    "ftrace_partial_regs_update": (
+        KernelVersion(7, 0),
+        (
+            "kprobe.multi writes a program's pt_regs changes (ip, return value) back to ftrace_regs "
+            "(commit 276f3b6daf60); before, arm64's copy dropped them: bpf_override_return did nothing"
+        ),
+    ),
+    "bpf_nr_args_low_byte": (
+        KernelVersion(7, 0),
+        (
+            "the verifier's inlined bpf_get_func_arg/_arg_cnt read nr_args as ctx[-1] & 0xff, the trampoline's "
+            "higher bits holding fsession flags ('bpf: use last 8-bits for the nr_args in trampoline', "
+            "bpf-next January 2026, the 7.0 merge window); before, the whole word"
+        ),
+    ),
 }

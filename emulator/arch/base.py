@@ -57,6 +57,9 @@ class Arch:
     relocs: dict[int, Reloc]
     setup_cpu: Callable  # (uc, per-cpu page address) -> None: kernel privilege, selectors ...
     runtime: Path  # runtime.S: what the lab's "kernel" supplies to objects
+    # user_mode(regs) (asm/ptrace.h), given a reader of saved registers by name: whether a pt_regs
+    # says the CPU was in user mode, which makes perf's unwinder skip the kernel stack
+    user_mode: Callable[[Callable[[str], int]], bool]
     # relocation types the kernel's module loader refuses too, with the build flag that avoids
     # them: type -> hint, for the loader's one-line error
     reloc_hints: dict[int, str] = field(default_factory=dict)

@@ -26,6 +26,7 @@ from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
+from .bpf import add_parser as add_bpf
 from .check import add_parser as add_check
 from .demo import demo
 from .mechanisms import capture_all
@@ -475,6 +476,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
     add_check(sub, _add_target)
+    add_bpf(sub, _add_target, _add_ret, _labs)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")

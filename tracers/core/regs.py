@@ -62,6 +62,11 @@ class Snapshot:
         self.words = list(layout.codec.unpack_from(view, offset))
         self._slot = _slots(layout, self.saved, self._aliases)
 
+    def member(self, name: str) -> int:
+        """The struct member's word as guest memory holds it, captured or not: what kernel code
+        reading it gets (arm64's partial pt_regs before 6.18 holds a pstate of 0 nothing wrote)."""
+        return self.words[self._layout.offsets[name] // 8]
+
     def reg(self, reg: str) -> int:
         """The saved value of a pt_regs-named register."""
         return self.words[self._slot[reg]]

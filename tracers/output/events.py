@@ -14,7 +14,7 @@ NR_ARGS = 6  # arguments recorded per entry event
 COUNTERS = {
     "function": {"entry": "entries-in-buffer"},
     "function_graph": {"entry": "entries", "exit": "exits"},
-    "nop": {"entry": "entries-in-buffer", "exit": "entries-in-buffer"},
+    "nop": {"entry": "entries-in-buffer", "exit": "entries-in-buffer", "print": "entries-in-buffer"},
 }
 
 
@@ -52,6 +52,7 @@ class Event:
     probe: ProbeSpec | None = None  # probe events: the spec
     fetch: tuple[tuple[FetchArg, int | bytes | str], ...] = ()  # probe events: (FetchArg, value) pairs
     irqs_off: bool = False  # the CPU had interrupts masked when the event was recorded
+    text: str | None = None  # a print event's whole text (bpf_trace_printk: ...)
 
     @property
     def mismatch(self) -> list[str] | None:

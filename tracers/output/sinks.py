@@ -78,6 +78,8 @@ class TextSink:
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
 
     def _body(self, ev: Event) -> str:
+        if ev.text is not None:
+            return ev.text
         if ev.probe is not None:
             return probe_text(self.sym, ev)
         assert ev.parent_ip is not None  # the function tracer's events always have their caller
@@ -138,6 +140,10 @@ def write_summary(out, summary: dict, shown=()) -> None:
             f"# verify: {v['snapshots'] - v['mismatching']} of {v['snapshots']} snapshots equal the "
             f"true registers in every captured field\n"
         )
+        if v.get("differing"):
+            out.write(
+                "# verify: fields that differ: " + ", ".join(f"{f} ({n})" for f, n in v["differing"].items()) + "\n"
+            )
     if "stopped" in summary:
         out.write(f"# stopped: {summary['stopped']}\n")
 
@@ -321,6 +327,8 @@ class JsonSink:
         }
         if ev.type == "exit":
             record["retval"], record["duration"] = ev.retval, ev.duration
+        if ev.text is not None:
+            record["text"] = ev.text
         if ev.probe is not None:
             record["event"] = f"{ev.probe.group}/{ev.probe.event}"
             record["fetch"] = {a.name: _json_value(a, v) for a, v in ev.fetch}

@@ -49,6 +49,8 @@ word = struct.Struct("<I")
 EXCP_BKPT = 7  # unicorn's intno for brk (PC still at the brk)
 ESR_ELx_EC_BRK64, ESR_ELx_IL = 0x3C << 26, 1 << 25
 DAIF_MASK, MODE_EL1H = 0x3C0, 0x5
+# arch/arm64/include/uapi/asm/ptrace.h: the mode field, and EL0 with SP_EL0 (user_mode())
+PSR_MODE_MASK, PSR_MODE_EL0T = 0xF, 0x0
 PSTATE_KEEP = 0xF0000000 | 1 << 22 | 1 << 23  # NZCV, PAN, UAO (PAN stays set: SCTLR_EL1.SPAN)
 
 
@@ -203,6 +205,7 @@ CPU = Arch(
     lr="x30",
     fp="x29",
     flags_reg="pstate",
+    user_mode=lambda reg: reg("pstate") & PSR_MODE_MASK == PSR_MODE_EL0T,
     flag_bits=PSTATE_BITS,
     irqs_off=("I", 1),
     stack_args_offset=0,

@@ -157,6 +157,7 @@ CPU = Arch(
     lr=None,
     fp="bp",
     flags_reg="flags",
+    user_mode=lambda reg: bool(reg("cs") & 3),  # the RPL of the saved cs
     flag_bits=RFLAGS_BITS,
     irqs_off=("IF", 0),
     stack_args_offset=8,  # above the return address

@@ -1,0 +1,159 @@
+"""BPF programs on every attach route, on both arches: `ftlab bpf` runs the fixture programs of
+fixtures/bpf/ over funcs.o, and what they leave (globals, maps, ring buffer records, bpf_printk
+lines) equals what fixtures/bpf/expected.py computes in Python from the C; the traced functions'
+results are unchanged, and the kernel releases with the arm64 bugs reproduce them."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from fixtures import catalog
+from fixtures.bpf import expected
+from tests.helpers import ftlab
+from tracers.cli.main import main
+from tracers.kernel_version import KernelVersion
+from tracers.lab import Lab
+
+BPF = catalog.OBJ_DIR / "bpf"
+
+
+def prog(arch: str, name: str) -> str:
+    return str(BPF / arch / f"{name}.bpf.o")
+
+
+def run_bpf(capsys, arch: str, obj: str, call: str, *options: str) -> tuple[dict, list[str]]:
+    """The JSON summary record, and the bpf_printk texts, of `ftlab bpf`."""
+    out = ftlab(capsys, "bpf", "--arch", arch, "funcs", call, "--prog", obj, "--format", "json", *options)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[-1]["type"] == "summary"
+    prints = [r["text"].removeprefix("bpf_trace_printk: ") for r in records[:-1] if r["type"] == "print"]
+    return records[-1], prints
+
+
+def results(capsys, arch: str, obj: str, call: str, *options: str) -> list[str]:
+    """The `# CALL = RESULT` lines of the text output."""
+    out = ftlab(capsys, "bpf", "--arch", arch, "funcs", call, "--prog", obj, *options)
+    return [line[2:] for line in out.splitlines() if line.startswith("# ") and " = " in line]
+
+
+def globals_of(summary: dict) -> dict:
+    """Every global data map's variables, by name."""
+    out: dict = {}
+    for name, elements in summary["maps"].items():
+        if name.endswith((".bss", ".data", ".rodata")):
+            for element in elements:
+                for section in element["value"].values():
+                    for var in section:
+                        out.update(var)
+    return out
+
+
+def map_of(summary: dict, name: str) -> dict:
+    return {e["key"]: e["value"] for e in summary["maps"][name]}
+
+
+def test_fentry_counters_in_array_hash_and_percpu_maps(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "counters"), "chain_a(3); chain_a(9)")
+    want = expected.counters("chain_a", 3)["maps"], expected.counters("chain_a", 9)["maps"]
+    assert map_of(summary, "calls") == {0: want[0]["calls"][0] + want[1]["calls"][0], 1: 3 + 4 + 3 + 9 + 10 + 9 - 6}
+    by_arg = dict(want[0]["by_arg"])
+    for x, n in want[1]["by_arg"].items():
+        by_arg[x] = by_arg.get(x, 0) + n
+    assert map_of(summary, "by_arg") == by_arg
+    assert [v["value"] for e in summary["maps"]["cpu_calls"] for v in e["values"]] == [4]
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_fentry_globals_in_bss_data_rodata(capsys, arch, n):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "globals"), f"fib({n})")
+    assert globals_of(summary) == expected.globals_("fib", n)["globals"]
+
+
+def test_kprobe_arguments_func_ip_and_printk(capsys, arch):
+    summary, prints = run_bpf(capsys, arch, prog(arch, "kprobe"), "add3(1, 2, 3); add3(-5, 10, 20)")
+    want = expected.kprobe("add3", -5, 10, 20)
+    got = globals_of(summary)
+    assert {k: got[k] for k in want["globals"]} == want["globals"]
+    assert got["last_ip"] == Lab.open("funcs", arch).machine.symbols.get("add3").addr  # bpf_get_func_ip
+    assert prints == expected.kprobe("add3", 1, 2, 3)["printk"] + want["printk"]
+
+
+def test_kretprobe_return_values(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "kretprobe"), "fib(6)")
+    want = expected.kretprobe("fib", 6)
+    assert globals_of(summary)["returned"] == want["globals"]["returned"]
+    assert map_of(summary, "returns") == want["maps"]["returns"]
+
+
+def test_multi_entries_and_ring_buffer_records(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "multi"), "chain_a(7)")
+    want = expected.multi("chain_a", 7)
+    symbols = Lab.open("funcs", arch).machine.symbols
+    assert map_of(summary, "entries") == {symbols.get(f).addr: n for f, n in want["maps"]["entries"].items()}
+    records = [struct.unpack("<Qq", bytes.fromhex(r)) for r in summary["maps"]["events"]]
+    assert records == [(symbols.get(f).addr, ret) for f, ret in want["events"]]
+
+
+def test_session_cookie_pairs_entry_and_exit(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "session"), "fib(6)")
+    want = expected.session("fib", 6)
+    assert {k: v for k, v in globals_of(summary).items() if k in want["globals"]} == want["globals"]
+    assert map_of(summary, "results") == want["maps"]["results"]
+
+
+def test_session_needs_6_10(capsys, arch):
+    code = main(["bpf", "--arch", arch, "--kernel", "6.9", "funcs", "fib(3)", "--prog", prog(arch, "session")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "kprobe.session programs came in 6.10, not Linux 6.9" in err
+
+
+@pytest.mark.parametrize("name", ["override_kprobe", "override_multi"])
+@pytest.mark.parametrize("kernel", ["6.19", "7.0"])
+def test_bpf_override_return(capsys, arch, name, kernel):
+    """From a kprobe, everywhere; from kprobe.multi, lost on arm64 before 7.0, whose partial
+    pt_regs were a copy nothing wrote back (fixed by ftrace_partial_regs_update, 276f3b6daf60)."""
+    got = results(
+        capsys, arch, prog(arch, "override") + f":{name}", "mix_flags(99, 1); mix_flags(3, 2)", "--kernel", kernel
+    )
+    lost = name == "override_multi" and arch == "arm64" and kernel == "6.19"
+    first = catalog.FUNCTIONS["mix_flags"].reference(99, 1) if lost else expected.override("mix_flags", 99, 1)["ret"]
+    assert got[0].startswith(f"mix_flags(99, 1) = {first}")
+    assert got[1].startswith(f"mix_flags(3, 2) = {expected.override('mix_flags', 3, 2)['ret']}")
+
+
+@pytest.mark.parametrize("kernel", ["6.17", "7.0"])
+def test_bpf_get_stackid_from_kprobe_multi(capsys, arch, kernel):
+    """arm64's partial pt_regs had pstate 0 until 6.18 (fd2f74f8f3d3): user_mode() was true, so
+    bpf_get_stackid() returned -EFAULT and bpf_get_stack() copied nothing; a kprobe's exception
+    pt_regs was always fine, and so was x86."""
+    summary, _ = run_bpf(capsys, arch, prog(arch, "stack"), "chain_a(3)", "--kernel", kernel)
+    got = globals_of(summary)
+    broken = arch == "arm64" and kernel == "6.17"
+    assert (got["multi_stackid"] == -14) == broken
+    assert got["multi_stack"] == (0 if broken else 16)
+    assert got["kprobe_stackid"] >= 0 and got["kprobe_stack"] == 16
+    symbols = Lab.open("funcs", arch).machine.symbols
+    if not broken:  # the stack of the last chain_c entry: chain_c itself, then (past chain_a, in lr) the caller
+        assert symbols.lookup(got["frames"][0])[0].name == "chain_c"
+
+
+@pytest.mark.parametrize("obj", ["kprobe", "kretprobe", "multi", "session"])
+@pytest.mark.parametrize("kernel", ["6.17", "7.0"])
+def test_verify_the_pt_regs_each_program_gets(capsys, arch, obj, kernel):
+    """Every run's ctx is checked against the true registers. The exception's pt_regs (kprobe,
+    and kretprobe's trampoline) equal them in every field they capture; the partial pt_regs of
+    the kprobe.multi routes differ exactly in what ftrace_partial_regs()'s fix-ups write, which
+    is not the CPU's: x86's flags (6.18+), arm64's pstate = EL1h (6.18+)."""
+    summary, _ = run_bpf(
+        capsys, arch, prog(arch, obj), "add3(1, 2, 3); chain_a(4); fib(4)", "--verify", "--kernel", kernel
+    )
+    runs = sum(p["hits"] for p in summary["probes"].values())
+    verify = summary["verify"]
+    assert runs > 0 and verify["snapshots"] == runs
+    lab = Lab.open("funcs", arch, kernel=KernelVersion.parse(kernel))
+    written = {f.member for f in lab.karch.partial_regs_of(lab.kernel).fixups} - {"cs"}
+    partial = obj in ("multi", "session")
+    assert verify["differing"] == ({f: runs for f in written} if partial else {})
