@@ -144,7 +144,10 @@ class BpfObject:
         self.path = path
         self.where = path.name
         self.name = object_name(path)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise BpfError(f"{path}: {err.strerror}") from None
         try:
             elf = ELFFile(io.BytesIO(data))
             self._read(elf, len(data))
