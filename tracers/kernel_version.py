@@ -118,6 +118,13 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "6.18-6.19 stored the ftrace_regs' address"
         ),
     ),
+    "arm64_direct_calls": (
+        KernelVersion(6, 4),
+        (
+            "arm64 ftrace direct calls (commit 2aa6ac03516d), so BPF fentry/fexit/fmod_ret on kernel "
+            "functions; before, -ENOTSUPP"
+        ),
+    ),
     "arm64_kretprobe_brk": (
         KernelVersion(6, 9),
         (

@@ -94,6 +94,12 @@ class Verify:
     def _capture(self, addr: int) -> None:
         self._truth[addr] = dict(zip(self._names, self._regs.read(), strict=True))
 
+    def peek(self, addr: int) -> dict[str, int] | None:
+        """The true registers captured at addr last, left for the consumer that takes them: for a
+        mechanism reached after another's snapshot there (a direct trampoline that ftrace_caller's
+        dispatch branches to)."""
+        return self._truth.get(addr)
+
     def take(self, addr: int) -> dict[str, int] | None:
         """The true registers captured at addr since the last take there, if verifying."""
         return self._truth.pop(addr, None)

@@ -9,6 +9,10 @@ from emulator.arch.arm64 import CPU
 from emulator.layout import Layout
 
 from ..base import (
+    BPF_PROG,
+    BPF_TRAMP_IMAGE,
+    BPF_TRAMP_RUN_CTX,
+    DirectCalls,
     FgraphArch,
     KernelArch,
     PartialRegs,
@@ -18,7 +22,7 @@ from ..base import (
     ReturnTrampoline,
     SiteEncoding,
 )
-from . import kprobes
+from . import bpf_trampoline, kprobes
 
 X = [f"x{n}" for n in range(31)]
 
@@ -135,6 +139,7 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
         regs_caller=None,
+        ops_caller="ftrace_caller_ops",
         calls=("ftrace_call",),
         meaning={"pc": after_site},
         where="MOV X9, LR; BL at the entry, before the prologue: every register is the caller's",
@@ -223,6 +228,21 @@ KERNEL = KernelArch(
         ),
     ),
     kprobes=kprobes,
+    # arm64 DYNAMIC_FTRACE_WITH_DIRECT_CALLS (2aa6ac03516d, 6.4) selects it only with
+    # DYNAMIC_FTRACE_WITH_CALL_OPS (arch/arm64/Kconfig): before, bpf_arch_text_poke() refused
+    # kernel text ("we rely on ftrace to poke kernel functions") and fentry on kernel functions
+    # failed with -ENOTSUPP.
+    direct_calls=DirectCalls(
+        member="direct_tramp",
+        since="arm64_direct_calls",
+        needs_call_ops=True,
+        unsupported=(
+            "arm64 has ftrace direct calls (DYNAMIC_FTRACE_WITH_DIRECT_CALLS, 6.4) only with "
+            "DYNAMIC_FTRACE_WITH_CALL_OPS sites (-fpatchable-function-entry=4,2): no BPF trampoline "
+            "can be attached to a kernel function without them (-ENOTSUPP)"
+        ),
+        trampoline=bpf_trampoline,
+    ),
     asm_constants={
         **FTRACE_REGS.asm_constants("FREGS_"),
         **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
@@ -233,6 +253,9 @@ KERNEL = KernelArch(
         "FRAME_META_TYPE_PT_REGS": FRAME_META_TYPE_PT_REGS,
         "PT_REGS_SIZE": PT_REGS.size,
         "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE,
+        **BPF_PROG.asm_constants("BPF_PROG_"),
+        **BPF_TRAMP_RUN_CTX.asm_constants("BPF_TRAMP_RUN_CTX_"),
+        **BPF_TRAMP_IMAGE.asm_constants("BPF_TRAMP_IMAGE_"),
     },
     source_dir=Path(__file__).parent,
     exception_entry="vectors",  # entry.S
