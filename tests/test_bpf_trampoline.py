@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from emulator import FtlabError
+from emulator import FtlabError, asm
 from fixtures import catalog
 from tracers import Lab
 from tracers.core.bpf_trampoline import BpfTrampolines
@@ -221,3 +221,20 @@ def test_one_line_errors(lab, tramps):
     tramps.attach("fib", "fentry", lambda c: 0, nr_args=1)
     with pytest.raises(FtlabError, match="nr_args 2, but its trampoline's model has 1"):
         tramps.attach("fib", "fexit", lambda c: 0, nr_args=2)
+
+
+@pytest.mark.parametrize(
+    "kinds", [("fentry",), ("fexit",), ("fmod_ret",), ("fentry", "fmod_ret", "fexit"), ("fmod_ret", "fmod_ret")]
+)
+@pytest.mark.parametrize("wants_ip", [False, True])
+def test_every_image_round_trips_through_capstone(lab, tramps, kinds, wants_ip):
+    """Each emitted instruction is what capstone reads back from keystone's bytes (the check every
+    lab .S file gets, tests/test_asm.py), for each kind of image bpf_trampoline_update builds."""
+    for n, kind in enumerate(kinds):
+        tramps.attach("add3", kind, Prog(lab, 3), nr_args=3, cookie=n << 40, wants_ip=wants_ip)
+    tr = tramps.trampolines["add3"]
+    image = lab.machine.symbols.lookup(tr.image)[0]
+    text = tramps.arch.emit(tramps.image_of(tr, image.name))
+    assembled = asm.assemble(lab.arch, text, tr.image, name=image.name)
+    assert assembled.code == lab.machine.read(tr.image, len(assembled.code))
+    assert asm.roundtrip(lab.arch, assembled) == []

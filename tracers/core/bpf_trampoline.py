@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator import FtlabError
+from emulator import FtlabError, Machine
 
 from ..arch.base import BPF_PROG, BPF_TRAMP_IMAGE, BPF_TRAMP_RUN_CTX, TrampFlag, TrampImage, TrampLink
 from ..kernel_version import MODELLED, KernelVersion
@@ -28,6 +28,7 @@ U64 = struct.Struct("<Q")
 MASK64 = (1 << 64) - 1
 KINDS = ("fentry", "fexit", "fmod_ret")  # enum bpf_tramp_prog_type: FENTRY, FEXIT, MODIFY_RETURN
 BPF_MAX_TRAMP_LINKS = 38  # include/linux/bpf.h (x86_64): more is -E2BIG
+NO_FLAGS = TrampFlag(0)
 HELPERS = ("__bpf_prog_enter_recur", "__bpf_prog_exit_recur", "__bpf_tramp_enter", "__bpf_tramp_exit")
 
 
@@ -44,7 +45,7 @@ class BpfLink:
     name: str
     prog: int  # its struct bpf_prog in guest memory
     bpf_func: int  # the stub the trampoline calls
-    m: object = field(repr=False)
+    m: Machine = field(repr=False)
     runs: int = 0
     # with verify mode on: per run, the ctx it received against the truth
     checks: list[Verification] = field(default_factory=list)
@@ -64,7 +65,8 @@ class Trampoline:
     ops: FtraceOps
     links: dict[str, list[BpfLink]] = field(default_factory=lambda: {k: [] for k in KINDS})
     image: int | None = None  # the current image's entry
-    flags: TrampFlag = TrampFlag(0)
+    flags: TrampFlag = NO_FLAGS
+    im: int = 0  # the current image's struct bpf_tramp_image
     generation: int = 0
 
 
@@ -155,23 +157,42 @@ class BpfTrampolines:
     def _update(self, tr: Trampoline) -> None:
         """A new image for the links there are now, and the site pointed at it (register_fentry,
         modify_fentry), or, with none left, the direct call unregistered (unregister_fentry)."""
-        links = {k: tuple(TrampLink(lk.prog, lk.cookie, lk.bpf_func) for lk in v) for k, v in tr.links.items()}
-        if not any(links.values()):
+        if not any(tr.links.values()):
             if tr.image is not None:
                 self.ftrace.unregister(tr.ops)
                 tr.image = None
             return
+        tr.generation += 1
+        name = f"bpf_trampoline_{tr.site.func.name}_{tr.generation}"
+        im = self.m.alloc("lab data", BPF_TRAMP_IMAGE.size, 64)
+        self.m.write(im, bytes(BPF_TRAMP_IMAGE.size))
+        tr.im = im
+        image = self.image_of(tr, name)
+        syms = self.m.load_lab_code(self.karch.source_dir / f"{name}.S", text=self.arch.emit(image))
+        self.m.hook_call(lambda _addr: self._entered(tr), syms[name])
+        if f"{name}_after_call" in syms:
+            self.m.hook_call(lambda _addr: self._returned_now(tr), syms[f"{name}_after_call"])
+        tr.flags = image.flags
+        old, tr.image = tr.image, syms[name]
+        if old is None:
+            self.ftrace.set_filter_ips(tr.ops, [tr.site.ip])
+            self.ftrace.register_direct(tr.ops, tr.image)
+        else:
+            self.ftrace.modify_direct(tr.ops, tr.image)
+        self.verify.refresh()
+
+    def image_of(self, tr: Trampoline, name: str) -> TrampImage:
+        """What arch_prepare_bpf_trampoline is given for the links there are now: the flags as
+        bpf_trampoline_update picks them (CALL_ORIG | SKIP_FRAME with any fexit or fmod_ret, else
+        RESTORE_REGS; IP_ARG if a program calls bpf_get_func_ip)."""
+        links = {k: tuple(TrampLink(lk.prog, lk.cookie, lk.bpf_func) for lk in v) for k, v in tr.links.items()}
         if links["fexit"] or links["fmod_ret"]:
             flags = TrampFlag.CALL_ORIG | TrampFlag.SKIP_FRAME
         else:
             flags = TrampFlag.RESTORE_REGS
         if any(lk.wants_ip for v in tr.links.values() for lk in v):
             flags |= TrampFlag.IP_ARG
-        tr.generation += 1
-        name = f"bpf_trampoline_{tr.site.func.name}_{tr.generation}"
-        im = self.m.alloc("lab data", BPF_TRAMP_IMAGE.size, 64)
-        self.m.write(im, bytes(BPF_TRAMP_IMAGE.size))
-        image = TrampImage(
+        return TrampImage(
             name=name,
             func_addr=tr.site.func.addr,
             orig_call=tr.site.ip + tr.site.encoding.size,
@@ -180,21 +201,9 @@ class BpfTrampolines:
             fentry=links["fentry"],
             fmod_ret=links["fmod_ret"],
             fexit=links["fexit"],
-            im=im,
+            im=tr.im,
             calls=self.calls,
         )
-        syms = self.m.load_lab_code(self.karch.source_dir / f"{name}.S", text=self.arch.emit(image))
-        self.m.hook_call(lambda _addr: self._entered(tr), syms[name])
-        if f"{name}_after_call" in syms:
-            self.m.hook_call(lambda _addr: self._returned_now(tr), syms[f"{name}_after_call"])
-        tr.flags = flags
-        old, tr.image = tr.image, syms[name]
-        if old is None:
-            self.ftrace.set_filter_ips(tr.ops, [tr.site.ip])
-            self.ftrace.register_direct(tr.ops, tr.image)
-        else:
-            self.ftrace.modify_direct(tr.ops, tr.image)
-        self.verify.refresh()
 
     # -- what runs in the guest's hooks ---------------------------------------------------------------
 

@@ -62,9 +62,14 @@ def ctx_from_body_sp(nr_args: int, flags: TrampFlag) -> int:
 def mov_i64(reg: str, value: int) -> list[str]:
     """emit_a64_mov_i64 for the lab's values: MOVZ, then a MOVK per further non-zero half-word."""
     halves = [(value >> s) & 0xFFFF for s in range(0, 64, 16)]
-    out = [f"movz {reg}, #{halves[0]}"]
+    out = [f"mov {reg}, #{halves[0]}"]  # MOVZ, as capstone prints it
     out += [f"movk {reg}, #{h}, lsl #{16 * i}" for i, h in enumerate(halves) if i and h]
     return out
+
+
+def sp_plus(reg: str, offset: int) -> str:
+    """A64_ADD_I(1, reg, A64_SP, offset); with 0 that is the alias capstone prints, MOV reg, SP."""
+    return f"add {reg}, sp, #{offset}" if offset else f"mov {reg}, sp"
 
 
 def call(target: int) -> list[str]:
@@ -131,17 +136,17 @@ def _invoke(t: TrampImage, f: Frame, link, label: str, save_ret: bool) -> list[s
         *cookie,
         *mov_i64("x19", link.prog),
         "mov x0, x19",
-        f"add x1, sp, #{f.run_ctx_off}",
+        sp_plus("x1", f.run_ctx_off),
         *call(t.calls["__bpf_prog_enter_recur"]),
         "mov x20, x0",
         f"cbz x0, {label}_skip",
-        f"add x0, sp, #{f.args_off}",  # R1 = ctx
+        sp_plus("x0", f.args_off),  # R1 = ctx
         *call(link.bpf_func),
         *([f"str x0, [sp, #{f.retval_off}]"] if save_ret else []),
         f"{label}_skip:",
         "mov x0, x19",
         "mov x1, x20",
-        f"add x2, sp, #{f.run_ctx_off}",
+        sp_plus("x2", f.run_ctx_off),
         *call(t.calls["__bpf_prog_exit_recur"]),
     ]
 

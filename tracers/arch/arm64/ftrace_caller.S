@@ -71,7 +71,7 @@
 /* The literal is 8-byte aligned, 12 or 16 bytes before the BL (ftrace_call_adjust): aligning lr
  * down to 8 and stepping back 16 finds it either way. */
 .macro call_ops_entry name
-    bic x11, x30, #7
+    and x11, x30, #0xfffffffffffffff8    // bic x11, x30, #7
     ldur x11, [x11, #-16]               // op: -(4 * AARCH64_INSN_SIZE)
     ldr x17, [x11, #FTRACE_OPS_DIRECT_CALL]     // op->direct_call
     cbnz x17, \name\()_direct

@@ -105,7 +105,7 @@ def _invoke(t: TrampImage, f: Frame, link, label: str, save_ret: bool) -> list[s
     """invoke_bpf_prog: the cookie into the run_ctx, __bpf_prog_enter_recur(prog, &run_ctx) (0:
     skip the program), prog->bpf_func(ctx), __bpf_prog_exit_recur(prog, start, &run_ctx)."""
     return [
-        f"mov rdi, {link.cookie}",
+        f"{'mov' if link.cookie < 1 << 31 else 'movabs'} rdi, {link.cookie}",  # emit_mov_imm64
         f"mov [rbp-{f.run_ctx_off - COOKIE_OFF}], rdi",
         f"movabs rdi, {link.prog}",
         f"lea rsi, [rbp-{f.run_ctx_off}]",
