@@ -87,8 +87,27 @@ def test_links_run_newest_first_fentry_then_fmod_ret_then_fexit(lab, tramps):
         for n in (1, 2):
             tramps.attach("chain_c", kind, Prog(lab, 1, order=order, tag=f"{kind}{n}"), nr_args=1)
     lab.call("chain_c", 3)
-    # hlist_add_head: the newest link of a kind first; fmod_ret progs read 0, then the previous r0
+    # hlist_add_head: the newest link of a kind first
     assert order == ["fentry2", "fentry1", "fmod_ret2", "fmod_ret1", "fexit2", "fexit1"]
+    assert [link.run.tag for link in tramps.links("chain_c")] == order
+
+
+def test_each_program_runs_with_its_cookie_in_current_run_ctx(lab, tramps):
+    """bpf_get_attach_cookie: current->bpf_ctx is the running program's bpf_tramp_run_ctx, set by
+    __bpf_prog_enter_recur and put back by __bpf_prog_exit_recur."""
+    seen = {}
+    for kind, cookie in (("fentry", 0x1234), ("fexit", 1 << 63 | 7)):
+        tramps.attach(
+            "add3",
+            kind,
+            lambda ctx, k=kind: seen.setdefault(k, tramps.run_ctx_cookie()) and 0,
+            nr_args=3,
+            cookie=cookie,
+        )
+    lab.call("add3", 1, 2, 3)
+    assert seen == {"fentry": 0x1234, "fexit": 1 << 63 | 7}
+    with pytest.raises(FtlabError, match="no BPF trampoline program is running"):
+        tramps.run_ctx_cookie()
 
 
 def test_a_recursive_run_is_refused_and_counted_as_a_miss(lab, tramps):
