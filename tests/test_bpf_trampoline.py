@@ -257,3 +257,22 @@ def test_every_image_round_trips_through_capstone(lab, tramps, kinds, wants_ip):
     assembled = asm.assemble(lab.arch, text, tr.image, name=image.name)
     assert assembled.code == lab.machine.read(tr.image, len(assembled.code))
     assert asm.roundtrip(lab.arch, assembled) == []
+
+
+def test_arm64_call_ops_literal_with_a_direct_call_branches_there_at_once(arch):
+    """ftrace_caller_direct: a site whose trampoline is out of BL range calls ftrace_caller, which
+    finds the sole direct ops in the CALL_OPS literal and `br x17`s to its direct_call before saving
+    anything. The lab's trampolines are always in range, so the site is pointed there by hand."""
+    if arch != "arm64":
+        pytest.skip("CALL_OPS is arm64's")
+    lab = Lab.open(OBJECT[arch], arch)
+    tramps = BpfTrampolines(lab.ftrace)
+    prog = Prog(lab, 1)
+    tramps.attach("chain_c", "fexit", prog, nr_args=1)
+    tr, site, m = tramps.trampolines["chain_c"], lab.ftrace.site("chain_c"), lab.machine
+    assert m.u64(site.literal) == tr.ops.addr  # the sole ops, called without the list
+    caller = m.symbols.get("ftrace_caller_ops").addr
+    m.patch(site.ip, site.calling(tr.image), site.calling(caller))
+    assert lab.call("chain_c", 5) == catalog.FUNCTIONS["chain_c"].reference(5)
+    [words] = prog.seen
+    assert [words[-1], words[0], words[1]] == [1, 5, catalog.FUNCTIONS["chain_c"].reference(5)]
