@@ -49,7 +49,7 @@ class FtraceOps:
     notrace: set[int] = field(default_factory=set)
     guest_func: int | None = None  # the same callback in guest code, if there is one
     direct_call: int | None = None  # register_ftrace_direct: the trampoline its sites reach
-    addr: int | None = None  # its struct ftrace_ops in guest memory, once registered
+    addr: int | None = None  # its struct ftrace_ops in guest memory, once registered (CALL_OPS)
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
@@ -245,10 +245,10 @@ class Ftrace:
             raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
         if ops.flags & OpsFlag.SAVE_REGS and self.regs_caller is None:
             raise FtlabError(f"ftrace_ops '{ops.name}' asks for SAVE_REGS: {self.karch.no_regs_caller_reason}")
-        if ops.addr is None:  # its func is the lab's dispatch, which finds the ops by this address
-            ops.addr = self._guest_ops(self.list_func)
+        if ops.addr is None and self.nop_ops is not None:  # for CALL_OPS literals: its func is the
+            ops.addr = self._guest_ops(self.list_func)  # lab's dispatch, which finds it by address
             self.ops_at[ops.addr] = ops
-        self.m.write(ops.addr + FTRACE_OPS.offsets["direct_call"], U64.pack(ops.direct_call or 0))
+        self._write_direct_call(ops)
         self.ops.append(ops)
         self._update()
 
@@ -284,8 +284,12 @@ class Ftrace:
     def modify_direct(self, ops: FtraceOps, addr: int) -> None:
         """modify_ftrace_direct: the ops' sites reach a new trampoline (a regenerated image)."""
         ops.direct_call = addr
-        self.m.write(ops.addr + FTRACE_OPS.offsets["direct_call"], U64.pack(addr))
+        self._write_direct_call(ops)
         self._update()
+
+    def _write_direct_call(self, ops: FtraceOps) -> None:
+        if ops.addr is not None:
+            self.m.write(ops.addr + FTRACE_OPS.offsets["direct_call"], U64.pack(ops.direct_call or 0))
 
     def _call_direct_funcs(self, ip: int, parent_ip: int, ops: FtraceOps, fregs: FtraceRegs) -> None:
         """call_direct_funcs: arch_ftrace_set_direct_caller(fregs, ops->direct_call), which the
