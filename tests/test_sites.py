@@ -8,6 +8,7 @@ from emulator.asm import disassemble
 from fixtures import catalog
 from helpers import all_variants
 from tracers import FtraceOps, Lab
+from tracers.kernel_version import KernelVersion
 
 NOP5 = bytes.fromhex("0f1f440000")
 A64_NOP, MOV_X9_LR = struct.pack("<I", 0xD503201F), struct.pack("<I", 0xAA1E03E9)
@@ -53,6 +54,18 @@ def test_call_ops_literal_is_found():
     for s in lab.sites:
         assert s.literal == s.func.addr - 8 and s.literal % 8 == 0
         assert lab.machine.u64(s.literal) == nop_ops  # ftrace_init_nop: ftrace_rec_set_nop_ops
+
+
+def test_call_ops_before_6_3_leaves_the_literal_and_calls_ftrace_caller():
+    """Before DYNAMIC_FTRACE_WITH_CALL_OPS (6.3) the sites of a =4,2 build call the one
+    ftrace_caller, which passes function_trace_op; nothing reads or writes their literals."""
+    lab = Lab.open("funcs-ops", "arm64", kernel=KernelVersion(6, 2))
+    lab.ftrace.register(FtraceOps(lambda *a: None, name="all"))
+    caller = lab.machine.symbols.get("ftrace_caller").addr
+    for s in lab.sites:
+        assert s.target == caller
+        assert lab.machine.read(s.literal, 8) == A64_NOP * 2
+    assert lab.call("fib", 10) == 55
 
 
 def test_enable_then_disable_restores_text_byte_for_byte(arch):

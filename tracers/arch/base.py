@@ -41,8 +41,10 @@ class SiteEncoding:
     encode_call: Callable[[int, int], bytes]  # (site ip, target) -> the enabled site bytes
     caller: str = "ftrace_caller"  # the trampoline an enabled site calls
     # ... a site with a CALL_OPS literal before its function (DYNAMIC_FTRACE_WITH_CALL_OPS), if the
-    # arch has them: it reads the site's ftrace_ops from that literal
+    # arch has them: it reads the site's ftrace_ops from that literal; from the CHANGES entry
+    # call_ops_since (before it, such sites call `caller`, their literal left unused)
     ops_caller: str | None = None
+    call_ops_since: str | None = None
     regs_caller: str | None = "ftrace_regs_caller"  # ... for ops that want a full pt_regs, if any
     calls: tuple[str, ...] = ("ftrace_call", "ftrace_regs_call")  # their patchable ops calls
     # the ftrace_regs members its trampoline stores (None: KernelArch.ftrace_regs_saved)

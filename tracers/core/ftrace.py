@@ -18,6 +18,7 @@ from emulator.symbols import Symbol
 
 from ..arch import kernel_arch
 from ..arch.base import SiteEncoding
+from ..kernel_version import MODELLED, KernelVersion
 from .regs import FtraceRegs
 from .return_watch import ReturnWatch
 from .verify import Verify
@@ -130,9 +131,10 @@ class Callers:
 class Ftrace:
     SOURCE = "ftrace_caller.S"
 
-    def __init__(self, machine, karch=None):
+    def __init__(self, machine, karch=None, kernel: KernelVersion = MODELLED):
         """karch: the kernel's arch code, by default the lab's own (KernelArch.replacing gives one
-        with a user's trampolines, which every core built on this one loads)."""
+        with a user's trampolines, which every core built on this one loads); kernel: the release,
+        which decides whether CALL_OPS literals are used."""
         self.m = machine
         self.karch = karch = karch or kernel_arch(machine.arch)
         constants = {**OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"), **FTRACE_OPS.asm_constants("FTRACE_OPS_")}
@@ -141,7 +143,7 @@ class Ftrace:
             e.name: Callers(
                 syms[e.caller],
                 syms[e.regs_caller] if e.regs_caller else None,
-                syms[e.ops_caller] if e.ops_caller else None,
+                syms[e.ops_caller] if e.ops_caller and (not e.call_ops_since or kernel.has(e.call_ops_since)) else None,
             )
             for e in karch.site_encodings
         }
@@ -153,7 +155,7 @@ class Ftrace:
         self.list_ops = self._guest_ops(self.list_func)  # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
         # ftrace_nop_ops: what a disabled CALL_OPS site's literal points at
-        call_ops = any(e.ops_caller for e in karch.site_encodings)
+        call_ops = any(c.ops_caller for c in self.callers.values())
         self.nop_ops = self._guest_ops(syms["ftrace_stub"]) if call_ops else None
         self.ops_at: dict[int, FtraceOps] = {}  # guest struct ftrace_ops -> its ops
         self.sites: list[Site] = []

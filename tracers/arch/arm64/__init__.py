@@ -140,6 +140,7 @@ KERNEL = KernelArch(
         encode_call=encode_call,
         regs_caller=None,
         ops_caller="ftrace_caller_ops",
+        call_ops_since="arm64_call_ops",
         calls=("ftrace_call",),
         meaning={"pc": after_site},
         where="MOV X9, LR; BL at the entry, before the prologue: every register is the caller's",
