@@ -70,13 +70,16 @@ def adjust_site(addr, read, is_function_start):
 
     -fpatchable-function-entry=2 records the first NOP (after a BTI, if any): ip = addr + 4.
     =4,2 (CALL_OPS) records the first of two NOPs *before* the function, an 8-byte ops literal.
+    ftrace_caller finds it from lr by aligning down to 8 (entry-ftrace.S), which only works
+    "starting from an 8-byte aligned base": the kernel builds CALL_OPS with FUNCTION_ALIGNMENT_8B.
+    A =4,2 build without that alignment has no usable literal.
     """
     if not is_function_start(addr + 8):
         return addr + 4, None
     ip = addr + 8
     if word.unpack(read(ip, 4))[0] in BTI_HINTS:
         ip += 4
-    return ip + 4, addr
+    return ip + 4, None if addr % 8 else addr
 
 
 def init_site(ip, window, mcount):
@@ -239,8 +242,8 @@ KERNEL = KernelArch(
         needs_call_ops=True,
         unsupported=(
             "arm64 has ftrace direct calls (DYNAMIC_FTRACE_WITH_DIRECT_CALLS, 6.4) only with "
-            "DYNAMIC_FTRACE_WITH_CALL_OPS sites (-fpatchable-function-entry=4,2): no BPF trampoline "
-            "can be attached to a kernel function without them (-ENOTSUPP)"
+            "DYNAMIC_FTRACE_WITH_CALL_OPS sites (-fpatchable-function-entry=4,2, functions 8-byte "
+            "aligned): no BPF trampoline can be attached to a kernel function without them (-ENOTSUPP)"
         ),
         trampoline=bpf_trampoline,
     ),
