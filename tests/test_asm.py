@@ -17,6 +17,7 @@ from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
+from tracers.core.bpf_trampoline import BpfTrampolines
 from tracers.kernel_version import CHANGES, MODELLED, OLDEST
 
 ROOT = Path(__file__).resolve().parent.parent  # not the working directory: pytest may run from tests/
@@ -58,7 +59,8 @@ def _assembled(arch_name: str) -> dict:
     with patch("emulator.asm.assemble", capture):
         # each release's return trampolines (the rethook's, fgraph's return_to_handler)
         for kernel in sorted({OLDEST, MODELLED} | {first for first, _ in CHANGES.values()}):
-            Lab.open("funcs", arch_name, kernel=kernel)
+            lab = Lab.open("funcs", arch_name, kernel=kernel)
+        BpfTrampolines(lab.ftrace)  # bpf_trampoline.S
     return made
 
 

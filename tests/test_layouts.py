@@ -9,8 +9,9 @@ from emulator import arch as arches
 from emulator.layout import Bits, Layout
 from tracers import FgraphOps, FunctionGraphTracer, Lab
 from tracers.arch import kernel_arch
+from tracers.arch.base import BPF_PROG, BPF_TRAMP_IMAGE, BPF_TRAMP_RUN_CTX
 from tracers.core import fgraph
-from tracers.core.ftrace import OPS_LIST_ARGS
+from tracers.core.ftrace import FTRACE_OPS, OPS_LIST_ARGS
 from tracers.core.kprobes import TRAP_ARGS
 from tracers.core.rethook import CALLBACK_ARGS
 from tracers.core.ring_buffer import RB_CONTROL, RECORD_HEADER
@@ -39,6 +40,10 @@ def shared_layouts(karch):
         (fgraph.RETURN_ARGS, "RETURN_ARGS_"),
         (TRAP_ARGS, "TRAP_ARGS_"),
         (CALLBACK_ARGS, "CALLBACK_ARGS_"),
+        (FTRACE_OPS, "FTRACE_OPS_"),
+        (BPF_PROG, "BPF_PROG_"),
+        (BPF_TRAMP_RUN_CTX, "BPF_TRAMP_RUN_CTX_"),
+        (BPF_TRAMP_IMAGE, "BPF_TRAMP_IMAGE_"),
     ]
 
 

@@ -8,6 +8,7 @@ from emulator.asm import disassemble
 from fixtures import catalog
 from helpers import all_variants
 from tracers import FtraceOps, Lab
+from tracers.kernel_version import KernelVersion
 
 NOP5 = bytes.fromhex("0f1f440000")
 A64_NOP, MOV_X9_LR = struct.pack("<I", 0xD503201F), struct.pack("<I", 0xAA1E03E9)
@@ -29,9 +30,12 @@ def test_every_function_has_one_site_at_the_kernel_ip(arch_name, variant):
 @pytest.mark.parametrize("arch_name,variant", all_variants(without=("mcount",)))
 def test_site_bytes_compiled_init_enabled(arch_name, variant):
     lab = Lab.open(variant, arch_name)
-    m, caller = lab.machine, lab.ftrace.caller
+    m, callers = lab.machine, lab.ftrace.callers[lab.karch.sites.name]
     fentry = m.symbols.get("__fentry__").addr
     for s in lab.sites:
+        # a CALL_OPS site (arm64 -fpatchable-function-entry=4,2) calls that build of ftrace_caller
+        caller = m.symbols.get("ftrace_caller_ops" if s.literal is not None else "ftrace_caller").addr
+        assert caller == callers.for_site(s.literal)
         if arch_name == "x86_64":
             assert s.compiled in (NOP5, b"\xe8" + struct.pack("<i", fentry - s.ip - 5))
             assert s.disabled == NOP5
@@ -46,8 +50,22 @@ def test_site_bytes_compiled_init_enabled(arch_name, variant):
 def test_call_ops_literal_is_found():
     """CALL_OPS (-fpatchable-function-entry=4,2) exists only on arm64."""
     lab = Lab.open("funcs-ops", "arm64")
+    nop_ops = lab.ftrace.nop_ops
     for s in lab.sites:
         assert s.literal == s.func.addr - 8 and s.literal % 8 == 0
+        assert lab.machine.u64(s.literal) == nop_ops  # ftrace_init_nop: ftrace_rec_set_nop_ops
+
+
+def test_call_ops_before_6_3_leaves_the_literal_and_calls_ftrace_caller():
+    """Before DYNAMIC_FTRACE_WITH_CALL_OPS (6.3) the sites of a =4,2 build call the one
+    ftrace_caller, which passes function_trace_op; nothing reads or writes their literals."""
+    lab = Lab.open("funcs-ops", "arm64", kernel=KernelVersion(6, 2))
+    lab.ftrace.register(FtraceOps(lambda *a: None, name="all"))
+    caller = lab.machine.symbols.get("ftrace_caller").addr
+    for s in lab.sites:
+        assert s.target == caller
+        assert lab.machine.read(s.literal, 8) == A64_NOP * 2
+    assert lab.call("fib", 10) == 55
 
 
 def test_enable_then_disable_restores_text_byte_for_byte(arch):

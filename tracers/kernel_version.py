@@ -118,6 +118,20 @@ CHANGES: dict[str, tuple[KernelVersion, str]] = {
             "6.18-6.19 stored the ftrace_regs' address"
         ),
     ),
+    "arm64_call_ops": (
+        KernelVersion(6, 3),
+        (
+            "arm64 DYNAMIC_FTRACE_WITH_CALL_OPS (commit baaf553d3bc3): ftrace_caller calls the ftrace_ops "
+            "in the 8-byte literal before a -fpatchable-function-entry=4,2 function; before, function_trace_op"
+        ),
+    ),
+    "arm64_direct_calls": (
+        KernelVersion(6, 4),
+        (
+            "arm64 ftrace direct calls (commit 2aa6ac03516d), so BPF fentry/fexit/fmod_ret on kernel "
+            "functions; before, -ENOTSUPP"
+        ),
+    ),
     "arm64_kretprobe_brk": (
         KernelVersion(6, 9),
         (

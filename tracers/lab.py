@@ -93,7 +93,7 @@ class Lab:
         self.target, self.kernel = target, kernel
         self.machine = Machine(target.arch, budget)
         karch = kernel_arch(target.arch).replacing(trampolines, kernel) if trampolines else None
-        self.ftrace = Ftrace(self.machine, karch)
+        self.ftrace = Ftrace(self.machine, karch, kernel)
         self.fgraph = Fgraph(self.ftrace, kernel)
         self.rethook = RethookCore(self.ftrace, kernel)
         self.kprobes = Kprobes(self.ftrace, self.rethook.break_hooks())

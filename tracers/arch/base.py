@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntFlag
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,11 @@ class SiteEncoding:
     init: Callable
     encode_call: Callable[[int, int], bytes]  # (site ip, target) -> the enabled site bytes
     caller: str = "ftrace_caller"  # the trampoline an enabled site calls
+    # ... a site with a CALL_OPS literal before its function (DYNAMIC_FTRACE_WITH_CALL_OPS), if the
+    # arch has them: it reads the site's ftrace_ops from that literal; from the CHANGES entry
+    # call_ops_since (before it, such sites call `caller`, their literal left unused)
+    ops_caller: str | None = None
+    call_ops_since: str | None = None
     regs_caller: str | None = "ftrace_regs_caller"  # ... for ops that want a full pt_regs, if any
     calls: tuple[str, ...] = ("ftrace_call", "ftrace_regs_call")  # their patchable ops calls
     # the ftrace_regs members its trampoline stores (None: KernelArch.ftrace_regs_saved)
@@ -148,6 +154,65 @@ class RethookArch:
         return by_release(self.trampolines, kernel)
 
 
+# The BPF structs the trampolines and their helpers touch, as the lab keeps them: struct bpf_prog's
+# recursion counter (the kernel's per-CPU prog->active; one CPU here), its misses (prog->stats'
+# misses, bpf_prog_inc_misses_counter) and bpf_func; struct bpf_tramp_run_ctx (include/linux/bpf.h:
+# an empty struct bpf_run_ctx, then bpf_cookie and saved_run_ctx); struct bpf_tramp_image's
+# reference count (its percpu_ref pcref, one CPU).
+BPF_PROG = Layout.of("bpf_prog", ("active", "misses", "bpf_func"))
+BPF_TRAMP_RUN_CTX = Layout.of("bpf_tramp_run_ctx", ("bpf_cookie", "saved_run_ctx"))
+BPF_TRAMP_IMAGE = Layout.of("bpf_tramp_image", ("pcref",))
+
+
+class TrampFlag(IntFlag):
+    """BPF_TRAMP_F_* (include/linux/bpf.h), the ones a tracing trampoline uses."""
+
+    RESTORE_REGS = 1  # restore the argument registers before returning into the traced function
+    CALL_ORIG = 2  # call the traced function (after its patch site) from the trampoline
+    SKIP_FRAME = 4  # return to the traced function's caller, skipping its frame
+    IP_ARG = 8  # store the traced function's address at ctx[-2]
+
+
+@dataclass(frozen=True)
+class TrampLink:
+    """One program link as the trampoline calls it: its struct bpf_prog, cookie and bpf_func."""
+
+    prog: int
+    cookie: int
+    bpf_func: int
+
+
+@dataclass(frozen=True)
+class TrampImage:
+    """What arch_prepare_bpf_trampoline() is given: the traced function, its btf_func_model's
+    nr_args, the flags, the links of each kind, the image's struct bpf_tramp_image (im) and the
+    addresses of the C functions the trampoline calls."""
+
+    name: str  # the image's label
+    func_addr: int
+    orig_call: int  # the traced function after its patch site
+    nr_args: int
+    flags: TrampFlag
+    fentry: tuple[TrampLink, ...]
+    fmod_ret: tuple[TrampLink, ...]
+    fexit: tuple[TrampLink, ...]
+    im: int
+    calls: dict[str, int]  # __bpf_prog_enter_recur, __bpf_prog_exit_recur, __bpf_tramp_enter/exit
+
+
+@dataclass(frozen=True)
+class DirectCalls:
+    """DYNAMIC_FTRACE_WITH_DIRECT_CALLS (register_ftrace_direct): how a site reaches a direct
+    trampoline, such as a BPF trampoline, when other ftrace_ops share it, and that trampoline's
+    code (tracers/arch/<arch>/bpf_trampoline.py, after arch_prepare_bpf_trampoline)."""
+
+    member: str  # the ftrace_regs member arch_ftrace_set_direct_caller() writes the address into
+    since: str | None  # the CHANGES entry that brought them to this arch (None: every modelled release)
+    needs_call_ops: bool  # only at sites with a CALL_OPS literal (Kconfig: depends on CALL_OPS)
+    unsupported: str  # why not, in the kernel's terms, before `since` or at a site without one
+    trampoline: ModuleType
+
+
 @dataclass(frozen=True)
 class KernelArch:
     cpu: Arch
@@ -173,6 +238,7 @@ class KernelArch:
     # of when it calls into C, and where the kernel says so, in a phrase
     stack_align: int
     stack_align_reason: str
+    direct_calls: DirectCalls
     # A user's trampolines: (the lab's .S file name, the user's .S that replaces it), set by `replacing`
     replaced: tuple[tuple[str, Path], ...] = ()
 
@@ -197,7 +263,7 @@ class KernelArch:
     def trampoline_sources(self, kernel) -> dict[str, str]:
         """The trampolines a user may replace (--trampoline NAME=FILE): the kernel's name for each,
         and the lab's .S file defining it in the kernel release (a KernelVersion)."""
-        callers = {name for e in self.site_encodings for name in (e.caller, e.regs_caller) if name}
+        callers = {name for e in self.site_encodings for name in (e.caller, e.regs_caller, e.ops_caller) if name}
         rethook = self.rethook.trampoline(kernel)
         return {
             **dict.fromkeys(sorted(callers), "ftrace_caller.S"),

@@ -18,6 +18,7 @@ from emulator.symbols import Symbol
 
 from ..arch import kernel_arch
 from ..arch.base import SiteEncoding
+from ..kernel_version import MODELLED, KernelVersion
 from .regs import FtraceRegs
 from .return_watch import ReturnWatch
 from .verify import Verify
@@ -25,7 +26,10 @@ from .verify import Verify
 U64 = struct.Struct("<Q")
 # ftrace_ops_list_func's mailbox: its arguments, as the stub in ftrace_caller.S leaves them
 OPS_LIST_ARGS = Layout.of("ops_list_args", ("ip", "parent_ip", "op", "fregs"))
-DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "fregs")
+DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "op", "fregs")
+# struct ftrace_ops as guest code reads it (asm-offsets FTRACE_OPS_FUNC, FTRACE_OPS_DIRECT_CALL):
+# arm64's CALL_OPS ftrace_caller calls op->func and branches to op->direct_call
+FTRACE_OPS = Layout.of("ftrace_ops", ("func", "direct_call"))
 
 
 class OpsFlag(IntFlag):
@@ -45,6 +49,8 @@ class FtraceOps:
     filter: set[int] = field(default_factory=set)  # empty: every site (the kernel's empty hash)
     notrace: set[int] = field(default_factory=set)
     guest_func: int | None = None  # the same callback in guest code, if there is one
+    direct_call: int | None = None  # register_ftrace_direct: the trampoline its sites reach
+    addr: int | None = None  # its struct ftrace_ops in guest memory, once registered (CALL_OPS)
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
@@ -95,7 +101,7 @@ class Site:
     compiled: bytes
     disabled: bytes  # after ftrace_init_nop
     enabled: bytes  # calling ftrace_caller
-    literal: int | None  # arm64 CALL_OPS ops literal (left as NOPs: the lab passes op in x2)
+    literal: int | None  # arm64 CALL_OPS: the 8-byte ftrace_ops pointer before the function
     encoding: SiteEncoding  # its kind (fentry, patchable, mcount) and that kind's trampolines
     target: int | None = None  # the trampoline it calls now (None: disabled)
 
@@ -111,23 +117,34 @@ class Site:
 
 @dataclass(frozen=True)
 class Callers:
-    """The trampolines one kind of site calls: ftrace_caller, and ftrace_regs_caller if it has one."""
+    """The trampolines one kind of site calls: ftrace_caller, ftrace_regs_caller if it has one, and
+    the CALL_OPS build of ftrace_caller for sites with a literal, if the arch has them."""
 
     caller: int
     regs_caller: int | None
+    ops_caller: int | None
+
+    def for_site(self, site_literal: int | None) -> int:
+        return self.ops_caller if site_literal is not None and self.ops_caller is not None else self.caller
 
 
 class Ftrace:
     SOURCE = "ftrace_caller.S"
 
-    def __init__(self, machine, karch=None):
+    def __init__(self, machine, karch=None, kernel: KernelVersion = MODELLED):
         """karch: the kernel's arch code, by default the lab's own (KernelArch.replacing gives one
-        with a user's trampolines, which every core built on this one loads)."""
+        with a user's trampolines, which every core built on this one loads); kernel: the release,
+        which decides whether CALL_OPS literals are used."""
         self.m = machine
         self.karch = karch = karch or kernel_arch(machine.arch)
-        syms = karch.load(machine, self.SOURCE, OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"))
+        constants = {**OPS_LIST_ARGS.asm_constants("OPS_LIST_ARGS_"), **FTRACE_OPS.asm_constants("FTRACE_OPS_")}
+        syms = karch.load(machine, self.SOURCE, constants)
         self.callers = {
-            e.name: Callers(syms[e.caller], syms[e.regs_caller] if e.regs_caller else None)
+            e.name: Callers(
+                syms[e.caller],
+                syms[e.regs_caller] if e.regs_caller else None,
+                syms[e.ops_caller] if e.ops_caller and (not e.call_ops_since or kernel.has(e.call_ops_since)) else None,
+            )
             for e in karch.site_encodings
         }
         self.caller = self.callers[karch.sites.name].caller
@@ -135,8 +152,12 @@ class Ftrace:
         self.list_func = syms["ftrace_ops_list_func"]
         # the trampolines' patchable calls of the ops function (ftrace_update_ftrace_func)
         self._call_sites = {syms[c]: self.list_func for e in karch.site_encodings for c in e.calls}
-        self.list_ops = machine.alloc("lab data", 64, 64)  # ftrace_list_ops, passed as op
+        self.list_ops = self._guest_ops(self.list_func)  # ftrace_list_ops, passed as op
         machine.write_code(syms["function_trace_op"], U64.pack(self.list_ops))
+        # ftrace_nop_ops: what a disabled CALL_OPS site's literal points at
+        call_ops = any(c.ops_caller for c in self.callers.values())
+        self.nop_ops = self._guest_ops(syms["ftrace_stub"]) if call_ops else None
+        self.ops_at: dict[int, FtraceOps] = {}  # guest struct ftrace_ops -> its ops
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
@@ -161,7 +182,6 @@ class Ftrace:
         enc = self.karch.site_encoding(obj.imports)
         called = [m.symbols.get(s) for s in enc.call_symbols if s in m.symbols]
         mcount = called[0].addr if called else None  # MCOUNT_ADDR: what the compiled sites call
-        caller = self.callers[enc.name].caller
         added = []
         for recorded in sorted(set(self._recorded(obj, enc))):
             ip, literal = enc.adjust(recorded, m.read, m.symbols.is_function_start)
@@ -176,7 +196,9 @@ class Ftrace:
                     f"{obj.path}: unrecognised {enc.name} patch site at {m.where(ip)} (bytes {compiled.hex(' ')})"
                 )
             m.patch(start, compiled, disabled)
-            enabled = disabled[: enc.window] + enc.encode_call(ip, caller)
+            if literal is not None and self.nop_ops is not None:  # ftrace_rec_set_nop_ops
+                m.patch(literal, m.read(literal, 8), U64.pack(self.nop_ops))
+            enabled = disabled[: enc.window] + enc.encode_call(ip, self.callers[enc.name].for_site(literal))
             site = Site(ip, hit[0], start, compiled, disabled, enabled, literal, enc)
             self.sites.append(site)
             self.by_ip[ip] = site
@@ -214,13 +236,68 @@ class Ftrace:
 
     # -- ops (register_ftrace_function, ftrace_set_filter) ----------------------------------------
 
+    def _guest_ops(self, func: int) -> int:
+        """A struct ftrace_ops in lab data, with its func."""
+        addr = self.m.alloc("lab data", FTRACE_OPS.size, 64)
+        self.m.write(addr + FTRACE_OPS.offsets["func"], U64.pack(func))
+        return addr
+
     def register(self, ops: FtraceOps) -> None:
         if ops in self.ops:
             raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
         if ops.flags & OpsFlag.SAVE_REGS and self.regs_caller is None:
             raise FtlabError(f"ftrace_ops '{ops.name}' asks for SAVE_REGS: {self.karch.no_regs_caller_reason}")
+        if ops.addr is None and self.nop_ops is not None:  # for CALL_OPS literals: its func is the
+            ops.addr = self._guest_ops(self.list_func)  # lab's dispatch, which finds it by address
+            self.ops_at[ops.addr] = ops
+        self._write_direct_call(ops)
         self.ops.append(ops)
         self._update()
+
+    # -- direct calls (register_ftrace_direct, kernel/trace/ftrace.c) -----------------------------
+
+    def direct_unsupported(self, site: Site) -> str | None:
+        """Why the site cannot reach a direct trampoline, or None."""
+        direct = self.karch.direct_calls
+        if direct.needs_call_ops and site.literal is None:
+            return direct.unsupported
+        return None
+
+    def register_direct(self, ops: FtraceOps, addr: int) -> None:
+        """register_ftrace_direct(ops, addr): ops->func = call_direct_funcs, ops->direct_call =
+        addr, on the sites of its filter, each of which may have one direct ops (-EBUSY). Without
+        ftrace_regs_caller the ops asks for ftrace_regs only (MULTI_FLAGS: SAVE_ARGS)."""
+        if not ops.filter:
+            raise FtlabError(f"register_ftrace_direct: ftrace_ops '{ops.name}' has no filter (-EINVAL)")
+        for other in self.ops:
+            if other.direct_call is not None and other.filter & ops.filter:
+                raise FtlabError(
+                    f"register_ftrace_direct: '{ops.name}' shares a site with the direct ops '{other.name}' (-EBUSY)"
+                )
+        for site in (self.by_ip[ip] for ip in sorted(ops.filter)):
+            reason = self.direct_unsupported(site)
+            if reason:
+                raise FtlabError(f"register_ftrace_direct: {site.func.name}: {reason}")
+        ops.func = self._call_direct_funcs
+        ops.flags |= OpsFlag.SAVE_REGS if self.regs_caller is not None else OpsFlag.NONE
+        ops.direct_call = addr
+        self.register(ops)
+
+    def modify_direct(self, ops: FtraceOps, addr: int) -> None:
+        """modify_ftrace_direct: the ops' sites reach a new trampoline (a regenerated image)."""
+        ops.direct_call = addr
+        self._write_direct_call(ops)
+        self._update()
+
+    def _write_direct_call(self, ops: FtraceOps) -> None:
+        if ops.addr is not None:
+            self.m.write(ops.addr + FTRACE_OPS.offsets["direct_call"], U64.pack(ops.direct_call or 0))
+
+    def _call_direct_funcs(self, ip: int, parent_ip: int, ops: FtraceOps, fregs: FtraceRegs) -> None:
+        """call_direct_funcs: arch_ftrace_set_direct_caller(fregs, ops->direct_call), which the
+        trampoline that called the ops list branches to when it returns."""
+        if ops.direct_call:
+            fregs.set_reg(self.karch.direct_calls.member, ops.direct_call)
 
     def unregister(self, ops: FtraceOps) -> None:
         if ops not in self.ops:
@@ -279,14 +356,42 @@ class Ftrace:
         for site in self.sites:
             users = [ops for ops in self.ops if ops.traces(site.ip)]
             target = None
-            if users:
+            if len(users) == 1 and users[0].direct_call is not None:
+                target = users[0].direct_call  # ftrace_get_addr_new: the direct trampoline itself
+            elif users:
                 callers = self.callers[site.encoding.name]
                 regs = callers.regs_caller is not None and any(ops.wants_regs for ops in users)
-                target = callers.regs_caller if regs else callers.caller
+                target = callers.regs_caller if regs else callers.for_site(site.literal)
             if target != site.target:
                 self.m.patch(site.ip, site.calling(site.target), site.calling(target))
                 site.target = target
+            if site.literal is not None and self.nop_ops is not None:
+                self._set_site_ops(site, users)
+        if self.nop_ops is not None:
+            self._set_ops_funcs(direct, lone)
         self.verify.refresh()
+
+    def _set_ops_funcs(self, fast: bool, lone: int | None) -> None:
+        """The func of each guest ftrace_ops a CALL_OPS ftrace_caller calls: ftrace_list_ops' is the
+        ops function (what ftrace_call is patched to elsewhere), an ops's own is its guest code when
+        the lab may skip the Python dispatch (as for a lone ops), else that dispatch."""
+        self.m.write(self.list_ops + FTRACE_OPS.offsets["func"], U64.pack(lone or self.list_func))
+        for ops in self.ops:
+            func = ops.guest_func if fast and ops.guest_func else self.list_func
+            self.m.write(ops.addr + FTRACE_OPS.offsets["func"], U64.pack(func))
+
+    def _set_site_ops(self, site: Site, users: list[FtraceOps]) -> None:
+        """The CALL_OPS literal (arm64 ftrace_rec_update_ops): the site's one ops, if ftrace may call
+        its func unassisted (FTRACE_FL_CALL_OPS: no FTRACE_OPS_FL_RECURSION), else ftrace_list_ops;
+        ftrace_nop_ops while disabled."""
+        if not users:
+            ops = self.nop_ops
+        elif len(users) == 1 and not users[0].flags & OpsFlag.RECURSION:
+            ops = users[0].addr
+        else:
+            ops = self.list_ops
+        if self.m.u64(site.literal) != ops:
+            self.m.write(site.literal, U64.pack(ops))
 
     # -- the dispatch (ftrace_ops_list_func, or the lone ops' function) ----------------------------
 
@@ -300,7 +405,7 @@ class Ftrace:
         FTRACE_OPS_FL_RECURSION, then ftrace_ops_assist_func; with more, __ftrace_ops_list_func.
         Both of those take one TRACE_LIST_START trylock around every callback they call, so a
         callback that recurses is called again once, then the whole call is dropped."""
-        ip, parent_ip, fregs_addr = DISPATCH_ARGS(self._args)
+        ip, parent_ip, op, fregs_addr = DISPATCH_ARGS(self._args)
         karch = self.karch
         truth = self.verify.take(ip)  # the patch-site instant (also a kprobe's there, on x86)
         site = self.by_ip.get(ip)
@@ -312,9 +417,11 @@ class Ftrace:
         regs_caller = self.callers[enc.name].regs_caller
         saved = karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
         fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
-        # ftrace_ops_list holds the newest ops first (add_ftrace_ops puts it at the head,
-        # kernel/trace/ftrace.c) and __ftrace_ops_list_func walks it from there
-        ops = tuple(reversed(self.ops))
+        # op: one ops that a CALL_OPS literal called directly, else ftrace_ops_list, which holds the
+        # newest ops first (add_ftrace_ops puts it at the head, kernel/trace/ftrace.c) and
+        # __ftrace_ops_list_func walks from there
+        one = self.ops_at.get(op)
+        ops = (one,) if one is not None else tuple(reversed(self.ops))
         before = self._saved_regs(fregs) if self._returns is not None else {}
         try:
             self._call_ops(ops, ip, parent_ip, fregs)

@@ -34,6 +34,7 @@ class Verify:
         self._mechanisms: dict[object, _Mechanism] = {}
         self._hooks: dict[int, object] = {}
         self._truth: dict[int, dict[str, int]] = {}
+        self._latest: dict[int, dict[str, int]] = {}  # the same, kept when taken (peek)
 
     def add(
         self, owner, name: str, addresses: Callable[[], Iterable[int]], toggled: Callable[[], None] | None = None
@@ -88,11 +89,18 @@ class Verify:
         for addr in self._hooks.keys() - want:
             self.m.unhook(self._hooks.pop(addr))
             self._truth.pop(addr, None)  # never taken: no later snapshot may take it
+            self._latest.pop(addr, None)
         for addr in want - self._hooks.keys():
             self._hooks[addr] = self.m.hook_code(self._capture, addr)
 
     def _capture(self, addr: int) -> None:
-        self._truth[addr] = dict(zip(self._names, self._regs.read(), strict=True))
+        self._truth[addr] = self._latest[addr] = dict(zip(self._names, self._regs.read(), strict=True))
+
+    def peek(self, addr: int) -> dict[str, int] | None:
+        """The true registers captured at addr last, whether a consumer took them or not: for a
+        mechanism reached after another's snapshot there (a direct trampoline that ftrace_caller
+        enters after its dispatch took the site's truth)."""
+        return self._latest.get(addr)
 
     def take(self, addr: int) -> dict[str, int] | None:
         """The true registers captured at addr since the last take there, if verifying."""

@@ -9,6 +9,10 @@ from emulator.arch.arm64 import CPU
 from emulator.layout import Layout
 
 from ..base import (
+    BPF_PROG,
+    BPF_TRAMP_IMAGE,
+    BPF_TRAMP_RUN_CTX,
+    DirectCalls,
     FgraphArch,
     KernelArch,
     PartialRegs,
@@ -18,7 +22,7 @@ from ..base import (
     ReturnTrampoline,
     SiteEncoding,
 )
-from . import kprobes
+from . import bpf_trampoline, kprobes
 
 X = [f"x{n}" for n in range(31)]
 
@@ -66,13 +70,16 @@ def adjust_site(addr, read, is_function_start):
 
     -fpatchable-function-entry=2 records the first NOP (after a BTI, if any): ip = addr + 4.
     =4,2 (CALL_OPS) records the first of two NOPs *before* the function, an 8-byte ops literal.
+    ftrace_caller finds it from lr by aligning down to 8 (entry-ftrace.S), which only works
+    "starting from an 8-byte aligned base": the kernel builds CALL_OPS with FUNCTION_ALIGNMENT_8B.
+    A =4,2 build without that alignment has no usable literal.
     """
     if not is_function_start(addr + 8):
         return addr + 4, None
     ip = addr + 8
     if word.unpack(read(ip, 4))[0] in BTI_HINTS:
         ip += 4
-    return ip + 4, addr
+    return ip + 4, None if addr % 8 else addr
 
 
 def init_site(ip, window, mcount):
@@ -135,6 +142,8 @@ KERNEL = KernelArch(
         init=init_site,
         encode_call=encode_call,
         regs_caller=None,
+        ops_caller="ftrace_caller_ops",
+        call_ops_since="arm64_call_ops",
         calls=("ftrace_call",),
         meaning={"pc": after_site},
         where="MOV X9, LR; BL at the entry, before the prologue: every register is the caller's",
@@ -223,6 +232,21 @@ KERNEL = KernelArch(
         ),
     ),
     kprobes=kprobes,
+    # arm64 DYNAMIC_FTRACE_WITH_DIRECT_CALLS (2aa6ac03516d, 6.4) selects it only with
+    # DYNAMIC_FTRACE_WITH_CALL_OPS (arch/arm64/Kconfig): before, bpf_arch_text_poke() refused
+    # kernel text ("we rely on ftrace to poke kernel functions") and fentry on kernel functions
+    # failed with -ENOTSUPP.
+    direct_calls=DirectCalls(
+        member="direct_tramp",
+        since="arm64_direct_calls",
+        needs_call_ops=True,
+        unsupported=(
+            "arm64 has ftrace direct calls (DYNAMIC_FTRACE_WITH_DIRECT_CALLS, 6.4) only with "
+            "DYNAMIC_FTRACE_WITH_CALL_OPS sites (-fpatchable-function-entry=4,2, functions 8-byte "
+            "aligned): no BPF trampoline can be attached to a kernel function without them (-ENOTSUPP)"
+        ),
+        trampoline=bpf_trampoline,
+    ),
     asm_constants={
         **FTRACE_REGS.asm_constants("FREGS_"),
         **{f"S_{k.upper()}": v for k, v in PT_REGS.offsets.items()},
@@ -233,6 +257,9 @@ KERNEL = KernelArch(
         "FRAME_META_TYPE_PT_REGS": FRAME_META_TYPE_PT_REGS,
         "PT_REGS_SIZE": PT_REGS.size,
         "AARCH64_INSN_SIZE": AARCH64_INSN_SIZE,
+        **BPF_PROG.asm_constants("BPF_PROG_"),
+        **BPF_TRAMP_RUN_CTX.asm_constants("BPF_TRAMP_RUN_CTX_"),
+        **BPF_TRAMP_IMAGE.asm_constants("BPF_TRAMP_IMAGE_"),
     },
     source_dir=Path(__file__).parent,
     exception_entry="vectors",  # entry.S

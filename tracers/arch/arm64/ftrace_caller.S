@@ -11,10 +11,19 @@
  * read outside an exception), links two frame records for unwinders, calls
  * ftrace_ops_list_func(ip, parent_ip, op, fregs), and returns with lr and pc taken from fregs,
  * so handlers may change both (fgraph hooks lr; livepatch changes pc).
+ *
+ * Two builds of it, as the kernel's #ifdefs make them: \ops names how it finds the ftrace_ops.
+ * function_trace_op (before 6.3, or a kernel without CALL_OPS): one global op and a patchable
+ * call, ftrace_call. call_ops (DYNAMIC_FTRACE_WITH_CALL_OPS 6.3, baaf553d3bc3, with
+ * DYNAMIC_FTRACE_WITH_DIRECT_CALLS 6.4, 2aa6ac03516d): the site's own ops from the 8-byte literal
+ * before its function, a direct trampoline in its direct_call taken at once, and one that
+ * call_direct_funcs() left in fregs->direct_tramp taken after the other ops ran.
  */
-.globl ftrace_caller
-ftrace_caller:
+.macro define_ftrace_caller name, call, ops
+.globl \name
+\name:
     hint #34                            // bti c
+    \ops\()_entry \name
     mov x10, sp                         // the traced function's sp
     sub sp, sp, #FREGS_SIZE + 32        // ftrace_regs and two frame records
     fregs_x0_x7 stp
@@ -30,18 +39,72 @@ ftrace_caller:
     add x29, sp, #FREGS_SIZE
     sub x0, x30, #AARCH64_INSN_SIZE     // ip = the BL
     mov x1, x9                          // parent_ip = the callsite's lr
-    ldr x2, function_trace_op           // op
-    mov x3, sp                          // fregs
-.globl ftrace_call
-ftrace_call:
-    bl ftrace_ops_list_func
+    \ops\()_call \call
     fregs_x0_x7 ldp
     ldr x8, [sp, #FREGS_X8]
     ldr x29, [sp, #FREGS_FP]
+    \ops\()_late \name
     ldr x30, [sp, #FREGS_LR]
     ldr x9, [sp, #FREGS_PC]
     add sp, sp, #FREGS_SIZE + 32
     ret x9
+    \ops\()_direct \name
+.endm
+
+.macro function_trace_op_entry name
+.endm
+
+.macro function_trace_op_call call
+    ldr x2, function_trace_op           // op
+    mov x3, sp                          // fregs
+.globl \call
+\call:
+    bl ftrace_ops_list_func
+.endm
+
+.macro function_trace_op_late name
+.endm
+
+.macro function_trace_op_direct name
+.endm
+
+/* The literal is 8-byte aligned, 12 or 16 bytes before the BL (ftrace_call_adjust): aligning lr
+ * down to 8 and stepping back 16 finds it either way. */
+.macro call_ops_entry name
+    and x11, x30, #0xfffffffffffffff8    // bic x11, x30, #7
+    ldur x11, [x11, #-16]               // op: -(4 * AARCH64_INSN_SIZE)
+    ldr x17, [x11, #FTRACE_OPS_DIRECT_CALL]     // op->direct_call
+    cbnz x17, \name\()_direct
+.endm
+
+.macro call_ops_call call
+    mov x3, sp                          // fregs
+    mov x2, x11                         // op
+    ldr x4, [x2, #FTRACE_OPS_FUNC]      // op->func
+    blr x4
+.endm
+
+.macro call_ops_late name
+    ldr x17, [sp, #FREGS_DIRECT_TRAMP]
+    cbnz x17, \name\()_direct_late
+.endm
+
+/* ftrace_caller_direct_late: the other ops ran and x0-x8 and fp are restored; lr and pc as the
+ * trampoline expects them (x9 = the callsite's lr, x30 = after the BL), sp as at the site; then
+ * ftrace_caller_direct: `br x17`, which may land on a BTI C and unbalances no return stack. */
+.macro call_ops_direct name
+\name\()_direct_late:
+    ldr x9, [sp, #FREGS_LR]
+    ldr x30, [sp, #FREGS_PC]
+    add sp, sp, #FREGS_SIZE + 32
+\name\()_direct:
+    br x17
+.endm
+
+define_ftrace_caller ftrace_caller, ftrace_call, function_trace_op
+/* The same for sites with a CALL_OPS literal (-fpatchable-function-entry=4,2): in the kernel one
+ * build or the other is ftrace_caller; the lab patches both kinds of object. */
+define_ftrace_caller ftrace_caller_ops, none, call_ops
 
 /*
  * ftrace_caller_mcount for arm64's legacy -pg sites, after the !DYNAMIC_FTRACE_WITH_REGS half of
@@ -107,6 +170,10 @@ ftrace_ops_list_func:
     b ftrace_ops_list_lab
 .globl ftrace_ops_list_lab
 ftrace_ops_list_lab:
+    ret
+
+.globl ftrace_stub
+ftrace_stub:                            // ftrace_nop_ops' func: a disabled site's literal
     ret
 
 .balign 8

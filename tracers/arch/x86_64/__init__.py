@@ -8,6 +8,10 @@ from emulator.arch.x86_64 import CPU, KERNEL_CS, KERNEL_DS
 from emulator.layout import Layout
 
 from ..base import (
+    BPF_PROG,
+    BPF_TRAMP_IMAGE,
+    BPF_TRAMP_RUN_CTX,
+    DirectCalls,
     FgraphArch,
     KernelArch,
     PartialRegs,
@@ -18,7 +22,7 @@ from ..base import (
     ReturnTrampoline,
     SiteEncoding,
 )
-from . import kprobes
+from . import bpf_trampoline, kprobes
 
 # struct pt_regs (arch/x86/include/asm/ptrace.h); ftrace_regs wraps one, so it has the same layout.
 PT_REGS = Layout(
@@ -261,6 +265,15 @@ KERNEL = KernelArch(
         ),
     ),
     kprobes=kprobes,
+    # x86_64 has had direct calls since 5.5 (562955fe6a55): arch_ftrace_set_direct_caller() puts
+    # the trampoline's address in regs->orig_ax, which ftrace_regs_caller jumps to
+    direct_calls=DirectCalls(
+        member="orig_ax",
+        since=None,
+        needs_call_ops=False,
+        unsupported="",
+        trampoline=bpf_trampoline,
+    ),
     asm_constants={
         **{ASM_NAMES.get(k, k.upper()): v for k, v in PT_REGS.offsets.items()},
         **FTRACE_REGS.asm_constants("FREGS_"),
@@ -268,6 +281,9 @@ KERNEL = KernelArch(
         "MCOUNT_INSN_SIZE": MCOUNT_INSN_SIZE,
         "KERNEL_CS": KERNEL_CS,
         "KERNEL_DS": KERNEL_DS,
+        **BPF_PROG.asm_constants("BPF_PROG_"),
+        **BPF_TRAMP_RUN_CTX.asm_constants("BPF_TRAMP_RUN_CTX_"),
+        **BPF_TRAMP_IMAGE.asm_constants("BPF_TRAMP_IMAGE_"),
     },
     source_dir=Path(__file__).parent,
     exception_entry="asm_exc_int3",  # entry.S

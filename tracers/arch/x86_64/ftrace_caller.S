@@ -37,7 +37,10 @@
  * are pushed first, before anything can change them; then the rest of pt_regs is filled (rbx,
  * r10-r15), with the pushed flags, the fixed kernel cs/ss and the site's sp, so ftrace_get_regs()
  * gives a complete pt_regs. Handlers may change flags and ip. As in the kernel, r11 is saved but
- * not restored. (Direct-call trampolines through orig_ax are not modelled.)
+ * not restored. A direct trampoline sharing the site (register_ftrace_direct: a BPF trampoline)
+ * is reached from here: call_direct_funcs() left its address in orig_ax
+ * (arch_ftrace_set_direct_caller), which takes the flags' slot so that the final ret enters it
+ * with the stack as the site's own call would have left it (ftrace_64.S, v6.17).
  */
 .macro define_ftrace_regs_caller name, call, site
 .globl \name
@@ -70,8 +73,23 @@
     mov r12, [rsp+R12]
     mov r10, [rsp+R10]
     mov rbx, [rsp+RBX]
+    mov rax, [rsp+ORIG_RAX]             // a direct trampoline, or 0
+    mov [rsp+FRAME_SIZE-8], rax
+    test rax, rax
+    jnz \name\()_direct
     restore_mcount_regs
     popfq
+    ret
+\name\()_direct:                         // swap the flags with orig_rax
+    mov rdi, [rsp+FRAME_SIZE]
+    mov [rsp+FRAME_SIZE-8], rdi
+    mov [rsp+FRAME_SIZE], rax
+    restore_mcount_regs 8
+    popfq
+    call \name\()_rebalance           // the push;ret above unbalances the RSB: a pointless call
+    int3
+\name\()_rebalance:
+    add rsp, 8
     ret
 .endm
 

@@ -45,7 +45,9 @@
     mov rsi, [rdx]                      // parent_ip
 .endm
 
-.macro restore_mcount_regs
+/* save: bytes of the frame's top left on the stack (ftrace_regs_caller's direct-call path keeps
+ * the flags and the trampoline's address there). */
+.macro restore_mcount_regs save=0
     mov rax, [rsp+RAX]
     mov rcx, [rsp+RCX]
     mov rdx, [rsp+RDX]
@@ -54,7 +56,7 @@
     mov r8, [rsp+R8]
     mov r9, [rsp+R9]
     mov rbp, [rsp+RBP]
-    add rsp, FRAME_SIZE
+    add rsp, FRAME_SIZE - \save
 .endm
 
 /* Every general register, pushed into pt_regs order (r15 ends lowest). */

@@ -1,0 +1,64 @@
+/*
+ * What the BPF trampolines call, after kernel/bpf/trampoline.c (v6.17): __bpf_prog_enter_recur and
+ * __bpf_prog_exit_recur around each program, __bpf_tramp_enter and __bpf_tramp_exit around a call
+ * of the traced function. The lab's one task and CPU: current->bpf_ctx is one word
+ * (current_bpf_ctx points at it), prog->active and the image's pcref are plain counters.
+ * rcu_read_lock, migrate_disable and the run-time statistics (bpf_stats_enabled_key, off by
+ * default) do nothing here.
+ */
+
+/* u64 __bpf_prog_enter_recur(struct bpf_prog *prog, struct bpf_tramp_run_ctx *run_ctx):
+ * bpf_set_run_ctx, then this_cpu_inc_return(*(prog->active)) != 1 is a recursion: counted
+ * (bpf_prog_inc_misses_counter) and 0 returned, so the trampoline skips the program; else
+ * bpf_prog_start_time(), NO_START_TIME (1) with the statistics off. */
+.globl __bpf_prog_enter_recur
+__bpf_prog_enter_recur:
+    ldr x9, current_bpf_ctx
+    ldr x10, [x9]
+    str x10, [x1, #BPF_TRAMP_RUN_CTX_SAVED_RUN_CTX]
+    str x1, [x9]                        // current->bpf_ctx = &run_ctx->run_ctx
+    ldr x10, [x0, #BPF_PROG_ACTIVE]
+    add x10, x10, #1
+    str x10, [x0, #BPF_PROG_ACTIVE]
+    cmp x10, #1
+    b.ne __bpf_prog_enter_recur_miss
+    mov x0, #1                          // NO_START_TIME
+    ret
+__bpf_prog_enter_recur_miss:
+    ldr x10, [x0, #BPF_PROG_MISSES]
+    add x10, x10, #1
+    str x10, [x0, #BPF_PROG_MISSES]
+    mov x0, #0
+    ret
+
+/* void __bpf_prog_exit_recur(struct bpf_prog *prog, u64 start, struct bpf_tramp_run_ctx *run_ctx):
+ * bpf_reset_run_ctx(run_ctx->saved_run_ctx); this_cpu_dec(*(prog->active)). */
+.globl __bpf_prog_exit_recur
+__bpf_prog_exit_recur:
+    ldr x9, current_bpf_ctx
+    ldr x10, [x2, #BPF_TRAMP_RUN_CTX_SAVED_RUN_CTX]
+    str x10, [x9]
+    ldr x10, [x0, #BPF_PROG_ACTIVE]
+    sub x10, x10, #1
+    str x10, [x0, #BPF_PROG_ACTIVE]
+    ret
+
+/* void __bpf_tramp_enter(struct bpf_tramp_image *tr): percpu_ref_get(&tr->pcref) */
+.globl __bpf_tramp_enter
+__bpf_tramp_enter:
+    ldr x10, [x0, #BPF_TRAMP_IMAGE_PCREF]
+    add x10, x10, #1
+    str x10, [x0, #BPF_TRAMP_IMAGE_PCREF]
+    ret
+
+/* void __bpf_tramp_exit(struct bpf_tramp_image *tr): percpu_ref_put(&tr->pcref) */
+.globl __bpf_tramp_exit
+__bpf_tramp_exit:
+    ldr x10, [x0, #BPF_TRAMP_IMAGE_PCREF]
+    sub x10, x10, #1
+    str x10, [x0, #BPF_TRAMP_IMAGE_PCREF]
+    ret
+
+.balign 8
+current_bpf_ctx:                        // &current->bpf_ctx
+    .quad 0
