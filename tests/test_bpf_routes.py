@@ -18,6 +18,8 @@ from tracers.kernel_version import KernelVersion
 from tracers.lab import Lab
 
 BPF = catalog.OBJ_DIR / "bpf"
+# arm64 reaches a BPF trampoline only from CALL_OPS sites (-fpatchable-function-entry=4,2)
+FUNCS = {"x86_64": "funcs", "arm64": "funcs-ops"}
 
 
 def prog(arch: str, name: str) -> str:
@@ -26,7 +28,7 @@ def prog(arch: str, name: str) -> str:
 
 def run_bpf(capsys, arch: str, obj: str, call: str, *options: str) -> tuple[dict, list[str]]:
     """The JSON summary record, and the bpf_printk texts, of `ftlab bpf`."""
-    out = ftlab(capsys, "bpf", "--arch", arch, "funcs", call, "--prog", obj, "--format", "json", *options)
+    out = ftlab(capsys, "bpf", "--arch", arch, FUNCS[arch], call, "--prog", obj, "--format", "json", *options)
     records = [json.loads(line) for line in out.splitlines()]
     assert records[-1]["type"] == "summary"
     prints = [r["text"].removeprefix("bpf_trace_printk: ") for r in records[:-1] if r["type"] == "print"]
@@ -35,7 +37,7 @@ def run_bpf(capsys, arch: str, obj: str, call: str, *options: str) -> tuple[dict
 
 def results(capsys, arch: str, obj: str, call: str, *options: str) -> list[str]:
     """The `# CALL = RESULT` lines of the text output."""
-    out = ftlab(capsys, "bpf", "--arch", arch, "funcs", call, "--prog", obj, *options)
+    out = ftlab(capsys, "bpf", "--arch", arch, FUNCS[arch], call, "--prog", obj, *options)
     return [line[2:] for line in out.splitlines() if line.startswith("# ") and " = " in line]
 
 
@@ -77,7 +79,7 @@ def test_kprobe_arguments_func_ip_and_printk(capsys, arch):
     want = expected.kprobe("add3", -5, 10, 20)
     got = globals_of(summary)
     assert {k: got[k] for k in want["globals"]} == want["globals"]
-    assert got["last_ip"] == Lab.open("funcs", arch).machine.symbols.get("add3").addr  # bpf_get_func_ip
+    assert got["last_ip"] == Lab.open(FUNCS[arch], arch).machine.symbols.get("add3").addr  # bpf_get_func_ip
     assert prints == expected.kprobe("add3", 1, 2, 3)["printk"] + want["printk"]
 
 
@@ -91,7 +93,7 @@ def test_kretprobe_return_values(capsys, arch):
 def test_multi_entries_and_ring_buffer_records(capsys, arch):
     summary, _ = run_bpf(capsys, arch, prog(arch, "multi"), "chain_a(7)")
     want = expected.multi("chain_a", 7)
-    symbols = Lab.open("funcs", arch).machine.symbols
+    symbols = Lab.open(FUNCS[arch], arch).machine.symbols
     assert map_of(summary, "entries") == {symbols.get(f).addr: n for f, n in want["maps"]["entries"].items()}
     records = [struct.unpack("<Qq", bytes.fromhex(r)) for r in summary["maps"]["events"]]
     assert records == [(symbols.get(f).addr, ret) for f, ret in want["events"]]
@@ -105,7 +107,7 @@ def test_session_cookie_pairs_entry_and_exit(capsys, arch):
 
 
 def test_session_needs_6_10(capsys, arch):
-    code = main(["bpf", "--arch", arch, "--kernel", "6.9", "funcs", "fib(3)", "--prog", prog(arch, "session")])
+    code = main(["bpf", "--arch", arch, "--kernel", "6.9", FUNCS[arch], "fib(3)", "--prog", prog(arch, "session")])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "kprobe.session programs came in 6.10, not Linux 6.9" in err
 
@@ -135,12 +137,12 @@ def test_bpf_get_stackid_from_kprobe_multi(capsys, arch, kernel):
     assert (got["multi_stackid"] == -14) == broken
     assert got["multi_stack"] == (0 if broken else 16)
     assert got["kprobe_stackid"] >= 0 and got["kprobe_stack"] == 16
-    symbols = Lab.open("funcs", arch).machine.symbols
+    symbols = Lab.open(FUNCS[arch], arch).machine.symbols
     if not broken:  # the stack of the last chain_c entry: chain_c itself, then (past chain_a, in lr) the caller
         assert symbols.lookup(got["frames"][0])[0].name == "chain_c"
 
 
-@pytest.mark.parametrize("obj", ["kprobe", "kretprobe", "multi", "session"])
+@pytest.mark.parametrize("obj", ["kprobe", "kretprobe", "multi", "session", "counters", "subprog"])
 @pytest.mark.parametrize("kernel", ["6.17", "7.0"])
 def test_verify_the_pt_regs_each_program_gets(capsys, arch, obj, kernel):
     """Every run's ctx is checked against the true registers. The exception's pt_regs (kprobe,
@@ -153,7 +155,40 @@ def test_verify_the_pt_regs_each_program_gets(capsys, arch, obj, kernel):
     runs = sum(p["hits"] for p in summary["probes"].values())
     verify = summary["verify"]
     assert runs > 0 and verify["snapshots"] == runs
-    lab = Lab.open("funcs", arch, kernel=KernelVersion.parse(kernel))
+    lab = Lab.open(FUNCS[arch], arch, kernel=KernelVersion.parse(kernel))
     written = {f.member for f in lab.karch.partial_regs_of(lab.kernel).fixups} - {"cs"}
     partial = obj in ("multi", "session")
     assert verify["differing"] == (dict.fromkeys(written, runs) if partial else {})
+
+
+def test_fexit_return_slot_and_probe_read(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "tracing") + ":crc32_exit", 'crc32_bitwise(0, b"123456789", 9)')
+    want = expected.tracing("crc32_bitwise", 0, b"123456789", 9)["globals"]
+    got = globals_of(summary)
+    assert {k: got[k] for k in want} == want
+    assert want["crc_ret"] == 0xCBF43926  # CRC-32's check value: the function itself is right
+
+
+def test_fentry_with_more_arguments_than_registers_is_refused(capsys, arch):
+    argv = ["bpf", "--arch", arch, FUNCS[arch], "sum10(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)"]
+    code = main([*argv, "--prog", prog(arch, "tracing") + ":sum10_entry"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "fentry/sum10: 10 arguments" in err
+
+
+@pytest.mark.parametrize("a", [7, 3])
+def test_fmod_ret_replaces_the_result_or_lets_the_function_run(capsys, arch, a):
+    want = expected.modret("mix_flags", a, 2)
+    got = results(capsys, arch, prog(arch, "modret"), f"mix_flags({a}, 2)")
+    assert got[0].startswith(f"mix_flags({a}, 2) = {want['ret']}")
+
+
+def test_subprograms_in_two_fentry_programs_and_an_fexit(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "subprog"), "add3(1, 2, 3)")
+    assert globals_of(summary) == expected.subprog("add3", 1, 2, 3)["globals"]
+
+
+def test_arm64_fentry_needs_call_ops_sites(capsys):
+    code = main(["bpf", "--arch", "arm64", "funcs", "fib(3)", "--prog", prog("arm64", "globals")])
+    err = capsys.readouterr().err
+    assert code == 1 and "only with DYNAMIC_FTRACE_WITH_CALL_OPS sites" in err and "(-ENOTSUPP)" in err

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tracers.call_syntax import parse_calls
+from tracers.cli.bpf_routes import PROPOSAL, ROUTES
 from tracers.cli.main import main
 from tracers.cli.mechanisms import MECHANISMS, capture_all
 
@@ -71,7 +72,12 @@ def test_compare_command(capsys):
     assert out.count("cost/event") == len(MECHANISMS)
     assert main(["compare", "funcs", "fib(2)", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {(r["arch"], r["mechanism"]) for r in rows} == {(a, m) for a in ("x86_64", "arm64") for m in MECHANISMS}
+    mechanisms = [*MECHANISMS, *(f"bpf:{r}" for r in (*ROUTES, PROPOSAL))]
+    assert {(r["arch"], r["mechanism"]) for r in rows} == {(a, m) for a in ("x86_64", "arm64") for m in mechanisms}
+    bpf = {(r["arch"], r["mechanism"]): r for r in rows if r["mechanism"].startswith("bpf:")}
+    # arm64's trampoline needs CALL_OPS sites, which funcs (=2) does not have
+    assert [a for (a, m), r in bpf.items() if r["refused"]] == ["arm64", "arm64"]
+    assert all(r["bpf_insns_per_event"] == 2 for r in bpf.values() if not r["refused"])
 
 
 @pytest.mark.parametrize(

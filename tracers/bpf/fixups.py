@@ -43,6 +43,8 @@ TRACING_KINDS = ("fentry", "fexit", "fmod_ret")
 # eatype == BPF_TRACE_FEXIT || BPF_TRACE_FSESSION || BPF_MODIFY_RETURN: there is a return value
 _HAS_RETVAL = ("fexit", "fmod_ret")
 BPF_FUNC_get_func_ip, BPF_FUNC_get_func_arg, BPF_FUNC_get_func_ret, BPF_FUNC_get_func_arg_cnt = 173, 183, 184, 185
+# what tracing programs may call and never do: the verifier turns each into ctx loads
+INLINED = (BPF_FUNC_get_func_ip, BPF_FUNC_get_func_arg, BPF_FUNC_get_func_ret, BPF_FUNC_get_func_arg_cnt)
 EINVAL, EOPNOTSUPP = 22, 95
 R0, R1, R2, R3 = 0, 1, 2, 3
 

@@ -63,6 +63,7 @@ class ProgRun:
     r0: int
     insns: int  # BPF instructions executed
     verification: Verification | None = None
+    missing: tuple[str, ...] = ()  # the pt_regs fields the ctx does not capture
 
 
 @dataclass(eq=False)
@@ -207,8 +208,11 @@ class BpfLinks:
         wants_ip = any(i.code == 0x85 and i.src == 0 and i.imm == BPF_FUNC_get_func_ip for i in link.prog.spec.insns)
 
         def run_ctx(ctx: int) -> int:
-            run = BpfRun(link.prog.spec.name, link.kind, None, func.addr, link.cookie, link.kind == "fexit")
-            return self.run(link, ctx, run, target, None)
+            tramps = self.trampolines
+            # bpf_get_attach_cookie reads current->bpf_ctx, which __bpf_prog_enter set in the guest
+            run = BpfRun(link.prog.spec.name, link.kind, None, func.addr, tramps.run_ctx_cookie(), link.kind == "fexit")
+            checks = link.handle.checks
+            return self.run(link, ctx, run, target, None, checks[-1] if checks else None)
 
         link.handle = self.trampolines.attach(
             target,
@@ -222,10 +226,12 @@ class BpfLinks:
 
     # -- a run --------------------------------------------------------------------------------
 
-    def run(self, link: Link, ctx: int, env: BpfRun, func: str, regs) -> int:
+    def run(self, link: Link, ctx: int, env: BpfRun, func: str, regs, verification=None) -> int:
         """bpf_prog_run, guarded by bpf_prog_active as the kprobe routes are: a program that
-        reenters (a helper calling a traced function) is counted as missed, not run."""
-        verification = regs.verify() if regs is not None else None  # what the program is handed
+        reenters (a helper calling a traced function) is counted as missed, not run. The ctx's
+        comparison with the truth: the pt_regs' own, or the trampoline's (`verification`)."""
+        if regs is not None:
+            verification = regs.verify()  # what the program is handed, before it changes anything
         self._active += 1
         try:
             if self._active != 1:
@@ -235,5 +241,6 @@ class BpfLinks:
         finally:
             self._active -= 1
         link.runs += 1
-        self.on_run(ProgRun(link.prog.spec.name, link.kind, func, env.is_return, r0, insns, verification))
+        missing = tuple(regs.missing) if regs is not None else ()
+        self.on_run(ProgRun(link.prog.spec.name, link.kind, func, env.is_return, r0, insns, verification, missing))
         return r0

@@ -16,13 +16,14 @@ from pathlib import Path
 from emulator import FtlabError
 
 from ..bpf.dump import dump_text, formatted
-from ..bpf.fixups import inline_tracing_helpers
+from ..bpf.fixups import INLINED, inline_tracing_helpers
 from ..bpf.helpers import BpfHelpers, BpfRun
 from ..bpf.interpreter import Interpreter
 from ..bpf.maps import RingBufMap
 from ..bpf.object import open_object
 from ..bpf.routes import KPROBE_KINDS, BpfLinks, ProgRun, tracing_nr_args
 from ..bpf.verifier import CtxRules, check
+from ..core.bpf_trampoline import BpfTrampolines
 from ..core.stacktrace import stack_trace
 from ..output.events import Event
 from .tracer import Tracer
@@ -83,7 +84,8 @@ class BpfTracer(Tracer):
             for prog in obj.programs
             if not names or prog.spec.name in names
         ]
-        self.links = BpfLinks(lab, self._run_program, self._on_run, None)  # TRAMPOLINES
+        self.trampolines = BpfTrampolines(lab.ftrace, lab.kernel)
+        self.links = BpfLinks(lab, self._run_program, self._on_run, self.trampolines)
         self.runs: list[ProgRun] = []
         self.differing: dict[str, int] = {}  # verify mode: field -> runs whose ctx had it wrong
 
@@ -109,7 +111,7 @@ class BpfTracer(Tracer):
             helpers = self.helpers.kprobe
         else:
             ctx = CtxRules(8 * (tracing_nr_args(lab, spec) + (spec.kind != "fentry")), False, align=8)
-            helpers = self.helpers.tracing
+            helpers = {**self.helpers.tracing, **dict.fromkeys(INLINED)}
         name = self._name(prog)
         check(prog.insns, name=name, helpers=helpers, kfuncs=self.helpers.kfuncs, ctx=ctx)
         if self._family(prog) == "kprobe":
@@ -184,7 +186,8 @@ class BpfTracer(Tracer):
             "kretprobe.multi": (fprobe_exit,),
             "kprobe.session": (lab.ftrace, fprobe_exit),
         }
-        cores = (core for prog, _ in self.programs for core in by_kind.get(prog.spec.kind, (lab.ftrace,)))
+        tracing = (lab.ftrace, self.trampolines)
+        cores = (core for prog, _ in self.programs for core in by_kind.get(prog.spec.kind, tracing))
         return tuple(dict.fromkeys(cores))
 
     def summary(self) -> dict:
@@ -193,9 +196,12 @@ class BpfTracer(Tracer):
         out = super().summary()
         if self.verify:
             out["verify"]["differing"] = dict(sorted(self.differing.items()))
-        out["probes"] = {
-            link.prog.spec.section: {"hits": link.runs, "nmissed": link.misses} for link in self.links.links
-        }
+        probes: dict[str, dict[str, int]] = {}
+        for link in self.links.links:  # programs sharing a section are totalled, as events' probes are
+            counts = probes.setdefault(link.prog.spec.section, {"hits": 0, "nmissed": 0})
+            counts["hits"] += link.runs
+            counts["nmissed"] += link.misses
+        out["probes"] = probes
         out["maps"] = {
             m.name: [r.hex() for r in m.records()] if isinstance(m, RingBufMap) else formatted(m)
             for obj in self.loaded

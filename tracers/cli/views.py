@@ -9,6 +9,7 @@ from emulator.asm import disassemble
 
 from ..call_syntax import CallSequence
 from ..core.regs import decode_flags
+from .bpf_routes import PROGRAM_NOTE, PROPOSAL, ROUTES, route_costs
 from .mechanisms import MECHANISMS, capture_all
 
 
@@ -173,7 +174,41 @@ def compare(labs, func: str, calls: CallSequence, out) -> list[dict]:
         for n, c in zip(names, cols, strict=True):
             if c.note:
                 out.write(f"  {n}: {c.note}\n")
-    return [
+    routes = {n: route_costs(results[n][0], func, calls) for n in names}
+    out.write(f"\nBPF routes: the program `r0 = 0; exit` on each, per run ({PROGRAM_NOTE})\n")
+    for i, route in enumerate(ROUTES + (PROPOSAL,)):
+        cols = [routes[n][i] for n in names]
+        out.write(f"{route}\n")
+        rows = {
+            "ctx": [(c.refused and "refused") or c.ctx for c in cols],
+            "not captured": [("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in cols],
+            "wrong": [(" ".join(c.wrong) or "-") if not c.refused else "" for c in cols],
+            "cost/run": [
+                f"{c.insns:.0f} insns, {c.stored:.0f} bytes, {c.bpf_insns:.0f} BPF" if not c.refused else ""
+                for c in cols
+            ],
+        }
+        for label, values in rows.items():
+            out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
+        for n, c in zip(names, cols, strict=True):
+            if c.refused or c.note:
+                out.write(f"  {n}: {c.refused or c.note}\n")
+    bpf_rows = [
+        {
+            "arch": n,
+            "mechanism": f"bpf:{c.route}",
+            "kind": c.ctx,
+            "missing": list(c.missing),
+            "mismatch": list(c.wrong),
+            "insns_per_event": c.insns,
+            "bytes_per_event": c.stored,
+            "bpf_insns_per_event": c.bpf_insns,
+            "refused": c.refused,
+        }
+        for n in names
+        for c in routes[n]
+    ]
+    return bpf_rows + [
         {
             "arch": n,
             "mechanism": c.mechanism,

@@ -105,7 +105,7 @@ class BpfTrampolines:
         if kind not in KINDS:
             raise FtlabError(f"BPF trampoline: '{kind}' is not one of {', '.join(KINDS)}")
         site = self.ftrace.site(func)
-        self._check_supported(func, site)
+        self._check_supported(kind, func, site)
         if not 0 <= nr_args <= self.arch.MAX_ARGS:
             raise FtlabError(f"{kind}/{func}: {nr_args} arguments: {self.arch.TOO_MANY_ARGS}")
         tr = self.trampolines.get(func)
@@ -130,13 +130,13 @@ class BpfTrampolines:
         if tr.image is None:
             del self.trampolines[link.func]
 
-    def _check_supported(self, func: str, site: Site) -> None:
+    def _check_supported(self, kind: str, func: str, site: Site) -> None:
         direct = self.karch.direct_calls
         if direct.since is not None and not self.kernel.has(direct.since):
-            raise FtlabError(f"fentry/{func}: Linux {self.kernel}: {direct.unsupported}")
+            raise FtlabError(f"{kind}/{func}: Linux {self.kernel}: {direct.unsupported}")
         reason = self.ftrace.direct_unsupported(site)
         if reason:
-            raise FtlabError(f"fentry/{func}: {reason}")
+            raise FtlabError(f"{kind}/{func}: {reason}")
 
     def _new_link(self, func, kind, run, nr_args, cookie, wants_ip, name) -> BpfLink:
         """The program's struct bpf_prog and its bpf_func stub, whose hook runs it."""
