@@ -192,3 +192,28 @@ def test_arm64_fentry_needs_call_ops_sites(capsys):
     code = main(["bpf", "--arch", "arm64", "funcs", "fib(3)", "--prog", prog("arm64", "globals")])
     err = capsys.readouterr().err
     assert code == 1 and "only with DYNAMIC_FTRACE_WITH_CALL_OPS sites" in err and "(-ENOTSUPP)" in err
+
+
+def test_attach_cookie(capsys, arch):
+    summary, _ = run_bpf(capsys, arch, prog(arch, "multi"), "chain_a(3)", "--cookie", "multi_entry=0xfeedf00d12345678")
+    assert globals_of(summary)["last_cookie"] == 0xFEEDF00D12345678
+
+
+CALLS = 'fib(5); chain_a(6); add3(-1, 2, 300); mix_flags(3, 9); crc32_bitwise(0, b"abc", 3)'
+
+
+@pytest.mark.parametrize(
+    "obj", ["counters", "globals", "kprobe", "kretprobe", "multi", "session", "stack", "subprog", "tracing:crc32_exit"]
+)
+def test_traced_results_are_unchanged(capsys, arch, obj):
+    """Every program that only watches leaves each call's result as catalog's reference says."""
+    name, _, progs = obj.partition(":")
+    got = results(capsys, arch, prog(arch, name) + (f":{progs}" if progs else ""), CALLS)
+    want = [
+        catalog.FUNCTIONS["fib"].reference(5),
+        catalog.FUNCTIONS["chain_a"].reference(6),
+        catalog.FUNCTIONS["add3"].reference(-1, 2, 300),
+        catalog.FUNCTIONS["mix_flags"].reference(3, 9),
+        catalog.FUNCTIONS["crc32_bitwise"].reference(0, b"abc", 3),
+    ]
+    assert [line.split(" = ")[1].split(" ")[0] for line in got] == [str(v) for v in want]

@@ -60,9 +60,19 @@ class BpfMaps:
 class BpfTracer(Tracer):
     name = "nop"
 
-    def __init__(self, lab, sink, objects: list[str], clock: str = "counter", verify: bool = False):
-        """objects: BPF object paths, each with `:PROG[,PROG...]` to attach only those programs."""
+    def __init__(
+        self,
+        lab,
+        sink,
+        objects: list[str],
+        clock: str = "counter",
+        verify: bool = False,
+        cookies: dict[str, int] | None = None,
+    ):
+        """objects: BPF object paths, each with `:PROG[,PROG...]` to attach only those programs.
+        cookies: the attach cookie of a program, by name (libbpf's bpf_*_opts.cookie; 0 else)."""
         super().__init__(lab, sink, clock, verify)
+        self.cookies = dict(cookies or {})
         m = lab.machine
         chosen = [_program_choice(spec) for spec in objects]
         self.loaded = [open_object(path).load(m) for path, _ in chosen]
@@ -78,6 +88,9 @@ class BpfTracer(Tracer):
             if unknown:
                 listed = ", ".join(p.spec.name for p in obj.programs)
                 raise FtlabError(f"{path}: no program {', '.join(unknown)} (it has {listed})")
+        named = {p.spec.name for obj in self.loaded for p in obj.programs}
+        if unknown := sorted(set(self.cookies) - named):
+            raise FtlabError(f"--cookie {unknown[0]}: no such program (there are {', '.join(sorted(named))})")
         self.programs = [
             (prog, self._prepare(prog))
             for (_, names), obj in zip(chosen, self.loaded, strict=True)
@@ -166,7 +179,7 @@ class BpfTracer(Tracer):
         if self.verify:
             self.lab.verify.acquire(*self._verified())
         for prog, _ in self.programs:
-            self.links.attach(prog)
+            self.links.attach(prog, self.cookies.get(prog.spec.name, 0))
 
     def stop(self) -> None:
         self.links.detach_all()
