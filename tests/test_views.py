@@ -54,7 +54,7 @@ def test_kprobe_mid_function(lab):
 def test_regs_command_text_and_json(capsys, arch, lab):
     assert main(["regs", "--arch", arch, "funcs", "chain_a(10)", "--at", "chain_c"]) == 0
     out = capsys.readouterr().out
-    assert out.count("== ") == len(MECHANISMS)
+    assert out.count("== ") == len(MECHANISMS) + len(ROUTES) + 1  # and the BPF routes, the proposal last
     assert "by the kernel's definition of the field" in out and "saved bits:" in out
     at = f"fib+{_third_instruction(lab):#x}"
     assert main(["regs", "--arch", arch, "funcs", "fib(3)", "--at", at, "--format", "json"]) == 0

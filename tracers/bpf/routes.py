@@ -196,8 +196,10 @@ class BpfLinks:
         run = BpfRun(link.prog.spec.name, link.kind, regs, site.func.addr, link.cookie, is_return, data or 0)
         err = self.run(link, regs.addr, run, site.func.name, regs)
         if partial and lab.kernel.has("ftrace_partial_regs_update") and regs.addr != fregs.addr:
-            fregs.set_instruction_pointer(regs.instruction_pointer())
-            fregs.set_return_value(regs.regs_return_value())
+            # instruction_pointer(regs), regs_return_value(regs): the words, captured or not
+            arch = self.m.arch
+            fregs.set_instruction_pointer(regs.member(arch.pc))
+            fregs.set_return_value(regs.member(arch.ret_regs[0]))
         return err if link.kind == "kprobe.session" and not is_return else 0
 
     def _tracing(self, link: Link, target: str) -> None:

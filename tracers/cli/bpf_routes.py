@@ -23,6 +23,8 @@ from ..bpf.routes import BpfLinks
 from ..call_syntax import CallSequence
 from ..core.bpf_trampoline import BpfTrampolines
 from ..core.fprobe import Fprobe
+from ..core.regs import Verification
+from .mechanisms import Capture
 
 ROUTES = ("kprobe", "kretprobe", "kprobe.multi", "kretprobe.multi", "fentry", "fexit")
 PROPOSAL = "fprobe (proposal)"
@@ -43,6 +45,7 @@ class RouteCost:
     bpf_insns: float = 0.0
     refused: str | None = None
     note: str | None = None
+    verification: Verification | None = None  # the first run's ctx against the truth
 
 
 def route_costs(lab, func: str, calls: CallSequence) -> list[RouteCost]:
@@ -63,7 +66,7 @@ def _measure(lab, route: str, func: str, calls: CallSequence) -> RouteCost:
         cost.runs += 1
         cost.bpf_insns += run.insns
         if cost.runs == 1:  # the first run's ctx is the one shown
-            cost.missing = run.missing
+            cost.missing, cost.verification = run.missing, run.verification
             cost.wrong = tuple(run.verification.mismatch) if run.verification else ()
 
     tramps = BpfTrampolines(lab.ftrace, lab.kernel)
@@ -93,6 +96,28 @@ def _measure(lab, route: str, func: str, calls: CallSequence) -> RouteCost:
     return cost
 
 
+def route_captures(lab, func: str, calls: CallSequence) -> list[Capture]:
+    """The routes as `ftlab regs` shows mechanisms: each ctx field, saved and true."""
+    site = lab.ftrace.site(func)
+    at = f"{func}+{site.ip - lab.machine.symbols.get(func).addr:#x}"
+    return [
+        Capture(
+            f"bpf:{c.route}",
+            f"BPF {c.route}: {c.ctx}",
+            f"return from {func}" if c.route in ("kretprobe", "kretprobe.multi", "fexit") else at,
+            kind=c.ctx,
+            missing=list(c.missing),
+            verification=c.verification,
+            events=c.runs,
+            insns=c.insns,
+            stored=c.stored,
+            refused=c.refused,
+            note=c.note,
+        )
+        for c in route_costs(lab, func, calls)
+    ]
+
+
 def _ctx_kind(lab, route: str) -> str:
     if route == "kprobe":  # on x86 at a function's entry: kprobe-on-ftrace, ftrace_regs_caller's
         return "pt_regs (the exception's, or ftrace_regs_caller's)"
@@ -111,10 +136,9 @@ def _proposal(lab, func: str, calls: CallSequence) -> RouteCost:
 
     def entry(f, ip, ret_ip, fregs, data) -> int:
         cost.runs += 1
-        if not cost.missing:
-            cost.missing = tuple(fregs.missing)
-            verification = fregs.verify()
-            cost.wrong = tuple(verification.mismatch) if verification else ()
+        if cost.runs == 1:
+            cost.missing, cost.verification = tuple(fregs.missing), fregs.verify()
+            cost.wrong = tuple(cost.verification.mismatch) if cost.verification else ()
         return 0
 
     fp.entry_handler = entry

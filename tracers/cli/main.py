@@ -27,6 +27,7 @@ from ..output.record import Recorder, replay
 from ..output.sinks import FORMATS, CountSink, make_sink
 from .bench import bench
 from .bpf import add_parser as add_bpf
+from .bpf_routes import route_captures
 from .check import add_parser as add_check
 from .demo import demo
 from .mechanisms import capture_all
@@ -127,6 +128,8 @@ def cmd_regs(args, out):
         lab.check_calls(calls)
         func, offset = parse_at(lab, args.at)
         captures = capture_all(lab, func, calls, offset)
+        if offset is None:  # at the function's entry: what each BPF route's program is handed too
+            captures += route_captures(lab, func, calls)
         if args.format == "json":
             reports.append(regs_json(lab, captures))
         else:
