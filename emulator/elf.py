@@ -614,6 +614,8 @@ class _Loader:
 
 
 FLAGS = ("rflags", "nzcv")  # a flags register written beside the address is not where it goes
+# the stack pointer a `push $sym` moves: the address went to memory, not into it
+STACK_POINTERS = ("rsp", "sp")
 FLAGS_WIDE = set(FLAGS)
 FOLLOWED = 8  # instructions after an address is taken that are searched for its use
 WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")}
@@ -635,7 +637,7 @@ def _through_register(m, insn, end: int) -> tuple[str, int] | None:
     [x1, w0, sxtw #3], x86's mov $table, %eax + mov (%rax)), or a call or jump to it ('call': the
     tail call mov x16, x0 + br x16); None when it is overwritten, control leaves the straight
     line, or nothing shows within FOLLOWED instructions."""
-    written = [name for name in map(insn.reg_name, insn.regs_access()[1]) if name not in FLAGS]
+    written = [name for name in map(insn.reg_name, insn.regs_access()[1]) if name not in FLAGS + STACK_POINTERS]
     if len(written) != 1:
         return None
     tracked = {_wide(written[0])}

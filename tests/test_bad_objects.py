@@ -406,3 +406,19 @@ def test_a_function_address_stored_as_an_immediate_is_not_data(tmp_path, arch):
     lab = Lab.open(str(path), stubs=["fips_enabled=data", "table=data", "hook"])
     lab.call("store_pointer")
     assert lab.machine.u64(lab.machine.symbols.get("saved").addr) == lab.machine.symbols.get("ftlab_ret0").addr
+
+
+def test_a_function_address_pushed_as_an_argument_is_not_data(tmp_path):
+    """x86 `push $hook`, then a load through rsp (NF_HOOK's okfn passed on the stack, as in
+    br_netfilter.ko): the address went to memory, not into rsp, so the load says nothing of hook,
+    and --stub '*' makes it the function stub its call needs. x86 only: arm64 has no push."""
+    source = """
+extern void hook(void);
+extern long many(long);
+long call_hook(void) { hook(); return 7; }
+asm(".text\\n.globl pass_on_stack\\npass_on_stack:\\n push $hook\\n mov 8(%rsp), %rdi\\n"
+    " call many\\n add $8, %rsp\\n ret\\n");
+"""
+    lab = Lab.open(str(build(tmp_path, "x86_64", source)), stubs=["*"])
+    assert lab.machine.symbols.get("hook").section == "--stub hook"
+    assert lab.call("call_hook") == 7
