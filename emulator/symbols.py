@@ -65,6 +65,11 @@ class SymbolTable:
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
 
+    def next_start(self, addr: int, limit: int) -> int:
+        """Where the first symbol after addr starts, or limit if none does before it."""
+        i = bisect.bisect_right(self._starts, addr)
+        return min(self._starts[i], limit) if i < len(self._starts) else limit
+
     def lookup(self, addr: int) -> tuple[Symbol, int] | None:
         """The symbol containing addr (a zero-sized one counts only for its own address)."""
         i = bisect.bisect_right(self._starts, addr)

@@ -422,3 +422,26 @@ asm(".text\\n.globl pass_on_stack\\npass_on_stack:\\n push $hook\\n mov 8(%rsp),
     lab = Lab.open(str(build(tmp_path, "x86_64", source)), stubs=["*"])
     assert lab.machine.symbols.get("hook").section == "--stub hook"
     assert lab.call("call_hook") == 7
+
+
+def test_a_site_in_a_function_with_no_symbol_is_named_by_its_address(tmp_path, arch, capsys):
+    """A local function whose symbol was stripped (kvm.ko has such fentry stubs): the compiler's
+    table still records its site, and the kernel's ftrace traces it and prints its address (%ps)."""
+    path = build(tmp_path, arch, SITELESS_NAME)
+    objcopy = shutil.which({"x86_64": "objcopy", "arm64": "aarch64-linux-gnu-objcopy"}[arch])
+    if objcopy is None:
+        pytest.skip("no objcopy for this arch")
+    subprocess.run([objcopy, "--strip-symbol=helper", str(path)], check=True)
+    lab = Lab.open(str(path))
+    [unnamed] = [s for s in lab.sites if s.func.section == "unnamed"]
+    assert unnamed.func.name == f"{unnamed.func.addr:#x}"
+    assert lab.call("caller", 3) == 2 * 3 + 1 + 1
+    assert main(["trace", "--arch", arch, str(path), "caller(3)"]) == 0
+    lines = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "<-" in line]
+    assert lines == ["caller <-ftlab_caller", f"{unnamed.func.addr:#x} <-caller"]
+
+
+SITELESS_NAME = """
+static __attribute__((noinline)) long helper(long x) { asm(""); return 2 * x + 1; }
+long caller(long x) { return helper(x) + 1; }
+"""

@@ -187,7 +187,7 @@ class Ftrace:
             ip, literal = enc.adjust(recorded, m.read, m.symbols.is_function_start)
             hit = m.symbols.lookup(ip)
             if hit is None or hit[0].kind != "func":
-                raise FtlabError(f"{obj.path}: patch site at {ip:#x} is outside any function")
+                hit = (self._unnamed_function(obj, ip), 0)
             start = ip - enc.window
             compiled = m.read(start, enc.window + enc.size)
             disabled = enc.init(ip, compiled, mcount)
@@ -204,6 +204,19 @@ class Ftrace:
             self.by_ip[ip] = site
             added.append(site)
         return added
+
+    def _unnamed_function(self, obj, ip: int) -> Symbol:
+        """A site in code no function symbol covers (a stripped local function: kvm.ko's
+        `call __fentry__; jmp` stubs): the kernel's ftrace records it all the same and prints it
+        as its address (%ps); the lab names it so, up to the next symbol. A site outside the
+        object's code is an error."""
+        section = next(((a, size) for a, size in obj.text if a <= ip < a + size), None)
+        if section is None:
+            raise FtlabError(f"{obj.path}: patch site at {ip:#x} is outside the object's code")
+        end = self.m.symbols.next_start(ip, section[0] + section[1])
+        sym = Symbol(f"{ip:#x}", ip, end - ip, "func", "unnamed")
+        self.m.symbols.add(sym)
+        return sym
 
     def _recorded(self, obj, enc: SiteEncoding) -> list[int]:
         """Site addresses from the compiler's tables, else from calls to the mcount symbol."""
