@@ -12,7 +12,7 @@ import pytest
 
 from fixtures import catalog
 from fixtures.bpf import expected
-from tests.helpers import ftlab
+from helpers import ftlab
 from tracers.cli.main import main
 from tracers.kernel_version import KernelVersion
 from tracers.lab import Lab
