@@ -24,7 +24,7 @@ from ..lab import Lab, resolve
 from ..output.golden import Golden
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
-from ..output.sinks import FORMATS, CountSink, make_sink
+from ..output.sinks import FORMATS, TRACE_FORMATS, CountSink, make_sink
 from .bench import bench
 from .bpf import add_parser as add_bpf
 from .bpf_routes import route_captures
@@ -106,6 +106,8 @@ def cmd_trace(args, out):
             tracer_name = args.tracer or "function"
             graph = tracer_name == "function_graph"
             options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+            if args.format == "folded" and args.arch == "all":  # both arches' stacks, each under its own root
+                options["root"] = lab.arch.name
             if graph and args.funcgraph_args:
                 options["args"] = lab.calls.function_args
             sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options)
@@ -405,7 +407,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify", action="store_true", help="compare every snapshot with the true registers at the patch site"
     )
-    p.add_argument("--format", choices=FORMATS, default="text")
+    p.add_argument(
+        "--format",
+        choices=TRACE_FORMATS,
+        default="text",
+        help="text (the kernel's trace file), json (a record a line) or folded (flame-graph stacks; function_graph)",
+    )
     p.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -457,7 +464,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
     p = sub.add_parser("replay", help="format a recording exactly as `ftlab trace` would have")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--format", choices=FORMATS, default="text")
+    p.add_argument(
+        "--format",
+        choices=TRACE_FORMATS,
+        default="text",
+        help="text (the kernel's trace file), json (a record a line) or folded (flame-graph stacks; function_graph)",
+    )
     p.add_argument("--funcgraph-retval", action="store_true")
     p.add_argument("--funcgraph-tail", action="store_true")
     _add_golden(p)

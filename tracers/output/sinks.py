@@ -379,6 +379,48 @@ class ListSink:
         self.summary = summary
 
 
+class FoldedSink:
+    """Brendan Gregg's folded stacks, as flamegraph.pl and speedscope read them: one line per call
+    path, `caller;callee COUNT`, from function_graph's entries and exits (probe events left out).
+    Weighted by the trace clock: with `counter` each call counts 1 on its path, so the counts sum
+    to the calls; with `insns` each call counts its own instructions (its duration less its
+    children's). `root` names a first frame (the arch, when a trace covers several)."""
+
+    def __init__(self, out, symbols: SymbolTable, root: str = ""):
+        self.out, self.sym, self.root = out, symbols, root
+        self.stack: list[list] = []  # [name, the children's durations]
+        self.counts: dict[str, int] = {}
+        self.by_insns = False
+
+    def begin(self, tracer: str, clock: str) -> None:
+        self.by_insns = clock == "insns"
+
+    def event(self, ev: Event) -> None:
+        if ev.probe is not None or ev.text is not None:
+            return
+        if ev.type == "entry":
+            del self.stack[ev.depth :]  # a call whose exit never came (a tail call's) ends here
+            self.stack.append([func_name(self.sym, ev.ip), 0])
+            if not self.by_insns:
+                self._add(1)
+        elif ev.type == "exit" and len(self.stack) > ev.depth:
+            del self.stack[ev.depth + 1 :]
+            duration = ev.duration or 0
+            if self.by_insns:
+                self._add(duration - self.stack[-1][1])
+            self.stack.pop()
+            if self.stack:
+                self.stack[-1][1] += duration
+
+    def _add(self, weight: int) -> None:
+        path = ";".join([self.root] * bool(self.root) + [name for name, _ in self.stack])
+        self.counts[path] = self.counts.get(path, 0) + weight
+
+    def end(self, summary: dict) -> None:
+        for path in sorted(self.counts):
+            self.out.write(f"{path} {self.counts[path]}\n")
+
+
 def _json_value(arg, value):
     """Numbers as numbers (typed as the fetcharg says); strings, symbols and faults as text."""
     return value if isinstance(value, int) else format_value(arg, value)
@@ -389,6 +431,10 @@ def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kerne
     the release and arch modelled; JSON names them in its records."""
     if fmt == "json":
         return JsonSink(out, symbols, arch, kernel)
+    if fmt == "folded":
+        if tracer != "function_graph":
+            raise FtlabError(f"--format folded needs the function_graph tracer's entries and exits, not {tracer}'s")
+        return FoldedSink(out, symbols, options.get("root", ""))
     model = model_line(arch, kernel)
     if tracer == "function_graph":
         return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
@@ -396,3 +442,4 @@ def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kerne
 
 
 FORMATS = ("text", "json")
+TRACE_FORMATS = (*FORMATS, "folded")  # what a trace (and its replay) can also be written as
