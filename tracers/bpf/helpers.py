@@ -117,9 +117,9 @@ class BpfHelpers:
         return bmap.lookup(self.m.read(key, bmap.spec.key_size))
 
     def map_update_elem(self, run: BpfRun, map_addr: int, key: int, value: int, flags: int, _=0) -> int:
-        spec = self._map(map_addr).spec
-        got = self._map(map_addr).update(self.m.read(key, spec.key_size), self.m.read(value, spec.value_size), flags)
-        return got & MASK64
+        bmap = self._map(map_addr)
+        key_size, value_size = bmap.spec.key_size, bmap.spec.value_size
+        return bmap.update(self.m.read(key, key_size), self.m.read(value, value_size), flags) & MASK64
 
     def map_delete_elem(self, run: BpfRun, map_addr: int, key: int, *_) -> int:
         bmap = self._map(map_addr)

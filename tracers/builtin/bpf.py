@@ -92,11 +92,16 @@ class BpfTracer(Tracer):
         if unknown := sorted(set(self.cookies) - named):
             raise FtlabError(f"--cookie {unknown[0]}: no such program (there are {', '.join(sorted(named))})")
         self.programs = [
-            (prog, self._prepare(prog))
+            (prog, self._prepare(prog, obj))
             for (_, names), obj in zip(chosen, self.loaded, strict=True)
             for prog in obj.programs
             if not names or prog.spec.name in names
         ]
+        # what each run needs, found by the program's identity once per run (no search, and no
+        # dataclass comparison of instruction lists): (instructions, interpreter, name for errors)
+        self._ready = {
+            id(prog): (insns, self.interpreters[self._family(prog)], name) for prog, (insns, name) in self.programs
+        }
         self.trampolines = BpfTrampolines(lab.ftrace, lab.kernel)
         self.links = BpfLinks(lab, self._run_program, self._on_run, self.trampolines)
         self.runs: list[ProgRun] = []
@@ -106,18 +111,14 @@ class BpfTracer(Tracer):
         """bpf_ktime_get_ns: the trace clock (set when the trace starts)."""
         return self.clock.now()
 
-    def _name(self, prog) -> str:
-        """How errors name a program: its object and section."""
-        obj = next(o for o in self.loaded if prog in o.programs)
-        return f"{obj.obj.where}: {prog.spec.section}"
-
     def _family(self, prog) -> str:
         return "kprobe" if prog.spec.kind in KPROBE_KINDS else "tracing"
 
-    def _prepare(self, prog):
-        """The instructions the program runs: checked as the verifier would, then (tracing) with
-        bpf_get_func_* inlined. A tracing program's ctx is the u64 array of its function's
-        arguments, and for fexit and fmod_ret the return value after them (btf_ctx_access)."""
+    def _prepare(self, prog, obj) -> tuple[list, str]:
+        """The instructions the program runs, and its name for errors (object and section):
+        checked as the verifier would, then (tracing) with bpf_get_func_* inlined. A tracing
+        program's ctx is the u64 array of its function's arguments, and for fexit and fmod_ret the
+        return value after them (btf_ctx_access)."""
         spec, lab = prog.spec, self.lab
         if self._family(prog) == "kprobe":
             ctx = CtxRules(lab.karch.pt_regs.size, False)
@@ -125,17 +126,16 @@ class BpfTracer(Tracer):
         else:
             ctx = CtxRules(8 * (tracing_nr_args(lab, spec) + (spec.kind != "fentry")), False, align=8)
             helpers = {**self.helpers.tracing, **dict.fromkeys(INLINED)}
-        name = self._name(prog)
+        name = f"{obj.obj.where}: {spec.section}"
         check(prog.insns, name=name, helpers=helpers, kfuncs=self.helpers.kfuncs, ctx=ctx)
         if self._family(prog) == "kprobe":
-            return prog.insns
+            return prog.insns, name
         mask = lab.kernel.has("bpf_nr_args_low_byte")
-        return inline_tracing_helpers(prog.insns, spec.kind, mask_nr_args=mask, name=name)
+        return inline_tracing_helpers(prog.insns, spec.kind, mask_nr_args=mask, name=name), name
 
     def _run_program(self, prog, ctx: int, env: BpfRun) -> tuple[int, int]:
-        insns = next(i for p, i in self.programs if p is prog)
-        interp = self.interpreters[self._family(prog)]
-        r0 = interp.run(insns, ctx, env, name=self._name(prog))
+        insns, interp, name = self._ready[id(prog)]
+        r0 = interp.run(insns, ctx, env, name=name)
         return r0, interp.executed
 
     def _on_run(self, run: ProgRun) -> None:
