@@ -47,6 +47,7 @@ class Capture:
     stored: float = 0.0  # bytes the lab code stored per event
     refused: str | None = None  # why this arch cannot do it
     note: str | None = None  # what the release's snapshot means to its users, in a phrase
+    parent: int | None = None  # the parent ip the ftrace ops were handed at the first hit (ftrace_*)
 
     @property
     def mismatch(self) -> list[str]:
@@ -114,6 +115,8 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         scratch = lab.machine.percpu + 0x1000
 
         def handler(ip, parent, op, fregs):
+            if not c.events:
+                c.parent = parent
             regs = fregs.ftrace_get_regs() if regs_wanted else fregs
             count(ftrace_partial_regs(fregs, scratch, lab.kernel) if mechanism == "partial_regs" else regs)
 
