@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,13 +182,12 @@ class Column:
         return self.site.encoding is not self.lab.karch.sites
 
 
-def compare(labs, func: str, calls: CallSequence, out, beside=()) -> list[dict]:
-    """Mechanism by mechanism, the arches side by side; with `beside` (the labs of a second object,
-    one per arch of `labs`) each arch's two objects side by side, then what moved from the one's
-    mcount sites to the other's entry sites."""
+def columns(labs, func: str, calls: CallSequence, beside=()) -> list[Column]:
+    """Each lab's column; with `beside` (a second object's labs, one per arch of `labs`) each arch's
+    column of it after that arch's."""
     partner = {lab.arch.name: lab for lab in beside}
     ordered = [x for lab in labs for x in ((lab, partner[lab.arch.name]) if beside else (lab,))]
-    cols = [
+    return [
         Column(
             lab,
             f"{lab.arch.name} {lab.target.path.stem}" if beside else lab.arch.name,
@@ -196,6 +196,12 @@ def compare(labs, func: str, calls: CallSequence, out, beside=()) -> list[dict]:
         )
         for lab in ordered
     ]
+
+
+def compare(labs, func: str, calls: CallSequence, out, beside=()) -> list[dict]:
+    """Mechanism by mechanism, the arches side by side; with `beside` each arch's two objects side
+    by side, then what moved from the one's mcount sites to the other's entry sites."""
+    cols = columns(labs, func, calls, beside)
     width = 50 if len(cols) <= 2 else 34
     out.write(f"{func}: called as {calls.text}\n\n")
     out.write(f"{'':<15}" + "".join(f"{c.label:<{width}}" for c in cols) + "\n")
@@ -214,14 +220,21 @@ def _write_rows(rows: dict[str, list[str]], width: int, out) -> None:
 
 
 def _site_state_rows(cols: list[Column], func: str, width: int, out) -> None:
-    """site_states() of each column, after the prologue before an mcount site ('-': none ran)."""
+    """site_states() of each column, after the prologue before an mcount site ('-': none ran);
+    in narrow columns the instructions without their bytes."""
     states = [dict(site_states(c.lab, func)) for c in cols]
     prologues = [_prologue(c.lab.machine, c.site) for c in cols]
-    if any(prologues):
-        shown = ["-" if p is None else f"{p[0].hex(' ')}  {p[1]}" for p in prologues]
-        out.write(f"{'prologue':<15}" + "".join(f"{_fit(v, width):<{width}}" for v in shown) + "\n")
-    for state in states[0]:
-        out.write(f"{state:<15}" + "".join(f"{_fit(s[state], width):<{width}}" for s in states) + "\n")
+    narrow = width < 50
+    if narrow:
+        out.write("site states without their bytes (`ftlab sites` shows them)\n")
+    rows = {"prologue": ["-" if p is None else f"{p[0].hex(' ')}  {p[1]}" for p in prologues]} if any(prologues) else {}
+    rows.update((state, [s[state] for s in states]) for state in states[0])
+    for state, values in rows.items():
+        shown = [_BYTES.sub("", v) if narrow else v for v in values]
+        out.write(f"{state:<15}" + "".join(f"{_fit(v, width):<{width}}" for v in shown) + "\n")
+
+
+_BYTES = re.compile(r"(?:[0-9a-f]{2} )*[0-9a-f]{2}  ")  # 'e8 eb ff ff fe  ' before a disassembly
 
 
 def _mechanism_rows(cols: list[Column], width: int, out) -> None:
