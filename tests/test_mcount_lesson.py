@@ -76,6 +76,19 @@ def test_the_argument_line_says_when_the_site_held_a_copy_of_lr(arch, variant):
     assert ("a copy of x30" in text["arguments"]) == ("mov x0, x30" in prologue)
 
 
+@pytest.mark.parametrize("arch,variant", MCOUNT)
+def test_an_argument_saved_otherwise_is_named_wrong(arch, variant):
+    """The line compares values: an argument register the mcount snapshot holds with another value
+    than the entry site's is named wrong, with both values."""
+    entry, mcount, _ = lesson(arch, variant, "add3(1, 2, 3)")
+    second = entry.lab.machine.arch.arg_regs[1]
+    mcount.captures["ftrace_caller"].fields[second] = 0x99
+    rows = mcount_lesson([entry, mcount], "add3", parse_calls("add3(1, 2, 3)"), io.StringIO())
+    [line] = [r["text"] for r in rows if r["lesson"] == "arguments"]
+    assert f"{second} wrong: 0x99 (the {entry.site.encoding.name} snapshot's 0x2)" in line
+    assert second in named_arguments(line)
+
+
 def stack_use(arch, code: bytes, addr: int) -> int:
     """Bytes a prologue moves sp down by, from its instructions (capstone): x86 pushes and
     `sub rsp, N`; arm64 pre-indexed `stp ..., [sp, #-N]!` and `sub sp, sp, #N`."""
@@ -105,8 +118,14 @@ def test_the_place_line_gives_the_sites_and_the_prologues_stack_use(arch, varian
     line = text["place"]
     assert f"mcount at {func}+{offset:#x}, after " in line
     assert f"sp there is {used} bytes below the entry's" in line
-    snapshot_sp = "the entry's" if arch == "x86_64" else f"{used} bytes below the entry's"
-    assert f"the snapshot's sp is {snapshot_sp}," in line
+    # x86: sp through rbp, bp the function's own frame; arm64: the site's sp, fp from the frame record
+    if arch == "x86_64":
+        assert re.search(
+            rf"the snapshot's sp is the entry's, its bp {func}'s own frame 0x[0-9a-f]+, not the entry's 0x[0-9a-f]+$",
+            line,
+        )
+    else:
+        assert line.endswith(f"the snapshot's sp is {used} bytes below the entry's, its fp the entry's")
     assert f"{entry.site.encoding.name} at {func}+{entry.site.ip - entry.site.func.addr:#x}, before" in line
 
 

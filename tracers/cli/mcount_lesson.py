@@ -124,16 +124,19 @@ def _place(entry, mcount, m, func: str, calls: CallSequence) -> str:
     start, there = at_entry.fields, mcount.captures["kprobe"].fields
     fp = next(f for f in (arch.fp, "fp") if f in m.fields)  # ftrace_regs' name for it (arm64: fp)
 
-    def against(value: int, reg: str) -> str:
-        delta = start[reg] - value
-        own = f", {func}'s own" if reg == arch.fp and value == there[reg] and delta else ""
-        return (
-            "the entry's" if not delta else f"{abs(delta)} bytes {'below' if delta > 0 else 'above'} the entry's{own}"
-        )
+    def sp(value: int) -> str:
+        delta = start[arch.sp] - value
+        return "the entry's" if not delta else f"{abs(delta)} bytes {'below' if delta > 0 else 'above'} the entry's"
+
+    def frame(value: int) -> str:  # a frame pointer is compared as a value: the caller's may be 0
+        if value == start[arch.fp]:
+            return "the entry's"
+        own = f"{func}'s own frame " if value == there[arch.fp] else ""
+        return f"{own}{value:#x}, not the entry's {start[arch.fp]:#x}"
 
     return (
-        f"{where}: sp there is {against(there[arch.sp], arch.sp)}; the snapshot's sp is "
-        f"{against(m.fields[arch.sp], arch.sp)}, its {fp} {against(m.fields[fp], arch.fp)}"
+        f"{where}: sp there is {sp(there[arch.sp])}; the snapshot's sp is {sp(m.fields[arch.sp])}, "
+        f"its {fp} {frame(m.fields[fp])}"
     )
 
 

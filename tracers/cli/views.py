@@ -1,4 +1,5 @@
-"""`ftlab regs` and `ftlab compare`: the snapshot tables and the side-by-side architecture view."""
+"""`ftlab regs` and `ftlab compare`: the snapshot tables and the side-by-side architecture view
+(with --beside, each arch's two builds of the same code side by side: tracers.cli.mcount_lesson)."""
 
 from __future__ import annotations
 
@@ -273,7 +274,7 @@ def _route_rows(cols: list[Column], func: str, calls: CallSequence, width: int, 
     if skipped:
         out.write(
             f"  not measured for {', '.join(skipped)}: mcount sites; the routes are modelled on the release's "
-            "own sites (x86 dropped mcount in 5.2, 562e14f72292, before BPF trampolines came in 5.5)\n"
+            "own sites (x86 dropped mcount in 5.2, 562e14f72292, before BPF trampolines came in 5.5, fec56f5890d9)\n"
         )
     for i, route in enumerate(ROUTES + (PROPOSAL,) if measured else ()):
         costs = [routes[c.label][i] for c in measured]
