@@ -15,7 +15,7 @@ from emulator.asm import disassemble
 from ..call_syntax import CallSequence
 from .mechanisms import capture
 
-TITLE = "what moved to -mfentry / patchable entries"
+TITLE = "what moved to -mfentry (x86_64, d57c5d51a301) / patchable entries (arm64, 3b23e4991fb6, 5.5)"
 TOPICS = ("arguments", "parent ip", "place", "cost")
 
 
