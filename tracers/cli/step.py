@@ -60,13 +60,15 @@ def record(lab, mechanism: str, func: str, offset: int | None, calls) -> Hit:
 
 
 def _slot_names(lab):
-    """kprobes' instruction slots by name: the copied instruction of the probe at ADDR."""
+    """kprobes' instruction slots by name: the copied instruction of the probe at ADDR, and the
+    breakpoint after it that ends the single step."""
     kprobes = lab.kprobes
 
     def name(addr: int) -> str | None:
         for point in kprobes.points.values():
-            if point.slot is not None and point.slot <= addr < point.slot + point.insn.size:
-                return f"insn slot of {lab.machine.symbols.name(point.addr)}"
+            if point.slot is not None and point.slot <= addr <= point.slot + point.insn.size:
+                what = "insn slot" if addr < point.slot + point.insn.size else "insn slot's breakpoint"
+                return f"{what} of {lab.machine.symbols.name(point.addr)}"
         return None
 
     return name

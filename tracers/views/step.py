@@ -32,7 +32,6 @@ from ..output.records import REC_ENTRY, REC_EXIT
 if TYPE_CHECKING:
     from ..lab import Lab
 
-PHASES = ("site", "build frame", "save registers", "prepare call", "call handler", "restore registers", "return")
 SINGLE_STEP = "single-step"  # a kprobe's copied instruction, run in its slot
 
 
@@ -66,6 +65,7 @@ class Step:
     phase: str = ""
     is_call: bool = False
     is_return: bool = False
+    single_step: bool = False  # in a kprobe's slot (its copied instruction, or the breakpoint after it)
 
     def changed(self, names: list[str], skip: str) -> dict[str, tuple[int, int]]:
         """The registers this instruction changed: name -> (old, new)."""
@@ -172,7 +172,8 @@ class StepRecorder:
         m = self.m
         code = m.read(addr, 16)
         insn = asm.decode(m.arch, code, addr)
-        sym = self.names(addr) or m.symbols.name(addr)
+        slot = self.names(addr)
+        sym = slot or m.symbols.name(addr)
         python = m.symbols.name(addr) if addr in m.python_entries else None
         walk.steps.append(
             Step(
@@ -184,6 +185,7 @@ class StepRecorder:
                 python=python,
                 is_call=asm.is_call(insn),
                 is_return=asm.is_return(insn),
+                single_step=slot is not None,
             )
         )
 
@@ -351,8 +353,9 @@ class StepRecorder:
                     step.python = callee
                 if not self._in_kernel_code(step.addr):
                     step.phase = "site"
-                elif self.names(step.addr):
-                    step.phase = SINGLE_STEP
+                elif step.single_step:  # a kprobe's single step: its breakpoint starts anew
+                    step.phase, depth, called = SINGLE_STEP, 0, False
+                    continue
                 elif depth > 0 or step.is_call:
                     step.phase = "call handler"
                 elif any(a.struct in snapshot for a in step.stores):
