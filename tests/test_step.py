@@ -4,6 +4,7 @@ The names are checked against the kernel's offsets (kernel-tracing.md §3, writt
 taken from the lab's tables), the stored values against the true registers at the hit (a separate
 verified run), and the instructions against a per-instruction count made by a different hook."""
 
+import itertools
 import json
 
 import pytest
@@ -161,6 +162,13 @@ def test_a_kprobe_inside_the_function(arch):
     steps = hit.recorder.walks[0].steps
     assert steps[0].addr == sym.addr + off
     assert stores_of(hit, "pt_regs")
+    # the breakpoint, the exception, the copied instruction in its slot, the slot's breakpoint and
+    # its exception, then back after the probed instruction
+    phases = [phase for phase, _ in itertools.groupby(s.phase for s in steps)]
+    assert phases.count("call handler") == 2 and "single-step" in phases
+    assert (
+        hit.recorder.walks[0].landing == sym.addr + off + decode(lab.arch, lab.machine.read(sym.addr + off, 16), 0).size
+    )
 
 
 def run_cli(capsys, *argv):
