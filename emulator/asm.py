@@ -235,6 +235,16 @@ def disassemble_one(arch, code: bytes, addr: int) -> str:
     return insns[0][2] if insns else f"(undecodable: {code.hex()})"
 
 
+def is_call(insn) -> bool:
+    """A call (x86 call, arm64 bl/blr): capstone's call group."""
+    return insn.group(capstone.CS_GRP_CALL)
+
+
+def is_return(insn) -> bool:
+    """A return from a call (ret; not an exception return)."""
+    return insn.group(capstone.CS_GRP_RET)
+
+
 def store_bytes(insn) -> int:
     """Bytes an instruction writes to memory (capstone-decoded, with details): explicit memory
     destinations, and the implicit stack writes of push/pushfq/call. For the lab's own code."""

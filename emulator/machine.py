@@ -27,6 +27,7 @@ from .binding import CallHooks, RegisterBatch
 from .console import Console
 from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
+from .layout import Layout
 from .symbols import Symbol, SymbolTable
 
 DEFAULT_BUDGET = 200_000_000  # instructions per call into the guest
@@ -129,6 +130,8 @@ class Machine:
         self._call_hooks = CallHooks(self.uc)
         self._abandoned: list = []  # callbacks for a top-level call ending in an error
         self._plumbing: set[int] = set()  # mailbox stubs' blocks, left out of lab-code costs
+        self.mailboxes: dict[int, Layout] = {}  # mailbox address -> what the stub leaves there
+        self.python_entries: set[int] = set()  # the blocks hook_call enters Python at
         self._lab_hook: int | None = None
         self.lab_insns = self.lab_stored = 0
         # Guest-virtual addresses map 1:1 and the lab fills the TLB itself (UC_TLB_VIRTUAL), which
@@ -145,6 +148,9 @@ class Machine:
         self._blocks: dict[tuple[int, int], tuple[int, int]] = {}  # (addr, size) -> _block_cost
         runtime = self.load_lab_code(arch.runtime)
         self.exit_addr = runtime["ftlab_caller"]
+        # the kernel's code the lab loads next (trampolines, exception entry, probe slots) begins
+        # here: the runtime before it is the lab's plumbing for calls, not the kernel's
+        self.kernel_text = self._cursor["lab text"]
         # lib.S beside runtime.S, in its own mapping: the addresses of the lab's own code stay put,
         # and lab-code costs (count_lab_code) leave out the kernel functions the objects call
         lib = self.load_lab_code(arch.runtime.with_name("lib.S"), where="lab lib")
@@ -344,15 +350,16 @@ class Machine:
         self.uc.ctl_remove_cache(begin, end + 1)  # code translated before the hook has no call
         return handle
 
-    def mailbox(self, stub: int, literal: int, words: int) -> memoryview:
-        """Lab data where the stub at `stub` leaves its arguments for a hook, as u64 words (one
-        load instead of a register read through the binding per argument); the stub's literal at
-        `literal` points at it. The stub is the lab's plumbing, not the kernel's code: lab-code
-        costs leave it out."""
-        addr = self.alloc("lab data", 8 * words, 64)
+    def mailbox(self, stub: int, literal: int, layout: Layout) -> memoryview:
+        """Lab data where the stub at `stub` leaves its arguments for a hook, as the layout's u64
+        words (one load instead of a register read through the binding per argument); the stub's
+        literal at `literal` points at it. The stub is the lab's plumbing, not the kernel's code:
+        lab-code costs leave it out."""
+        addr = self.alloc("lab data", layout.size, 64)
         self.write_code(literal, U64.pack(addr))
         self._plumbing.add(stub)
-        return self.view(addr, 8 * words).cast("Q")
+        self.mailboxes[addr] = layout
+        return self.view(addr, layout.size).cast("Q")
 
     def hook_call(self, callback, addr: int):
         """callback(addr) each time the guest branches to addr, the entry of a lab function that
@@ -360,7 +367,25 @@ class Machine:
         a code hook, it adds nothing to the cost of other instructions under the instruction
         budget, where unicorn checks every code hook at every instruction (4-7 ns each)."""
         self._call_hooks.add(callback, addr)
+        self.python_entries.add(addr)
         self.uc.ctl_remove_cache(addr, addr + 1)
+
+    def watch(self, on_block, on_access, on_insn, ranges) -> list:
+        """Hooks for watching a stretch of execution closely (`ftlab step`): on_block(addr) at every
+        translated block anywhere, on_access(is_store, addr, size, value) at every load and store,
+        on_insn(addr) before each instruction in the (first, last) address ranges. Memory hooks take
+        every access off QEMU's fast path: for short runs only. Returns the handles for unhook."""
+
+        def access(uc, kind, addr, size, value, _):
+            on_access(kind == unicorn.UC_MEM_WRITE, addr, size, value)
+
+        handles = [
+            self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda uc, addr, size, _: on_block(addr)),
+            self.uc.hook_add(unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE, access),
+            *(self.hook_code(on_insn, first, last) for first, last in ranges),
+        ]
+        self.uc.ctl_flush_tb()
+        return handles
 
     def on_abandoned_call(self, callback) -> None:
         """callback() when a top-level call ends in an error (a fault, the budget, a hook's exception),

@@ -10,6 +10,7 @@ exception frame (x86's 40 bytes) and the Python handlers are not counted.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from emulator import FtlabError
@@ -47,6 +48,7 @@ class Capture:
     stored: float = 0.0  # bytes the lab code stored per event
     refused: str | None = None  # why this arch cannot do it
     note: str | None = None  # what the release's snapshot means to its users, in a phrase
+    addr: int | None = None  # where the first snapshot is in guest memory
     parent: int | None = None  # the parent ip the ftrace ops were handed at the first hit (ftrace_*)
 
     @property
@@ -58,12 +60,14 @@ def _snap(capture: Capture, regs) -> None:
     if capture.kind:
         return  # the first hit is the one shown
     capture.kind, capture.fields, capture.missing = regs.kind, regs.fields, list(regs.missing)
+    capture.addr = regs.addr
     capture.verification = regs.verify()
 
 
-def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | None = None) -> Capture:
+def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | None = None, watch=None) -> Capture:
     """Run the calls with one mechanism attached at func (offset: the kprobe's, default the
-    instruction after the patch site) and return its first snapshot and its cost."""
+    instruction after the patch site) and return its first snapshot and its cost. watch: a context
+    manager entered around the calls (`ftlab step`'s recorder)."""
     site = lab.ftrace.site(func)
     sym = lab.machine.symbols.get(func)
     title = lab.rethook.design.title if mechanism == "rethook" else MECHANISMS[mechanism]
@@ -81,7 +85,8 @@ def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | N
     with lab.verify.holding(_verified(lab, mechanism)):
         attach()
         m.count_lab_code(True)
-        lab.run_calls(calls)
+        with watch or contextlib.nullcontext():
+            lab.run_calls(calls)
         m.count_lab_code(False)
         detach()
     if c.events:
@@ -100,7 +105,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         _snap(c, regs)
 
     if mechanism == "kprobe":
-        off = offset if offset is not None else _first_probeable(lab, sym, site)
+        off = offset if offset is not None else first_probeable(lab, sym, site)
         c.at = f"{func}+{off:#x}"
         p = Kprobe(func, off, lambda p, regs: count(regs) or 0)
         try:
@@ -131,7 +136,7 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
     return (lambda: lab.fgraph.register(gops)), (lambda: lab.fgraph.unregister(gops))
 
 
-def _first_probeable(lab, sym, site) -> int:
+def first_probeable(lab, sym, site) -> int:
     """The instruction after the patch site: the breakpoint path on both arches (a probe on the
     site itself is x86's kprobe-on-ftrace, which is the ftrace_regs_caller row)."""
     return site.ip + site.encoding.size - sym.addr

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emulator import FtlabError, Machine
+from emulator.layout import Layout
 
 from ..arch.base import BPF_PROG, BPF_TRAMP_IMAGE, BPF_TRAMP_RUN_CTX, TrampFlag, TrampImage, TrampLink
 from ..kernel_version import MODELLED, KernelVersion
@@ -29,6 +30,7 @@ MASK64 = (1 << 64) - 1
 KINDS = ("fentry", "fexit", "fmod_ret")  # enum bpf_tramp_prog_type: FENTRY, FEXIT, MODIFY_RETURN
 BPF_MAX_TRAMP_LINKS = 38  # include/linux/bpf.h (x86_64): more is -E2BIG
 NO_FLAGS = TrampFlag(0)
+BPF_PROG_ARGS = Layout.of("bpf_prog_args", ("ctx",))  # a program stub's mailbox: the ctx it was called with
 HELPERS = ("__bpf_prog_enter_recur", "__bpf_prog_exit_recur", "__bpf_tramp_enter", "__bpf_tramp_exit")
 
 
@@ -148,7 +150,7 @@ class BpfTrampolines:
         m.write(prog, bytes(BPF_PROG.size))
         m.write(prog + BPF_PROG.offsets["bpf_func"], U64.pack(syms[stub]))
         link = BpfLink(func, kind, run, nr_args, cookie, wants_ip, name or stub, prog, syms[stub], m)
-        box = m.mailbox(syms[stub], syms[f"{stub}_args"], 1)
+        box = m.mailbox(syms[stub], syms[f"{stub}_args"], BPF_PROG_ARGS)
         m.hook_call(lambda _addr: self._run(link, box[0]), syms[f"{stub}_lab"])
         return link
 

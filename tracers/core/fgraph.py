@@ -184,7 +184,7 @@ class Fgraph:
         self.exit_saved = design.saved  # what the exit's ftrace_regs holds
         syms = karch.load(self.m, design.source, RETURN_ARGS.asm_constants("RETURN_ARGS_"))
         self.return_to_handler = syms["return_to_handler"]
-        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS.nr_words)
+        self._fregs_arg = self.m.mailbox(syms["ftrace_return_to_handler"], syms["return_args"], RETURN_ARGS)
         self.m.hook_call(self._return, syms["ftrace_return_to_handler_lab"])
         self._return_call = syms["return_to_handler_call"]  # patchable: the exit's callee
         self._return_target = syms["ftrace_return_to_handler"]

@@ -162,7 +162,7 @@ class Ftrace:
         self.by_ip: dict[int, Site] = {}
         self.ops: list[FtraceOps] = []
         self.recursion = TraceRecursion()
-        self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS.nr_words)
+        self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
         self.verify = Verify(machine)

@@ -71,7 +71,7 @@ class Kprobes:
         self.ops = ftrace.karch.kprobes
         syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
         self.m.install_trap_vector(syms["trap_vector"])
-        self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS.nr_words)
+        self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS)
         self._handler_name = self.m.symbols.name(syms["trap_handler"])  # do_int3, do_debug_exception
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
         self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)  # every register

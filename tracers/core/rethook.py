@@ -72,7 +72,7 @@ class RethookCore:
         syms = self.karch.load(self.m, design.source, CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
         self.trampoline = syms[design.symbol]
         if not design.trap:
-            self._regs_arg = self.m.mailbox(syms[design.callback], syms["callback_args"], CALLBACK_ARGS.nr_words)
+            self._regs_arg = self.m.mailbox(syms[design.callback], syms["callback_args"], CALLBACK_ARGS)
             self.m.hook_call(self._callback, syms["rethook_callback_lab"])
         self.task: list[RethookNode] = []
         self.verify = ftrace.verify  # the return's snapshot stands at the trampoline
