@@ -38,8 +38,9 @@ U64_MAX, UINT_MAX = (1 << 64) - 1, (1 << 32) - 1
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
 
 
-def _labs(args):
-    for target in resolve(args.obj, args.arch):
+def _labs(args, obj=None):
+    """The labs of OBJ (or obj), one per arch --arch names."""
+    for target in resolve(args.obj if obj is None else obj, args.arch):
         lab = Lab(
             target,
             stubs=args.stub,
@@ -147,10 +148,28 @@ def cmd_compare(args, out):
     labs = list(_labs(args))
     for lab in labs:
         lab.check_calls(calls)
+    func = args.at or calls.calls[0].name
+    beside = [] if args.beside is None else _beside_labs(args, labs, calls, func)
     text = out if args.format == "text" else io.StringIO()
-    rows = compare(labs, args.at or calls.calls[0].name, calls, text)
+    rows = compare(labs, func, calls, text, beside)
     if args.format == "json":
         dump_json(rows, out)
+
+
+def _beside_labs(args, labs, calls, func: str) -> list:
+    """--beside OBJ: its lab on each arch of OBJ's, where the same calls run and func is a function."""
+    try:
+        found = {lab.arch.name: lab for lab in _labs(args, args.beside)}
+        for arch in (lab.arch.name for lab in labs):
+            if arch not in found:
+                raise FtlabError(f"no {arch} build of it (OBJ's arch)")
+            lab = found[arch]
+            if func not in lab.calls.functions:
+                raise FtlabError(f"no function '{func}' in {lab.target.path.name}")
+            lab.check_calls(calls)
+    except FtlabError as err:
+        raise FtlabError(f"--beside {args.beside}: {err}") from None
+    return [found[lab.arch.name] for lab in labs]
 
 
 def cmd_record(args, out):
@@ -489,6 +508,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="x86_64 and arm64 side by side: sites, snapshots, costs")
     _add_target(p)
     p.add_argument("--at", metavar="SYM", help="the function to attach to (default: the one CALL calls)")
+    p.add_argument(
+        "--beside",
+        metavar="OBJ",
+        help="a second build of the same code (funcs-mcount beside funcs): each arch's two objects side by "
+        "side, and what moved from its mcount sites to the entry sites",
+    )
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
     add_check(sub, _add_target)

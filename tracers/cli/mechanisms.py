@@ -49,6 +49,7 @@ class Capture:
     refused: str | None = None  # why this arch cannot do it
     note: str | None = None  # what the release's snapshot means to its users, in a phrase
     addr: int | None = None  # where the first snapshot is in guest memory
+    parent: int | None = None  # the parent ip the ftrace ops were handed at the first hit (ftrace_*)
 
     @property
     def mismatch(self) -> list[str]:
@@ -119,6 +120,8 @@ def _attachments(lab, mechanism, func, site, sym, offset, c):
         scratch = lab.machine.percpu + 0x1000
 
         def handler(ip, parent, op, fregs):
+            if not c.events:
+                c.parent = parent
             regs = fregs.ftrace_get_regs() if regs_wanted else fregs
             count(ftrace_partial_regs(fregs, scratch, lab.kernel) if mechanism == "partial_regs" else regs)
 

@@ -1,16 +1,22 @@
-"""`ftlab regs` and `ftlab compare`: the snapshot tables and the side-by-side architecture view."""
+"""`ftlab regs` and `ftlab compare`: the snapshot tables and the side-by-side architecture view
+(with --beside, each arch's two builds of the same code side by side: tracers.cli.mcount_lesson)."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
+from typing import Any
 
 from emulator import FtlabError
 from emulator.asm import disassemble
 
 from ..call_syntax import CallSequence
+from ..core.ftrace import Site
 from ..core.regs import decode_flags
 from .bpf_routes import PROGRAM_NOTE, PROPOSAL, ROUTES, route_costs
-from .mechanisms import MECHANISMS, capture_all
+from .mcount_lesson import mcount_lesson
+from .mechanisms import MECHANISMS, Capture, capture_all
 
 
 def parse_at(lab, spec: str) -> tuple[str, int | None]:
@@ -109,13 +115,22 @@ def site_rows(lab):
     m = lab.machine
     for s in lab.sites:
         states = []
-        if s.encoding.after_prologue:
-            code = m.read(s.func.addr, s.addr - s.func.addr)
-            states.append(("prologue", code, "; ".join(t for _, _, t in disassemble(m.arch, code, s.func.addr))))
+        prologue = _prologue(m, s)
+        if prologue is not None:
+            states.append(("prologue", *prologue))
         for state, code in (("compiled", s.compiled), ("init", s.disabled), ("enabled", s.enabled)):
             text = "; ".join(_annotate(m, s, t) for _, _, t in disassemble(m.arch, code, s.addr))
             states.append((state, code, text))
         yield s.func.name, s.ip, states
+
+
+def _prologue(m, site) -> tuple[bytes, str] | None:
+    """The code before a site after the prologue (-pg mcount), and its disassembly; None for a
+    site before it."""
+    if not site.encoding.after_prologue:
+        return None
+    code = m.read(site.func.addr, site.addr - site.func.addr)
+    return code, "; ".join(t for _, _, t in disassemble(m.arch, code, site.func.addr))
 
 
 def _annotate(m, site, text: str) -> str:
@@ -148,54 +163,148 @@ def site_states(lab, func: str) -> list[tuple[str, str]]:
     ]
 
 
-def compare(labs, func: str, calls: CallSequence, out) -> list[dict]:
-    """Mechanism by mechanism, the arches side by side."""
-    results = {lab.arch.name: (lab, {c.mechanism: c for c in capture_all(lab, func, calls)}) for lab in labs}
-    names = list(results)
-    width = 50
+@dataclass
+class Column:
+    """One (arch, object) of `ftlab compare`: its lab, the function's patch site, and every
+    mechanism's capture there."""
+
+    lab: Any
+    label: str  # its heading: the arch, or beside another object 'arch object'
+    site: Site
+    captures: dict[str, Capture]
+
+    @property
+    def obj(self) -> str:
+        return self.lab.target.path.stem
+
+    @property
+    def legacy(self) -> bool:
+        """Its site is an older kind than the modelled release's (the -pg mcount call)."""
+        return self.site.encoding is not self.lab.karch.sites
+
+
+def columns(labs, func: str, calls: CallSequence, beside=()) -> list[Column]:
+    """Each lab's column; with `beside` (a second object's labs, one per arch of `labs`) each arch's
+    column of it after that arch's."""
+    partner = {lab.arch.name: lab for lab in beside}
+    ordered = [x for lab in labs for x in ((lab, partner[lab.arch.name]) if beside else (lab,))]
+    return [
+        Column(
+            lab,
+            f"{lab.arch.name} {lab.target.path.stem}" if beside else lab.arch.name,
+            lab.ftrace.site(func),
+            {c.mechanism: c for c in capture_all(lab, func, calls)},
+        )
+        for lab in ordered
+    ]
+
+
+def compare(labs, func: str, calls: CallSequence, out, beside=()) -> list[dict]:
+    """Mechanism by mechanism, the arches side by side; with `beside` each arch's two objects side
+    by side, then what moved from the one's mcount sites to the other's entry sites."""
+    cols = columns(labs, func, calls, beside)
+    width = 50 if len(cols) <= 2 else 34
     out.write(f"{func}: called as {calls.text}\n\n")
-    out.write(f"{'':<15}" + "".join(f"{n:<{width}}" for n in names) + "\n")
-    states = {n: dict(site_states(results[n][0], func)) for n in names}
-    for state in states[names[0]]:
-        out.write(f"{state:<15}" + "".join(f"{_fit(states[n][state], width):<{width}}" for n in names) + "\n")
+    out.write(f"{'':<15}" + "".join(f"{c.label:<{width}}" for c in cols) + "\n")
+    _site_state_rows(cols, func, width, out)
+    _mechanism_rows(cols, width, out)
+    routes = _route_rows(cols, func, calls, width, out)
+    rows = _json_rows(cols, routes)
+    if beside:
+        rows += mcount_lesson(cols, func, calls, out)
+    return rows
+
+
+def _write_rows(rows: dict[str, list[str]], width: int, out) -> None:
+    for label, values in rows.items():
+        out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
+
+
+def _site_state_rows(cols: list[Column], func: str, width: int, out) -> None:
+    """site_states() of each column, after the prologue before an mcount site ('-': none ran);
+    in narrow columns the instructions without their bytes."""
+    states = [dict(site_states(c.lab, func)) for c in cols]
+    prologues = [_prologue(c.lab.machine, c.site) for c in cols]
+    narrow = width < 50
+    if narrow:
+        out.write("site states without their bytes (`ftlab sites` shows them)\n")
+    rows = {"prologue": ["-" if p is None else f"{p[0].hex(' ')}  {p[1]}" for p in prologues]} if any(prologues) else {}
+    rows.update((state, [s[state] for s in states]) for state in states[0])
+    for state, values in rows.items():
+        shown = [_BYTES.sub("", v) if narrow else v for v in values]
+        out.write(f"{state:<15}" + "".join(f"{_fit(v, width):<{width}}" for v in shown) + "\n")
+
+
+_BYTES = re.compile(r"(?:[0-9a-f]{2} )*[0-9a-f]{2}  ")  # 'e8 eb ff ff fe  ' before a disassembly
+
+
+def _mechanism_rows(cols: list[Column], width: int, out) -> None:
     for mech, title in MECHANISMS.items():
         out.write(f"\n{title}\n")
-        cols = [results[n][1][mech] for n in names]
-        rows = {
-            "snapshot": [
-                (c.refused and "none: refused (see `ftlab regs`)") or f"{c.kind}, {len(c.fields)} fields" for c in cols
-            ],
-            "not captured": [("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in cols],
-            "wrong": [(" ".join(c.mismatch) or "-") if not c.refused else "" for c in cols],
-            "cost/event": [f"{c.insns:.0f} insns, {c.stored:.0f} bytes stored" if not c.refused else "" for c in cols],
-        }
-        for label, values in rows.items():
-            out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
-        for n, c in zip(names, cols, strict=True):
+        caps = [c.captures[mech] for c in cols]
+        _write_rows(
+            {
+                "snapshot": [
+                    (c.refused and "none: refused (see `ftlab regs`)") or f"{c.kind}, {len(c.fields)} fields"
+                    for c in caps
+                ],
+                "not captured": [
+                    ("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in caps
+                ],
+                "wrong": [(" ".join(c.mismatch) or "-") if not c.refused else "" for c in caps],
+                "cost/event": [
+                    f"{c.insns:.0f} insns, {c.stored:.0f} bytes stored" if not c.refused else "" for c in caps
+                ],
+            },
+            width,
+            out,
+        )
+        for col, c in zip(cols, caps, strict=True):
             if c.note:
-                out.write(f"  {n}: {c.note}\n")
-    routes = {n: route_costs(results[n][0], func, calls) for n in names}
+                out.write(f"  {col.label}: {c.note}\n")
+
+
+def _route_rows(cols: list[Column], func: str, calls: CallSequence, width: int, out) -> dict[str, list]:
+    """The BPF routes, measured at the modelled release's kind of site only: each route's program
+    is attached as that release attaches it (the BPF trampoline at an fentry site or patchable entry)."""
+    measured = [c for c in cols if not c.legacy]
+    routes = {c.label: route_costs(c.lab, func, calls) for c in measured}
     out.write(f"\nBPF routes: the program `r0 = 0; exit` on each, per run ({PROGRAM_NOTE})\n")
-    for i, route in enumerate(ROUTES + (PROPOSAL,)):
-        cols = [routes[n][i] for n in names]
+    skipped = [c.label for c in cols if c.legacy]
+    if skipped:
+        out.write(
+            f"  not measured for {', '.join(skipped)}: mcount sites; the routes are modelled on the release's "
+            "own sites (x86 dropped mcount in 5.2, 562e14f72292, before BPF trampolines came in 5.5, fec56f5890d9)\n"
+        )
+    for i, route in enumerate(ROUTES + (PROPOSAL,) if measured else ()):
+        costs = [routes[c.label][i] for c in measured]
         out.write(f"{route}\n")
-        rows = {
-            "ctx": [(c.refused and "refused") or c.ctx for c in cols],
-            "not captured": [("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in cols],
-            "wrong": [(" ".join(c.wrong) or "-") if not c.refused else "" for c in cols],
-            "cost/run": [
-                f"{c.insns:.0f} insns, {c.stored:.0f} bytes, {c.bpf_insns:.0f} BPF" if not c.refused else ""
-                for c in cols
-            ],
-        }
-        for label, values in rows.items():
-            out.write(f"  {label:<13}" + "".join(f"{_fit(v, width):<{width}}" for v in values) + "\n")
-        for n, c in zip(names, cols, strict=True):
+        _write_rows(
+            {
+                "ctx": [(c.refused and "refused") or c.ctx for c in costs],
+                "not captured": [
+                    ("-" if not c.missing else " ".join(c.missing)) if not c.refused else "" for c in costs
+                ],
+                "wrong": [(" ".join(c.wrong) or "-") if not c.refused else "" for c in costs],
+                "cost/run": [
+                    f"{c.insns:.0f} insns, {c.stored:.0f} bytes, {c.bpf_insns:.0f} BPF" if not c.refused else ""
+                    for c in costs
+                ],
+            },
+            width,
+            out,
+        )
+        for col, c in zip(measured, costs, strict=True):
             if c.refused or c.note:
-                out.write(f"  {n}: {c.refused or c.note}\n")
+                out.write(f"  {col.label}: {c.refused or c.note}\n")
+    return routes
+
+
+def _json_rows(cols: list[Column], routes: dict[str, list]) -> list[dict]:
     bpf_rows = [
         {
-            "arch": n,
+            "arch": col.lab.arch.name,
+            "object": col.obj,
             "mechanism": f"bpf:{c.route}",
             "kind": c.ctx,
             "missing": list(c.missing),
@@ -205,12 +314,13 @@ def compare(labs, func: str, calls: CallSequence, out) -> list[dict]:
             "bpf_insns_per_event": c.bpf_insns,
             "refused": c.refused,
         }
-        for n in names
-        for c in routes[n]
+        for col in cols
+        for c in routes.get(col.label, ())
     ]
     return bpf_rows + [
         {
-            "arch": n,
+            "arch": col.lab.arch.name,
+            "object": col.obj,
             "mechanism": c.mechanism,
             "kind": c.kind,
             "fields": len(c.fields),
@@ -220,8 +330,8 @@ def compare(labs, func: str, calls: CallSequence, out) -> list[dict]:
             "bytes_per_event": c.stored,
             "refused": c.refused,
         }
-        for n in names
-        for c in results[n][1].values()
+        for col in cols
+        for c in col.captures.values()
     ]
 
 
