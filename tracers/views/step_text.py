@@ -33,7 +33,7 @@ def _blocks(recorder: StepRecorder, walk) -> list[tuple[str, list[Step]]]:
     return [(phase, list(steps)) for phase, steps in itertools.groupby(walk.steps, key=lambda s: s.phase)]
 
 
-def _summary(recorder: StepRecorder, walk) -> str:
+def summary(recorder: StepRecorder, walk) -> str:
     stores = [a for s in walk.steps for a in s.stores]
     named = sum(1 for a in stores if a.struct)
     back = recorder.m.symbols.name(walk.landing) if walk.landing is not None else "the caller of the calls"
@@ -54,7 +54,7 @@ def step_text(results: list[Hit], mechanism: str, call: str, out) -> None:
         recorder = results[0].recorder
         out.write(_header(results[0], mechanism, call))
         for walk in recorder.walks:
-            out.write(f"\n# {_summary(recorder, walk)}\n")
+            out.write(f"\n# {summary(recorder, walk)}\n")
             for phase, steps in _blocks(recorder, walk):
                 out.write(f"-- {phase}\n")
                 for step in steps:
@@ -68,7 +68,7 @@ def step_text(results: list[Hit], mechanism: str, call: str, out) -> None:
         walks = [next((w for w in r.walks if w.kind == kind), None) for r in recorders]
         out.write("\n")
         for name, r, found in zip(names, recorders, walks, strict=True):
-            out.write(f"# {name}: {_summary(r, found) if found else f'no {kind} walk'}\n")
+            out.write(f"# {name}: {summary(r, found) if found else f'no {kind} walk'}\n")
         sides = [_blocks(r, w) if w else [] for r, w in zip(recorders, walks, strict=True)]
         out.write(_side_by_side(recorders, sides, names))
 
