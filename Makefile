@@ -55,7 +55,7 @@ modules:
 
 # Debian's Chromium for tests/test_report_browser.py (which skips without it); needs root and Debian's registry.
 browser:
-	test -x /usr/bin/chromium || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+	test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench.json .coverage .coverage.* .mypy_cache .ruff_cache

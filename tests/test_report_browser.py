@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import select
+import struct
 import subprocess
 import sys
 import time
@@ -115,7 +117,7 @@ class Chromium:
 
 def load(page: Path, profile: Path, screenshot: Path | None = None) -> dict:
     """Load page in a new tab of a fresh browser: its h2 headings as rendered, the URLs it
-    requested, every problem the browser reported, the page's height; a full-page PNG to
+    requested, every problem the browser reported, the page's size; a full-page PNG to
     `screenshot`."""
     browser = Chromium(profile)
     try:
@@ -145,7 +147,7 @@ def load(page: Path, profile: Path, screenshot: Path | None = None) -> dict:
         "headings": headings,
         "requests": [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"],
         "problems": [(e["method"], e["params"]) for e in events if e["method"] in PROBLEMS],
-        "height": size["height"],
+        "size": (math.ceil(size["width"]), math.ceil(size["height"])),
     }
 
 
@@ -181,7 +183,9 @@ def test_the_report_renders_whole_with_no_errors(tmp_path, capsys, arch):
     assert got["problems"] == []
     assert got["requests"] == [page.as_uri()]  # the page alone: no asset, nothing from the network
     assert got["headings"] == parsed.headings and len(parsed.headings) == 4  # the DOM arrived whole
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and got["height"] > 2000
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == got["size"] and got["size"][1] > 2000  # the whole page
 
 
 def test_the_check_sees_console_errors_and_missing_resources(tmp_path):

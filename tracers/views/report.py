@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from emulator.arch.base import Arch
+
 from ..core.regs import decode_flags
 
 ARCH_COLOURS = ("#3267a8", "#d9792b")  # the first arch's bars, the second's
@@ -30,14 +32,14 @@ SECTIONS = (
 class ArchView:
     """One arch's run: what the page shows of it."""
 
-    arch: object  # emulator.arch.Arch: names the flag bits of RFLAGS / PSTATE
+    arch: Arch  # names the flag bits of RFLAGS / PSTATE
     sites: list[tuple[str, str]]  # (state, 'bytes  disassembly'): tracers.cli.views.site_states
     captures: list  # tracers.cli.mechanisms.Capture: the mechanisms, then the BPF routes
     graph: str  # the function_graph tracer's trace of the CALL, as `ftlab trace` prints it
 
     @property
     def name(self) -> str:
-        return self.arch.name  # type: ignore[attr-defined]
+        return self.arch.name
 
 
 def esc(value: object) -> str:
