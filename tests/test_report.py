@@ -36,6 +36,7 @@ class Page(HTMLParser):
         self.pres: list[str] = []
         self.refused: list[str] = []
         self.site_cells: list[str] = []
+        self.titles: list[tuple[str, str]] = []  # (h3 or h4, text): a mechanism's heading, each arch's
         self._table = self._row = self._measure = None
         self._cell: list[str] | None = None
         self._text: list[str] | None = None
@@ -60,7 +61,7 @@ class Page(HTMLParser):
             self.bars[self._measure][key] = (float(a["data-value"]), float(a["width"]))
         elif tag == "text" and a.get("class") == "tick":
             self._text = []
-        elif tag in ("pre", "h2") or (tag == "p" and a.get("class") == "refused"):
+        elif tag in ("pre", "h2", "h3", "h4") or (tag == "p" and a.get("class") == "refused"):
             self._text = []
 
     def handle_endtag(self, tag):
@@ -78,9 +79,12 @@ class Page(HTMLParser):
         elif tag == "text" and self._text is not None:
             self.ticks[self._measure].append(float("".join(self._text)))
             self._text = None
-        elif tag in ("pre", "h2", "p") and self._text is not None:
+        elif tag in ("pre", "h2", "h3", "h4", "p") and self._text is not None:
             text = "".join(self._text)
-            {"pre": self.pres, "h2": self.headings, "p": self.refused}[tag].append(text)
+            if tag in ("h3", "h4"):
+                self.titles.append((tag, text))
+            else:
+                {"pre": self.pres, "h2": self.headings, "p": self.refused}[tag].append(text)
             self._text = None
 
     def handle_data(self, data):
@@ -166,6 +170,19 @@ def test_both_arches_side_by_side_the_same_bytes_every_time(tmp_path, capsys):
     got = Page(first.read_text())
     assert {arch for arch, _ in got.bars["insns"]} == {"x86_64", "arm64"} and len(got.pres) == 2
     assert len(got.site_cells) == 2 * 4  # compiled, init, enabled, kprobe armed; per arch
+    shown, heading = [], ""  # (arch, the title the page gives its snapshot)
+    for tag, text in got.titles[: -len(got.pres)]:  # the function graphs' are last
+        if tag == "h3":
+            heading = text
+        else:
+            arch, _, own = text.partition(": ")
+            shown.append((arch, own or heading))
+    calls = parse_calls(CALL)
+    want = []
+    for arch in ("x86_64", "arm64"):
+        lab = Lab.open("funcs", arch)
+        want += [(arch, c.title) for c in capture_all(lab, AT, calls) + route_captures(lab, AT, calls)]
+    assert sorted(shown) == sorted(want)  # arm64's kretprobe is BRK #7's, x86's the rethook trampoline's
 
 
 def test_default_at_is_the_first_calls_function(tmp_path, arch):

@@ -41,6 +41,10 @@ class ArchView:
     def name(self) -> str:
         return self.arch.name
 
+    def capture(self, mechanism: str):
+        """Every arch runs the same mechanisms (a refused one says why)."""
+        return next(c for c in self.captures if c.mechanism == mechanism)
+
 
 def esc(value: object) -> str:
     """Text for an HTML element or a quoted attribute."""
@@ -92,13 +96,11 @@ def snapshots_section(views: Sequence[ArchView]) -> str:
     )
     blocks = []
     for mech, title in order.items():
-        cells = []
-        for v in views:
-            c = next((c for c in v.captures if c.mechanism == mech), None)
-            cells.append(_snapshot(v, c) if c is not None else f"<div><h4>{esc(v.name)}</h4><p>not run</p></div>")
-        blocks.append(
-            f'<article class="mechanism"><h3>{esc(title)}</h3><div class="arches">{"".join(cells)}</div></article>'
-        )
+        captures = [v.capture(mech) for v in views]
+        own = len({c.title for c in captures}) > 1  # a release's own trampoline or ctx: each arch names it
+        cells = "".join(_snapshot(v, c, own) for v, c in zip(views, captures, strict=True))
+        head = esc(mech if own else title)
+        blocks.append(f'<article class="mechanism"><h3>{head}</h3><div class="arches">{cells}</div></article>')
     return legend + "\n".join(blocks)
 
 
@@ -111,8 +113,9 @@ def _mechanisms(views: Sequence[ArchView]) -> dict[str, str]:
     return order
 
 
-def _snapshot(view: ArchView, c) -> str:
-    head = f"<h4>{esc(view.name)}</h4>" + (f'<p class="note">{esc(c.note)}</p>' if c.note else "")
+def _snapshot(view: ArchView, c, own_title: bool) -> str:
+    head = f"<h4>{esc(view.name)}{': ' + esc(c.title) if own_title else ''}</h4>"
+    head += f'<p class="note">{esc(c.note)}</p>' if c.note else ""
     if c.refused:
         return f'<div>{head}<p class="refused">at {esc(c.at)}: not on {esc(view.name)}: {esc(c.refused)}</p></div>'
     what = f"at {c.at}: {c.kind}, {c.insns:.0f} instructions and {c.stored:.0f} bytes stored per event"
@@ -192,9 +195,9 @@ def _bar_chart(views: Sequence[ArchView], measure: str, unit: str, value) -> str
             f'<text x="{LABEL_W - 8}" y="{y0 + len(views) * BAR_H / 2 + 4:.1f}" class="label">{esc(mech)}</text>'
         )
         for a, (v, colour) in enumerate(zip(views, ARCH_COLOURS, strict=False)):
-            c = next((c for c in v.captures if c.mechanism == mech), None)
+            c = v.capture(mech)
             y = y0 + a * BAR_H
-            if c is None or c.refused:
+            if c.refused:
                 out.append(f'<text x="{LABEL_W + 4}" y="{y + BAR_H - 3}" class="refused">{esc(v.name)}: refused</text>')
                 continue
             n = value(c)
