@@ -91,8 +91,9 @@ def snapshots_section(views: Sequence[ArchView]) -> str:
     """Per mechanism, each arch's snapshot field by field against the truth."""
     order = _mechanisms(views)
     legend = (
-        '<p class="legend"><span class="wrong">WRONG</span>: the saved value differs from the true register. '
-        '<span class="missing">NOT CAPTURED</span>: the snapshot has no such field (reading it gives nothing true).</p>'
+        '<p class="legend"><span class="wrong">WRONG</span>: the saved value differs from the true one (the '
+        "register, or the kernel's definition of the field). "
+        '<span class="missing">NOT CAPTURED</span>: the snapshot does not save this field.</p>'
     )
     blocks = []
     for mech, title in order.items():
