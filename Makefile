@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint format-check types coverage bench golden fixtures modules clean
+.PHONY: demo test check lint format-check types coverage bench golden fixtures modules browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ fixtures:
 # Download the Debian kernel modules tests/test_debian_modules.py runs; a failure only makes those tests skip.
 modules:
 	-bash fixtures/modules.sh
+
+# Debian's Chromium for tests/test_report_browser.py (which skips without it); needs root and Debian's registry.
+browser:
+	test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench.json .coverage .coverage.* .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ from .bpf_routes import route_captures
 from .check import add_parser as add_check
 from .demo import demo
 from .mechanisms import capture_all
+from .report import add_parser as add_report
 from .step import add_parser as add_step
 from .views import compare, dump_json, parse_at, regs_json, regs_table, site_rows
 
@@ -519,6 +520,7 @@ def parser() -> argparse.ArgumentParser:
     add_check(sub, _add_target)
     add_bpf(sub, _add_target, _add_ret, _labs)
     add_step(sub, _add_target, _labs)
+    add_report(sub, _add_target, _labs)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")
