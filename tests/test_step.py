@@ -191,3 +191,17 @@ def test_cli_json_and_errors(capsys):
     assert code == 1 and "never reached fib" in err
     _, err, code = run_cli(capsys, "step", "--arch", "x86_64", "funcs", "chain_a(3)", "--at", "chain_c+0x6")
     assert code == 1 and "--mechanism kprobe" in err
+
+
+def test_the_report_shows_the_walk_of_each_arch(tmp_path, capsys):
+    """`ftlab report`'s step section: a row per instruction of each arch's walk, in order."""
+    page = tmp_path / "r.html"
+    ftlab(capsys, "report", "funcs", "chain_a(3)", "--at", FUNC, "-o", str(page))
+    tables = page.read_text().split("<table class='step'>")[1:]
+    assert len(tables) == len(ARCHES)
+    for arch, table in zip(ARCHES, tables, strict=True):
+        steps = record(Lab.open("funcs", arch), "ftrace_caller", FUNC, None, CALL).recorder.walks[0].steps
+        rows = table.split("</table>")[0].split("<tr>")[2:]  # after the heading row
+        assert [r.split("<code>")[2].split("</code>")[0] for r in rows] == [
+            s.insn.replace("<", "&lt;").replace(">", "&gt;") for s in steps
+        ]

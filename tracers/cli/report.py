@@ -14,8 +14,10 @@ from ..call_syntax import CallSequence, parse_calls
 from ..output.outfile import OutputFile
 from ..output.sinks import make_sink
 from ..views.report import ArchView, page
+from ..views.step_html import walks_html
 from .bpf_routes import route_captures
 from .mechanisms import capture_all
+from .step import record
 from .views import parse_at, site_states
 
 
@@ -34,10 +36,17 @@ def function_graph(lab, calls: CallSequence) -> str:
     return text.getvalue()
 
 
+STEPPED = "ftrace_caller"  # the mechanism whose walk the page shows
+
+
+def _steps(hits) -> str:
+    return "\n".join(walks_html(hit) for hit in hits)
+
+
 def cmd_report(args, out, labs) -> None:
     calls = parse_calls(args.call)
     with OutputFile(args.output, binary=True) as output:  # checked before any work; in place when complete
-        views, name = [], ""
+        views, hits, name = [], [], ""
         for lab in labs(args):
             lab.check_calls(calls)
             spec = args.at or calls.calls[0].name
@@ -48,12 +57,16 @@ def cmd_report(args, out, labs) -> None:
                     "`ftlab regs --at SYM+OFFS` shows a kprobe inside it"
                 )
             views.append(arch_view(lab, func, calls))
+            hit = record(lab, STEPPED, func, None, calls)
+            hit.column = lab.arch.name
+            hits.append(hit)
             name = lab.target.path.name
         title = f"ftlab report: {func} in {name}"
         subtitle = (
             f"Linux {lab.kernel} model; {', '.join(v.name for v in views)}; the first hit at {func} during {calls.text}"
         )
-        data = page(title, subtitle, views).encode()
+        steps = (f"One hit, instruction by instruction ({STEPPED}, as `ftlab step` shows it)", _steps(hits))
+        data = page(title, subtitle, views, [steps]).encode()
         try:
             output.fh.write(data)
         except OSError as err:  # a full disk
