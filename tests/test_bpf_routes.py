@@ -13,6 +13,8 @@ import pytest
 from fixtures import catalog
 from fixtures.bpf import expected
 from helpers import ftlab
+from tracers.call_syntax import parse_calls
+from tracers.cli.bpf_routes import route_captures
 from tracers.cli.main import main
 from tracers.kernel_version import KernelVersion
 from tracers.lab import Lab
@@ -217,3 +219,14 @@ def test_traced_results_are_unchanged(capsys, arch, obj):
         catalog.FUNCTIONS["crc32_bitwise"].reference(0, b"abc", 3),
     ]
     assert [line.split(" = ")[1].split(" ")[0] for line in got] == [str(v) for v in want]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_no_bpf_trampoline_at_an_mcount_site(arch):
+    """Direct calls (5.5) reach a site at the function's entry only: at a -pg site after the
+    prologue, fentry and fexit are refused (they once ran there and faulted), the kprobe routes work."""
+    lab = Lab.open("funcs-mcount", arch)
+    rows = {c.mechanism: c for c in route_captures(lab, "chain_c", parse_calls("chain_a(3)"))}
+    for route in ("bpf:fentry", "bpf:fexit"):
+        assert "after the prologue" in rows[route].refused
+    assert rows["bpf:kprobe.multi"].refused is None and rows["bpf:kprobe.multi"].events

@@ -272,6 +272,14 @@ class Ftrace:
     def direct_unsupported(self, site: Site) -> str | None:
         """Why the site cannot reach a direct trampoline, or None."""
         direct = self.karch.direct_calls
+        if site.encoding.after_prologue:
+            # register_ftrace_direct() (763e34e74bb7, 5.5) came after x86 dropped mcount (5.2) and
+            # arm64 left -pg: a direct trampoline takes the arguments and return address as they
+            # are at the function's first instruction, which a site after the prologue is not
+            return (
+                f"{site.encoding.name} sites come after the prologue; direct calls (5.5) only ever "
+                "reached a site at the function's entry"
+            )
         if direct.needs_call_ops and site.literal is None:
             return direct.unsupported
         return None
