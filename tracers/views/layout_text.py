@@ -1,0 +1,67 @@
+"""`ftlab layout NAME`: a structure's pictures as text, the arches side by side, then what each
+mechanism is and what it stores where it stores a value of its own."""
+
+from __future__ import annotations
+
+from ..kernel_version import KernelVersion
+from .structures import MARKS, Picture, picture
+
+GUTTER = "    "
+
+
+def _size(p: Picture) -> str:
+    return "kept in Python, no guest layout" if p.size is None else f"{p.size} bytes"
+
+
+def rows(p: Picture) -> list[str]:
+    """One arch's column: a heading, then a row per field (and per uncovered span) in offset order;
+    a structure with no guest layout keeps its fields' order, with no offsets."""
+    gap = f"({p.gap})"
+    width = max([len(f.name) for f in p.fields] + [len(gap) for _ in p.gaps()])
+    keys = " ".join(m.key for m in p.mechanisms)
+    out = [f"{p.arch}, {_size(p)}", f"{'offset':>6} {'size':>4}  {'field':<{width}}  {keys}"]
+    entries = [
+        (f.offset, f.size, f"{f.name:<{width}}  " + " ".join(p.mark(f, m).ljust(len(m.key)) for m in p.mechanisms))
+        for f in p.fields
+    ]
+    entries += [(off, size, gap) for off, size in p.gaps()]
+    if p.size is not None:
+        entries.sort(key=lambda e: e[0])
+    for offset, size, text in entries:
+        out.append(f"{'-' if offset is None else offset:>6} {'-' if size is None else size:>4}  {text}".rstrip())
+    return out
+
+
+def details(p: Picture) -> list[str]:
+    """The mechanisms, what they store of their own, and the picture's notes."""
+    out = [f"{p.arch}: {p.struct}"]
+    for m in p.mechanisms:
+        out.append(f"  {m.key} {m.name}: " + (f"none: {m.absent}" if m.absent is not None else m.what))
+    for f in p.fields:
+        said = [f"{fill.key} {fill.how}" for fill in f.fills if fill.how] + ([f.note] if f.note else [])
+        if said:
+            out.append(f"  {f.name}: " + "; ".join(said))
+    out += [f"  note: {n}" for n in p.notes]
+    return out
+
+
+def side_by_side(columns: list[list[str]]) -> list[str]:
+    widths = [max(len(line) for line in col) for col in columns]
+    height = max(len(col) for col in columns)
+    padded = [col + [""] * (height - len(col)) for col in columns]
+    return [
+        GUTTER.join(line.ljust(w) for line, w in zip(cells, widths, strict=True)).rstrip()
+        for cells in zip(*padded, strict=True)
+    ]
+
+
+def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2) -> str:
+    pictures = [picture(name, arch, kernel, nr_args) for arch in arches]
+    structs = {p.struct for p in pictures}
+    title = f": {structs.pop()}" if len(structs) == 1 else ""
+    lines = [f"# layout {name}{title} (Linux {kernel})", ""]
+    lines += side_by_side([rows(p) for p in pictures])
+    lines += ["", "marks: " + ", ".join(f"{mark} {what}" for mark, what in MARKS.items())]
+    for p in pictures:
+        lines += ["", *details(p)]
+    return "\n".join(lines) + "\n"
