@@ -63,18 +63,14 @@ class Column:
 
     def boxes(self) -> tuple[list[str], float]:
         """The boxes, and the y under the last."""
-        p, out, y = self.p, [], TOP
+        p, out, y = self.p, [], float(TOP)
         out.append(_text(self.x, TOP - 22, f"{p.arch}: {p.struct}", extra=' style="font-weight:bold"'))
-        size = "kept in Python, no guest layout" if p.size is None else f"{p.size} bytes"
-        out.append(_text(self.x, TOP - 8, size))
+        out.append(_text(self.x, TOP - 8, p.extent()))
         cells = self.cells()
         for n, m in enumerate(p.mechanisms):  # the marks' keys, over their cells
             out.append(_text(cells + n * MARK + (MARK - 4) / 2, TOP - 8, m.key, "middle"))
-        spans = [(f.offset, f.size, f) for f in p.fields] + [(off, n, None) for off, n in p.gaps()]
-        if p.size is not None:
-            spans.sort(key=lambda s: s[0])
         left = self.x + OFFSET_W
-        for offset, size, f in spans:
+        for offset, size, f in p.spans():
             h = self.height(size)
             if offset is not None:
                 out.append(_text(left - 6, y + 13, str(offset), "end"))
@@ -122,7 +118,7 @@ def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2
     for p in pictures:
         columns.append(Column(p, x))
         x += columns[-1].width + GUTTER
-    body, bottom = [], TOP
+    body, bottom = [], float(TOP)
     for c in columns:
         boxes, y = c.boxes()
         body += boxes

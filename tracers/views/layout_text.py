@@ -9,25 +9,19 @@ from .structures import MARKS, Picture, picture
 GUTTER = "    "
 
 
-def _size(p: Picture) -> str:
-    return "kept in Python, no guest layout" if p.size is None else f"{p.size} bytes"
-
-
 def rows(p: Picture) -> list[str]:
     """One arch's column: a heading, then a row per field (and per uncovered span) in offset order;
     a structure with no guest layout keeps its fields' order, with no offsets."""
     gap = f"({p.gap})"
     width = max([len(f.name) for f in p.fields] + [len(gap) for _ in p.gaps()])
     keys = " ".join(m.key for m in p.mechanisms)
-    out = [f"{p.arch}, {_size(p)}", f"{'offset':>6} {'size':>4}  {'field':<{width}}  {keys}"]
-    entries = [
-        (f.offset, f.size, f"{f.name:<{width}}  " + " ".join(p.mark(f, m).ljust(len(m.key)) for m in p.mechanisms))
-        for f in p.fields
-    ]
-    entries += [(off, size, gap) for off, size in p.gaps()]
-    if p.size is not None:
-        entries.sort(key=lambda e: e[0])
-    for offset, size, text in entries:
+    out = [f"{p.arch}, {p.extent()}", f"{'offset':>6} {'size':>4}  {'field':<{width}}  {keys}"]
+    for offset, size, f in p.spans():
+        text = (
+            gap
+            if f is None
+            else f"{f.name:<{width}}  " + " ".join(p.mark(f, m).ljust(len(m.key)) for m in p.mechanisms)
+        )
         out.append(f"{'-' if offset is None else offset:>6} {'-' if size is None else size:>4}  {text}".rstrip())
     return out
 

@@ -80,11 +80,23 @@ class Picture:
         if self.size is None:
             return []
         out, at = [], 0
-        for f in sorted((f for f in self.fields if f.offset is not None), key=lambda f: f.offset):
-            if f.offset > at:
-                out.append((at, f.offset - at))
-            at = max(at, f.offset + f.size)
+        for offset, size in sorted((f.offset, f.size or 0) for f in self.fields if f.offset is not None):
+            if offset > at:
+                out.append((at, offset - at))
+            at = max(at, offset + size)
         return out + ([(at, self.size - at)] if self.size > at else [])
+
+    def extent(self) -> str:
+        return "kept in Python, no guest layout" if self.size is None else f"{self.size} bytes"
+
+    def spans(self) -> list[tuple[int | None, int | None, Field | None]]:
+        """What to draw, in order: (offset, size, the field, or None for bytes no field covers); a
+        structure with no guest layout keeps its fields' order."""
+        spans: list[tuple[int | None, int | None, Field | None]] = [(f.offset, f.size, f) for f in self.fields]
+        if self.size is None:
+            return spans
+        spans += [(offset, size, None) for offset, size in self.gaps()]
+        return sorted(spans, key=lambda s: s[0] or 0)
 
 
 def _fields(layout: Layout, fills: dict[str, list[Fill]], notes: dict[str, str] | None = None) -> tuple[Field, ...]:
@@ -112,7 +124,8 @@ def _no_direct_call(karch: KernelArch, fills: dict[str, list[Fill]], key: str) -
 
 
 def ftrace_regs(karch: KernelArch, kernel: KernelVersion) -> Picture:
-    layout, fills = karch.ftrace_regs, {}
+    layout: Layout = karch.ftrace_regs
+    fills: dict[str, list[Fill]] = {}
     clobbers = set(karch.sites.clobbers)
     mechs = []
     saved = set(karch.ftrace_regs_saved)
@@ -122,12 +135,12 @@ def ftrace_regs(karch: KernelArch, kernel: KernelVersion) -> Picture:
         _add(fills, "C", [karch.regs_caller.full_marker], "0: not a full pt_regs, ftrace_get_regs() gives NULL")
     skipped = [m for m in _not_stored(layout, fills, "C") if m not in clobbers]
     clobbered = [m for m in _not_stored(layout, fills, "C") if m in clobbers]
-    what = ["an enabled patch site's trampoline"]
+    caller = ["an enabled patch site's trampoline"]
     if skipped:
-        what.append(f"not stored: {' '.join(skipped)}, which ftrace_regs does not promise")
+        caller.append(f"not stored: {' '.join(skipped)}, which ftrace_regs does not promise")
     if clobbered:
-        what.append(f"nor {' '.join(clobbered)}, which its site's call may clobber (the compiler assumes so)")
-    mechs.append(Mechanism("C", "ftrace_caller", "; ".join(what)))
+        caller.append(f"nor {' '.join(clobbered)}, which its site's call may clobber (the compiler assumes so)")
+    mechs.append(Mechanism("C", "ftrace_caller", "; ".join(caller)))
     if karch.regs_caller is not None:
         _add(fills, "R", karch.regs_caller.saved)
         _no_direct_call(karch, fills, "R")
@@ -175,7 +188,9 @@ def _fixup(f: RegFixup) -> str:
 
 
 def pt_regs(karch: KernelArch, kernel: KernelVersion) -> Picture:
-    layout, fills, mechs = karch.pt_regs, {}, []
+    layout: Layout = karch.pt_regs
+    fills: dict[str, list[Fill]] = {}
+    mechs = []
     _add(fills, "E", karch.exception_saved)
     mechs.append(
         Mechanism("E", karch.exception_entry, "the breakpoint exception (kprobes): entry.S stores every register")
@@ -256,7 +271,9 @@ def _record(karch: KernelArch, kernel: KernelVersion, name: str) -> Picture:
         "depth": "the call's depth in the graph",
         "calltime": "the entry's timestamp, from the frame's reserved data",
     }
-    fills = {}
+    if exit_:  # fgraph put the real return address there (ftrace_regs_set_instruction_pointer)
+        how[f"regs_{karch.cpu.pc}"] = f"ftrace_regs {karch.cpu.pc}: the real return address, set by fgraph"
+    fills: dict[str, list[Fill]] = {}
     for m in layout.offsets:
         member = m.removeprefix("regs_")
         fills[m] = [Fill("W", how.get(m, f"ftrace_regs {member}, as {regs_by} stored it"))]
@@ -294,7 +311,7 @@ def bpf_tramp_frame(karch: KernelArch, kernel: KernelVersion, nr_args: int = 2) 
         how = run_ctx if s.name == "bpf_tramp_run_ctx" else how
         note = f"ctx[{s.ctx}]" if s.ctx is not None else ""
         fields.append(Field(s.offset, s.size, s.name, (Fill(key, how),), note))
-    flag_names = "|".join(f.name for f in type(flags) if f in flags)
+    flag_names = "|".join(str(f.name) for f in type(flags) if f in flags)
     return Picture(
         "bpf_tramp_frame",
         f"an fexit BPF trampoline's frame, {nr_args} arguments, {flag_names}",
@@ -337,7 +354,7 @@ def rethook_node(karch: KernelArch, kernel: KernelVersion) -> Picture:
             else "lab: .func; the kernel's is fprobe_rethook_node's, not rethook_node's",
         ),
     )
-    why = [karch.rethook.no_rethook_reason] if kretprobe else []
+    why = [karch.rethook.no_rethook_reason] if karch.rethook.no_rethook_reason is not None else []
     return Picture(
         "rethook_node",
         "struct kretprobe_instance" if kretprobe else "struct rethook_node",
