@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..kernel_version import KernelVersion
 from .layout_text import details
-from .structures import ABSENT, MARKS, NOT_STORED, SAVED, WRITTEN, Picture, picture
+from .structures import ABSENT, MARKS, NOT_STORED, SAVED, WRITTEN, Picture, picture, shared_struct
 
 PX_PER_BYTE = 3  # an 8-byte slot is 24 px tall
 UNSIZED = 24  # the height of a field with no guest layout
@@ -19,7 +19,7 @@ LINE = 16
 MARK = 18  # a mark's cell
 OFFSET_W = 56
 GUTTER = 40
-TOP = 56
+TOP = 80
 FONT = "font-family:monospace;font-size:12px"
 COLOURS = {"box": "#f4f6fb", "gap": "#e2e2e2", "edge": "#5a6275", SAVED: "#2f5fa8", WRITTEN: "#c26d00"}
 
@@ -47,8 +47,8 @@ def _mark(x: float, y: float, mark: str, key: str) -> str:
 class Column:
     """One arch's picture, laid out from x."""
 
-    def __init__(self, p: Picture, x: float):
-        self.p, self.x = p, x
+    def __init__(self, p: Picture, x: float, heading: str):
+        self.p, self.x, self.heading = p, x, heading
         label = max([len(_label(f)) for f in p.fields] + [len(p.gap) + 2 for _ in p.gaps()])
         self.box_w = max(280, label * CHAR + 16 + len(p.mechanisms) * MARK + 8)
         self.width = OFFSET_W + self.box_w
@@ -64,7 +64,7 @@ class Column:
     def boxes(self) -> tuple[list[str], float]:
         """The boxes, and the y under the last."""
         p, out, y = self.p, [], float(TOP)
-        out.append(_text(self.x, TOP - 22, f"{p.arch}: {p.struct}", extra=' style="font-weight:bold"'))
+        out.append(_text(self.x, TOP - 22, self.heading, extra=' style="font-weight:bold"'))
         out.append(_text(self.x, TOP - 8, p.extent()))
         cells = self.cells()
         for n, m in enumerate(p.mechanisms):  # the marks' keys, over their cells
@@ -114,11 +114,13 @@ class Column:
 
 def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2) -> str:
     pictures = [picture(name, arch, kernel, nr_args) for arch in arches]
+    struct = shared_struct(pictures)
+    title = f"ftlab layout {name}{'' if struct is None else f': {struct}'} (Linux {kernel})"
     columns, x = [], 16.0
     for p in pictures:
-        columns.append(Column(p, x))
+        columns.append(Column(p, x, p.arch if struct else f"{p.arch}: {p.struct}"))
         x += columns[-1].width + GUTTER
-    body, bottom = [], float(TOP)
+    body, bottom = [_text(16, 24, title, extra=' style="font-weight:bold;font-size:14px"')], float(TOP)
     for c in columns:
         boxes, y = c.boxes()
         body += boxes
@@ -134,8 +136,7 @@ def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2
         legend, y = c.legend(key_y + 28)
         body += legend
         end = max(end, y)
-    width, height = round(x - GUTTER + 16), round(end + 8)
-    title = f"ftlab layout {name}: {', '.join(arches)} (Linux {kernel})"
+    width, height = round(max(x - GUTTER, len(title) * CHAR * 14 / 12 + 16) + 16), round(end + 8)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" style={quoteattr(FONT)}>'

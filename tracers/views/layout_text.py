@@ -4,7 +4,7 @@ mechanism is and what it stores where it stores a value of its own."""
 from __future__ import annotations
 
 from ..kernel_version import KernelVersion
-from .structures import MARKS, Picture, picture
+from .structures import MARKS, Picture, picture, shared_struct
 
 GUTTER = "    "
 
@@ -51,9 +51,8 @@ def side_by_side(columns: list[list[str]]) -> list[str]:
 
 def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2) -> str:
     pictures = [picture(name, arch, kernel, nr_args) for arch in arches]
-    structs = {p.struct for p in pictures}
-    title = f": {structs.pop()}" if len(structs) == 1 else ""
-    lines = [f"# layout {name}{title} (Linux {kernel})", ""]
+    struct = shared_struct(pictures)
+    lines = [f"# layout {name}{'' if struct is None else f': {struct}'} (Linux {kernel})", ""]
     lines += side_by_side([rows(p) for p in pictures])
     lines += ["", "marks: " + ", ".join(f"{mark} {what}" for mark, what in MARKS.items())]
     for p in pictures:

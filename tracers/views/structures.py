@@ -393,6 +393,12 @@ def arches_of(option: str) -> list[str]:
     return [option]
 
 
+def shared_struct(pictures: list[Picture]) -> str | None:
+    """The struct all the pictures show, if one (rethook's node differs by arch)."""
+    structs = {p.struct for p in pictures}
+    return structs.pop() if len(structs) == 1 else None
+
+
 def picture(name: str, arch: str, kernel: KernelVersion, nr_args: int = 2) -> Picture:
     if name not in BUILDERS:
         raise FtlabError(f"layout: no structure '{name}' (one of: {', '.join(NAMES)})")
