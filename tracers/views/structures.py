@@ -213,8 +213,8 @@ def pt_regs(karch: KernelArch, kernel: KernelVersion) -> Picture:
         fills.setdefault(f.member, []).append(Fill("P", _fixup(f)))
     how = "the same memory" if karch.ftrace_regs_is_pt_regs else "copies of ftrace_caller's ftrace_regs"
     mechs.append(Mechanism("P", "ftrace_partial_regs", f"{how}, then Linux {kernel}'s fix-ups: {partial.effect}"))
-    missing = [m for m in layout.offsets if m not in fills]
-    notes = [f"{' '.join(missing)}: not a register; no mechanism's snapshot captures it"] if missing else []
+    others = [m for m in layout.offsets if m not in karch.cpu.regs]
+    notes = [f"{' '.join(others)}: not a CPU register, so no snapshot captures it as one"] if others else []
     return Picture(
         "pt_regs", "struct pt_regs", karch.name, layout.size, _fields(layout, fills), tuple(mechs), tuple(notes)
     )
