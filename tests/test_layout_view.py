@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -294,3 +295,10 @@ def test_bad_input_is_one_line(capsys, argv, error):
     assert main(["layout", *argv]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"ftlab: error: {error}") and err.count("\n") == 1, err
+
+
+def test_the_docs_picture_is_what_the_lab_draws():
+    """docs/pictures/layout-ftrace_regs.svg (the README's) is `ftlab layout ftrace_regs --format svg
+    -o docs/pictures/layout-ftrace_regs.svg`; rerun that after a change of the picture."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "pictures" / "layout-ftrace_regs.svg"
+    assert path.read_text() == layout_svg.render("ftrace_regs", ARCHES, MODELLED)
