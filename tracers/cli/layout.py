@@ -10,7 +10,7 @@ from emulator import FtlabError
 from ..kernel_version import MODELLED
 from ..output.outfile import OutputFile
 from ..views import layout_svg, layout_text
-from ..views.structures import NAMES, arches_of
+from ..views.structures import NAMES, arches_of, check_name
 
 RENDERERS = {"text": layout_text.render, "svg": layout_svg.render}
 DEFAULT_NR_ARGS = 2
@@ -50,9 +50,7 @@ def cmd_layout(args, out) -> None:
     if args.list:
         out.write("".join(f"{name}\n" for name in NAMES))
         return
-    if args.name not in NAMES:
-        given = "no NAME given" if args.name is None else f"no structure '{args.name}'"
-        raise FtlabError(f"layout: {given} (one of: {', '.join(NAMES)})")
+    check_name(args.name)
     if args.nr_args is not None and args.name != "bpf_tramp_frame":
         raise FtlabError(f"layout {args.name}: --nr-args is for bpf_tramp_frame only")
     nr_args = DEFAULT_NR_ARGS if args.nr_args is None else args.nr_args

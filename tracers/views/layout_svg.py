@@ -41,7 +41,7 @@ def _mark(x: float, y: float, mark: str, key: str) -> str:
         return f'<circle cx="{x + (MARK - 4) / 2:g}" cy="{y:g}" r="1.5" fill="#9a9a9a"/>'
     fill, ink = (COLOURS[SAVED], "#ffffff") if mark == SAVED else ("#ffffff", COLOURS[WRITTEN])
     rect = f'<rect x="{x:g}" y="{y - 7:g}" width="{MARK - 4}" height="14" fill="{fill}" stroke="{COLOURS[mark]}"/>'
-    return rect + _text(x + (MARK - 4) / 2, y + 4, key[0], "middle", f' fill="{ink}" style="font-size:10px"')
+    return rect + _text(x + (MARK - 4) / 2, y + 4, key, "middle", f' fill="{ink}" style="font-size:10px"')
 
 
 class Column:

@@ -399,9 +399,16 @@ def shared_struct(pictures: list[Picture]) -> str | None:
     return structs.pop() if len(structs) == 1 else None
 
 
-def picture(name: str, arch: str, kernel: KernelVersion, nr_args: int = 2) -> Picture:
+def check_name(name: str | None) -> str:
+    """The structure's name, or a one-line error listing them."""
     if name not in BUILDERS:
-        raise FtlabError(f"layout: no structure '{name}' (one of: {', '.join(NAMES)})")
+        given = "no NAME given" if name is None else f"no structure '{name}'"
+        raise FtlabError(f"layout: {given} (one of: {', '.join(NAMES)})")
+    return name
+
+
+def picture(name: str, arch: str, kernel: KernelVersion, nr_args: int = 2) -> Picture:
+    check_name(name)
     karch = kernel_arch(cpus.get(arch))
     if name == "bpf_tramp_frame":
         return bpf_tramp_frame(karch, kernel, nr_args)
