@@ -23,7 +23,8 @@ def test_golden_transcript(path):
 def test_the_goldens_cover_every_command():
     covered = {line.split()[0] for path in cases() for line in commands(path.read_text())}
     assert covered == {
-        *("run", "sites", "trace", "record", "replay", "regs", "compare", "check", "bpf", "demo", "step", "report")
+        *("run", "sites", "trace", "record", "replay", "regs", "compare", "check", "bpf", "demo", "step", "report"),
+        "layout",
     }
 
 

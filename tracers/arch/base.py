@@ -174,6 +174,18 @@ class TrampFlag(IntFlag):
 
 
 @dataclass(frozen=True)
+class FrameSlot:
+    """One slot of a BPF trampoline's stack frame (Frame.slots()): its offset above the sp of the
+    trampoline's body, its size, its name as the kernel's layout comment spells it
+    (arch/*/net/bpf_jit_comp.c), and i where a program reads it as ctx[i] (None: not in ctx)."""
+
+    offset: int
+    size: int
+    name: str
+    ctx: int | None = None
+
+
+@dataclass(frozen=True)
 class TrampLink:
     """One program link as the trampoline calls it: its struct bpf_prog, cookie and bpf_func."""
 
@@ -251,6 +263,12 @@ class KernelArch:
     @property
     def site_encodings(self) -> tuple[SiteEncoding, ...]:
         return (self.sites, *self.legacy_sites)
+
+    @property
+    def exception_saved(self) -> tuple[str, ...]:
+        """The pt_regs members the breakpoint exception's entry (entry.S) stores from the CPU: every
+        member that is a register (x86's orig_ax is not: the entry pushes -1, no error code)."""
+        return tuple(r for r in self.pt_regs.offsets if r in self.cpu.regs)
 
     def partial_regs_of(self, kernel) -> PartialRegs:
         """The kernel release's ftrace_partial_regs() fix-ups."""

@@ -30,6 +30,7 @@ from .bpf import add_parser as add_bpf
 from .bpf_routes import route_captures
 from .check import add_parser as add_check
 from .demo import demo
+from .layout import add_parser as add_layout
 from .mechanisms import capture_all
 from .report import add_parser as add_report
 from .step import add_parser as add_step
@@ -521,6 +522,7 @@ def parser() -> argparse.ArgumentParser:
     add_bpf(sub, _add_target, _add_ret, _labs)
     add_step(sub, _add_target, _labs)
     add_report(sub, _add_target, _labs)
+    add_layout(sub, _kernel)
     p = sub.add_parser("demo", help="sites, a trace and a verified snapshot on both arches")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="emulation and tracing speed on both arches")

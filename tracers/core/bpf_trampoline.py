@@ -34,6 +34,17 @@ BPF_PROG_ARGS = Layout.of("bpf_prog_args", ("ctx",))  # a program stub's mailbox
 HELPERS = ("__bpf_prog_enter_recur", "__bpf_prog_exit_recur", "__bpf_tramp_enter", "__bpf_tramp_exit")
 
 
+def trampoline_flags(kinds: set[str], wants_ip: bool) -> TrampFlag:
+    """The flags bpf_trampoline_update gives arch_prepare_bpf_trampoline for links of these kinds:
+    CALL_ORIG | SKIP_FRAME with any fexit or fmod_ret, else RESTORE_REGS; IP_ARG if a program
+    calls bpf_get_func_ip."""
+    if kinds & {"fexit", "fmod_ret"}:
+        flags = TrampFlag.CALL_ORIG | TrampFlag.SKIP_FRAME
+    else:
+        flags = TrampFlag.RESTORE_REGS
+    return flags | TrampFlag.IP_ARG if wants_ip else flags
+
+
 @dataclass(eq=False)
 class BpfLink:
     """struct bpf_tramp_link: one program attached to one function."""
@@ -184,16 +195,10 @@ class BpfTrampolines:
         self.verify.refresh()
 
     def image_of(self, tr: Trampoline, name: str) -> TrampImage:
-        """What arch_prepare_bpf_trampoline is given for the links there are now: the flags as
-        bpf_trampoline_update picks them (CALL_ORIG | SKIP_FRAME with any fexit or fmod_ret, else
-        RESTORE_REGS; IP_ARG if a program calls bpf_get_func_ip)."""
+        """What arch_prepare_bpf_trampoline is given for the links there are now (trampoline_flags)."""
         links = {k: tuple(TrampLink(lk.prog, lk.cookie, lk.bpf_func) for lk in v) for k, v in tr.links.items()}
-        if links["fexit"] or links["fmod_ret"]:
-            flags = TrampFlag.CALL_ORIG | TrampFlag.SKIP_FRAME
-        else:
-            flags = TrampFlag.RESTORE_REGS
-        if any(lk.wants_ip for v in tr.links.values() for lk in v):
-            flags |= TrampFlag.IP_ARG
+        kinds = {kind for kind, v in links.items() if v}
+        flags = trampoline_flags(kinds, any(lk.wants_ip for v in tr.links.values() for lk in v))
         return TrampImage(
             name=name,
             func_addr=tr.site.func.addr,

@@ -67,14 +67,13 @@ class Kprobes:
         kernel's register_kernel_break_hook: arm64's kretprobe BRK #7)."""
         self.ftrace, self.m, self.karch = ftrace, ftrace.m, ftrace.karch
         self.break_hooks = dict(break_hooks or {})
-        arch = self.m.arch
         self.ops = ftrace.karch.kprobes
         syms = self.karch.load(self.m, "entry.S", TRAP_ARGS.asm_constants("TRAP_ARGS_"))
         self.m.install_trap_vector(syms["trap_vector"])
         self._regs_arg = self.m.mailbox(syms["trap_handler"], syms["trap_args"], TRAP_ARGS)
         self._handler_name = self.m.symbols.name(syms["trap_handler"])  # do_int3, do_debug_exception
         self.m.hook_call(self._dispatch, syms["trap_dispatch"])
-        self.saved = tuple(r for r in self.karch.pt_regs.offsets if r in arch.regs)  # every register
+        self.saved = self.karch.exception_saved
         self.points: dict[int, _Point] = {}
         self.trailers: dict[int, _Point] = {}  # slot breakpoint address -> its point
         self.running: list[_Running] = []

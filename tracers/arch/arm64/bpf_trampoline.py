@@ -17,7 +17,7 @@ way, from ftrace_caller's `br x17`. Arguments past x7 (on the stack, a later rel
 out.
 """
 
-from ..base import BPF_TRAMP_RUN_CTX, TrampFlag, TrampImage
+from ..base import BPF_TRAMP_RUN_CTX, FrameSlot, TrampFlag, TrampImage
 
 MAX_ARGS = 8
 TOO_MANY_ARGS = "arm64's trampoline passes the 8 argument registers x0-x7 only"
@@ -29,6 +29,7 @@ class Frame:
     """The stack offsets above sp, as prepare_trampoline computes them."""
 
     def __init__(self, nr_args: int, flags: TrampFlag):
+        self.nr_args, self.ip_arg = nr_args, bool(flags & TrampFlag.IP_ARG)
         self.run_ctx_off = 0
         size = -(-BPF_TRAMP_RUN_CTX.size // 8) * 8
         self.ip_off = size
@@ -46,6 +47,21 @@ class Frame:
         size += 16
         self.size = -(-size // 16) * 16  # SP stays 16-byte aligned
         self.retaddr_off = self.size + 8
+
+    def slots(self) -> list[FrameSlot]:
+        """The frame from the body's sp up, named as the kernel's layout comment in
+        prepare_trampoline names them: what emit() stores at each sp + offset, then the two frame
+        records it pushed first (the padding the 16-byte alignment leaves is not a slot)."""
+        slots = [FrameSlot(self.run_ctx_off, self.ip_off - self.run_ctx_off, "bpf_tramp_run_ctx")]
+        if self.ip_arg:
+            slots.append(FrameSlot(self.ip_off, 8, "traced function", -2))
+        slots.append(FrameSlot(self.nregs_off, 8, "arg regs count", -1))
+        slots += [FrameSlot(self.args_off + 8 * i, 8, f"arg reg {i + 1}", i) for i in range(self.nr_args)]
+        if self.save_ret:
+            slots.append(FrameSlot(self.retval_off, 8, "return value", self.nr_args))
+        slots += [FrameSlot(self.regs_off, 8, "x19"), FrameSlot(self.regs_off + 8, 8, "x20")]
+        names = ("FP", "self ip", "FP", "parent ip")  # stp x29, x30 under stp x29, x9
+        return slots + [FrameSlot(self.size + 8 * i, 8, name) for i, name in enumerate(names)]
 
 
 def ctx_from_entry_sp(nr_args: int, flags: TrampFlag) -> int:

@@ -15,7 +15,7 @@ The kernel's stack arguments (7 to 12 arguments, since 6.6) and IBT's endbr64 an
 accounting are left out: the lab passes register arguments only.
 """
 
-from ..base import BPF_TRAMP_RUN_CTX, TrampFlag, TrampImage
+from ..base import BPF_TRAMP_RUN_CTX, FrameSlot, TrampFlag, TrampImage
 
 ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 MAX_ARGS = len(ARG_REGS)
@@ -31,6 +31,7 @@ class Frame:
     """The stack offsets below rbp, as __arch_prepare_bpf_trampoline computes them."""
 
     def __init__(self, nr_args: int, flags: TrampFlag):
+        self.nr_args, self.ip_arg = nr_args, bool(flags & TrampFlag.IP_ARG)
         self.save_ret = bool(flags & TrampFlag.CALL_ORIG)  # or RET_FENTRY_RET (struct_ops only)
         size = 8 if self.save_ret else 0
         size += 8 * nr_args
@@ -44,6 +45,24 @@ class Frame:
         self.rbx_off = size
         size += -(-BPF_TRAMP_RUN_CTX.size // 8) * 8
         self.run_ctx_off = self.size = size
+
+    def slots(self) -> list[FrameSlot]:
+        """The frame from the body's sp (rbp - size) up, named as the kernel's layout comment in
+        __arch_prepare_bpf_trampoline names them: what emit() stores at each rbp - offset."""
+        at = self.size  # rbp, as an offset from sp
+
+        def slot(off, name, ctx=None, size=8):
+            return FrameSlot(at - off, size, name, ctx)
+
+        slots = [slot(self.run_ctx_off, "bpf_tramp_run_ctx", size=self.run_ctx_off - self.rbx_off)]
+        slots.append(slot(self.rbx_off, "rbx value"))
+        if self.ip_arg:
+            slots.append(slot(self.ip_off, "traced function", -2))
+        slots.append(slot(self.nregs_off, "regs count", -1))
+        slots += [slot(self.regs_off - 8 * i, f"reg_arg{i + 1}", i) for i in range(self.nr_args)]
+        if self.save_ret:
+            slots.append(slot(8, "return value", self.nr_args))
+        return [*slots, slot(0, "RBP"), slot(-8, "return address")]
 
 
 def ctx_from_entry_sp(nr_args: int, flags: TrampFlag) -> int:
