@@ -110,7 +110,11 @@ def truth(arch):
 def test_every_section_and_nothing_from_outside(tmp_path, arch):
     text = report(tmp_path, "--arch", arch, "funcs", CALL, "--at", AT).read_text()
     got = Page(text)
-    assert got.sections == [sid for sid, _ in SECTIONS] and got.headings == [title for _, title in SECTIONS]
+    # the built-in sections, then the layouts and the step walk
+    assert got.sections == [*(sid for sid, _ in SECTIONS), "extra-1", "extra-2"]
+    assert (
+        got.headings[: len(SECTIONS)] == [title for _, title in SECTIONS] and got.headings[len(SECTIONS)] == "Layouts"
+    )
     assert not [t for t, _ in got.tags if t in ("script", "link", "img", "iframe", "object", "embed", "base")]
     for tag, attrs in got.tags:
         for name, value in attrs.items():

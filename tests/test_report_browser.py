@@ -182,7 +182,7 @@ def test_the_report_renders_whole_with_no_errors(tmp_path, capsys, arch):
     parsed.feed(page.read_text())
     assert got["problems"] == []
     assert got["requests"] == [page.as_uri()]  # the page alone: no asset, nothing from the network
-    assert got["headings"] == parsed.headings and len(parsed.headings) == 5  # the DOM arrived whole
+    assert got["headings"] == parsed.headings and len(parsed.headings) == 6  # the DOM arrived whole
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     assert struct.unpack(">II", png[16:24]) == got["size"] and got["size"][1] > 2000  # the whole page

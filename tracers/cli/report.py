@@ -13,6 +13,7 @@ from ..builtin.function_graph import FunctionGraphTracer
 from ..call_syntax import CallSequence, parse_calls
 from ..output.outfile import OutputFile
 from ..output.sinks import make_sink
+from ..views import layout_svg
 from ..views.report import ArchView, page
 from ..views.step_html import walks_html
 from .bpf_routes import route_captures
@@ -37,6 +38,7 @@ def function_graph(lab, calls: CallSequence) -> str:
 
 
 STEPPED = "ftrace_caller"  # the mechanism whose walk the page shows
+LAYOUTS = ("ftrace_regs", "pt_regs")  # the structures the snapshots are, drawn as `ftlab layout` draws them
 
 
 def _steps(hits) -> str:
@@ -66,7 +68,9 @@ def cmd_report(args, out, labs) -> None:
             f"Linux {lab.kernel} model; {', '.join(v.name for v in views)}; the first hit at {func} during {calls.text}"
         )
         steps = (f"One hit, instruction by instruction ({STEPPED}, as `ftlab step` shows it)", _steps(hits))
-        data = page(title, subtitle, views, [steps]).encode()
+        arches = [v.name for v in views]
+        layouts = ("Layouts", "\n".join(layout_svg.render(name, arches, lab.kernel, inline=True) for name in LAYOUTS))
+        data = page(title, subtitle, views, [layouts, steps]).encode()
         try:
             output.fh.write(data)
         except OSError as err:  # a full disk

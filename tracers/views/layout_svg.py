@@ -112,7 +112,9 @@ class Column:
         return out, y
 
 
-def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2) -> str:
+def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2, inline: bool = False) -> str:
+    """The picture as an SVG document, or (inline) as an element for an HTML page, where the SVG
+    namespace is implied."""
     pictures = [picture(name, arch, kernel, nr_args) for arch in arches]
     struct = shared_struct(pictures)
     title = f"ftlab layout {name}{'' if struct is None else f': {struct}'} (Linux {kernel})"
@@ -137,8 +139,9 @@ def render(name: str, arches: list[str], kernel: KernelVersion, nr_args: int = 2
         body += legend
         end = max(end, y)
     width, height = round(max(x - GUTTER, len(title) * CHAR * 14 / 12 + 16) + 16), round(end + 8)
+    namespace = "" if inline else ' xmlns="http://www.w3.org/2000/svg"'
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'<svg{namespace} width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" style={quoteattr(FONT)}>'
         f"<title>{escape(title)}</title>"
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>' + "".join(body) + "</svg>\n"
