@@ -22,10 +22,11 @@ from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, resolve
 from ..output.chrome import ChromeDocument
+from ..output.formats import FORMATS, TRACE_FORMATS, make_sink
 from ..output.golden import Golden
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
-from ..output.sinks import FORMATS, TRACE_FORMATS, CountSink, make_sink
+from ..output.sinks import CountSink
 from .bench import bench
 from .bpf import add_parser as add_bpf
 from .bpf_routes import route_captures

@@ -430,29 +430,3 @@ class FoldedSink:
 def _json_value(arg, value):
     """Numbers as numbers (typed as the fetcharg says); strings, symbols and faults as text."""
     return value if isinstance(value, int) else format_value(arg, value)
-
-
-def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kernel: KernelVersion, **options):
-    """The sink for a format; `text` is the tracer's own trace-file format, under one line naming
-    the release and arch modelled; JSON names them in its records. `chrome` adds the trace to
-    options' `document` (a ChromeDocument the caller writes), or without one writes its own."""
-    if fmt == "json":
-        return JsonSink(out, symbols, arch, kernel)
-    if fmt == "chrome":
-        from .chrome import ChromeSink  # chrome.py builds on this module's names and values
-
-        return ChromeSink(
-            out, symbols, arch, kernel, options.get("document"), options.get("retval", False), options.get("args")
-        )
-    if fmt == "folded":
-        if tracer != "function_graph":
-            raise FtlabError(f"--format folded needs the function_graph tracer's entries and exits, not {tracer}'s")
-        return FoldedSink(out, symbols, options.get("root", ""))
-    model = model_line(arch, kernel)
-    if tracer == "function_graph":
-        return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
-    return TextSink(out, symbols, model)
-
-
-FORMATS = ("text", "json")
-TRACE_FORMATS = (*FORMATS, "folded", "chrome")  # what a trace (and its replay) can also be written as
