@@ -11,7 +11,7 @@ import pytest
 
 from helpers import ARCHES, trace_file
 from tracers.cli.main import main
-from tracers.output.sinks import print_function_args
+from tracers.output.sinks import function_arg_items
 
 GRAPH = ("--tracer", "function_graph")
 
@@ -90,10 +90,18 @@ def test_what_print_function_args_does_not_decode():
     BTF kind and one word per 8 bytes; running out of recorded words prints '...' there and ends."""
     words = [1, 2, 3, 4, 5, 6]
     pair = ("s", "struct", 16, False)
-    assert print_function_args([("k", "struct", 4, False)], words) == "(k=(STRUCT)[0x1])"
-    assert print_function_args([pair, ("u", "union", 8, False)], words) == "(s=(STRUCT)[0x1:0x2], u=(UNION)[0x3])"
+    assert function_arg_items([("k", "struct", 4, False)], words) == ["k=(STRUCT)[0x1]"]
+    assert function_arg_items([pair, ("u", "union", 8, False)], words) == ["s=(STRUCT)[0x1:0x2]", "u=(UNION)[0x3]"]
     five = [(f"a{n}", "int", 8, True) for n in range(5)]
-    assert print_function_args([*five, pair, pair], words) == "(a0=1, a1=2, a2=3, a3=4, a4=5, s=(STRUCT)[0x6:...])"
-    assert print_function_args([("e", "enum", 4, False), ("", "pointer", 8, False)], [(1 << 64) - 2, 16]) == (
-        "(e=-2, =0x10)"
-    )
+    assert function_arg_items([*five, pair, pair], words) == [
+        "a0=1",
+        "a1=2",
+        "a2=3",
+        "a3=4",
+        "a4=5",
+        "s=(STRUCT)[0x6:...]",
+    ]
+    assert function_arg_items([("e", "enum", 4, False), ("", "pointer", 8, False)], [(1 << 64) - 2, 16]) == [
+        "e=-2",
+        "=0x10",
+    ]

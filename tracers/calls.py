@@ -34,7 +34,7 @@ from elftools.elf.elffile import ELFFile
 from emulator import FtlabError
 from fixtures import source
 
-from .output.sinks import print_function_args
+from .output.sinks import function_arg_items
 
 
 @dataclass(frozen=True)
@@ -257,14 +257,14 @@ class CallCheck:
         """The lab's BTF: the typed prototypes of the object's functions ({} without DWARF)."""
         return {name: sig.typed for name, sig in self.signatures.items() if sig.typed is not None}
 
-    def function_args(self, func: str, ev) -> str:
-        """funcgraph-args: '(n=10)' for an entry event, print_function_args() of its recorded
-        arguments (tracers.output.sinks); '()' for a function BTF does not describe."""
+    def function_args(self, func: str, ev) -> list[str]:
+        """funcgraph-args: ['n=10'] for an entry event, the items print_function_args() prints of
+        its recorded arguments (tracers.output.sinks); [] for a function BTF does not describe."""
         typed = self.btf.get(func)
         if typed is None:
-            return "()"
+            return []
         params = [(name, t.kind, t.size, t.signed) for name, t in typed.params]
-        return print_function_args(params, self.recorded_args(ev), self.lab.kernel.has("funcgraph_args_unsigned_hex"))
+        return function_arg_items(params, self.recorded_args(ev), self.lab.kernel.has("funcgraph_args_unsigned_hex"))
 
     def recorded_args(self, ev) -> list[int]:
         """The argument words a graph entry records with funcgraph-args: FTRACE_REGS_MAX_ARGS of

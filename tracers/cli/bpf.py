@@ -10,7 +10,7 @@ import argparse
 from ..builtin.bpf import BpfTracer
 from ..builtin.trace_clock import CLOCKS
 from ..call_syntax import parse_calls
-from ..output.sinks import make_sink
+from ..output.formats import make_sink
 
 
 def cmd_bpf(args, out, labs) -> None:

@@ -21,10 +21,12 @@ from ..core.fprobe import DESIGNS
 from ..core.ring_buffer import DEFAULT_RECORDS
 from ..kernel_version import MODELLED, OLDEST, KernelVersion
 from ..lab import Lab, resolve
+from ..output.chrome import ChromeDocument
+from ..output.formats import FORMATS, TRACE_FORMATS, make_sink
 from ..output.golden import Golden
 from ..output.outfile import OutputFile
 from ..output.record import Recorder, replay
-from ..output.sinks import FORMATS, TRACE_FORMATS, CountSink, make_sink
+from ..output.sinks import CountSink
 from .bench import bench
 from .bpf import add_parser as add_bpf
 from .bpf_routes import route_captures
@@ -38,6 +40,10 @@ from .views import compare, dump_json, parse_at, regs_json, regs_table, site_row
 
 U64_MAX, UINT_MAX = (1 << 64) - 1, (1 << 32) - 1
 TRACERS = {"function": FunctionTracer, "function_graph": FunctionGraphTracer}
+TRACE_FORMATS_HELP = (
+    "text (the kernel's trace file), json (a record a line), folded (flame-graph stacks; function_graph) "
+    "or chrome (trace-event JSON for Perfetto and chrome://tracing)"
+)
 
 
 def _labs(args, obj=None):
@@ -101,30 +107,45 @@ def _probe_events(args, lab, sink):
 
 def cmd_trace(args, out):
     calls = parse_calls(args.call)
-    for lab in _labs(args):  # the sink's first line names the arch
-        lab.check_calls(calls)  # a refused call prints no trace
-        if args.event and not args.tracer:  # the nop tracer: the probe events alone
-            sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel)
-            tracer = _probe_events(args, lab, sink)
-        else:
-            tracer_name = args.tracer or "function"
-            graph = tracer_name == "function_graph"
-            options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
-            if args.format == "folded" and args.arch == "all":  # both arches' stacks, each under its own root
-                options["root"] = lab.arch.name
-            if graph and args.funcgraph_args:
-                options["args"] = lab.calls.function_args
-            sink = make_sink(args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options)
-            extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
-            tracer = TRACERS[tracer_name](
-                lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra
-            )
-            if args.event:  # current_tracer and the dynamic events, into one buffer
-                tracer.add_events(_probe_events(args, lab, sink))
-        with tracer:  # one trace of every call of the sequence
-            outcome = lab.run_calls(calls, args.ret)
-        if args.format == "text":
-            out.writelines(f"# {line}\n" for line in outcome.lines())
+    # --format chrome: one document for every arch traced, written when the trace is over (also
+    # when an error stops it, as the text format keeps what was traced)
+    document = ChromeDocument() if args.format == "chrome" else None
+    shared = {} if document is None else {"document": document}
+    try:
+        for lab in _labs(args):  # the sink's first line names the arch
+            lab.check_calls(calls)  # a refused call prints no trace
+            _trace(args, lab, calls, out, shared)
+    finally:
+        if document is not None:
+            document.write(out)
+
+
+def _trace(args, lab, calls, out, shared: dict) -> None:
+    """One lab's trace of the calls, into a sink of args.format (`shared`: options every arch's sink gets)."""
+    if args.event and not args.tracer:  # the nop tracer: the probe events alone
+        sink = make_sink(args.format, "nop", out, lab.machine.symbols, lab.arch.name, lab.kernel, **shared)
+        tracer = _probe_events(args, lab, sink)
+    else:
+        tracer_name = args.tracer or "function"
+        graph = tracer_name == "function_graph"
+        options = {"retval": args.funcgraph_retval, "tail": args.funcgraph_tail} if graph else {}
+        if args.format == "folded" and args.arch == "all":  # both arches' stacks, each under its own root
+            options["root"] = lab.arch.name
+        if graph and args.funcgraph_args:
+            options["args"] = lab.calls.function_args
+        sink = make_sink(
+            args.format, tracer_name, out, lab.machine.symbols, lab.arch.name, lab.kernel, **options, **shared
+        )
+        extra = {"buffer_mode": args.buffer_mode, **({"max_depth": args.max_graph_depth} if graph else {})}
+        tracer = TRACERS[tracer_name](
+            lab, sink, clock=args.clock, filters=args.filter, notrace=args.notrace, verify=args.verify, **extra
+        )
+        if args.event:  # current_tracer and the dynamic events, into one buffer
+            tracer.add_events(_probe_events(args, lab, sink))
+    with tracer:  # one trace of every call of the sequence
+        outcome = lab.run_calls(calls, args.ret)
+    if args.format == "text":
+        out.writelines(f"# {line}\n" for line in outcome.lines())
 
 
 def cmd_regs(args, out):
@@ -433,7 +454,7 @@ def parser() -> argparse.ArgumentParser:
         "--format",
         choices=TRACE_FORMATS,
         default="text",
-        help="text (the kernel's trace file), json (a record a line) or folded (flame-graph stacks; function_graph)",
+        help=TRACE_FORMATS_HELP,
     )
     p.add_argument(
         "--clock",
@@ -490,7 +511,7 @@ def parser() -> argparse.ArgumentParser:
         "--format",
         choices=TRACE_FORMATS,
         default="text",
-        help="text (the kernel's trace file), json (a record a line) or folded (flame-graph stacks; function_graph)",
+        help=TRACE_FORMATS_HELP,
     )
     p.add_argument("--funcgraph-retval", action="store_true")
     p.add_argument("--funcgraph-tail", action="store_true")

@@ -11,8 +11,8 @@ from emulator import FtlabError
 
 from ..builtin.function_graph import FunctionGraphTracer
 from ..call_syntax import CallSequence, parse_calls
+from ..output.formats import make_sink
 from ..output.outfile import OutputFile
-from ..output.sinks import make_sink
 from ..views import layout_svg
 from ..views.report import ArchView, page
 from ..views.step_html import walks_html

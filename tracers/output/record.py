@@ -42,8 +42,8 @@ from ..core.fgraph import SHADOW_STACK_OFFSET
 from ..kernel_version import KernelVersion
 from .decode import DECODERS
 from .events import COUNTERS, with_entries_written
+from .formats import make_sink
 from .outfile import OutputFile
-from .sinks import make_sink
 
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
 # release, whose text formats replay prints. 4: the release fixes the exit record's fields (x86's

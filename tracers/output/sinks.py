@@ -169,14 +169,15 @@ def graph_retval(value: int) -> str:
     return str(signed) if -4095 <= signed < 0 else f"{value:#x}"
 
 
-def print_function_args(params, args, unsigned_hex: bool = True) -> str:
-    """print_function_args() (kernel/trace/trace_output.c, 533c20b062d7; v6.17): '(name=value, ...)'
-    from a function's BTF prototype and the entry's recorded argument words (FTRACE_REGS_MAX_ARGS
-    of them: past those, '...'). params are (name, kind, size, signed) with typedefs and qualifiers
-    passed (btf_type_skip_modifiers). Each value is the whole register, not cut to its type's
-    size: a signed int or an enum as %ld, an unsigned int as 0x%lx (as %ld before 3ca824369b71),
-    a pointer as 0x%lx, anything else as '(KIND)[0x..]' with one more word per 8 bytes."""
-    out, a = [], 0
+def function_arg_items(params, args, unsigned_hex: bool = True) -> list[str]:
+    """print_function_args() (kernel/trace/trace_output.c, 533c20b062d7; v6.17): the items of its
+    '(name=value, ...)', from a function's BTF prototype and the entry's recorded argument words
+    (FTRACE_REGS_MAX_ARGS of them: past those, '...'). params are (name, kind, size, signed) with
+    typedefs and qualifiers passed (btf_type_skip_modifiers). Each value is the whole register, not
+    cut to its type's size: a signed int or an enum as %ld, an unsigned int as 0x%lx (as %ld before
+    3ca824369b71), a pointer as 0x%lx, anything else as '(KIND)[0x..]' with one more word per 8 bytes."""
+    out: list[str] = []
+    a = 0
     for name, kind, size, signed in params:
         if a == len(args):
             out.append("...")
@@ -192,12 +193,20 @@ def print_function_args(params, args, unsigned_hex: bool = True) -> str:
                 a += 1
                 if a == len(args):  # out of words: "...]" ends the list
                     out.append(f"{name}=({kind.upper()})[{':'.join([*words, '...'])}]")
-                    return "(" + ", ".join(out) + ")"
+                    return out
                 words.append(f"0x{args[a]:x}")
             text = f"({kind.upper()})[{':'.join(words)}]"
         out.append(f"{name}={text}")  # btf_name_by_offset() gives "" for a nameless parameter
         a += 1
-    return "(" + ", ".join(out) + ")"
+    return out
+
+
+def check_graph_options(kernel: KernelVersion, retval: bool, args) -> None:
+    """funcgraph-retval and funcgraph-args, refused for a release that did not have them."""
+    if retval and not kernel.has("funcgraph_retval"):
+        raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
+    if args is not None and not kernel.has("funcgraph_args"):
+        raise FtlabError(f"--funcgraph-args: Linux {kernel} has no funcgraph-args option (it came in 6.15)")
 
 
 class GraphTextSink:
@@ -216,13 +225,10 @@ class GraphTextSink:
         model: str = "",
         args=None,
     ):
-        if retval and not kernel.has("funcgraph_retval"):
-            raise FtlabError(f"--funcgraph-retval: Linux {kernel} has no funcgraph-retval option (it came in 6.5)")
-        if args is not None and not kernel.has("funcgraph_args"):
-            raise FtlabError(f"--funcgraph-args: Linux {kernel} has no funcgraph-args option (it came in 6.15)")
+        check_graph_options(kernel, retval, args)
         self.out, self.sym, self.model = out, symbols, model
         self.retval, self.tail = retval, tail
-        # funcgraph-args: args(name, ev) is the '(n=10)' after the name (tracers.calls
+        # funcgraph-args: args(name, ev) gives the items of the '(n=10)' after the name (tracers.calls
         # CallCheck.function_args); without it, '()'
         self.args = args
         # print_graph_retval (kernel/trace/trace_functions_graph.c): since 6.13 (commit 21e92806d39c,
@@ -250,7 +256,7 @@ class GraphTextSink:
     def _call(self, ev: Event) -> str:
         """The function and its arguments as print_graph_entry_nested/_leaf print them."""
         name = func_name(self.sym, ev.ip)
-        return name + ("()" if self.args is None else self.args(name, ev))
+        return name + "(" + ("" if self.args is None else ", ".join(self.args(name, ev))) + ")"
 
     def _open(self, ev: Event) -> None:
         self._depth = ev.depth  # print_graph_entry_nested: the comments inside go one deeper
@@ -424,22 +430,3 @@ class FoldedSink:
 def _json_value(arg, value):
     """Numbers as numbers (typed as the fetcharg says); strings, symbols and faults as text."""
     return value if isinstance(value, int) else format_value(arg, value)
-
-
-def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kernel: KernelVersion, **options):
-    """The sink for a format; `text` is the tracer's own trace-file format, under one line naming
-    the release and arch modelled; JSON names them in its records."""
-    if fmt == "json":
-        return JsonSink(out, symbols, arch, kernel)
-    if fmt == "folded":
-        if tracer != "function_graph":
-            raise FtlabError(f"--format folded needs the function_graph tracer's entries and exits, not {tracer}'s")
-        return FoldedSink(out, symbols, options.get("root", ""))
-    model = model_line(arch, kernel)
-    if tracer == "function_graph":
-        return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
-    return TextSink(out, symbols, model)
-
-
-FORMATS = ("text", "json")
-TRACE_FORMATS = (*FORMATS, "folded")  # what a trace (and its replay) can also be written as

@@ -1,0 +1,33 @@
+"""The sink for each --format of trace, replay and bpf (sinks.py and chrome.py hold the sinks)."""
+
+from __future__ import annotations
+
+from emulator import FtlabError
+from emulator.symbols import SymbolTable
+
+from ..kernel_version import KernelVersion
+from .chrome import ChromeSink
+from .sinks import FoldedSink, GraphTextSink, JsonSink, TextSink, model_line
+
+FORMATS = ("text", "json")
+TRACE_FORMATS = (*FORMATS, "folded", "chrome")  # what a trace (and its replay) can also be written as
+
+
+def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kernel: KernelVersion, **options):
+    """The sink for a format; `text` is the tracer's own trace-file format, under one line naming
+    the release and arch modelled; JSON names them in its records. `chrome` adds the trace to
+    options' `document` (a ChromeDocument the caller writes), or without one writes its own."""
+    if fmt == "json":
+        return JsonSink(out, symbols, arch, kernel)
+    if fmt == "chrome":
+        return ChromeSink(
+            out, symbols, arch, kernel, options.get("document"), options.get("retval", False), options.get("args")
+        )
+    if fmt == "folded":
+        if tracer != "function_graph":
+            raise FtlabError(f"--format folded needs the function_graph tracer's entries and exits, not {tracer}'s")
+        return FoldedSink(out, symbols, options.get("root", ""))
+    model = model_line(arch, kernel)
+    if tracer == "function_graph":
+        return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
+    return TextSink(out, symbols, model)
