@@ -8,6 +8,7 @@ import struct
 from emulator import FtlabError
 
 from ..output.events import COUNTERS, with_entries_written
+from ..output.formats import bulk_writer
 from ..output.records import EVENT_RECORD, REC_EVENT
 from .trace_clock import CLOCKS
 
@@ -156,7 +157,12 @@ class RingTracer(Tracer):
 
     def decode(self, chunk: bytes) -> None:
         """The ring-buffer consumer while tracing: the records, through the tracer's decoder, as the
-        events its Python path would have made."""
+        events its Python path would have made; or, where the sink writes them in bulk from the
+        records' columns (bulk_writer), as its lines straight away."""
+        bulk = bulk_writer(self.decoder, self.sink)
+        if bulk is not None:
+            self.counts[self.counters["entry"]] += bulk(chunk)
+            return
         for event in self.decoder.events(chunk):
             self.emit(event)
 

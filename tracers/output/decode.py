@@ -8,6 +8,8 @@ whoever consumes the events counts and formats them.
 
 from __future__ import annotations
 
+import itertools
+
 from ..core.regs import missing_registers
 from ..kernel_version import MODELLED, KernelVersion
 from .events import NR_ARGS, Event
@@ -52,6 +54,18 @@ class FunctionDecoder:
         self.missing = tuple(missing_registers(karch, saved, karch.ftrace_regs_aliases))
         self.partial = partial_sites(karch, uncaptured)
         self.depth = StackDepth()
+
+    def columns(self, chunk: bytes) -> tuple[list[int], list[int], list[int]]:
+        """The committed entries' timestamps, ips and parents, as columns: what the function
+        tracer's text lines need, read by strided slices without a tuple or an Event per record.
+        The call depth (StackDepth) is not kept: a trace reads its records one way throughout."""
+        words = memoryview(chunk).cast("Q")
+        n = self.rec.size // 8
+        kinds, ts, ips, parents = (words[i::n].tolist() for i in range(4))
+        if REC_UNCOMMITTED in kinds:  # a run an error stopped in the middle of a record
+            keep = [k != REC_UNCOMMITTED for k in kinds]
+            ts, ips, parents = (list(itertools.compress(col, keep)) for col in (ts, ips, parents))
+        return ts, ips, parents
 
     # A record is as long as the tracers' largest: the fields a kind does not fill are padding, which
     # zip(strict=False) leaves out.

@@ -7,6 +7,7 @@ from emulator.symbols import SymbolTable
 
 from ..kernel_version import KernelVersion
 from .chrome import ChromeSink
+from .decode import FunctionDecoder
 from .sinks import FoldedSink, GraphTextSink, JsonSink, TextSink, model_line
 
 FORMATS = ("text", "json")
@@ -31,3 +32,11 @@ def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kerne
     if tracer == "function_graph":
         return GraphTextSink(out, symbols, kernel=kernel, model=model, **options)
     return TextSink(out, symbols, model)
+
+
+def bulk_writer(decoder, sink):
+    """chunk -> lines written, where the sink writes the decoder's records in bulk from their
+    columns (the function tracer's text: a line each, no Event each), else None."""
+    if isinstance(decoder, FunctionDecoder) and isinstance(sink, TextSink):
+        return lambda chunk: sink.entries(*decoder.columns(chunk))
+    return None

@@ -42,7 +42,7 @@ from ..core.fgraph import SHADOW_STACK_OFFSET
 from ..kernel_version import KernelVersion
 from .decode import DECODERS
 from .events import COUNTERS, with_entries_written
-from .formats import make_sink
+from .formats import bulk_writer, make_sink
 from .outfile import OutputFile
 
 # 2: graph records hold their depth; the trailer its counters. 3: the header names the kernel
@@ -392,7 +392,11 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
         names = COUNTERS[rec.tracer]
         counts = dict.fromkeys(names.values(), 0)
         sink.begin(rec.tracer, rec.clock)
+        bulk = bulk_writer(decoder, sink)
         for chunk in rec.chunks(decoder.rec.size):
+            if bulk is not None:  # the function tracer's entries, written as `trace` writes them
+                counts[names["entry"]] += bulk(chunk)
+                continue
             for ev in decoder.events(chunk):
                 if ev.depth > SHADOW_STACK_OFFSET:  # more frames than the shadow stack holds
                     raise FtlabError(f"{path}: a record at depth {ev.depth}, deeper than fgraph's shadow stack")

@@ -25,6 +25,8 @@ COMM, PID, CPU = "ftlab", 1, 0
 # since 6.9 (BRK #7); '.' in code called from ftrace or a return trampoline.
 FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
+# trace_print_context with interrupts enabled, then the timestamp and a `func <-parent` line
+LINE_FORMAT = f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} %12d: %s"
 
 # s_show() and print_func_help_header_irq() (kernel/trace/trace.c, v6.17), the header of the trace
 # file of tracers with no print_header of their own (function, nop): "# tracer: %s", "#", then
@@ -63,6 +65,7 @@ class TextSink:
         self.final, self.sym, self.model = out, symbols, model
         self.out = tempfile.SpooledTemporaryFile(self.SPOOL, mode="w+")
         self.tracer = "function"
+        self._bodies = _Bodies(symbols)
 
     def begin(self, tracer: str, clock: str) -> None:
         self.tracer = tracer
@@ -76,6 +79,15 @@ class TextSink:
                 if not c.equal:
                     bits = f" (bits that differ: {' '.join(ev.verification.lost_bits(c))})" if c.flags else ""
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
+
+    def entries(self, ts: list[int], ips: list[int], parents: list[int]) -> int:
+        """The function tracer's lines in bulk, from its records' columns (FunctionDecoder.columns):
+        the same text `event` writes, each (ip, parent)'s names looked up once. Returns the count."""
+        # C-level loops (map) and printf formatting: each line costs about what emulating the traced
+        # call did, so the Python loop and the f-string of a plainer version halve the speed
+        bodies = map(self._bodies.__getitem__, zip(ips, parents, strict=True))
+        self.out.write("".join(map(LINE_FORMAT.__mod__, zip(ts, bodies, strict=True))))
+        return len(ts)
 
     def _body(self, ev: Event) -> str:
         if ev.text is not None:
@@ -99,6 +111,19 @@ class TextSink:
             shutil.copyfileobj(held, self.final)
         # the header shows the entries and, as their difference, what overwriting replaced
         write_summary(self.final, summary, shown=("entries-in-buffer", "entries-written", "overwritten"))
+
+
+class _Bodies(dict):
+    """(ip, parent) -> `func <-parent` and the newline, made the first time a pair is asked for."""
+
+    def __init__(self, symbols: SymbolTable):
+        super().__init__()
+        self.sym = symbols
+
+    def __missing__(self, key: tuple[int, int]) -> str:
+        ip, parent = key
+        body = self[key] = f"{func_name(self.sym, ip)} <-{func_name(self.sym, parent)}\n"
+        return body
 
 
 def probe_text(symbols: SymbolTable, ev: Event) -> str:
