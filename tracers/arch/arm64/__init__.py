@@ -176,7 +176,8 @@ KERNEL = KernelArch(
             },
             where=(
                 "BL _mcount after the prologue's frame record (-pg): fp and lr are read from that "
-                "record, sp is the site's, and gcc's MOV X0, X30 has overwritten x0 (argument 1)"
+                "record, sp is the site's; x0 is not saved: gcc's -pg puts MOV X0, X30 before the BL, over "
+                "argument 1 (clang's does not)"
             ),
             # an ordinary call to the compiler: AAPCS64's caller-saved x0-x17, and lr (saved by the
             # prologue); x18 stays (the platform register: the shadow call stack)
