@@ -381,7 +381,7 @@ BUILDERS = {
     "rethook_node": rethook_node,
 }
 NAMES = tuple(BUILDERS)
-ARCHES = ("x86_64", "arm64")
+ARCHES = tuple(cpus.ARCHES)  # the registered CPUs, in their order
 
 
 def arches_of(option: str) -> list[str]:
