@@ -24,7 +24,7 @@ from ..call_syntax import CallSequence
 from ..core.bpf_trampoline import BpfTrampolines
 from ..core.fprobe import Fprobe
 from ..core.regs import Verification
-from .mechanisms import Capture
+from .mechanisms import Capture, run_counted
 
 ROUTES = ("kprobe", "kretprobe", "kprobe.multi", "kretprobe.multi", "fentry", "fexit")
 PROPOSAL = "fprobe (proposal)"
@@ -74,14 +74,7 @@ def _measure(lab, route: str, func: str, calls: CallSequence) -> RouteCost:
     cost.ctx = "u64 ctx[] (BPF trampoline)" if route.startswith("f") else _ctx_kind(lab, route)
     cores = (lab.ftrace, tramps, lab.kprobes, lab.rethook, lab.fgraph)
     try:
-        with lab.verify.holding(*cores):
-            links.attach(prog)
-            m.count_lab_code(True)
-            try:
-                lab.run_calls(calls)
-            finally:
-                m.count_lab_code(False)
-                links.detach_all()
+        run_counted(lab, cores, lambda: links.attach(prog), links.detach_all, calls)
     except FtlabError as err:
         cost.refused = str(err)
         return cost
@@ -143,14 +136,8 @@ def _proposal(lab, func: str, calls: CallSequence) -> RouteCost:
 
     fp.entry_handler = entry
     try:
-        with lab.verify.holding(lab.ftrace):
-            fprobes.register_syms(fp, [func])
-            m.count_lab_code(True)
-            try:
-                lab.run_calls(calls)
-            finally:
-                m.count_lab_code(False)
-                fprobes.unregister(fp)
+        attach, detach = (lambda: fprobes.register_syms(fp, [func])), (lambda: fprobes.unregister(fp))
+        run_counted(lab, (lab.ftrace,), attach, detach, calls)
     except FtlabError as err:
         cost.refused = str(err)
         return cost

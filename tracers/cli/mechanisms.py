@@ -82,16 +82,26 @@ def capture(lab, mechanism: str, func: str, calls: CallSequence, offset: int | N
     if c.refused:
         return c
     m = lab.machine
-    with lab.verify.holding(_verified(lab, mechanism)):
-        attach()
-        m.count_lab_code(True)
-        with watch or contextlib.nullcontext():
-            lab.run_calls(calls)
-        m.count_lab_code(False)
-        detach()
+    run_counted(lab, (_verified(lab, mechanism),), attach, detach, calls, watch)
     if c.events:
         c.insns, c.stored = m.lab_insns / c.events, m.lab_stored / c.events
     return c
+
+
+def run_counted(lab, cores, attach, detach, calls: CallSequence, watch=None) -> None:
+    """Run the calls with something attached and verify mode on for the cores whose snapshots it
+    checks, the lab's code counted (machine.lab_insns, lab_stored); detached however the run ends.
+    watch: a context manager entered around the calls."""
+    m = lab.machine
+    with lab.verify.holding(*cores):
+        attach()
+        m.count_lab_code(True)
+        try:
+            with watch or contextlib.nullcontext():
+                lab.run_calls(calls)
+        finally:
+            m.count_lab_code(False)
+            detach()
 
 
 def _verified(lab, mechanism: str):
