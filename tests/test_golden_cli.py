@@ -5,6 +5,7 @@ that `patch` applies to the golden to give the new output."""
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,17 @@ def test_golden_errors_are_one_line_before_any_work(capsys, tmp_path):
         f"ftlab: error: {unwritable}: No such file or directory\n",
     )
     assert os.listdir(tmp_path) == []
+
+
+def test_bpf_output_has_goldens_too(capsys, tmp_path, arch):
+    """`ftlab bpf --golden`: the printk trace, the results and the maps, as the command prints them."""
+    golden = tmp_path / "bpf.txt"
+    prog = str(Path(__file__).resolve().parent.parent / "fixtures" / "obj" / "bpf" / arch / "kprobe.bpf.o")
+    argv = ("bpf", "--arch", arch, "funcs", "add3(1, 2, 3)", "--prog", prog)
+    printed = run(capsys, *argv)
+    assert printed[0] == 0 and "bpf_trace_printk: add3 a=1 b=2 c=3" in printed[1]
+    assert run(capsys, *argv, "--golden", str(golden), "--update-golden") == (0, "", "")
+    assert golden.read_text() == printed[1]
+    assert run(capsys, *argv, "--golden", str(golden)) == (0, "", "")
+    code, out, _ = run(capsys, "bpf", "--arch", arch, "funcs", "add3(1, 2, 4)", "--prog", prog, "--golden", str(golden))
+    assert code == 1 and "-           ftlab-1" in out and "c=4" in out

@@ -38,7 +38,7 @@ def _cookie(text: str) -> tuple[str, int]:
     return name, number
 
 
-def add_parser(sub, add_target, add_ret, labs) -> None:
+def add_parser(sub, add_target, add_ret, add_golden, labs) -> None:
     p = sub.add_parser("bpf", help="run CALL under BPF programs attached by their sections (kprobe, fentry, ...)")
     add_target(p)
     add_ret(p)
@@ -65,4 +65,5 @@ def add_parser(sub, add_target, add_ret, labs) -> None:
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="counter", help="trace_clock (and bpf_ktime_get_ns)")
+    add_golden(p)
     p.set_defaults(func=lambda args, out: cmd_bpf(args, out, labs))

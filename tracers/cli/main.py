@@ -234,7 +234,7 @@ def cmd_replay(args, out):
 
 
 def _run_golden(args) -> None:
-    """--golden FILE: the output of trace or replay compared with FILE, or (--update-golden) written
+    """--golden FILE: the output of trace, replay or bpf compared with FILE, or (--update-golden) written
     to it, instead of printed. FILE is checked before any work; a run that fails is not compared and
     leaves FILE untouched: its output and its error show as without --golden."""
     if args.golden is None:
@@ -540,7 +540,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text")
     p.set_defaults(func=cmd_compare, arch="all")
     add_check(sub, _add_target)
-    add_bpf(sub, _add_target, _add_ret, _labs)
+    add_bpf(sub, _add_target, _add_ret, _add_golden, _labs)
     add_step(sub, _add_target, _labs)
     add_report(sub, _add_target, _labs)
     add_layout(sub, _kernel)
@@ -567,7 +567,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.consoles = []  # the labs made, whose printk lines follow the output
     try:
-        if args.cmd in ("trace", "replay") and (args.golden is not None or args.update_golden):
+        if args.cmd in ("trace", "replay", "bpf") and (args.golden is not None or args.update_golden):
             _run_golden(args)
         elif args.cmd == "trace" and args.output is not None:
             with OutputFile(args.output) as output:  # checked before any work; in place when complete
