@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test check lint format-check types coverage bench golden fixtures modules browser clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml emulator/native/blockhook.c tracers/output/native/textlines.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

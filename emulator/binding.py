@@ -41,23 +41,30 @@ class CallHooks:
     callback stops emulation and is kept for the caller of emu_start to raise (`pending`): ctypes
     would otherwise print it and carry on."""
 
-    def __init__(self, uc):
-        self._uc = uc
+    def __init__(self, uc, budget=None):
+        """budget: the machine's native budget hook (emulator.budget), which dispatches these
+        callbacks itself, so that it stays the only block hook."""
+        self._uc, self._budget = uc, budget
         self._native = uclib is not None and hasattr(uc, "_uch")
         self._alive = []  # the ctypes callbacks, which must outlive the engine's use
         self.pending: BaseException | None = None
 
     def add(self, callback, addr: int) -> None:
-        if not self._native:
-            self._uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda uc, a, size, _: callback(a), begin=addr, end=addr)
-            return
-
-        def entry(_uc, a, _size, _data):
+        def guarded(a):
             try:
                 callback(a)
             except BaseException as err:
                 self.pending = err
                 uclib.uc_emu_stop(self._uc._uch)
+
+        if self._budget is not None and self._budget.add_call(guarded, addr):
+            return
+        if not self._native:
+            self._uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda uc, a, size, _: callback(a), begin=addr, end=addr)
+            return
+
+        def entry(_uc, a, _size, _data):
+            guarded(a)
 
         native = BLOCK_CALLBACK(entry)
         self._alive.append(native)

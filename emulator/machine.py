@@ -24,6 +24,7 @@ from . import asm, refuse
 from .arch import Arch
 from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
+from .budget import native_budget
 from .console import Console
 from .elf import LoadedObject, load_object
 from .errors import BudgetExhausted, FtlabError, GuestFault
@@ -127,7 +128,10 @@ class Machine:
         self._fault_access: tuple[int, int, bool] | None = None  # (access, address, mapped)
         self._trap_hook = None
         self.code_hooks: set = set()  # per-instruction hooks: each slows every instruction under the budget
-        self._call_hooks = CallHooks(self.uc)
+        # the budget's block hook (None: no budget, or unicorn's count= where it was not built),
+        # which also dispatches hook_call's callbacks: the engine's only block hook
+        self._budget = native_budget(self.uc, arch, self.read) if budget else None
+        self._call_hooks = CallHooks(self.uc, self._budget)
         self._abandoned: list = []  # callbacks for a top-level call ending in an error
         self._plumbing: set[int] = set()  # mailbox stubs' blocks, left out of lab-code costs
         self.mailboxes: dict[int, Layout] = {}  # mailbox address -> what the stub leaves there
@@ -260,6 +264,8 @@ class Machine:
         self.uc.mem_write(addr, data)
         self.uc.ctl_remove_cache(addr, addr + len(data))
         self._blocks.clear()
+        if self._budget is not None:
+            self._budget.forget()
 
     def patch(self, addr: int, old: bytes, new: bytes) -> None:
         """Replace code after checking what is there, as ftrace_modify_code() does."""
@@ -566,12 +572,17 @@ class Machine:
     def _run(self, begin: int) -> None:
         self._running += 1
         fault = None
+        native = self._budget
+        if native is not None:
+            native.arm(self.budget)
         try:
-            self.uc.emu_start(begin, self.exit_addr, count=self.budget)
+            self.uc.emu_start(begin, self.exit_addr, count=0 if native is not None else self.budget)
         except (UcError, _AccessFault) as err:
             fault = self._fault(err if isinstance(err, UcError) else None)
         finally:
             self._running -= 1
+            if native is not None:
+                native.disarm()
         raised = self._call_hooks.take()  # a lab callback's exception stopped the run
         if raised is not None:
             raise raised

@@ -397,8 +397,8 @@ def _add_target(p, call=True, obj_optional=False):
         "--budget",
         type=_budget,
         default=DEFAULT_BUDGET,
-        help="instructions per call before it is stopped (default %(default)s; 0: no budget, "
-        "which runs about twice as fast)",
+        help="instructions per call before it is stopped, counted per block: the run stops at the first "
+        "block boundary past it (default %(default)s; 0: no budget)",
     )
 
 

@@ -38,5 +38,5 @@ def bulk_writer(decoder, sink):
     """chunk -> lines written, where the sink writes the decoder's records in bulk from their
     columns (the function tracer's text: a line each, no Event each), else None."""
     if isinstance(decoder, FunctionDecoder) and isinstance(sink, TextSink):
-        return lambda chunk: sink.entries(*decoder.columns(chunk))
+        return lambda chunk: sink.records(chunk, decoder)
     return None

@@ -14,6 +14,7 @@ from emulator.symbols import SymbolTable
 
 from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import format_args, format_value
+from . import native_text
 from .events import Event
 
 COMM, PID, CPU = "ftlab", 1, 0
@@ -26,7 +27,8 @@ COMM, PID, CPU = "ftlab", 1, 0
 FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
 # trace_print_context with interrupts enabled, then the timestamp and a `func <-parent` line
-LINE_FORMAT = f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} %12d: %s"
+LINE_PREFIX = f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} "
+LINE_FORMAT = LINE_PREFIX + "%12d: %s"
 
 # s_show() and print_func_help_header_irq() (kernel/trace/trace.c, v6.17), the header of the trace
 # file of tracers with no print_header of their own (function, nop): "# tracer: %s", "#", then
@@ -66,6 +68,7 @@ class TextSink:
         self.out = tempfile.SpooledTemporaryFile(self.SPOOL, mode="w+")
         self.tracer = "function"
         self._bodies = _Bodies(symbols)
+        self._native: native_text.NativeLines | None = None
 
     def begin(self, tracer: str, clock: str) -> None:
         self.tracer = tracer
@@ -79,6 +82,18 @@ class TextSink:
                 if not c.equal:
                     bits = f" (bits that differ: {' '.join(ev.verification.lost_bits(c))})" if c.flags else ""
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
+
+    def records(self, chunk: bytes, decoder) -> int:
+        """The function tracer's lines for a chunk of its records (a FunctionDecoder's), written in
+        C where that was built at install (native_text), else from the records' columns here.
+        Returns the count."""
+        if native_text.LIB is None:
+            return self.entries(*decoder.columns(chunk))
+        if self._native is None:
+            self._native = native_text.NativeLines(LINE_PREFIX, lambda ip, parent: self._bodies[ip, parent])
+        text, n = self._native.lines(chunk, decoder.rec.size)
+        self.out.write(text)
+        return n
 
     def entries(self, ts: list[int], ips: list[int], parents: list[int]) -> int:
         """The function tracer's lines in bulk, from its records' columns (FunctionDecoder.columns):

@@ -1,0 +1,161 @@
+/*
+ * ftlab's instruction budget as one native block hook (issue #16).
+ *
+ * unicorn's `count=` budget is a per-instruction hook, which costs more than the tracing it
+ * guards. This hook runs once per translated block instead: it adds the block's instruction
+ * count (asked of Python once per distinct block, then kept here) and, once the total passes
+ * the budget, asks the engine to stop. Deterministic: the same code stops at the same block
+ * every run. The hook needs nothing from unicorn's headers: Python hands it uc_emu_stop.
+ *
+ * Built by setuptools at install (pyproject's ext-modules, optional); loaded with ctypes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*emu_stop_fn)(void *uc);
+typedef uint32_t (*count_fn)(uint64_t addr, uint32_t size);
+typedef void (*call_fn)(uint64_t addr);
+
+struct slot {
+    uint64_t addr;
+    uint32_t size; /* 0: empty */
+    uint32_t insns;
+};
+
+struct ftlab_budget {
+    uint64_t executed; /* instructions of the blocks entered since the count was reset */
+    uint64_t budget;   /* stop once executed passes it; 0: no budget */
+    uint64_t stopped;  /* 1 once the budget stopped the run */
+    emu_stop_fn emu_stop;
+    count_fn count; /* the instructions in a block not seen before */
+    struct slot *slots;
+    uint64_t mask; /* slots - 1, a power of two minus one */
+    uint64_t used;
+    /* The lab's own block hooks (Machine.hook_call), dispatched from here: unicorn calls a block
+     * hook straight from translated code only when it is the only one, so one hook doing both is
+     * cheap where two are not. Addresses in a small open-addressing set (0: empty). */
+    call_fn call;
+    uint64_t calls[256];
+    uint64_t ncalls;
+};
+
+static uint64_t slot_of(uint64_t addr, uint32_t size, uint64_t mask)
+{
+    return ((addr ^ ((uint64_t)size << 40)) * 0x9E3779B97F4A7C15ull >> 20) & mask;
+}
+
+static int grow(struct ftlab_budget *b)
+{
+    uint64_t n = (b->mask + 1) * 2;
+    struct slot *slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -1;
+    for (uint64_t i = 0; i <= b->mask; i++) {
+        struct slot *s = &b->slots[i];
+        if (!s->size)
+            continue;
+        uint64_t j = slot_of(s->addr, s->size, n - 1);
+        while (slots[j].size)
+            j = (j + 1) & (n - 1);
+        slots[j] = *s;
+    }
+    free(b->slots);
+    b->slots = slots;
+    b->mask = n - 1;
+    return 0;
+}
+
+static uint64_t call_slot(uint64_t addr)
+{
+    return (addr * 0x9E3779B97F4A7C15ull) >> 56;
+}
+
+/* A lab hook at addr: 0, or -1 when the set is full (the caller keeps its own hook then). */
+int ftlab_budget_add_call(struct ftlab_budget *b, uint64_t addr)
+{
+    if (!addr || 2 * (b->ncalls + 1) > 256)
+        return -1;
+    uint64_t i = call_slot(addr);
+    while (b->calls[i] && b->calls[i] != addr)
+        i = (i + 1) & 255;
+    if (!b->calls[i]) {
+        b->calls[i] = addr;
+        b->ncalls++;
+    }
+    return 0;
+}
+
+static int has_call(const struct ftlab_budget *b, uint64_t addr)
+{
+    for (uint64_t i = call_slot(addr); b->calls[i]; i = (i + 1) & 255)
+        if (b->calls[i] == addr)
+            return 1;
+    return 0;
+}
+
+struct ftlab_budget *ftlab_budget_new(emu_stop_fn emu_stop, count_fn count, call_fn call)
+{
+    struct ftlab_budget *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->mask = 4095;
+    b->slots = calloc(b->mask + 1, sizeof *b->slots);
+    if (!b->slots) {
+        free(b);
+        return NULL;
+    }
+    b->emu_stop = emu_stop;
+    b->count = count;
+    b->call = call;
+    return b;
+}
+
+void ftlab_budget_free(struct ftlab_budget *b)
+{
+    free(b->slots);
+    free(b);
+}
+
+/* Forget every block's count: the code changed (a patch site, a breakpoint). */
+void ftlab_budget_forget(struct ftlab_budget *b)
+{
+    memset(b->slots, 0, (b->mask + 1) * sizeof *b->slots);
+    b->used = 0;
+}
+
+/* UC_HOOK_BLOCK's callback: void (uc_engine *, uint64_t address, uint32_t size, void *user_data) */
+void ftlab_budget_block(void *uc, uint64_t addr, uint32_t size, void *data)
+{
+    struct ftlab_budget *b = data;
+    if (b->ncalls && has_call(b, addr))
+        b->call(addr);
+    uint64_t i = slot_of(addr, size, b->mask);
+    struct slot *s = &b->slots[i];
+    while (s->size && (s->addr != addr || s->size != size)) {
+        i = (i + 1) & b->mask;
+        s = &b->slots[i];
+    }
+    uint32_t insns;
+    if (s->size) {
+        insns = s->insns;
+    } else {
+        insns = b->count(addr, size);
+        if (2 * (b->used + 1) > b->mask + 1 && grow(b) == 0) {
+            i = slot_of(addr, size, b->mask);
+            while (b->slots[i].size)
+                i = (i + 1) & b->mask;
+        }
+        if (2 * (b->used + 1) <= b->mask + 1) { /* else (out of memory) counted, not kept */
+            b->slots[i].addr = addr;
+            b->slots[i].size = size;
+            b->slots[i].insns = insns;
+            b->used++;
+        }
+    }
+    b->executed += insns;
+    if (b->budget && b->executed > b->budget && !b->stopped) {
+        b->stopped = 1;
+        b->emu_stop(uc);
+    }
+}
