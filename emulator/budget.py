@@ -40,6 +40,7 @@ def _library():
     lib.ftlab_budget_new.restype = ctypes.POINTER(_State)
     lib.ftlab_budget_new.argtypes = [ctypes.c_void_p, COUNT_CALLBACK, CALL_CALLBACK]
     lib.ftlab_budget_add_call.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.ftlab_budget_clock.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.ftlab_budget_free.argtypes = [ctypes.c_void_p]
     lib.ftlab_budget_forget.argtypes = [ctypes.c_void_p]
     return lib
@@ -101,9 +102,20 @@ class NativeBudget:
         s = self.state.contents
         s.executed, s.budget, s.stopped = self._outer.pop()
 
+    def clock_into(self, host_address: int | None) -> None:
+        """From now on, as each block begins, write the instructions entered since now, less one,
+        into the u64 at host_address (a guest word; the guest adds one as it stamps a record);
+        None: stop."""
+        LIB.ftlab_budget_clock(self.state, host_address)
+
     def forget(self) -> None:
         """The code changed: count every block anew."""
         LIB.ftlab_budget_forget(self.state)
+
+
+def built() -> bool:
+    """Whether the native hook was built at install."""
+    return LIB is not None
 
 
 def native_budget(uc, arch, read) -> NativeBudget | None:

@@ -24,6 +24,7 @@ from . import asm, refuse
 from .arch import Arch
 from .asm_object import load_assembly
 from .binding import CallHooks, RegisterBatch
+from .budget import built as budget_lib_built
 from .budget import native_budget
 from .console import Console
 from .elf import LoadedObject, load_object
@@ -448,6 +449,27 @@ class Machine:
         insns, stored = self._block_cost(addr, size)
         self.lab_insns += insns
         self.lab_stored += stored
+
+    @property
+    def counts_natively(self) -> bool:
+        """Whether the native block hook (emulator.budget) can count instructions for the guest."""
+        return budget_lib_built()
+
+    def count_into(self, addr: int | None) -> None:
+        """The `insns` clock in guest code: from now on, as each block begins, the u64 at addr holds
+        the instructions entered since now, less one (the guest's ring buffer adds one as it stamps
+        a record); None stops it. Needs the native hook (counts_natively), made here if the
+        machine has no budget."""
+        if self._budget is None:
+            self._budget = native_budget(self.uc, self.arch, self.read)
+            if self._budget is None:
+                raise FtlabError("the insns clock in guest code needs the native block hook, which was not built")
+        host = None
+        if addr is not None:
+            region = self.region(addr)
+            assert region is not None
+            host = ctypes.addressof(region.buf) + addr - region.base
+        self._budget.clock_into(host)
 
     def count_instructions(self, on: bool = True) -> None:
         """Count every emulated instruction: a block hook adds each block's instruction count.

@@ -76,25 +76,36 @@ def test_insns_clock_is_deterministic_and_rising(lab):
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps) == 67
 
 
-def test_insns_clock_counts_exactly(lab):
-    """Each stamp equals a per-instruction hook's count (the slow, obvious reference) at the
-    dispatch, up to whether that hook saw the dispatch instruction itself first."""
+@pytest.mark.parametrize("ring", [False, True], ids=["python", "guest"])
+def test_insns_clock_counts_exactly(lab, ring):
+    """Each stamp equals a per-instruction hook's count (the slow, obvious reference) where the
+    event is taken, up to whether that hook saw that instruction first: on the Python path at the
+    dispatch; on the guest path (the native block hook keeping the ring buffer's clock word) at
+    the block that reserves the record, rb_reserve."""
     import unicorn
 
     m, seen, stamps = lab.machine, [0], []
+    if ring and not m.counts_natively:
+        pytest.skip("the native block hook was not built (no C compiler)")
 
     def every_insn(uc, addr, size, _):
         seen[0] += 1
 
-    ops = FtraceOps(lambda *a: stamps.append(seen[0]))
     sink = ListSink()
-    with FunctionTracer(lab, sink, clock="insns"):
-        lab.ftrace.register(ops)
+    with FunctionTracer(lab, sink, clock="insns", ring=ring):
+        if ring:
+            taken = m.hook_code(lambda addr: stamps.append(seen[0]), m.symbols.get("rb_reserve").addr)
+        else:
+            ops = FtraceOps(lambda *a: stamps.append(seen[0]))
+            lab.ftrace.register(ops)
         h = m.uc.hook_add(unicorn.UC_HOOK_CODE, every_insn)
         m.uc.ctl_flush_tb()
         lab.call("chain_a", 10)
         m.uc.hook_del(h)
-        lab.ftrace.unregister(ops)
+        if ring:
+            m.unhook(taken)
+        else:
+            lab.ftrace.unregister(ops)
     diffs = {ref - ev.ts for ref, ev in zip(stamps, sink.events, strict=True)}
     assert len(sink.events) == 4 and len(diffs) == 1 and diffs <= {0, 1}, diffs
 

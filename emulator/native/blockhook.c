@@ -38,6 +38,11 @@ struct ftlab_budget {
     call_fn call;
     uint64_t calls[256];
     uint64_t ncalls;
+    /* The `insns` trace clock: the instructions of every block entered since the hook was made,
+     * and where the guest reads them (its ring buffer's clock word), less a base; NULL: nowhere. */
+    uint64_t total;
+    uint64_t *clock;
+    uint64_t clock_base;
 };
 
 static uint64_t slot_of(uint64_t addr, uint32_t size, uint64_t mask)
@@ -124,6 +129,16 @@ void ftlab_budget_forget(struct ftlab_budget *b)
     b->used = 0;
 }
 
+/* Write the instructions entered from now on (less one: the guest adds one per record) into
+ * *clock as each block begins: the guest's ring buffer stamps its records with them. NULL: stop. */
+void ftlab_budget_clock(struct ftlab_budget *b, uint64_t *clock)
+{
+    b->clock = clock;
+    b->clock_base = b->total + 1;
+    if (clock)
+        *clock = b->total - b->clock_base;
+}
+
 /* UC_HOOK_BLOCK's callback: void (uc_engine *, uint64_t address, uint32_t size, void *user_data) */
 void ftlab_budget_block(void *uc, uint64_t addr, uint32_t size, void *data)
 {
@@ -153,6 +168,9 @@ void ftlab_budget_block(void *uc, uint64_t addr, uint32_t size, void *data)
             b->used++;
         }
     }
+    if (b->clock) /* the instructions before this block, as the guest's clock (+1 per record) */
+        *b->clock = b->total - b->clock_base;
+    b->total += insns;
     b->executed += insns;
     if (b->budget && b->executed > b->budget && !b->stopped) {
         b->stopped = 1;

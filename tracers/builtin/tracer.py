@@ -10,7 +10,7 @@ from emulator import FtlabError
 from ..output.events import COUNTERS, with_entries_written
 from ..output.formats import bulk_writer
 from ..output.records import EVENT_RECORD, REC_EVENT
-from .trace_clock import CLOCKS
+from .trace_clock import CLOCKS, GuestInsnsClock
 
 EVENT_KEY = struct.Struct("<Q")
 
@@ -29,6 +29,10 @@ class Tracer:
         self.snapshots = 0
         self.events = None  # probe events written into this trace (add_events)
 
+    def make_clock(self):
+        """The trace clock, made as the trace starts."""
+        return CLOCKS[self.clock_name](self.lab.machine)
+
     def add_events(self, events) -> None:
         """Probe events in this tracer's trace, as the kernel's dynamic events enabled alongside
         current_tracer: they go into the tracer's buffer in the order they happen, stamped by its
@@ -42,7 +46,7 @@ class Tracer:
         self.events.emit(event)
 
     def __enter__(self):
-        self.clock = CLOCKS[self.clock_name](self.lab.machine)
+        self.clock = self.make_clock()
         self.start()  # first: a refused registration is an error before any output
         if self.events is not None:
             self.events.clock = self.clock  # one trace clock
@@ -143,13 +147,23 @@ class RingTracer(Tracer):
         consumer=None,
     ):
         super().__init__(lab, sink, clock, verify)
-        self.ring = (clock == "counter" and not verify) if ring is None else ring
+        # the ring path where the guest can keep the clock: the counter, or instructions counted by
+        # the machine's native block hook
+        guest_clock = clock == "counter" or (clock == "insns" and lab.machine.counts_natively)
+        self.ring = (guest_clock and not verify) if ring is None else ring
         self.buffer_mode, self.consumer = buffer_mode, consumer or self.decode
         self.filters, self.notrace = list(filters), list(notrace)
         # the ring buffer's records as events
         self.decoder = self.decoder_class(lab.karch, lab.kernel, lab.ftrace.uncaptured())
         self.pending: dict = {}  # probe events whose records are in the buffer, by key
         self._keys = itertools.count()
+
+    def make_clock(self):
+        """Through the ring buffer, the guest keeps the clock: instructions, too, where the
+        machine's native hook counts them (GuestInsnsClock)."""
+        if self.ring and self.clock_name == GuestInsnsClock.name:
+            return GuestInsnsClock(self.lab.ring_buffer)
+        return super().make_clock()
 
     def ring_start(self, mode: str, consumer) -> None:
         """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""

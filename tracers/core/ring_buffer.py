@@ -62,6 +62,18 @@ class RingBuffer:
         self.mode, self.consumer, self.wrapped = mode, consumer, False
         self._set(head=0, clock=0, lost=0, overwritten=0)
 
+    def count_insns(self, on: bool) -> None:
+        """The `insns` trace clock for the records: the machine's native hook keeps the clock word
+        at the instructions entered since now, so each record's ts is the instructions executed
+        before the block that reserved it (counted from here); off: back to counting records."""
+        self.m.count_into(self.control + RB_CONTROL.offsets["clock"] if on else None)
+
+    @property
+    def clock(self) -> int:
+        """The clock word: the last record's timestamp (the counter), or the instructions the
+        insns clock has counted, less one."""
+        return self._ctl[CLOCK]
+
     @property
     def lost(self) -> int:
         return self._ctl[LOST]

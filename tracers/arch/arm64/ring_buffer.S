@@ -10,14 +10,14 @@
 .globl rb_reserve
 rb_reserve:
     ldr x9, rb_control                  // the ring buffer's control block (lab data)
+    ldr x14, [x9, #RB_CLOCK]            // the clock, read in rb_reserve's first block (insns: counted to it)
 rb_retry:
     ldp x10, x11, [x9, #RB_HEAD]        // head, nr
     cmp x10, x11
     b.hs rb_full
     ldp x12, x13, [x9, #RB_BASE]        // base, record_size
     madd x12, x10, x13, x12
-    ldr x14, [x9, #RB_CLOCK]            // trace_clock_counter
-    add x14, x14, #1
+    add x14, x14, #1                    // trace_clock_counter
     str x14, [x9, #RB_CLOCK]
     stp xzr, x14, [x12, #HDR_TYPE]      // not committed (the caller's type store commits it), ts
     add x10, x10, #1

@@ -10,14 +10,14 @@
 .globl rb_reserve
 rb_reserve:
     mov r10, [rip+rb_control]           // the ring buffer's control block (lab data)
+    mov r11, [r10+RB_CLOCK]             // the clock, read in rb_reserve's first block (insns: counted to it)
 rb_retry:
     mov rax, [r10+RB_HEAD]
     cmp rax, [r10+RB_NR]
     jae rb_full
     imul rax, [r10+RB_RECORD_SIZE]
     add rax, [r10+RB_BASE]
-    mov r11, [r10+RB_CLOCK]             // trace_clock_counter
-    add r11, 1
+    add r11, 1                          // trace_clock_counter
     mov [r10+RB_CLOCK], r11
     mov [rax+HDR_TS], r11
     mov qword ptr [rax+HDR_TYPE], 0     // not committed: the caller's type store commits it
