@@ -21,7 +21,6 @@ from .binding import uclib
 
 COUNT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32)
 CALL_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_uint64)
-EMU_STOP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
 
 class _State(ctypes.Structure):
@@ -51,7 +50,7 @@ _said: set[str] = set()  # what the lab has said on stderr already, once a proce
 
 
 class NativeBudget:
-    """One machine's budget hook: arm(budget) before each top-level run, stopped() after it."""
+    """One machine's budget hook: arm(budget) before each run, disarm() after it."""
 
     def __init__(self, uc, arch, read):
         assert LIB is not None

@@ -155,6 +155,7 @@ class RingTracer(Tracer):
         self.filters, self.notrace = list(filters), list(notrace)
         # the ring buffer's records as events
         self.decoder = self.decoder_class(lab.karch, lab.kernel, lab.ftrace.uncaptured())
+        self._bulk = bulk_writer(self.decoder, sink)  # chunk -> lines written, or None: an Event each
         self.pending: dict = {}  # probe events whose records are in the buffer, by key
         self._keys = itertools.count()
 
@@ -173,9 +174,8 @@ class RingTracer(Tracer):
         """The ring-buffer consumer while tracing: the records, through the tracer's decoder, as the
         events its Python path would have made; or, where the sink writes them in bulk from the
         records' columns (bulk_writer), as its lines straight away."""
-        bulk = bulk_writer(self.decoder, self.sink)
-        if bulk is not None:
-            self.counts[self.counters["entry"]] += bulk(chunk)
+        if self._bulk is not None:
+            self.counts[self.counters["entry"]] += self._bulk(chunk)
             return
         for event in self.decoder.events(chunk):
             self.emit(event)

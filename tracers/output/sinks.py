@@ -28,7 +28,7 @@ FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
 # trace_print_context with interrupts enabled, then the timestamp and a `func <-parent` line
 LINE_PREFIX = f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} "
-LINE_FORMAT = LINE_PREFIX + "%12d: %s"
+LINE_FORMAT = LINE_PREFIX + "%12d: %s\n"
 
 # s_show() and print_func_help_header_irq() (kernel/trace/trace.c, v6.17), the header of the trace
 # file of tracers with no print_header of their own (function, nop): "# tracer: %s", "#", then
@@ -90,7 +90,7 @@ class TextSink:
         if native_text.LIB is None:
             return self.entries(*decoder.columns(chunk))
         if self._native is None:
-            self._native = native_text.NativeLines(LINE_PREFIX, lambda ip, parent: self._bodies[ip, parent])
+            self._native = native_text.NativeLines(LINE_PREFIX, lambda ip, parent: self._bodies[ip, parent] + "\n")
         text, n = self._native.lines(chunk, decoder.rec.size)
         self.out.write(text)
         return n
@@ -110,7 +110,7 @@ class TextSink:
         if ev.probe is not None:
             return probe_text(self.sym, ev)
         assert ev.parent_ip is not None  # the function tracer's events always have their caller
-        return f"{func_name(self.sym, ev.ip)} <-{func_name(self.sym, ev.parent_ip)}"
+        return self._bodies[ev.ip, ev.parent_ip]
 
     def end(self, summary: dict) -> None:
         counters = summary["counters"]
@@ -129,7 +129,7 @@ class TextSink:
 
 
 class _Bodies(dict):
-    """(ip, parent) -> `func <-parent` and the newline, made the first time a pair is asked for."""
+    """(ip, parent) -> `func <-parent`, made the first time a pair is asked for."""
 
     def __init__(self, symbols: SymbolTable):
         super().__init__()
@@ -137,7 +137,7 @@ class _Bodies(dict):
 
     def __missing__(self, key: tuple[int, int]) -> str:
         ip, parent = key
-        body = self[key] = f"{func_name(self.sym, ip)} <-{func_name(self.sym, parent)}\n"
+        body = self[key] = f"{func_name(self.sym, ip)} <-{func_name(self.sym, parent)}"
         return body
 
 

@@ -179,7 +179,7 @@ class StepRecorder:
             Step(
                 addr,
                 sym,
-                m.annotate(m.disasm(addr)),
+                m.disasm(addr),
                 insn.size,
                 regs,
                 python=python,
@@ -284,8 +284,8 @@ class StepRecorder:
         dispatch_calls = {m.symbols.get(name).addr for name in karch.sites.calls if m.symbols.get(name)}
         fregs_arg = m.arch.arg_regs[3]  # ftrace_func_t(ip, parent_ip, op, fregs)
         seen = set()
-        for box, layout in m.mailboxes.items():
-            yield StructAt(box, layout, layout.name)
+        boxes = [StructAt(box, layout, layout.name) for box, layout in m.mailboxes.items()]
+        yield from boxes
         for step in walk.steps:
             if step.addr in dispatch_calls:
                 ptr = step.before[self.regs.index(fregs_arg)]
@@ -293,8 +293,8 @@ class StepRecorder:
                     seen.add(ptr)
                     yield StructAt(ptr, karch.ftrace_regs, "ftrace_regs")
             for acc in step.stores:
-                for box, layout in m.mailboxes.items():
-                    name = StructAt(box, layout, layout.name).field_at(acc.addr)
+                for box in boxes:
+                    name = box.field_at(acc.addr)
                     if name in points_to and acc.value not in seen:
                         seen.add(acc.value)
                         yield StructAt(acc.value, *points_to[name])
