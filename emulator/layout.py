@@ -17,6 +17,7 @@ class Layout:
     name: str
     size: int
     offsets: dict[str, int]
+    codec: struct.Struct = field(init=False, repr=False)
 
     def __post_init__(self):
         # all slots at once, for one bulk read of the struct

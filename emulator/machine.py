@@ -340,9 +340,14 @@ class Machine:
 
     def irqs_disabled(self) -> bool:
         """Whether the CPU has interrupts masked now (what irqs_disabled() would say)."""
+        return self.irqs_masked(self.reg(self.arch.flags_reg))
+
+    def irqs_masked(self, flags: int) -> bool:
+        """Whether a flags word the guest read (x86 pushfq, arm64 DAIF: bits where the flags
+        register has them) says interrupts are masked."""
         flag, masked = self.arch.irqs_off
         shift, width = self.arch.flag_bits[flag]
-        return (self.reg(self.arch.flags_reg) >> shift) & ((1 << width) - 1) == masked
+        return (flags >> shift) & ((1 << width) - 1) == masked
 
     def register_batch(self, names) -> RegisterBatch:
         return RegisterBatch(self.uc, [self._reg[n] for n in names])

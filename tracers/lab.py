@@ -21,11 +21,13 @@ from fixtures import bundled
 
 from .arch import kernel_arch
 from .builtin.guest import TracerCode
+from .builtin.probe_code import ProbeCode
 from .call_results import CallsOutcome, run_calls
 from .call_syntax import CallSequence, parse_calls, printable
 from .calls import CallCheck
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
+from .core.fprobe_guest import FprobeCode
 from .core.ftrace import Ftrace
 from .core.kprobes import Kprobes
 from .core.kretprobe import Kretprobes
@@ -101,6 +103,8 @@ class Lab:
         records = DEFAULT_RECORDS if ring_records is None else ring_records
         self.ring_buffer = RingBuffer(self.machine, karch, records_of(karch, kernel).size, records)
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
+        self.fprobe_code = FprobeCode(self.ftrace, self.fgraph)
+        self.probe_code = ProbeCode(self.ftrace, self.ring_buffer, kernel)
         self.loaded = [self.machine.load(Path(path), stubs) for path in loads]
         self.obj = self.machine.load(target.path, stubs)
         self.sites = [site for obj in (*self.loaded, self.obj) for site in self.ftrace.add_object(obj)] if init else []
@@ -138,9 +142,10 @@ class Lab:
         """An fprobe registry on the chosen design (fgraph: 6.14+, rethook: 5.18-6.13); by default
         the design of the lab's kernel release."""
         if design is not None:
-            return Fprobes(self.ftrace, self.fgraph, self.rethook, design, kernel=self.kernel)
+            return Fprobes(self.ftrace, self.fgraph, self.rethook, design, kernel=self.kernel, code=self.fprobe_code)
         design = "fgraph" if self.kernel.has("fprobe_on_fgraph") else "rethook"
-        return Fprobes(self.ftrace, self.fgraph, self.rethook, design, release=self.kernel, kernel=self.kernel)
+        cores, kernel = (self.ftrace, self.fgraph, self.rethook), self.kernel
+        return Fprobes(*cores, design, release=kernel, kernel=kernel, code=self.fprobe_code)
 
     def call(self, func: str | int, *args, ret: str = "i64"):
         """Run func, a function of the lab's object, with as many arguments as its signature says

@@ -8,10 +8,17 @@
 Each hit becomes an event whose fetchargs are evaluated against the snapshot the mechanism really
 gave (pt_regs for kprobes and kretprobes, ftrace_regs for fprobes on fgraph): a register it did not
 capture reads as a fault, never as the emulator's value.
+
+Where every event is an fprobe's on the fgraph design and its fetchargs compile to guest programs
+(probe_events/program.py: no string, no $comm), with the counter clock (or insns where the machine
+counts natively) and no verify mode, the hits run no Python: the guest fprobe dispatch
+(core/fprobe_guest.py) calls guest handlers (probe_code.py) that fetch into ring-buffer records,
+and Python decodes them in bulk into the same events (output/probe_records.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import replace
 
@@ -21,12 +28,15 @@ from ..core.fprobe import Fprobe
 from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
 from ..output.events import NR_ARGS, Event
+from ..output.probe_records import ProbeDecoder
+from ..output.records import REC_EVENT
 from ..output.sinks import location
 from ..probe_events import BtfProto, FetchFault, ProbeSpec, check_append, evaluate, parse
+from ..probe_events.program import SAVED_ARGS, Where, compile_args, encode
+from .trace_clock import GuestInsnsClock
 from .tracer import Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
-SAVED_ARGS = 8  # $argN of a return probe: saved at entry, as the kernel does
 ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")  # the arguments at entry, for $argN at return
 
 
@@ -92,6 +102,21 @@ def _retval(regs) -> int:
     return regs.get_return_value() if regs.kind == "ftrace_regs" else regs.regs_return_value()
 
 
+def _where(karch, saved: tuple[str, ...], at_exit: bool) -> Where:
+    """Where a fetch program finds a snapshot's registers: ftrace_regs holding `saved`."""
+    layout, aliases = karch.ftrace_regs, karch.ftrace_regs_aliases
+    members = {aliases.get(m, m): m for m in layout.offsets}
+    cpu = karch.cpu
+    return Where(
+        {aliases.get(m, m): layout.offsets[m] for m in saved},
+        tuple(layout.offsets[members[r]] for r in cpu.arg_regs),
+        cpu.sp,
+        cpu.ret_regs[0],
+        karch.ftrace_regs_stack_args,
+        at_exit,
+    )
+
+
 def btf_protos(btf) -> dict[str, BtfProto] | None:
     """The lab's BTF (tracers.calls: the object's DWARF) as the probe parser takes it; None when
     the object has none, as a kernel without BTF."""
@@ -112,8 +137,19 @@ class ProbeEventTracer(Tracer):
 
     name = "nop"
 
-    def __init__(self, lab, sink, specs, clock: str = "counter", verify: bool = False, design: str | None = None):
+    def __init__(
+        self,
+        lab,
+        sink,
+        specs,
+        clock: str = "counter",
+        verify: bool = False,
+        design: str | None = None,
+        ring: bool | None = None,
+    ):
+        """ring=False keeps every hit on the Python path (None: the guest path where it can)."""
         super().__init__(lab, sink, clock, verify)
+        self.ring = ring
         registers = list(lab.karch.pt_regs.offsets)
         btf = btf_protos(lab.calls.btf) if lab.kernel.has("probe_btf_args") else None
         self.specs: list[ProbeSpec] = []
@@ -125,6 +161,8 @@ class ProbeEventTracer(Tracer):
         self.kretprobes = lab.kretprobes()
         self.hits = dict.fromkeys(self.specs, 0)
         self._probes = []
+        self._guest: list[int] | None = None  # the events' programs in guest memory, on the guest path
+        self._decoder: ProbeDecoder | None = None  # its records' decoder, counting the hits it records
         self.write = self.emit  # where an event goes: out, or into a tracer's trace (add_events)
 
     def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
@@ -141,9 +179,47 @@ class ProbeEventTracer(Tracer):
             self.lab.ftrace.site(spec.symbol)  # a clear error for a function with no site
         return spec
 
+    def make_clock(self):
+        """Through the ring buffer, the guest keeps the clock (GuestInsnsClock for insns)."""
+        if self._guest_programs() is not None and self.clock_name == GuestInsnsClock.name:
+            return GuestInsnsClock(self.lab.ring_buffer)
+        return super().make_clock()
+
+    def _guest_programs(self) -> list[bytes] | None:
+        """Each event's fetch program, when the whole trace can run in guest code (see the module's
+        docstring); else None. Worked out once, as the trace starts."""
+        if hasattr(self, "_programs"):
+            return self._programs
+        lab, m = self.lab, self.lab.machine
+        clock = self.clock_name == "counter" or (self.clock_name == GuestInsnsClock.name and m.counts_natively)
+        partial = lab.ftrace.uncaptured()
+        self._programs: list[bytes] | None = None
+        if (
+            self.ring is False
+            or self.verify
+            or not clock
+            or self.write != self.emit
+            or self.fprobes.code is None
+            or any(s.kind != "f" or lab.ftrace.site(s.symbol).ip in partial for s in self.specs)
+        ):
+            return None
+        where = {False: _where(lab.karch, lab.karch.ftrace_regs_saved, False)}
+        where[True] = _where(lab.karch, lab.karch.fgraph.exit_saved(lab.kernel), True)
+        programs = []
+        for i, spec in enumerate(self.specs):
+            steps = compile_args(spec.args, where[spec.is_return], m.address_of)
+            if steps is None:
+                return None
+            programs.append(encode(i, len(spec.args), steps))
+        self._programs = programs
+        return programs
+
     def start(self) -> None:
         if self.verify:
             self.lab.verify.acquire(*self._verified())
+        programs = self._guest_programs()
+        if programs is not None:
+            self._guest_start(programs)
         for spec in self.specs:
             if spec.kind == "p":
                 p = Kprobe(spec.symbol, spec.offset, lambda p, regs, s=spec: self._entry(s, p.addr, regs))
@@ -166,13 +242,56 @@ class ProbeEventTracer(Tracer):
                     fp.exit_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._exit(s, data, ip, regs)
                 else:
                     fp.entry_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._entry(s, ip, regs)
+                if self._guest is not None:
+                    code, program = self.lab.probe_code, self._guest[self.specs.index(spec)]
+                    if spec.is_return:
+                        fp.guest_entry, fp.guest_exit = (code.save_args, 0), (code.exit_event, program)
+                    else:
+                        fp.guest_entry = (code.entry_event, program)
                 self.fprobes.register_syms(fp, [spec.symbol])
                 self._probes.append(fp)
+
+    def _guest_start(self, programs: list[bytes]) -> None:
+        """The programs into guest memory, and the ring buffer sized for the events' records."""
+        lab = self.lab
+        code = lab.probe_code
+        self._guest = code.load(programs)
+        self._decoder = ProbeDecoder(
+            lab.karch,
+            lab.kernel,
+            self.specs,
+            lambda addr: location(lab.machine.symbols, addr),
+            lab.machine.irqs_masked,
+            MECHANISM["f"],
+        )
+        self._record_size = code.records.size(max((len(s.args) for s in self.specs), default=0))
+        lab.ring_buffer.reset("stream", self._decode, self._record_size)
+        self._pending: dict[int, Event] = {}
+        self._keys = itertools.count()
+        self.write = self._write_ring
+
+    def _write_ring(self, event: Event) -> None:
+        """A Python handler's event (a hit that took the Python dispatch: another ftrace_ops on the
+        site) into the buffer after the guest's records, stamped by its clock."""
+        key = next(self._keys)
+        ts = self.lab.ring_buffer.write(REC_EVENT, key)
+        if ts is not None:
+            event.ts = ts
+            self._pending[key] = event
+
+    def _decode(self, chunk: bytes) -> None:
+        for event in self._decoder.events(chunk, self._record_size, self._pending):
+            self.emit(event)
 
     def stop(self) -> None:
         for probe in self._probes:
             owner = {Kretprobe: self.kretprobes, Kprobe: self.lab.kprobes}.get(type(probe), self.fprobes)
             owner.unregister(probe)
+        if self._guest is not None:
+            rb = self.lab.ring_buffer
+            rb.drain()
+            self.ring_losses = {"lost": rb.lost} if rb.lost else {}
+            rb.reset("stream", None)
         if self.verify:
             self.lab.verify.release(*self._verified())
 
@@ -194,9 +313,10 @@ class ProbeEventTracer(Tracer):
         """kprobe_profile's columns: event, hits, misses. The kernel prints a line per probe; an
         event with several probes (one per function) totals them here."""
         probes: dict[str, dict[str, int]] = {}
-        for s, p in zip(self.specs, self._probes, strict=True):
+        guest = self._decoder.counts if self._decoder is not None else [0] * len(self.specs)
+        for s, p, recorded in zip(self.specs, self._probes, guest, strict=True):
             counts = probes.setdefault(f"{s.group}/{s.event}", {"hits": 0, "nmissed": 0})
-            counts["hits"] += self.hits[s]
+            counts["hits"] += self.hits[s] + recorded
             counts["nmissed"] += p.nmissed
         return probes
 

@@ -18,6 +18,7 @@ from emulator import arch as arches
 
 from ..builtin.function import FunctionTracer
 from ..builtin.function_graph import FunctionGraphTracer
+from ..builtin.probe import ProbeEventTracer
 from ..core.fprobe import Fprobe
 from ..lab import Lab, resolve
 from ..output.outfile import OutputFile
@@ -35,6 +36,8 @@ TARGETS = {  # measure -> ({arch: target}, 'max' or 'min')
     "budget_vs_none": ({"arm64": 0.75, "x86_64": 0.75}, "min"),
     "tight_loop_budget_vs_none": ({"arm64": 1.5, "x86_64": 1.5}, "max"),
     "insns_clock_vs_counter": ({"arm64": 0.5, "x86_64": 0.5}, "min"),
+    "probe_events_record_vs_record": ({"arm64": 0.5, "x86_64": 0.5}, "min"),
+    "probe_events_text_vs_record": ({"arm64": 0.5, "x86_64": 0.5}, "min"),
     "peak_rss_mb_function_graph_fib27": ({"arm64": 300, "x86_64": 300}, "max"),
     "run_wall_s": ({"arm64": 0.5, "x86_64": 0.5}, "max"),
 }
@@ -69,6 +72,29 @@ def _record_rate(lab, n, tracer=FunctionTracer, clock: str = "counter") -> float
             lab.call("fib", n)
             took = time.perf_counter() - start
         rates.append(count.n / took)
+    return statistics.median(rates)
+
+
+# the issue's probe events: an fprobe's entry with an argument, and its exit with the return value
+PROBE_SPECS = ("f:a fib $arg1", "f:b fib%return $retval")
+
+
+def _probe_rate(lab, n, make_sink=None) -> float:
+    """PROBE_SPECS' events/s on fib(n): into a sink make_sink() makes, or (none) recorded only,
+    through the guest path's ring buffer without decoding, as _record_rate measures the function
+    tracer."""
+    rates = []
+    for _ in range(REPEAT):
+        tracer = ProbeEventTracer(lab, make_sink() if make_sink else CountSink(), PROBE_SPECS)
+        count = None
+        with tracer:
+            if make_sink is None:
+                count = lab.ring_buffer.consumer = _Bytes(lab.ring_buffer.rec.size)
+            start = time.perf_counter()
+            lab.call("fib", n)
+            took = time.perf_counter() - start
+        events = count.n if count is not None else sum(p["hits"] for p in tracer.probe_counts().values())
+        rates.append(events / took)
     return statistics.median(rates)
 
 
@@ -159,7 +185,12 @@ def measure(arch: str) -> dict:
         with FunctionTracer(lab, TextSink(null, lab.machine.symbols)):
             fmt = _timed(lambda: lab.call("fib", 23))
     r["function_text_events_per_s"] = fib23 / fmt
-    r["function_text_vs_record"] = r["function_text_events_per_s"] / _record_rate(lab, 23)
+    record23 = _record_rate(lab, 23)
+    r["function_text_vs_record"] = r["function_text_events_per_s"] / record23
+    r["probe_events_per_s"] = _probe_rate(lab, 23)
+    r["probe_events_record_vs_record"] = r["probe_events_per_s"] / record23
+    r["probe_events_text_per_s"] = _probe_rate(lab, 23, lambda: TextSink(open(os.devnull, "w"), lab.machine.symbols))
+    r["probe_events_text_vs_record"] = r["probe_events_text_per_s"] / record23
     with FunctionGraphTracer(lab, CountSink(), ring=False):
         graph = _timed(lambda: lab.call("fib", 18))
     r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
@@ -212,7 +243,10 @@ def bench(out, json_file: OutputFile | None = None) -> list[dict]:
         "fprobe, verify, function_graph_python: a Python callback per event;\n"
         "naive: a Python code hook on every function reading registers through the stock binding;\n"
         "text: recording and formatting the kernel's text together (text_vs_record: over recording\n"
-        "alone, both fib(23) in this run).\n"
+        "alone, both fib(23) in this run);\n"
+        "probe_events: -e 'f:a fib $arg1' -e 'f:b fib%return $retval' on fib(23), recorded through the\n"
+        "guest path's ring buffer (record_vs_record) and as the kernel's text (text_vs_record), over\n"
+        "the function tracer's recording.\n"
     )
     if json_file is not None:
         json.dump(results, json_file.fh, indent=2)

@@ -14,6 +14,11 @@ the kernel's designs, so they can be compared:
 Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero: skip the exit,
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
 guest address of entry_data_size bytes, or None when entry_data_size is 0.
+
+An fprobe may also have its handlers in guest code (guest_entry, guest_exit: (code, data), as
+fprobe_guest.py calls them); while every fprobe of a fgraph-design registry has, and none is
+disabled, the registry's dispatch runs in guest code too (FprobeCode), with no Python per hit; its
+nmissed is counted there and added to the Fprobe's when it is unregistered.
 """
 
 from __future__ import annotations
@@ -46,17 +51,21 @@ class Fprobe:
     disabled: bool = False
     ips: set[int] = field(default_factory=set)
     id: int = 0
+    guest_entry: tuple[int, int] | None = None  # the handlers in guest code: (code, data)
+    guest_exit: tuple[int, int] | None = None
     _ops: FtraceOps | None = None
+    _desc: int = 0  # its guest fprobe, while the dispatch runs in guest code
     _rethook: Rethook | None = None
 
 
 class Fprobes:
     """register_fprobe and friends, on the chosen design."""
 
-    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph", release=None, kernel=None):
+    def __init__(self, ftrace, fgraph, rethook, design: str = "fgraph", release=None, kernel=None, code=None):
         """release: the kernel release whose design this is (registration is then refused where
         that release had no fprobe); None: the design was asked for, and is refused at once.
-        kernel: the release whose fgraph design this is (default the modelled one)."""
+        kernel: the release whose fgraph design this is (default the modelled one). code: the
+        lab's FprobeCode, for fprobes with guest handlers."""
         if design not in DESIGNS:
             raise FtlabError(f"unknown fprobe design '{design}' (known: {', '.join(DESIGNS)})")
         reason = ftrace.karch.rethook.no_rethook_reason if design == "rethook" else None
@@ -64,6 +73,7 @@ class Fprobes:
             raise FtlabError(f"fprobe: no rethook design on {ftrace.karch.name}: {reason}")
         self._refused = reason and f"fprobe: Linux {release} has no fprobe on {ftrace.karch.name}: {reason}"
         self.ftrace, self.fgraph, self.rethook, self.design = ftrace, fgraph, rethook, design
+        self.code = code if design == "fgraph" else None
         self.m = ftrace.m
         self.probes: dict[int, Fprobe] = {}
         self._by_ip: dict[int, list[Fprobe]] = {}
@@ -104,6 +114,9 @@ class Fprobes:
             raise FtlabError("fprobe: unregistering an fprobe that is not registered")
         del self.probes[fp.id]
         self._by_ip.clear()
+        if fp._desc and self.code is not None:
+            fp.nmissed += self.code.nmissed(fp._desc)
+            fp._desc = 0
         if fp._ops is not None:
             self.ftrace.unregister(fp._ops)
         self._update_graph()
@@ -112,11 +125,13 @@ class Fprobes:
         """enable_fprobe: handlers run again (the probe stays registered either way)."""
         fp.disabled = False
         self._by_ip.clear()
+        self._update_graph()
 
     def disable(self, fp: Fprobe) -> None:
         """disable_fprobe: a soft disable; hits are ignored, hooks stay in place."""
         fp.disabled = True
         self._by_ip.clear()
+        self._update_graph()
 
     def _add(self, fp: Fprobe, ips: set[int]) -> None:
         if self._refused:
@@ -154,12 +169,15 @@ class Fprobes:
         if self.design != "fgraph":
             return
         probes = self.probes.values()
+        guest = self._guest()
         fgraph, ips = self.fgraph, set().union(*(fp.ips for fp in probes if not self._is_ftrace(fp)))
         if self._gops in fgraph.array:
             fgraph.unregister(self._gops)
         if ips:
             self._gops.ops.filter = ips
+            self._gops.guest = (guest.graph_entry, guest.graph_return) if guest else None
             fgraph.register(self._gops)
+        self._fops.guest_func = guest.ftrace_entry if guest else None
         # fprobe_ftrace_add_ips / _remove_ips: registered once, its filter changed in place
         ftrace, ips = self.ftrace, set().union(*(fp.ips for fp in probes if self._is_ftrace(fp)))
         registered = self._fops in ftrace.ops
@@ -170,6 +188,40 @@ class Fprobes:
             ftrace.register(self._fops)
         elif registered:
             ftrace.unregister(self._fops)
+        if guest:
+            self._publish(guest)
+
+    def _guest(self):
+        """The lab's FprobeCode, while this registry may dispatch in guest code: every fprobe has its
+        handlers there and is enabled, and no other registry is using it (else None: Python)."""
+        code, probes = self.code, self.probes.values()
+        usable = (
+            code is not None
+            and code.owner in (None, self)
+            and all(
+                not fp.disabled
+                and (fp.entry_handler is None or fp.guest_entry)
+                and (fp.exit_handler is None or fp.guest_exit)
+                for fp in probes
+            )
+        )
+        for fp in probes:  # the guest nmissed of a probe leaving the guest path is kept
+            if fp._desc and not usable:
+                fp.nmissed += code.nmissed(fp._desc)
+                fp._desc = 0
+        if code is not None and code.owner in (None, self):
+            code.owner = self if usable and probes else None
+        return code if usable and probes else None
+
+    def _publish(self, code) -> None:
+        graph: dict[int, list[int]] = {}
+        ftrace: dict[int, list[int]] = {}
+        for fp in self.probes.values():
+            if not fp._desc:
+                fp._desc = code.descriptor(fp)
+            for ip in sorted(fp.ips):
+                (ftrace if self._is_ftrace(fp) else graph).setdefault(ip, []).append(fp._desc)
+        code.publish(graph, ftrace, {fp.id: fp._desc for fp in self.probes.values()}, self._gops)
 
     def _ftrace_entry(self, ip: int, parent_ip: int, op, fregs) -> None:
         """fprobe_ftrace_entry (kernel/trace/fprobe.c, 2c67dc457bc6, 6.19): under its own recursion

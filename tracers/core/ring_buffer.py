@@ -45,7 +45,8 @@ class RingBuffer:
             raise FtlabError(f"a ring buffer of {nr_records} records does not fit in the lab's memory") from None
         m.write_code(syms["rb_control"], U64.pack(self.control))
         self._ctl = m.view(self.control, RB_CONTROL.size).cast("Q")
-        self._data = m.view(self.base, nr_records * self.rec.size)
+        self._record_size, self._bytes = self.rec.size, nr_records * self.rec.size
+        self._data = m.view(self.base, self._bytes)
         m.hook_call(self._full, syms["ring_buffer_full"])
         self.mode, self.consumer, self.wrapped = "stream", None, False
         self._set(nr=nr_records, base=self.base, record_size=self.rec.size)
@@ -55,12 +56,18 @@ class RingBuffer:
         for name, value in values.items():
             self._ctl[RB_CONTROL.index(name)] = value
 
-    def reset(self, mode: str, consumer) -> None:
-        """Empty the buffer and the clock; consumer(bytes) receives whole records."""
+    def reset(self, mode: str, consumer, record_size: int | None = None) -> None:
+        """Empty the buffer and the clock; consumer(bytes) receives whole records, each of
+        record_size bytes (default: the size the buffer was made for; the buffer's bytes then
+        hold as many as fit)."""
         if mode not in MODES:
             raise FtlabError(f"unknown ring buffer mode '{mode}' (known: {', '.join(MODES)})")
+        size = record_size or self._record_size
+        if size > self._bytes:
+            raise FtlabError(f"a ring buffer of {self._bytes} bytes cannot hold a record of {size} bytes")
+        self.rec, self.nr = struct.Struct(f"<{size // 8}Q"), self._bytes // size
         self.mode, self.consumer, self.wrapped = mode, consumer, False
-        self._set(head=0, clock=0, lost=0, overwritten=0)
+        self._set(head=0, clock=0, lost=0, overwritten=0, nr=self.nr, record_size=size)
 
     def count_insns(self, on: bool) -> None:
         """The `insns` trace clock for the records: the machine's native hook keeps the clock word

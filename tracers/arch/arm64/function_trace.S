@@ -5,16 +5,13 @@
  * tracers/output/records.py, fgraph's words by those in tracers/core/fgraph.py.
  */
 
+.include "macros.S"
+
 /* Two saved ftrace_regs fields, FREGS_\a and the one after it, from \fregs into the \type record
  * at \rec, where they are adjacent too; through x11 and x13. */
 .macro record_pair fregs, rec, type, a
     ldp x11, x13, [\fregs, #FREGS_\a]
     stp x11, x13, [\rec, #\type\()_REGS_\a]
-.endm
-
-.macro record_field fregs, rec, type, a
-    ldr x11, [\fregs, #FREGS_\a]
-    str x11, [\rec, #\type\()_REGS_\a]
 .endm
 
 /* The ftrace_regs fields ftrace_caller saves (ftrace_regs_saved: x0-x8, fp, lr, sp, pc). */

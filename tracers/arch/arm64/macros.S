@@ -30,3 +30,41 @@
     \op x4, x5, [sp, #FREGS_X4]
     \op x6, x7, [sp, #FREGS_X6]
 .endm
+/*
+ * Register save/restore sequences shared by the arm64 trampolines (the kernel's kernel_entry /
+ * kernel_exit and save_all_base_regs). Offsets are asm-offsets names from the lab's tables. Each
+ * stores with `op` = stp and loads back with `op` = ldp.
+ */
+
+/* x0-x29 and a pt_regs at sp. */
+.macro pt_regs_x0_x29 op
+    \op x0, x1, [sp, #S_X0]
+    \op x2, x3, [sp, #S_X2]
+    \op x4, x5, [sp, #S_X4]
+    \op x6, x7, [sp, #S_X6]
+    \op x8, x9, [sp, #S_X8]
+    \op x10, x11, [sp, #S_X10]
+    \op x12, x13, [sp, #S_X12]
+    \op x14, x15, [sp, #S_X14]
+    \op x16, x17, [sp, #S_X16]
+    \op x18, x19, [sp, #S_X18]
+    \op x20, x21, [sp, #S_X20]
+    \op x22, x23, [sp, #S_X22]
+    \op x24, x25, [sp, #S_X24]
+    \op x26, x27, [sp, #S_X26]
+    \op x28, x29, [sp, #S_X28]
+.endm
+
+/* x0-x7 (the argument and return registers) and a ftrace_regs at sp. */
+.macro fregs_x0_x7 op
+    \op x0, x1, [sp, #FREGS_X0]
+    \op x2, x3, [sp, #FREGS_X2]
+    \op x4, x5, [sp, #FREGS_X4]
+    \op x6, x7, [sp, #FREGS_X6]
+.endm
+
+/* One saved ftrace_regs field (FREGS_\a) from \fregs into the \type record at \rec, through x11. */
+.macro record_field fregs, rec, type, a
+    ldr x11, [\fregs, #FREGS_\a]
+    str x11, [\rec, #\type\()_REGS_\a]
+.endm

@@ -6,11 +6,7 @@
  * graph_exit_fields comes from there too (Records.asm_macros), with the release's exit fields.
  */
 
-/* One saved ftrace_regs field (FREGS_\m) from \fregs into the \type record at \rec, through r11. */
-.macro record_field fregs, rec, type, m
-    mov r11, [\fregs+FREGS_\m]
-    mov [\rec+\type\()_REGS_\m], r11
-.endm
+.include "macros.S"
 
 /* The ftrace_regs fields ftrace_caller saves (ftrace_regs_saved). */
 .macro record_fregs fregs, rec, type

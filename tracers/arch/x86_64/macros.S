@@ -139,3 +139,9 @@ ftrace_return_to_handler_lab:
 return_args:                            // where ftrace_return_to_handler leaves its argument
     .quad 0
 .endm
+
+/* One saved ftrace_regs field (FREGS_\m) from \fregs into the \type record at \rec, through r11. */
+.macro record_field fregs, rec, type, m
+    mov r11, [\fregs+FREGS_\m]
+    mov [\rec+\type\()_REGS_\m], r11
+.endm

@@ -1,0 +1,150 @@
+"""Probe events in guest code (tracers/arch/<arch>/fprobe.S, probe_events.S; tracers/probe_events/
+program.py; tracers/output/probe_records.py): the events, counters and misses are those of the
+Python path (ProbeEventTracer(ring=False), which evaluates each fetcharg in Python against the
+snapshot), hit by hit, on both arches; and the guest path runs no Python handler."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import ARCHES
+from tracers.builtin.probe import ProbeEventTracer
+from tracers.core.fgraph import FGRAPH_MAX_DATA_SIZE
+from tracers.core.ftrace import FtraceOps
+from tracers.lab import Lab, resolve
+from tracers.output.sinks import ListSink
+
+FIB = ("fib", 9)
+CRC = ("crc32_bitwise", 0, b"123456789abcdefgh", 9)
+# every fetch the guest compiles: registers, arguments (past the registers too), $retval, $stack,
+# $stackN (off the stack: 0), immediates, @SYM, derefs nested three deep, each numeric type and
+# symbol, and loads that fault (a NULL deref, below a mapping)
+CRC_RETURN = (
+    "f:c crc32_bitwise%return r=$retval:x32 b0=+0($arg2):u8 b1=+1($arg2):s8 w=+0($arg2):x16 "
+    "d=+0($arg2):u32 q=+0($arg2):x64 s=+2($arg2):s16 a9=$arg9 st=$stack0 sp=$stack far=$stack2047 "
+    "bad=+0(+0($arg1)):x64 sym=@fib:x32 sy=$retval:symbol a1=$arg1 a3=$arg3:s32"
+)
+CRC_ENTRY = (
+    "f:d crc32_bitwise c=$arg1 b=$arg2 n=$arg3 a7=$arg7 a8=$arg8 s1=$stack1 ret=+0($stack):symbol "
+    "deep=+0(+0(+0($stack))):x64 f=+8($arg2):x64 im=\\1234 neg=-8($arg2):u8 z=+0(\\0):u8"
+)
+CASES = {
+    "entry": (["f:a fib $arg1"], FIB),
+    "return": (["f:b fib%return $retval $arg1"], FIB),
+    "entry+return": (["f:a fib $arg1", "f:b fib%return $retval"], FIB),
+    "two-returns": (["f:b fib%return $retval", "f:c fib%return n=$arg1:s8"], FIB),
+    "fetches-return": ([CRC_RETURN], CRC),
+    "fetches-entry": ([CRC_ENTRY], CRC),
+    "fetches-both": ([CRC_ENTRY, CRC_RETURN], CRC),
+}
+
+
+def trace(arch, specs, call, ring=None, setup=None):
+    lab = Lab(resolve("funcs", arch)[0])
+    sink = ListSink()
+    tracer = ProbeEventTracer(lab, sink, specs, ring=ring)
+    if setup:
+        setup(lab, tracer)
+    with tracer:
+        lab.call(*call)
+    return sink, tracer, lab
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("case", CASES)
+def test_guest_events_are_the_python_paths(arch, case):
+    specs, call = CASES[case]
+    guest, tracer, _ = trace(arch, specs, call)
+    python, reference, _ = trace(arch, specs, call, ring=False)
+    assert tracer._guest is not None and reference._guest is None
+    assert guest.events == python.events
+    assert guest.summary == python.summary
+    assert guest.events
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fetches_read_what_the_call_passed(arch):
+    """An independent check of a few values: the bytes and length the call passed."""
+    sink, _, _ = trace(arch, [CRC_ENTRY, CRC_RETURN], CRC)
+    entry, exit_ = ({a.name: v for a, v in ev.fetch} for ev in sink.events)
+    stack_at_exit = "sp" in sink.events[1].regs  # x86's return_to_handler saves sp from 6.18
+    assert entry["n"] == 9 and entry["im"] == 1234
+    assert entry["f"] == int.from_bytes(b"9abcdefg", "little")
+    assert entry["neg"] == entry["z"] == "(fault)"  # below the heap's start; address 0
+    assert exit_["b0"] == ord("1") and exit_["b1"] == ord("2") and exit_["w"] == int.from_bytes(b"12", "little")
+    assert exit_["r"] == 0xCBF43926  # crc32 of "123456789"
+    assert exit_["bad"] == "(fault)" and exit_["a9"] == 0 and exit_["a3"] == 9
+    assert exit_["far"] == (0 if stack_at_exit else "(fault)")
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("case", ["entry", "return", "fetches-return", "fetches-entry"])
+def test_the_guest_path_runs_no_python_handler(arch, case, monkeypatch):
+    """With one ftrace_ops on the site, each hit is guest code from the site to the record."""
+
+    def refuse(*args):
+        raise AssertionError("a Python handler ran")
+
+    for name in ("_entry", "_exit", "_save_entry"):
+        monkeypatch.setattr(ProbeEventTracer, name, refuse)
+    specs, call = CASES[case]
+    sink, tracer, _ = trace(arch, specs, call)
+    assert tracer._guest is not None and sink.events
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_python_ops_on_the_site_keeps_the_order(arch):
+    """Another ftrace_ops on the sites sends each hit through the Python dispatch, whose handlers'
+    events take their place among the guest's records (the exits stay in guest code)."""
+
+    def add_ops(lab, tracer):
+        lab.ftrace.register(FtraceOps(lambda *a: None, name="other"))
+
+    specs, call = CASES["entry+return"]
+    guest, tracer, _ = trace(arch, specs, call, setup=add_ops)
+    python, _, _ = trace(arch, specs, call, ring=False, setup=add_ops)
+    assert tracer._guest is not None
+    assert guest.events == python.events and guest.summary == python.summary
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_exits_whose_data_does_not_fit_are_missed(arch):
+    """fgraph_reserve_data refuses more than FGRAPH_MAX_DATA_SIZE bytes: every fprobe on the
+    function misses every hit, and no handler runs (each return probe takes a header and 8 words);
+    an entry-only fprobe runs on fprobe_ftrace_ops (6.19+), apart, and sees every hit."""
+    n = FGRAPH_MAX_DATA_SIZE // 72 + 1
+    specs = ["f:a fib $arg1"] + [f"f:r{i} fib%return $retval" for i in range(n)]
+    guest, tracer, _ = trace(arch, specs, FIB)
+    python, _, _ = trace(arch, specs, FIB, ring=False)
+    assert tracer._guest is not None
+    assert guest.events == python.events
+    assert {ev.probe.event for ev in guest.events} == {"a"}
+    assert guest.summary == python.summary
+    assert guest.summary["probes"]["fprobes/r0"] == {"hits": 0, "nmissed": 109}  # fib(9)'s calls
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("room", [0, 3], ids=["no-frame", "no-data"])
+def test_a_full_shadow_stack(arch, room):
+    """No room for a frame: trace_overrun, nothing runs; room for the frame but not the data: the
+    fprobes miss. Each path starts from the same nearly full shadow stack."""
+
+    def fill(lab, tracer):
+        lab.fgraph.curr_ret_stack = lab.fgraph.max_offset - lab.fgraph.frame_words - 1 - room
+
+    specs, call = CASES["entry+return"]
+    guest, tracer, glab = trace(arch, specs, call, setup=fill)
+    python, _, plab = trace(arch, specs, call, ring=False, setup=fill)
+    assert tracer._guest is not None
+    assert guest.events == python.events and guest.summary == python.summary
+    assert glab.fgraph.trace_overrun == plab.fgraph.trace_overrun == (109 if room == 0 else 0)
+    if room:
+        assert guest.summary["probes"]["fprobes/b"]["nmissed"] == 109
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_strings_keep_the_python_path(arch):
+    specs = ["f:d crc32_bitwise s=+0($arg2):string"]
+    guest, tracer, _ = trace(arch, specs, CRC)
+    assert tracer._guest is None
+    assert guest.events[0].fetch[0][1] == b"123456789abcdefgh"

@@ -1,0 +1,272 @@
+/*
+ * fprobe's dispatch for arm64 in guest code (kernel/trace/fprobe.c, v6.19), for fprobes whose
+ * handlers are guest code: fprobe_fgraph_entry and fprobe_return as fgraph's lone user, and
+ * fprobe_ftrace_entry as fprobe_ftrace_ops' function. The tables are tracers/core/fprobe_guest.py's;
+ * the shadow-stack words are fgraph.py's, pushed as its Python path pushes them.
+ * Handlers are called as handler(data x0, ip x1, ret_ip x2, fregs x3, entry_data x4) and may
+ * clobber x0-x17. Each function here keeps x0-x3 and the callee-saved registers.
+ */
+
+/* Save the callee-saved registers these functions use, and x0-x3. */
+.macro fprobe_frame_push
+    stp x29, x30, [sp, #-112]!
+    mov x29, sp
+    stp x19, x20, [sp, #16]
+    stp x21, x22, [sp, #32]
+    stp x23, x24, [sp, #48]
+    stp x25, x26, [sp, #64]
+    stp x27, x28, [sp, #80]
+    stp x2, x3, [sp, #96]
+    mov x19, x0
+    mov x20, x1
+.endm
+
+.macro fprobe_frame_pop
+    mov x0, x19
+    mov x1, x20
+    ldp x2, x3, [sp, #96]
+    ldp x27, x28, [sp, #80]
+    ldp x25, x26, [sp, #64]
+    ldp x23, x24, [sp, #48]
+    ldp x21, x22, [sp, #32]
+    ldp x19, x20, [sp, #16]
+    ldp x29, x30, [sp], #112
+.endm
+
+/* x9 = the fprobe list the ip table at x10 holds for the ip in x0 (0: none). Clobbers x11-x14. */
+.globl fprobe_lookup
+fprobe_lookup:
+    lsr x11, x0, #2
+    eor x11, x11, x0, lsr #9            // ip_hash()
+    ldp x12, x13, [x10, #IP_TABLE_MASK] // mask, slots
+    mov x14, #IP_SLOT_SIZE
+fl_probe:
+    and x11, x11, x12
+    madd x9, x11, x14, x13              // the slot
+    ldr x10, [x9, #IP_SLOT_IP]
+    cmp x10, x0
+    b.eq fl_found
+    add x11, x11, #1
+    cbnz x10, fl_probe
+    mov x9, #0                          // an empty slot: not there
+    ret
+fl_found:
+    ldr x9, [x9, #IP_SLOT_VALUE]
+    ret
+
+/* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
+ * lone user. No room for a frame: trace_overrun. No room for the exits' data (more than
+ * FGRAPH_MAX_DATA_SIZE, or past SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs.
+ * Else each entry handler runs, and each exit gets a header (id | words << 60) and its data; if
+ * any exit will run, the frame, its bitmap word and the data's header are pushed and the return
+ * hooked (fregs->lr). In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
+.globl fprobe_fgraph_entry
+fprobe_fgraph_entry:
+    fprobe_frame_push
+    mov x21, x3                         // fregs
+    ldr x22, fp_control
+    ldr x23, [x22, #FPC_FGRAPH]         // fgraph's task state
+    ldr x24, [x23, #FG_CURR]            // where the frame goes
+    add x9, x24, #FG_FRAME_WORDS+1
+    cmp x9, #FG_MAX_OFFSET
+    b.hs fpe_overrun
+    ldr x10, [x22, #FPC_GRAPH_IPS]
+    bl fprobe_lookup
+    cbz x9, fpe_out
+    mov x25, x9                         // the fprobes on ip
+    ldr x10, [x23, #FG_STACK]
+    add x26, x24, #FG_FRAME_WORDS+1
+    add x26, x10, x26, lsl #3           // the exits' data: above the frame and its bitmap word
+    ldr x9, [x25, #FPROBE_AT_NEED]
+    cbz x9, fpe_handlers
+    cmp x9, #FGRAPH_MAX_DATA_SIZE
+    b.hi fpe_missed                     // fgraph_reserve_data refuses it
+    add x10, x24, x9, lsr #3
+    add x10, x10, #FG_FRAME_WORDS+2
+    cmp x10, #FG_MAX_OFFSET
+    b.hs fpe_missed                     // no room for it
+fpe_handlers:
+    mov x27, #0
+fpe_next:
+    ldr x9, [x25, #FPROBE_AT_NR]
+    cmp x27, x9
+    b.hs fpe_push
+    add x9, x25, #FPROBE_AT_SIZE
+    ldr x28, [x9, x27, lsl #3]          // the guest fprobe
+    add x27, x27, #1
+    mov x4, #0                          // entry_data: for an exit with data, after its header
+    ldr x9, [x28, #GFP_EXIT]
+    cbz x9, fpe_entry
+    ldr x9, [x28, #GFP_WORDS]
+    cbz x9, fpe_entry
+    add x4, x26, #8
+fpe_entry:
+    ldr x9, [x28, #GFP_ENTRY]
+    cbz x9, fpe_exit
+    ldr x0, [x28, #GFP_ENTRY_DATA]
+    mov x1, x19
+    ldr x2, [x21, #FREGS_LR]            // ret_ip: ftrace_regs_get_return_address
+    mov x3, x21
+    blr x9
+fpe_exit:
+    ldr x9, [x28, #GFP_EXIT]
+    cbz x9, fpe_next
+    ldr x9, [x28, #GFP_WORDS]
+    ldr x10, [x28, #GFP_ID]
+    orr x10, x10, x9, lsl #60
+    str x10, [x26]                      // its header
+    add x26, x26, x9, lsl #3
+    add x26, x26, #8
+    b fpe_next
+fpe_push:
+    ldr x10, [x23, #FG_STACK]
+    add x9, x24, #FG_FRAME_WORDS+1
+    add x9, x10, x9, lsl #3
+    cmp x26, x9
+    b.eq fpe_out                        // no exit to run: nothing stays pushed
+    add x9, x10, x24, lsl #3            // the frame
+    ldr x11, [x21, #FREGS_LR]
+    stp x11, x19, [x9, #FG_FRAME_RET]   // ret, func
+    ldr x11, [x21, #FREGS_FP]
+    stp x11, x11, [x9, #FG_FRAME_FP]    // fp, and retp (arm64 matches frames by fp)
+    ldr x11, [x22, #FPC_BITMAP]
+    str x11, [x9, #FG_PUSH_BITMAP]      // the bitmap word, above the frame
+    ldr x11, [x25, #FPROBE_AT_HEADER]
+    str x11, [x26]                      // the data's header, the top word
+    add x11, x26, #8
+    sub x11, x11, x10
+    lsr x11, x11, #3
+    str x11, [x23, #FG_CURR]
+    ldr x11, [x23, #FG_DEPTH]
+    add x11, x11, #1
+    str x11, [x23, #FG_DEPTH]
+    ldr x11, [x23, #FG_RETURN_TO_HANDLER]
+    str x11, [x21, #FREGS_LR]           // hook the return: lr in fregs
+    b fpe_out
+fpe_missed:
+    mov x27, #0
+fpe_miss_next:
+    ldr x9, [x25, #FPROBE_AT_NR]
+    cmp x27, x9
+    b.hs fpe_out
+    add x9, x25, #FPROBE_AT_SIZE
+    ldr x9, [x9, x27, lsl #3]
+    ldr x10, [x9, #GFP_NMISSED]
+    add x10, x10, #1
+    str x10, [x9, #GFP_NMISSED]
+    add x27, x27, #1
+    b fpe_miss_next
+fpe_overrun:
+    ldr x10, [x23, #FG_OVERRUN]
+    add x10, x10, #1
+    str x10, [x23, #FG_OVERRUN]
+fpe_out:
+    fprobe_frame_pop
+    ret
+
+/* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
+ * pop the frame, check the frame pointer (HAVE_FUNCTION_GRAPH_FP_TEST), put the real return
+ * address in fregs->pc, and call the exit handler of each header stored at entry whose fprobe is
+ * still registered. In: x0 = the exit fregs. */
+.globl fprobe_return
+fprobe_return:
+    fprobe_frame_push
+    ldr x22, fp_control
+    ldr x23, [x22, #FPC_FGRAPH]
+    ldr x9, [x23, #FG_CURR]
+    cbz x9, fprobe_empty                // no frame to pop
+    ldr x10, [x23, #FG_STACK]
+    sub x11, x9, #1
+    ldr x12, [x10, x11, lsl #3]         // the top word: the data's header
+    and x13, x12, #FGRAPH_FRAME_OFFSET_MASK
+    sub x24, x11, x13                   // the frame's index
+    add x21, x10, x24, lsl #3           // the frame
+    ldr x13, [x21, #FG_FRAME_FP]        // the fp it was entered with
+    ldr x14, [x19, #FREGS_FP]
+    cmp x13, x14
+    b.ne fprobe_bad_fp
+    ldr x13, [x21, #FG_FRAME_RET]
+    str x13, [x19, #FREGS_PC]           // where to return
+    lsr x12, x12, #FGRAPH_DATA_SHIFT
+    and x12, x12, #FGRAPH_DATA_MASK
+    add x12, x12, #1                    // the data's words
+    sub x11, x11, x12
+    add x25, x10, x11, lsl #3           // the data
+    add x26, x25, x12, lsl #3           // its end
+    ldr x27, [x22, #FPC_IDS]
+fpr_next:
+    cmp x25, x26
+    b.hs fpr_pop
+    ldr x9, [x25]
+    and x10, x9, #0x0fffffffffffffff    // the fprobe's id
+    cbz x10, fpr_pop                    // a cleared header: no more exits
+    ldr x9, [x27, x10, lsl #3]          // its guest fprobe (0: unregistered since)
+    cbz x9, fpr_skip
+    ldr x0, [x9, #GFP_EXIT_DATA]
+    ldp x2, x1, [x21, #FG_FRAME_RET]    // ret, func
+    mov x3, x19
+    mov x4, #0
+    ldr x10, [x9, #GFP_WORDS]
+    cbz x10, fpr_call
+    add x4, x25, #8
+fpr_call:
+    ldr x9, [x9, #GFP_EXIT]
+    blr x9
+fpr_skip:
+    ldr x9, [x25]
+    lsr x9, x9, #60
+    add x25, x25, x9, lsl #3
+    add x25, x25, #8
+    b fpr_next
+fpr_pop:
+    str x24, [x23, #FG_CURR]
+    ldr x9, [x23, #FG_DEPTH]
+    sub x9, x9, #1
+    str x9, [x23, #FG_DEPTH]
+    fprobe_frame_pop
+    ret
+
+/* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
+ * no entry data. In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
+.globl fprobe_ftrace_entry
+fprobe_ftrace_entry:
+    fprobe_frame_push
+    mov x21, x3
+    ldr x10, fp_control
+    ldr x10, [x10, #FPC_FTRACE_IPS]
+    bl fprobe_lookup
+    cbz x9, ffe_out
+    mov x25, x9
+    mov x27, #0
+ffe_next:
+    ldr x9, [x25, #FPROBE_AT_NR]
+    cmp x27, x9
+    b.hs ffe_out
+    add x9, x25, #FPROBE_AT_SIZE
+    ldr x9, [x9, x27, lsl #3]
+    add x27, x27, #1
+    ldr x0, [x9, #GFP_ENTRY_DATA]
+    mov x1, x19
+    mov x2, x20
+    mov x3, x21
+    mov x4, #0
+    ldr x9, [x9, #GFP_ENTRY]
+    blr x9
+    b ffe_next
+ffe_out:
+    fprobe_frame_pop
+    ret
+
+/* A frame-pointer mismatch, and no frame to pop: each one instruction carries a lab hook that
+ * stops with fgraph's error. */
+.globl fprobe_bad_fp
+fprobe_bad_fp:
+    ret
+
+.globl fprobe_empty
+fprobe_empty:
+    ret
+
+.balign 8
+fp_control:                             // the guest dispatch's tables, set once
+    .quad 0

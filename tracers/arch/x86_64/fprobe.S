@@ -1,0 +1,283 @@
+/*
+ * fprobe's dispatch for x86_64 in guest code (kernel/trace/fprobe.c, v6.19), for fprobes whose
+ * handlers are guest code: fprobe_fgraph_entry and fprobe_return as fgraph's lone user, and
+ * fprobe_ftrace_entry as fprobe_ftrace_ops' function. The tables are tracers/core/fprobe_guest.py's;
+ * the shadow-stack words are fgraph.py's, pushed as its Python path pushes them.
+ * Handlers are called as handler(data rdi, ip rsi, ret_ip rdx, fregs rcx, entry_data r8) and may
+ * clobber rax, rdx, rsi, rdi, r8-r11.
+ */
+
+/* rax = the fprobe list the ip table at r10 holds for the ip in rdi (0: none). Clobbers r8, r9, r11. */
+.globl fprobe_lookup
+fprobe_lookup:
+    mov r8, rdi
+    shr r8, 2
+    mov r9, rdi
+    shr r9, 9
+    xor r8, r9                          // ip_hash()
+    mov r9, [r10+IP_TABLE_SLOTS]
+fl_probe:
+    and r8, [r10+IP_TABLE_MASK]
+    imul r11, r8, IP_SLOT_SIZE
+    mov rax, [r9+r11+IP_SLOT_IP]
+    cmp rax, rdi
+    je fl_found
+    test rax, rax
+    jz fl_done                          // an empty slot: not there (rax = 0)
+    add r8, 1
+    jmp fl_probe
+fl_found:
+    mov rax, [r9+r11+IP_SLOT_VALUE]
+fl_done:
+    ret
+
+/* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
+ * lone user. No room for a frame: trace_overrun. No room for the exits' data (more than
+ * FGRAPH_MAX_DATA_SIZE, or past SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs.
+ * Else each entry handler runs, and each exit gets a header (id | words << 60) and its data; if
+ * any exit will run, the frame, its bitmap word and the data's header are pushed and the return
+ * hooked. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r11. */
+.globl fprobe_fgraph_entry
+fprobe_fgraph_entry:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi                            // [rsp+16]: ip
+    push rsi
+    push rcx                            // [rsp]: fregs
+    mov r15, [rip+fp_control]
+    mov rbx, [r15+FPC_FGRAPH]           // fgraph's task state
+    mov r12, [rbx+FG_CURR]              // where the frame goes
+    lea rax, [r12+FG_FRAME_WORDS+1]
+    cmp rax, FG_MAX_OFFSET
+    jae fpe_overrun
+    mov r10, [r15+FPC_GRAPH_IPS]
+    call fprobe_lookup
+    test rax, rax
+    jz fpe_out
+    mov r13, rax                        // the fprobes on ip
+    lea rbp, [r12+FG_FRAME_WORDS+1]
+    shl rbp, 3
+    add rbp, [rbx+FG_STACK]             // the exits' data: above the frame and its bitmap word
+    mov rax, [r13+FPROBE_AT_NEED]
+    test rax, rax
+    jz fpe_handlers
+    cmp rax, FGRAPH_MAX_DATA_SIZE
+    ja fpe_missed                       // fgraph_reserve_data refuses it
+    shr rax, 3
+    lea rax, [r12+rax+FG_FRAME_WORDS+2]
+    cmp rax, FG_MAX_OFFSET
+    jae fpe_missed                      // no room for it
+fpe_handlers:
+    xor r14d, r14d
+fpe_next:
+    cmp r14, [r13+FPROBE_AT_NR]
+    jae fpe_push
+    mov r15, [r13+r14*8+FPROBE_AT_SIZE] // the guest fprobe
+    add r14, 1
+    xor r8d, r8d                        // entry_data: for an exit with data, after its header
+    cmp qword ptr [r15+GFP_EXIT], 0
+    je fpe_entry
+    cmp qword ptr [r15+GFP_WORDS], 0
+    je fpe_entry
+    lea r8, [rbp+8]
+fpe_entry:
+    mov rax, [r15+GFP_ENTRY]
+    test rax, rax
+    jz fpe_exit
+    mov rdi, [r15+GFP_ENTRY_DATA]
+    mov rsi, [rsp+16]
+    mov rcx, [rsp]
+    mov rdx, [rcx+RSP]
+    mov rdx, [rdx]                      // ret_ip: ftrace_regs_get_return_address, the word at sp
+    call rax
+fpe_exit:
+    cmp qword ptr [r15+GFP_EXIT], 0
+    je fpe_next
+    mov rax, [r15+GFP_WORDS]
+    shl rax, 60
+    or rax, [r15+GFP_ID]
+    mov [rbp], rax                      // its header
+    mov rax, [r15+GFP_WORDS]
+    lea rbp, [rbp+rax*8+8]
+    jmp fpe_next
+fpe_push:
+    lea rax, [r12+FG_FRAME_WORDS+1]
+    shl rax, 3
+    add rax, [rbx+FG_STACK]
+    cmp rbp, rax
+    je fpe_out                          // no exit to run: nothing stays pushed
+    mov rax, r12
+    shl rax, 3
+    add rax, [rbx+FG_STACK]             // the frame
+    mov rcx, [rsp]
+    mov rdx, [rcx+RSP]                  // the return slot
+    mov r8, [rdx]
+    mov [rax+FG_FRAME_RET], r8
+    mov r8, [rsp+16]
+    mov [rax+FG_FRAME_FUNC], r8
+    mov [rax+FG_FRAME_RETP], rdx
+    mov r15, [rip+fp_control]
+    mov r8, [r15+FPC_BITMAP]
+    mov [rax+FG_PUSH_BITMAP], r8        // the bitmap word, above the frame
+    mov r8, [r13+FPROBE_AT_HEADER]
+    mov [rbp], r8                       // the data's header, the top word
+    lea r8, [rbp+8]
+    sub r8, [rbx+FG_STACK]
+    shr r8, 3
+    mov [rbx+FG_CURR], r8
+    add qword ptr [rbx+FG_DEPTH], 1
+    mov r8, [rbx+FG_RETURN_TO_HANDLER]
+    mov [rdx], r8                       // hook the return
+    jmp fpe_out
+fpe_missed:
+    xor r14d, r14d
+fpe_miss_next:
+    cmp r14, [r13+FPROBE_AT_NR]
+    jae fpe_out
+    mov r15, [r13+r14*8+FPROBE_AT_SIZE]
+    add qword ptr [r15+GFP_NMISSED], 1
+    add r14, 1
+    jmp fpe_miss_next
+fpe_overrun:
+    add qword ptr [rbx+FG_OVERRUN], 1
+fpe_out:
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+
+/* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
+ * pop the frame, put the real return address in fregs->ip, and call the exit handler of each
+ * header stored at entry whose fprobe is still registered. In: rdi = the exit fregs. Clobbers rax,
+ * rdx, r10, r11 (rcx is kept, as graph_trace_return keeps it). */
+.globl fprobe_return
+fprobe_return:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi                            // [rsp+32]: fregs
+    push rsi
+    push rcx
+    push r8
+    push r9
+    mov r15, [rip+fp_control]
+    mov rbx, [r15+FPC_FGRAPH]
+    mov rax, [rbx+FG_CURR]
+    test rax, rax
+    jz fprobe_empty                     // no frame to pop
+    mov r12, [rbx+FG_STACK]
+    mov r13, [r12+rax*8-8]              // the top word: the data's header
+    mov rdx, r13
+    and rdx, FGRAPH_FRAME_OFFSET_MASK
+    mov r14, rax
+    sub r14, rdx
+    sub r14, 1                          // the frame's index
+    lea rbp, [r12+r14*8]                // the frame
+    mov rdx, [rbp+FG_FRAME_RET]
+    mov [rdi+RIP], rdx                  // where to return
+    shr r13, FGRAPH_DATA_SHIFT
+    and r13, FGRAPH_DATA_MASK
+    add r13, 1                          // the data's words
+    sub rax, 1
+    sub rax, r13
+    lea r12, [r12+rax*8]                // the data
+    lea r13, [r12+r13*8]                // its end
+    mov r15, [r15+FPC_IDS]
+fpr_next:
+    cmp r12, r13
+    jae fpr_pop
+    mov rax, [r12]
+    shl rax, 4
+    shr rax, 4                          // the fprobe's id
+    jz fpr_pop                          // a cleared header: no more exits
+    mov rax, [r15+rax*8]                // its guest fprobe (0: unregistered since)
+    test rax, rax
+    jz fpr_skip
+    mov rdi, [rax+GFP_EXIT_DATA]
+    mov rsi, [rbp+FG_FRAME_FUNC]
+    mov rdx, [rbp+FG_FRAME_RET]
+    mov rcx, [rsp+32]
+    xor r8d, r8d
+    cmp qword ptr [rax+GFP_WORDS], 0
+    je fpr_call
+    lea r8, [r12+8]
+fpr_call:
+    call qword ptr [rax+GFP_EXIT]
+fpr_skip:
+    mov rax, [r12]
+    shr rax, 60
+    lea r12, [r12+rax*8+8]
+    jmp fpr_next
+fpr_pop:
+    mov [rbx+FG_CURR], r14
+    sub qword ptr [rbx+FG_DEPTH], 1
+    pop r9
+    pop r8
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+
+/* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
+ * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r11. */
+.globl fprobe_ftrace_entry
+fprobe_ftrace_entry:
+    push rbx
+    push r12
+    push rdi                            // [rsp+16]: ip
+    push rsi                            // [rsp+8]: parent_ip
+    push rcx                            // [rsp]: fregs
+    mov r10, [rip+fp_control]
+    mov r10, [r10+FPC_FTRACE_IPS]
+    call fprobe_lookup
+    test rax, rax
+    jz ffe_out
+    mov r12, rax
+    xor ebx, ebx
+ffe_next:
+    cmp rbx, [r12+FPROBE_AT_NR]
+    jae ffe_out
+    mov rax, [r12+rbx*8+FPROBE_AT_SIZE]
+    add rbx, 1
+    mov rdi, [rax+GFP_ENTRY_DATA]
+    mov rsi, [rsp+16]
+    mov rdx, [rsp+8]
+    mov rcx, [rsp]
+    xor r8d, r8d
+    call qword ptr [rax+GFP_ENTRY]
+    jmp ffe_next
+ffe_out:
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r12
+    pop rbx
+    ret
+
+/* No frame to pop: its one instruction carries a lab hook that stops with fgraph's error. */
+.globl fprobe_empty
+fprobe_empty:
+    ret
+
+.balign 8
+fp_control:                             // the guest dispatch's tables, set once
+    .quad 0

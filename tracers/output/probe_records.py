@@ -1,0 +1,160 @@
+"""Probe events' ring-buffer records, for events whose fetchargs guest code fetched (the kernel's
+trace_fprobe.c fentry_trace_func / fexit_trace_func and store_trace_args): declared once here, for
+the guest handlers' asm constants and for the decoder that turns them back into the events the
+Python path makes.
+
+Each record holds the event (the spec's index), the function and where it returns, which fetches
+faulted (a bit each), the CPU's flags word (for irqs-off), the ftrace_regs fields the handler was
+given, at an exit the arguments saved at entry, then one word per fetcharg: as loaded, before the
+type's truncation, which decoding applies. The fetch words come last, so a trace's records are
+as long as its events need (RingBuffer.reset's record_size) and the guest code's offsets do not
+depend on how many there are."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from emulator.layout import Layout
+
+from ..core.regs import missing_registers
+from ..core.ring_buffer import RECORD_HEADER
+from ..kernel_version import MODELLED, KernelVersion
+from ..probe_events import FAULT, TYPES, ProbeSpec
+from ..probe_events.spec import U64, _convert
+from .events import NR_ARGS, Event
+from .records import EVENT_RECORD, REC_EVENT
+
+REC_PROBE_ENTRY, REC_PROBE_EXIT = 4, 5
+HEAD = ("event", "ip", "parent", "faults", "flags")
+_FIELDS = RECORD_HEADER.nr_words + len(HEAD)  # where the ftrace_regs fields begin
+
+
+@dataclass(frozen=True)
+class ProbeRecords:
+    entry: Layout  # ..., the entry's ftrace_regs fields, fetch
+    exit: Layout  # ..., the exit's ftrace_regs fields, the arguments saved at entry, fetch
+    saved: tuple[str, ...]
+    exit_saved: tuple[str, ...]
+
+    @classmethod
+    def of(cls, karch, kernel: KernelVersion = MODELLED) -> ProbeRecords:
+        saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved(kernel)
+        regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved)]
+        return cls(
+            RECORD_HEADER.extend("probe entry record", (*HEAD, *regs[0], "fetch")),
+            RECORD_HEADER.extend("probe exit record", (*HEAD, *regs[1], *(f"arg{n}" for n in range(NR_ARGS)), "fetch")),
+            saved,
+            exit_saved,
+        )
+
+    def size(self, nr_fetch: int) -> int:
+        """A record's bytes, with room for nr_fetch fetched words."""
+        return max(self.entry.size, self.exit.size) + 8 * (nr_fetch - 1)
+
+    def asm_constants(self) -> dict[str, int]:
+        return {
+            **self.entry.asm_constants("PROBE_ENT_"),
+            **self.exit.asm_constants("PROBE_RET_"),
+            "REC_PROBE_ENTRY": REC_PROBE_ENTRY,
+            "REC_PROBE_EXIT": REC_PROBE_EXIT,
+        }
+
+    def asm_macros(self) -> str:
+        """`probe_entry_fields fregs, rec` and `probe_exit_fields fregs, rec`: the copy of each
+        record's ftrace_regs fields, one `record_field` (the arch's macros.S) each, from the lists
+        the layouts were made from."""
+        out = []
+        for macro, members, type_ in (
+            ("probe_entry_fields", self.saved, "PROBE_ENT"),
+            ("probe_exit_fields", self.exit_saved, "PROBE_RET"),
+        ):
+            out.append(
+                f".macro {macro} fregs, rec\n    .irp m, {', '.join(m.upper() for m in members)}\n"
+                f"    record_field \\fregs, \\rec, {type_}, \\m\n    .endr\n.endm\n"
+            )
+        return "".join(out)
+
+
+class ProbeDecoder:
+    """The guest handlers' records as the events ProbeEventTracer's Python path makes: `specs` by
+    event index; `symbolize` gives a symbol type's %pS text; `irqs_masked` reads the flags word."""
+
+    def __init__(self, karch, kernel: KernelVersion, specs: list[ProbeSpec], symbolize, irqs_masked, mechanism: str):
+        self.layouts = ProbeRecords.of(karch, kernel)
+        self.specs, self.symbolize, self.irqs_masked, self.mechanism = specs, symbolize, irqs_masked, mechanism
+        self.counts = [0] * len(specs)  # the records decoded, by event
+        aliases = karch.ftrace_regs_aliases
+        self.saved, self.exit_saved = self.layouts.saved, self.layouts.exit_saved
+        self.missing_in = tuple(missing_registers(karch, self.saved, aliases))
+        self.missing_out = tuple(missing_registers(karch, self.exit_saved, aliases))
+        # the argument registers' members (ftrace_regs_get_argument reads the member, captured or not)
+        members = {aliases.get(m, m): m for m in karch.ftrace_regs.offsets}
+        self.args = [self.saved.index(members[r]) for r in karch.cpu.arg_regs[:NR_ARGS]]
+        ret = members[karch.cpu.ret_regs[0]]
+        self.ret = self.exit_saved.index(ret)
+
+    def events(self, chunk: bytes, size: int, pending: dict):
+        """The events of a chunk of size-byte records; a REC_EVENT record's is in `pending`, by
+        its key (an event a Python handler made, when the hit took the Python dispatch). Counts
+        each record's event by index in `counts`."""
+        rec = struct.Struct(f"<{size // 8}Q")
+        specs, counts, mechanism, masked = self.specs, self.counts, self.mechanism, self.irqs_masked
+        saved, exit_saved, args_at, ret = self.saved, self.exit_saved, self.args, self.ret
+        missing_in, missing_out, key = self.missing_in, self.missing_out, EVENT_RECORD.index("key")
+        fetch_in, fetch_out = _FIELDS + len(saved), _FIELDS + len(exit_saved) + NR_ARGS
+        for w in rec.iter_unpack(chunk):
+            kind = w[0]
+            if kind == REC_PROBE_ENTRY:
+                fields = w[_FIELDS:fetch_in]
+                regs, missing, args, retval, type_, at = (
+                    dict(zip(saved, fields, strict=True)),
+                    missing_in,
+                    tuple(fields[i] for i in args_at),
+                    None,
+                    "entry",
+                    fetch_in,
+                )
+            elif kind == REC_PROBE_EXIT:
+                fields = w[_FIELDS : _FIELDS + len(exit_saved)]
+                regs, missing, args, retval, type_, at = (
+                    dict(zip(exit_saved, fields, strict=True)),
+                    missing_out,
+                    w[fetch_out - NR_ARGS : fetch_out],
+                    fields[ret],
+                    "exit",
+                    fetch_out,
+                )
+            elif kind == REC_EVENT:  # (gone if a consumer that failed saw it before)
+                if (made := pending.pop(w[key], None)) is not None:
+                    yield made
+                continue
+            else:  # REC_UNCOMMITTED: a run an error stopped in the middle of the record
+                continue
+            event, faults = w[2], w[5]
+            counts[event] += 1
+            spec = specs[event]
+            values = tuple(
+                FAULT if faults >> i & 1 else self._value(arg.type, w[at + i]) for i, arg in enumerate(spec.args)
+            )
+            yield Event(
+                mechanism,
+                type_,
+                w[3],
+                w[4],
+                0,
+                w[1],
+                args,
+                "ftrace_regs",
+                regs,
+                missing,
+                retval=retval,
+                probe=spec,
+                fetch=tuple(zip(spec.args, values, strict=True)),
+                irqs_off=masked(w[6]),
+            )
+
+    def _value(self, type_: str, raw: int) -> int | str:
+        if TYPES[type_][1] == "symbol":
+            return self.symbolize(raw & U64)
+        return _convert(raw, type_)
