@@ -15,7 +15,7 @@
 .globl ftrace_ops_guest_list_func
 ftrace_ops_guest_list_func:
     mov rax, [rip+ops_hash]             // the table's header
-    mov r8, GOLDEN_RATIO_64
+    movabs r8, GOLDEN_RATIO_64
     imul r8, rdi
     mov r9, rcx                         // shr takes its count in cl
     mov rcx, [rax+OPS_HASH_SHIFT]
