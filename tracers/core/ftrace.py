@@ -70,7 +70,7 @@ class FtraceOps:
     notrace: set[int] = field(default_factory=set)
     guest_func: int | None = None  # the same callback in guest code, if there is one
     direct_call: int | None = None  # register_ftrace_direct: the trampoline its sites reach
-    addr: int | None = None  # its struct ftrace_ops in guest memory, once registered (CALL_OPS)
+    addr: int | None = None  # its struct ftrace_ops in guest memory: CALL_OPS, the guest ops list
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
@@ -504,8 +504,8 @@ class Ftrace:
         self.m.write(self.list_ops + FTRACE_OPS.offsets["func"], U64.pack(func))
         fast = func != self.list_func
         for ops in self.ops:
-            func = ops.guest_func if fast and ops.guest_func else self.list_func
-            self.m.write(ops.addr + FTRACE_OPS.offsets["func"], U64.pack(func))
+            own = ops.guest_func if fast and ops.guest_func else self.list_func
+            self.m.write(ops.addr + FTRACE_OPS.offsets["func"], U64.pack(own))
 
     def _set_site_ops(self, site: Site, users: list[FtraceOps]) -> None:
         """The CALL_OPS literal (arm64 ftrace_rec_update_ops): the site's one ops, if ftrace may call
