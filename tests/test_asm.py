@@ -18,6 +18,7 @@ from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
 from tracers.core.bpf_trampoline import BpfTrampolines
+from tracers.core.ftrace import FtraceOps
 from tracers.kernel_version import CHANGES, MODELLED, OLDEST
 
 ROOT = Path(__file__).resolve().parent.parent  # not the working directory: pytest may run from tests/
@@ -61,6 +62,8 @@ def _assembled(arch_name: str) -> dict:
         for kernel in sorted({OLDEST, MODELLED} | {first for first, _ in CHANGES.values()}):
             lab = Lab.open("funcs", arch_name, kernel=kernel)
         BpfTrampolines(lab.ftrace)  # bpf_trampoline.S
+        for name in ("a", "b"):  # ops_list.S: loaded when several ops with guest code share ftrace
+            lab.ftrace.register(FtraceOps(lambda *a: None, name=name, guest_func=lab.tracer_code.function_trace_call))
     return made
 
 

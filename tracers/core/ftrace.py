@@ -30,6 +30,26 @@ DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "op", "fregs")
 # struct ftrace_ops as guest code reads it (asm-offsets FTRACE_OPS_FUNC, FTRACE_OPS_DIRECT_CALL):
 # arm64's CALL_OPS ftrace_caller calls op->func and branches to op->direct_call
 FTRACE_OPS = Layout.of("ftrace_ops", ("func", "direct_call"))
+# The guest list dispatch's table (ops_list.S): a header, then open-addressed slots ip -> list, each
+# list the zero-terminated (func, op) pairs of the ops tracing that site
+OPS_HASH = Layout.of("ops_hash", ("slots", "mask", "shift"))
+OPS_HASH_SLOT = Layout.of("ops_hash_slot", ("ip", "list"))
+OPS_PAIR = Layout.of("ops_pair", ("func", "op"))
+GOLDEN_RATIO_64 = 0x61C8864680B583EB  # include/linux/hash.h
+MASK64 = (1 << 64) - 1
+
+
+def hash_64(val: int, bits: int) -> int:
+    """hash_64_generic (include/linux/hash.h): the kernel's ftrace_hash_key, the guest table's."""
+    return (val * GOLDEN_RATIO_64 & MASK64) >> (64 - bits)
+
+
+def _words(layout: Layout, **values: int) -> list[int]:
+    """The layout's u64 words with these slots set, the rest 0."""
+    words = [0] * layout.nr_words
+    for name, value in values.items():
+        words[layout.index(name)] = value
+    return words
 
 
 class OpsFlag(IntFlag):
@@ -50,7 +70,7 @@ class FtraceOps:
     notrace: set[int] = field(default_factory=set)
     guest_func: int | None = None  # the same callback in guest code, if there is one
     direct_call: int | None = None  # register_ftrace_direct: the trampoline its sites reach
-    addr: int | None = None  # its struct ftrace_ops in guest memory, once registered (CALL_OPS)
+    addr: int | None = None  # its struct ftrace_ops in guest memory: CALL_OPS, the guest ops list
 
     def traces(self, ip: int) -> bool:
         return (not self.filter or ip in self.filter) and ip not in self.notrace
@@ -58,6 +78,20 @@ class FtraceOps:
     @property
     def wants_regs(self) -> bool:
         return bool(self.flags & (OpsFlag.SAVE_REGS | OpsFlag.SAVE_REGS_IF_SUPPORTED))
+
+
+class OpsList(list):
+    """ftrace_ops_list, oldest first. fgraph puts graph_ops back at its old place when it registers it
+    again (ftrace_startup_subops only updates its hash): a move by insert, after which `moved`
+    rebuilds what depends on the order (the guest list's table)."""
+
+    def __init__(self, moved: Callable[[], None]):
+        super().__init__()
+        self.moved = moved
+
+    def insert(self, index, ops) -> None:
+        super().insert(index, ops)
+        self.moved()
 
 
 class TraceRecursion:
@@ -160,13 +194,15 @@ class Ftrace:
         self.ops_at: dict[int, FtraceOps] = {}  # guest struct ftrace_ops -> its ops
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
-        self.ops: list[FtraceOps] = []
+        self.ops: list[FtraceOps] = OpsList(self._update)
         self.recursion = TraceRecursion()
         self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
         # verify mode's owner for every core on this machine; ftrace's snapshots stand at its sites
         self.verify = Verify(machine)
         self.verify.add(self, "ftrace", lambda: [s.ip for s in self.sites if s.on], self._update)
+        self._guest_list: int | None = None  # ops_list.S, loaded when first needed
+        self._hash = self._table = self._table_room = 0  # its header, slots and lists, and their room
         self._returns = None
         if karch.is_replaced(self.SOURCE):  # a user's trampoline: watch where it returns
             start = min(syms.values())
@@ -363,19 +399,18 @@ class Ftrace:
     def _update(self) -> None:
         """ftrace_replace_code: each site calls a trampoline iff some ops wants it; the regs
         trampoline where one of those ops wants a full pt_regs and the arch has one. Then
-        ftrace_update_ftrace_func: a lone ops with guest code is called directly, no Python (not while
-        ftrace is verified: the Python dispatch takes the truth at each site; nor from a user's
-        trampoline: the dispatch checks its stack and where it returns)."""
+        ftrace_update_ftrace_func (_ops_func), and the guest list's table if ftrace_call calls it."""
         encode = self.karch.sites.encode_call  # the trampolines' own calls
-        direct = len(self.ops) == 1 and not self.verify.held(self) and self._returns is None
-        lone = self.ops[0].guest_func if direct else None
+        func = self._ops_func()
         for addr, current in self._call_sites.items():
-            func = lone or self.list_func
             if func != current:
                 self.m.patch(addr, encode(addr, current), encode(addr, func))
                 self._call_sites[addr] = func
+        # newest first, as ftrace_ops_list holds them (add_ftrace_ops puts an ops at its head)
+        newest_first = self.ops[::-1]
+        lists = {}
         for site in self.sites:
-            users = [ops for ops in self.ops if ops.traces(site.ip)]
+            users = [ops for ops in newest_first if ops.traces(site.ip)]
             target = None
             if len(users) == 1 and users[0].direct_call is not None:
                 target = users[0].direct_call  # ftrace_get_addr_new: the direct trampoline itself
@@ -383,23 +418,94 @@ class Ftrace:
                 callers = self.callers[site.encoding.name]
                 regs = callers.regs_caller is not None and any(ops.wants_regs for ops in users)
                 target = callers.regs_caller if regs else callers.for_site(site.literal)
+                lists[site.ip] = users
             if target != site.target:
                 self.m.patch(site.ip, site.calling(site.target), site.calling(target))
                 site.target = target
             if site.literal is not None and self.nop_ops is not None:
                 self._set_site_ops(site, users)
+        if func == self._guest_list:
+            self._write_table(lists)
         if self.nop_ops is not None:
-            self._set_ops_funcs(direct, lone)
+            self._set_ops_funcs(func)
         self.verify.refresh()
 
-    def _set_ops_funcs(self, fast: bool, lone: int | None) -> None:
+    def _ops_func(self) -> int:
+        """What ftrace_call calls: the lab may skip the Python dispatch when every ops has guest
+        code (not while ftrace is verified: the Python dispatch takes the truth at each site; nor
+        from a user's trampoline: the dispatch checks its stack and where it returns). Then a lone
+        ops's function is called directly, several through the guest list (ops_list.S)."""
+        ops = self.ops
+        if not ops or self.verify.held(self) or self._returns is not None or not all(o.guest_func for o in ops):
+            return self.list_func
+        return (ops[0].guest_func or self.list_func) if len(ops) == 1 else self._load_guest_list()
+
+    def _load_guest_list(self) -> int:
+        """ops_list.S and its table's header, the first time several ops with guest code share ftrace
+        (a lab that never needs it keeps its text and data where they were)."""
+        if self._guest_list is None:
+            constants = {
+                **OPS_HASH.asm_constants("OPS_HASH_"),
+                **OPS_HASH_SLOT.asm_constants("OPS_HASH_SLOT_"),
+                **OPS_PAIR.asm_constants("OPS_PAIR_"),
+                "GOLDEN_RATIO_64": GOLDEN_RATIO_64,
+            }
+            syms = self.karch.load(self.m, "ops_list.S", constants)
+            self._hash = self.m.alloc("lab data", OPS_HASH.size, 64)
+            self.m.write_code(syms["ops_hash"], U64.pack(self._hash))
+            self.m.hook_call(self._not_in_table, syms["ftrace_ops_list_missing"])
+            self._guest_list = syms["ftrace_ops_guest_list_func"]
+        return self._guest_list
+
+    def _write_table(self, lists: dict[int, list[FtraceOps]]) -> None:
+        """The guest list's table, rebuilt: each enabled site's ip -> the (func, op) pairs of its ops,
+        op being the ops's own struct ftrace_ops, as the kernel passes it to its func. At most half
+        full, so probing ends at an empty slot; identical lists are stored once."""
+        bits = max(1, (2 * len(lists) - 1).bit_length())
+        size = 1 << bits
+        pairs: dict[tuple[FtraceOps, ...], list[int]] = {}
+        for users in lists.values():
+            for ops in users:
+                if ops.addr is None:  # x86: a struct ftrace_ops only for this
+                    ops.addr = self._guest_ops(ops.guest_func or 0)
+            if (key := tuple(users)) not in pairs:
+                words = [w for ops in key for w in _words(OPS_PAIR, func=ops.guest_func or 0, op=ops.addr or 0)]
+                pairs[key] = words + _words(OPS_PAIR)  # the terminator: func 0
+        slots_size = size * OPS_HASH_SLOT.size
+        room = slots_size + 8 * sum(len(words) for words in pairs.values())
+        if room > self._table_room:  # lab data is never freed: grow by doubling
+            self._table_room = max(room, 2 * self._table_room)
+            self._table = self.m.alloc("lab data", self._table_room, 64)
+        at, where = self._table + slots_size, {}
+        for key, words in pairs.items():
+            where[key], at = at, at + 8 * len(words)
+        slots = [0] * (size * OPS_HASH_SLOT.nr_words)
+        n, ip_word = OPS_HASH_SLOT.nr_words, OPS_HASH_SLOT.index("ip")
+        for ip, users in lists.items():
+            i = hash_64(ip, bits)
+            while slots[i * n + ip_word]:  # linear probing
+                i = (i + 1) & (size - 1)
+            slots[i * n : (i + 1) * n] = _words(OPS_HASH_SLOT, ip=ip, list=where[tuple(users)])
+        table = slots + [w for words in pairs.values() for w in words]
+        self.m.write(self._table, struct.pack(f"<{len(table)}Q", *table))
+        header = _words(OPS_HASH, slots=self._table, mask=size - 1, shift=64 - bits)
+        self.m.write(self._hash, OPS_HASH.codec.pack(*header))
+
+    def _not_in_table(self, _addr: int) -> None:
+        """The guest list found no entry for ip: every enabled site has one, so this is a lab bug."""
+        ip = self.m.reg(self.m.arch.arg_regs[0])
+        what = "an enabled patch site" if ip in self.by_ip and self.by_ip[ip].on else "not an enabled patch site"
+        raise FtlabError(f"ftrace: the guest ops list has no entry for {self.m.where(ip)} ({what})")
+
+    def _set_ops_funcs(self, func: int) -> None:
         """The func of each guest ftrace_ops a CALL_OPS ftrace_caller calls: ftrace_list_ops' is the
-        ops function (what ftrace_call is patched to elsewhere), an ops's own is its guest code when
-        the lab may skip the Python dispatch (as for a lone ops), else that dispatch."""
-        self.m.write(self.list_ops + FTRACE_OPS.offsets["func"], U64.pack(lone or self.list_func))
+        ops function, what ftrace_call is patched to elsewhere (func); an ops's own is its guest code
+        when the lab skips the Python dispatch (func is guest code), else that dispatch."""
+        self.m.write(self.list_ops + FTRACE_OPS.offsets["func"], U64.pack(func))
+        fast = func != self.list_func
         for ops in self.ops:
-            func = ops.guest_func if fast and ops.guest_func else self.list_func
-            self.m.write(ops.addr + FTRACE_OPS.offsets["func"], U64.pack(func))
+            own = ops.guest_func if fast and ops.guest_func else self.list_func
+            self.m.write(ops.addr + FTRACE_OPS.offsets["func"], U64.pack(own))
 
     def _set_site_ops(self, site: Site, users: list[FtraceOps]) -> None:
         """The CALL_OPS literal (arm64 ftrace_rec_update_ops): the site's one ops, if ftrace may call

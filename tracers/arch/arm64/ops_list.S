@@ -1,0 +1,68 @@
+/*
+ * ftrace_ops_list_func in guest code, for when every registered ftrace_ops has guest code: what
+ * ftrace_call (and ftrace_list_ops' func, at CALL_OPS sites) calls with several ops, instead of the
+ * stub that enters the lab's Python dispatch. In: x0 = ip, x1 = parent_ip, x2 = op
+ * (ftrace_list_ops), x3 = fregs, as ftrace_caller passes them. The lab precomputes, per enabled
+ * site, the zero-terminated list of (func, op) pairs of the ops tracing it, newest first, as
+ * __ftrace_ops_list_func (kernel/trace/ftrace.c) walks ftrace_ops_list and tests each ops's filter
+ * and notrace hashes (ftrace_ops_test); this finds the site's list in an open-addressed table keyed
+ * by hash_64(ip, bits) (include/linux/hash.h, the kernel's ftrace_hash_key), probing linearly, and
+ * calls each func(ip, parent_ip, op, fregs).
+ * No TRACE_LIST_START trylock around the calls, as __ftrace_ops_list_func takes: guest funcs run no
+ * traced code, so it would always be taken and given back.
+ * Each func is called as C code: the arguments are reloaded before each call from x19-x22, which it
+ * keeps, and which this keeps for ftrace_caller (it restores only what it saved).
+ */
+.globl ftrace_ops_guest_list_func
+ftrace_ops_guest_list_func:
+    ldr x9, ops_hash                    // the table's header
+    ldr x10, golden_ratio_64
+    mul x10, x0, x10
+    ldr x11, [x9, #OPS_HASH_SHIFT]
+    lsr x10, x10, x11                   // hash_64(ip, bits): the home slot
+    ldr x12, [x9, #OPS_HASH_MASK]
+    ldr x13, [x9, #OPS_HASH_SLOTS]
+    mov x15, #OPS_HASH_SLOT_SIZE
+ops_list_probe:
+    madd x14, x10, x15, x13             // the slot
+    ldr x16, [x14, #OPS_HASH_SLOT_IP]
+    cmp x16, x0
+    b.eq ops_list_found
+    cbz x16, ftrace_ops_list_missing    // an empty slot: ip is not in the table
+    add x10, x10, #1
+    and x10, x10, x12                   // the next slot, wrapping
+    b ops_list_probe
+ops_list_found:
+    stp x29, x30, [sp, #-48]!
+    mov x29, sp
+    stp x19, x20, [sp, #16]
+    stp x21, x22, [sp, #32]
+    mov x19, x0
+    mov x20, x1
+    mov x21, x3
+    ldr x22, [x14, #OPS_HASH_SLOT_LIST] // the site's (func, op) pairs: at least one
+    ldr x9, [x22, #OPS_PAIR_FUNC]
+ops_list_call:
+    mov x0, x19
+    mov x1, x20
+    ldr x2, [x22, #OPS_PAIR_OP]         // the ops's own struct ftrace_ops
+    mov x3, x21
+    blr x9
+    add x22, x22, #OPS_PAIR_SIZE
+    ldr x9, [x22, #OPS_PAIR_FUNC]
+    cbnz x9, ops_list_call
+    ldp x21, x22, [sp, #32]
+    ldp x19, x20, [sp, #16]
+    ldp x29, x30, [sp], #48
+    ret
+
+/* A site the table does not hold: the lab's hook stops with an error (ip in x0). */
+.globl ftrace_ops_list_missing
+ftrace_ops_list_missing:
+    ret
+
+.balign 8
+ops_hash:                               // the table's header (OPS_HASH)
+    .quad 0
+golden_ratio_64:
+    .quad GOLDEN_RATIO_64

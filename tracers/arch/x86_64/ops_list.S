@@ -1,0 +1,70 @@
+/*
+ * ftrace_ops_list_func in guest code, for when every registered ftrace_ops has guest code: what
+ * ftrace_call calls with several ops, instead of the stub that enters the lab's Python dispatch.
+ * In: rdi = ip, rsi = parent_ip, rdx = op (ftrace_list_ops), rcx = fregs, as ftrace_caller passes
+ * them. The lab precomputes, per enabled site, the zero-terminated list of (func, op) pairs of the
+ * ops tracing it, newest first, as __ftrace_ops_list_func (kernel/trace/ftrace.c) walks
+ * ftrace_ops_list and tests each ops's filter and notrace hashes (ftrace_ops_test); this finds the
+ * site's list in an open-addressed table keyed by hash_64(ip, bits) (include/linux/hash.h, the
+ * kernel's ftrace_hash_key), probing linearly, and calls each func(ip, parent_ip, op, fregs).
+ * No TRACE_LIST_START trylock around the calls, as __ftrace_ops_list_func takes: guest funcs run no
+ * traced code, so it would always be taken and given back.
+ * Each func is called as C code: the arguments are reloaded before each call from rbx, r12-r14,
+ * which it keeps, and which this keeps for ftrace_caller (it restores only what it saved).
+ */
+.globl ftrace_ops_guest_list_func
+ftrace_ops_guest_list_func:
+    mov rax, [rip+ops_hash]             // the table's header
+    movabs r8, GOLDEN_RATIO_64
+    imul r8, rdi
+    mov r9, rcx                         // shr takes its count in cl
+    mov rcx, [rax+OPS_HASH_SHIFT]
+    shr r8, cl                          // hash_64(ip, bits): the home slot
+    mov rcx, r9
+    mov r9, [rax+OPS_HASH_MASK]
+    mov r10, [rax+OPS_HASH_SLOTS]
+ops_list_probe:
+    imul r11, r8, OPS_HASH_SLOT_SIZE
+    add r11, r10                        // the slot
+    mov rax, [r11+OPS_HASH_SLOT_IP]
+    cmp rax, rdi
+    je ops_list_found
+    test rax, rax
+    jz ftrace_ops_list_missing          // an empty slot: ip is not in the table
+    add r8, 1
+    and r8, r9                          // the next slot, wrapping
+    jmp ops_list_probe
+ops_list_found:
+    push rbx
+    push r12
+    push r13
+    push r14
+    sub rsp, 8                          // sp as a C call expects it
+    mov rbx, [r11+OPS_HASH_SLOT_LIST]   // the site's (func, op) pairs: at least one
+    mov r12, rdi
+    mov r13, rsi
+    mov r14, rcx
+ops_list_call:
+    mov rdi, r12
+    mov rsi, r13
+    mov rdx, [rbx+OPS_PAIR_OP]          // the ops's own struct ftrace_ops
+    mov rcx, r14
+    call qword ptr [rbx+OPS_PAIR_FUNC]
+    add rbx, OPS_PAIR_SIZE
+    cmp qword ptr [rbx+OPS_PAIR_FUNC], 0
+    jne ops_list_call
+    add rsp, 8
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+/* A site the table does not hold: the lab's hook stops with an error (ip in rdi). */
+.globl ftrace_ops_list_missing
+ftrace_ops_list_missing:
+    ret
+
+.balign 8
+ops_hash:                               // the table's header (OPS_HASH)
+    .quad 0
