@@ -5,15 +5,19 @@ snapshot), hit by hit, on both arches; and the guest path runs no Python handler
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from helpers import ARCHES
 from tracers.builtin.probe import ProbeEventTracer
-from tracers.core.fgraph import FGRAPH_MAX_DATA_SIZE
+from tracers.core.fgraph import FGRAPH_MAX_DATA_SIZE, Fgraph
+from tracers.core.fprobe import Fprobe, Fprobes
 from tracers.core.ftrace import FtraceOps
 from tracers.lab import Lab, resolve
 from tracers.output.sinks import ListSink
 
+U64 = struct.Struct("<Q")
 FIB = ("fib", 9)
 CRC = ("crc32_bitwise", 0, b"123456789abcdefgh", 9)
 # every fetch the guest compiles: registers, arguments (past the registers too), $retval, $stack,
@@ -148,3 +152,52 @@ def test_strings_keep_the_python_path(arch):
     guest, tracer, _ = trace(arch, specs, CRC)
     assert tracer._guest is None
     assert guest.events[0].fetch[0][1] == b"123456789abcdefgh"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_python_handlers_see_the_same_on_the_guest_dispatch(arch):
+    """An fprobe API user's Python handlers, entered from the guest dispatch for the handler alone
+    (fgraph's push and pop and fprobe's walk in guest code), see what they see on the Python path
+    (a registry without the lab's FprobeCode): the same calls, snapshots, entry data, shadow-stack
+    top, skips and nmissed, on a recursion deep enough that some exits' data does not fit."""
+
+    def run(guest: bool):
+        lab = Lab(resolve("funcs", arch)[0])
+        cores = (lab.ftrace, lab.fgraph, lab.rethook)
+        fprobes = Fprobes(*cores, "fgraph", kernel=lab.kernel, code=lab.fprobe_code if guest else None)
+        seen = []
+
+        def entry(fp, ip, ret_ip, regs, data):
+            n = regs.get_argument(0)
+            if data is not None:
+                lab.machine.pack(U64, data, n * 3)
+            seen.append(("entry", fp.id, ip, ret_ip, regs.fields, lab.fgraph.curr_ret_stack, data is None))
+            return n % 3 == 0  # skip some exits
+
+        def exit_(fp, ip, ret_ip, regs, data):
+            saved = lab.machine.unpack(U64, data)[0] if data is not None else None
+            seen.append(("exit", fp.id, ip, ret_ip, regs.fields, lab.fgraph.curr_ret_stack, saved))
+
+        probes = [Fprobe(entry, exit_, entry_data_size=8 * 12), Fprobe(entry, exit_), Fprobe(entry)]
+        for fp in probes:
+            fprobes.register(fp, "fib")
+        lab.fgraph.curr_ret_stack = 400  # deep in: some calls' data will not fit
+        assert lab.call("fib", 12) == 144
+        assert (fprobes._guest() is not None) is guest
+        return seen, [fp.nmissed for fp in probes], lab.fgraph.trace_overrun
+
+    guest, python = run(True), run(False)
+    assert guest == python
+    assert guest[1][0] > 0 and len(guest[0]) > 400
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fprobe_python_handlers_enter_python_once_per_handler(arch, monkeypatch):
+    """On the guest dispatch, Python runs for the handlers only: not fgraph's entry or return."""
+    for name in ("_entry", "_return"):
+        monkeypatch.setattr(Fgraph, name, lambda *a, name=name: pytest.fail(f"fgraph's Python {name} ran"))
+    lab = Lab(resolve("funcs", arch)[0])
+    fprobes, calls = lab.fprobes(), []
+    fprobes.register(Fprobe(lambda *a: calls.append("entry") and 0, lambda *a: calls.append("exit")), "fib")
+    assert lab.call("fib", 10) == 55
+    assert calls.count("entry") == calls.count("exit") == 177

@@ -460,6 +460,13 @@ class Fgraph:
 
     _current: FgraphOps | None = None
 
+    def exit_fregs(self, fregs_addr: int, ret: int) -> FtraceRegs:
+        """The ftrace_regs return_to_handler built for a return to `ret`; with verify mode, the
+        true registers there, the ip meaning the real return address."""
+        truth = self.verify.take(self.return_to_handler)
+        pc = self.karch.cpu.pc
+        return FtraceRegs(self.karch, self.m, fregs_addr, truth, {pc: ret} if truth else None, saved=self.exit_saved)
+
     def _return(self, _addr: int) -> None:
         fregs_addr = self._fregs_arg[FREGS_ARG]
         ctl = self._ctl
@@ -467,19 +474,11 @@ class Fgraph:
         if top <= 0:
             self.empty_shadow_stack()
         frame = self._frame(top - 1 - get_offset(self._word(top - 1)))  # get_ret_stack
-        truth = self.verify.take(self.return_to_handler)
         karch = self.karch
         karch.check_call_alignment(
             self.m, lambda: karch.describe(self.design.source, "return_to_handler"), "ftrace_return_to_handler"
         )
-        fregs = FtraceRegs(
-            karch,
-            self.m,
-            fregs_addr,
-            truth,
-            {karch.cpu.pc: frame.ret} if truth else None,
-            saved=self.exit_saved,
-        )
+        fregs = self.exit_fregs(fregs_addr, frame.ret)
         if karch.fgraph.fp_test and frame.fp != fregs.get_frame_pointer():
             raise FtlabError(
                 f"fgraph: bad frame pointer returning from {self.m.symbols.name(frame.func)}: "

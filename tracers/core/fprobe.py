@@ -34,6 +34,7 @@ from ..kernel_version import MODELLED
 from .fgraph import FgraphOps
 from .ftrace import FtraceOps, OpsFlag
 from .kretprobe import NR_CPUS
+from .regs import FtraceRegs
 from .rethook import Rethook
 
 DESIGNS = ("fgraph", "rethook")
@@ -47,7 +48,7 @@ class Fprobe:
     exit_handler: Callable | None = None
     entry_data_size: int = 0
     nr_maxactive: int = 0  # the rethook design's node pool (0: the kernel's default)
-    nmissed: int = 0
+    _missed: int = 0  # nmissed counted in Python
     disabled: bool = False
     ips: set[int] = field(default_factory=set)
     id: int = 0
@@ -55,6 +56,17 @@ class Fprobe:
     guest_exit: tuple[int, int] | None = None
     _ops: FtraceOps | None = None
     _desc: int = 0  # its guest fprobe, while the dispatch runs in guest code
+    _guest_missed: Callable[[], int] | None = None  # what the guest dispatch counted
+
+    @property
+    def nmissed(self) -> int:
+        """The misses counted in Python and in the guest dispatch."""
+        return self._missed + (self._guest_missed() if self._guest_missed else 0)
+
+    @nmissed.setter
+    def nmissed(self, value: int) -> None:
+        self._missed = value - (self._guest_missed() if self._guest_missed else 0)
+
     _rethook: Rethook | None = None
 
 
@@ -114,9 +126,7 @@ class Fprobes:
             raise FtlabError("fprobe: unregistering an fprobe that is not registered")
         del self.probes[fp.id]
         self._by_ip.clear()
-        if fp._desc and self.code is not None:
-            fp.nmissed += self.code.nmissed(fp._desc)
-            fp._desc = 0
+        self._leave_guest(fp)
         if fp._ops is not None:
             self.ftrace.unregister(fp._ops)
         self._update_graph()
@@ -192,33 +202,52 @@ class Fprobes:
             self._publish(guest)
 
     def _guest(self):
-        """The lab's FprobeCode, while this registry may dispatch in guest code: every fprobe has its
-        handlers there and is enabled, and no other registry is using it (else None: Python)."""
+        """The lab's FprobeCode, while this registry may dispatch in guest code: every fprobe is
+        enabled, and no other registry is using it (else None: Python)."""
         code, probes = self.code, self.probes.values()
-        usable = (
-            code is not None
-            and code.owner in (None, self)
-            and all(
-                not fp.disabled
-                and (fp.entry_handler is None or fp.guest_entry)
-                and (fp.exit_handler is None or fp.guest_exit)
-                for fp in probes
-            )
-        )
-        for fp in probes:  # the guest nmissed of a probe leaving the guest path is kept
-            if fp._desc and not usable:
-                fp.nmissed += code.nmissed(fp._desc)
-                fp._desc = 0
+        usable = code is not None and code.owner in (None, self) and not any(fp.disabled for fp in probes)
+        if not usable:
+            for fp in probes:
+                self._leave_guest(fp)
         if code is not None and code.owner in (None, self):
             code.owner = self if usable and probes else None
         return code if usable and probes else None
+
+    def _leave_guest(self, fp: Fprobe) -> None:
+        """fp's guest fprobe is no longer used: what it missed is kept in Python's count."""
+        if fp._desc:
+            missed = fp.nmissed
+            fp._desc, fp._guest_missed = 0, None
+            fp.nmissed = missed
+
+    def python_entry(self, id: int, ip: int, ret_ip: int, fregs_addr: int, data: int) -> int:
+        """A Python entry handler the guest dispatch called (fprobe_python_entry), under the
+        recursion lock fgraph's entry takes (a refused nesting skips the handler and the exit, as
+        function_graph_enter_regs drops the call); non-zero: skip the exit."""
+        fp, ftrace = self.probes[id], self.ftrace
+        recursion = ftrace.recursion
+        bit = recursion.trylock(ip, ret_ip, recursion.FTRACE_START)
+        if bit < 0:
+            return 1
+        try:
+            regs = FtraceRegs(ftrace.karch, self.m, fregs_addr, saved=ftrace.saved_at(ftrace.by_ip[ip]))
+            return int(bool(fp.entry_handler(fp, ip, ret_ip, regs, data or None)))
+        finally:
+            recursion.unlock(bit)
+
+    def python_exit(self, id: int, ip: int, ret_ip: int, fregs_addr: int, data: int) -> None:
+        """A Python exit handler the guest dispatch called (fprobe_python_exit), with the exit's
+        ftrace_regs as fgraph's return builds them."""
+        fp = self.probes[id]
+        fp.exit_handler(fp, ip, ret_ip, self.fgraph.exit_fregs(fregs_addr, ret_ip), data or None)
 
     def _publish(self, code) -> None:
         graph: dict[int, list[int]] = {}
         ftrace: dict[int, list[int]] = {}
         for fp in self.probes.values():
             if not fp._desc:
-                fp._desc = code.descriptor(fp)
+                fp._desc = desc = code.descriptor(fp)
+                fp._guest_missed = lambda d=desc: code.nmissed(d)
             for ip in sorted(fp.ips):
                 (ftrace if self._is_ftrace(fp) else graph).setdefault(ip, []).append(fp._desc)
         code.publish(graph, ftrace, {fp.id: fp._desc for fp in self.probes.values()}, self._gops)

@@ -5,12 +5,16 @@ They find an address's fprobes in an ip table, as the kernel's fprobe_ip_table, 
 the same shadow-stack words as the Python path (fprobe.py, fgraph.py), so either path can pop what
 the other pushed. One registry at a time uses it (`owner`).
 
-A guest handler is (code, data): entry handlers are called as code(data, ip, ret_ip, fregs,
-entry_data) and must not ask to skip the exit (probe events never do); exit handlers alike."""
+A guest handler is (code, data), called as code(data, ip, ret_ip, fregs, entry_data); an entry
+handler's non-zero return skips the exit. An fprobe whose handlers are Python gets the stubs
+fprobe_python_entry / fprobe_python_exit, which enter Python for the handler alone (data: the
+fprobe's id; the owner registry's python_entry / python_exit call it), with fgraph's bookkeeping
+and fprobe's walk left in guest code."""
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from emulator.layout import Layout
 
@@ -20,6 +24,10 @@ from .ip_table import IpTable
 FPROBE_CONTROL = Layout.of("fprobe guest control", ("fgraph", "graph_ips", "ftrace_ips", "ids", "bitmap"))
 GUEST_FPROBE = Layout.of("guest fprobe", ("id", "entry", "entry_data", "exit", "exit_data", "words", "nmissed"))
 FPROBE_AT = Layout.of("fprobe list", ("need", "header", "nr"))  # then the guest fprobes' addresses
+# what a Python handler's stub leaves in its mailbox, and the handler's return value
+PY_ARGS = Layout.of("fprobe python args", ("id", "ip", "ret_ip", "fregs", "data", "result"))
+PY_ARGS_GET = PY_ARGS.getter("id", "ip", "ret_ip", "fregs", "data")
+RESULT = PY_ARGS.index("result")
 U64 = struct.Struct("<Q")
 
 
@@ -36,6 +44,7 @@ class FprobeCode:
                 **FPROBE_CONTROL.asm_constants("FPC_"),
                 **GUEST_FPROBE.asm_constants("GFP_"),
                 **FPROBE_AT.asm_constants("FPROBE_AT_"),
+                **PY_ARGS.asm_constants("PY_ARGS_"),
                 "FGRAPH_MAX_DATA_SIZE": fgraph.FGRAPH_MAX_DATA_SIZE,
             },
         )
@@ -50,7 +59,21 @@ class FprobeCode:
         if bad_fp is not None:
             m.hook_call(lambda _addr: fgraph_core.bad_frame_pointer(), bad_fp)
         m.hook_call(lambda _addr: fgraph_core.empty_shadow_stack(), syms["fprobe_empty"])
-        self.owner: object | None = None
+        self.python_entry, self.python_exit = syms["fprobe_python_entry"], syms["fprobe_python_exit"]
+        for stub, call in ((self.python_entry, self._entry), (self.python_exit, self._exit)):
+            mailbox = m.mailbox(stub, syms[f"{m.symbols.name(stub)}_args"], PY_ARGS)
+            m.hook_call(lambda _addr, box=mailbox, call=call: call(box), syms[f"{m.symbols.name(stub)}_lab"])
+        self.owner: Any = None  # the Fprobes registry using the guest dispatch (fprobe.py)
+
+    def _entry(self, box) -> None:
+        owner = self.owner
+        assert owner is not None  # only a registry that owns the dispatch has its fprobes in it
+        box[RESULT] = owner.python_entry(*PY_ARGS_GET(box))
+
+    def _exit(self, box) -> None:
+        owner = self.owner
+        assert owner is not None
+        owner.python_exit(*PY_ARGS_GET(box))
 
     def _put(self, **values) -> None:
         for name, value in values.items():
@@ -59,8 +82,8 @@ class FprobeCode:
     def descriptor(self, fp) -> int:
         """A new guest fprobe for fp (its handlers, its entry data's words, a zero nmissed)."""
         addr = self.m.alloc("lab data", GUEST_FPROBE.size, 64)
-        entry, entry_data = fp.guest_entry or (0, 0)
-        exit_, exit_data = fp.guest_exit or (0, 0)
+        entry, entry_data = fp.guest_entry or ((self.python_entry, fp.id) if fp.entry_handler else (0, 0))
+        exit_, exit_data = fp.guest_exit or ((self.python_exit, fp.id) if fp.exit_handler else (0, 0))
         words = -(-fp.entry_data_size // 8)
         self.m.write(addr, GUEST_FPROBE.codec.pack(fp.id, entry, entry_data, exit_, exit_data, words, 0))
         return addr

@@ -526,6 +526,13 @@ class Ftrace:
         """The trampoline the site calls, as messages name it (the user's file, if replaced)."""
         return self.karch.describe(self.SOURCE, self.m.symbols.name(site.target)) if site.target else "ftrace"
 
+    def saved_at(self, site: Site) -> tuple[str, ...]:
+        """The ftrace_regs members the trampoline the site calls now stores: ftrace_regs_caller's
+        where an ops wants a full pt_regs there, else the site kind's ftrace_caller's."""
+        karch, enc = self.karch, site.encoding
+        regs_caller = self.callers[enc.name].regs_caller
+        return karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
+
     def _dispatch(self, _addr: int) -> None:
         """What ftrace_call calls (update_ftrace_function, kernel/trace/ftrace.c, v6.17): with one
         ops, ftrace_ops_get_func(ops): ops->func itself, unguarded, unless the ops asks for
@@ -541,9 +548,7 @@ class Ftrace:
         enc = site.encoding
         karch.check_call_alignment(self.m, lambda: self._caller(site), "ftrace_ops_list_func")
         meaning = {member: f(ip, truth, self.m.u64) for member, f in enc.meaning.items()} if truth else None
-        regs_caller = self.callers[enc.name].regs_caller
-        saved = karch.regs_caller.saved if karch.regs_caller and site.target == regs_caller else enc.saved
-        fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, saved)
+        fregs = FtraceRegs(karch, self.m, fregs_addr, truth, meaning, self.saved_at(site))
         # op: one ops that a CALL_OPS literal called directly, else ftrace_ops_list, which holds the
         # newest ops first (add_ftrace_ops puts it at the head, kernel/trace/ftrace.c) and
         # __ftrace_ops_list_func walks from there

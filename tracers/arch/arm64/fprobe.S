@@ -55,11 +55,13 @@ fl_found:
     ret
 
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
- * lone user. No room for a frame: trace_overrun. No room for the exits' data (more than
- * FGRAPH_MAX_DATA_SIZE, or past SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs.
- * Else each entry handler runs, and each exit gets a header (id | words << 60) and its data; if
- * any exit will run, the frame, its bitmap word and the data's header are pushed and the return
- * hooked (fregs->lr). In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
+ * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
+ * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
+ * SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs. Else the data and its header are
+ * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
+ * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
+ * is hooked (fregs->lr), else the frame is popped. In: x0 = ip, x1 = parent_ip, x2 = op,
+ * x3 = fregs. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
     fprobe_frame_push
@@ -75,8 +77,19 @@ fprobe_fgraph_entry:
     cbz x9, fpe_out
     mov x25, x9                         // the fprobes on ip
     ldr x10, [x23, #FG_STACK]
-    add x26, x24, #FG_FRAME_WORDS+1
-    add x26, x10, x26, lsl #3           // the exits' data: above the frame and its bitmap word
+    add x9, x10, x24, lsl #3            // the frame
+    ldr x11, [x21, #FREGS_LR]
+    stp x11, x19, [x9, #FG_FRAME_RET]   // ret, func
+    ldr x11, [x21, #FREGS_FP]
+    stp x11, x11, [x9, #FG_FRAME_FP]    // fp, and retp (arm64 matches frames by fp)
+    mov x11, #FG_FRAME_WORDS            // reserved, its offset to the frame
+    str x11, [x9, #FG_PUSH_BITMAP]
+    add x26, x9, #FG_PUSH_BITMAP+8      // the exits' data: above the frame and that word
+    add x11, x24, #FG_FRAME_WORDS+1
+    str x11, [x23, #FG_CURR]
+    ldr x11, [x23, #FG_DEPTH]
+    add x11, x11, #1
+    str x11, [x23, #FG_DEPTH]
     ldr x9, [x25, #FPROBE_AT_NEED]
     cbz x9, fpe_handlers
     cmp x9, #FGRAPH_MAX_DATA_SIZE
@@ -85,12 +98,15 @@ fprobe_fgraph_entry:
     add x10, x10, #FG_FRAME_WORDS+2
     cmp x10, #FG_MAX_OFFSET
     b.hs fpe_missed                     // no room for it
+    str x10, [x23, #FG_CURR]            // reserved: the data, then its header
+    ldr x11, [x25, #FPROBE_AT_HEADER]
+    str x11, [x26, x9]
 fpe_handlers:
     mov x27, #0
 fpe_next:
     ldr x9, [x25, #FPROBE_AT_NR]
     cmp x27, x9
-    b.hs fpe_push
+    b.hs fpe_done
     add x9, x25, #FPROBE_AT_SIZE
     ldr x28, [x9, x27, lsl #3]          // the guest fprobe
     add x27, x27, #1
@@ -108,6 +124,7 @@ fpe_entry:
     ldr x2, [x21, #FREGS_LR]            // ret_ip: ftrace_regs_get_return_address
     mov x3, x21
     blr x9
+    cbnz x0, fpe_next                   // non-zero: skip the exit (not counted as missed)
 fpe_exit:
     ldr x9, [x28, #GFP_EXIT]
     cbz x9, fpe_next
@@ -118,28 +135,27 @@ fpe_exit:
     add x26, x26, x9, lsl #3
     add x26, x26, #8
     b fpe_next
-fpe_push:
+fpe_done:
     ldr x10, [x23, #FG_STACK]
     add x9, x24, #FG_FRAME_WORDS+1
-    add x9, x10, x9, lsl #3
-    cmp x26, x9
-    b.eq fpe_out                        // no exit to run: nothing stays pushed
-    add x9, x10, x24, lsl #3            // the frame
-    ldr x11, [x21, #FREGS_LR]
-    stp x11, x19, [x9, #FG_FRAME_RET]   // ret, func
-    ldr x11, [x21, #FREGS_FP]
-    stp x11, x11, [x9, #FG_FRAME_FP]    // fp, and retp (arm64 matches frames by fp)
-    ldr x11, [x22, #FPC_BITMAP]
-    str x11, [x9, #FG_PUSH_BITMAP]      // the bitmap word, above the frame
-    ldr x11, [x25, #FPROBE_AT_HEADER]
-    str x11, [x26]                      // the data's header, the top word
-    add x11, x26, #8
-    sub x11, x11, x10
+    add x9, x10, x9, lsl #3             // the data
+    // what a skipped exit left unused: fprobe_fgraph_entry's memset(fgraph_data + used, 0,
+    // reserved_words - used) takes a count of words as bytes, clearing that many bytes
+    ldr x11, [x25, #FPROBE_AT_NEED]
+    add x11, x11, x9
+    sub x11, x11, x26
     lsr x11, x11, #3
-    str x11, [x23, #FG_CURR]
-    ldr x11, [x23, #FG_DEPTH]
-    add x11, x11, #1
-    str x11, [x23, #FG_DEPTH]
+    mov x12, x26
+fpe_clear:
+    cbz x11, fpe_cleared
+    strb wzr, [x12], #1
+    sub x11, x11, #1
+    b fpe_clear
+fpe_cleared:
+    cmp x26, x9
+    b.eq fpe_pop                        // no exit to run: the frame goes again
+    ldr x11, [x22, #FPC_BITMAP]
+    stur x11, [x9, #-8]                 // the reserved word becomes the bitmap
     ldr x11, [x23, #FG_RETURN_TO_HANDLER]
     str x11, [x21, #FREGS_LR]           // hook the return: lr in fregs
     b fpe_out
@@ -148,7 +164,7 @@ fpe_missed:
 fpe_miss_next:
     ldr x9, [x25, #FPROBE_AT_NR]
     cmp x27, x9
-    b.hs fpe_out
+    b.hs fpe_pop
     add x9, x25, #FPROBE_AT_SIZE
     ldr x9, [x9, x27, lsl #3]
     ldr x10, [x9, #GFP_NMISSED]
@@ -156,6 +172,12 @@ fpe_miss_next:
     str x10, [x9, #GFP_NMISSED]
     add x27, x27, #1
     b fpe_miss_next
+fpe_pop:
+    str x24, [x23, #FG_CURR]
+    ldr x11, [x23, #FG_DEPTH]
+    sub x11, x11, #1
+    str x11, [x23, #FG_DEPTH]
+    b fpe_out
 fpe_overrun:
     ldr x10, [x23, #FG_OVERRUN]
     add x10, x10, #1
@@ -256,6 +278,32 @@ ffe_next:
 ffe_out:
     fprobe_frame_pop
     ret
+
+/* An fprobe's Python handler (the data is the fprobe's id): its arguments into the mailbox, then
+ * the block carrying the lab's hook, which calls it; x0 = what it returned (an entry handler's
+ * non-zero skips the exit). Clobbers x9, x10. */
+.macro python_handler name
+.globl \name
+\name:
+    ldr x9, \name\()_args
+    stp x0, x1, [x9, #PY_ARGS_ID]       // id, ip
+    stp x2, x3, [x9, #PY_ARGS_RET_IP]   // ret_ip, fregs
+    str x4, [x9, #PY_ARGS_DATA]
+    mov x10, x30
+    bl \name\()_lab
+    mov x30, x10
+    ldr x0, [x9, #PY_ARGS_RESULT]
+    ret
+.globl \name\()_lab
+\name\()_lab:
+    ret
+.balign 8
+\name\()_args:
+    .quad 0
+.endm
+
+python_handler fprobe_python_entry
+python_handler fprobe_python_exit
 
 /* A frame-pointer mismatch, and no frame to pop: each one instruction carries a lab hook that
  * stops with fgraph's error. */

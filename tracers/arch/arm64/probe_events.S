@@ -18,7 +18,8 @@ probe_entry_event:
     cbz x12, pe_done
     ldr x11, [x16, #PROG_EVENT]
     str x11, [x12, #PROBE_ENT_EVENT]
-    stp x1, x2, [x12, #PROBE_ENT_IP]    // ip, parent
+    ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: hooked, if fgraph ran first
+    stp x1, x11, [x12, #PROBE_ENT_IP]   // ip, parent
     mrs x11, daif
     str x11, [x12, #PROBE_ENT_FLAGS]
     probe_entry_fields x3, x12

@@ -32,11 +32,13 @@ fl_done:
     ret
 
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
- * lone user. No room for a frame: trace_overrun. No room for the exits' data (more than
- * FGRAPH_MAX_DATA_SIZE, or past SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs.
- * Else each entry handler runs, and each exit gets a header (id | words << 60) and its data; if
- * any exit will run, the frame, its bitmap word and the data's header are pushed and the return
- * hooked. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r11. */
+ * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
+ * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
+ * SHADOW_STACK_MAX_OFFSET): each fprobe misses, no handler runs. Else the data and its header are
+ * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
+ * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
+ * is hooked, else the frame is popped. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs.
+ * Clobbers rax, rdx, r8-r11. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
     push rbx
@@ -59,9 +61,21 @@ fprobe_fgraph_entry:
     test rax, rax
     jz fpe_out
     mov r13, rax                        // the fprobes on ip
-    lea rbp, [r12+FG_FRAME_WORDS+1]
-    shl rbp, 3
-    add rbp, [rbx+FG_STACK]             // the exits' data: above the frame and its bitmap word
+    mov rax, r12
+    shl rax, 3
+    add rax, [rbx+FG_STACK]             // the frame
+    mov rcx, [rsp]
+    mov rdx, [rcx+RSP]                  // the return slot
+    mov r8, [rdx]
+    mov [rax+FG_FRAME_RET], r8
+    mov r8, [rsp+16]
+    mov [rax+FG_FRAME_FUNC], r8
+    mov [rax+FG_FRAME_RETP], rdx
+    mov qword ptr [rax+FG_PUSH_BITMAP], FG_FRAME_WORDS      // reserved, its offset to the frame
+    lea rbp, [rax+FG_PUSH_BITMAP+8]     // the exits' data: above the frame and that word
+    lea r8, [r12+FG_FRAME_WORDS+1]
+    mov [rbx+FG_CURR], r8
+    add qword ptr [rbx+FG_DEPTH], 1
     mov rax, [r13+FPROBE_AT_NEED]
     test rax, rax
     jz fpe_handlers
@@ -71,11 +85,15 @@ fprobe_fgraph_entry:
     lea rax, [r12+rax+FG_FRAME_WORDS+2]
     cmp rax, FG_MAX_OFFSET
     jae fpe_missed                      // no room for it
+    mov [rbx+FG_CURR], rax              // reserved: the data, then its header
+    mov rax, [r13+FPROBE_AT_NEED]
+    mov r8, [r13+FPROBE_AT_HEADER]
+    mov [rbp+rax], r8
 fpe_handlers:
     xor r14d, r14d
 fpe_next:
     cmp r14, [r13+FPROBE_AT_NR]
-    jae fpe_push
+    jae fpe_done
     mov r15, [r13+r14*8+FPROBE_AT_SIZE] // the guest fprobe
     add r14, 1
     xor r8d, r8d                        // entry_data: for an exit with data, after its header
@@ -94,6 +112,8 @@ fpe_entry:
     mov rdx, [rcx+RSP]
     mov rdx, [rdx]                      // ret_ip: ftrace_regs_get_return_address, the word at sp
     call rax
+    test rax, rax
+    jnz fpe_next                        // non-zero: skip the exit (not counted as missed)
 fpe_exit:
     cmp qword ptr [r15+GFP_EXIT], 0
     je fpe_next
@@ -104,32 +124,32 @@ fpe_exit:
     mov rax, [r15+GFP_WORDS]
     lea rbp, [rbp+rax*8+8]
     jmp fpe_next
-fpe_push:
+fpe_done:
     lea rax, [r12+FG_FRAME_WORDS+1]
     shl rax, 3
-    add rax, [rbx+FG_STACK]
+    add rax, [rbx+FG_STACK]             // the data
+    // what a skipped exit left unused: fprobe_fgraph_entry's memset(fgraph_data + used, 0,
+    // reserved_words - used) takes a count of words as bytes, clearing that many bytes
+    mov rdx, [r13+FPROBE_AT_NEED]
+    add rdx, rax
+    sub rdx, rbp
+    shr rdx, 3
+    mov r8, rbp
+fpe_clear:
+    test rdx, rdx
+    jz fpe_cleared
+    mov byte ptr [r8], 0
+    add r8, 1
+    sub rdx, 1
+    jmp fpe_clear
+fpe_cleared:
     cmp rbp, rax
-    je fpe_out                          // no exit to run: nothing stays pushed
-    mov rax, r12
-    shl rax, 3
-    add rax, [rbx+FG_STACK]             // the frame
-    mov rcx, [rsp]
-    mov rdx, [rcx+RSP]                  // the return slot
-    mov r8, [rdx]
-    mov [rax+FG_FRAME_RET], r8
-    mov r8, [rsp+16]
-    mov [rax+FG_FRAME_FUNC], r8
-    mov [rax+FG_FRAME_RETP], rdx
+    je fpe_pop                          // no exit to run: the frame goes again
     mov r15, [rip+fp_control]
     mov r8, [r15+FPC_BITMAP]
-    mov [rax+FG_PUSH_BITMAP], r8        // the bitmap word, above the frame
-    mov r8, [r13+FPROBE_AT_HEADER]
-    mov [rbp], r8                       // the data's header, the top word
-    lea r8, [rbp+8]
-    sub r8, [rbx+FG_STACK]
-    shr r8, 3
-    mov [rbx+FG_CURR], r8
-    add qword ptr [rbx+FG_DEPTH], 1
+    mov [rax-8], r8                     // the reserved word becomes the bitmap
+    mov rcx, [rsp]
+    mov rdx, [rcx+RSP]
     mov r8, [rbx+FG_RETURN_TO_HANDLER]
     mov [rdx], r8                       // hook the return
     jmp fpe_out
@@ -137,11 +157,15 @@ fpe_missed:
     xor r14d, r14d
 fpe_miss_next:
     cmp r14, [r13+FPROBE_AT_NR]
-    jae fpe_out
+    jae fpe_pop
     mov r15, [r13+r14*8+FPROBE_AT_SIZE]
     add qword ptr [r15+GFP_NMISSED], 1
     add r14, 1
     jmp fpe_miss_next
+fpe_pop:
+    mov [rbx+FG_CURR], r12
+    sub qword ptr [rbx+FG_DEPTH], 1
+    jmp fpe_out
 fpe_overrun:
     add qword ptr [rbx+FG_OVERRUN], 1
 fpe_out:
@@ -272,6 +296,32 @@ ffe_out:
     pop r12
     pop rbx
     ret
+
+/* An fprobe's Python handler (the data is the fprobe's id): its arguments into the mailbox, then
+ * the block carrying the lab's hook, which calls it; rax = what it returned (an entry handler's
+ * non-zero skips the exit). Clobbers r10. */
+.macro python_handler name
+.globl \name
+\name:
+    mov r10, [rip+\name\()_args]
+    mov [r10+PY_ARGS_ID], rdi
+    mov [r10+PY_ARGS_IP], rsi
+    mov [r10+PY_ARGS_RET_IP], rdx
+    mov [r10+PY_ARGS_FREGS], rcx
+    mov [r10+PY_ARGS_DATA], r8
+    call \name\()_lab
+    mov rax, [r10+PY_ARGS_RESULT]
+    ret
+.globl \name\()_lab
+\name\()_lab:
+    ret
+.balign 8
+\name\()_args:
+    .quad 0
+.endm
+
+python_handler fprobe_python_entry
+python_handler fprobe_python_exit
 
 /* No frame to pop: its one instruction carries a lab hook that stops with fgraph's error. */
 .globl fprobe_empty

@@ -20,7 +20,9 @@ probe_entry_event:
     mov r11, [rbx+PROG_EVENT]
     mov [rax+PROBE_ENT_EVENT], r11
     mov [rax+PROBE_ENT_IP], rsi
-    mov [rax+PROBE_ENT_PARENT], rdx
+    mov r11, [rcx+FREGS_SP]
+    mov r11, [r11]                      // ftrace_regs_get_return_address: hooked, if fgraph ran first
+    mov [rax+PROBE_ENT_PARENT], r11
     pushfq
     pop qword ptr [rax+PROBE_ENT_FLAGS]
     probe_entry_fields rcx, rax
