@@ -1,6 +1,7 @@
 """Sinks: the kernel's trace text, and JSON lines. They name addresses from a symbol table (a
-lab's, or a recording's). JSON lines and function_graph's text stream, one event at a time; the
-function (and nop) tracer's text waits for the end of the trace, whose counts its header shows."""
+lab's, or a recording's). JSON lines and function_graph's text stream as the events (or the
+records, in bulk) come; the function (and nop) tracer's text waits for the end of the trace, whose
+counts its header shows."""
 
 from __future__ import annotations
 
