@@ -238,6 +238,7 @@ def test_bulk_graph_lines_of_made_up_records(arch, bulk):
         (REC_ENTRY, 5, chain, 40, 0, 0),
         (REC_ENTRY, 6, 0x10, 41, 0, 0),  # no symbol: the bare address
         (REC_EXIT, 7, 0x10, 41, 1, 9),  # calltime after the exit
+        (REC_EXIT, 1, 0x10, 41, 1, (1 << 64) - 1),  # ... by more than an int64 holds
         (7, 8, chain, 40, 2, 5),  # unknown type: GraphDecoder reads an exit
         (REC_EXIT, 9, fib, 0, (1 << 64) - 1, 1),
         (REC_ENTRY, 10, fib, 5, 0, 0),
@@ -249,7 +250,7 @@ def test_bulk_graph_lines_of_made_up_records(arch, bulk):
         text = assert_same_graph(lab, [chunk], bulk, **options)
     for mark in "$@*#!+":
         assert f"| {mark} " not in text and f" {mark} " in text
-    assert "0x10();" in text and "-2 ev" in text and "/* fib ret=-1 */" in text
+    assert "0x10();" in text and "-2 ev" in text and f"{2 - (1 << 64)} ev" in text and "/* fib ret=-1 */" in text
 
 
 @pytest.mark.parametrize("arch", ARCHES)

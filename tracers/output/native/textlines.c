@@ -195,10 +195,10 @@ struct graph_state {
 };
 
 /* trace_find_mark(): the duration column's mark (MARKS in sinks.py) */
-static char mark(int64_t duration)
+static char mark(uint64_t duration)
 {
     static const struct {
-        int64_t limit;
+        uint64_t limit;
         char mark;
     } marks[] = {{1000000000, '$'}, {100000000, '@'}, {10000000, '*'}, {1000000, '#'}, {100000, '!'}, {10000, '+'}};
     for (unsigned i = 0; i < sizeof marks / sizeof *marks; i++)
@@ -207,21 +207,25 @@ static char mark(int64_t duration)
     return ' ';
 }
 
-/* The line up to its text: CPU, duration column (blank without one), the bar, the depth's indent. */
-static char *line_start(char *p, const struct textlines *t, const struct graph_options *o, const int64_t *duration,
+/*
+ * The line up to its text: CPU, the duration column (an exit's ts - calltime, exact as Python's
+ * integers; blank for an entry), the bar, the depth's indent.
+ */
+static char *line_start(char *p, const struct textlines *t, const struct graph_options *o, const uint64_t *exit,
                         uint64_t depth)
 {
     p = put(p, t->prefix, t->prefix_len);
-    if (!duration) {
+    if (!exit) {
         memset(p, ' ', 14);
         p += 14;
     } else {
-        *p++ = mark(*duration);
+        uint64_t ts = exit[1], calltime = exit[o->calltime_word];
+        *p++ = ts < calltime ? ' ' : mark(ts - calltime);
         *p++ = ' ';
         char *column = p;
-        if (*duration < 0)
+        if (ts < calltime)
             *p++ = '-';
-        p = put_u64(p, *duration < 0 ? -(uint64_t)*duration : (uint64_t)*duration);
+        p = put_u64(p, ts < calltime ? calltime - ts : ts - calltime);
         *p++ = ' ';
         p = put(p, o->unit, o->unit_len);
         *p++ = ' ';
@@ -264,9 +268,15 @@ static char *open_line(char *p, const struct textlines *t, const struct graph_op
     return put(p, "() {\n", 5);
 }
 
-/* Room for a line of a function at depth: its fixed columns, the indent, the name once, a comment. */
+/*
+ * Room for a line of a function at depth: its fixed columns, the indent, the name once, a comment.
+ * fgraph's shadow stack bounds a trace's depths (replay refuses a recording's deeper records before
+ * any text); past that, more than any buffer, without overflowing.
+ */
 static uint64_t room(const struct textlines *t, const struct graph_options *o, uint64_t depth, const struct body *name)
 {
+    if (depth > UINT32_MAX)
+        return UINT64_MAX / 2;
     return t->prefix_len + 2 * depth + name->len + o->unit_len + o->ret_len + 96;
 }
 
@@ -313,8 +323,7 @@ int64_t graphlines_format(struct textlines *t, const struct graph_options *o, st
             entries++;
             continue;
         }
-        int64_t duration = (int64_t)(rec[1] - rec[o->calltime_word]);
-        p = line_start(p, t, o, &duration, depth);
+        p = line_start(p, t, o, rec, depth);
         if (leaf) {
             p = put(p, name.text, name.len);
             p = put(p, "();", 3);
