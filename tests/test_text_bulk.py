@@ -224,8 +224,8 @@ def synthetic(lab, records) -> bytes:
 def test_bulk_graph_lines_of_made_up_records(arch, bulk):
     """Every duration mark ($ > 1e9 ... + > 1e4, the limits themselves unmarked), durations wider
     than their column, a clock running backwards, 32-bit error codes and the hex around them, a
-    function with no symbol, deep indents, an exit of an unknown type read as an exit, an exit of
-    the held entry's function at another depth (not its leaf)."""
+    function with no symbol, indents wider than a line's first room, an exit of an unknown type
+    read as an exit, an exit of the held entry's function at another depth (not its leaf)."""
     lab = Lab.open("funcs", arch)
     fib, chain = lab.machine.address_of("fib"), lab.machine.address_of("chain_a")
     records = []
@@ -246,8 +246,11 @@ def test_bulk_graph_lines_of_made_up_records(arch, bulk):
         (REC_ENTRY, 12, fib, 3, 0, 0),  # held at the end
     ]
     chunk = synthetic(lab, records)
+    # lines wider than the C formatter first allows for (its room grows): the held entry crosses
+    # into this chunk and is opened at depth 3 before them
+    deep = synthetic(lab, [(REC_ENTRY, 20, chain, 1000, 0, 0), (REC_EXIT, 21, chain, 1000, 4, 20)] * 2)
     for options in OPTIONS.values():
-        text = assert_same_graph(lab, [chunk], bulk, **options)
+        text = assert_same_graph(lab, [chunk, deep], bulk, **options)
     for mark in "$@*#!+":
         assert f"| {mark} " not in text and f" {mark} " in text
     assert "0x10();" in text and "-2 ev" in text and f"{2 - (1 << 64)} ev" in text and "/* fib ret=-1 */" in text
