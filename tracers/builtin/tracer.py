@@ -175,7 +175,8 @@ class RingTracer(Tracer):
         events its Python path would have made; or, where the sink writes them in bulk from the
         records' columns (bulk_writer), as its lines straight away."""
         if self._bulk is not None:
-            self.counts[self.counters["entry"]] += self._bulk(chunk)
+            for type_, n in self._bulk(chunk).items():
+                self.counts[self.counters[type_]] += n
             return
         for event in self.decoder.events(chunk):
             self.emit(event)

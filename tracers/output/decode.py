@@ -41,6 +41,18 @@ def partial_sites(karch, uncaptured) -> dict[int, tuple[tuple[str, ...], tuple[s
     return out
 
 
+def committed_columns(chunk: bytes, size: int, words) -> list[list[int]]:
+    """The committed records' words at these indices (the first, the type), as columns read by
+    strided slices without a tuple or an Event per record."""
+    row = memoryview(chunk).cast("Q")
+    n = size // 8
+    columns = [row[i::n].tolist() for i in words]
+    if REC_UNCOMMITTED in columns[0]:  # a run an error stopped in the middle of a record
+        keep = [k != REC_UNCOMMITTED for k in columns[0]]
+        columns = [list(itertools.compress(col, keep)) for col in columns]
+    return columns
+
+
 class FunctionDecoder:
     """The function tracer's records (entries only: records.Records.function)."""
 
@@ -57,14 +69,9 @@ class FunctionDecoder:
 
     def columns(self, chunk: bytes) -> tuple[list[int], list[int], list[int]]:
         """The committed entries' timestamps, ips and parents, as columns: what the function
-        tracer's text lines need, read by strided slices without a tuple or an Event per record.
-        The call depth (StackDepth) is not kept: a trace reads its records one way throughout."""
-        words = memoryview(chunk).cast("Q")
-        n = self.rec.size // 8
-        kinds, ts, ips, parents = (words[i::n].tolist() for i in range(4))
-        if REC_UNCOMMITTED in kinds:  # a run an error stopped in the middle of a record
-            keep = [k != REC_UNCOMMITTED for k in kinds]
-            ts, ips, parents = (list(itertools.compress(col, keep)) for col in (ts, ips, parents))
+        tracer's text lines need. The call depth (StackDepth) is not kept: a trace reads its
+        records one way throughout."""
+        _, ts, ips, parents = committed_columns(chunk, self.rec.size, (0, 1, 2, 3))
         return ts, ips, parents
 
     # A record is as long as the tracers' largest: the fields a kind does not fill are padding, which
@@ -109,6 +116,18 @@ class GraphDecoder:
         self.missing_in = tuple(missing_registers(karch, saved, aliases))
         self.missing_out = tuple(missing_registers(karch, exit_saved, aliases))
         self.ret = exit_saved.index(karch.cpu.ret_regs[0])
+        # the words of an exit record past its header (type, ts, ip, parent, depth): its fields, then the calltime
+        self.ret_word, self.calltime_word = 5 + self.ret, 5 + len(exit_saved)
+
+    def columns(self, chunk: bytes) -> list[list[int]]:
+        """The committed records' types, timestamps, ips, depths, return values and calltimes, as
+        columns (FunctionDecoder.columns): what function_graph's text lines need. An entry's last two
+        are other words of its record."""
+        return committed_columns(chunk, self.rec.size, (0, 1, 2, 4, self.ret_word, self.calltime_word))
+
+    def depths(self, chunk: bytes) -> list[int]:
+        """The committed records' depths."""
+        return committed_columns(chunk, self.rec.size, (0, 4))[1]
 
     def events(self, chunk: bytes):
         name, saved, exit_saved, args, ret = self.tracer, self.saved, self.exit_saved, self.args, self.ret

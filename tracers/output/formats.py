@@ -7,7 +7,7 @@ from emulator.symbols import SymbolTable
 
 from ..kernel_version import KernelVersion
 from .chrome import ChromeSink
-from .decode import FunctionDecoder
+from .decode import FunctionDecoder, GraphDecoder
 from .sinks import FoldedSink, GraphTextSink, JsonSink, TextSink, model_line
 
 FORMATS = ("text", "json")
@@ -35,8 +35,11 @@ def make_sink(fmt: str, tracer: str, out, symbols: SymbolTable, arch: str, kerne
 
 
 def bulk_writer(decoder, sink):
-    """chunk -> lines written, where the sink writes the decoder's records in bulk from their
-    columns (the function tracer's text: a line each, no Event each), else None."""
+    """chunk -> the events written by type ({'entry': n, ...}), where the sink writes the decoder's
+    records in bulk, no Event each (the function tracer's text; function_graph's text without
+    funcgraph-args), else None. Chosen once per trace, before it starts."""
     if isinstance(decoder, FunctionDecoder) and isinstance(sink, TextSink):
+        return lambda chunk: sink.records(chunk, decoder)
+    if isinstance(decoder, GraphDecoder) and isinstance(sink, GraphTextSink) and sink.args is None:
         return lambda chunk: sink.records(chunk, decoder)
     return None

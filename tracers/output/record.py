@@ -394,12 +394,15 @@ def replay(path: str, fmt: str, out, **graph_options) -> dict:
         sink.begin(rec.tracer, rec.clock)
         bulk = bulk_writer(decoder, sink)
         for chunk in rec.chunks(decoder.rec.size):
-            if bulk is not None:  # the function tracer's entries, written as `trace` writes them
-                counts[names["entry"]] += bulk(chunk)
+            if rec.tracer == "function_graph":
+                deep = next((d for d in decoder.depths(chunk) if d > SHADOW_STACK_OFFSET), None)
+                if deep is not None:  # more frames than the shadow stack holds
+                    raise FtlabError(f"{path}: a record at depth {deep}, deeper than fgraph's shadow stack")
+            if bulk is not None:  # the records written as `trace` writes them
+                for type_, n in bulk(chunk).items():
+                    counts[names[type_]] += n
                 continue
             for ev in decoder.events(chunk):
-                if ev.depth > SHADOW_STACK_OFFSET:  # more frames than the shadow stack holds
-                    raise FtlabError(f"{path}: a record at depth {ev.depth}, deeper than fgraph's shadow stack")
                 counts[names[ev.type]] += 1
                 sink.event(ev)
         summary = {"counters": with_entries_written({**counts, **rec.trailer["counters"]})}

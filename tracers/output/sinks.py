@@ -1,6 +1,7 @@
 """Sinks: the kernel's trace text, and JSON lines. They name addresses from a symbol table (a
-lab's, or a recording's). JSON lines and function_graph's text stream, one event at a time; the
-function (and nop) tracer's text waits for the end of the trace, whose counts its header shows."""
+lab's, or a recording's). JSON lines and function_graph's text stream as the events (or the
+records, in bulk) come; the function (and nop) tracer's text waits for the end of the trace, whose
+counts its header shows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import format_args, format_value
 from . import native_text
 from .events import Event
+from .records import REC_ENTRY
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
@@ -67,7 +69,8 @@ class TextSink:
         self.final, self.sym, self.model = out, symbols, model
         self.out = tempfile.SpooledTemporaryFile(self.SPOOL, mode="w+")
         self.tracer = "function"
-        self._bodies = _Bodies(symbols)
+        # (ip, parent) -> `func <-parent`
+        self._bodies = _Texts(lambda pair: f"{func_name(symbols, pair[0])} <-{func_name(symbols, pair[1])}")
         self._native: native_text.NativeLines | None = None
 
     def begin(self, tracer: str, clock: str) -> None:
@@ -83,17 +86,17 @@ class TextSink:
                     bits = f" (bits that differ: {' '.join(ev.verification.lost_bits(c))})" if c.flags else ""
                     self.out.write(f"# verify: {c.field} saved {c.captured:#x}, true {c.truth:#x}{bits}\n")
 
-    def records(self, chunk: bytes, decoder) -> int:
+    def records(self, chunk: bytes, decoder) -> dict[str, int]:
         """The function tracer's lines for a chunk of its records (a FunctionDecoder's), written in
         C where that was built at install (native_text), else from the records' columns here.
-        Returns the count."""
+        Returns the count of entries."""
         if native_text.LIB is None:
-            return self.entries(*decoder.columns(chunk))
+            return {"entry": self.entries(*decoder.columns(chunk))}
         if self._native is None:
             self._native = native_text.NativeLines(LINE_PREFIX, lambda ip, parent: self._bodies[ip, parent] + "\n")
         text, n = self._native.lines(chunk, decoder.rec.size)
         self.out.write(text)
-        return n
+        return {"entry": n}
 
     def entries(self, ts: list[int], ips: list[int], parents: list[int]) -> int:
         """The function tracer's lines in bulk, from its records' columns (FunctionDecoder.columns):
@@ -128,17 +131,16 @@ class TextSink:
         write_summary(self.final, summary, shown=("entries-in-buffer", "entries-written", "overwritten"))
 
 
-class _Bodies(dict):
-    """(ip, parent) -> `func <-parent`, made the first time a pair is asked for."""
+class _Texts(dict):
+    """key -> make(key), made the first time a key is asked for: the names a text repeats."""
 
-    def __init__(self, symbols: SymbolTable):
+    def __init__(self, make):
         super().__init__()
-        self.sym = symbols
+        self.make = make
 
-    def __missing__(self, key: tuple[int, int]) -> str:
-        ip, parent = key
-        body = self[key] = f"{func_name(self.sym, ip)} <-{func_name(self.sym, parent)}"
-        return body
+    def __missing__(self, key):
+        text = self[key] = self.make(key)
+        return text
 
 
 def probe_text(symbols: SymbolTable, ev: Event) -> str:
@@ -253,7 +255,12 @@ class GraphTextSink:
     """The function_graph tracer's trace file: `CPU) DURATION | func() {` ... `}`, `func();` for
     leaves. A leaf is an entry followed at once by its own exit, so one entry is held back until
     the next event shows which it is; nothing else is buffered. Any other event (a probe event in
-    the same buffer) is a comment in the graph, `/* text */`, as print_graph_comment() prints it."""
+    the same buffer) is a comment in the graph, `/* text */`, as print_graph_comment() prints it.
+
+    Without funcgraph-args the tracer's records are written in bulk (`records`, formats.bulk_writer):
+    in C where that was built at install (native_text), else from the records' columns here, each
+    through the same entry/exit steps as an event. With funcgraph-args, whose items need the
+    entry's Event (CallCheck.function_args), every record goes through an Event (`event`)."""
 
     def __init__(
         self,
@@ -277,9 +284,12 @@ class GraphTextSink:
         # "} /* f = -22 */".
         self.ret = "ret=" if kernel.has("funcgraph_retval_ret") else "= "
         self.unit = "ev"
-        self._held: Event | None = None
+        self._names = _Texts(lambda ip: func_name(symbols, ip))
+        # the entry held back: its ip, its depth and its `func(args)`
+        self._held: tuple[int, int, str] | None = None
         # fgraph_cpu_data.depth: where the last line printed leaves a comment (graph_trace_open: 0)
         self._depth = 0
+        self._native: native_text.NativeGraph | None = None
 
     def begin(self, tracer: str, clock: str) -> None:
         self.unit = UNITS.get(clock, clock)
@@ -295,12 +305,16 @@ class GraphTextSink:
 
     def _call(self, ev: Event) -> str:
         """The function and its arguments as print_graph_entry_nested/_leaf print them."""
-        name = func_name(self.sym, ev.ip)
+        name = self._names[ev.ip]
         return name + "(" + ("" if self.args is None else ", ".join(self.args(name, ev))) + ")"
 
-    def _open(self, ev: Event) -> None:
-        self._depth = ev.depth  # print_graph_entry_nested: the comments inside go one deeper
-        self._line(None, ev.depth, f"{self._call(ev)} {{")
+    def _open(self) -> None:
+        """The held entry's line, now that it is known to be no leaf."""
+        if self._held is not None:
+            _, depth, call = self._held
+            self._held = None
+            self._depth = depth  # print_graph_entry_nested: the comments inside go one deeper
+            self._line(None, depth, f"{call} {{")
 
     def _comment(self, ev: Event) -> None:
         """print_graph_comment() (kernel/trace/trace_functions_graph.c): the CPU, an empty duration
@@ -309,39 +323,75 @@ class GraphTextSink:
         self._line(None, self._depth + 1 if self._depth > 0 else 0, f"/* {probe_text(self.sym, ev)} */")
 
     def event(self, ev: Event) -> None:
-        held, self._held = self._held, None
         if ev.probe is not None:
-            if held is not None:  # an event between an entry and its exit: the entry is no leaf
-                self._open(held)
+            self._open()  # an event between an entry and its exit: the entry is no leaf
             self._comment(ev)
-            return
-        if ev.type == "entry":
-            if held is not None:
-                self._open(held)
-            self._held = ev
-            return
-        name = func_name(self.sym, ev.ip)
-        assert ev.retval is not None  # every exit carries its return value
-        if held is not None and held.ip == ev.ip and held.depth == ev.depth:
-            text = f"{self._call(held)};" + (f" /* {self.ret}{graph_retval(ev.retval)} */" if self.retval else "")
+        elif ev.type == "entry":
+            self._entry(ev.ip, ev.depth, self._call(ev))
         else:
-            if held is not None:
-                self._open(held)
+            assert ev.retval is not None  # every exit carries its return value
+            self._exit(ev.ip, ev.depth, ev.duration, ev.retval)
+
+    def _entry(self, ip: int, depth: int, call: str) -> None:
+        self._open()
+        self._held = (ip, depth, call)
+
+    def _exit(self, ip: int, depth: int, duration: int | None, retval: int) -> None:
+        held = self._held
+        if held is not None and held[0] == ip and held[1] == depth:
+            self._held = None
+            text = f"{held[2]};" + (f" /* {self.ret}{graph_retval(retval)} */" if self.retval else "")
+        else:
+            self._open()
+            name = self._names[ip]
             text = "}" + (
-                f" /* {name} {self.ret}{graph_retval(ev.retval)} */"
+                f" /* {name} {self.ret}{graph_retval(retval)} */"
                 if self.retval
                 else f" /* {name} */"
                 if self.tail
                 else ""
             )
         # print_graph_entry_leaf and print_graph_return: comments after it at its own level
-        self._depth = ev.depth - 1
-        self._line(ev.duration, ev.depth, text)
+        self._depth = depth - 1
+        self._line(duration, depth, text)
+
+    def records(self, chunk: bytes, decoder) -> dict[str, int]:
+        """The lines of a chunk of the tracer's records (a GraphDecoder's), without funcgraph-args:
+        in C where that was built at install, else `columns`. Returns the entries and exits."""
+        if native_text.LIB is None:
+            return self.columns(*decoder.columns(chunk))
+        if self._native is None:
+            options = native_text.GraphOptions(
+                decoder.ret_word, decoder.calltime_word, self.retval, self.tail, len(self.unit), len(self.ret)
+            )
+            options.unit, options.ret = self.unit.encode(), self.ret.encode()
+            self._native = native_text.NativeGraph(f" {CPU}) ", self._names.__getitem__, options)
+        state = self._native.state
+        # the held entry and the comment depth pass between the two paths (a probe event's comment
+        # goes through `event`)
+        state.held, state.depth = self._held is not None, self._depth
+        if self._held is not None:
+            state.held_ip, state.held_depth, _ = self._held
+        text, entries, exits = self._native.graph_lines(chunk, decoder.rec.size)
+        self.out.write(text)
+        self._depth = state.depth
+        self._held = (state.held_ip, state.held_depth, self._names[state.held_ip] + "()") if state.held else None
+        return {"entry": entries, "exit": exits}
+
+    def columns(self, kinds, ts, ips, depths, retvals, calltimes) -> dict[str, int]:
+        """The lines of committed records' columns (GraphDecoder.columns), each record through the
+        steps its event would take, without the Event. Returns the entries and exits."""
+        names, entry, exit_ = self._names, self._entry, self._exit
+        for kind, t, ip, depth, retval, calltime in zip(kinds, ts, ips, depths, retvals, calltimes, strict=True):
+            if kind == REC_ENTRY:
+                entry(ip, depth, names[ip] + "()")
+            else:  # any other type is an exit, as GraphDecoder.events reads it
+                exit_(ip, depth, t - calltime, retval)
+        entries = kinds.count(REC_ENTRY)
+        return {"entry": entries, "exit": len(kinds) - entries}
 
     def end(self, summary: dict) -> None:
-        if self._held is not None:
-            self._open(self._held)
-            self._held = None
+        self._open()
         write_summary(self.out, summary)
 
 

@@ -1,6 +1,7 @@
 /*
- * The function tracer's text lines in bulk, from its ring-buffer records (issue #16): the same
- * bytes as TextSink.entries in Python, which stays the reference and the fallback.
+ * The function and function_graph tracers' text lines in bulk, from their ring-buffer records
+ * (issue #16): the same bytes as TextSink.entries and GraphTextSink.records' Python, which stays
+ * the reference and the fallback.
  *
  * Each record is (type, ts, ip, parent, ...) as u64 words; an uncommitted record (type 0) is
  * skipped. A line is the fixed context prefix, the timestamp right-aligned in 12 columns, ": ",
@@ -13,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum { REC_UNCOMMITTED, REC_ENTRY }; /* records.py; any other type is an exit, as GraphDecoder reads it */
 
 typedef void (*miss_fn)(uint64_t ip, uint64_t parent);
 
@@ -106,6 +109,39 @@ int textlines_add_body(struct textlines *t, uint64_t ip, uint64_t parent, const 
     return 0;
 }
 
+/* The body of a pair, asked of Python the first time: NULL when it could not be had. */
+static const struct body *body_of(struct textlines *t, uint64_t ip, uint64_t parent)
+{
+    struct body *b = find(t, ip, parent);
+    if (!b->text) {
+        t->miss(ip, parent);
+        b = find(t, ip, parent);
+        if (!b->text)
+            return NULL;
+    }
+    return b;
+}
+
+/* v in decimal at p: the end of the digits. */
+static char *put_u64(char *p, uint64_t v)
+{
+    char digits[20];
+    int d = 0;
+    do {
+        digits[d++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (d)
+        *p++ = digits[--d];
+    return p;
+}
+
+static char *put(char *p, const char *s, uint32_t len)
+{
+    memcpy(p, s, len);
+    return p + len;
+}
+
 /*
  * Lines for n records of `words` u64 words each, into out (cap bytes). Returns the bytes
  * written (and *lines the lines), -1 when a body could not be had (Python raised, or memory ran
@@ -118,36 +154,204 @@ int64_t textlines_format(struct textlines *t, const uint64_t *records, uint64_t 
     uint64_t count = 0;
     for (uint64_t r = 0; r < n; r++) {
         const uint64_t *rec = records + r * words;
-        if (rec[0] == 0) /* REC_UNCOMMITTED */
+        if (rec[0] == REC_UNCOMMITTED)
             continue;
-        uint64_t ts = rec[1], ip = rec[2], parent = rec[3];
-        struct body *b = find(t, ip, parent);
-        if (!b->text) {
-            t->miss(ip, parent);
-            b = find(t, ip, parent);
-            if (!b->text)
-                return -1;
-        }
+        const struct body *b = body_of(t, rec[2], rec[3]);
+        if (!b)
+            return -1;
         if (end - p < (int64_t)(t->prefix_len + 22 + b->len))
             return -2;
-        memcpy(p, t->prefix, t->prefix_len);
-        p += t->prefix_len;
-        char digits[20];
-        int d = 0;
-        do {
-            digits[d++] = (char)('0' + ts % 10);
-            ts /= 10;
-        } while (ts);
+        p = put(p, t->prefix, t->prefix_len);
+        char ts[20];
+        int d = (int)(put_u64(ts, rec[1]) - ts);
         for (int pad = 12 - d; pad > 0; pad--)
             *p++ = ' ';
-        while (d)
-            *p++ = digits[--d];
+        p = put(p, ts, (uint32_t)d);
         *p++ = ':';
         *p++ = ' ';
-        memcpy(p, b->text, b->len);
-        p += b->len;
+        p = put(p, b->text, b->len);
         count++;
     }
     *lines = count;
+    return p - out;
+}
+
+/*
+ * function_graph's lines (GraphTextSink's, which stays the reference and the fallback): the
+ * bodies are the functions' names, keyed (ip, 0), and the prefix is the CPU column.
+ */
+struct graph_options {
+    uint64_t ret_word, calltime_word; /* an exit record's return value and calltime */
+    uint32_t retval, tail;            /* funcgraph-retval, funcgraph-tail */
+    uint32_t unit_len, ret_len;
+    char unit[16]; /* the clock's unit: "ev", "insn" */
+    char ret[8];   /* what precedes a return value: "ret=" since 6.13, "= " before */
+};
+
+/* What the text carries from one record to the next (GraphTextSink._held and _depth). */
+struct graph_state {
+    uint64_t held, held_ip, held_depth; /* an entry held back until the next record shows if it is a leaf */
+    int64_t depth;                      /* the depth of the last line, where a comment after it goes */
+};
+
+/* trace_find_mark(): the duration column's mark (MARKS in sinks.py) */
+static char mark(uint64_t duration)
+{
+    static const struct {
+        uint64_t limit;
+        char mark;
+    } marks[] = {{1000000000, '$'}, {100000000, '@'}, {10000000, '*'}, {1000000, '#'}, {100000, '!'}, {10000, '+'}};
+    for (unsigned i = 0; i < sizeof marks / sizeof *marks; i++)
+        if (duration > marks[i].limit)
+            return marks[i].mark;
+    return ' ';
+}
+
+/*
+ * The line up to its text: CPU, the duration column (an exit's ts - calltime, exact as Python's
+ * integers; blank for an entry), the bar, the depth's indent.
+ */
+static char *line_start(char *p, const struct textlines *t, const struct graph_options *o, const uint64_t *exit,
+                        uint64_t depth)
+{
+    p = put(p, t->prefix, t->prefix_len);
+    if (!exit) {
+        memset(p, ' ', 14);
+        p += 14;
+    } else {
+        uint64_t ts = exit[1], calltime = exit[o->calltime_word];
+        *p++ = ts < calltime ? ' ' : mark(ts - calltime);
+        *p++ = ' ';
+        char *column = p;
+        if (ts < calltime)
+            *p++ = '-';
+        p = put_u64(p, ts < calltime ? calltime - ts : ts - calltime);
+        *p++ = ' ';
+        p = put(p, o->unit, o->unit_len);
+        *p++ = ' ';
+        while (p - column < 12)
+            *p++ = ' ';
+    }
+    p = put(p, "|  ", 3);
+    memset(p, ' ', 2 * depth);
+    return p + 2 * depth;
+}
+
+/* graph_retval(): an error code (-4095..-1, also as a 32-bit int) in decimal, anything else in hex. */
+static char *put_retval(char *p, uint64_t v)
+{
+    if ((v >> 31 & 1) && v >> 32 == 0)
+        v |= 0xFFFFFFFF00000000ull;
+    if ((int64_t)v < 0 && (int64_t)v >= -4095) {
+        *p++ = '-';
+        return put_u64(p, -v);
+    }
+    char digits[16];
+    int d = 0;
+    do {
+        digits[d++] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    } while (v);
+    *p++ = '0';
+    *p++ = 'x';
+    while (d)
+        *p++ = digits[--d];
+    return p;
+}
+
+/* An entry's line once it is known not to be a leaf: `func() {`. */
+static char *open_line(char *p, const struct textlines *t, const struct graph_options *o, uint64_t depth,
+                       const struct body *name)
+{
+    p = line_start(p, t, o, NULL, depth);
+    p = put(p, name->text, name->len);
+    return put(p, "() {\n", 5);
+}
+
+/*
+ * Room for a line of a function at depth: its fixed columns, the indent, the name once, a comment.
+ * fgraph's shadow stack bounds a trace's depths (replay refuses a recording's deeper records before
+ * any text); past that, more than any buffer, without overflowing.
+ */
+static uint64_t room(const struct textlines *t, const struct graph_options *o, uint64_t depth, const struct body *name)
+{
+    if (depth > UINT32_MAX)
+        return UINT64_MAX / 2;
+    return t->prefix_len + 2 * depth + name->len + o->unit_len + o->ret_len + 96;
+}
+
+/*
+ * Lines for n records, as textlines_format, from and into *state (changed only on success);
+ * counts[0] and [1] get the entries and exits.
+ */
+int64_t graphlines_format(struct textlines *t, const struct graph_options *o, struct graph_state *state,
+                          const uint64_t *records, uint64_t n, uint64_t words, char *out, uint64_t cap,
+                          uint64_t *counts)
+{
+    struct graph_state s = *state;
+    struct body held = {0}; /* the held entry's name (a copy: a miss may move the table) */
+    if (s.held) {
+        const struct body *b = body_of(t, s.held_ip, 0);
+        if (!b)
+            return -1;
+        held = *b;
+    }
+    char *p = out, *end = out + cap;
+    uint64_t entries = 0, exits = 0;
+    for (uint64_t r = 0; r < n; r++) {
+        const uint64_t *rec = records + r * words;
+        if (rec[0] == REC_UNCOMMITTED)
+            continue;
+        uint64_t ip = rec[2], depth = rec[4];
+        const struct body *b = body_of(t, ip, 0);
+        if (!b)
+            return -1;
+        struct body name = *b;
+        if ((uint64_t)(end - p) < (s.held ? room(t, o, s.held_depth, &held) : 0) + room(t, o, depth, &name))
+            return -2;
+        int leaf = s.held && rec[0] != REC_ENTRY && s.held_ip == ip && s.held_depth == depth;
+        if (s.held && !leaf) {
+            p = open_line(p, t, o, s.held_depth, &held);
+            s.depth = (int64_t)s.held_depth; /* comments inside it go one deeper */
+        }
+        s.held = 0;
+        if (rec[0] == REC_ENTRY) {
+            s.held = 1;
+            s.held_ip = ip;
+            s.held_depth = depth;
+            held = name;
+            entries++;
+            continue;
+        }
+        p = line_start(p, t, o, rec, depth);
+        if (leaf) {
+            p = put(p, name.text, name.len);
+            p = put(p, "();", 3);
+            if (o->retval) {
+                p = put(p, " /* ", 4);
+                p = put(p, o->ret, o->ret_len);
+                p = put_retval(p, rec[o->ret_word]);
+                p = put(p, " */", 3);
+            }
+        } else {
+            *p++ = '}';
+            if (o->retval || o->tail) {
+                p = put(p, " /* ", 4);
+                p = put(p, name.text, name.len);
+                if (o->retval) {
+                    *p++ = ' ';
+                    p = put(p, o->ret, o->ret_len);
+                    p = put_retval(p, rec[o->ret_word]);
+                }
+                p = put(p, " */", 3);
+            }
+        }
+        *p++ = '\n';
+        s.depth = (int64_t)depth - 1; /* comments after a leaf or a `}` go at its own level */
+        exits++;
+    }
+    *state = s;
+    counts[0] = entries;
+    counts[1] = exits;
     return p - out;
 }
