@@ -11,7 +11,8 @@ from helpers import EXAMPLES, example
 from tracers import FtraceOps, FunctionTracer, Lab
 from tracers.builtin.function_graph import FunctionGraphTracer
 from tracers.core.fgraph import FgraphOps
-from tracers.core.ftrace import FTRACE_OPS, OPS_HASH, OPS_HASH_SLOT, OPS_PAIR, Ftrace, hash_64
+from tracers.core.ftrace import FTRACE_OPS, OPS_PAIR, Ftrace
+from tracers.core.ip_table import IP_SLOT, IP_TABLE, hash_64
 from tracers.output.sinks import ListSink
 
 FIB = [example("fib", 7)]
@@ -102,12 +103,12 @@ def test_each_ops_gets_its_own_op_newest_first(arch):
 def read_table(lab) -> dict[int, list[tuple[int, int]]]:
     """The guest table as ip -> its (func, op) pairs, read from guest memory."""
     m = lab.machine
-    header = OPS_HASH.codec.unpack(m.read(lab.ftrace._hash, OPS_HASH.size))
-    slots, mask = (header[OPS_HASH.index(n)] for n in ("slots", "mask"))
+    header = IP_TABLE.codec.unpack(m.read(lab.ftrace._table.addr, IP_TABLE.size))
+    slots, mask = (header[IP_TABLE.index(n)] for n in ("slots", "mask"))
     out = {}
     for i in range(mask + 1):
-        slot = OPS_HASH_SLOT.codec.unpack(m.read(slots + i * OPS_HASH_SLOT.size, OPS_HASH_SLOT.size))
-        ip, at = slot[OPS_HASH_SLOT.index("ip")], slot[OPS_HASH_SLOT.index("list")]
+        slot = IP_SLOT.codec.unpack(m.read(slots + i * IP_SLOT.size, IP_SLOT.size))
+        ip, at = slot[IP_SLOT.index("ip")], slot[IP_SLOT.index("value")]
         if ip:
             pairs = []
             while pair := OPS_PAIR.codec.unpack(m.read(at, OPS_PAIR.size)):
@@ -179,12 +180,12 @@ def test_a_collision_chain_still_finds_each_site(arch, dispatched):
 
     def check(lab, function, graph):
         table = read_table(lab)
-        header = OPS_HASH.codec.unpack(lab.machine.read(lab.ftrace._hash, OPS_HASH.size))
-        bits = 64 - header[OPS_HASH.index("shift")]
+        header = IP_TABLE.codec.unpack(lab.machine.read(lab.ftrace._table.addr, IP_TABLE.size))
+        bits = 64 - header[IP_TABLE.index("shift")]
         assert set(table) == {s.ip for s in lab.ftrace.sites if s.on}
-        slots = header[OPS_HASH.index("slots")]
+        slots = header[IP_TABLE.index("slots")]
         for i in range(1 << bits):
-            ip = lab.machine.u64(slots + i * OPS_HASH_SLOT.size + OPS_HASH_SLOT.offsets["ip"])
+            ip = lab.machine.u64(slots + i * IP_SLOT.size + IP_SLOT.offsets["ip"])
             if ip and hash_64(ip, bits) != i:
                 chained.append(ip)
 
@@ -197,8 +198,9 @@ def test_a_collision_chain_still_finds_each_site(arch, dispatched):
 def test_a_site_missing_from_the_table_stops_with_an_error(arch):
     lab = Lab.open(catalog.DEFAULT, arch)
     with FunctionTracer(lab, ListSink()), FunctionGraphTracer(lab, ListSink()):
-        table = lab.machine.u64(lab.ftrace._hash + OPS_HASH.offsets["slots"])
-        size = OPS_HASH_SLOT.size * (lab.machine.u64(lab.ftrace._hash + OPS_HASH.offsets["mask"]) + 1)
+        header = lab.ftrace._table.addr
+        table = lab.machine.u64(header + IP_TABLE.offsets["slots"])
+        size = IP_SLOT.size * (lab.machine.u64(header + IP_TABLE.offsets["mask"]) + 1)
         lab.machine.write(table, bytes(size))  # every slot empty
         with pytest.raises(FtlabError, match=r"the guest ops list has no entry for .*fib.* \(an enabled patch site\)"):
             lab.call("fib", 3)

@@ -19,6 +19,8 @@ from emulator.symbols import Symbol
 from ..arch import kernel_arch
 from ..arch.base import SiteEncoding
 from ..kernel_version import MODELLED, KernelVersion
+from . import ip_table
+from .ip_table import IpTable
 from .regs import FtraceRegs
 from .return_watch import ReturnWatch
 from .verify import Verify
@@ -30,18 +32,9 @@ DISPATCH_ARGS = OPS_LIST_ARGS.getter("ip", "parent_ip", "op", "fregs")
 # struct ftrace_ops as guest code reads it (asm-offsets FTRACE_OPS_FUNC, FTRACE_OPS_DIRECT_CALL):
 # arm64's CALL_OPS ftrace_caller calls op->func and branches to op->direct_call
 FTRACE_OPS = Layout.of("ftrace_ops", ("func", "direct_call"))
-# The guest list dispatch's table (ops_list.S): a header, then open-addressed slots ip -> list, each
-# list the zero-terminated (func, op) pairs of the ops tracing that site
-OPS_HASH = Layout.of("ops_hash", ("slots", "mask", "shift"))
-OPS_HASH_SLOT = Layout.of("ops_hash_slot", ("ip", "list"))
+# The guest list dispatch's table (ops_list.S): an ip table (ip_table.py) of each enabled site's
+# list, the zero-terminated (func, op) pairs of the ops tracing it
 OPS_PAIR = Layout.of("ops_pair", ("func", "op"))
-GOLDEN_RATIO_64 = 0x61C8864680B583EB  # include/linux/hash.h
-MASK64 = (1 << 64) - 1
-
-
-def hash_64(val: int, bits: int) -> int:
-    """hash_64_generic (include/linux/hash.h): the kernel's ftrace_hash_key, the guest table's."""
-    return (val * GOLDEN_RATIO_64 & MASK64) >> (64 - bits)
 
 
 def _words(layout: Layout, **values: int) -> list[int]:
@@ -202,7 +195,8 @@ class Ftrace:
         self.verify = Verify(machine)
         self.verify.add(self, "ftrace", lambda: [s.ip for s in self.sites if s.on], self._update)
         self._guest_list: int | None = None  # ops_list.S, loaded when first needed
-        self._hash = self._table = self._table_room = 0  # its header, slots and lists, and their room
+        self._table: IpTable | None = None  # its ip table of lists
+        self._pairs = self._pairs_room = 0  # the lists, and their room
         self._returns = None
         if karch.is_replaced(self.SOURCE):  # a user's trampoline: watch where it returns
             start = min(syms.values())
@@ -441,28 +435,21 @@ class Ftrace:
         return (ops[0].guest_func or self.list_func) if len(ops) == 1 else self._load_guest_list()
 
     def _load_guest_list(self) -> int:
-        """ops_list.S and its table's header, the first time several ops with guest code share ftrace
-        (a lab that never needs it keeps its text and data where they were)."""
+        """ops_list.S and its table, the first time several ops with guest code share ftrace (a lab
+        that never needs it keeps its text and data where they were)."""
         if self._guest_list is None:
-            constants = {
-                **OPS_HASH.asm_constants("OPS_HASH_"),
-                **OPS_HASH_SLOT.asm_constants("OPS_HASH_SLOT_"),
-                **OPS_PAIR.asm_constants("OPS_PAIR_"),
-                "GOLDEN_RATIO_64": GOLDEN_RATIO_64,
-            }
+            constants = {**ip_table.asm_constants(), **OPS_PAIR.asm_constants("OPS_PAIR_")}
             syms = self.karch.load(self.m, "ops_list.S", constants)
-            self._hash = self.m.alloc("lab data", OPS_HASH.size, 64)
-            self.m.write_code(syms["ops_hash"], U64.pack(self._hash))
+            self._table = IpTable(self.m)
+            self.m.write_code(syms["ops_hash"], U64.pack(self._table.addr))
             self.m.hook_call(self._not_in_table, syms["ftrace_ops_list_missing"])
             self._guest_list = syms["ftrace_ops_guest_list_func"]
         return self._guest_list
 
     def _write_table(self, lists: dict[int, list[FtraceOps]]) -> None:
         """The guest list's table, rebuilt: each enabled site's ip -> the (func, op) pairs of its ops,
-        op being the ops's own struct ftrace_ops, as the kernel passes it to its func. At most half
-        full, so probing ends at an empty slot; identical lists are stored once."""
-        bits = max(1, (2 * len(lists) - 1).bit_length())
-        size = 1 << bits
+        op being the ops's own struct ftrace_ops, as the kernel passes it to its func; identical
+        lists are stored once."""
         pairs: dict[tuple[FtraceOps, ...], list[int]] = {}
         for users in lists.values():
             for ops in users:
@@ -471,25 +458,17 @@ class Ftrace:
             if (key := tuple(users)) not in pairs:
                 words = [w for ops in key for w in _words(OPS_PAIR, func=ops.guest_func or 0, op=ops.addr or 0)]
                 pairs[key] = words + _words(OPS_PAIR)  # the terminator: func 0
-        slots_size = size * OPS_HASH_SLOT.size
-        room = slots_size + 8 * sum(len(words) for words in pairs.values())
-        if room > self._table_room:  # lab data is never freed: grow by doubling
-            self._table_room = max(room, 2 * self._table_room)
-            self._table = self.m.alloc("lab data", self._table_room, 64)
-        at, where = self._table + slots_size, {}
+        room = 8 * sum(len(words) for words in pairs.values())
+        if room > self._pairs_room:  # lab data is never freed: grow by doubling
+            self._pairs_room = max(room, 2 * self._pairs_room)
+            self._pairs = self.m.alloc("lab data", self._pairs_room, 64)
+        at, where = self._pairs, {}
         for key, words in pairs.items():
             where[key], at = at, at + 8 * len(words)
-        slots = [0] * (size * OPS_HASH_SLOT.nr_words)
-        n, ip_word = OPS_HASH_SLOT.nr_words, OPS_HASH_SLOT.index("ip")
-        for ip, users in lists.items():
-            i = hash_64(ip, bits)
-            while slots[i * n + ip_word]:  # linear probing
-                i = (i + 1) & (size - 1)
-            slots[i * n : (i + 1) * n] = _words(OPS_HASH_SLOT, ip=ip, list=where[tuple(users)])
-        table = slots + [w for words in pairs.values() for w in words]
-        self.m.write(self._table, struct.pack(f"<{len(table)}Q", *table))
-        header = _words(OPS_HASH, slots=self._table, mask=size - 1, shift=64 - bits)
-        self.m.write(self._hash, OPS_HASH.codec.pack(*header))
+        words = [w for ws in pairs.values() for w in ws]
+        self.m.write(self._pairs, struct.pack(f"<{len(words)}Q", *words))
+        assert self._table is not None  # loaded with the guest list
+        self._table.fill({ip: where[tuple(users)] for ip, users in lists.items()})
 
     def _not_in_table(self, _addr: int) -> None:
         """The guest list found no entry for ip: every enabled site has one, so this is a lab bug."""

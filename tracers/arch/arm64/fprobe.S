@@ -7,6 +7,8 @@
  * clobber x0-x17. Each function here keeps x0-x3 and the callee-saved registers.
  */
 
+.include "macros.S"
+
 /* Save the callee-saved registers these functions use, and x0-x3. */
 .macro fprobe_frame_push
     stp x29, x30, [sp, #-112]!
@@ -33,27 +35,6 @@
     ldp x29, x30, [sp], #112
 .endm
 
-/* x9 = the fprobe list the ip table at x10 holds for the ip in x0 (0: none). Clobbers x11-x14. */
-.globl fprobe_lookup
-fprobe_lookup:
-    lsr x11, x0, #2
-    eor x11, x11, x0, lsr #9            // ip_hash()
-    ldp x12, x13, [x10, #IP_TABLE_MASK] // mask, slots
-    mov x14, #IP_SLOT_SIZE
-fl_probe:
-    and x11, x11, x12
-    madd x9, x11, x14, x13              // the slot
-    ldr x10, [x9, #IP_SLOT_IP]
-    cmp x10, x0
-    b.eq fl_found
-    add x11, x11, #1
-    cbnz x10, fl_probe
-    mov x9, #0                          // an empty slot: not there
-    ret
-fl_found:
-    ldr x9, [x9, #IP_SLOT_VALUE]
-    ret
-
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
  * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
  * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
@@ -72,9 +53,8 @@ fprobe_fgraph_entry:
     add x9, x24, #FG_FRAME_WORDS+1
     cmp x9, #FG_MAX_OFFSET
     b.hs fpe_overrun
-    ldr x10, [x22, #FPC_GRAPH_IPS]
-    bl fprobe_lookup
-    cbz x9, fpe_out
+    ldr x9, [x22, #FPC_GRAPH_IPS]
+    ip_table_find fpe_out, fpe_find
     mov x25, x9                         // the fprobes on ip
     ldr x10, [x23, #FG_STACK]
     add x9, x10, x24, lsl #3            // the frame
@@ -254,10 +234,9 @@ fpr_pop:
 fprobe_ftrace_entry:
     fprobe_frame_push
     mov x21, x3
-    ldr x10, fp_control
-    ldr x10, [x10, #FPC_FTRACE_IPS]
-    bl fprobe_lookup
-    cbz x9, ffe_out
+    ldr x9, fp_control
+    ldr x9, [x9, #FPC_FTRACE_IPS]
+    ip_table_find ffe_out, ffe_find
     mov x25, x9
     mov x27, #0
 ffe_next:

@@ -68,3 +68,31 @@
     ldr x11, [\fregs, #FREGS_\a]
     str x11, [\rec, #\type\()_REGS_\a]
 .endm
+
+/* x9 = the value the ip table (tracers/core/ip_table.py) whose header is at x9 holds for the ip in
+ * x0, else a branch to \missing: hash_64(ip, bits) (include/linux/hash.h, the kernel's
+ * ftrace_hash_key) is the home slot, probed linearly; \label names the loop. x14 = the slot.
+ * Clobbers x10-x16. */
+.macro ip_table_find missing, label
+    mov x10, #GOLDEN_RATIO_64_0
+    movk x10, #GOLDEN_RATIO_64_1, lsl #16
+    movk x10, #GOLDEN_RATIO_64_2, lsl #32
+    movk x10, #GOLDEN_RATIO_64_3, lsl #48
+    mul x10, x0, x10
+    ldr x11, [x9, #IP_TABLE_SHIFT]
+    lsr x10, x10, x11                   // the home slot
+    ldr x12, [x9, #IP_TABLE_MASK]
+    ldr x13, [x9, #IP_TABLE_SLOTS]
+    mov x15, #IP_SLOT_SIZE
+\label:
+    madd x14, x10, x15, x13             // the slot
+    ldr x16, [x14, #IP_SLOT_IP]
+    cmp x16, x0
+    b.eq \label\()_found
+    cbz x16, \missing                   // an empty slot: ip is not in the table
+    add x10, x10, #1
+    and x10, x10, x12                   // the next slot, wrapping
+    b \label
+\label\()_found:
+    ldr x9, [x14, #IP_SLOT_VALUE]
+.endm

@@ -13,26 +13,12 @@
  * Each func is called as C code: the arguments are reloaded before each call from x19-x22, which it
  * keeps, and which this keeps for ftrace_caller (it restores only what it saved).
  */
+
+.include "macros.S"
 .globl ftrace_ops_guest_list_func
 ftrace_ops_guest_list_func:
     ldr x9, ops_hash                    // the table's header
-    ldr x10, golden_ratio_64
-    mul x10, x0, x10
-    ldr x11, [x9, #OPS_HASH_SHIFT]
-    lsr x10, x10, x11                   // hash_64(ip, bits): the home slot
-    ldr x12, [x9, #OPS_HASH_MASK]
-    ldr x13, [x9, #OPS_HASH_SLOTS]
-    mov x15, #OPS_HASH_SLOT_SIZE
-ops_list_probe:
-    madd x14, x10, x15, x13             // the slot
-    ldr x16, [x14, #OPS_HASH_SLOT_IP]
-    cmp x16, x0
-    b.eq ops_list_found
-    cbz x16, ftrace_ops_list_missing    // an empty slot: ip is not in the table
-    add x10, x10, #1
-    and x10, x10, x12                   // the next slot, wrapping
-    b ops_list_probe
-ops_list_found:
+    ip_table_find ftrace_ops_list_missing, ops_list_probe
     stp x29, x30, [sp, #-48]!
     mov x29, sp
     stp x19, x20, [sp, #16]
@@ -40,7 +26,7 @@ ops_list_found:
     mov x19, x0
     mov x20, x1
     mov x21, x3
-    ldr x22, [x14, #OPS_HASH_SLOT_LIST] // the site's (func, op) pairs: at least one
+    mov x22, x9                         // the site's (func, op) pairs: at least one
     ldr x9, [x22, #OPS_PAIR_FUNC]
 ops_list_call:
     mov x0, x19
@@ -62,7 +48,5 @@ ftrace_ops_list_missing:
     ret
 
 .balign 8
-ops_hash:                               // the table's header (OPS_HASH)
+ops_hash:                               // the table's header (IP_TABLE)
     .quad 0
-golden_ratio_64:
-    .quad GOLDEN_RATIO_64

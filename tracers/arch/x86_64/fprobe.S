@@ -7,29 +7,7 @@
  * clobber rax, rdx, rsi, rdi, r8-r11.
  */
 
-/* rax = the fprobe list the ip table at r10 holds for the ip in rdi (0: none). Clobbers r8, r9, r11. */
-.globl fprobe_lookup
-fprobe_lookup:
-    mov r8, rdi
-    shr r8, 2
-    mov r9, rdi
-    shr r9, 9
-    xor r8, r9                          // ip_hash()
-    mov r9, [r10+IP_TABLE_SLOTS]
-fl_probe:
-    and r8, [r10+IP_TABLE_MASK]
-    imul r11, r8, IP_SLOT_SIZE
-    mov rax, [r9+r11+IP_SLOT_IP]
-    cmp rax, rdi
-    je fl_found
-    test rax, rax
-    jz fl_done                          // an empty slot: not there (rax = 0)
-    add r8, 1
-    jmp fl_probe
-fl_found:
-    mov rax, [r9+r11+IP_SLOT_VALUE]
-fl_done:
-    ret
+.include "macros.S"
 
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
  * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
@@ -56,10 +34,8 @@ fprobe_fgraph_entry:
     lea rax, [r12+FG_FRAME_WORDS+1]
     cmp rax, FG_MAX_OFFSET
     jae fpe_overrun
-    mov r10, [r15+FPC_GRAPH_IPS]
-    call fprobe_lookup
-    test rax, rax
-    jz fpe_out
+    mov rax, [r15+FPC_GRAPH_IPS]
+    ip_table_find fpe_out, fpe_find
     mov r13, rax                        // the fprobes on ip
     mov rax, r12
     shl rax, 3
@@ -270,11 +246,9 @@ fprobe_ftrace_entry:
     push rdi                            // [rsp+16]: ip
     push rsi                            // [rsp+8]: parent_ip
     push rcx                            // [rsp]: fregs
-    mov r10, [rip+fp_control]
-    mov r10, [r10+FPC_FTRACE_IPS]
-    call fprobe_lookup
-    test rax, rax
-    jz ffe_out
+    mov rax, [rip+fp_control]
+    mov rax, [rax+FPC_FTRACE_IPS]
+    ip_table_find ffe_out, ffe_find
     mov r12, rax
     xor ebx, ebx
 ffe_next:

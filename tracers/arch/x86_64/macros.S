@@ -145,3 +145,31 @@ return_args:                            // where ftrace_return_to_handler leaves
     mov r11, [\fregs+FREGS_\m]
     mov [\rec+\type\()_REGS_\m], r11
 .endm
+
+/* rax = the value the ip table (tracers/core/ip_table.py) whose header is at rax holds for the ip
+ * in rdi, else a jump to \missing (rax = 0): hash_64(ip, bits) (include/linux/hash.h, the kernel's
+ * ftrace_hash_key) is the home slot, probed linearly; \label names the loop. r11 = the slot.
+ * Clobbers r8-r10 (rcx is kept). */
+.macro ip_table_find missing, label
+    movabs r8, GOLDEN_RATIO_64
+    imul r8, rdi
+    mov r9, rcx                         // shr takes its count in cl
+    mov rcx, [rax+IP_TABLE_SHIFT]
+    shr r8, cl                          // the home slot
+    mov rcx, r9
+    mov r9, [rax+IP_TABLE_MASK]
+    mov r10, [rax+IP_TABLE_SLOTS]
+\label:
+    imul r11, r8, IP_SLOT_SIZE
+    add r11, r10                        // the slot
+    mov rax, [r11+IP_SLOT_IP]
+    cmp rax, rdi
+    je \label\()_found
+    test rax, rax
+    jz \missing                         // an empty slot: ip is not in the table
+    add r8, 1
+    and r8, r9                          // the next slot, wrapping
+    jmp \label
+\label\()_found:
+    mov rax, [r11+IP_SLOT_VALUE]
+.endm

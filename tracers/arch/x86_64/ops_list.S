@@ -12,35 +12,18 @@
  * Each func is called as C code: the arguments are reloaded before each call from rbx, r12-r14,
  * which it keeps, and which this keeps for ftrace_caller (it restores only what it saved).
  */
+
+.include "macros.S"
 .globl ftrace_ops_guest_list_func
 ftrace_ops_guest_list_func:
     mov rax, [rip+ops_hash]             // the table's header
-    movabs r8, GOLDEN_RATIO_64
-    imul r8, rdi
-    mov r9, rcx                         // shr takes its count in cl
-    mov rcx, [rax+OPS_HASH_SHIFT]
-    shr r8, cl                          // hash_64(ip, bits): the home slot
-    mov rcx, r9
-    mov r9, [rax+OPS_HASH_MASK]
-    mov r10, [rax+OPS_HASH_SLOTS]
-ops_list_probe:
-    imul r11, r8, OPS_HASH_SLOT_SIZE
-    add r11, r10                        // the slot
-    mov rax, [r11+OPS_HASH_SLOT_IP]
-    cmp rax, rdi
-    je ops_list_found
-    test rax, rax
-    jz ftrace_ops_list_missing          // an empty slot: ip is not in the table
-    add r8, 1
-    and r8, r9                          // the next slot, wrapping
-    jmp ops_list_probe
-ops_list_found:
+    ip_table_find ftrace_ops_list_missing, ops_list_probe
     push rbx
     push r12
     push r13
     push r14
     sub rsp, 8                          // sp as a C call expects it
-    mov rbx, [r11+OPS_HASH_SLOT_LIST]   // the site's (func, op) pairs: at least one
+    mov rbx, rax                        // the site's (func, op) pairs: at least one
     mov r12, rdi
     mov r13, rsi
     mov r14, rcx
@@ -66,5 +49,5 @@ ftrace_ops_list_missing:
     ret
 
 .balign 8
-ops_hash:                               // the table's header (OPS_HASH)
+ops_hash:                               // the table's header (IP_TABLE)
     .quad 0
