@@ -32,11 +32,16 @@ class _State(ctypes.Structure):
     ]
 
 
+ABI = 2  # blockhook.c's ftlab_budget_abi that this module's calls match
+
+
 def _library():
     spec = importlib.util.find_spec("emulator._blockhook")
     if spec is None or spec.origin is None or uclib is None:
         return None
     lib = ctypes.CDLL(spec.origin)
+    if not hasattr(lib, "ftlab_budget_abi") or ctypes.c_int.in_dll(lib, "ftlab_budget_abi").value != ABI:
+        return None  # built from an older blockhook.c, whose functions take other arguments
     lib.ftlab_budget_new.restype = ctypes.POINTER(_State)
     lib.ftlab_budget_new.argtypes = [ctypes.c_uint, ctypes.c_void_p, COUNT_CALLBACK, CALL_CALLBACK]
     lib.ftlab_budget_add_call.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
@@ -128,7 +133,8 @@ def native_budget(uc, arch, read) -> NativeBudget | None:
     if "not built" not in _said:
         _said.add("not built")
         print(
-            "ftlab: note: the native budget hook was not built (no C compiler at install): the "
+            "ftlab: note: the native budget hook was not built (no C compiler at install, or built "
+            "from an older blockhook.c: reinstall): the "
             "instruction budget uses unicorn's per-instruction count, 2-4x slower (--budget 0 avoids it)",
             file=sys.stderr,
         )

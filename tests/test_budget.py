@@ -133,3 +133,10 @@ def test_a_run_inside_a_hook_has_its_own_count(arch, tmp_path):
                 m.call(labels["pingpong"], 100)
         else:
             m.call(labels["pingpong"], 100)
+
+
+def test_a_library_built_from_an_older_hook_is_not_used(monkeypatch):
+    """Its functions take other arguments: the lab falls back to unicorn's count, not a crash."""
+    assert native._library() is not None
+    monkeypatch.setattr(native, "ABI", native.ABI + 1)
+    assert native._library() is None

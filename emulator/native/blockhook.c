@@ -19,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* budget.py's interface: it uses a library with this number only (an older build: unicorn's count) */
+const int ftlab_budget_abi = 2;
+
 typedef int (*emu_stop_fn)(void *uc);
 typedef uint32_t (*count_fn)(uint64_t addr, uint32_t size);
 typedef void (*call_fn)(uint64_t addr);
