@@ -2,10 +2,11 @@
 
 unicorn's own (`emu_start(count=N)`) counts with a hook on every instruction, which costs 2-4x
 on traced code. The native block hook (native/blockhook.c, built at install) counts per block
-instead: each distinct block's instructions are counted once (capstone, here) and kept in C; the
-total is checked as each block is entered, so the same code stops at the same block every run,
-at most one block past the budget. Without a C compiler at install, the lab falls back to
-unicorn's count and says so once.
+instead: each distinct block's instructions are counted once (capstone, here) and kept in C, the
+blocks entered lately in a direct-mapped table read first; the total is compared with the run's
+limit as each block is entered, so the same code stops at the same block every run, at most one
+block past the budget. Without a C compiler at install, the lab falls back to unicorn's count and
+says so once.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ CALL_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_uint64)
 
 class _State(ctypes.Structure):
     _fields_ = [  # struct ftlab_budget's head, in blockhook.c's order
-        ("executed", ctypes.c_uint64),
-        ("budget", ctypes.c_uint64),
+        ("total", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
         ("stopped", ctypes.c_uint64),
     ]
+
+
+ABI = 2  # blockhook.c's ftlab_budget_abi that this module's calls match
 
 
 def _library():
@@ -36,8 +40,10 @@ def _library():
     if spec is None or spec.origin is None or uclib is None:
         return None
     lib = ctypes.CDLL(spec.origin)
+    if not hasattr(lib, "ftlab_budget_abi") or ctypes.c_int.in_dll(lib, "ftlab_budget_abi").value != ABI:
+        return None  # built from an older blockhook.c, whose functions take other arguments
     lib.ftlab_budget_new.restype = ctypes.POINTER(_State)
-    lib.ftlab_budget_new.argtypes = [ctypes.c_void_p, COUNT_CALLBACK, CALL_CALLBACK]
+    lib.ftlab_budget_new.argtypes = [ctypes.c_uint, ctypes.c_void_p, COUNT_CALLBACK, CALL_CALLBACK]
     lib.ftlab_budget_add_call.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.ftlab_budget_clock.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.ftlab_budget_free.argtypes = [ctypes.c_void_p]
@@ -46,6 +52,7 @@ def _library():
 
 
 LIB = _library()
+UNLIMITED = (1 << 64) - 1  # the limit of a run without a budget: the hook never stops it
 _said: set[str] = set()  # what the lab has said on stderr already, once a process
 
 
@@ -60,7 +67,8 @@ class NativeBudget:
         self.calls: dict = {}  # address -> the lab's callback(addr) there
         self._call = CALL_CALLBACK(lambda addr: self.calls[addr](addr))
         emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p)
-        self.state = LIB.ftlab_budget_new(emu_stop, self._count, self._call)
+        shift = arch.insn_align.bit_length() - 1
+        self.state = LIB.ftlab_budget_new(shift, emu_stop, self._count, self._call)
         if not self.state:
             raise MemoryError("the native budget hook's table")
         handle = ctypes.c_size_t()
@@ -93,13 +101,14 @@ class NativeBudget:
         """Start counting a run with this budget. A run inside a hook has its own count, as
         unicorn's count= has: the outer run's is kept until disarm()."""
         s = self.state.contents
-        self._outer.append((s.executed, s.budget, s.stopped))
-        s.executed, s.budget, s.stopped = 0, budget, 0
+        self._outer.append((s.limit, s.stopped, s.total))
+        s.limit, s.stopped = min(s.total + budget, UNLIMITED) if budget else UNLIMITED, 0
 
     def disarm(self) -> None:
         """The run is over: back to the count of the run around it, if any."""
         s = self.state.contents
-        s.executed, s.budget, s.stopped = self._outer.pop()
+        limit, s.stopped, start = self._outer.pop()
+        s.limit = min(limit + s.total - start, UNLIMITED)  # the outer run's count leaves this one's out
 
     def clock_into(self, host_address: int | None) -> None:
         """From now on, as each block begins, write the instructions entered since now, less one,
@@ -124,7 +133,8 @@ def native_budget(uc, arch, read) -> NativeBudget | None:
     if "not built" not in _said:
         _said.add("not built")
         print(
-            "ftlab: note: the native budget hook was not built (no C compiler at install): the "
+            "ftlab: note: the native budget hook was not built (no C compiler at install, or built "
+            "from an older blockhook.c: reinstall): the "
             "instruction budget uses unicorn's per-instruction count, 2-4x slower (--budget 0 avoids it)",
             file=sys.stderr,
         )

@@ -7,6 +7,7 @@ import pytest
 from emulator import BudgetExhausted, Machine
 from emulator import arch as arches
 from emulator import budget as native
+from emulator.machine import DEFAULT_BUDGET
 from tracers import Lab
 from tracers.core.fprobe import Fprobe
 
@@ -66,3 +67,76 @@ def test_without_the_native_hook_unicorns_count_stops_it(arch, tmp_path, monkeyp
     assert spins == 5_000 - 1 or spins == 5_000  # unicorn's count: to the instruction
     Machine(arches.get(arch), 10)  # said once a process
     assert capsys.readouterr().err.count("the native budget hook was not built") == 1
+
+
+PINGPONG = {  # two blocks a multiple of 1024 instruction slots apart (the hook's recent table), in turn
+    "x86_64": "    mov rax, rdi\n    jmp ping\n    .balign 1024\nping:\n    sub rax, 1\n    jmp pong\n"
+    "    .balign 1024\npong:\n    jnz ping\n    ret\n",
+    "arm64": "    mov x1, x0\n    b ping\n    .balign 4096\nping:\n    sub x1, x1, #1\n    b pong\n"
+    "    .balign 4096\npong:\n    cbnz x1, ping\n    ret\n",
+}
+
+
+def pingpong(arch, tmp_path, budget=DEFAULT_BUDGET):
+    """A machine with PINGPONG loaded: (machine, its labels)."""
+    m = Machine(arches.get(arch), budget)
+    src = tmp_path / "pingpong.S"
+    src.write_text(f".globl pingpong\npingpong:\n{PINGPONG[arch]}")
+    return m, m.load_lab_code(src)
+
+
+def test_blocks_that_share_a_recent_slot_are_counted_exactly(arch, tmp_path):
+    """The hook keeps the blocks entered lately direct-mapped by address: two blocks in one slot,
+    taken in turn, evict each other, and the count stays the per-block count's."""
+    m, labels = pingpong(arch, tmp_path)
+    assert (labels["pong"] - labels["ping"]) % (1024 * m.arch.insn_align) == 0
+    m.count_instructions(True)
+    m.call(labels["pingpong"], 1000)
+    n = m.insns
+    assert n >= 3000  # three instructions a round
+    m, labels = pingpong(arch, tmp_path, n)
+    m.call(labels["pingpong"], 1000)
+    m, labels = pingpong(arch, tmp_path, n - 1)
+    with pytest.raises(BudgetExhausted):
+        m.call(labels["pingpong"], 1000)
+
+
+def test_a_lab_hook_added_on_a_block_already_counted_runs(arch, tmp_path):
+    m, labels = pingpong(arch, tmp_path)
+    m.call(labels["pingpong"], 10)  # ping and pong are among the recent blocks now
+    seen = []
+    m.hook_call(seen.append, labels["pong"])
+    m.call(labels["pingpong"], 10)
+    assert seen == [labels["pong"]] * 10
+
+
+def test_a_run_inside_a_hook_has_its_own_count(arch, tmp_path):
+    """As with unicorn's count=: the budget applies to each run, and the outer run's count leaves
+    out the instructions of the runs its hooks made."""
+    m, labels = pingpong(arch, tmp_path)
+    m.count_instructions(True)
+    m.call(labels["pingpong"], 100)
+    outer = m.insns
+    for budget, stops in ((outer, False), (outer - 1, True)):
+        m, labels = pingpong(arch, tmp_path, budget)
+        inside = []
+
+        def inner(_, m=m, labels=labels, inside=inside):  # a run of pingpong(50) at each outer pong
+            if not inside:
+                inside.append(1)
+                m.call(labels["pingpong"], 50)
+                inside.pop()
+
+        m.hook_call(inner, labels["pong"])
+        if stops:
+            with pytest.raises(BudgetExhausted):
+                m.call(labels["pingpong"], 100)
+        else:
+            m.call(labels["pingpong"], 100)
+
+
+def test_a_library_built_from_an_older_hook_is_not_used(monkeypatch):
+    """Its functions take other arguments: the lab falls back to unicorn's count, not a crash."""
+    assert native._library() is not None
+    monkeypatch.setattr(native, "ABI", native.ABI + 1)
+    assert native._library() is None
