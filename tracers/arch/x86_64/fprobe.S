@@ -9,6 +9,36 @@
 
 .include "macros.S"
 
+/* The frame each function here keeps: the callee-saved registers it uses, and its arguments,
+ * which a handler may clobber: [rsp+32] rdi, [rsp+24] rsi, [rsp+16] rcx, [rsp+8] r8, [rsp] r9. */
+.macro fprobe_frame_push
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi
+    push rsi
+    push rcx
+    push r8
+    push r9
+.endm
+
+.macro fprobe_frame_pop
+    pop r9
+    pop r8
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+.endm
+
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
  * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
  * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
@@ -16,18 +46,10 @@
  * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
  * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
  * is hooked, else the frame is popped. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs.
- * Clobbers rax, rdx, r8-r11. */
+ * Clobbers rax, rdx, r10, r11. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi                            // [rsp+16]: ip
-    push rsi
-    push rcx                            // [rsp]: fregs
+    fprobe_frame_push
     mov r15, [rip+fp_control]
     mov rbx, [r15+FPC_FGRAPH]           // fgraph's task state
     mov r12, [rbx+FG_CURR]              // where the frame goes
@@ -40,11 +62,11 @@ fprobe_fgraph_entry:
     mov rax, r12
     shl rax, 3
     add rax, [rbx+FG_STACK]             // the frame
-    mov rcx, [rsp]
+    mov rcx, [rsp+16]
     mov rdx, [rcx+RSP]                  // the return slot
     mov r8, [rdx]
     mov [rax+FG_FRAME_RET], r8
-    mov r8, [rsp+16]
+    mov r8, [rsp+32]
     mov [rax+FG_FRAME_FUNC], r8
     mov [rax+FG_FRAME_RETP], rdx
     mov qword ptr [rax+FG_PUSH_BITMAP], FG_FRAME_WORDS      // reserved, its offset to the frame
@@ -83,8 +105,8 @@ fpe_entry:
     test rax, rax
     jz fpe_exit
     mov rdi, [r15+GFP_ENTRY_DATA]
-    mov rsi, [rsp+16]
-    mov rcx, [rsp]
+    mov rsi, [rsp+32]
+    mov rcx, [rsp+16]
     mov rdx, [rcx+RSP]
     mov rdx, [rdx]                      // ret_ip: ftrace_regs_get_return_address, the word at sp
     call rax
@@ -124,7 +146,7 @@ fpe_cleared:
     mov r15, [rip+fp_control]
     mov r8, [r15+FPC_BITMAP]
     mov [rax-8], r8                     // the reserved word becomes the bitmap
-    mov rcx, [rsp]
+    mov rcx, [rsp+16]
     mov rdx, [rcx+RSP]
     mov r8, [rbx+FG_RETURN_TO_HANDLER]
     mov [rdx], r8                       // hook the return
@@ -145,15 +167,7 @@ fpe_pop:
 fpe_overrun:
     add qword ptr [rbx+FG_OVERRUN], 1
 fpe_out:
-    pop rcx
-    pop rsi
-    pop rdi
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbp
-    pop rbx
+    fprobe_frame_pop
     ret
 
 /* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
@@ -162,17 +176,7 @@ fpe_out:
  * rdx, r10, r11 (rcx is kept, as graph_trace_return keeps it). */
 .globl fprobe_return
 fprobe_return:
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi                            // [rsp+32]: fregs
-    push rsi
-    push rcx
-    push r8
-    push r9
+    fprobe_frame_push
     mov r15, [rip+fp_control]
     mov rbx, [r15+FPC_FGRAPH]
     mov rax, [rbx+FG_CURR]
@@ -224,28 +228,14 @@ fpr_skip:
 fpr_pop:
     mov [rbx+FG_CURR], r14
     sub qword ptr [rbx+FG_DEPTH], 1
-    pop r9
-    pop r8
-    pop rcx
-    pop rsi
-    pop rdi
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbp
-    pop rbx
+    fprobe_frame_pop
     ret
 
 /* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
- * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r11. */
+ * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r10, r11. */
 .globl fprobe_ftrace_entry
 fprobe_ftrace_entry:
-    push rbx
-    push r12
-    push rdi                            // [rsp+16]: ip
-    push rsi                            // [rsp+8]: parent_ip
-    push rcx                            // [rsp]: fregs
+    fprobe_frame_push
     mov rax, [rip+fp_control]
     mov rax, [rax+FPC_FTRACE_IPS]
     ip_table_find ffe_out, ffe_find
@@ -257,18 +247,14 @@ ffe_next:
     mov rax, [r12+rbx*8+FPROBE_AT_SIZE]
     add rbx, 1
     mov rdi, [rax+GFP_ENTRY_DATA]
-    mov rsi, [rsp+16]
-    mov rdx, [rsp+8]
-    mov rcx, [rsp]
+    mov rsi, [rsp+32]
+    mov rdx, [rsp+24]
+    mov rcx, [rsp+16]
     xor r8d, r8d
     call qword ptr [rax+GFP_ENTRY]
     jmp ffe_next
 ffe_out:
-    pop rcx
-    pop rsi
-    pop rdi
-    pop r12
-    pop rbx
+    fprobe_frame_pop
     ret
 
 /* An fprobe's Python handler (the data is the fprobe's id): its arguments into the mailbox, then
