@@ -43,8 +43,8 @@ CASES = {
 }
 
 
-def trace(arch, specs, call, ring=None, setup=None):
-    lab = Lab(resolve("funcs", arch)[0])
+def trace(arch, specs, call, ring=None, setup=None, **lab_options):
+    lab = Lab(resolve("funcs", arch)[0], **lab_options)
     sink = ListSink()
     tracer = ProbeEventTracer(lab, sink, specs, ring=ring)
     if setup:
@@ -201,3 +201,12 @@ def test_fprobe_python_handlers_enter_python_once_per_handler(arch, monkeypatch)
     fprobes.register(Fprobe(lambda *a: calls.append("entry") and 0, lambda *a: calls.append("exit")), "fib")
     assert lab.call("fib", 10) == 55
     assert calls.count("entry") == calls.count("exit") == 177
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_buffer_too_small_for_a_record_keeps_the_python_path(arch):
+    """--buffer-size 1 holds one of the tracers' records, not a probe event's with its fetches."""
+    specs, call = CASES["fetches-both"]
+    guest, tracer, _ = trace(arch, specs, call, ring_records=1)
+    python, _, _ = trace(arch, specs, call, ring=False)
+    assert tracer._guest is None and guest.events == python.events

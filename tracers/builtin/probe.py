@@ -11,7 +11,8 @@ capture reads as a fault, never as the emulator's value.
 
 Where every event is an fprobe's on the fgraph design and its fetchargs compile to guest programs
 (probe_events/program.py: no string, no $comm), with the counter clock (or insns where the machine
-counts natively) and no verify mode, the hits run no Python: the guest fprobe dispatch
+counts natively), no verify mode and a ring buffer that holds one of their records, the hits run
+no Python: the guest fprobe dispatch
 (core/fprobe_guest.py) calls guest handlers (probe_code.py) that fetch into ring-buffer records,
 and Python decodes them in bulk into the same events (output/probe_records.py).
 """
@@ -201,6 +202,7 @@ class ProbeEventTracer(Tracer):
             or self.write != self.emit
             or self.fprobes.code is None
             or any(s.kind != "f" or lab.ftrace.site(s.symbol).ip in partial for s in self.specs)
+            or lab.probe_code.records.size(max(len(s.args) for s in self.specs)) > lab.ring_buffer.bytes
         ):
             return None
         where = {False: _where(lab.karch, lab.karch.ftrace_regs_saved, False)}
@@ -264,7 +266,7 @@ class ProbeEventTracer(Tracer):
             lab.machine.irqs_masked,
             MECHANISM["f"],
         )
-        self._record_size = code.records.size(max((len(s.args) for s in self.specs), default=0))
+        self._record_size = code.records.size(max(len(s.args) for s in self.specs))
         lab.ring_buffer.reset("stream", self._decode, self._record_size)
         self._pending: dict[int, Event] = {}
         self._keys = itertools.count()

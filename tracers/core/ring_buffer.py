@@ -45,8 +45,8 @@ class RingBuffer:
             raise FtlabError(f"a ring buffer of {nr_records} records does not fit in the lab's memory") from None
         m.write_code(syms["rb_control"], U64.pack(self.control))
         self._ctl = m.view(self.control, RB_CONTROL.size).cast("Q")
-        self._record_size, self._bytes = self.rec.size, nr_records * self.rec.size
-        self._data = m.view(self.base, self._bytes)
+        self._record_size, self.bytes = self.rec.size, nr_records * self.rec.size
+        self._data = m.view(self.base, self.bytes)
         m.hook_call(self._full, syms["ring_buffer_full"])
         self.mode, self.consumer, self.wrapped = "stream", None, False
         self._set(nr=nr_records, base=self.base, record_size=self.rec.size)
@@ -63,9 +63,9 @@ class RingBuffer:
         if mode not in MODES:
             raise FtlabError(f"unknown ring buffer mode '{mode}' (known: {', '.join(MODES)})")
         size = record_size or self._record_size
-        if size > self._bytes:
-            raise FtlabError(f"a ring buffer of {self._bytes} bytes cannot hold a record of {size} bytes")
-        self.rec, self.nr = struct.Struct(f"<{size // 8}Q"), self._bytes // size
+        if size > self.bytes:
+            raise FtlabError(f"a ring buffer of {self.bytes} bytes cannot hold a record of {size} bytes")
+        self.rec, self.nr = struct.Struct(f"<{size // 8}Q"), self.bytes // size
         self.mode, self.consumer, self.wrapped = mode, consumer, False
         self._set(head=0, clock=0, lost=0, overwritten=0, nr=self.nr, record_size=size)
 
