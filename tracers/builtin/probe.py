@@ -164,6 +164,8 @@ class ProbeEventTracer(Tracer):
         self._probes = []
         self._guest: list[int] | None = None  # the events' programs in guest memory, on the guest path
         self._decoder: ProbeDecoder | None = None  # its records' decoder, counting the hits it records
+        self._programs: list[bytes] | None = None  # _guest_programs(), once planned
+        self._planned = False
         self.write = self.emit  # where an event goes: out, or into a tracer's trace (add_events)
 
     def _resolve(self, spec: ProbeSpec) -> ProbeSpec:
@@ -189,12 +191,14 @@ class ProbeEventTracer(Tracer):
     def _guest_programs(self) -> list[bytes] | None:
         """Each event's fetch program, when the whole trace can run in guest code (see the module's
         docstring); else None. Worked out once, as the trace starts."""
-        if hasattr(self, "_programs"):
-            return self._programs
+        if not self._planned:
+            self._planned, self._programs = True, self._plan()
+        return self._programs
+
+    def _plan(self) -> list[bytes] | None:
         lab, m = self.lab, self.lab.machine
         clock = self.clock_name == "counter" or (self.clock_name == GuestInsnsClock.name and m.counts_natively)
         partial = lab.ftrace.uncaptured()
-        self._programs: list[bytes] | None = None
         if (
             self.ring is False
             or self.verify
@@ -213,7 +217,6 @@ class ProbeEventTracer(Tracer):
             if steps is None:
                 return None
             programs.append(encode(i, len(spec.args), steps))
-        self._programs = programs
         return programs
 
     def start(self) -> None:
@@ -294,6 +297,7 @@ class ProbeEventTracer(Tracer):
             rb.drain()
             self.ring_losses = {"lost": rb.lost} if rb.lost else {}
             rb.reset("stream", None)
+            self.write = self.emit
         if self.verify:
             self.lab.verify.release(*self._verified())
 

@@ -15,10 +15,11 @@ Handlers: entry_handler(fp, entry_ip, ret_ip, regs, entry_data) -> int (non-zero
 not counted as missed); exit_handler(fp, entry_ip, ret_ip, regs, entry_data). entry_data is the
 guest address of entry_data_size bytes, or None when entry_data_size is 0.
 
-An fprobe may also have its handlers in guest code (guest_entry, guest_exit: (code, data), as
-fprobe_guest.py calls them); while every fprobe of a fgraph-design registry has, and none is
-disabled, the registry's dispatch runs in guest code too (FprobeCode), with no Python per hit; its
-nmissed is counted there and added to the Fprobe's when it is unregistered.
+While a fgraph-design registry is the only one using the lab's FprobeCode and none of its fprobes
+is disabled, its dispatch runs in guest code (fprobe_guest.py): fgraph's push and pop and fprobe's
+walk run no Python, a Python handler is entered for itself alone, and handlers written in guest
+code (guest_entry, guest_exit: (code, data); probe events') enter none. Misses the guest counts are
+part of nmissed.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Fprobe:
     _ops: FtraceOps | None = None
     _desc: int = 0  # its guest fprobe, while the dispatch runs in guest code
     _guest_missed: Callable[[], int] | None = None  # what the guest dispatch counted
+    _rethook: Rethook | None = None
 
     @property
     def nmissed(self) -> int:
@@ -66,8 +68,6 @@ class Fprobe:
     @nmissed.setter
     def nmissed(self, value: int) -> None:
         self._missed = value - (self._guest_missed() if self._guest_missed else 0)
-
-    _rethook: Rethook | None = None
 
 
 class Fprobes:
