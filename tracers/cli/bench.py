@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -235,19 +236,52 @@ def _fmt(value) -> str:
     return f"{value:.3g}"
 
 
+def machine() -> str:
+    """The machine the figures come from: its CPU, cores, Python and unicorn."""
+    model = "an unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, unicorn {unicorn.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def markdown(results: list[dict]) -> str:
+    """The measures that have a target, as a Markdown table (the README's): a column per arch, each
+    figure marked where it misses its target."""
+    archs = [r["arch"] for r in results]
+    lines = [f"| measure | {' | '.join(archs)} | target |", "|---|" + "---|" * len(archs) + "---|"]
+    for name, (targets, kind) in TARGETS.items():
+        cells = []
+        for r in results:
+            value = r.get(name)
+            missed = _verdict(name, r["arch"], value).endswith("MISSED") if value is not None else False
+            cells.append("" if value is None else _fmt(value) + (" — missed" if missed else ""))
+        wants = {f"{'≤' if kind == 'max' else '≥'} {_fmt(targets[a])}" for a in archs}
+        lines.append(f"| {name} | {' | '.join(cells)} | {' / '.join(sorted(wants))} |")
+    return "\n".join(lines) + "\n"
+
+
 def bench(out, json_file: OutputFile | None = None) -> list[dict]:
-    """Measure both arches and print the figures; with json_file (checked before any measuring),
+    """Measure both arches and print the figures, the machine they come from, and the measures
+    with a target as the README's Markdown table; with json_file (checked before any measuring),
     also write them there as JSON."""
     results = []
+    where = machine()
+    out.write(f"machine: {where}\n")
     for name in arches.ARCHES:
         out.write(f"measuring {name} ...\n")
         out.flush()
-        results.append(measure(name))
+        results.append({**measure(name), "machine": where})
     out.write("\n")
     for r in results:
         out.write(f"== {r['arch']}\n")
         for key, value in r.items():
-            if key != "arch":
+            if key not in ("arch", "machine"):
                 out.write(f"  {key:<40} {_fmt(value):>14}   {_verdict(key, r['arch'], value)}\n")
     out.write(
         "\nfunction: the function tracer through the guest ring buffer, recording only (no decoding);\n"
@@ -261,8 +295,9 @@ def bench(out, json_file: OutputFile | None = None) -> list[dict]:
         "alone, both fib(23) in this run);\n"
         "probe_events: -e 'f:a fib $arg1' -e 'f:b fib%return $retval' on fib(23), recorded through the\n"
         "guest path's ring buffer (record_vs_record) and as the kernel's text (text_vs_record), over\n"
-        "the function tracer's recording.\n"
+        "the function tracer's recording.\n\n"
     )
+    out.write(markdown(results))
     if json_file is not None:
         json.dump(results, json_file.fh, indent=2)
         json_file.commit()
