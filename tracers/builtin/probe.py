@@ -29,6 +29,7 @@ from ..core.fprobe import Fprobe
 from ..core.kprobes import Kprobe
 from ..core.kretprobe import Kretprobe
 from ..output.events import NR_ARGS, Event
+from ..output.formats import probe_bulk_writer
 from ..output.probe_records import ProbeDecoder
 from ..output.records import REC_EVENT
 from ..output.sinks import location
@@ -269,8 +270,9 @@ class ProbeEventTracer(Tracer):
             lab.machine.irqs_masked,
             MECHANISM["f"],
         )
-        self._record_size = code.records.size(max(len(s.args) for s in self.specs))
-        lab.ring_buffer.reset("stream", self._decode, self._record_size)
+        # the text in bulk from the records, no Event each (formats.probe_bulk_writer), or None
+        self._bulk = probe_bulk_writer(self._decoder, self.sink, self._events)
+        lab.ring_buffer.reset("stream", self._decode, self._decoder.rec.size)
         self._pending: dict[int, Event] = {}
         self._keys = itertools.count()
         self.write = self._write_ring
@@ -285,7 +287,16 @@ class ProbeEventTracer(Tracer):
             self._pending[key] = event
 
     def _decode(self, chunk: bytes) -> None:
-        for event in self._decoder.events(chunk, self._record_size, self._pending):
+        """The ring-buffer consumer: the records as their events, or where the sink writes them in
+        bulk, as its lines straight away."""
+        if self._bulk is None:
+            self._events(chunk)
+            return
+        for type_, n in self._bulk(chunk).items():
+            self.counts[self.counters[type_]] += n
+
+    def _events(self, chunk: bytes) -> None:
+        for event in self._decoder.events(chunk, self._pending):
             self.emit(event)
 
     def stop(self) -> None:

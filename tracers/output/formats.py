@@ -43,3 +43,12 @@ def bulk_writer(decoder, sink):
     if isinstance(decoder, GraphDecoder) and isinstance(sink, GraphTextSink) and sink.args is None:
         return lambda chunk: sink.records(chunk, decoder)
     return None
+
+
+def probe_bulk_writer(decoder, sink, each):
+    """(chunk) -> the events written by type, where the sink writes the guest probe records' text in
+    bulk (a ProbeDecoder's, into the nop tracer's text), no Event each but for the records each(record)
+    writes in their place (a Python handler's events); else None. Chosen once per trace, before it starts."""
+    if isinstance(sink, TextSink):
+        return lambda chunk: sink.probe_records(chunk, decoder, each)
+    return None

@@ -1,15 +1,20 @@
-"""The function and function_graph tracers' text lines formatted in C (native/textlines.c), from
-the records as they are: where it was built at install, TextSink.entries' and
-GraphTextSink.columns' Python stay the reference (tests compare them) and the fallback. Python
-still names every (ip, parent) pair or graph function, once."""
+"""The function, function_graph and probe events' text lines formatted in C (native/textlines.c),
+from the records as they are: where it was built at install, TextSink.entries', TextSink.probe_lines'
+and GraphTextSink.columns' Python stay the reference (tests compare them) and the fallback. Python
+still makes every text the lines repeat (a pair's names, a graph function's, a probe event's head,
+a symbol value's, a flags word's context), once."""
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
 
+from ..probe_events import TYPES
+from .probe_records import REC_PROBE_ENTRY, REC_PROBE_EXIT, WORDS
+
 MISS_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_uint64)
 NO_BODY, NO_ROOM = -1, -2
+ARG_KINDS = {"u": 0, "s": 1, "x": 2, "symbol": 3}  # textlines.c's ARG_U ...: the guest path's fetch types
 
 
 def _library():
@@ -49,7 +54,38 @@ def _library():
         ctypes.c_uint64,
         ctypes.POINTER(ctypes.c_uint64 * 2),
     ]
+    lib.probelines_new.restype = ctypes.c_void_p
+    lib.probelines_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ProbeLayout), ctypes.c_uint32]
+    lib.probelines_free.argtypes = [ctypes.c_void_p]
+    lib.probelines_set_event.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+    ]
+    lib.probelines_format.restype = ctypes.c_int64
+    lib.probelines_format.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_uint64,
+        ctypes.c_uint64,
+        ctypes.c_void_p,
+        ctypes.c_uint64,
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.POINTER(ctypes.c_uint64),
+    ]
     return lib
+
+
+class ProbeLayout(ctypes.Structure):
+    """textlines.c's struct probe_layout: a probe record's words, and where its fields are."""
+
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("words", "event", "ip", "parent", "faults", "flags", "fetch_entry", "fetch_exit")
+    ]
 
 
 class GraphOptions(ctypes.Structure):
@@ -88,24 +124,33 @@ class NativeLines:
         """body(ip, parent) -> the pair's text (the `func <-parent` line's, newline included);
         per_line: the room first allowed for a record's text, grown when short."""
         assert LIB is not None
-        self._body = body
         self._error: BaseException | None = None
-        self._miss = MISS_CALLBACK(self._on_miss)  # kept alive as long as the formatter
-        raw = prefix.encode()
-        self._t = LIB.textlines_new(self._miss, raw, len(raw))
-        if not self._t:
-            raise MemoryError("the native text formatter")
-        self._per_line = max(per_line, len(raw) + 22 + 64)  # grown when a body is longer
+        self._tables: list[int] = []
+        self._misses: list = []  # the tables' callbacks, kept alive as long as the formatter
+        self._per_line = max(per_line, len(prefix.encode()) + 22 + 64)  # grown when a body is longer
         self._out = ctypes.create_string_buffer(0)
+        self._t = self._table(body, prefix)
 
-    def _on_miss(self, ip: int, parent: int) -> None:
-        try:
-            text = self._body(ip, parent).encode()
-            self._per_line = max(self._per_line, len(text) + 22 + 64)
-            if LIB.textlines_add_body(self._t, ip, parent, text, len(text)) != 0:
-                raise MemoryError("the native text formatter's bodies")
-        except BaseException as err:  # raised again by _format(): ctypes would only print it
-            self._error = err
+    def _table(self, body, prefix: str = "") -> int:
+        """A textlines of bodies keyed (ip, parent), body(ip, parent) making each the first time."""
+        raw = prefix.encode()
+
+        def on_miss(ip: int, parent: int) -> None:
+            try:
+                text = body(ip, parent).encode()
+                self._per_line = max(self._per_line, len(raw) + len(text) + 22 + 64)
+                if LIB.textlines_add_body(t, ip, parent, text, len(text)) != 0:
+                    raise MemoryError("the native text formatter's bodies")
+            except BaseException as err:  # raised again by _format(): ctypes would only print it
+                self._error = err
+
+        miss = MISS_CALLBACK(on_miss)
+        t = LIB.textlines_new(miss, raw, len(raw))
+        if not t:
+            raise MemoryError("the native text formatter")
+        self._misses.append(miss)
+        self._tables.append(t)
+        return t
 
     def _format(self, n: int, write) -> str:
         """The text write(out, cap) makes of n records, called again with more room until it fits."""
@@ -130,8 +175,9 @@ class NativeLines:
         return text, count.value
 
     def __del__(self):
-        if getattr(self, "_t", None) and LIB is not None:
-            LIB.textlines_free(self._t)
+        if LIB is not None:
+            for t in getattr(self, "_tables", ()):
+                LIB.textlines_free(t)
 
 
 class NativeGraph(NativeLines):
@@ -162,3 +208,55 @@ class NativeGraph(NativeLines):
             ),
         )
         return text, counts[0], counts[1]
+
+
+class NativeProbeLines(NativeLines):
+    """One TextSink's formatter of probe events' records (ProbeDecoder's): a line is the context of
+    the record's flags word, its timestamp, its event's head at (ip, parent), then each fetcharg's
+    ` name=value`, a symbol's value as its text, a fault's as `(fault)`."""
+
+    def __init__(self, decoder, context, head, symbol):
+        """context(flags) -> the line's start up to the timestamp; head(event, ip, parent) -> the
+        event's `name: (where)` (parent 0 at an entry); symbol(addr) -> a symbol value's text."""
+        super().__init__("", lambda flags, _: context(flags), per_line=256)
+        self._symbols = self._table(lambda addr, _: symbol(addr))
+        self._words = decoder.rec.size // 8
+        layout = ProbeLayout(
+            self._words,
+            *(WORDS[name] for name in ("event", "ip", "parent", "faults", "flags")),
+            decoder.fetch_at[REC_PROBE_ENTRY],
+            decoder.fetch_at[REC_PROBE_EXIT],
+        )
+        self._nevents = len(decoder.specs)
+        self._p = LIB.probelines_new(self._t, self._symbols, ctypes.byref(layout), self._nevents)
+        if not self._p:
+            raise MemoryError("the native probe text formatter")
+        for e, spec in enumerate(decoder.specs):
+            heads = self._table(lambda ip, parent, e=e: head(e, ip, parent))
+            args = b"".join(_arg(arg) for arg in spec.args)
+            if LIB.probelines_set_event(self._p, e, heads, len(spec.args), args, len(args)) != 0:
+                raise MemoryError("the native probe text formatter")
+
+    def probe_lines(self, chunk: bytes, start: int) -> tuple[str, int, list[int]]:
+        """The text of the records from start up to the first of another type than an entry, an
+        exit or uncommitted (or the chunk's end), its index, and the lines by event index then the
+        entries and the exits."""
+        n, done = len(chunk) // (8 * self._words), ctypes.c_uint64()
+        counts = (ctypes.c_uint64 * (self._nevents + 2))()
+        text = self._format(
+            n - start,
+            lambda out, cap: LIB.probelines_format(self._p, chunk, start, n, out, cap, ctypes.byref(done), counts),
+        )
+        return text, done.value, list(counts)
+
+    def __del__(self):
+        if getattr(self, "_p", None) and LIB is not None:
+            LIB.probelines_free(self._p)
+        super().__del__()
+
+
+def _arg(arg) -> bytes:
+    """A fetcharg as probelines_set_event takes it: kind, bits, the label's length, the label."""
+    size, kind = TYPES[arg.type]
+    label = f" {arg.name}=".encode()  # format_args' label
+    return bytes((ARG_KINDS[kind], 8 * size)) + len(label).to_bytes(2, "little") + label

@@ -28,6 +28,7 @@ from .records import EVENT_RECORD, REC_EVENT
 REC_PROBE_ENTRY, REC_PROBE_EXIT = 4, 5
 HEAD = ("event", "ip", "parent", "faults", "flags")
 _FIELDS = RECORD_HEADER.nr_words + len(HEAD)  # where the ftrace_regs fields begin
+WORDS = dict(zip(HEAD, range(RECORD_HEADER.nr_words, _FIELDS), strict=True))  # each HEAD field's word
 
 
 @dataclass(frozen=True)
@@ -93,37 +94,40 @@ class ProbeDecoder:
         self.args = [self.saved.index(members[r]) for r in karch.cpu.arg_regs[:NR_ARGS]]
         ret = members[karch.cpu.ret_regs[0]]
         self.ret = self.exit_saved.index(ret)
+        # the trace's records, as long as its events' fetches need; where each type's fetch words begin
+        self.rec = struct.Struct(f"<{self.layouts.size(max((len(s.args) for s in specs), default=0)) // 8}Q")
+        self.fetch_at = {
+            REC_PROBE_ENTRY: _FIELDS + len(self.saved),
+            REC_PROBE_EXIT: _FIELDS + len(self.exit_saved) + NR_ARGS,
+        }
 
-    def events(self, chunk: bytes, size: int, pending: dict):
-        """The events of a chunk of size-byte records; a REC_EVENT record's is in `pending`, by
-        its key (an event a Python handler made, when the hit took the Python dispatch). Counts
-        each record's event by index in `counts`."""
-        rec = struct.Struct(f"<{size // 8}Q")
+    def events(self, chunk: bytes, pending: dict):
+        """The events of a chunk of records; a REC_EVENT record's is in `pending`, by its key (an
+        event a Python handler made, when the hit took the Python dispatch). Counts each record's
+        event by index in `counts`."""
         specs, counts, mechanism, masked = self.specs, self.counts, self.mechanism, self.irqs_masked
         saved, exit_saved, args_at, ret = self.saved, self.exit_saved, self.args, self.ret
         missing_in, missing_out, key = self.missing_in, self.missing_out, EVENT_RECORD.index("key")
-        fetch_in, fetch_out = _FIELDS + len(saved), _FIELDS + len(exit_saved) + NR_ARGS
-        for w in rec.iter_unpack(chunk):
+        fetch_in, fetch_out = self.fetch_at[REC_PROBE_ENTRY], self.fetch_at[REC_PROBE_EXIT]
+        for w in self.rec.iter_unpack(chunk):
             kind = w[0]
             if kind == REC_PROBE_ENTRY:
                 fields = w[_FIELDS:fetch_in]
-                regs, missing, args, retval, type_, at = (
+                regs, missing, args, retval, type_ = (
                     dict(zip(saved, fields, strict=True)),
                     missing_in,
                     tuple(fields[i] for i in args_at),
                     None,
                     "entry",
-                    fetch_in,
                 )
             elif kind == REC_PROBE_EXIT:
                 fields = w[_FIELDS : _FIELDS + len(exit_saved)]
-                regs, missing, args, retval, type_, at = (
+                regs, missing, args, retval, type_ = (
                     dict(zip(exit_saved, fields, strict=True)),
                     missing_out,
                     w[fetch_out - NR_ARGS : fetch_out],
                     fields[ret],
                     "exit",
-                    fetch_out,
                 )
             elif kind == REC_EVENT:  # (gone if a consumer that failed saw it before)
                 if (made := pending.pop(w[key], None)) is not None:
@@ -131,12 +135,9 @@ class ProbeDecoder:
                 continue
             else:  # REC_UNCOMMITTED: a run an error stopped in the middle of the record
                 continue
-            event, faults = w[2], w[5]
+            event = w[2]
             counts[event] += 1
             spec = specs[event]
-            values = tuple(
-                FAULT if faults >> i & 1 else self._value(arg.type, w[at + i]) for i, arg in enumerate(spec.args)
-            )
             yield Event(
                 mechanism,
                 type_,
@@ -150,9 +151,14 @@ class ProbeDecoder:
                 missing,
                 retval=retval,
                 probe=spec,
-                fetch=tuple(zip(spec.args, values, strict=True)),
+                fetch=tuple(zip(spec.args, self.values(spec, w), strict=True)),
                 irqs_off=masked(w[6]),
             )
+
+    def values(self, spec: ProbeSpec, w: tuple[int, ...]) -> tuple[int | str, ...]:
+        """An entry or exit record's (its words w) fetched values as its event's types read them."""
+        faults, at = w[5], self.fetch_at[w[0]]
+        return tuple(FAULT if faults >> i & 1 else self._value(arg.type, w[at + i]) for i, arg in enumerate(spec.args))
 
     def _value(self, type_: str, raw: int) -> int | str:
         if TYPES[type_][1] == "symbol":

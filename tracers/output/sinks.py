@@ -14,10 +14,11 @@ from emulator import FtlabError
 from emulator.symbols import SymbolTable
 
 from ..kernel_version import MODELLED, KernelVersion
-from ..probe_events import format_args, format_value
+from ..probe_events import ProbeSpec, format_args, format_value
 from . import native_text
 from .events import Event
-from .records import REC_ENTRY
+from .probe_records import REC_PROBE_EXIT
+from .records import REC_ENTRY, REC_UNCOMMITTED
 
 COMM, PID, CPU = "ftlab", 1, 0
 # Irq, need-resched, hardirq, preempt-depth and migrate-disable columns: the lab runs one task
@@ -28,8 +29,12 @@ COMM, PID, CPU = "ftlab", 1, 0
 # since 6.9 (BRK #7); '.' in code called from ftrace or a return trampoline.
 FLAGS = "....."
 IRQS_OFF_FLAGS = "d...."
-# trace_print_context with interrupts enabled, then the timestamp and a `func <-parent` line
-LINE_PREFIX = f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {FLAGS} "
+# trace_print_context, by whether interrupts were masked; then the timestamp and a `func <-parent` line
+CONTEXT = {
+    irqs_off: f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {flags} "
+    for irqs_off, flags in ((False, FLAGS), (True, IRQS_OFF_FLAGS))
+}
+LINE_PREFIX = CONTEXT[False]
 LINE_FORMAT = LINE_PREFIX + "%12d: %s\n"
 
 # s_show() and print_func_help_header_irq() (kernel/trace/trace.c, v6.17), the header of the trace
@@ -72,14 +77,15 @@ class TextSink:
         # (ip, parent) -> `func <-parent`
         self._bodies = _Texts(lambda pair: f"{func_name(symbols, pair[0])} <-{func_name(symbols, pair[1])}")
         self._native: native_text.NativeLines | None = None
+        self._probe: native_text.NativeProbeLines | None = None
+        self._probe_text: tuple[_Texts, _Texts] | None = None  # the probe events' texts (_probe_texts)
 
     def begin(self, tracer: str, clock: str) -> None:
         self.tracer = tracer
 
     def event(self, ev: Event) -> None:
         # trace_print_context: "%16s-%-7d [%03d] <flags> %12llu: " for a clock not in ns
-        flags = IRQS_OFF_FLAGS if ev.irqs_off else FLAGS
-        self.out.write(f"{COMM:>16}-{PID:<7d} [{CPU:03d}] {flags} {ev.ts:12d}: {self._body(ev)}\n")
+        self.out.write(f"{CONTEXT[bool(ev.irqs_off)]}{ev.ts:12d}: {self._body(ev)}\n")
         if ev.verification is not None and ev.mismatch:
             for c in ev.verification.checks:
                 if not c.equal:
@@ -106,6 +112,65 @@ class TextSink:
         bodies = map(self._bodies.__getitem__, zip(ips, parents, strict=True))
         self.out.write("".join(map(LINE_FORMAT.__mod__, zip(ts, bodies, strict=True))))
         return len(ts)
+
+    def probe_records(self, chunk: bytes, decoder, each) -> dict[str, int]:
+        """Probe events' lines for a chunk of the guest handlers' records (a ProbeDecoder's), in C
+        where that was built at install, else `probe_lines`: the text `event` writes, no Event
+        each, but for a Python handler's event (a REC_EVENT record), which each(record) writes in
+        its place. Counts each line's event in decoder.counts; returns the entries and exits."""
+        if native_text.LIB is None:
+            return self.probe_lines(chunk, decoder, each)
+        if self._probe is None:
+            contexts, heads = self._probe_texts(decoder)
+            self._probe = native_text.NativeProbeLines(
+                decoder, contexts.__getitem__, lambda e, ip, parent: heads[e, ip, parent], decoder.symbolize
+            )
+        size, start, written = decoder.rec.size, 0, {"entry": 0, "exit": 0}
+        while True:
+            text, start, counts = self._probe.probe_lines(chunk, start)
+            self.out.write(text)
+            for e, n in enumerate(counts[:-2]):
+                decoder.counts[e] += n
+            written["entry"] += counts[-2]
+            written["exit"] += counts[-1]
+            if start * size == len(chunk):
+                return written
+            each(chunk[start * size : (start + 1) * size])
+            start += 1
+
+    def probe_lines(self, chunk: bytes, decoder, each) -> dict[str, int]:
+        """`probe_records` in Python: each record's line from its words, its values as
+        ProbeDecoder.values reads them, the texts the lines repeat made once."""
+        contexts, heads = self._probe_texts(decoder)
+        specs, counts, fetch_at, values = decoder.specs, decoder.counts, decoder.fetch_at, decoder.values
+        size, written = decoder.rec.size, {"entry": 0, "exit": 0}
+        lines: list[str] = []
+        for i, w in enumerate(decoder.rec.iter_unpack(chunk)):
+            if w[0] not in fetch_at:
+                if w[0] != REC_UNCOMMITTED:  # a Python handler's event, after the lines before it
+                    self.out.write("".join(lines))
+                    lines.clear()
+                    each(chunk[i * size : (i + 1) * size])
+                continue
+            exit_, event = w[0] == REC_PROBE_EXIT, w[2]
+            spec = specs[event]
+            counts[event] += 1
+            written["exit" if exit_ else "entry"] += 1
+            head = heads[event, w[3], w[4] if exit_ else 0]
+            lines.append(f"{contexts[w[6]]}{w[1]:12d}: {head}{format_args(spec.args, values(spec, w))}\n")
+        self.out.write("".join(lines))
+        return written
+
+    def _probe_texts(self, decoder) -> tuple[_Texts, _Texts]:
+        """A flags word's context, and (event, ip, parent) -> the event's head (parent 0 at an
+        entry: its head shows none): made once per trace."""
+        if self._probe_text is None:
+            specs, masked = decoder.specs, decoder.irqs_masked
+            self._probe_text = (
+                _Texts(lambda flags: CONTEXT[masked(flags)]),
+                _Texts(lambda k: probe_head(self.sym, specs[k[0]], specs[k[0]].is_return, k[1], k[2])),
+            )
+        return self._probe_text
 
     def _body(self, ev: Event) -> str:
         if ev.text is not None:
@@ -146,14 +211,20 @@ class _Texts(dict):
 def probe_text(symbols: SymbolTable, ev: Event) -> str:
     """A probe event's own text, its trace() (print_fentry_event, print_fexit_event in
     kernel/trace/trace_fprobe.c; print_kprobe_event, print_kretprobe_event in trace_kprobe.c) without
-    the newline: "(sym+off/size)" at entry, "(caller+off/size <- func)" at exit, then its fetchargs."""
-    parent = ev.parent_ip  # None only at a kprobe inside a function, whose text shows no parent
+    the newline: its head (probe_head), then its fetchargs."""
     assert ev.probe is not None
-    where = location(symbols, ev.ip)
-    if ev.type == "exit":
+    head = probe_head(symbols, ev.probe, ev.type == "exit", ev.ip, ev.parent_ip)
+    return head + (format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else "")
+
+
+def probe_head(symbols: SymbolTable, spec: ProbeSpec, exit_: bool, ip: int, parent: int | None) -> str:
+    """`event: (sym+off/size)` at entry, `event: (caller+off/size <- func)` at exit. parent is None
+    only at a kprobe inside a function, whose text shows no parent."""
+    where = location(symbols, ip)
+    if exit_:
         assert parent is not None  # an exit always has where it returned to
-        where = f"{location(symbols, parent)} <- {func_name(symbols, ev.ip)}"
-    return f"{ev.probe.event}: ({where}){format_args(*zip(*ev.fetch, strict=True)) if ev.fetch else ''}"
+        where = f"{location(symbols, parent)} <- {func_name(symbols, ip)}"
+    return f"{spec.event}: ({where})"
 
 
 def func_name(symbols: SymbolTable, addr: int) -> str:

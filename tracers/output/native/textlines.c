@@ -355,3 +355,183 @@ int64_t graphlines_format(struct textlines *t, const struct graph_options *o, st
     counts[1] = exits;
     return p - out;
 }
+
+/*
+ * Probe events' lines (TextSink.probe_lines' Python stays the reference and the fallback), from
+ * the guest handlers' records (probe_records.py): the context prefix of the record's flags word,
+ * the timestamp, the event's `name: (where)` head, then each fetcharg's ` name=value`. Three kinds
+ * of tables, each a textlines of bodies Python makes on a miss: the prefixes by flags word (keyed
+ * (flags, 0)), the %pS texts of symbol values (keyed (addr, 0)) and per event the heads (keyed
+ * (ip, 0) at an entry, (ip, parent) at an exit).
+ */
+enum { REC_PROBE_ENTRY = 4, REC_PROBE_EXIT = 5 }; /* probe_records.py */
+enum { ARG_U, ARG_S, ARG_X, ARG_SYMBOL };         /* NativeProbeLines.KINDS */
+
+/* Where a record's words are (ProbeDecoder's layout). */
+struct probe_layout {
+    uint64_t words, event, ip, parent, faults, flags, fetch_entry, fetch_exit;
+};
+
+struct probe_event {
+    struct textlines *heads;
+    uint32_t nargs;
+    uint8_t *args; /* per fetcharg: kind, bits, the label's length (u16 LE), the label ` name=` */
+};
+
+struct probelines {
+    struct textlines *contexts, *symbols;
+    struct probe_layout layout;
+    uint32_t nevents;
+    struct probe_event *events;
+};
+
+struct probelines *probelines_new(struct textlines *contexts, struct textlines *symbols,
+                                  const struct probe_layout *layout, uint32_t nevents)
+{
+    struct probelines *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->events = calloc(nevents ? nevents : 1, sizeof *p->events);
+    if (!p->events) {
+        free(p);
+        return NULL;
+    }
+    p->contexts = contexts;
+    p->symbols = symbols;
+    p->layout = *layout;
+    p->nevents = nevents;
+    return p;
+}
+
+void probelines_free(struct probelines *p)
+{
+    for (uint32_t e = 0; e < p->nevents; e++)
+        free(p->events[e].args);
+    free(p->events);
+    free(p);
+}
+
+/* Event e's head table and its fetchargs, encoded as struct probe_event's args: 0, or -1. */
+int probelines_set_event(struct probelines *p, uint32_t e, struct textlines *heads, uint32_t nargs,
+                         const uint8_t *args, uint32_t len)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    if (e >= p->nevents || !copy) {
+        free(copy);
+        return -1;
+    }
+    memcpy(copy, args, len);
+    free(p->events[e].args);
+    p->events[e] = (struct probe_event){heads, nargs, copy};
+    return 0;
+}
+
+/* v in hex with 0x at p: the end. */
+static char *put_hex(char *p, uint64_t v)
+{
+    char digits[16];
+    int d = 0;
+    do {
+        digits[d++] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    } while (v);
+    *p++ = '0';
+    *p++ = 'x';
+    while (d)
+        *p++ = digits[--d];
+    return p;
+}
+
+/* A fetched word as its type prints it (format_value): cut to its bits, %u, %d or 0x%x. */
+static char *put_value(char *p, uint8_t kind, uint8_t bits, uint64_t raw)
+{
+    uint64_t v = bits < 64 ? raw & ((1ull << bits) - 1) : raw;
+    if (kind == ARG_X)
+        return put_hex(p, v);
+    if (kind == ARG_S && bits && v >> (bits - 1) & 1) {
+        *p++ = '-';
+        return put_u64(p, (bits < 64 ? (1ull << bits) : 0) - v); /* the magnitude, wrapping at 64 bits */
+    }
+    return put_u64(p, v);
+}
+
+/* Whether fetch i faulted: a bit each in the faults word (none past its 64). */
+static int faulted(uint64_t faults, uint32_t i)
+{
+    return i < 64 && faults >> i & 1;
+}
+
+#define FAULT_TEXT "(fault)"
+#define VALUE_ROOM 22 /* a value's widest decimal or hex text ("(fault)" included) */
+
+/*
+ * Lines for records [start, n) of chunk (each layout.words words), into out (cap bytes), until a
+ * record of a type other than an entry, an exit or uncommitted (skipped): *done is its index (n
+ * when none). counts[e] gets event e's lines, counts[nevents] and [nevents + 1] the entries' and
+ * the exits'. Returns the bytes written, -1 or -2 as textlines_format.
+ */
+int64_t probelines_format(struct probelines *p, const uint64_t *records, uint64_t start, uint64_t n, char *out,
+                          uint64_t cap, uint64_t *done, uint64_t *counts)
+{
+    const struct probe_layout *l = &p->layout;
+    char *pos = out, *end = out + cap;
+    memset(counts, 0, (p->nevents + 2) * sizeof *counts);
+    uint64_t r = start;
+    for (; r < n; r++) {
+        const uint64_t *rec = records + r * l->words;
+        if (rec[0] == REC_UNCOMMITTED)
+            continue;
+        int exit = rec[0] == REC_PROBE_EXIT;
+        if ((!exit && rec[0] != REC_PROBE_ENTRY) || rec[l->event] >= p->nevents)
+            break;
+        const struct probe_event *ev = &p->events[rec[l->event]];
+        const struct body *context = body_of(p->contexts, rec[l->flags], 0);
+        const struct body *head = context ? body_of(ev->heads, rec[l->ip], exit ? rec[l->parent] : 0) : NULL;
+        if (!head)
+            return -1;
+        /* the room: the symbols' texts looked up first (their table moves on a miss, not the others) */
+        uint64_t need = context->len + 14 + head->len + 1;
+        const uint64_t *fetch = rec + (exit ? l->fetch_exit : l->fetch_entry);
+        const uint8_t *a = ev->args;
+        for (uint32_t i = 0; i < ev->nargs; i++) {
+            uint32_t label = a[2] | (uint32_t)a[3] << 8;
+            need += label + VALUE_ROOM;
+            if (a[0] == ARG_SYMBOL && !faulted(rec[l->faults], i)) {
+                const struct body *sym = body_of(p->symbols, fetch[i], 0);
+                if (!sym)
+                    return -1;
+                need += sym->len;
+            }
+            a += 4 + label;
+        }
+        if ((uint64_t)(end - pos) < need)
+            return -2;
+        pos = put(pos, context->text, context->len);
+        char ts[20];
+        int d = (int)(put_u64(ts, rec[1]) - ts);
+        for (int pad = 12 - d; pad > 0; pad--)
+            *pos++ = ' ';
+        pos = put(pos, ts, (uint32_t)d);
+        *pos++ = ':';
+        *pos++ = ' ';
+        pos = put(pos, head->text, head->len);
+        a = ev->args;
+        for (uint32_t i = 0; i < ev->nargs; i++) {
+            uint32_t label = a[2] | (uint32_t)a[3] << 8;
+            pos = put(pos, (const char *)a + 4, label);
+            if (faulted(rec[l->faults], i))
+                pos = put(pos, FAULT_TEXT, sizeof FAULT_TEXT - 1);
+            else if (a[0] == ARG_SYMBOL) {
+                const struct body *sym = find(p->symbols, fetch[i], 0); /* there: looked up above */
+                pos = put(pos, sym->text, sym->len);
+            } else
+                pos = put_value(pos, a[0], a[1], fetch[i]);
+            a += 4 + label;
+        }
+        *pos++ = '\n';
+        counts[rec[l->event]]++;
+        counts[p->nevents + exit]++;
+    }
+    *done = r;
+    return pos - out;
+}
