@@ -261,8 +261,8 @@ def markdown(results: list[dict]) -> str:
             value = r.get(name)
             missed = _verdict(name, r["arch"], value).endswith("MISSED") if value is not None else False
             cells.append("" if value is None else _fmt(value) + (" — missed" if missed else ""))
-        wants = {f"{'≤' if kind == 'max' else '≥'} {_fmt(targets[a])}" for a in archs}
-        lines.append(f"| {name} | {' | '.join(cells)} | {' / '.join(sorted(wants))} |")
+        wants = [f"{'≤' if kind == 'max' else '≥'} {_fmt(targets[a])}" for a in archs]  # in the columns' order
+        lines.append(f"| {name} | {' | '.join(cells)} | {wants[0] if len(set(wants)) == 1 else ' / '.join(wants)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -237,15 +237,9 @@ static char *line_start(char *p, const struct textlines *t, const struct graph_o
     return p + 2 * depth;
 }
 
-/* graph_retval(): an error code (-4095..-1, also as a 32-bit int) in decimal, anything else in hex. */
-static char *put_retval(char *p, uint64_t v)
+/* v in hex with 0x at p: the end. */
+static char *put_hex(char *p, uint64_t v)
 {
-    if ((v >> 31 & 1) && v >> 32 == 0)
-        v |= 0xFFFFFFFF00000000ull;
-    if ((int64_t)v < 0 && (int64_t)v >= -4095) {
-        *p++ = '-';
-        return put_u64(p, -v);
-    }
     char digits[16];
     int d = 0;
     do {
@@ -257,6 +251,18 @@ static char *put_retval(char *p, uint64_t v)
     while (d)
         *p++ = digits[--d];
     return p;
+}
+
+/* graph_retval(): an error code (-4095..-1, also as a 32-bit int) in decimal, anything else in hex. */
+static char *put_retval(char *p, uint64_t v)
+{
+    if ((v >> 31 & 1) && v >> 32 == 0)
+        v |= 0xFFFFFFFF00000000ull;
+    if ((int64_t)v < 0 && (int64_t)v >= -4095) {
+        *p++ = '-';
+        return put_u64(p, -v);
+    }
+    return put_hex(p, v);
 }
 
 /* An entry's line once it is known not to be a leaf: `func() {`. */
@@ -424,22 +430,6 @@ int probelines_set_event(struct probelines *p, uint32_t e, struct textlines *hea
     free(p->events[e].args);
     p->events[e] = (struct probe_event){heads, nargs, copy};
     return 0;
-}
-
-/* v in hex with 0x at p: the end. */
-static char *put_hex(char *p, uint64_t v)
-{
-    char digits[16];
-    int d = 0;
-    do {
-        digits[d++] = "0123456789abcdef"[v & 15];
-        v >>= 4;
-    } while (v);
-    *p++ = '0';
-    *p++ = 'x';
-    while (d)
-        *p++ = digits[--d];
-    return p;
 }
 
 /* A fetched word as its type prints it (format_value): cut to its bits, %u, %d or 0x%x. */
