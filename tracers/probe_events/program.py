@@ -23,7 +23,7 @@ STEP = Layout.of("fetch step", ("op", "operand"))
 # the value = snapshot word at operand | entry data word at operand | operand; value += operand;
 # value = the operand's bytes at value, or fault; value = the word at value if on the task stack,
 # else 0 ($stackN); a fault (a register the snapshot lacks); store the value; the program's end
-OPS = ("end", "freg", "data", "imm", "add", "load", "stackload", "fault", "store")
+OPS = ("end", "freg", "data", "imm", "add", "load", "stackload", "fault", "store")  # "end" is 0: tested as such
 OP = {name: code for code, name in enumerate(OPS)}
 SAVED_ARGS = 8  # $argN of a return probe: saved at entry, as the kernel does
 

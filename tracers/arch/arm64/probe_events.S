@@ -80,8 +80,9 @@ px_done:
 
 /* Run the program at x16: each STORE puts the value in the next word at x15. A load outside every
  * mapping (the region table: nr, then base and end pairs) faults its argument: its bit in the
- * result, and the steps up to its STORE skipped. In: x3 = fregs, x4 = entry data. Out: x9 = the
- * faulted arguments' bits. Clobbers x0-x2, x10, x11, x13, x14, x16; keeps x12. */
+ * result, and the steps up to its STORE skipped. The ops are tested most frequent first. In:
+ * x3 = fregs, x4 = entry data. Out: x9 = the faulted arguments' bits. Clobbers x0-x2, x10, x11,
+ * x13, x14, x16; keeps x12. */
 .globl fetch_args
 fetch_args:
     add x10, x16, #PROG_SIZE            // the first step
@@ -90,23 +91,24 @@ fetch_args:
     mov x0, #0                          // the value
 fa_step:
     ldp x11, x14, [x10], #STEP_SIZE     // op, operand
+    cbz x11, fa_end                     // OP_END
     cmp x11, #OP_FREG
     b.eq fa_freg
     cmp x11, #OP_STORE
     b.eq fa_store
+    cmp x11, #OP_DATA
+    b.eq fa_data
     cmp x11, #OP_LOAD
     b.eq fa_load
     cmp x11, #OP_ADD
     b.eq fa_add
     cmp x11, #OP_IMM
     b.eq fa_imm
-    cmp x11, #OP_DATA
-    b.eq fa_data
     cmp x11, #OP_STACKLOAD
     b.eq fa_stackload
-    cmp x11, #OP_FAULT
-    b.eq fa_fault
-    ret                                 // OP_END
+    b fa_fault                          // OP_FAULT
+fa_end:
+    ret
 fa_freg:
     ldr x0, [x3, x14]
     b fa_step

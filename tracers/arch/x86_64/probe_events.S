@@ -87,41 +87,38 @@ px_done:
 
 /* Run the program at rbx: each STORE puts the value in the next word at rsi. A load outside every
  * mapping (the region table at pe_regions: nr, then base and end pairs) faults its argument: its
- * bit in the result, and the steps up to its STORE skipped. In: rcx = fregs, r8 = entry data.
- * Out: rax = the faulted arguments' bits. Clobbers rdx, r9-r11. */
+ * bit in the result, and the steps up to its STORE skipped. The ops are tested most frequent
+ * first. In: rcx = fregs, r8 = entry data. Out: rax = the faulted arguments' bits. Clobbers rbx,
+ * rdx, r9-r11. */
 .globl fetch_args
 fetch_args:
-    push r12
-    push r13
-    push r14
     lea r9, [rbx+PROG_SIZE]             // the first step
     xor r10d, r10d                      // the argument
     xor r11d, r11d                      // the faults
     xor eax, eax                        // the value
 fa_step:
-    mov r12, [r9+STEP_OP]
+    mov rbx, [r9+STEP_OP]
     mov rdx, [r9+STEP_OPERAND]
     add r9, STEP_SIZE
-    cmp r12, OP_FREG
+    test rbx, rbx
+    jz fa_end                           // OP_END
+    cmp rbx, OP_FREG
     je fa_freg
-    cmp r12, OP_STORE
+    cmp rbx, OP_STORE
     je fa_store
-    cmp r12, OP_LOAD
-    je fa_load
-    cmp r12, OP_ADD
-    je fa_add
-    cmp r12, OP_IMM
-    je fa_imm
-    cmp r12, OP_DATA
+    cmp rbx, OP_DATA
     je fa_data
-    cmp r12, OP_STACKLOAD
+    cmp rbx, OP_LOAD
+    je fa_load
+    cmp rbx, OP_ADD
+    je fa_add
+    cmp rbx, OP_IMM
+    je fa_imm
+    cmp rbx, OP_STACKLOAD
     je fa_stackload
-    cmp r12, OP_FAULT
-    je fa_fault
-    mov rax, r11                        // OP_END
-    pop r14
-    pop r13
-    pop r12
+    jmp fa_fault                        // OP_FAULT
+fa_end:
+    mov rax, r11
     ret
 fa_freg:
     mov rax, [rcx+rdx]
@@ -140,11 +137,11 @@ fa_store:
     add r10, 1
     jmp fa_step
 fa_stackload:                           // regs_get_kernel_stack_nth: 0 off the task's stack
-    mov r12, STACK_BASE
-    cmp rax, r12
+    mov rdx, STACK_BASE
+    cmp rax, rdx
     jb fa_zero
-    mov r12, STACK_LAST
-    cmp rax, r12
+    mov rdx, STACK_LAST
+    cmp rax, rdx
     ja fa_zero
     mov rax, [rax]
     jmp fa_step
@@ -152,12 +149,15 @@ fa_zero:
     xor eax, eax
     jmp fa_step
 fa_load:                                // rdx bytes at rax, if one region holds them all
+    push r12
+    push r13
+    push r14
     mov r12, [rip+pe_regions]
     mov r12, [r12]                      // the table
     mov r13, [r12]
 fa_region:
     test r13, r13
-    jz fa_fault
+    jz fa_unmapped
     sub r13, 1
     add r12, 16
     cmp rax, [r12-8]                    // below its base
@@ -166,6 +166,9 @@ fa_region:
     sub r14, rdx
     cmp rax, r14                        // past its end
     ja fa_region
+    pop r14
+    pop r13
+    pop r12
     cmp rdx, 1
     je fa_load1
     cmp rdx, 2
@@ -183,12 +186,16 @@ fa_load2:
 fa_load4:
     mov eax, dword ptr [rax]
     jmp fa_step
+fa_unmapped:
+    pop r14
+    pop r13
+    pop r12
 fa_fault:
     bts r11, r10
 fa_skip:
-    mov r12, [r9+STEP_OP]
+    mov rbx, [r9+STEP_OP]
     add r9, STEP_SIZE
-    cmp r12, OP_STORE
+    cmp rbx, OP_STORE
     jne fa_skip
     add r10, 1
     jmp fa_step
