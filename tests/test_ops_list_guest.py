@@ -36,13 +36,13 @@ def dispatched(monkeypatch) -> list:
     return calls
 
 
-def trace(arch, calls, python: bool, filters=None, between=None):
+def trace(arch, calls, python: bool, filters=None, between=None, variant=catalog.DEFAULT):
     """The ring buffer's records of the function tracer and function_graph together over calls, and
     how many times the guest list ran. python: a Python-only ops that traces nothing shares ftrace,
     which makes ftrace_call the Python list dispatch. between(lab, function, graph): after attaching.
     The buffer never wraps: a record's unused words are then 0 on both paths (the guest writes only
     its record's own, Python the whole slot)."""
-    lab = Lab.open(catalog.DEFAULT, arch, ring_records=RING_RECORDS)
+    lab = Lab.open(variant, arch, ring_records=RING_RECORDS)
     if python:
         lab.ftrace.register(FtraceOps(lambda *a: None, name="python", notrace={s.ip for s in lab.ftrace.sites}))
     chunks: list[bytes] = []
@@ -204,3 +204,18 @@ def test_a_site_missing_from_the_table_stops_with_an_error(arch):
         lab.machine.write(table, bytes(size))  # every slot empty
         with pytest.raises(FtlabError, match=r"the guest ops list has no entry for .*fib.* \(an enabled patch site\)"):
             lab.call("fib", 3)
+
+
+@pytest.mark.parametrize("variant", ["funcs-mcount", "funcs-mcount-clang"])
+def test_mcount_sites_record_the_same_calls_on_both_dispatches(variant):
+    """arm64's -pg sites capture no x0 (ftrace_caller_mcount stores the word anyway): the Python
+    dispatch's writers copy the words the trampoline stored, as the guest code does, rather than
+    look the member up among what was captured. The argument registers are not compared: that
+    trampoline restores none of x0-x18, so each dispatch leaves its own values in the dead ones."""
+    records = []
+    for python in (False, True):
+        lab, chunk, _ = trace("arm64", CHAINS, python, variant=variant)
+        words = memoryview(chunk).cast("Q")
+        n = lab.ring_buffer.rec.size // 8
+        records.append([tuple(words[i : i + 4]) for i in range(0, len(words), n)])  # type, ts, ip, parent
+    assert records[0] == records[1] and len(records[0]) > 20

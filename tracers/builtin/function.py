@@ -37,10 +37,12 @@ class FunctionTracer(RingTracer):
 
     def _record(self, ip, parent_ip, op, fregs) -> None:
         """What function_trace_call does, for when other ops share the sites (the list function).
-        The record holds ftrace_caller's fields, also when another ops's SAVE_REGS made the site
-        call ftrace_regs_caller (a kretprobe's kprobe on ftrace), which saves more."""
-        fields = fregs.fields
-        self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *(fields[m] for m in self.lab.karch.ftrace_regs_saved))
+        The record holds the words of ftrace_caller's fields, as the guest copies them: also where
+        another ops's SAVE_REGS made the site call ftrace_regs_caller (a kretprobe's kprobe on
+        ftrace), which saves more, and where a -pg site's trampoline stores a member it does not
+        capture (arm64's x0), which the decoder leaves out (decode.partial_sites)."""
+        member = fregs.member
+        self.lab.ring_buffer.write(REC_ENTRY, ip, parent_ip, *(member(m) for m in self.lab.karch.ftrace_regs_saved))
 
     def _callback(self, ip, parent_ip, op, fregs) -> None:
         self.emit(

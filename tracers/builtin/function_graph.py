@@ -119,8 +119,7 @@ class FunctionGraphTracer(RingTracer):
 
     def _entry_record(self, trace, gops, fregs) -> int:
         rb = self.lab.ring_buffer
-        fields = fregs.fields  # ftrace_caller's, also where ftrace_regs_caller saved more (function.py)
-        saved = (fields[m] for m in self.lab.karch.ftrace_regs_saved)
+        saved = (fregs.member(m) for m in self.lab.karch.ftrace_regs_saved)  # as function.py's _record
         return int(
             self._reserve(
                 trace,
