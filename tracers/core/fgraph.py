@@ -326,9 +326,7 @@ class Fgraph:
         everything = any(not g.ops.filter for g in users)
         self.graph_ops.filter = set() if everything else set().union(*(g.ops.filter for g in users))
         self.graph_ops.notrace = set.intersection(*(g.ops.notrace for g in users))
-        ft.register(self.graph_ops)
-        if place is not None:
-            ft.ops.insert(place, ft.ops.pop())
+        ft.register(self.graph_ops, at=place)
 
     def exit_task(self) -> None:
         """ftrace_graph_exit_task: the task's calls under way are gone, and their frames with them. The

@@ -73,20 +73,6 @@ class FtraceOps:
         return bool(self.flags & (OpsFlag.SAVE_REGS | OpsFlag.SAVE_REGS_IF_SUPPORTED))
 
 
-class OpsList(list):
-    """ftrace_ops_list, oldest first. fgraph puts graph_ops back at its old place when it registers it
-    again (ftrace_startup_subops only updates its hash): a move by insert, after which `moved`
-    rebuilds what depends on the order (the guest list's table)."""
-
-    def __init__(self, moved: Callable[[], None]):
-        super().__init__()
-        self.moved = moved
-
-    def insert(self, index, ops) -> None:
-        super().insert(index, ops)
-        self.moved()
-
-
 class TraceRecursion:
     """current->trace_recursion for the lab's one task, always in normal context
     (include/linux/trace_recursion.h, v6.17). trace_test_and_set_recursion(ip, parent_ip, start)
@@ -187,7 +173,7 @@ class Ftrace:
         self.ops_at: dict[int, FtraceOps] = {}  # guest struct ftrace_ops -> its ops
         self.sites: list[Site] = []
         self.by_ip: dict[int, Site] = {}
-        self.ops: list[FtraceOps] = OpsList(self._update)
+        self.ops: list[FtraceOps] = []  # ftrace_ops_list, oldest first
         self.recursion = TraceRecursion()
         self._args = machine.mailbox(syms["ftrace_ops_list_func"], syms["ops_list_args"], OPS_LIST_ARGS)
         machine.hook_call(self._dispatch, syms["ftrace_ops_list_lab"])
@@ -285,7 +271,9 @@ class Ftrace:
         self.m.write(addr + FTRACE_OPS.offsets["func"], U64.pack(func))
         return addr
 
-    def register(self, ops: FtraceOps) -> None:
+    def register(self, ops: FtraceOps, at: int | None = None) -> None:
+        """register_ftrace_function; at: its place in the list (default the newest), for fgraph's
+        graph_ops, which keeps its place when only its hash changes (ftrace_startup_subops)."""
         if ops in self.ops:
             raise FtlabError(f"ftrace_ops '{ops.name}' is already registered")
         if ops.flags & OpsFlag.SAVE_REGS and self.regs_caller is None:
@@ -294,7 +282,7 @@ class Ftrace:
             ops.addr = self._guest_ops(self.list_func)  # lab's dispatch, which finds it by address
             self.ops_at[ops.addr] = ops
         self._write_direct_call(ops)
-        self.ops.append(ops)
+        self.ops.insert(len(self.ops) if at is None else at, ops)
         self._update()
 
     # -- direct calls (register_ftrace_direct, kernel/trace/ftrace.c) -----------------------------
