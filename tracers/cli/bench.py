@@ -64,6 +64,21 @@ def _timed(fn) -> float:
     return statistics.median(times)
 
 
+def _paired(fn, other) -> float:
+    """fn's time over other's: the median of REPEAT pairs, each run back to back after one warm-up
+    run of each, so that a burst of load on a shared machine skews one pair, not the ratio."""
+    fn(), other()
+    ratios = []
+    for _ in range(REPEAT):
+        took = []
+        for f in (fn, other):
+            start = time.perf_counter()
+            f()
+            took.append(time.perf_counter() - start)
+        ratios.append(took[0] / took[1])
+    return statistics.median(ratios)
+
+
 def _record_rate(lab, n, tracer=FunctionTracer, clock: str = "counter") -> float:
     """A built-in tracer's events/s through the ring buffer, recording only."""
     rates = []
@@ -172,11 +187,12 @@ def measure(arch: str) -> dict:
     fib25 = 2 * 121393 - 1
     r["unpatched_fib25_s"] = _timed(lambda: bare.call("fib", 25))
     r["nop_sites_fib25_s"] = _timed(lambda: lab.call("fib", 25))
-    r["nop_sites_vs_unpatched"] = r["nop_sites_fib25_s"] / r["unpatched_fib25_s"]
+    r["nop_sites_vs_unpatched"] = _paired(lambda: lab.call("fib", 25), lambda: bare.call("fib", 25))
     buf = bytes(range(256)) * 256
-    loop = _timed(lambda: lab.call("crc32_bitwise", 0, buf, len(buf)))
-    r["buffer_loop_64k_s"] = loop
-    r["tight_loop_budget_vs_none"] = loop / _timed(lambda: free.call("crc32_bitwise", 0, buf, len(buf)))
+    r["buffer_loop_64k_s"] = _timed(lambda: lab.call("crc32_bitwise", 0, buf, len(buf)))
+    r["tight_loop_budget_vs_none"] = _paired(
+        lambda: lab.call("crc32_bitwise", 0, buf, len(buf)), lambda: free.call("crc32_bitwise", 0, buf, len(buf))
+    )
     r["raw_fib25_calls_per_s"] = fib25 / r["nop_sites_fib25_s"]
     r["function_events_per_s"] = _record_rate(lab, 25)
     r["function_events_per_s_no_budget"] = _record_rate(free, 25)
