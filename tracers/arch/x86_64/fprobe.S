@@ -4,7 +4,7 @@
  * fprobe_ftrace_entry as fprobe_ftrace_ops' function. The tables are tracers/core/fprobe_guest.py's;
  * the shadow-stack words are fgraph.py's, pushed as its Python path pushes them.
  * Handlers are called as handler(data rdi, ip rsi, ret_ip rdx, fregs rcx, entry_data r8) and may
- * clobber rax, rdx, rsi, rdi, r8-r11.
+ * clobber rax, rcx, rdx, rsi, rdi, r8-r11 (the callers here reload what they need).
  */
 
 .include "macros.S"
