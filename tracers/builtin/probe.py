@@ -19,7 +19,6 @@ and Python decodes them in bulk into the same events (output/probe_records.py).
 
 from __future__ import annotations
 
-import itertools
 import struct
 from dataclasses import replace
 
@@ -31,12 +30,11 @@ from ..core.kretprobe import Kretprobe
 from ..output.events import NR_ARGS, Event
 from ..output.formats import probe_bulk_writer
 from ..output.probe_records import ProbeDecoder
-from ..output.records import REC_EVENT
 from ..output.sinks import location
 from ..probe_events import BtfProto, FetchFault, ProbeSpec, check_append, evaluate, parse
 from ..probe_events.program import SAVED_ARGS, Where, compile_args, encode
 from .trace_clock import GuestInsnsClock
-from .tracer import Tracer
+from .tracer import PendingEvents, Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
 ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")  # the arguments at entry, for $argN at return
@@ -165,6 +163,7 @@ class ProbeEventTracer(Tracer):
         self._probes = []
         self._guest: list[int] | None = None  # the events' programs in guest memory, on the guest path
         self._decoder: ProbeDecoder | None = None  # its records' decoder, counting the hits it records
+        self._pending = PendingEvents(lab.ring_buffer)  # its Python handlers' events, on that path
         self._programs: list[bytes] | None = None  # _guest_programs(), once planned
         self._planned = False
         self.write = self.emit  # where an event goes: out, or into a tracer's trace (add_events)
@@ -273,18 +272,9 @@ class ProbeEventTracer(Tracer):
         # the text in bulk from the records, no Event each (formats.probe_bulk_writer), or None
         self._bulk = probe_bulk_writer(self._decoder, self.sink, self._events)
         lab.ring_buffer.reset("stream", self._decode, self._decoder.rec.size)
-        self._pending: dict[int, Event] = {}
-        self._keys = itertools.count()
-        self.write = self._write_ring
-
-    def _write_ring(self, event: Event) -> None:
-        """A Python handler's event (a hit that took the Python dispatch: another ftrace_ops on the
-        site) into the buffer after the guest's records, stamped by its clock."""
-        key = next(self._keys)
-        ts = self.lab.ring_buffer.write(REC_EVENT, key)
-        if ts is not None:
-            event.ts = ts
-            self._pending[key] = event
+        # a Python handler's event (a hit that took the Python dispatch: another ftrace_ops on the
+        # site) takes its place among the guest's records
+        self.write = self._pending.write
 
     def _decode(self, chunk: bytes) -> None:
         """The ring-buffer consumer: the records as their events, or where the sink writes them in
@@ -292,8 +282,7 @@ class ProbeEventTracer(Tracer):
         if self._bulk is None:
             self._events(chunk)
             return
-        for type_, n in self._bulk(chunk).items():
-            self.counts[self.counters[type_]] += n
+        self.count_written(self._bulk(chunk))
 
     def _events(self, chunk: bytes) -> None:
         for event in self._decoder.events(chunk, self._pending):

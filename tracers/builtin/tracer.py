@@ -15,6 +15,25 @@ from .trace_clock import CLOCKS, GuestInsnsClock
 EVENT_KEY = struct.Struct("<Q")
 
 
+class PendingEvents(dict):
+    """Events Python made whose place in the ring buffer is a REC_EVENT record, by the record's key:
+    the kernel writes such an event (a probe event's) into the buffer; the lab writes a record for
+    its place and timestamp and keeps the event here until a decoder reaches the record."""
+
+    def __init__(self, ring_buffer):
+        super().__init__()
+        self._rb, self._keys = ring_buffer, itertools.count()
+
+    def write(self, event) -> None:
+        """The event's record, stamped by the buffer's clock (which the guest's records share); a
+        full buffer loses or overwrites it as it would any other record."""
+        key = next(self._keys)
+        ts = self._rb.write(REC_EVENT, key)
+        if ts is not None:
+            event.ts = ts
+            self[key] = event
+
+
 class Tracer:
     name = "tracer"
 
@@ -83,6 +102,11 @@ class Tracer:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def count_written(self, written: dict[str, int]) -> None:
+        """What a bulk writer wrote ({event type: lines}), into the trace's counters."""
+        for type_, n in written.items():
+            self.counts[self.counters[type_]] += n
 
     def emit(self, event) -> None:
         self.counts[self.counters[event.type]] += 1
@@ -156,8 +180,7 @@ class RingTracer(Tracer):
         # the ring buffer's records as events
         self.decoder = self.decoder_class(lab.karch, lab.kernel, lab.ftrace.uncaptured())
         self._bulk = bulk_writer(self.decoder, sink)  # chunk -> lines written, or None: an Event each
-        self.pending: dict = {}  # probe events whose records are in the buffer, by key
-        self._keys = itertools.count()
+        self.pending = PendingEvents(lab.ring_buffer)  # probe events whose records are in the buffer
 
     def make_clock(self):
         """Through the ring buffer, the guest keeps the clock: instructions, too, where the
@@ -175,8 +198,7 @@ class RingTracer(Tracer):
         events its Python path would have made; or, where the sink writes them in bulk from the
         records' columns (bulk_writer), as its lines straight away."""
         if self._bulk is not None:
-            for type_, n in self._bulk(chunk).items():
-                self.counts[self.counters[type_]] += n
+            self.count_written(self._bulk(chunk))
             return
         for event in self.decoder.events(chunk):
             self.emit(event)
@@ -203,11 +225,7 @@ class RingTracer(Tracer):
         buffer loses or overwrites it as it would the tracer's own."""
         if not self.ring:
             return super().write_event(event)
-        key = next(self._keys)
-        ts = self.lab.ring_buffer.write(REC_EVENT, key)
-        if ts is not None:
-            event.ts = ts
-            self.pending[key] = event
+        self.pending.write(event)
 
     def decode_with_events(self, chunk: bytes) -> None:
         """The ring-buffer consumer when probe events share the buffer: runs of the tracer's records

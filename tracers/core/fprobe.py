@@ -250,7 +250,8 @@ class Fprobes:
                 fp._guest_missed = lambda d=desc: code.nmissed(d)
             for ip in sorted(fp.ips):
                 (ftrace if self._is_ftrace(fp) else graph).setdefault(ip, []).append(fp._desc)
-        code.publish(graph, ftrace, {fp.id: fp._desc for fp in self.probes.values()}, self._gops)
+        reserved = {ip: (self._at(ip)[1], descs) for ip, descs in graph.items()}
+        code.publish(reserved, ftrace, {fp.id: fp._desc for fp in self.probes.values()}, self._gops)
 
     def _ftrace_entry(self, ip: int, parent_ip: int, op, fregs) -> None:
         """fprobe_ftrace_entry (kernel/trace/fprobe.c, 2c67dc457bc6, 6.19): under its own recursion

@@ -89,21 +89,20 @@ class FprobeCode:
         return addr
 
     def nmissed(self, desc: int) -> int:
-        return self._word(desc, "nmissed")
+        return self.m.u64(desc + GUEST_FPROBE.offsets["nmissed"])
 
-    def publish(self, graph: dict[int, list], ftrace: dict[int, list], ids: dict[int, int], gops) -> None:
-        """The tables: ip -> its fprobes' descriptors (in registration order) for the fgraph user
-        and for fprobe_ftrace_ops, each fgraph list with the bytes its exits reserve and the data
-        header that reservation pushes; fprobe id -> descriptor, for the exit's walk. The lists
-        and the id table share one arena, reused while it is big enough."""
+    def publish(self, graph: dict[int, tuple[int, list[int]]], ftrace: dict[int, list[int]], ids: dict[int, int], gops):
+        """The tables: ip -> its fprobes' descriptors (in registration order) for the fgraph user,
+        each list with the bytes its exits reserve (Fprobes._at's) and the data header that
+        reservation pushes, and for fprobe_ftrace_ops; fprobe id -> descriptor, for the exit's walk.
+        The lists and the id table share one arena, reused while it is big enough."""
         frame_words = self.fgraph.frame_words
         blob = bytearray(U64.pack(0) * (max(ids, default=0) + 1))  # the id table first
         for i, desc in ids.items():
             U64.pack_into(blob, 8 * i, desc)
         lists: list[dict[int, int]] = [{}, {}]
-        for table, (at, per_ip) in enumerate(((True, graph), (False, ftrace))):
-            for ip, descs in per_ip.items():
-                need = sum(8 + 8 * self._word(d, "words") for d in descs if at and self._word(d, "exit"))
+        for table, entries in enumerate((graph, {ip: (0, descs) for ip, descs in ftrace.items()})):
+            for ip, (need, descs) in entries.items():
                 words = need // 8
                 header = fgraph.make_data_type_val(gops.idx, words, frame_words + words + 1) if need else 0
                 lists[table][ip] = len(blob)
@@ -115,6 +114,3 @@ class FprobeCode:
         self.ftrace_ips.fill({ip: self._arena + at for ip, at in lists[1].items()})
         bitmap = fgraph.make_bitmap_type_val(1 << gops.idx | fgraph.FGRAPH_RET_INDEX_BIT, frame_words) if graph else 0
         self._put(ids=self._arena, bitmap=bitmap)
-
-    def _word(self, desc: int, name: str) -> int:
-        return self.m.u64(desc + GUEST_FPROBE.offsets[name])

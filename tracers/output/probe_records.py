@@ -23,7 +23,7 @@ from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import FAULT, TYPES, ProbeSpec
 from ..probe_events.spec import U64, _convert
 from .events import NR_ARGS, Event
-from .records import EVENT_RECORD, REC_EVENT
+from .records import EVENT_RECORD, REC_EVENT, fields_macro
 
 REC_PROBE_ENTRY, REC_PROBE_EXIT = 4, 5
 HEAD = ("event", "ip", "parent", "faults", "flags")
@@ -63,18 +63,10 @@ class ProbeRecords:
 
     def asm_macros(self) -> str:
         """`probe_entry_fields fregs, rec` and `probe_exit_fields fregs, rec`: the copy of each
-        record's ftrace_regs fields, one `record_field` (the arch's macros.S) each, from the lists
-        the layouts were made from."""
-        out = []
-        for macro, members, type_ in (
-            ("probe_entry_fields", self.saved, "PROBE_ENT"),
-            ("probe_exit_fields", self.exit_saved, "PROBE_RET"),
-        ):
-            out.append(
-                f".macro {macro} fregs, rec\n    .irp m, {', '.join(m.upper() for m in members)}\n"
-                f"    record_field \\fregs, \\rec, {type_}, \\m\n    .endr\n.endm\n"
-            )
-        return "".join(out)
+        record's ftrace_regs fields (records.fields_macro)."""
+        return fields_macro("probe_entry_fields", self.saved, "PROBE_ENT") + fields_macro(
+            "probe_exit_fields", self.exit_saved, "PROBE_RET"
+        )
 
 
 class ProbeDecoder:

@@ -59,16 +59,21 @@ class Records:
 
     def asm_macros(self) -> str:
         """`graph_exit_fields fregs, rec`: the guest code's copy of the exit's fields from the exit
-        ftrace_regs into the exit record, one `record_field` (the arch's function_trace.S) each,
-        generated from the same list as the layout, so the two cannot disagree."""
-        fields = ", ".join(m.upper() for m in self.exit_saved)
-        return (
-            ".macro graph_exit_fields fregs, rec\n"
-            f"    .irp m, {fields}\n"
-            "    record_field \\fregs, \\rec, GRAPH_RET, \\m\n"
-            "    .endr\n"
-            ".endm\n"
-        )
+        ftrace_regs into the exit record (fields_macro)."""
+        return fields_macro("graph_exit_fields", self.exit_saved, "GRAPH_RET")
+
+
+def fields_macro(name: str, members: tuple[str, ...], record: str) -> str:
+    """`NAME fregs, rec`: guest code's copy of these ftrace_regs members into a record whose asm
+    constants are RECORD_REGS_*, one `record_field` (the arch's macros.S) each, generated from the
+    list its layout was made from, so the two cannot disagree."""
+    return (
+        f".macro {name} fregs, rec\n"
+        f"    .irp m, {', '.join(m.upper() for m in members)}\n"
+        f"    record_field \\fregs, \\rec, {record}, \\m\n"
+        "    .endr\n"
+        ".endm\n"
+    )
 
 
 _RECORDS: dict[tuple[str, tuple[str, ...]], Records] = {}
