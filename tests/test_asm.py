@@ -17,9 +17,11 @@ from emulator import arch as arches
 from emulator.asm import assemble, disassemble, roundtrip
 from tracers import Lab
 from tracers.arch import kernel_arch
+from tracers.builtin.probe import ProbeEventTracer
 from tracers.core.bpf_trampoline import BpfTrampolines
 from tracers.core.ftrace import FtraceOps
-from tracers.kernel_version import CHANGES, MODELLED, OLDEST
+from tracers.kernel_version import CHANGES, MODELLED, OLDEST, KernelVersion
+from tracers.output.sinks import CountSink
 
 ROOT = Path(__file__).resolve().parent.parent  # not the working directory: pytest may run from tests/
 SOURCES = [
@@ -27,6 +29,12 @@ SOURCES = [
     for p in sorted(ROOT.glob("emulator/arch/*/*.S")) + sorted(ROOT.glob("tracers/arch/*/*.S"))
     if p.name != "macros.S"
 ]
+# probe_events.S: assembled with a trace's handlers; these use every fetch macro (before 6.18 no
+# exit ftrace_regs holds sp: $stack at the exit faults)
+PROBE_SPECS = (
+    "f:e crc32_bitwise a=$arg1 s=$stack1 i=\\7 m=@fib:u8 h=+2($arg2):u16 w=+0($arg2):u32 q=+0(+0($arg2)):x64",
+    "f:x crc32_bitwise%return $retval a=$arg2 st=$stack",
+)
 
 
 def test_every_lab_source_is_round_tripped():
@@ -64,6 +72,9 @@ def _assembled(arch_name: str) -> dict:
         BpfTrampolines(lab.ftrace)  # bpf_trampoline.S
         for name in ("a", "b"):  # ops_list.S: loaded when several ops with guest code share ftrace
             lab.ftrace.register(FtraceOps(lambda *a: None, name=name, guest_func=lab.tracer_code.function_trace_call))
+        probed = Lab.open("funcs", arch_name, kernel=KernelVersion(6, 14))
+        with ProbeEventTracer(probed, CountSink(), PROBE_SPECS) as tracer:
+            assert tracer._guest is not None
     return made
 
 

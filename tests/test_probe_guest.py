@@ -29,7 +29,7 @@ CRC_RETURN = (
     "bad=+0(+0($arg1)):x64 sym=@fib:x32 sy=$retval:symbol a1=$arg1 a3=$arg3:s32"
 )
 CRC_ENTRY = (
-    "f:d crc32_bitwise c=$arg1 b=$arg2 n=$arg3 a7=$arg7 a8=$arg8 s1=$stack1 ret=+0($stack):symbol "
+    "f:d crc32_bitwise c=$arg1 b=$arg2 n=$arg3 a7=$arg7 a8=$arg8 a9=$arg9 s1=$stack1 ret=+0($stack):symbol "
     "deep=+0(+0(+0($stack))):x64 f=+8($arg2):x64 im=\\1234 neg=-8($arg2):u8 z=+0(\\0):u8"
 )
 CASES = {
@@ -77,7 +77,7 @@ def test_fetches_read_what_the_call_passed(arch):
     assert entry["neg"] == entry["z"] == "(fault)"  # below the heap's start; address 0
     assert exit_["b0"] == ord("1") and exit_["b1"] == ord("2") and exit_["w"] == int.from_bytes(b"12", "little")
     assert exit_["r"] == 0xCBF43926  # crc32 of "123456789"
-    assert exit_["bad"] == "(fault)" and exit_["a9"] == 0 and exit_["a3"] == 9
+    assert exit_["bad"] == "(fault)" and exit_["a9"] == entry["a9"] and exit_["a3"] == 9
     assert exit_["far"] == (0 if stack_at_exit else "(fault)")
 
 
@@ -112,12 +112,43 @@ def test_a_python_ops_on_the_site_keeps_the_order(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("ring", [None, False], ids=["guest", "python"])
+def test_a_return_event_saves_only_the_arguments_it_reads(arch, ring):
+    """trace_fprobe_create_internal (25f00e40ce79, v6.10): a return event gets an entry handler and
+    entry data only for the $argN it reads, a word each, once each; its exit keeps no other
+    argument. On both paths, each exit reads the value its own call's entry saw."""
+    specs = ["f:a fib n=$arg1", "f:b fib%return $retval x=$arg1 y=$arg1:s8 z=$arg2", "f:c fib%return $retval"]
+    sink, tracer, _ = trace(arch, specs, FIB, ring=ring)
+    assert (tracer._guest is not None) == (ring is None)
+    a, b, c = tracer._probes
+    assert a.exit_handler is None
+    assert [tracer.specs[i].entry_args for i in range(3)] == [(), (1, 2), ()]
+    assert (b.entry_data_size, c.entry_data_size) == (16, 0)
+    assert b.entry_handler is not None and c.entry_handler is None and c.guest_entry is None
+    assert (b.guest_entry is not None) == (ring is None)
+    calls = []  # the entry's $arg1 of each call still running
+    seen = 0
+    for ev in sink.events:
+        values = {arg.name: v for arg, v in ev.fetch}
+        if ev.probe.event == "a":
+            calls.append(values["n"])
+        elif ev.probe.event == "b":
+            assert ev.args is None and values["x"] == values["y"] == calls[-1]
+            seen += 1
+        else:
+            calls.pop()
+    assert seen == 109 and not calls
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_exits_whose_data_does_not_fit_are_missed(arch):
     """fgraph_reserve_data refuses more than FGRAPH_MAX_DATA_SIZE bytes: every fprobe on the
-    function misses every hit, and no handler runs (each return probe takes a header and 8 words);
-    an entry-only fprobe runs on fprobe_ftrace_ops (6.19+), apart, and sees every hit."""
+    function misses every hit, and no handler runs (each return probe takes a header and a word for
+    each of the 8 $argN it reads); an entry-only fprobe runs on fprobe_ftrace_ops (6.19+), apart,
+    and sees every hit."""
     n = FGRAPH_MAX_DATA_SIZE // 72 + 1
-    specs = ["f:a fib $arg1"] + [f"f:r{i} fib%return $retval" for i in range(n)]
+    eight = " ".join(f"$arg{k}" for k in range(1, 9))
+    specs = ["f:a fib $arg1"] + [f"f:r{i} fib%return $retval {eight}" for i in range(n)]
     guest, tracer, _ = trace(arch, specs, FIB)
     python, _, _ = trace(arch, specs, FIB, ring=False)
     assert tracer._guest is not None
@@ -136,9 +167,9 @@ def test_a_full_shadow_stack(arch, room):
     def fill(lab, tracer):
         lab.fgraph.curr_ret_stack = lab.fgraph.max_offset - lab.fgraph.frame_words - 1 - room
 
-    specs, call = CASES["entry+return"]
-    guest, tracer, glab = trace(arch, specs, call, setup=fill)
-    python, _, plab = trace(arch, specs, call, ring=False, setup=fill)
+    specs = ["f:a fib $arg1", "f:b fib%return $retval $arg1 $arg2 $arg3 $arg4"]  # data: a header and 4 words
+    guest, tracer, glab = trace(arch, specs, FIB, setup=fill)
+    python, _, plab = trace(arch, specs, FIB, ring=False, setup=fill)
     assert tracer._guest is not None
     assert guest.events == python.events and guest.summary == python.summary
     assert glab.fgraph.trace_overrun == plab.fgraph.trace_overrun == (109 if room == 0 else 0)

@@ -325,16 +325,19 @@ class KernelArch:
         """A trampoline as messages name it: `ftrace_caller (my_ftrace_caller.S)`."""
         return f"{symbol} ({self.source_path(source)})"
 
-    def load(self, machine, source: str, constants: dict[str, int] | None = None, macros: str = "") -> dict[str, int]:
+    def load(
+        self, machine, source: str, constants: dict[str, int] | None = None, macros: str = "", then: str = ""
+    ) -> dict[str, int]:
         """Assemble one of this arch's .S files into the lab text, with its asm-offsets (and any
-        macros generated from the layouts it writes). A user's replacement (`replacing`) must define
-        every global the lab's file defines; its `.include`s find the lab's files (macros.S) when
-        they are not beside it, as the kernel's include path does."""
+        macros generated from the layouts it writes), and `then`, code the lab wrote in the file's
+        macros, after it. A user's replacement (`replacing`) must define every global the lab's
+        file defines; its `.include`s find the lab's files (macros.S) when they are not beside it,
+        as the kernel's include path does."""
         constants = {**self.asm_constants, **(constants or {})}
         path = self.source_path(source)
         if path == self.source_dir / source:
-            return machine.load_lab_code(path, constants, macros)
-        text = INCLUDE.sub(lambda m: self._include(path, m), path.read_text())
+            return machine.load_lab_code(path, constants, macros, text=path.read_text() + then)
+        text = INCLUDE.sub(lambda m: self._include(path, m), path.read_text()) + then
         own = exported(asm.preprocess((self.source_dir / source).read_text(), self.source_dir, source))
         theirs = exported(asm.preprocess(text, path.parent, str(path)))
         missing = [name for name in own if name not in theirs]

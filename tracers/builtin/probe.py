@@ -32,12 +32,11 @@ from ..output.formats import probe_bulk_writer
 from ..output.probe_records import ProbeDecoder
 from ..output.sinks import location
 from ..probe_events import BtfProto, FetchFault, ProbeSpec, check_append, evaluate, parse
-from ..probe_events.program import SAVED_ARGS, Where, compile_args, encode
+from ..probe_events.program import Step, Where, compile_args, entry_steps
 from .trace_clock import GuestInsnsClock
 from .tracer import PendingEvents, Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
-ENTRY = struct.Struct(f"<{SAVED_ARGS}Q")  # the arguments at entry, for $argN at return
 
 
 class _Context:
@@ -55,8 +54,8 @@ class _Context:
             raise FetchFault(f"%{name} is not in this {self.regs.kind}") from None
 
     def argument(self, n: int) -> int:
-        if self.entry_args is not None:
-            return self.entry_args[n - 1] if n <= len(self.entry_args) else 0
+        if self.entry_args is not None:  # at an exit: the word the entry saved
+            return self.entry_args[n]
         return _argument(self.regs, n - 1)
 
     def return_value(self) -> int:
@@ -102,8 +101,9 @@ def _retval(regs) -> int:
     return regs.get_return_value() if regs.kind == "ftrace_regs" else regs.regs_return_value()
 
 
-def _where(karch, saved: tuple[str, ...], at_exit: bool) -> Where:
-    """Where a fetch program finds a snapshot's registers: ftrace_regs holding `saved`."""
+def _where(karch, saved: tuple[str, ...], entry_args: tuple[int, ...] | None) -> Where:
+    """Where fetch steps find a snapshot's registers: ftrace_regs holding `saved`; at an exit,
+    the $argN its entry saved."""
     layout, aliases = karch.ftrace_regs, karch.ftrace_regs_aliases
     members = {aliases.get(m, m): m for m in layout.offsets}
     cpu = karch.cpu
@@ -113,7 +113,7 @@ def _where(karch, saved: tuple[str, ...], at_exit: bool) -> Where:
         cpu.sp,
         cpu.ret_regs[0],
         karch.ftrace_regs_stack_args,
-        at_exit,
+        entry_args,
     )
 
 
@@ -161,10 +161,10 @@ class ProbeEventTracer(Tracer):
         self.kretprobes = lab.kretprobes()
         self.hits = dict.fromkeys(self.specs, 0)
         self._probes = []
-        self._guest: list[int] | None = None  # the events' programs in guest memory, on the guest path
+        self._guest: dict[tuple[str, int], int] | None = None  # the handlers' code by (kind, event), on the guest path
         self._decoder: ProbeDecoder | None = None  # its records' decoder, counting the hits it records
         self._pending = PendingEvents(lab.ring_buffer)  # its Python handlers' events, on that path
-        self._programs: list[bytes] | None = None  # _guest_programs(), once planned
+        self._handlers: list[tuple[str, int, list[Step]]] | None = None  # _guest_handlers(), once planned
         self._planned = False
         self.write = self.emit  # where an event goes: out, or into a tracer's trace (add_events)
 
@@ -184,18 +184,18 @@ class ProbeEventTracer(Tracer):
 
     def make_clock(self):
         """Through the ring buffer, the guest keeps the clock (GuestInsnsClock for insns)."""
-        if self._guest_programs() is not None and self.clock_name == GuestInsnsClock.name:
+        if self._guest_handlers() is not None and self.clock_name == GuestInsnsClock.name:
             return GuestInsnsClock(self.lab.ring_buffer)
         return super().make_clock()
 
-    def _guest_programs(self) -> list[bytes] | None:
-        """Each event's fetch program, when the whole trace can run in guest code (see the module's
-        docstring); else None. Worked out once, as the trace starts."""
+    def _guest_handlers(self) -> list[tuple[str, int, list[Step]]] | None:
+        """Each event's guest handlers (ProbeCode.load's), when the whole trace can run in guest
+        code (see the module's docstring); else None. Worked out once, as the trace starts."""
         if not self._planned:
-            self._planned, self._programs = True, self._plan()
-        return self._programs
+            self._planned, self._handlers = True, self._plan()
+        return self._handlers
 
-    def _plan(self) -> list[bytes] | None:
+    def _plan(self) -> list[tuple[str, int, list[Step]]] | None:
         lab, m = self.lab, self.lab.machine
         clock = self.clock_name == "counter" or (self.clock_name == GuestInsnsClock.name and m.counts_natively)
         partial = lab.ftrace.uncaptured()
@@ -209,22 +209,25 @@ class ProbeEventTracer(Tracer):
             or lab.probe_code.records.size(max(len(s.args) for s in self.specs)) > lab.ring_buffer.bytes
         ):
             return None
-        where = {False: _where(lab.karch, lab.karch.ftrace_regs_saved, False)}
-        where[True] = _where(lab.karch, lab.karch.fgraph.exit_saved(lab.kernel), True)
-        programs = []
+        entry = _where(lab.karch, lab.karch.ftrace_regs_saved, None)
+        exit_saved = lab.karch.fgraph.exit_saved(lab.kernel)
+        handlers: list[tuple[str, int, list[Step]]] = []
         for i, spec in enumerate(self.specs):
-            steps = compile_args(spec.args, where[spec.is_return], m.address_of)
+            where = _where(lab.karch, exit_saved, spec.entry_args) if spec.is_return else entry
+            steps = compile_args(spec.args, where, m.address_of)
             if steps is None:
                 return None
-            programs.append(encode(i, len(spec.args), steps))
-        return programs
+            handlers.append(("exit" if spec.is_return else "entry", i, steps))
+            if spec.entry_args:
+                handlers.append(("save", i, entry_steps(spec.entry_args, entry)))
+        return handlers
 
     def start(self) -> None:
         if self.verify:
             self.lab.verify.acquire(*self._verified())
-        programs = self._guest_programs()
-        if programs is not None:
-            self._guest_start(programs)
+        handlers = self._guest_handlers()
+        if handlers is not None:
+            self._guest_start(handlers)
         for spec in self.specs:
             if spec.kind == "p":
                 p = Kprobe(spec.symbol, spec.offset, lambda p, regs, s=spec: self._entry(s, p.addr, regs))
@@ -234,33 +237,37 @@ class ProbeEventTracer(Tracer):
                 rp = Kretprobe(
                     spec.symbol,
                     lambda ri, regs, s=spec: self._exit(s, ri.data, ri.func, regs),
-                    lambda ri, fregs: self._save_entry(ri.data, fregs),
+                    (lambda ri, regs, s=spec: self._save_entry(s, ri.data, regs)) if spec.entry_args else None,
                     maxactive=spec.maxactive or 0,
-                    data_size=ENTRY.size,
+                    data_size=8 * len(spec.entry_args),
                 )
                 self.kretprobes.register(rp)
                 self._probes.append(rp)
             else:
-                fp = Fprobe(entry_data_size=ENTRY.size if spec.is_return else 0)
+                # a return event has an entry handler (and entry data) only for the $argN it reads
+                fp = Fprobe(entry_data_size=8 * len(spec.entry_args))
                 if spec.is_return:
-                    fp.entry_handler = lambda fp, ip, ret_ip, regs, data: self._save_entry(data, regs)
                     fp.exit_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._exit(s, data, ip, regs)
+                    if spec.entry_args:
+                        fp.entry_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._save_entry(s, data, regs)
                 else:
                     fp.entry_handler = lambda fp, ip, ret_ip, regs, data, s=spec: self._entry(s, ip, regs)
                 if self._guest is not None:
-                    code, program = self.lab.probe_code, self._guest[self.specs.index(spec)]
+                    i, guest = self.specs.index(spec), self._guest
                     if spec.is_return:
-                        fp.guest_entry, fp.guest_exit = (code.save_args, 0), (code.exit_event, program)
+                        fp.guest_exit = (guest["exit", i], 0)
+                        if spec.entry_args:
+                            fp.guest_entry = (guest["save", i], 0)
                     else:
-                        fp.guest_entry = (code.entry_event, program)
+                        fp.guest_entry = (guest["entry", i], 0)
                 self.fprobes.register_syms(fp, [spec.symbol])
                 self._probes.append(fp)
 
-    def _guest_start(self, programs: list[bytes]) -> None:
-        """The programs into guest memory, and the ring buffer sized for the events' records."""
+    def _guest_start(self, handlers: list[tuple[str, int, list[Step]]]) -> None:
+        """The handlers into guest code, and the ring buffer sized for the events' records."""
         lab = self.lab
-        code = lab.probe_code
-        self._guest = code.load(programs)
+        addrs = lab.probe_code.load(handlers)
+        self._guest = {(kind, i): addr for (kind, i, _), addr in zip(handlers, addrs, strict=True)}
         self._decoder = ProbeDecoder(
             lab.karch,
             lab.kernel,
@@ -326,8 +333,11 @@ class ProbeEventTracer(Tracer):
             counts["nmissed"] += p.nmissed
         return probes
 
-    def _save_entry(self, data: int, regs) -> int:
-        self.lab.machine.write(data, ENTRY.pack(*(_argument(regs, n) for n in range(SAVED_ARGS))))
+    def _save_entry(self, spec: ProbeSpec, data: int, regs) -> int:
+        """trace_fprobe_entry_handler / trace_kprobe_entry_handler: each $argN the exit reads, a
+        word each (ProbeSpec.entry_args)."""
+        args = spec.entry_args
+        self.lab.machine.write(data, struct.pack(f"<{len(args)}Q", *(_argument(regs, n - 1) for n in args)))
         return 0
 
     def _entry(self, spec: ProbeSpec, ip: int, regs) -> int:
@@ -338,10 +348,13 @@ class ProbeEventTracer(Tracer):
         return 0
 
     def _exit(self, spec: ProbeSpec, data: int, func: int, regs) -> None:
-        args = ENTRY.unpack(self.lab.machine.view(data, ENTRY.size))
-        values = tuple(evaluate(a, _Context(self.lab, regs, args)) for a in spec.args)
+        n = len(spec.entry_args)
+        saved = struct.unpack(f"<{n}Q", self.lab.machine.view(data, 8 * n)) if n else ()
+        context = _Context(self.lab, regs, dict(zip(spec.entry_args, saved, strict=True)))
+        values = tuple(evaluate(a, context) for a in spec.args)
         ret = regs.get_instruction_pointer() if regs.kind == "ftrace_regs" else regs.instruction_pointer()
-        self._emit(spec, "exit", func, ret, regs, values, tuple(args[:NR_ARGS]), retval=_retval(regs))
+        # the kernel keeps no arguments for an exit, only the $argN it reads
+        self._emit(spec, "exit", func, ret, regs, values, None, retval=_retval(regs))
 
     def _emit(self, spec, type_, ip, parent_ip, regs, values, args, retval=None) -> None:
         self.hits[spec] += 1

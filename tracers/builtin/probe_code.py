@@ -1,13 +1,15 @@
-"""Probe events' guest handlers (tracers/arch/<arch>/probe_events.S), assembled once per lab: the
-entry and exit handlers write a record each (output/probe_records.py) and run the event's fetch
-program (probe_events/program.py); a return probe's entry saves the arguments."""
+"""Probe events' guest handlers, written for each trace's events in the macros of
+tracers/arch/<arch>/probe_events.S and assembled after it: an entry or exit handler writes a
+record (output/probe_records.py) with the event's fetchargs compiled to straight-line code
+(probe_events/program.py); a return event whose fetchargs read $argN has an entry handler that
+saves those arguments (trace_fprobe_entry_handler)."""
 
 from __future__ import annotations
 
 import struct
 
 from ..output.probe_records import ProbeRecords
-from ..probe_events import program
+from ..probe_events.program import Step, statements
 
 U64 = struct.Struct("<Q")
 
@@ -15,37 +17,60 @@ U64 = struct.Struct("<Q")
 class ProbeCode:
     def __init__(self, ftrace, ring_buffer, kernel):
         m, karch = ftrace.m, ftrace.karch
-        self.m, self.records = m, ProbeRecords.of(karch, kernel)
+        self.m, self.karch, self.records = m, karch, ProbeRecords.of(karch, kernel)
         base, size = m.STACK
-        syms = karch.load(
-            m,
-            "probe_events.S",
-            {
-                **self.records.asm_constants(),
-                **program.asm_constants(),
-                "STACK_BASE": base,
-                "STACK_LAST": base + size - 8,  # regs_within_kernel_stack: the last whole word
-                "rb_reserve": ring_buffer.reserve,
-            },
-            self.records.asm_macros(),
-        )
-        self.entry_event, self.exit_event = syms["probe_entry_event"], syms["probe_exit_event"]
-        self.save_args = syms["probe_save_args"]
         self._regions = m.alloc("lab data", 8, 8)  # where the region table is, set each load()
-        m.write_code(syms["pe_regions"], U64.pack(self._regions))
-        self._arena, self._arena_size = 0, 0
+        self._constants = {
+            **self.records.asm_constants(),
+            "STACK_BASE": base,
+            "STACK_LAST": base + size - 8,  # regs_within_kernel_stack: the last whole word
+            "rb_reserve": ring_buffer.reserve,
+            "PE_REGIONS": self._regions,
+        }
+        self._stores = {
+            "entry": ("fetch_store", self.records.entry.offsets["fetch"]),
+            "exit": ("fetch_store", self.records.exit.offsets["fetch"]),
+            "save": ("fetch_save", 0),
+        }
+        self._loaded: dict[str, dict[str, int]] = {}  # each handlers' text assembled, by the text
+        self._table, self._table_size = 0, 0
 
-    def load(self, programs: list[bytes]) -> list[int]:
-        """The programs in guest memory, after the machine's mappings as a fetch may read them (one
-        arena, reused while big enough): their addresses."""
-        regions = [(r.base, r.base + r.size) for r in sorted(self.m.regions, key=lambda r: r.base)]
-        blob = bytearray(U64.pack(len(regions)) + b"".join(U64.pack(a) + U64.pack(b) for a, b in regions))
-        offsets = []
-        for prog in programs:
-            offsets.append(len(blob))
-            blob += prog
-        if len(blob) > self._arena_size:
-            self._arena, self._arena_size = self.m.alloc("lab data", len(blob), 64), len(blob)
-        self.m.write(self._arena, bytes(blob))
-        self.m.write(self._regions, U64.pack(self._arena))
-        return [self._arena + at for at in offsets]
+    def load(self, handlers: list[tuple[str, int, list[Step]]]) -> list[int]:
+        """Each handler (its kind, its event's index, its fetch steps) in guest code: their
+        addresses. The same handlers are assembled once; the machine's mappings, which a load
+        checks, are written afresh."""
+        if not handlers:
+            return []
+        # the code first, then the data (the file's and each handler's constants): see
+        # probe_events_data in probe_events.S
+        code, data = zip(*(self._handler(kind, event, steps) for kind, event, steps in handlers), strict=True)
+        text = "\n".join(["", *code, "probe_events_data", *data, ""])
+        syms = self._loaded.get(text)
+        if syms is None:
+            syms = self._loaded[text] = self.karch.load(
+                self.m, "probe_events.S", self._constants, self.records.asm_macros(), then=text
+            )
+        self._write_regions()
+        return [syms[f"probe_{kind}_{event}"] for kind, event, _ in handlers]
+
+    def _handler(self, kind: str, event: int, steps: list[Step]) -> tuple[str, str]:
+        """A handler's code, and its constant pool."""
+        name = f"probe_{kind}_{event}"
+        store, at = self._stores[kind]
+        lines, pool = statements(steps, name, store, at)
+        begin, end = (
+            ("probe_save_begin", "probe_save_end")
+            if kind == "save"
+            else (f"probe_{kind}_begin {event}, {name}_done", f"probe_{kind}_end {name}_done")
+        )
+        return "\n".join([f".globl {name}", f"{name}:", begin, *lines, end]), "\n".join(pool)
+
+    def _write_regions(self) -> None:
+        """The machine's mappings, as a fetch may read them: nr, then (base, end) pairs, in one
+        table reused while big enough."""
+        regions = sorted((r.base, r.base + r.size) for r in self.m.regions)
+        blob = U64.pack(len(regions)) + b"".join(U64.pack(a) + U64.pack(b) for a, b in regions)
+        if len(blob) > self._table_size:
+            self._table, self._table_size = self.m.alloc("lab data", len(blob), 64), len(blob)
+        self.m.write(self._table, blob)
+        self.m.write(self._regions, U64.pack(self._table))

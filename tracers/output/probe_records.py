@@ -5,7 +5,7 @@ Python path makes.
 
 Each record holds the event (the spec's index), the function and where it returns, which fetches
 faulted (a bit each), the CPU's flags word (for irqs-off), the ftrace_regs fields the handler was
-given, at an exit the arguments saved at entry, then one word per fetcharg: as loaded, before the
+given, then one word per fetcharg: as loaded, before the
 type's truncation, which decoding applies. The fetch words come last, so a trace's records are
 as long as its events need (RingBuffer.reset's record_size) and the guest code's offsets do not
 depend on how many there are."""
@@ -34,7 +34,7 @@ WORDS = dict(zip(HEAD, range(RECORD_HEADER.nr_words, _FIELDS), strict=True))  # 
 @dataclass(frozen=True)
 class ProbeRecords:
     entry: Layout  # ..., the entry's ftrace_regs fields, fetch
-    exit: Layout  # ..., the exit's ftrace_regs fields, the arguments saved at entry, fetch
+    exit: Layout  # ..., the exit's ftrace_regs fields, fetch
     saved: tuple[str, ...]
     exit_saved: tuple[str, ...]
 
@@ -44,7 +44,7 @@ class ProbeRecords:
         regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved)]
         return cls(
             RECORD_HEADER.extend("probe entry record", (*HEAD, *regs[0], "fetch")),
-            RECORD_HEADER.extend("probe exit record", (*HEAD, *regs[1], *(f"arg{n}" for n in range(NR_ARGS)), "fetch")),
+            RECORD_HEADER.extend("probe exit record", (*HEAD, *regs[1], "fetch")),
             saved,
             exit_saved,
         )
@@ -90,7 +90,7 @@ class ProbeDecoder:
         self.rec = struct.Struct(f"<{self.layouts.size(max((len(s.args) for s in specs), default=0)) // 8}Q")
         self.fetch_at = {
             REC_PROBE_ENTRY: _FIELDS + len(self.saved),
-            REC_PROBE_EXIT: _FIELDS + len(self.exit_saved) + NR_ARGS,
+            REC_PROBE_EXIT: _FIELDS + len(self.exit_saved),
         }
 
     def events(self, chunk: bytes, pending: dict):
@@ -100,7 +100,7 @@ class ProbeDecoder:
         specs, counts, mechanism, masked = self.specs, self.counts, self.mechanism, self.irqs_masked
         saved, exit_saved, args_at, ret = self.saved, self.exit_saved, self.args, self.ret
         missing_in, missing_out, key = self.missing_in, self.missing_out, EVENT_RECORD.index("key")
-        fetch_in, fetch_out = self.fetch_at[REC_PROBE_ENTRY], self.fetch_at[REC_PROBE_EXIT]
+        fetch_in = self.fetch_at[REC_PROBE_ENTRY]
         for w in self.rec.iter_unpack(chunk):
             kind = w[0]
             if kind == REC_PROBE_ENTRY:
@@ -117,7 +117,7 @@ class ProbeDecoder:
                 regs, missing, args, retval, type_ = (
                     dict(zip(exit_saved, fields, strict=True)),
                     missing_out,
-                    w[fetch_out - NR_ARGS : fetch_out],
+                    None,  # the kernel keeps no arguments for an exit, only the $argN it uses
                     fields[ret],
                     "exit",
                 )

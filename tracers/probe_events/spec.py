@@ -153,6 +153,23 @@ class ProbeSpec:
     text: str  # the spec as given
     address: int | None = None  # p/r MEMADDR
 
+    @property
+    def entry_args(self) -> tuple[int, ...]:
+        """A return probe's tp->entry_arg (trace_probe.c __store_entry_arg, 25f00e40ce79, v6.10):
+        each N its $argN fetchargs read, once, in the order they first appear; the entry handler
+        stores each in its own word of the entry data, in this order, and $argN at the exit reads
+        that word. Empty: the kernel registers no entry handler and no entry data at all."""
+        if not self.is_return:
+            return ()
+        found: dict[int, None] = {}
+        for arg in self.args:
+            f: Fetch | None = arg.fetch
+            while f is not None:
+                if f.op == "arg":
+                    found[int(f.value or 0)] = None
+                f = f.inner
+        return tuple(found)
+
 
 class FetchContext(Protocol):
     """What evaluation reads; the tracer supplies it at a hit."""

@@ -1,205 +1,181 @@
 /*
  * Probe events' handlers for x86_64 in guest code (kernel/trace/trace_fprobe.c fentry_trace_func,
- * fexit_trace_func; trace_probe_tmpl.h process_fetch_insn): each hit writes one record (the
- * layouts of tracers/output/probe_records.py), its fetchargs fetched by the program
- * tracers/probe_events/program.py compiled. Called by the guest fprobe dispatch (fprobe.S) as
- * handler(data rdi, ip rsi, ret_ip rdx, fregs rcx, entry_data r8); each returns rax = 0 and may
- * clobber rcx, rdx, rsi, rdi, r8-r11.
+ * fexit_trace_func, trace_fprobe_entry_handler; trace_probe_tmpl.h process_fetch_insn): the
+ * macros each event's handler is written in, and what they call. tracers/builtin/probe_code.py
+ * writes one handler per event from its fetch steps (tracers/probe_events/program.py) and
+ * assembles them after this file; each hit writes one record (tracers/output/probe_records.py).
+ * The guest fprobe dispatch (fprobe.S) calls a handler as handler(data rdi, ip rsi, ret_ip rdx,
+ * fregs rcx, entry_data r8); each returns rax = 0 and may clobber rcx, rdx, rsi, rdi, r8-r11.
+ * In a handler: rax = the value being fetched, rdi = the record, r9 = the faulted arguments' bits.
  */
 
 .include "macros.S"
 
-/* An f event's entry: data = its program. */
-.globl probe_entry_event
-probe_entry_event:
-    push rbx
-    mov rbx, rdi                        // the program
+/* An f event's entry: its record (none if the buffer refused it: a jump to \done). */
+.macro probe_entry_begin event, done
     call rb_reserve                     // rax = the record (0: dropped); clobbers r10, r11
     test rax, rax
-    jz pe_done
-    mov r11, [rbx+PROG_EVENT]
-    mov [rax+PROBE_ENT_EVENT], r11
-    mov [rax+PROBE_ENT_IP], rsi
+    jz \done
+    mov rdi, rax
+    mov qword ptr [rdi+PROBE_ENT_EVENT], \event
+    mov [rdi+PROBE_ENT_IP], rsi
     mov r11, [rcx+FREGS_SP]
     mov r11, [r11]                      // ftrace_regs_get_return_address: hooked, if fgraph ran first
-    mov [rax+PROBE_ENT_PARENT], r11
+    mov [rdi+PROBE_ENT_PARENT], r11
     pushfq
-    pop qword ptr [rax+PROBE_ENT_FLAGS]
-    probe_entry_fields rcx, rax
-    mov rdi, rax
-    lea rsi, [rax+PROBE_ENT_FETCH]
-    call fetch_args
-    mov [rdi+PROBE_ENT_FAULTS], rax
+    pop qword ptr [rdi+PROBE_ENT_FLAGS]
+    probe_entry_fields rcx, rdi
+    xor r9d, r9d
+.endm
+
+.macro probe_entry_end done
+    mov [rdi+PROBE_ENT_FAULTS], r9
     mov qword ptr [rdi+PROBE_ENT_TYPE], REC_PROBE_ENTRY      // committed
-pe_done:
-    pop rbx
+\done:
     xor eax, eax
     ret
+.endm
 
-/* An f SYM%return event's entry: the first SAVED_ARGS (8) arguments into its entry data, for $argN at
- * the exit: di, si, dx, cx, r8, r9, then the words above the return address. */
-.globl probe_save_args
-probe_save_args:
-    .irp i, DI, SI, DX, CX, R8, R9
-    mov r11, [rcx+FREGS_\i]
-    mov [r8], r11
-    add r8, 8
-    .endr
-    mov r10, [rcx+FREGS_SP]
-    mov r11, [r10+8]
-    mov [r8], r11
-    mov r11, [r10+16]
-    mov [r8+8], r11
-    xor eax, eax
-    ret
-
-/* An f SYM%return event's exit: data = its program, ip = the function, ret_ip = where it returned,
- * entry_data = the arguments saved at entry. */
-.globl probe_exit_event
-probe_exit_event:
-    push rbx
-    mov rbx, rdi
+/* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
+.macro probe_exit_begin event, done
     call rb_reserve
     test rax, rax
-    jz px_done
-    mov r11, [rbx+PROG_EVENT]
-    mov [rax+PROBE_RET_EVENT], r11
-    mov [rax+PROBE_RET_IP], rsi
-    mov [rax+PROBE_RET_PARENT], rdx
-    pushfq
-    pop qword ptr [rax+PROBE_RET_FLAGS]
-    probe_exit_fields rcx, rax
-    .irp i, 0, 1, 2, 3, 4, 5
-    mov r11, [r8]
-    mov [rax+PROBE_RET_ARG\i], r11
-    add r8, 8
-    .endr
-    sub r8, 48                          // back to the saved arguments, for $argN
+    jz \done
     mov rdi, rax
-    lea rsi, [rax+PROBE_RET_FETCH]
-    call fetch_args
-    mov [rdi+PROBE_RET_FAULTS], rax
+    mov qword ptr [rdi+PROBE_RET_EVENT], \event
+    mov [rdi+PROBE_RET_IP], rsi
+    mov [rdi+PROBE_RET_PARENT], rdx
+    pushfq
+    pop qword ptr [rdi+PROBE_RET_FLAGS]
+    probe_exit_fields rcx, rdi
+    xor r9d, r9d
+.endm
+
+.macro probe_exit_end done
+    mov [rdi+PROBE_RET_FAULTS], r9
     mov qword ptr [rdi+PROBE_RET_TYPE], REC_PROBE_EXIT        // committed
-px_done:
-    pop rbx
+\done:
     xor eax, eax
     ret
+.endm
 
-/* Run the program at rbx: each STORE puts the value in the next word at rsi. A load outside every
- * mapping (the region table at pe_regions: nr, then base and end pairs) faults its argument: its
- * bit in the result, and the steps up to its STORE skipped. The ops are tested most frequent
- * first. In: rcx = fregs, r8 = entry data. Out: rax = the faulted arguments' bits. Clobbers rbx,
- * rdx, r9-r11. */
-.globl fetch_args
-fetch_args:
-    lea r9, [rbx+PROG_SIZE]             // the first step
-    xor r10d, r10d                      // the argument
-    xor r11d, r11d                      // the faults
-    xor eax, eax                        // the value
-fa_step:
-    mov rbx, [r9+STEP_OP]
-    mov rdx, [r9+STEP_OPERAND]
-    add r9, STEP_SIZE
-    test rbx, rbx
-    jz fa_end                           // OP_END
-    cmp rbx, OP_FREG
-    je fa_freg
-    cmp rbx, OP_STORE
-    je fa_store
-    cmp rbx, OP_DATA
-    je fa_data
-    cmp rbx, OP_LOAD
-    je fa_load
-    cmp rbx, OP_ADD
-    je fa_add
-    cmp rbx, OP_IMM
-    je fa_imm
-    cmp rbx, OP_STACKLOAD
-    je fa_stackload
-    jmp fa_fault                        // OP_FAULT
-fa_end:
-    mov rax, r11
-    ret
-fa_freg:
-    mov rax, [rcx+rdx]
-    jmp fa_step
-fa_data:
-    mov rax, [r8+rdx]
-    jmp fa_step
-fa_imm:
-    mov rax, rdx
-    jmp fa_step
-fa_add:
-    add rax, rdx
-    jmp fa_step
-fa_store:
-    mov [rsi+r10*8], rax
-    add r10, 1
-    jmp fa_step
-fa_stackload:                           // regs_get_kernel_stack_nth: 0 off the task's stack
-    mov rdx, STACK_BASE
-    cmp rax, rdx
-    jb fa_zero
-    mov rdx, STACK_LAST
-    cmp rax, rdx
-    ja fa_zero
-    mov rax, [rax]
-    jmp fa_step
-fa_zero:
+/* A return event's entry, when its fetchargs read $argN: those arguments into the entry data. */
+.macro probe_save_begin
+.endm
+
+.macro probe_save_end
     xor eax, eax
-    jmp fa_step
-fa_load:                                // rdx bytes at rax, if one region holds them all
-    push r12
-    push r13
-    push r14
-    mov r12, [rip+pe_regions]
-    mov r12, [r12]                      // the table
-    mov r13, [r12]
-fa_region:
-    test r13, r13
-    jz fa_unmapped
-    sub r13, 1
-    add r12, 16
-    cmp rax, [r12-8]                    // below its base
-    jb fa_region
-    mov r14, [r12]
-    sub r14, rdx
-    cmp rax, r14                        // past its end
-    ja fa_region
-    pop r14
-    pop r13
-    pop r12
-    cmp rdx, 1
-    je fa_load1
-    cmp rdx, 2
-    je fa_load2
-    cmp rdx, 4
-    je fa_load4
-    mov rax, [rax]
-    jmp fa_step
-fa_load1:
+    ret
+.endm
+
+/* The fetch steps (program.py's ops). */
+.macro fetch_freg offset
+    mov rax, [rcx+\offset]
+.endm
+
+.macro fetch_data offset
+    mov rax, [r8+\offset]
+.endm
+
+.macro fetch_const word
+    mov rax, [rip+\word]
+.endm
+
+.macro fetch_add word
+    add rax, [rip+\word]
+.endm
+
+.macro fetch_store offset
+    mov [rdi+\offset], rax
+.endm
+
+.macro fetch_save offset
+    mov [r8+\offset], rax
+.endm
+
+/* regs_get_kernel_stack_nth: the word at rax if it is on the task's stack, else 0. */
+.macro fetch_stackload
+    call probe_stack_word
+.endm
+
+/* A register the snapshot lacks: the argument faults. */
+.macro fetch_fault skip, arg
+    bts r9, \arg
+    jmp \skip
+.endm
+
+/* The load's bytes at rax, if one of the machine's mappings holds them all (then on at \ok),
+ * else the argument faults. */
+.macro fetch_check skip, arg, ok, size
+    mov edx, \size
+    call probe_mapped
+    jb \ok                              // CF: mapped
+    bts r9, \arg
+    jmp \skip
+\ok:
+.endm
+
+.macro fetch_load1 skip, arg, ok
+    fetch_check \skip, \arg, \ok, 1
     movzx eax, byte ptr [rax]
-    jmp fa_step
-fa_load2:
-    movzx eax, word ptr [rax]
-    jmp fa_step
-fa_load4:
-    mov eax, dword ptr [rax]
-    jmp fa_step
-fa_unmapped:
-    pop r14
-    pop r13
-    pop r12
-fa_fault:
-    bts r11, r10
-fa_skip:
-    mov rbx, [r9+STEP_OP]
-    add r9, STEP_SIZE
-    cmp rbx, OP_STORE
-    jne fa_skip
-    add r10, 1
-    jmp fa_step
+.endm
 
+.macro fetch_load2 skip, arg, ok
+    fetch_check \skip, \arg, \ok, 2
+    movzx eax, word ptr [rax]
+.endm
+
+.macro fetch_load4 skip, arg, ok
+    fetch_check \skip, \arg, \ok, 4
+    mov eax, dword ptr [rax]
+.endm
+
+.macro fetch_load8 skip, arg, ok
+    fetch_check \skip, \arg, \ok, 8
+    mov rax, [rax]
+.endm
+
+/* CF set if one region of the table at pe_regions (nr, then base and end pairs) holds the rdx
+ * bytes at rax. Clobbers rdx, r10, r11. */
+probe_mapped:
+    add rdx, rax                        // the end of the read
+    mov r10, [rip+pe_regions]
+    mov r10, [r10]                      // the table
+    mov r11, [r10]
+pm_region:
+    test r11, r11
+    jz pm_unmapped
+    sub r11, 1
+    add r10, 16
+    cmp rax, [r10-8]                    // below its base
+    jb pm_region
+    cmp [r10], rdx                      // its end before the read's
+    jb pm_region
+    stc
+    ret
+pm_unmapped:
+    clc
+    ret
+
+/* regs_get_kernel_stack_nth: rax = the word at rax if it is on the task's stack, else 0.
+ * Clobbers r10. */
+probe_stack_word:
+    mov r10, STACK_BASE
+    cmp rax, r10
+    jb psw_zero
+    mov r10, STACK_LAST
+    cmp rax, r10
+    ja psw_zero
+    mov rax, [rax]
+    ret
+psw_zero:
+    xor eax, eax
+    ret
+
+/* The words the code above reads, which the lab places after every handler: keystone
+ * (0.9.2, arm64) offsets a branch to an absolute address by the data before it. */
+.macro probe_events_data
 .balign 8
-pe_regions:                             // where the table of the machine's mappings is, set once
-    .quad 0
+pe_regions:                             // the lab data word that holds the region table's address
+    .quad PE_REGIONS
+.endm
