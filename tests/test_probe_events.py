@@ -41,6 +41,7 @@ X86 = [
 ]
 ARM64 = [f"x{n}" for n in range(31)] + ["sp", "pc", "pstate"]
 REGSETS = [pytest.param(X86, "di", id="x86_64"), pytest.param(ARM64, "x0", id="arm64")]
+SIXTEEN_EARGS = "f vfs_read%return $retval " + " ".join(f"$arg{n}" for n in range(1, 17))
 
 
 def reg(name):
@@ -320,6 +321,8 @@ DEEP13SYM = "+0(" * 13 + "@a" + ")" * 13
         ("p vfs_read @", "Invalid memory address", "@", 12),
         ("p vfs_read @+0x10", "File offset is not available with kprobe", "@+0x10", 12),
         ("p vfs_read " + " ".join(["%di"] * 129), "Too many arguments are specified", "%di", 12),
+        # an fprobe's entry data holds at most 15 words: one per $argN a return event reads
+        (SIXTEEN_EARGS, "Too many entry arguments specified", "$retval", 19),
         ("-:", "Event name is not specified", "-:", 3),
         ("-:foo vfs_read", "'-:' needs [GRP/]EVENT and nothing after it", "-:foo", 1),
         ("-foo", "'-:' needs [GRP/]EVENT and nothing after it", "-foo", 1),

@@ -78,6 +78,7 @@ from .spec import (
     MAX_ARGSTR_LEN,
     MAX_EVENT_NAME_LEN,
     MAX_FETCH_OPS,
+    MAX_FPROBE_DATA_WORDS,
     MAX_TRACE_ARGS,
     MAXACT_TOO_BIG,
     NEED_STRING_TYPE,
@@ -100,6 +101,7 @@ from .spec import (
     RESERVED_NAMES,
     RETVAL_ON_PROBE,
     TOO_MANY_ARGS,
+    TOO_MANY_EARGS,
     TOO_MANY_OPS,
     TYPES,
     U64,
@@ -178,7 +180,11 @@ class _Parser:
         if event is None:
             event = self._default_event(kind, symbol, offset, address, is_return)
         args = self._args(where)
-        return ProbeSpec(kind, group, event, symbol, offset, is_return, maxactive, args, self.text, address)
+        spec = ProbeSpec(kind, group, event, symbol, offset, is_return, maxactive, args, self.text, address)
+        if kind == "f" and len(spec.entry_args) > MAX_FPROBE_DATA_WORDS:
+            # trace_fprobe_create_internal (db5e228611b1, 6.14): the entry data must fit an fprobe's
+            self.fail(TOO_MANY_EARGS, self.words[2][1], self.words[2][0])
+        return spec
 
     def _maxactive(self, kind: str, text: str, pos: int) -> int | None:
         if not text:

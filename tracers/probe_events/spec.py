@@ -14,6 +14,7 @@ MAX_ARG_NAME_LEN = 32
 MAX_ARGSTR_LEN = 63  # one argument's text after NAME=, type included
 MAX_TRACE_ARGS = 128
 MAX_FETCH_OPS = 15  # FETCH_INSN_MAX (16) minus the END slot: %REG plus 14 derefs
+MAX_FPROBE_DATA_WORDS = 15  # MAX_FPROBE_DATA_SIZE: an fprobe's entry data shares a header word with its id
 MAX_STRING_SIZE = 4096  # PATH_MAX: a string reads at most 4095 bytes before its NUL
 PARAM_MAX_STACK = 2048  # THREAD_SIZE / sizeof(long): 16 KiB stacks on x86_64 and arm64
 KRETPROBE_MAXACTIVE_MAX = 4096
@@ -83,6 +84,7 @@ BAD_HYPHEN = "Failed to parse single hyphen. Forgot '>'?"
 NOFENTRY_ARGS = "$arg* can be used only on function entry or exit"
 NEED_STRING_TYPE = "$comm and immediate-string only accepts string type"
 TOO_MANY_ARGS = "Too many arguments are specified"
+TOO_MANY_EARGS = "Too many entry arguments specified"
 EVENT_EXIST = "Given group/event name is already used by another event"
 DIFF_PROBE_TYPE = "Probe type is different from existing probe"
 DIFF_ARG_TYPE = "Argument type or name is different from existing probe"
