@@ -190,9 +190,10 @@ class RingTracer(Tracer):
         return super().make_clock()
 
     def ring_start(self, mode: str, consumer) -> None:
-        """Before a ring-buffer tracer attaches: an empty buffer, held by the tracer (refused while
-        another user, such as batched fprobes, holds it), records going to consumer."""
-        self.lab.ring_buffer.claim(f"the {self.name} tracer", mode, consumer)
+        """Before a ring-buffer tracer attaches: an empty buffer, held by the tracer with the other
+        ring tracers (function and function_graph write the same records; refused while another
+        user, such as batched fprobes, holds it), records going to consumer."""
+        self.lab.ring_buffer.claim(f"the {self.name} tracer", mode, consumer, group="ring tracers")
 
     def decode(self, chunk: bytes) -> None:
         """The ring-buffer consumer while tracing: the records, through the tracer's decoder, as the

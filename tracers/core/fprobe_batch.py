@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from emulator import FtlabError
@@ -107,6 +108,7 @@ class _Shape:
     regs: dict[str, int]  # pt_regs name of a captured member -> its word
     missing: tuple[str, ...]
     args: tuple[str, ...]  # the argument registers' members
+    irqs_masked: Callable[[int], bool]  # Machine.irqs_masked
 
 
 class RecordedRegs:
@@ -117,11 +119,22 @@ class RecordedRegs:
     DAIF; where the Python dispatch wrote the record, the flags register) and `irqs_off`."""
 
     kind = "ftrace_regs"
-    __slots__ = ("_k", "_shape", "_words", "ts", "cpu_flags", "irqs_off")
+    __slots__ = ("_k", "_shape", "_words")
 
-    def __init__(self, karch, shape: _Shape, words: tuple[int, ...], irqs_off: bool):
+    def __init__(self, karch, shape: _Shape, words: tuple[int, ...]):
         self._k, self._shape, self._words = karch, shape, words
-        self.ts, self.cpu_flags, self.irqs_off = words[TS], words[FLAGS], irqs_off
+
+    @property
+    def ts(self) -> int:
+        return self._words[TS]
+
+    @property
+    def cpu_flags(self) -> int:
+        return self._words[FLAGS]
+
+    @property
+    def irqs_off(self) -> bool:
+        return self._shape.irqs_masked(self._words[FLAGS])
 
     def _lacks(self, what: str) -> FtlabError:
         shape = self._shape
@@ -250,14 +263,14 @@ class FprobeBatch:
         gives the buffer back, emptied."""
         self.probes.pop(fp._batch_key, None)
         self._data = {k: v for k, v in self._data.items() if k[0] != fp._batch_key}
-        if not self.probes and self.rb.holder == HOLDER:
+        if not self.probes and self.rb.holds(HOLDER):
             self.rb.drain()
             self.rb.reset("stream", None)
             self.rb.release(HOLDER)
 
     def flush(self) -> None:
         """Drain the records now: the batched handlers of every hit so far run, in order."""
-        if self.probes and self.rb.holder == HOLDER:
+        if self.probes and self.rb.holds(HOLDER):
             self.rb.drain()
 
     # -- the Python dispatch's records (the same as the guest handlers') --------------------------
@@ -298,6 +311,7 @@ class FprobeBatch:
             {aliases.get(m, m): recorded[m] for m in saved},
             tuple(missing_registers(karch, saved, aliases)),
             self._args,
+            self.m.irqs_masked,
         )
         self._shapes[type_, ip] = shape
         return shape
@@ -317,7 +331,7 @@ class FprobeBatch:
             self._queue.clear()  # a handler's error: what it left undone is not run later
 
     def _dispatch(self, chunk: bytes) -> None:
-        probes, shapes, karch, masked = self.probes, self._shapes, self.karch, self.m.irqs_masked
+        probes, shapes, karch = self.probes, self._shapes, self.karch
         for w in self.rec.iter_unpack(chunk):
             type_ = w[TYPE]
             if type_ not in (REC_FPROBE_ENTRY, REC_FPROBE_EXIT):
@@ -325,7 +339,7 @@ class FprobeBatch:
             fp = probes[w[KEY]]
             ip = w[IP]
             shape = shapes.get((type_, ip)) or self._shape(type_, ip)
-            regs = RecordedRegs(karch, shape, w, masked(w[FLAGS]))
+            regs = RecordedRegs(karch, shape, w)
             if type_ == REC_FPROBE_ENTRY:
                 data = None
                 if w[DATA]:

@@ -8,9 +8,10 @@ A full buffer makes the guest call ring_buffer_full. In `stream` mode the consum
 there and tracing goes on (nothing is lost); as the kernel's buffer without a reader, `overwrite`
 replaces the oldest records and `drop` refuses new ones, each counting what it lost.
 
-One user at a time holds the buffer (`claim` / `release`: a tracer while it traces through it,
-batched fprobes while any is registered); claiming it while another user holds it is refused, so
-no user resets away, or mis-decodes, another's records.
+One user at a time holds the buffer (`claim` / `release`: the ring tracers while they trace
+through it, which share it as one group, probe events' guest path, batched fprobes while any is
+registered); claiming it while another user holds it is refused, so no user resets away, or
+mis-decodes, another's records.
 """
 
 from __future__ import annotations
@@ -53,22 +54,33 @@ class RingBuffer:
         self._data = m.view(self.base, self.bytes)
         m.hook_call(self._full, syms["ring_buffer_full"])
         self.mode, self.consumer, self.wrapped = "stream", None, False
-        self.holder: str | None = None  # who holds the buffer (claim), in its errors' words
+        self._holders: dict[str, str] = {}  # who holds the buffer (claim) -> the group it shares it with
         self._set(nr=nr_records, base=self.base, record_size=self.rec.size)
         self.reset("stream", None)
 
-    def claim(self, who: str, mode: str, consumer, record_size: int | None = None) -> None:
+    def claim(self, who: str, mode: str, consumer, record_size: int | None = None, group: str | None = None) -> None:
         """Hold the buffer for `who` (its name in errors, e.g. "the function tracer"), emptied and
-        reset (reset's arguments). Refused with a one-line error while another holds it."""
-        if self.holder is not None and self.holder != who:
-            raise FtlabError(f"{who} cannot use the ring buffer: {self.holder} holds it (one user at a time)")
+        reset (reset's arguments). Users of one `group` share it (the function and function_graph
+        tracers write the same records for one consumer); a user with no group holds it alone.
+        Refused with a one-line error while a user outside the group holds it."""
+        group = group or who
+        other = next((w for w, g in self._holders.items() if g != group), None)
+        if other is not None:
+            raise FtlabError(f"{who} cannot use the ring buffer: {other} holds it (one user at a time)")
         self.reset(mode, consumer, record_size)
-        self.holder = who
+        self._holders[who] = group
 
     def release(self, who: str) -> None:
         """`who` no longer holds the buffer (its records drained already: release drains nothing)."""
-        if self.holder == who:
-            self.holder = None
+        self._holders.pop(who, None)
+
+    def holds(self, who: str) -> bool:
+        return who in self._holders
+
+    @property
+    def holder(self) -> str | None:
+        """Who holds the buffer (the first, where a group shares it), or None."""
+        return next(iter(self._holders), None)
 
     def _set(self, **values) -> None:
         for name, value in values.items():
