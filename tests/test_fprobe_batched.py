@@ -9,6 +9,7 @@ import pytest
 
 from emulator import FtlabError
 from fixtures import catalog
+from helpers import all_variants
 from tracers import Lab
 from tracers.builtin.function import FunctionTracer
 from tracers.builtin.probe import ProbeEventTracer
@@ -83,6 +84,21 @@ def test_batched_handlers_see_what_live_handlers_see(arch, kernel):
     assert batched == live
     assert [fp.nmissed for fp in probes] == [0, 0, 0]
     assert lab.ring_buffer.holder == "batched fprobes"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, variant", all_variants())
+def test_every_site_kind_gives_what_live_handlers_see(arch, variant):
+    """Every build variant's sites (fentry, NOPs, endbr, clang, thunks, mcount: arm64 -pg stores x0
+    without capturing it) on a few calls: the same as the live handlers."""
+    logs = []
+    for batched in (False, True):
+        lab = Lab.open(variant, arch)
+        log = []
+        lab.fprobes().register(Fprobe(*observer(lab, log), batched=batched), "*")
+        results = [lab.call("fib", 5), lab.call("chain_a", 3), lab.call("add3", 1, 2, 3)]
+        logs.append((results, log))
+    assert logs[0] == logs[1] and logs[1][0][0] == 5 and len(logs[1][1]) >= 2 * (9 + 1)
 
 
 def test_order_is_kept_across_drains_in_the_middle_of_a_run(arch):

@@ -33,7 +33,8 @@ streams, it never drops).
 
 A batched handler runs outside the hit it records: a traced function it calls is traced like any
 other call, and hits during a drain (a handler calling lab.call) are handled after the records
-being drained, in order.
+being drained, in order. A handler that raises ends its drain: the error goes out (of Lab.call, or
+of the run whose full buffer drained), and that drain's later records are not handled.
 """
 
 from __future__ import annotations
