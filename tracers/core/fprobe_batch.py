@@ -244,7 +244,7 @@ class FprobeBatch:
         self._queue: deque[bytes] = deque()
         self._dispatching = False
         self._data: dict[tuple[int, int], bytearray] = {}  # (key, entry data address) -> its buffer
-        self._shapes: dict[tuple[int, int], _Shape] = {}
+        self._shapes: dict[int, dict[int, _Shape]] = {REC_FPROBE_ENTRY: {}, REC_FPROBE_EXIT: {}}  # by type, by ip
         inverse = {r: m for m, r in karch.ftrace_regs_aliases.items()}
         self._lr = inverse.get(karch.cpu.lr, karch.cpu.lr) if karch.cpu.lr else None
         self._sp = inverse.get(karch.cpu.sp, karch.cpu.sp)
@@ -314,7 +314,7 @@ class FprobeBatch:
             self._args,
             self.m.irqs_masked,
         )
-        self._shapes[type_, ip] = shape
+        self._shapes[type_][ip] = shape
         return shape
 
     def _consume(self, chunk: bytes) -> None:
@@ -332,28 +332,28 @@ class FprobeBatch:
             self._queue.clear()  # a handler's error: what it left undone is not run later
 
     def _dispatch(self, chunk: bytes) -> None:
-        probes, shapes, karch = self.probes, self._shapes, self.karch
+        probes, karch, pairs = self.probes, self.karch, self._data
+        entries, exits = self._shapes[REC_FPROBE_ENTRY], self._shapes[REC_FPROBE_EXIT]
+        entry_type, exit_type, key_at, ip_at, ret_at, data_at = REC_FPROBE_ENTRY, REC_FPROBE_EXIT, KEY, IP, RET_IP, DATA
         for w in self.rec.iter_unpack(chunk):
             type_ = w[TYPE]
-            if type_ not in (REC_FPROBE_ENTRY, REC_FPROBE_EXIT):
-                continue  # REC_UNCOMMITTED: a run an error stopped in the middle of the record
-            fp = probes[w[KEY]]
-            ip = w[IP]
-            shape = shapes.get((type_, ip)) or self._shape(type_, ip)
-            regs = RecordedRegs(karch, shape, w)
-            if type_ == REC_FPROBE_ENTRY:
+            if type_ == entry_type:
+                fp, ip = probes[w[key_at]], w[ip_at]
+                shape = entries.get(ip) or self._shape(type_, ip)
                 data = None
-                if w[DATA]:
-                    data = bytearray(fp.entry_data_size)
-                    self._data[w[KEY], w[DATA]] = data
-                if fp.entry_handler(fp, ip, w[RET_IP], regs, data):
+                if w[data_at]:
+                    data = pairs[w[key_at], w[data_at]] = bytearray(fp.entry_data_size)
+                if fp.entry_handler(fp, ip, w[ret_at], RecordedRegs(karch, shape, w), data):
                     raise FtlabError(
                         f"fprobe (batched): the entry handler returned non-zero at "
                         f"{self.m.symbols.name(ip)}, which would skip the exit, but the guest has "
                         "already let the exit run; use Fprobe(batched=False) to skip exits"
                     )
-            else:
+            elif type_ == exit_type:
+                fp, ip = probes[w[key_at]], w[ip_at]
+                shape = exits.get(ip) or self._shape(type_, ip)
                 data = None
-                if w[DATA]:
-                    data = self._data.pop((w[KEY], w[DATA]), None) or bytearray(fp.entry_data_size)
-                fp.exit_handler(fp, ip, w[RET_IP], regs, data)
+                if w[data_at]:
+                    data = pairs.pop((w[key_at], w[data_at]), None) or bytearray(fp.entry_data_size)
+                fp.exit_handler(fp, ip, w[ret_at], RecordedRegs(karch, shape, w), data)
+            # else REC_UNCOMMITTED: a run an error stopped in the middle of the record
