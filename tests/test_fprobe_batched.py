@@ -83,7 +83,7 @@ def test_batched_handlers_see_what_live_handlers_see(arch, kernel):
     assert kinds[("exit2", "exit")] == kinds[("both0", "exit")] and len(kinds) == 4
     assert batched == live
     assert [fp.nmissed for fp in probes] == [0, 0, 0]
-    assert lab.ring_buffer.holder == "batched fprobes"
+    assert lab.ring_buffer.holder == "a batched fprobe"
 
 
 @pytest.mark.slow
@@ -293,10 +293,10 @@ def test_a_tracer_and_batched_fprobes_never_share_the_buffer(arch):
     assert "\n" not in str(err.value)
     assert not fprobes.probes and lab.ring_buffer.holder is None
     fprobes.register(batched, "fib")
-    with pytest.raises(FtlabError, match="batched fprobes holds it"):
+    with pytest.raises(FtlabError, match="a batched fprobe holds it"):
         with FunctionTracer(lab, CountSink()):
             pass
-    with pytest.raises(FtlabError, match="batched fprobes holds it"):
+    with pytest.raises(FtlabError, match="a batched fprobe holds it"):
         with ProbeEventTracer(lab, CountSink(), ["f:a fib $arg1"]):
             pass
     lab.machine.call("fib", 5)  # no drain: the records wait

@@ -54,7 +54,7 @@ from .ring_buffer import RECORD_HEADER, fields_macro
 # the records' types: after the tracers' (records.py: 1-3) and the probe events' (4, 5)
 REC_FPROBE_ENTRY, REC_FPROBE_EXIT = 6, 7
 HEAD = ("key", "ip", "ret_ip", "flags", "data")
-HOLDER = "batched fprobes"  # their name as the ring buffer's holder
+HOLDER = "a batched fprobe"  # their name as the ring buffer's holder
 _FIELDS = RECORD_HEADER.nr_words + len(HEAD)  # the exit's fields; the entry's after retaddr
 TYPE, TS, KEY, IP, RET_IP, FLAGS, DATA = range(_FIELDS)
 RETADDR = _FIELDS
