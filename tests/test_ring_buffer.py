@@ -3,6 +3,7 @@ events counted, and record/replay identical to a direct trace."""
 
 import pytest
 
+from emulator import FtlabError
 from helpers import EXAMPLES, all_variants, ftlab
 from tracers import FtraceOps, FunctionTracer, Lab
 from tracers.cli.main import main
@@ -163,3 +164,30 @@ def test_graph_buffer_mode_from_the_command_line(capsys, arch):
     out = ftlab(capsys, *argv.split())
     # 25 calls make 50 records; the first 10 are kept (7 entries, then 3 exits), 40 are lost
     assert "# entries: 7, exits: 3, lost: 40, trace_overrun: 0" in out
+
+
+def test_one_user_or_one_group_holds_the_buffer(lab):
+    """claim: users of one group share the buffer (the ring tracers), anyone else is refused until
+    the last of them releases it; drain empties the buffer before its consumer runs."""
+    rb, got = lab.ring_buffer, []
+    rb.claim("a", "stream", got.append, group="g")
+    rb.claim("b", "stream", got.append, group="g")
+    with pytest.raises(FtlabError, match=r"^c cannot use the ring buffer: a holds it"):
+        rb.claim("c", "stream", got.append)
+    rb.release("a")
+    with pytest.raises(FtlabError, match="b holds it"):
+        rb.claim("c", "stream", got.append)
+    rb.release("b")
+    assert rb.holder is None
+
+    def consumer(chunk):
+        got.append((chunk, rb.write(1, 7)))  # a record written while draining: into the empty buffer
+
+    rb.claim("c", "stream", consumer)
+    rb.write(1, 5)
+    rb.drain()
+    assert len(got) == 1 and got[0][0][16:24] == (5).to_bytes(8, "little")
+    got.clear()
+    rb.drain()
+    assert len(got) == 1 and got[0][0][16:24] == (7).to_bytes(8, "little")
+    rb.release("c")

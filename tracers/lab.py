@@ -27,6 +27,7 @@ from .call_syntax import CallSequence, parse_calls, printable
 from .calls import CallCheck
 from .core.fgraph import Fgraph
 from .core.fprobe import Fprobes
+from .core.fprobe_batch import FprobeBatch
 from .core.fprobe_guest import FprobeCode
 from .core.ftrace import Ftrace
 from .core.kprobes import Kprobes
@@ -105,6 +106,7 @@ class Lab:
         self.tracer_code = TracerCode(self.ftrace, self.fgraph, self.ring_buffer, kernel)
         self.fprobe_code = FprobeCode(self.ftrace, self.fgraph)
         self.probe_code = ProbeCode(self.ftrace, self.ring_buffer, kernel)
+        self.fprobe_code.batch = FprobeBatch(self.ftrace, self.ring_buffer, kernel)
         self.loaded = [self.machine.load(Path(path), stubs) for path in loads]
         self.obj = self.machine.load(target.path, stubs)
         self.sites = [site for obj in (*self.loaded, self.obj) for site in self.ftrace.add_object(obj)] if init else []
@@ -150,10 +152,14 @@ class Lab:
     def call(self, func: str | int, *args, ret: str = "i64"):
         """Run func, a function of the lab's object, with as many arguments as its signature says
         when one is known (tracers.calls); `ret` reads the return registers as its C type: i64,
-        u64, i32, u32, u16, u8 or pair (Machine.call)."""
+        u64, i32, u32, u16, u8 or pair (Machine.call). When it returns, the ring buffer drains
+        the batched fprobes' records: their handlers run for the call's hits (fprobe_batch.py; a
+        call that fails leaves them for the next drain)."""
         if isinstance(func, str):  # an address is the caller's own business
             self.calls.check(func, args)
-        return self.machine.call(func, *args, ret=ret)
+        result = self.machine.call(func, *args, ret=ret)
+        self.fprobe_code.batch.flush()
+        return result
 
     def check_calls(self, calls: CallSequence) -> None:
         """Every call of a sequence checked before any runs (a refused call runs nothing)."""

@@ -37,6 +37,7 @@ from .trace_clock import GuestInsnsClock
 from .tracer import PendingEvents, Tracer
 
 MECHANISM = {"f": "fprobe", "r": "kretprobe", "p": "kprobe"}
+HOLDER = "the probe events' guest path"  # its name as the ring buffer's holder
 
 
 class _Context:
@@ -266,8 +267,6 @@ class ProbeEventTracer(Tracer):
     def _guest_start(self, handlers: list[tuple[str, int, list[Step]]]) -> None:
         """The handlers into guest code, and the ring buffer sized for the events' records."""
         lab = self.lab
-        addrs = lab.probe_code.load(handlers)
-        self._guest = {(kind, i): addr for (kind, i, _), addr in zip(handlers, addrs, strict=True)}
         self._decoder = ProbeDecoder(
             lab.karch,
             lab.kernel,
@@ -278,7 +277,9 @@ class ProbeEventTracer(Tracer):
         )
         # the text in bulk from the records, no Event each (formats.probe_bulk_writer), or None
         self._bulk = probe_bulk_writer(self._decoder, self.sink, self._events)
-        lab.ring_buffer.reset("stream", self._decode, self._decoder.rec.size)
+        lab.ring_buffer.claim(HOLDER, "stream", self._decode, self._decoder.rec.size)
+        addrs = lab.probe_code.load(handlers)
+        self._guest = {(kind, i): addr for (kind, i, _), addr in zip(handlers, addrs, strict=True)}
         # a Python handler's event (a hit that took the Python dispatch: another ftrace_ops on the
         # site) takes its place among the guest's records
         self.write = self._pending.write
@@ -304,6 +305,7 @@ class ProbeEventTracer(Tracer):
             rb.drain()
             self.ring_losses = {"lost": rb.lost} if rb.lost else {}
             rb.reset("stream", None)
+            rb.release(HOLDER)
             self.write = self.emit
         if self.verify:
             self.lab.verify.release(*self._verified())

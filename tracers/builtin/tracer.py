@@ -190,8 +190,10 @@ class RingTracer(Tracer):
         return super().make_clock()
 
     def ring_start(self, mode: str, consumer) -> None:
-        """Before a ring-buffer tracer attaches: an empty buffer, records going to consumer."""
-        self.lab.ring_buffer.reset(mode, consumer)
+        """Before a ring-buffer tracer attaches: an empty buffer, held by the tracer with the other
+        ring tracers (function and function_graph write the same records; refused while another
+        user, such as batched fprobes, holds it), records going to consumer."""
+        self.lab.ring_buffer.claim(f"the {self.name} tracer", mode, consumer, group="ring tracers")
 
     def decode(self, chunk: bytes) -> None:
         """The ring-buffer consumer while tracing: the records, through the tracer's decoder, as the
@@ -207,6 +209,7 @@ class RingTracer(Tracer):
         """After it detaches: the rest of the records out, and what overwrite/drop lost counted."""
         rb = self.lab.ring_buffer
         rb.drain()
+        rb.release(f"the {self.name} tracer")
         self.pending.clear()  # probe events whose records were overwritten
         # one of the two at most: overwrite mode replaces records, drop mode refuses them
         self.ring_losses = {name: n for name, n in (("lost", rb.lost), ("overwritten", rb.overwritten)) if n}

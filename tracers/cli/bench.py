@@ -15,6 +15,7 @@ import time
 
 import unicorn
 
+from emulator import FtlabError
 from emulator import arch as arches
 
 from ..builtin.function import FunctionTracer
@@ -201,12 +202,8 @@ def measure(arch: str) -> dict:
     r["function_vs_raw"] = r["raw_fib25_calls_per_s"] / r["function_events_per_s"]
     r["function_graph_events_per_s"] = _record_rate(lab, 25, FunctionGraphTracer)
     r["function_graph_events_per_s_no_budget"] = _record_rate(free, 25, FunctionGraphTracer)
-    fprobes, calls = lab.fprobes(), [0]
-    fp = Fprobe(lambda *a: calls.__setitem__(0, calls[0] + 1) and 0, lambda *a: calls.__setitem__(0, calls[0] + 1))
-    fprobes.register(fp, "fib")
-    fprobe_s = _timed(lambda: lab.call("fib", 20))
-    fprobes.unregister(fp)
-    r["fprobe_handler_calls_per_s"] = 2 * (2 * 10946 - 1) / fprobe_s
+    r["fprobe_handler_calls_per_s"] = _fprobe_rate(lab, False)
+    r["fprobe_batched_handler_calls_per_s"] = _fprobe_rate(lab, True)
     with FunctionTracer(lab, CountSink(), verify=True):
         verify = _timed(lambda: lab.call("fib", 18))
     r["verify_events_per_s"] = (2 * 4181 - 1) / verify
@@ -233,6 +230,26 @@ def measure(arch: str) -> dict:
         r["function_graph_fib27_file_mb"] = os.path.getsize(out) / 1e6
     r["run_wall_s"], _ = _child(["run", "--arch", arch, "funcs", "fib(20)"])
     return r
+
+
+def _fprobe_rate(lab, batched: bool) -> float:
+    """An fprobe's Python entry and exit handlers on fib(20), counting calls: handler calls/s,
+    live (entered from the guest dispatch at each hit) or batched (called from the hits' ring-buffer
+    records as the buffer drains, the last drain at the end of each call)."""
+    fprobes, calls = lab.fprobes(), [0]
+
+    def count(*_args) -> int:
+        calls[0] += 1
+        return 0
+
+    fp = Fprobe(count, count, batched=batched)
+    fprobes.register(fp, "fib")
+    took = _timed(lambda: lab.call("fib", 20))
+    fprobes.unregister(fp)
+    expected = 2 * (2 * 10946 - 1)
+    if calls[0] != REPEAT * expected:
+        raise FtlabError(f"bench: fprobe (batched={batched}) made {calls[0]} handler calls, not {REPEAT * expected}")
+    return expected / took
 
 
 def _verdict(name: str, arch: str, value: float) -> str:
@@ -306,6 +323,8 @@ def bench(out, json_file: OutputFile | None = None) -> list[dict]:
         "function_graph: both hooks in guest code, records through the ring buffer (as function);\n"
         "insns clock: the function tracer with the clock the native hook keeps in guest memory;\n"
         "fprobe, verify, function_graph_python: a Python callback per event;\n"
+        "fprobe_batched: the same handlers, Fprobe(batched=True): called from the hits' ring-buffer\n"
+        "records when the buffer drains (the hits enter no Python);\n"
         "naive: a Python code hook on every function reading registers through the stock binding;\n"
         "text: recording and formatting the kernel's text together (text_vs_record: over recording\n"
         "alone, both fib(23) in this run);\n"

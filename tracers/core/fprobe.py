@@ -20,6 +20,11 @@ is disabled, its dispatch runs in guest code (fprobe_guest.py): fgraph's push an
 walk run no Python, a Python handler is entered for itself alone, and handlers written in guest
 code (guest_entry, guest_exit: (code, data); probe events') enter none. Misses the guest counts are
 part of nmissed.
+
+Fprobe(..., batched=True): Python handlers that only observe, called later from ring-buffer
+records the hits wrote (fprobe_batch.py: when the buffer drains, at the end of each Lab.call, at
+Fprobes.flush and before unregister; their snapshot is read-only and their return value cannot
+skip the exit). fgraph design only.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Fprobe:
     exit_handler: Callable | None = None
     entry_data_size: int = 0
     nr_maxactive: int = 0  # the rethook design's node pool (0: the kernel's default)
+    batched: bool = False  # observe-only Python handlers, called from the hits' records (fprobe_batch.py)
     _missed: int = 0  # nmissed counted in Python
     disabled: bool = False
     ips: set[int] = field(default_factory=set)
@@ -59,6 +65,7 @@ class Fprobe:
     _desc: int = 0  # its guest fprobe, while the dispatch runs in guest code
     _guest_missed: Callable[[], int] | None = None  # what the guest dispatch counted
     _rethook: Rethook | None = None
+    _batch_key: int = 0  # its records' key, while registered batched
 
     @property
     def nmissed(self) -> int:
@@ -124,12 +131,22 @@ class Fprobes:
     def unregister(self, fp: Fprobe) -> None:
         if fp.id not in self.probes:
             raise FtlabError("fprobe: unregistering an fprobe that is not registered")
+        if fp.batched:  # its hits' handlers run first
+            self.code.batch.flush()
         del self.probes[fp.id]
         self._by_ip.clear()
         self._leave_guest(fp)
         if fp._ops is not None:
             self.ftrace.unregister(fp._ops)
         self._update_graph()
+        if fp.batched:
+            self.code.batch.remove(fp)
+
+    def flush(self) -> None:
+        """Run the batched fprobes' handlers for every hit recorded so far (the ring buffer drains;
+        Lab.call does this at the end of each call)."""
+        if self.code is not None and self.code.batch is not None:
+            self.code.batch.flush()
 
     def enable(self, fp: Fprobe) -> None:
         """enable_fprobe: handlers run again (the probe stays registered either way)."""
@@ -150,6 +167,9 @@ class Fprobes:
             raise FtlabError("fprobe: already registered")
         if fp.entry_data_size > 8 * MAX_ENTRY_DATA_WORDS:
             raise FtlabError(f"fprobe: entry_data_size {fp.entry_data_size} is over {8 * MAX_ENTRY_DATA_WORDS} bytes")
+        if fp.batched:
+            self._check_batched(fp)
+            self.code.batch.add(fp)  # holds the ring buffer: refused while a tracer holds it
         fp.ips, fp.id, fp.nmissed = ips, self._next_id, 0
         self._next_id += 1
         self.probes[fp.id] = fp
@@ -174,6 +194,16 @@ class Fprobes:
                 filter=set(ips),
             )
             self.ftrace.register(fp._ops)
+
+    def _check_batched(self, fp: Fprobe) -> None:
+        if self.design != "fgraph" or self.code is None or self.code.batch is None:
+            raise FtlabError(
+                "fprobe: batched handlers need the fgraph design (6.14+), whose dispatch runs in guest code"
+            )
+        if fp.guest_entry or fp.guest_exit:
+            raise FtlabError("fprobe: batched is for Python handlers; guest handlers write their own records")
+        if not (fp.entry_handler or fp.exit_handler):
+            raise FtlabError("fprobe: a batched fprobe needs an entry or an exit handler")
 
     def _update_graph(self) -> None:
         if self.design != "fgraph":
@@ -264,7 +294,8 @@ class Fprobes:
         try:
             for fp in self._at(ip)[0]:
                 if self._is_ftrace(fp) and fp.entry_handler:
-                    fp.entry_handler(fp, ip, parent_ip, fregs, None)
+                    handler = self.code.batch.write_entry if fp.batched else fp.entry_handler
+                    handler(fp, ip, parent_ip, fregs, None)
         finally:
             recursion.unlock(bit)
 
@@ -306,7 +337,8 @@ class Fprobes:
                 continue
             exits = fp.exit_handler is not None
             data = cursor + used + 8 if exits and fp.entry_data_size else None
-            skip = fp.entry_handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0
+            handler = self.code.batch.write_entry if fp.batched else fp.entry_handler
+            skip = handler(fp, ip, ret_ip, fregs, data) if fp.entry_handler else 0
             # a non-zero return skips the exit, not counted as missed
             if exits and not skip:
                 words = -(-fp.entry_data_size // 8)
@@ -332,7 +364,8 @@ class Fprobes:
                 break
             fp = self.probes.get(id)
             if fp is not None and not fp.disabled:
-                fp.exit_handler(fp, trace.func, ret_ip, fregs, cursor + 8 if fp.entry_data_size else None)
+                handler = self.code.batch.write_exit if fp.batched else fp.exit_handler
+                handler(fp, trace.func, ret_ip, fregs, cursor + 8 if fp.entry_data_size else None)
             cursor += 8 + 8 * words
 
     # -- the rethook design (fprobe_handler / fprobe_exit_handler, 6.4-6.13) ----------------------

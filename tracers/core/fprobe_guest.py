@@ -9,7 +9,8 @@ A guest handler is (code, data), called as code(data, ip, ret_ip, fregs, entry_d
 handler's non-zero return skips the exit. An fprobe whose handlers are Python gets the stubs
 fprobe_python_entry / fprobe_python_exit, which enter Python for the handler alone (data: the
 fprobe's id; the owner registry's python_entry / python_exit call it), with fgraph's bookkeeping
-and fprobe's walk left in guest code."""
+and fprobe's walk left in guest code. A batched fprobe (fprobe_batch.py) gets the batched handlers,
+which record the hit in the ring buffer and enter no Python."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class FprobeCode:
             mailbox = m.mailbox(stub, syms[f"{m.symbols.name(stub)}_args"], PY_ARGS)
             m.hook_call(lambda _addr, box=mailbox, call=call: call(box), syms[f"{m.symbols.name(stub)}_lab"])
         self.owner: Any = None  # the Fprobes registry using the guest dispatch (fprobe.py)
+        self.batch: Any = None  # the lab's batched handlers (fprobe_batch.FprobeBatch), set by the lab
 
     def _entry(self, box) -> None:
         owner = self.owner
@@ -82,8 +84,14 @@ class FprobeCode:
     def descriptor(self, fp) -> int:
         """A new guest fprobe for fp (its handlers, its entry data's words, a zero nmissed)."""
         addr = self.m.alloc("lab data", GUEST_FPROBE.size, 64)
-        entry, entry_data = fp.guest_entry or ((self.python_entry, fp.id) if fp.entry_handler else (0, 0))
-        exit_, exit_data = fp.guest_exit or ((self.python_exit, fp.id) if fp.exit_handler else (0, 0))
+        # a batched fprobe's handlers record the hit (fprobe_batch.py); its data is its key
+        py_entry, py_exit, key = (
+            (self.batch.entry, self.batch.exit, fp._batch_key)
+            if fp.batched
+            else (self.python_entry, self.python_exit, fp.id)
+        )
+        entry, entry_data = fp.guest_entry or ((py_entry, key) if fp.entry_handler else (0, 0))
+        exit_, exit_data = fp.guest_exit or ((py_exit, key) if fp.exit_handler else (0, 0))
         words = -(-fp.entry_data_size // 8)
         self.m.write(addr, GUEST_FPROBE.codec.pack(fp.id, entry, entry_data, exit_, exit_data, words, 0))
         return addr

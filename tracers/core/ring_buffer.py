@@ -7,6 +7,11 @@ tracers/output/records.py).
 A full buffer makes the guest call ring_buffer_full. In `stream` mode the consumer drains it
 there and tracing goes on (nothing is lost); as the kernel's buffer without a reader, `overwrite`
 replaces the oldest records and `drop` refuses new ones, each counting what it lost.
+
+One user at a time holds the buffer (`claim` / `release`: the ring tracers while they trace
+through it, which share it as one group, probe events' guest path, batched fprobes while any is
+registered); claiming it while another user holds it is refused, so no user resets away, or
+mis-decodes, another's records.
 """
 
 from __future__ import annotations
@@ -49,8 +54,33 @@ class RingBuffer:
         self._data = m.view(self.base, self.bytes)
         m.hook_call(self._full, syms["ring_buffer_full"])
         self.mode, self.consumer, self.wrapped = "stream", None, False
+        self._holders: dict[str, str] = {}  # who holds the buffer (claim) -> the group it shares it with
         self._set(nr=nr_records, base=self.base, record_size=self.rec.size)
         self.reset("stream", None)
+
+    def claim(self, who: str, mode: str, consumer, record_size: int | None = None, group: str | None = None) -> None:
+        """Hold the buffer for `who` (its name in errors, e.g. "the function tracer"), emptied and
+        reset (reset's arguments). Users of one `group` share it (the function and function_graph
+        tracers write the same records for one consumer); a user with no group holds it alone.
+        Refused with a one-line error while a user outside the group holds it."""
+        group = group or who
+        other = next((w for w, g in self._holders.items() if g != group), None)
+        if other is not None:
+            raise FtlabError(f"{who} cannot use the ring buffer: {other} holds it (one user at a time)")
+        self.reset(mode, consumer, record_size)
+        self._holders[who] = group
+
+    def release(self, who: str) -> None:
+        """`who` no longer holds the buffer (its records drained already: release drains nothing)."""
+        self._holders.pop(who, None)
+
+    def holds(self, who: str) -> bool:
+        return who in self._holders
+
+    @property
+    def holder(self) -> str | None:
+        """Who holds the buffer (the first, where a group shares it), or None."""
+        return next(iter(self._holders), None)
 
     def _set(self, **values) -> None:
         for name, value in values.items():
@@ -115,13 +145,30 @@ class RingBuffer:
             ctl[LOST] += 1
 
     def drain(self) -> None:
-        """Hand the records written so far to the consumer, oldest first, and empty the buffer."""
+        """Hand the records written so far to the consumer, oldest first, and empty the buffer.
+        The buffer is emptied before the consumer runs, so records written while it runs (a
+        consumer that runs guest code) go into the empty buffer, after these."""
         ctl, size = self._ctl, self.rec.size
-        head = ctl[HEAD]
+        head, chunks = ctl[HEAD], []
         if self.wrapped:  # overwrite mode went round: the older part first
             ctl[OVERWRITTEN] += head  # the records the newest replaced
-            self.consumer(bytes(self._data[head * size :]))
+            chunks.append(bytes(self._data[head * size :]))
         if head:
-            self.consumer(bytes(self._data[: head * size]))
+            chunks.append(bytes(self._data[: head * size]))
         ctl[HEAD] = 0
         self.wrapped = False
+        for chunk in chunks:
+            self.consumer(chunk)
+
+
+def fields_macro(name: str, members: tuple[str, ...], record: str) -> str:
+    """`NAME fregs, rec`: guest code's copy of these ftrace_regs members into a record whose asm
+    constants are RECORD_REGS_*, one `record_field` (the arch's macros.S) each, generated from the
+    list its layout was made from, so the two cannot disagree."""
+    return (
+        f".macro {name} fregs, rec\n"
+        f"    .irp m, {', '.join(m.upper() for m in members)}\n"
+        f"    record_field \\fregs, \\rec, {record}, \\m\n"
+        "    .endr\n"
+        ".endm\n"
+    )

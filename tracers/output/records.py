@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from emulator.layout import Layout
 
-from ..core.ring_buffer import RECORD_HEADER
+from ..core.ring_buffer import RECORD_HEADER, fields_macro
 from ..kernel_version import MODELLED, KernelVersion
 
 REC_ENTRY, REC_EXIT = 1, 2  # the records' types: a function's entry, its exit
@@ -61,19 +61,6 @@ class Records:
         """`graph_exit_fields fregs, rec`: the guest code's copy of the exit's fields from the exit
         ftrace_regs into the exit record (fields_macro)."""
         return fields_macro("graph_exit_fields", self.exit_saved, "GRAPH_RET")
-
-
-def fields_macro(name: str, members: tuple[str, ...], record: str) -> str:
-    """`NAME fregs, rec`: guest code's copy of these ftrace_regs members into a record whose asm
-    constants are RECORD_REGS_*, one `record_field` (the arch's macros.S) each, generated from the
-    list its layout was made from, so the two cannot disagree."""
-    return (
-        f".macro {name} fregs, rec\n"
-        f"    .irp m, {', '.join(m.upper() for m in members)}\n"
-        f"    record_field \\fregs, \\rec, {record}, \\m\n"
-        "    .endr\n"
-        ".endm\n"
-    )
 
 
 _RECORDS: dict[tuple[str, tuple[str, ...]], Records] = {}
