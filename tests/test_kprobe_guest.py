@@ -249,10 +249,9 @@ def test_a_python_kprobe_hit_while_a_guest_one_runs_is_missed(arch):
 def test_p_sym_after_a_landing_pad(arch, variant, offset):
     """_kprobe_addr's on_func_entry: x86 moves `p SYM` past an ENDBR to the fentry site (a kprobe
     on ftrace, guest code); `p SYM+4` is that same site. arm64's BTI landing pad: `p SYM` is a
-    breakpoint (Python) and the events are the Python path's."""
-    specs = [f"p:a fib{offset} n=$arg1 s=$stack0"]
-    if arch == "arm64" and offset:
-        pytest.skip("on arm64 fib+4 is a patchable NOP's window")
+    breakpoint (Python), as is `p SYM+4` (the MOV X9, LR before the patchable NOP), and the events
+    are the Python path's."""
+    specs = [f"p:a fib{offset} n=%{{a0}} s=$stack0"]  # $argN: only at the entry, which arm64 does not move
     guest, tracer, lab = trace(arch, specs, [FIB], variant=variant)
     python, _, _ = trace(arch, specs, [FIB], ring=False, variant=variant)
     assert guest.events == python.events and guest.summary == python.summary and len(guest.events) == 109
@@ -291,3 +290,25 @@ def test_the_text_is_the_python_paths(arch, case):
             assert (tracer._guest is not None) == on_ftrace(lab)
             assert tracer._guest is None or (tracer._bulk is not None and tracer._decoder.kprobes)
     assert texts[0] == texts[1] and texts[0].count("\n           ftlab-1 ") > 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_the_python_kprobe_on_ftrace_takes_the_recursion_lock(arch):
+    """kprobe_ftrace_handler's ftrace_test_recursion_trylock(): with the normal-context bit and its
+    transition bit both held (a handler nested twice), the Python kprobe on ftrace returns at once,
+    counting nothing (recorded in recursed_functions); arm64's BRK kprobe takes no such lock."""
+    lab = Lab.open("funcs", arch)
+    ran = []
+    p = Kprobe("fib", 0, lambda p, regs: ran.append(1) or 0)
+    lab.kprobes.register(p)
+    recursion = lab.ftrace.recursion
+    held = 1 << recursion.FTRACE_START + recursion.CTX_NORMAL | 1 << recursion.FTRACE_START + recursion.CTX_TRANSITION
+    recursion.val = held
+    assert lab.call("fib", 1) == 1
+    recursion.val = 0
+    refused = lab.kprobes.points[p.addr].how == "ftrace"
+    assert refused == on_ftrace(lab)
+    assert (ran, p.nhit, p.nmissed) == (([], 0, 0) if refused else ([1], 1, 0))
+    assert (p.addr in recursion.recursed_functions) == refused
+    lab.call("fib", 1)
+    assert len(ran) == 1 + (not refused)

@@ -233,7 +233,7 @@ class Kprobes:
         that asks for a full pt_regs (x86's ftrace_regs_caller) instead of a breakpoint."""
         point.how = "ftrace"
         point.ftrace_ops = FtraceOps(
-            lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
+            lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, parent, fregs),
             OpsFlag.SAVE_REGS,
             name="kprobe",
             filter={point.addr},
@@ -275,12 +275,23 @@ class Kprobes:
                 if ops in self.ftrace.ops:  # the ops function ftrace calls, chosen again
                     self.ftrace.set_filter_ips(ops, {point.addr})
 
-    def _ftrace_hit(self, point: _Point, ip: int, fregs) -> None:
-        """kprobe_ftrace_handler (arch/x86/kernel/kprobes/ftrace.c, v6.17): ip as if a breakpoint
-        had hit, then as if the site's NOP ran, then the original ip back. The kernel takes
-        ftrace_test_recursion_trylock() around it; the lab's ftrace dispatch calls this ops, which
-        has no FTRACE_OPS_FL_RECURSION, unguarded, and its guest counterpart (kprobe_ftrace.S) takes
-        none either (guest code calls no traced function)."""
+    def _ftrace_hit(self, point: _Point, ip: int, parent_ip: int, fregs) -> None:
+        """kprobe_ftrace_handler (arch/x86/kernel/kprobes/ftrace.c, v6.17): under
+        ftrace_test_recursion_trylock() (a refused nesting returns, counting nothing), a hit while a
+        kprobe runs is missed; else ip as if a breakpoint had hit, then as if the site's NOP ran,
+        then the original ip back. Its guest counterpart (kprobe_ftrace.S) takes no trylock, as
+        fprobe.S's fprobe_ftrace_entry takes none where fprobe.py's does: guest code calls no traced
+        function (only a third nesting from Python handlers would tell them apart)."""
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
+            return
+        try:
+            self._ftrace_handle(point, ip, fregs)
+        finally:
+            recursion.unlock(bit)
+
+    def _ftrace_handle(self, point: _Point, ip: int, fregs) -> None:
         regs = fregs.ftrace_get_regs()
         if self.kprobe_running():
             for p in point.probes:

@@ -14,7 +14,7 @@
  * MCOUNT_INSN_SIZE (as if the 5-byte NOP had been stepped; these points have no post_handler), then
  * the original ip back; current_kprobe = NULL. No ftrace_test_recursion_trylock, as ops_list.S and
  * fprobe.S take none: guest code calls no traced function, so it would always be taken and given
- * back (the lab's Python kprobe_ftrace_handler takes none either).
+ * back (the lab's Python kprobe_ftrace_handler, kprobes.py, takes it, as fprobe.py does).
  * A pre_handler is called as handler(data rdi, ip rsi, 0 rdx, regs rcx) and may clobber rax, rcx,
  * rdx, rsi, rdi, r8-r11.
  * In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r8-r10 (rcx is kept).
