@@ -220,7 +220,6 @@ class ProbeEventTracer(Tracer):
         partial = lab.ftrace.uncaptured()
         fevents = [s for s in self.specs if s.kind == "f"]
         kprobes = [s for s in self.specs if s.kind == "p"]
-        on_ftrace = {self._kprobe_site(s) for s in kprobes}
         if (
             self.ring is False
             or self.verify
@@ -228,11 +227,11 @@ class ProbeEventTracer(Tracer):
             or self.write != self.emit
             or len(fevents) + len(kprobes) != len(self.specs)
             or (fevents and self.fprobes.code is None)
-            or None in on_ftrace
-            # an f entry's record holds ftrace_caller's fields; a kprobe there makes it ftrace_regs_caller's
-            or any(self._fprobe_site_unplanned(s, partial, on_ftrace) for s in fevents)
             or lab.probe_code.records.size(max(len(s.args) for s in self.specs), bool(kprobes)) > lab.ring_buffer.bytes
         ):
+            return None
+        on_ftrace = {self._kprobe_site(s) for s in kprobes}
+        if None in on_ftrace or any(self._fprobe_unrecordable(s, partial, on_ftrace) for s in fevents):
             return None
         entry = _where(lab.karch, lab.karch.ftrace_regs_saved, None)
         exit_saved = lab.karch.fgraph.exit_saved(lab.kernel)
@@ -250,7 +249,7 @@ class ProbeEventTracer(Tracer):
                 handlers.append(("save", i, entry_steps(spec.entry_args, entry)))
         return handlers
 
-    def _fprobe_site_unplanned(self, spec: ProbeSpec, partial, kprobes: set) -> bool:
+    def _fprobe_unrecordable(self, spec: ProbeSpec, partial, kprobes: set) -> bool:
         """An f event the guest records cannot show: at a site whose trampoline does not capture
         every member it stores (arm64 -pg), or an entry at a p event's site, where the kprobe makes
         the trampoline ftrace_regs_caller, whose pt_regs the Python path shows (the entry record
