@@ -35,6 +35,9 @@ PROBE_SPECS = (
     "f:e crc32_bitwise a=$arg1 s=$stack1 i=\\7 m=@fib:u8 h=+2($arg2):u16 w=+0($arg2):u32 q=+0(+0($arg2)):x64",
     "f:x crc32_bitwise%return $retval a=$arg2 st=$stack",
 )
+# kprobe_ftrace.S and probe_events.S's kprobe handler: a p event on an ftrace site, where the arch has
+# ftrace_regs_caller (KPROBES_ON_FTRACE), with the f events above
+KPROBE_SPECS = ("p:k fib n=$arg1 s=$stack0 b=+0($stack):u8 far=$stack2047",)
 
 
 def test_every_lab_source_is_round_tripped():
@@ -75,6 +78,9 @@ def _assembled(arch_name: str) -> dict:
         probed = Lab.open("funcs", arch_name, kernel=KernelVersion(6, 14))
         with ProbeEventTracer(probed, CountSink(), PROBE_SPECS) as tracer:
             assert tracer._guest is not None
+        if probed.ftrace.regs_caller is not None:
+            with ProbeEventTracer(probed, CountSink(), PROBE_SPECS + KPROBE_SPECS) as tracer:
+                assert tracer._guest is not None and probed.kprobes.code is not None
     return made
 
 

@@ -9,12 +9,14 @@ Each hit becomes an event whose fetchargs are evaluated against the snapshot the
 gave (pt_regs for kprobes and kretprobes, ftrace_regs for fprobes on fgraph): a register it did not
 capture reads as a fault, never as the emulator's value.
 
-Where every event is an fprobe's on the fgraph design and its fetchargs compile to guest programs
-(probe_events/program.py: no string, no $comm), with the counter clock (or insns where the machine
-counts natively), no verify mode and a ring buffer that holds one of their records, the hits run
-no Python: the guest fprobe dispatch
-(core/fprobe_guest.py) calls guest handlers (probe_code.py) that fetch into ring-buffer records,
-and Python decodes them in bulk into the same events (output/probe_records.py).
+Where every event is an fprobe's on the fgraph design, or a kprobe's on an ftrace site that is a
+kprobe on ftrace (KPROBES_ON_FTRACE: x86's ftrace_regs_caller; arm64's p events take the BRK
+exception, in Python), and its fetchargs compile to guest programs (probe_events/program.py: no
+string, no $comm), with the counter clock (or insns where the machine counts natively), no verify
+mode and a ring buffer that holds one of their records, the hits run no Python: the guest fprobe
+dispatch (core/fprobe_guest.py) and the guest kprobe_ftrace_handler (core/kprobe_guest.py) call
+guest handlers (probe_code.py) that fetch into ring-buffer records, and Python decodes them in bulk
+into the same events (output/probe_records.py).
 """
 
 from __future__ import annotations
@@ -118,6 +120,23 @@ def _where(karch, saved: tuple[str, ...], entry_args: tuple[int, ...] | None) ->
     )
 
 
+def _pt_regs_where(karch) -> Where:
+    """Where fetch steps find a kprobe pre_handler's registers: ftrace_regs_caller's pt_regs (the
+    members it captures, by their pt_regs offsets); $argN as regs_get_kernel_argument reads them (a
+    kprobe at a function's entry: the argument registers, then the stack above the return address);
+    $stack off regs->sp."""
+    layout, cpu = karch.pt_regs, karch.cpu
+    assert karch.regs_caller is not None  # only a kprobe on ftrace has this snapshot
+    return Where(
+        {m: layout.offsets[m] for m in karch.regs_caller.saved},
+        tuple(layout.offsets[r] for r in cpu.arg_regs),
+        cpu.sp,
+        cpu.ret_regs[0],
+        karch.ftrace_regs_stack_args,
+        None,
+    )
+
+
 def btf_protos(btf) -> dict[str, BtfProto] | None:
     """The lab's BTF (tracers.calls: the object's DWARF) as the probe parser takes it; None when
     the object has none, as a kernel without BTF."""
@@ -200,28 +219,53 @@ class ProbeEventTracer(Tracer):
         lab, m = self.lab, self.lab.machine
         clock = self.clock_name == "counter" or (self.clock_name == GuestInsnsClock.name and m.counts_natively)
         partial = lab.ftrace.uncaptured()
+        fevents = [s for s in self.specs if s.kind == "f"]
+        kprobes = [s for s in self.specs if s.kind == "p"]
         if (
             self.ring is False
             or self.verify
             or not clock
             or self.write != self.emit
-            or self.fprobes.code is None
-            or any(s.kind != "f" or lab.ftrace.site(s.symbol).ip in partial for s in self.specs)
-            or lab.probe_code.records.size(max(len(s.args) for s in self.specs)) > lab.ring_buffer.bytes
+            or len(fevents) + len(kprobes) != len(self.specs)
+            or (fevents and self.fprobes.code is None)
+            or lab.probe_code.records.size(max(len(s.args) for s in self.specs), bool(kprobes)) > lab.ring_buffer.bytes
         ):
+            return None
+        on_ftrace = {self._kprobe_site(s) for s in kprobes}
+        if None in on_ftrace or any(self._fprobe_unrecordable(s, partial, on_ftrace) for s in fevents):
             return None
         entry = _where(lab.karch, lab.karch.ftrace_regs_saved, None)
         exit_saved = lab.karch.fgraph.exit_saved(lab.kernel)
         handlers: list[tuple[str, int, list[Step]]] = []
         for i, spec in enumerate(self.specs):
-            where = _where(lab.karch, exit_saved, spec.entry_args) if spec.is_return else entry
+            if spec.kind == "p":
+                where = _pt_regs_where(lab.karch)
+            else:
+                where = _where(lab.karch, exit_saved, spec.entry_args) if spec.is_return else entry
             steps = compile_args(spec.args, where, m.address_of)
             if steps is None:
                 return None
-            handlers.append(("exit" if spec.is_return else "entry", i, steps))
+            handlers.append(("kprobe" if spec.kind == "p" else "exit" if spec.is_return else "entry", i, steps))
             if spec.entry_args:
                 handlers.append(("save", i, entry_steps(spec.entry_args, entry)))
         return handlers
+
+    def _fprobe_unrecordable(self, spec: ProbeSpec, partial, kprobes: set) -> bool:
+        """An f event the guest records cannot show: at a site whose trampoline does not capture
+        every member it stores (arm64 -pg), or an entry at a p event's site, where the kprobe makes
+        the trampoline ftrace_regs_caller, whose pt_regs the Python path shows (the entry record
+        holds ftrace_caller's fields)."""
+        ip = self.lab.ftrace.site(spec.symbol).ip
+        return ip in partial or (not spec.is_return and ip in kprobes)
+
+    def _kprobe_site(self, spec: ProbeSpec) -> int | None:
+        """A p event's probe address if its kprobe is a kprobe on ftrace (the address is an ftrace
+        site and the lab has ftrace_regs_caller: Kprobes.register makes it an ftrace_ops), else None."""
+        lab = self.lab
+        if lab.ftrace.regs_caller is None:
+            return None
+        addr = lab.kprobes.check(Kprobe(spec.symbol, spec.offset))
+        return addr if addr in lab.ftrace.by_ip else None
 
     def start(self) -> None:
         if self.verify:
@@ -232,6 +276,8 @@ class ProbeEventTracer(Tracer):
         for spec in self.specs:
             if spec.kind == "p":
                 p = Kprobe(spec.symbol, spec.offset, lambda p, regs, s=spec: self._entry(s, p.addr, regs))
+                if self._guest is not None:
+                    p.guest_pre = (self._guest["kprobe", self.specs.index(spec)], 0)
                 self.lab.kprobes.register(p)
                 self._probes.append(p)
             elif spec.kind == "r":

@@ -2,7 +2,10 @@
 tracers/arch/<arch>/probe_events.S and assembled after it: an entry or exit handler writes a
 record (output/probe_records.py) with the event's fetchargs compiled to straight-line code
 (probe_events/program.py); a return event whose fetchargs read $argN has an entry handler that
-saves those arguments (trace_fprobe_entry_handler)."""
+saves those arguments (trace_fprobe_entry_handler). Where the arch has ftrace_regs_caller, a p event
+on an ftrace site has a kprobe pre_handler (kprobe_dispatcher, kprobe_trace_func) that the guest
+kprobe_ftrace_handler calls (core/kprobe_guest.py), writing a kprobe record: its macros are only in
+the probe_events.S of such an arch."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class ProbeCode:
             "exit": ("fetch_store", self.records.exit.offsets["fetch"]),
             "save": ("fetch_save", 0),
         }
+        if self.records.kprobe is not None:
+            self._stores["kprobe"] = ("fetch_store", self.records.kprobe.offsets["fetch"])
         self._loaded: dict[str, dict[str, int]] = {}  # each handlers' text assembled, by the text
         self._table, self._table_size = 0, 0
 

@@ -95,15 +95,18 @@ def _record_rate(lab, n, tracer=FunctionTracer, clock: str = "counter") -> float
 
 # the issue's probe events: an fprobe's entry with an argument, and its exit with the return value
 PROBE_SPECS = ("f:a fib $arg1", "f:b fib%return $retval")
+# the entry event as a kprobe's: on fib's ftrace site, a kprobe on ftrace where the lab has
+# ftrace_regs_caller (x86_64's KPROBES_ON_FTRACE, in guest code); arm64's is a BRK, not measured
+KPROBE_SPECS = ("p:a fib $arg1",)
 
 
-def _probe_rates(lab, n, make_sink=None) -> tuple[float, float]:
-    """PROBE_SPECS' events/s on fib(n), into a sink make_sink() makes, or (none) recorded only,
+def _probe_rates(lab, n, make_sink=None, specs=PROBE_SPECS) -> tuple[float, float]:
+    """The specs' events/s on fib(n), into a sink make_sink() makes, or (none) recorded only,
     through the guest path's ring buffer without decoding; and that over the function tracer's
     recording (_record_rate), paired as _text_rates pairs them."""
     rates, ratios = [], []
     for _ in range(REPEAT):
-        tracer = ProbeEventTracer(lab, make_sink() if make_sink else CountSink(), PROBE_SPECS)
+        tracer = ProbeEventTracer(lab, make_sink() if make_sink else CountSink(), specs)
         count = None
         with tracer:
             if make_sink is None:
@@ -220,6 +223,8 @@ def measure(arch: str) -> dict:
     r["probe_events_text_per_s"], r["probe_events_text_vs_record"] = _probe_rates(
         lab, 23, lambda: TextSink(open(os.devnull, "w"), lab.machine.symbols)
     )
+    if lab.ftrace.regs_caller is not None:  # no key where p SYM is a breakpoint (arm64)
+        r["kprobe_events_per_s"], r["kprobe_events_record_vs_record"] = _probe_rates(lab, 23, specs=KPROBE_SPECS)
     with FunctionGraphTracer(lab, CountSink(), ring=False):
         graph = _timed(lambda: lab.call("fib", 18))
     r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
@@ -330,7 +335,9 @@ def bench(out, json_file: OutputFile | None = None) -> list[dict]:
         "alone, both fib(23) in this run);\n"
         "probe_events: -e 'f:a fib $arg1' -e 'f:b fib%return $retval' on fib(23), recorded through the\n"
         "guest path's ring buffer (record_vs_record) and as the kernel's text (text_vs_record), over\n"
-        "the function tracer's recording.\n\n"
+        "the function tracer's recording;\n"
+        "kprobe_events: -e 'p:a fib $arg1' as probe_events, a kprobe on fib's ftrace site in guest code\n"
+        "(x86_64 only: arm64's p SYM is a BRK kprobe, in Python).\n\n"
     )
     out.write(markdown(results))
     if json_file is not None:

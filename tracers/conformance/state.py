@@ -31,7 +31,7 @@ def left_behind(lab) -> list[str]:
         out.append("fgraph_ops still registered")
     if lab.rethook.task:
         out.append(f"{len(lab.rethook.task)} rethook instances not returned")
-    if lab.kprobes.running:
+    if lab.kprobes.kprobe_running():  # a Python handler's, or the guest kprobe_ftrace_handler's
         out.append("a kprobe still running (kprobe_ctlblk not reset)")
     if lab.kprobes.points:
         out.append(f"{len(lab.kprobes.points)} kprobe points still armed")

@@ -18,6 +18,7 @@ from emulator.asm import decode, disassemble
 from emulator.layout import Layout
 
 from .ftrace import FtraceOps, OpsFlag
+from .kprobe_guest import KprobeCode
 from .regs import PtRegs
 
 SLOT_SIZE = 32  # an x86 instruction (15 bytes at most) and its int3; arm64 8
@@ -27,15 +28,41 @@ REGS_ARG = TRAP_ARGS.index("regs")
 
 @dataclass(eq=False)
 class Kprobe:
-    """struct kprobe: pre_handler(p, regs) -> int, post_handler(p, regs, flags)."""
+    """struct kprobe: pre_handler(p, regs) -> int, post_handler(p, regs, flags). guest_pre: the
+    pre_handler in guest code too, (code, data), which a kprobe on an ftrace site runs without Python
+    when every probe there has one and none has a post_handler (kprobe_guest.py); the counts the
+    guest keeps are part of nhit and nmissed."""
 
     symbol: str
     offset: int = 0
     pre_handler: Callable[[Kprobe, PtRegs], int] | None = None
     post_handler: Callable[[Kprobe, PtRegs, int], None] | None = None
-    nmissed: int = 0
-    nhit: int = 0
+    _missed: int = 0  # counted in Python
+    _hits: int = 0
     addr: int = 0
+    guest_pre: tuple[int, int] | None = None
+    _desc: int = 0  # its guest kprobe, once it has been on a guest point
+    _guest_counts: Callable[[], tuple[int, int]] | None = None
+
+    def _guest(self, i: int) -> int:
+        return self._guest_counts()[i] if self._guest_counts else 0
+
+    @property
+    def nmissed(self) -> int:
+        """The misses counted in Python and by the guest kprobe_ftrace_handler."""
+        return self._missed + self._guest(1)
+
+    @nmissed.setter
+    def nmissed(self, value: int) -> None:
+        self._missed = value - self._guest(1)
+
+    @property
+    def nhit(self) -> int:
+        return self._hits + self._guest(0)
+
+    @nhit.setter
+    def nhit(self, value: int) -> None:
+        self._hits = value - self._guest(0)
 
 
 @dataclass(eq=False)
@@ -59,6 +86,7 @@ class _Running:
     point: _Point
     reentered: bool
     saved_irq: int = 0
+    outer: int = 0  # the guest's current_kprobe before this (non-zero: a guest handler's point)
 
 
 class Kprobes:
@@ -77,6 +105,7 @@ class Kprobes:
         self.points: dict[int, _Point] = {}
         self.trailers: dict[int, _Point] = {}  # slot breakpoint address -> its point
         self.running: list[_Running] = []
+        self.code: KprobeCode | None = None  # kprobe_ftrace.S, loaded for the first guest point
         # a probe's snapshot stands at its point; on an ftrace site, the ftrace dispatch takes the truth
         self.verify = ftrace.verify
         self.verify.add(self, "kprobes", self.points.keys)
@@ -91,6 +120,8 @@ class Kprobes:
             if any(q is p for q in point.probes):
                 raise FtlabError(f"kprobe at {p.symbol}+{p.offset:#x} is already registered")
             point.probes.append(p)
+            if point.how == "ftrace":
+                self._publish()
             return
         point = self.points[p.addr] = _Point(p.addr, [p])
         if p.addr in self.ftrace.by_ip:
@@ -115,10 +146,13 @@ class Kprobes:
             raise FtlabError(f"kprobe at {p.symbol}+{p.offset:#x} is not registered")
         point.probes = [q for q in point.probes if q is not p]
         if point.probes:
+            if point.how == "ftrace":
+                self._publish()
             return
         del self.points[p.addr]
         if point.how == "ftrace":
             self.ftrace.unregister(point.ftrace_ops)
+            self._publish()
             return
         self.m.patch(p.addr, self.ops.BREAKPOINT, point.opcode)  # disarm: the original bytes
         if point.slot is not None:
@@ -129,8 +163,30 @@ class Kprobes:
         """The call under way was abandoned (a fault in a slot, a handler's error): the probes it was
         handling are over, as kprobe_fault_handler ends the one whose step faulted (reset_current_kprobe,
         or restore_previous_kprobe when reentered: arch/x86/kernel/kprobes/core.c, torvalds/linux
-        59ab55f0aa9f). Else every later hit would count as reentered (nmissed)."""
+        59ab55f0aa9f). Else every later hit would count as reentered (nmissed). A guest handler
+        the call was in is over too: current_kprobe is cleared."""
         self.running.clear()
+        if self.code is not None:
+            self.code.current = 0
+
+    def kprobe_running(self) -> bool:
+        """kprobe_running(): current_kprobe is set, by a Python handler here or by the guest
+        kprobe_ftrace_handler (kprobe_guest.py), whose word the Python side keeps too."""
+        return bool(self.running) or (self.code is not None and self.code.current != 0)
+
+    def _enter(self, point: _Point, reentered: bool) -> None:
+        """current_kprobe = p (set_current_kprobe; a reentered hit's save_previous_kprobe), in the
+        guest's word too."""
+        run = _Running(point, reentered)
+        if self.code is not None:
+            run.outer, self.code.current = self.code.current, point.addr
+        self.running.append(run)
+
+    def _leave(self) -> None:
+        """The point's handling is over: current_kprobe as it was before it."""
+        run = self.running.pop()
+        if self.code is not None:
+            self.code.current = run.outer
 
     def check(self, p: Kprobe) -> int:
         """The probe's address, or FtlabError saying why it cannot be probed there."""
@@ -177,31 +233,81 @@ class Kprobes:
         that asks for a full pt_regs (x86's ftrace_regs_caller) instead of a breakpoint."""
         point.how = "ftrace"
         point.ftrace_ops = FtraceOps(
-            lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, fregs),
+            lambda ip, parent, op, fregs: self._ftrace_hit(point, ip, parent, fregs),
             OpsFlag.SAVE_REGS,
             name="kprobe",
             filter={point.addr},
         )
+        self._publish()
         self.ftrace.register(point.ftrace_ops)
 
-    def _ftrace_hit(self, point: _Point, ip: int, fregs) -> None:
-        """kprobe_ftrace_handler: ip as if a breakpoint had hit, then as if the site's NOP ran."""
+    def _guest_point(self, point: _Point) -> bool:
+        """A kprobe on an ftrace site handled in guest code: every probe there has a guest
+        pre_handler and no post_handler (which only Python runs)."""
+        return point.how == "ftrace" and all(p.guest_pre is not None and p.post_handler is None for p in point.probes)
+
+    def _publish(self) -> None:
+        """The guest points' table (kprobe_guest.py; loaded with the first guest point), and each
+        ftrace point's ops function in guest code: the guest kprobe_ftrace_handler on a guest point,
+        else none (the Python dispatch calls _ftrace_hit)."""
+        guest = {addr: point for addr, point in self.points.items() if self._guest_point(point)}
+        if guest and self.code is None:
+            self.code = KprobeCode(self.ftrace, len(self.ops.BREAKPOINT))
+            if self.running:
+                self.code.current = self.running[-1].point.addr
+        code = self.code
+        if code is None:
+            return
+        for point in guest.values():
+            for p in point.probes:
+                if not p._desc:
+                    p._desc = desc = code.descriptor()
+                    p._guest_counts = lambda desc=desc: code.counts(desc)
+                code.set_handler(p._desc, *(p.guest_pre or (0, 0)))
+        code.publish({addr: [p._desc for p in point.probes] for addr, point in guest.items()})
+        for point in self.points.values():
+            ops = point.ftrace_ops
+            if ops is None:
+                continue
+            want = code.handler if point.addr in guest else None
+            if ops.guest_func != want:
+                ops.guest_func = want
+                if ops in self.ftrace.ops:  # the ops function ftrace calls, chosen again
+                    self.ftrace.set_filter_ips(ops, {point.addr})
+
+    def _ftrace_hit(self, point: _Point, ip: int, parent_ip: int, fregs) -> None:
+        """kprobe_ftrace_handler (arch/x86/kernel/kprobes/ftrace.c, v6.17): under
+        ftrace_test_recursion_trylock() (a refused nesting returns, counting nothing), a hit while a
+        kprobe runs is missed; else ip as if a breakpoint had hit, then as if the site's NOP ran,
+        then the original ip back. Its guest counterpart (kprobe_ftrace.S) takes no trylock, as
+        fprobe.S's fprobe_ftrace_entry takes none where fprobe.py's does: guest code calls no traced
+        function (only a third nesting from Python handlers would tell them apart)."""
+        recursion = self.ftrace.recursion
+        bit = recursion.trylock(ip, parent_ip, recursion.FTRACE_START)
+        if bit < 0:
+            return
+        try:
+            self._ftrace_handle(point, ip, fregs)
+        finally:
+            recursion.unlock(bit)
+
+    def _ftrace_handle(self, point: _Point, ip: int, fregs) -> None:
         regs = fregs.ftrace_get_regs()
-        if self.running:
+        if self.kprobe_running():
             for p in point.probes:
                 p.nmissed += 1
             return
         orig = regs.instruction_pointer()
         regs.meaning = {**regs.meaning, self.m.arch.pc: ip + self.ops.TRAP_IP_OFFSET} if regs.truth else {}
         regs.instruction_pointer_set(ip + self.ops.TRAP_IP_OFFSET)
-        self.running.append(_Running(point, False))
+        self._enter(point, False)
         try:
             if not self._pre_handlers(point, regs):
                 regs.instruction_pointer_set(ip + self.karch.sites.size)
                 self._post_handlers(point, regs)
                 regs.instruction_pointer_set(orig)
         finally:
-            self.running.pop()
+            self._leave()
 
     def _pre_handlers(self, point: _Point, regs: PtRegs) -> bool:
         """Every probe's pre_handler (aggregate_pre_handler); True if one moved the ip."""
@@ -236,14 +342,14 @@ class Kprobes:
         raise GuestFault(f"guest fault: a breakpoint no kprobe owns at {m.where(trap)}")
 
     def _hit(self, point: _Point, regs: PtRegs) -> None:
-        if self.running:  # reentered from a handler: count and step
+        if self.kprobe_running():  # reentered from a handler (here or the guest's): count and step
             for p in point.probes:
                 p.nmissed += 1
-            self.running.append(_Running(point, True))
+            self._enter(point, True)
             return self._step(point, regs)
-        self.running.append(_Running(point, False))
+        self._enter(point, False)
         if self._pre_handlers(point, regs):
-            self.running.pop()  # a handler moved the ip: no single-step
+            self._leave()  # a handler moved the ip: no single-step
             return
         self._step(point, regs)
 
@@ -270,4 +376,4 @@ class Kprobes:
             if not run.reentered:
                 self._post_handlers(run.point, regs)
         finally:
-            self.running.pop()
+            self._leave()

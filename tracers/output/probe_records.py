@@ -1,12 +1,14 @@
 """Probe events' ring-buffer records, for events whose fetchargs guest code fetched (the kernel's
-trace_fprobe.c fentry_trace_func / fexit_trace_func and store_trace_args): declared once here, for
-the guest handlers' asm constants and for the decoder that turns them back into the events the
-Python path makes.
+trace_fprobe.c fentry_trace_func / fexit_trace_func, trace_kprobe.c kprobe_trace_func, and
+store_trace_args): declared once here, for the guest handlers' asm constants and for the decoder
+that turns them back into the events the Python path makes.
 
-Each record holds the event (the spec's index), the function and where it returns, which fetches
-faulted (a bit each), the CPU's flags word (for irqs-off), the ftrace_regs fields the handler was
-given, then one word per fetcharg: as loaded, before the
-type's truncation, which decoding applies. The fetch words come last, so a trace's records are
+Each record holds the event (the spec's index), the function (a kprobe's: its probe address,
+kprobe_trace_func's entry->ip = tk->rp.kp.addr) and where it returns (at an entry, the word at the
+stack pointer), which fetches faulted (a bit each), the CPU's flags word (for irqs-off), the
+ftrace_regs fields the handler was given (a kprobe's: the pt_regs fields ftrace_regs_caller
+captured, as the pre_handler saw them, regs->ip the probe + 1), then one word per fetcharg: as
+loaded, before the type's truncation, which decoding applies. The fetch words come last, so a trace's records are
 as long as its events need (RingBuffer.reset's record_size) and the guest code's offsets do not
 depend on how many there are."""
 
@@ -25,7 +27,7 @@ from ..probe_events.spec import U64, _convert
 from .events import NR_ARGS, Event
 from .records import EVENT_RECORD, REC_EVENT, fields_macro
 
-REC_PROBE_ENTRY, REC_PROBE_EXIT = 4, 5
+REC_PROBE_ENTRY, REC_PROBE_EXIT, REC_PROBE_KPROBE = 4, 5, 6
 HEAD = ("event", "ip", "parent", "faults", "flags")
 _FIELDS = RECORD_HEADER.nr_words + len(HEAD)  # where the ftrace_regs fields begin
 WORDS = dict(zip(HEAD, range(RECORD_HEADER.nr_words, _FIELDS), strict=True))  # each HEAD field's word
@@ -37,41 +39,60 @@ class ProbeRecords:
     exit: Layout  # ..., the exit's ftrace_regs fields, fetch
     saved: tuple[str, ...]
     exit_saved: tuple[str, ...]
+    # a kprobe on an ftrace site's pre_handler: ..., the pt_regs fields, fetch; None where the arch
+    # has no ftrace_regs_caller (no KPROBES_ON_FTRACE: its kprobes keep the Python path)
+    kprobe: Layout | None = None
+    kprobe_saved: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, karch, kernel: KernelVersion = MODELLED) -> ProbeRecords:
         saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved(kernel)
-        regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved)]
+        kprobe_saved = karch.regs_caller.saved if karch.regs_caller is not None else ()
+        regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved, kprobe_saved)]
         return cls(
             RECORD_HEADER.extend("probe entry record", (*HEAD, *regs[0], "fetch")),
             RECORD_HEADER.extend("probe exit record", (*HEAD, *regs[1], "fetch")),
             saved,
             exit_saved,
+            RECORD_HEADER.extend("probe kprobe record", (*HEAD, *regs[2], "fetch")) if kprobe_saved else None,
+            kprobe_saved,
         )
 
-    def size(self, nr_fetch: int) -> int:
-        """A record's bytes, with room for nr_fetch fetched words."""
-        return max(self.entry.size, self.exit.size) + 8 * (nr_fetch - 1)
+    def size(self, nr_fetch: int, kprobes: bool = False) -> int:
+        """A record's bytes, with room for nr_fetch fetched words (and for a kprobe's pt_regs)."""
+        layouts = [self.entry, self.exit] + ([self.kprobe] if kprobes and self.kprobe is not None else [])
+        return max(layout.size for layout in layouts) + 8 * (nr_fetch - 1)
 
     def asm_constants(self) -> dict[str, int]:
+        kprobe = (
+            {}
+            if self.kprobe is None
+            else {**self.kprobe.asm_constants("PROBE_KP_"), "REC_PROBE_KPROBE": REC_PROBE_KPROBE}
+        )
         return {
             **self.entry.asm_constants("PROBE_ENT_"),
             **self.exit.asm_constants("PROBE_RET_"),
             "REC_PROBE_ENTRY": REC_PROBE_ENTRY,
             "REC_PROBE_EXIT": REC_PROBE_EXIT,
+            **kprobe,
         }
 
     def asm_macros(self) -> str:
         """`probe_entry_fields fregs, rec` and `probe_exit_fields fregs, rec`: the copy of each
-        record's ftrace_regs fields (records.fields_macro)."""
-        return fields_macro("probe_entry_fields", self.saved, "PROBE_ENT") + fields_macro(
-            "probe_exit_fields", self.exit_saved, "PROBE_RET"
+        record's ftrace_regs fields (records.fields_macro); `probe_kprobe_fields regs, rec`, the
+        pt_regs fields, where there is a kprobe record."""
+        kprobe = "" if self.kprobe is None else fields_macro("probe_kprobe_fields", self.kprobe_saved, "PROBE_KP")
+        return (
+            fields_macro("probe_entry_fields", self.saved, "PROBE_ENT")
+            + fields_macro("probe_exit_fields", self.exit_saved, "PROBE_RET")
+            + kprobe
         )
 
 
 class ProbeDecoder:
     """The guest handlers' records as the events ProbeEventTracer's Python path makes: `specs` by
-    event index; `symbolize` gives a symbol type's %pS text; `irqs_masked` reads the flags word."""
+    event index; `symbolize` gives a symbol type's %pS text; `irqs_masked` reads the flags word;
+    `mechanism` names the entry and exit records' events (a kprobe record's is "kprobe")."""
 
     def __init__(self, karch, kernel: KernelVersion, specs: list[ProbeSpec], symbolize, irqs_masked, mechanism: str):
         self.layouts = ProbeRecords.of(karch, kernel)
@@ -87,11 +108,19 @@ class ProbeDecoder:
         ret = members[karch.cpu.ret_regs[0]]
         self.ret = self.exit_saved.index(ret)
         # the trace's records, as long as its events' fetches need; where each type's fetch words begin
-        self.rec = struct.Struct(f"<{self.layouts.size(max((len(s.args) for s in specs), default=0)) // 8}Q")
+        # kprobe records (pt_regs from ftrace_regs_caller), when the trace has p events
+        self.kprobes = any(s.kind == "p" for s in specs) and self.layouts.kprobe is not None
+        self.kprobe_saved = self.layouts.kprobe_saved
+        self.missing_kp = tuple(missing_registers(karch, self.kprobe_saved))
+        self.kp_args = [self.kprobe_saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS] if r in self.kprobe_saved]
+        nr_fetch = max((len(s.args) for s in specs), default=0)
+        self.rec = struct.Struct(f"<{self.layouts.size(nr_fetch, self.kprobes) // 8}Q")
         self.fetch_at = {
             REC_PROBE_ENTRY: _FIELDS + len(self.saved),
             REC_PROBE_EXIT: _FIELDS + len(self.exit_saved),
         }
+        if self.kprobes:
+            self.fetch_at[REC_PROBE_KPROBE] = _FIELDS + len(self.kprobe_saved)
 
     def events(self, chunk: bytes, pending: dict):
         """The events of a chunk of records; a REC_EVENT record's is in `pending`, by its key (an
@@ -101,8 +130,33 @@ class ProbeDecoder:
         saved, exit_saved, args_at, ret = self.saved, self.exit_saved, self.args, self.ret
         missing_in, missing_out, key = self.missing_in, self.missing_out, EVENT_RECORD.index("key")
         fetch_in = self.fetch_at[REC_PROBE_ENTRY]
+        fetch_kp = self.fetch_at.get(REC_PROBE_KPROBE, 0)
+        kp_saved, kp_args, missing_kp = self.kprobe_saved, self.kp_args, self.missing_kp
         for w in self.rec.iter_unpack(chunk):
             kind = w[0]
+            if kind == REC_PROBE_KPROBE:
+                # kprobe_trace_func: a pre_handler's event, as the Python path's _entry makes it: its
+                # probe address, the caller only at a function's entry (offset 0), the pt_regs
+                # ftrace_regs_caller captured, regs_get_kernel_argument's arguments
+                fields = w[_FIELDS:fetch_kp]
+                spec = specs[w[2]]
+                counts[w[2]] += 1
+                yield Event(
+                    "kprobe",
+                    "entry",
+                    w[3],
+                    w[4] if spec.offset == 0 else None,
+                    0,
+                    w[1],
+                    tuple(fields[i] for i in kp_args),
+                    "pt_regs",
+                    dict(zip(kp_saved, fields, strict=True)),
+                    missing_kp,
+                    probe=spec,
+                    fetch=tuple(zip(spec.args, self.values(spec, w), strict=True)),
+                    irqs_off=masked(w[6]),
+                )
+                continue
             if kind == REC_PROBE_ENTRY:
                 fields = w[_FIELDS:fetch_in]
                 regs, missing, args, retval, type_ = (

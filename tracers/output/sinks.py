@@ -117,8 +117,10 @@ class TextSink:
         """Probe events' lines for a chunk of the guest handlers' records (a ProbeDecoder's), in C
         where that was built at install, else `probe_lines`: the text `event` writes, no Event
         each, but for a Python handler's event (a REC_EVENT record), which each(record) writes in
-        its place. Counts each line's event in decoder.counts; returns the entries and exits."""
-        if native_text.LIB is None:
+        its place. Counts each line's event in decoder.counts; returns the entries and exits. The C
+        formatter knows the entry and exit records only: a trace with kprobe records (p events on
+        ftrace sites) takes `probe_lines`, in bulk all the same."""
+        if native_text.LIB is None or decoder.kprobes:
             return self.probe_lines(chunk, decoder, each)
         if self._probe is None:
             contexts, heads = self._probe_texts(decoder)

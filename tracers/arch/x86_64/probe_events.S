@@ -1,6 +1,7 @@
 /*
  * Probe events' handlers for x86_64 in guest code (kernel/trace/trace_fprobe.c fentry_trace_func,
- * fexit_trace_func, trace_fprobe_entry_handler; trace_probe_tmpl.h process_fetch_insn): the
+ * fexit_trace_func, trace_fprobe_entry_handler; trace_kprobe.c kprobe_trace_func;
+ * trace_probe_tmpl.h process_fetch_insn): the
  * macros each event's handler is written in, and what they call. tracers/builtin/probe_code.py
  * writes one handler per event from its fetch steps (tracers/probe_events/program.py) and
  * assembles them after this file; each hit writes one record (tracers/output/probe_records.py).
@@ -56,6 +57,35 @@
     mov qword ptr [rdi+PROBE_RET_TYPE], REC_PROBE_EXIT        // committed
 \done:
     xor eax, eax
+    ret
+.endm
+
+/* A p event's pre_handler on an ftrace site (trace_kprobe.c kprobe_dispatcher -> kprobe_trace_func),
+ * which the guest kprobe_ftrace_handler (kprobe_ftrace.S) calls as handler(data rdi, ip rsi,
+ * 0 rdx, regs rcx): regs is ftrace_regs_caller's full pt_regs, regs->ip the probe + 1. The record's
+ * ip is the probe address (entry->ip = tk->rp.kp.addr), its parent the word at regs->sp (the
+ * return address, which decoding keeps at offset 0 only), then the pt_regs fields. */
+.macro probe_kprobe_begin event, done
+    call rb_reserve
+    test rax, rax
+    jz \done
+    mov rdi, rax
+    mov qword ptr [rdi+PROBE_KP_EVENT], \event
+    mov [rdi+PROBE_KP_IP], rsi
+    mov r11, [rcx+RSP]
+    mov r11, [r11]
+    mov [rdi+PROBE_KP_PARENT], r11
+    pushfq
+    pop qword ptr [rdi+PROBE_KP_FLAGS]
+    probe_kprobe_fields rcx, rdi
+    xor r9d, r9d
+.endm
+
+.macro probe_kprobe_end done
+    mov [rdi+PROBE_KP_FAULTS], r9
+    mov qword ptr [rdi+PROBE_KP_TYPE], REC_PROBE_KPROBE    // committed
+\done:
+    xor eax, eax                        // 0: kprobe_dispatcher's pre_handler never skips the step
     ret
 .endm
 
