@@ -162,6 +162,26 @@ def test_pre_handler_changing_the_ip_skips_the_step(lab):
     assert p.nhit == 2
 
 
+def test_a_pre_handler_moving_the_ip_stops_the_probes_after_it(lab):
+    """aggr_pre_handler (kernel/kprobes.c, v6.18) returns at the first non-zero pre_handler: the
+    probes after it on the address neither run nor count a hit, and no post_handler runs."""
+    off = 5 if lab.arch.name == "x86_64" else 0
+    ran = []
+
+    def inject(p, regs):
+        ran.append("inject")
+        regs.set_reg(lab.arch.ret_regs[0], 42)
+        regs.override_function_with_return()
+        return 1
+
+    first = Kprobe("chain_c", off, inject, lambda p, regs, f: pytest.fail("post_handler after a skip"))
+    after = Kprobe("chain_c", off, lambda p, regs: ran.append("after") and 0)
+    lab.kprobes.register(first)
+    lab.kprobes.register(after)
+    assert lab.call("chain_a", 10) == 2 * 42 + 42
+    assert ran == ["inject", "inject"] and (first.nhit, after.nhit) == (2, 0)
+
+
 # -- lib/tests/test_kprobes.c ----------------------------------------------------------------------
 
 RAND1 = 0x1234567

@@ -310,13 +310,13 @@ class Kprobes:
             self._leave()
 
     def _pre_handlers(self, point: _Point, regs: PtRegs) -> bool:
-        """Every probe's pre_handler (aggregate_pre_handler); True if one moved the ip."""
-        skip = False
+        """aggr_pre_handler (kernel/kprobes.c, v6.18): each probe's pre_handler in turn until one
+        returns non-zero (it moved the ip): True then, and the probes after it do not run."""
         for p in list(point.probes):
             p.nhit += 1
             if p.pre_handler and p.pre_handler(p, regs):
-                skip = True
-        return skip
+                return True
+        return False
 
     def _post_handlers(self, point: _Point, regs: PtRegs) -> None:
         for p in list(point.probes):

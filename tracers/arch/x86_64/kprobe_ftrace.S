@@ -9,8 +9,8 @@
  *
  * As the kernel: get_kprobe(ip) (the point's guest kprobes, by an ip table); kprobe_running():
  * kprobes_inc_nmissed_count(p), each probe of the point; else regs->ip = ip + sizeof(kprobe_opcode_t)
- * (as if the int3 had trapped), current_kprobe = p, each pre_handler (aggr_pre_handler, the lab's
- * Kprobes._pre_handlers: each runs and counts nhit); if none returned non-zero, regs->ip = ip +
+ * (as if the int3 had trapped), current_kprobe = p, each pre_handler until one returns non-zero
+ * (aggr_pre_handler, the lab's Kprobes._pre_handlers; each run counts nhit); if none did, regs->ip = ip +
  * MCOUNT_INSN_SIZE (as if the 5-byte NOP had been stepped; these points have no post_handler), then
  * the original ip back; current_kprobe = NULL. No ftrace_test_recursion_trylock, as ops_list.S and
  * fprobe.S take none: guest code calls no traced function, so it would always be taken and given
@@ -29,7 +29,6 @@
 .globl kprobe_ftrace_handler
 kprobe_ftrace_handler:
     push rbx
-    push rbp
     push r12
     push r13
     push r14
@@ -50,7 +49,6 @@ kprobe_ftrace_handler:
     lea rax, [r12+KPROBE_OPCODE_SIZE]
     mov [r13+RIP], rax                  // as if the breakpoint had hit
     xor r15d, r15d
-    xor ebp, ebp                        // a pre_handler's non-zero return, ored
 kpf_next:
     cmp r15, [rbx+KPROBE_AT_NR]
     jae kpf_done
@@ -62,11 +60,10 @@ kpf_next:
     xor edx, edx
     mov rcx, r13
     call qword ptr [rax+GKP_PRE]
-    or rbp, rax
-    jmp kpf_next
+    test rax, rax
+    jz kpf_next
+    jmp kpf_clear                       // a pre_handler changed regs->ip: no single-step emulated
 kpf_done:
-    test rbp, rbp
-    jnz kpf_clear                       // a pre_handler changed regs->ip: no single-step emulated
     lea rax, [r12+MCOUNT_INSN_SIZE]
     mov [r13+RIP], rax                  // as if the NOP had been stepped (for post handlers: none)
     mov [r13+RIP], r14                  // the original ip back
@@ -90,7 +87,6 @@ kpf_out:
     pop r14
     pop r13
     pop r12
-    pop rbp
     pop rbx
     ret
 
