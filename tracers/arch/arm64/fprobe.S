@@ -4,12 +4,13 @@
  * fprobe_ftrace_entry as fprobe_ftrace_ops' function. The tables are tracers/core/fprobe_guest.py's;
  * the shadow-stack words are fgraph.py's, pushed as its Python path pushes them.
  * Handlers are called as handler(data x0, ip x1, ret_ip x2, fregs x3, entry_data x4) and may
- * clobber x0-x17. Each function here keeps x0-x3 and the callee-saved registers.
+ * clobber x0-x17. Each function here keeps the callee-saved registers, as C code does;
+ * fprobe_return keeps x0-x3 too, which the Python path's return leaves as they were.
  */
 
 .include "macros.S"
 
-/* Save the callee-saved registers these functions use, and x0-x3. */
+/* fprobe_return's frame: the callee-saved registers it uses, and x0-x3. */
 .macro fprobe_frame_push
     stp x29, x30, [sp, #-112]!
     mov x29, sp
@@ -45,15 +46,21 @@
  * x3 = fregs. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
-    fprobe_frame_push
+    stp x29, x30, [sp, #-80]!
+    mov x29, sp
+    stp x19, x21, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    str x27, [sp, #64]
+    mov x19, x0                         // ip
     mov x21, x3                         // fregs
-    ldr x22, fp_control
-    ldr x23, [x22, #FPC_FGRAPH]         // fgraph's task state
+    ldr x9, fp_control
+    ldr x23, [x9, #FPC_FGRAPH]          // fgraph's task state
     ldr x24, [x23, #FG_CURR]            // where the frame goes
-    add x9, x24, #FG_FRAME_WORDS+1
-    cmp x9, #FG_MAX_OFFSET
+    add x10, x24, #FG_FRAME_WORDS+1
+    cmp x10, #FG_MAX_OFFSET
     b.hs fpe_overrun
-    ldr x9, [x22, #FPC_GRAPH_IPS]
+    ldr x9, [x9, #FPC_GRAPH_IPS]
     ip_table_find fpe_out, fpe_find
     mov x25, x9                         // the fprobes on ip
     ldr x10, [x23, #FG_STACK]
@@ -70,8 +77,9 @@ fprobe_fgraph_entry:
     ldr x11, [x23, #FG_DEPTH]
     add x11, x11, #1
     str x11, [x23, #FG_DEPTH]
+    mov x27, #0
     ldr x9, [x25, #FPROBE_AT_NEED]
-    cbz x9, fpe_handlers
+    cbz x9, fpe_next
     cmp x9, #FGRAPH_MAX_DATA_SIZE
     b.hi fpe_missed                     // fgraph_reserve_data refuses it
     add x10, x24, x9, lsr #3
@@ -81,39 +89,39 @@ fprobe_fgraph_entry:
     str x10, [x23, #FG_CURR]            // reserved: the data, then its header
     ldr x11, [x25, #FPROBE_AT_HEADER]
     str x11, [x26, x9]
-fpe_handlers:
-    mov x27, #0
 fpe_next:
     ldr x9, [x25, #FPROBE_AT_NR]
     cmp x27, x9
     b.hs fpe_done
     add x9, x25, #FPROBE_AT_SIZE
-    ldr x28, [x9, x27, lsl #3]          // the guest fprobe
-    add x27, x27, #1
-    mov x4, #0                          // entry_data: for an exit with data, after its header
-    ldr x9, [x28, #GFP_EXIT]
-    cbz x9, fpe_entry
-    ldr x9, [x28, #GFP_WORDS]
-    cbz x9, fpe_entry
-    add x4, x26, #8
-fpe_entry:
-    ldr x9, [x28, #GFP_ENTRY]
-    cbz x9, fpe_exit
-    ldr x0, [x28, #GFP_ENTRY_DATA]
+    ldr x9, [x9, x27, lsl #3]           // the guest fprobe
+    ldr x10, [x9, #GFP_ENTRY]
+    cbz x10, fpe_exit
+    ldr x11, [x9, #GFP_EXIT]
+    ldr x13, [x9, #GFP_WORDS]
+    cmp x13, #0
+    ccmp x11, #0, #4, ne                // Z: no exit, or no data
+    add x4, x26, #8                     // entry_data: for an exit with data, after its header
+    csel x4, xzr, x4, eq
+    ldr x0, [x9, #GFP_ENTRY_DATA]
     mov x1, x19
     ldr x2, [x21, #FREGS_LR]            // ret_ip: ftrace_regs_get_return_address
     mov x3, x21
-    blr x9
-    cbnz x0, fpe_next                   // non-zero: skip the exit (not counted as missed)
+    blr x10
+    cbnz x0, fpe_skip                   // non-zero: skip the exit (not counted as missed)
+    add x9, x25, #FPROBE_AT_SIZE
+    ldr x9, [x9, x27, lsl #3]
 fpe_exit:
-    ldr x9, [x28, #GFP_EXIT]
-    cbz x9, fpe_next
-    ldr x9, [x28, #GFP_WORDS]
-    ldr x10, [x28, #GFP_ID]
-    orr x10, x10, x9, lsl #60
-    str x10, [x26]                      // its header
-    add x26, x26, x9, lsl #3
+    ldr x10, [x9, #GFP_EXIT]
+    cbz x10, fpe_skip
+    ldr x10, [x9, #GFP_WORDS]
+    ldr x11, [x9, #GFP_ID]
+    orr x11, x11, x10, lsl #60
+    str x11, [x26]                      // its header
+    add x26, x26, x10, lsl #3
     add x26, x26, #8
+fpe_skip:
+    add x27, x27, #1
     b fpe_next
 fpe_done:
     ldr x10, [x23, #FG_STACK]
@@ -125,33 +133,37 @@ fpe_done:
     add x11, x11, x9
     sub x11, x11, x26
     lsr x11, x11, #3
-    mov x12, x26
-fpe_clear:
-    cbz x11, fpe_cleared
-    strb wzr, [x12], #1
-    sub x11, x11, #1
-    b fpe_clear
+    cbnz x11, fpe_clear
 fpe_cleared:
     cmp x26, x9
     b.eq fpe_pop                        // no exit to run: the frame goes again
-    ldr x11, [x22, #FPC_BITMAP]
+    ldr x11, fp_control
+    ldr x11, [x11, #FPC_BITMAP]
     stur x11, [x9, #-8]                 // the reserved word becomes the bitmap
     ldr x11, [x23, #FG_RETURN_TO_HANDLER]
     str x11, [x21, #FREGS_LR]           // hook the return: lr in fregs
-    b fpe_out
+fpe_out:
+    ldr x27, [sp, #64]
+    ldp x25, x26, [sp, #48]
+    ldp x23, x24, [sp, #32]
+    ldp x19, x21, [sp, #16]
+    ldp x29, x30, [sp], #80
+    ret
+fpe_clear:
+    sub x11, x11, #1
+    strb wzr, [x26, x11]
+    cbnz x11, fpe_clear
+    b fpe_cleared
 fpe_missed:
-    mov x27, #0
-fpe_miss_next:
-    ldr x9, [x25, #FPROBE_AT_NR]
-    cmp x27, x9
-    b.hs fpe_pop
     add x9, x25, #FPROBE_AT_SIZE
     ldr x9, [x9, x27, lsl #3]
     ldr x10, [x9, #GFP_NMISSED]
     add x10, x10, #1
     str x10, [x9, #GFP_NMISSED]
     add x27, x27, #1
-    b fpe_miss_next
+    ldr x9, [x25, #FPROBE_AT_NR]
+    cmp x27, x9
+    b.lo fpe_missed
 fpe_pop:
     str x24, [x23, #FG_CURR]
     ldr x11, [x23, #FG_DEPTH]
@@ -162,9 +174,7 @@ fpe_overrun:
     ldr x10, [x23, #FG_OVERRUN]
     add x10, x10, #1
     str x10, [x23, #FG_OVERRUN]
-fpe_out:
-    fprobe_frame_pop
-    ret
+    b fpe_out
 
 /* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
  * pop the frame, check the frame pointer (HAVE_FUNCTION_GRAPH_FP_TEST), put the real return
@@ -207,11 +217,10 @@ fpr_next:
     ldr x0, [x9, #GFP_EXIT_DATA]
     ldp x2, x1, [x21, #FG_FRAME_RET]    // ret, func
     mov x3, x19
-    mov x4, #0
     ldr x10, [x9, #GFP_WORDS]
-    cbz x10, fpr_call
+    cmp x10, #0
     add x4, x25, #8
-fpr_call:
+    csel x4, xzr, x4, eq                // its entry data, if it has any
     ldr x9, [x9, #GFP_EXIT]
     blr x9
 fpr_skip:
@@ -232,20 +241,22 @@ fpr_pop:
  * no entry data. In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
 .globl fprobe_ftrace_entry
 fprobe_ftrace_entry:
-    fprobe_frame_push
+    stp x29, x30, [sp, #-64]!
+    mov x29, sp
+    stp x19, x20, [sp, #16]
+    stp x21, x22, [sp, #32]
+    str x23, [sp, #48]
+    mov x19, x0
+    mov x20, x1
     mov x21, x3
     ldr x9, fp_control
     ldr x9, [x9, #FPC_FTRACE_IPS]
     ip_table_find ffe_out, ffe_find
-    mov x25, x9
-    mov x27, #0
+    add x22, x9, #FPROBE_AT_SIZE        // its fprobes, then the end of the list
+    ldr x9, [x9, #FPROBE_AT_NR]
+    add x23, x22, x9, lsl #3
 ffe_next:
-    ldr x9, [x25, #FPROBE_AT_NR]
-    cmp x27, x9
-    b.hs ffe_out
-    add x9, x25, #FPROBE_AT_SIZE
-    ldr x9, [x9, x27, lsl #3]
-    add x27, x27, #1
+    ldr x9, [x22], #8
     ldr x0, [x9, #GFP_ENTRY_DATA]
     mov x1, x19
     mov x2, x20
@@ -253,9 +264,13 @@ ffe_next:
     mov x4, #0
     ldr x9, [x9, #GFP_ENTRY]
     blr x9
-    b ffe_next
+    cmp x22, x23
+    b.lo ffe_next
 ffe_out:
-    fprobe_frame_pop
+    ldr x23, [sp, #48]
+    ldp x21, x22, [sp, #32]
+    ldp x19, x20, [sp, #16]
+    ldp x29, x30, [sp], #64
     ret
 
 /* An fprobe's Python handler (the data is the fprobe's id): its arguments into the mailbox, then

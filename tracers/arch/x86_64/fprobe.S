@@ -9,36 +9,6 @@
 
 .include "macros.S"
 
-/* The frame each function here keeps: the callee-saved registers it uses, and its arguments,
- * which a handler may clobber: [rsp+32] rdi, [rsp+24] rsi, [rsp+16] rcx, [rsp+8] r8, [rsp] r9. */
-.macro fprobe_frame_push
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi
-    push rsi
-    push rcx
-    push r8
-    push r9
-.endm
-
-.macro fprobe_frame_pop
-    pop r9
-    pop r8
-    pop rcx
-    pop rsi
-    pop rdi
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbp
-    pop rbx
-.endm
-
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
  * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
  * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
@@ -46,37 +16,42 @@
  * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
  * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
  * is hooked, else the frame is popped. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs.
- * Clobbers rax, rdx, r10, r11. */
+ * As a C function, it keeps rbx, rbp, r12-r15 only; [rsp] keeps fregs, [rsp+8] ip. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
-    fprobe_frame_push
-    mov r15, [rip+fp_control]
-    mov rbx, [r15+FPC_FGRAPH]           // fgraph's task state
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push rdi
+    push rcx
+    mov rax, [rip+fp_control]
+    mov rbx, [rax+FPC_FGRAPH]           // fgraph's task state
     mov r12, [rbx+FG_CURR]              // where the frame goes
-    lea rax, [r12+FG_FRAME_WORDS+1]
-    cmp rax, FG_MAX_OFFSET
+    lea r8, [r12+FG_FRAME_WORDS+1]
+    cmp r8, FG_MAX_OFFSET
     jae fpe_overrun
-    mov rax, [r15+FPC_GRAPH_IPS]
+    mov rax, [rax+FPC_GRAPH_IPS]
     ip_table_find fpe_out, fpe_find
     mov r13, rax                        // the fprobes on ip
     mov rax, r12
     shl rax, 3
     add rax, [rbx+FG_STACK]             // the frame
-    mov rcx, [rsp+16]
     mov rdx, [rcx+RSP]                  // the return slot
     mov r8, [rdx]
     mov [rax+FG_FRAME_RET], r8
-    mov r8, [rsp+32]
-    mov [rax+FG_FRAME_FUNC], r8
+    mov [rax+FG_FRAME_FUNC], rdi
     mov [rax+FG_FRAME_RETP], rdx
     mov qword ptr [rax+FG_PUSH_BITMAP], FG_FRAME_WORDS      // reserved, its offset to the frame
     lea rbp, [rax+FG_PUSH_BITMAP+8]     // the exits' data: above the frame and that word
     lea r8, [r12+FG_FRAME_WORDS+1]
     mov [rbx+FG_CURR], r8
     add qword ptr [rbx+FG_DEPTH], 1
+    xor r14d, r14d
     mov rax, [r13+FPROBE_AT_NEED]
     test rax, rax
-    jz fpe_handlers
+    jz fpe_next
     cmp rax, FGRAPH_MAX_DATA_SIZE
     ja fpe_missed                       // fgraph_reserve_data refuses it
     shr rax, 3
@@ -87,40 +62,40 @@ fprobe_fgraph_entry:
     mov rax, [r13+FPROBE_AT_NEED]
     mov r8, [r13+FPROBE_AT_HEADER]
     mov [rbp+rax], r8
-fpe_handlers:
-    xor r14d, r14d
 fpe_next:
     cmp r14, [r13+FPROBE_AT_NR]
     jae fpe_done
-    mov r15, [r13+r14*8+FPROBE_AT_SIZE] // the guest fprobe
-    add r14, 1
-    xor r8d, r8d                        // entry_data: for an exit with data, after its header
-    cmp qword ptr [r15+GFP_EXIT], 0
-    je fpe_entry
-    cmp qword ptr [r15+GFP_WORDS], 0
-    je fpe_entry
-    lea r8, [rbp+8]
-fpe_entry:
-    mov rax, [r15+GFP_ENTRY]
-    test rax, rax
+    mov rax, [r13+r14*8+FPROBE_AT_SIZE] // the guest fprobe
+    mov r9, [rax+GFP_ENTRY]
+    test r9, r9
     jz fpe_exit
-    mov rdi, [r15+GFP_ENTRY_DATA]
-    mov rsi, [rsp+32]
-    mov rcx, [rsp+16]
+    xor r8d, r8d                        // entry_data: for an exit with data, after its header
+    lea r10, [rbp+8]
+    cmp qword ptr [rax+GFP_WORDS], 0
+    cmovne r8, r10
+    xor r10d, r10d
+    cmp qword ptr [rax+GFP_EXIT], 0
+    cmove r8, r10
+    mov rdi, [rax+GFP_ENTRY_DATA]
+    mov rsi, [rsp+8]
+    mov rcx, [rsp]
     mov rdx, [rcx+RSP]
     mov rdx, [rdx]                      // ret_ip: ftrace_regs_get_return_address, the word at sp
-    call rax
+    call r9
     test rax, rax
-    jnz fpe_next                        // non-zero: skip the exit (not counted as missed)
+    jnz fpe_skip                        // non-zero: skip the exit (not counted as missed)
+    mov rax, [r13+r14*8+FPROBE_AT_SIZE]
 fpe_exit:
-    cmp qword ptr [r15+GFP_EXIT], 0
-    je fpe_next
-    mov rax, [r15+GFP_WORDS]
-    shl rax, 60
-    or rax, [r15+GFP_ID]
-    mov [rbp], rax                      // its header
-    mov rax, [r15+GFP_WORDS]
-    lea rbp, [rbp+rax*8+8]
+    cmp qword ptr [rax+GFP_EXIT], 0
+    je fpe_skip
+    mov rdx, [rax+GFP_WORDS]
+    mov r8, rdx
+    shl r8, 60
+    or r8, [rax+GFP_ID]
+    mov [rbp], r8                       // its header
+    lea rbp, [rbp+rdx*8+8]
+fpe_skip:
+    add r14, 1
     jmp fpe_next
 fpe_done:
     lea rax, [r12+FG_FRAME_WORDS+1]
@@ -132,51 +107,62 @@ fpe_done:
     add rdx, rax
     sub rdx, rbp
     shr rdx, 3
-    mov r8, rbp
-fpe_clear:
-    test rdx, rdx
-    jz fpe_cleared
-    mov byte ptr [r8], 0
-    add r8, 1
-    sub rdx, 1
-    jmp fpe_clear
+    jnz fpe_clear
 fpe_cleared:
     cmp rbp, rax
     je fpe_pop                          // no exit to run: the frame goes again
-    mov r15, [rip+fp_control]
-    mov r8, [r15+FPC_BITMAP]
+    mov r8, [rip+fp_control]
+    mov r8, [r8+FPC_BITMAP]
     mov [rax-8], r8                     // the reserved word becomes the bitmap
-    mov rcx, [rsp+16]
+    mov rcx, [rsp]
     mov rdx, [rcx+RSP]
     mov r8, [rbx+FG_RETURN_TO_HANDLER]
     mov [rdx], r8                       // hook the return
-    jmp fpe_out
+fpe_out:
+    pop rcx
+    pop rdi
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+fpe_clear:
+    mov byte ptr [rbp+rdx-1], 0
+    sub rdx, 1
+    jnz fpe_clear
+    jmp fpe_cleared
 fpe_missed:
-    xor r14d, r14d
-fpe_miss_next:
-    cmp r14, [r13+FPROBE_AT_NR]
-    jae fpe_pop
-    mov r15, [r13+r14*8+FPROBE_AT_SIZE]
-    add qword ptr [r15+GFP_NMISSED], 1
+    mov rax, [r13+r14*8+FPROBE_AT_SIZE]
+    add qword ptr [rax+GFP_NMISSED], 1
     add r14, 1
-    jmp fpe_miss_next
+    cmp r14, [r13+FPROBE_AT_NR]
+    jb fpe_missed
 fpe_pop:
     mov [rbx+FG_CURR], r12
     sub qword ptr [rbx+FG_DEPTH], 1
     jmp fpe_out
 fpe_overrun:
     add qword ptr [rbx+FG_OVERRUN], 1
-fpe_out:
-    fprobe_frame_pop
-    ret
+    jmp fpe_out
 
 /* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
  * pop the frame, put the real return address in fregs->ip, and call the exit handler of each
  * header stored at entry whose fprobe is still registered. In: rdi = the exit fregs. Clobbers rax,
- * rdx, r10, r11 (rcx is kept, as graph_trace_return keeps it). */
+ * rdx, r10, r11 only: the return path keeps the other registers the Python path keeps. */
 .globl fprobe_return
 fprobe_return:
-    fprobe_frame_push
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi                            // [rsp+32]: fregs
+    push rsi
+    push rcx
+    push r8
+    push r9
     mov r15, [rip+fp_control]
     mov rbx, [r15+FPC_FGRAPH]
     mov rax, [rbx+FG_CURR]
@@ -215,10 +201,9 @@ fpr_next:
     mov rdx, [rbp+FG_FRAME_RET]
     mov rcx, [rsp+32]
     xor r8d, r8d
+    lea r9, [r12+8]
     cmp qword ptr [rax+GFP_WORDS], 0
-    je fpr_call
-    lea r8, [r12+8]
-fpr_call:
+    cmovne r8, r9
     call qword ptr [rax+GFP_EXIT]
 fpr_skip:
     mov rax, [r12]
@@ -228,33 +213,51 @@ fpr_skip:
 fpr_pop:
     mov [rbx+FG_CURR], r14
     sub qword ptr [rbx+FG_DEPTH], 1
-    fprobe_frame_pop
+    pop r9
+    pop r8
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
     ret
 
 /* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
- * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. Clobbers rax, rdx, r10, r11. */
+ * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. As a C function, it keeps
+ * rbx, rbp, r12-r15 only; [rsp] keeps fregs, [rsp+8] parent_ip, [rsp+16] ip. */
 .globl fprobe_ftrace_entry
 fprobe_ftrace_entry:
-    fprobe_frame_push
+    push rbx
+    push r12
+    push rdi
+    push rsi
+    push rcx
     mov rax, [rip+fp_control]
     mov rax, [rax+FPC_FTRACE_IPS]
     ip_table_find ffe_out, ffe_find
     mov r12, rax
     xor ebx, ebx
 ffe_next:
-    cmp rbx, [r12+FPROBE_AT_NR]
-    jae ffe_out
     mov rax, [r12+rbx*8+FPROBE_AT_SIZE]
     add rbx, 1
     mov rdi, [rax+GFP_ENTRY_DATA]
-    mov rsi, [rsp+32]
-    mov rdx, [rsp+24]
-    mov rcx, [rsp+16]
+    mov rsi, [rsp+16]
+    mov rdx, [rsp+8]
+    mov rcx, [rsp]
     xor r8d, r8d
     call qword ptr [rax+GFP_ENTRY]
-    jmp ffe_next
+    cmp rbx, [r12+FPROBE_AT_NR]
+    jb ffe_next
 ffe_out:
-    fprobe_frame_pop
+    pop rcx
+    pop rsi
+    pop rdi
+    pop r12
+    pop rbx
     ret
 
 /* An fprobe's Python handler (the data is the fprobe's id): its arguments into the mailbox, then
