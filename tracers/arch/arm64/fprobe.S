@@ -4,36 +4,28 @@
  * fprobe_ftrace_entry as fprobe_ftrace_ops' function. The tables are tracers/core/fprobe_guest.py's;
  * the shadow-stack words are fgraph.py's, pushed as its Python path pushes them.
  * Handlers are called as handler(data x0, ip x1, ret_ip x2, fregs x3, entry_data x4) and may
- * clobber x0-x17. Each function here keeps the callee-saved registers, as C code does;
- * fprobe_return keeps x0-x3 too, which the Python path's return leaves as they were.
+ * clobber x0-x17. Each function here keeps the callee-saved registers only, as C code does (the
+ * callers, ftrace_caller and return_to_handler, restore x0-x7 themselves).
  */
 
 .include "macros.S"
 
-/* fprobe_return's frame: the callee-saved registers it uses, and x0-x3. */
+/* The frame fprobe_fgraph_entry and fprobe_return keep: the callee-saved registers they use. */
 .macro fprobe_frame_push
-    stp x29, x30, [sp, #-112]!
+    stp x29, x30, [sp, #-80]!
     mov x29, sp
-    stp x19, x20, [sp, #16]
-    stp x21, x22, [sp, #32]
-    stp x23, x24, [sp, #48]
-    stp x25, x26, [sp, #64]
-    stp x27, x28, [sp, #80]
-    stp x2, x3, [sp, #96]
-    mov x19, x0
-    mov x20, x1
+    stp x19, x21, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    str x27, [sp, #64]
 .endm
 
 .macro fprobe_frame_pop
-    mov x0, x19
-    mov x1, x20
-    ldp x2, x3, [sp, #96]
-    ldp x27, x28, [sp, #80]
-    ldp x25, x26, [sp, #64]
-    ldp x23, x24, [sp, #48]
-    ldp x21, x22, [sp, #32]
-    ldp x19, x20, [sp, #16]
-    ldp x29, x30, [sp], #112
+    ldr x27, [sp, #64]
+    ldp x25, x26, [sp, #48]
+    ldp x23, x24, [sp, #32]
+    ldp x19, x21, [sp, #16]
+    ldp x29, x30, [sp], #80
 .endm
 
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
@@ -46,12 +38,7 @@
  * x3 = fregs. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
-    stp x29, x30, [sp, #-80]!
-    mov x29, sp
-    stp x19, x21, [sp, #16]
-    stp x23, x24, [sp, #32]
-    stp x25, x26, [sp, #48]
-    str x27, [sp, #64]
+    fprobe_frame_push
     mov x19, x0                         // ip
     mov x21, x3                         // fregs
     ldr x9, fp_control
@@ -143,11 +130,7 @@ fpe_cleared:
     ldr x11, [x23, #FG_RETURN_TO_HANDLER]
     str x11, [x21, #FREGS_LR]           // hook the return: lr in fregs
 fpe_out:
-    ldr x27, [sp, #64]
-    ldp x25, x26, [sp, #48]
-    ldp x23, x24, [sp, #32]
-    ldp x19, x21, [sp, #16]
-    ldp x29, x30, [sp], #80
+    fprobe_frame_pop
     ret
 fpe_clear:
     sub x11, x11, #1
@@ -183,8 +166,9 @@ fpe_overrun:
 .globl fprobe_return
 fprobe_return:
     fprobe_frame_push
-    ldr x22, fp_control
-    ldr x23, [x22, #FPC_FGRAPH]
+    mov x19, x0                         // fregs
+    ldr x9, fp_control
+    ldr x23, [x9, #FPC_FGRAPH]
     ldr x9, [x23, #FG_CURR]
     cbz x9, fprobe_empty                // no frame to pop
     ldr x10, [x23, #FG_STACK]
@@ -205,7 +189,8 @@ fprobe_return:
     sub x11, x11, x12
     add x25, x10, x11, lsl #3           // the data
     add x26, x25, x12, lsl #3           // its end
-    ldr x27, [x22, #FPC_IDS]
+    ldr x27, fp_control
+    ldr x27, [x27, #FPC_IDS]
 fpr_next:
     cmp x25, x26
     b.hs fpr_pop
