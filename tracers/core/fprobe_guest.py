@@ -24,7 +24,8 @@ from .ip_table import IpTable
 
 FPROBE_CONTROL = Layout.of("fprobe guest control", ("fgraph", "graph_ips", "ftrace_ips", "ids", "bitmap"))
 GUEST_FPROBE = Layout.of("guest fprobe", ("id", "entry", "entry_data", "exit", "exit_data", "words", "nmissed"))
-FPROBE_AT = Layout.of("fprobe list", ("need", "header", "nr"))  # then the guest fprobes' addresses
+# then the guest fprobes' addresses; entries: how many have an entry handler
+FPROBE_AT = Layout.of("fprobe list", ("need", "header", "nr", "entries"))
 # what a Python handler's stub leaves in its mailbox, and the handler's return value
 PY_ARGS = Layout.of("fprobe python args", ("id", "ip", "ret_ip", "fregs", "data", "result"))
 PY_ARGS_GET = PY_ARGS.getter("id", "ip", "ret_ip", "fregs", "data")
@@ -114,7 +115,8 @@ class FprobeCode:
                 words = need // 8
                 header = fgraph.make_data_type_val(gops.idx, words, frame_words + words + 1) if need else 0
                 lists[table][ip] = len(blob)
-                blob += FPROBE_AT.codec.pack(need, header, len(descs)) + b"".join(U64.pack(d) for d in descs)
+                entry = sum(1 for d in descs if self.m.u64(d + GUEST_FPROBE.offsets["entry"]))
+                blob += FPROBE_AT.codec.pack(need, header, len(descs), entry) + b"".join(U64.pack(d) for d in descs)
         if len(blob) > self._arena_size:
             self._arena, self._arena_size = self.m.alloc("lab data", len(blob), 64), len(blob)
         self.m.write(self._arena, bytes(blob))

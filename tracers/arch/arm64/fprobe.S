@@ -10,6 +10,20 @@
 
 .include "macros.S"
 
+/* The header of the exit of the guest fprobe at x9, if it has one, at \at, which moves past it
+ * and its data: id | words << 60. Clobbers x10, x11. */
+.macro fpe_exit_header at
+    ldr x10, [x9, #GFP_EXIT]
+    cbz x10, fpe_exit_header_none_\at
+    ldr x10, [x9, #GFP_WORDS]
+    ldr x11, [x9, #GFP_ID]
+    orr x11, x11, x10, lsl #60
+    str x11, [\at]
+    add \at, \at, x10, lsl #3
+    add \at, \at, #8
+fpe_exit_header_none_\at:
+.endm
+
 /* The frame fprobe_fgraph_entry and fprobe_return keep: the callee-saved registers they use. */
 .macro fprobe_frame_push
     stp x29, x30, [sp, #-80]!
@@ -35,51 +49,108 @@
  * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
  * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
  * is hooked (fregs->lr), else the frame is popped. In: x0 = ip, x1 = parent_ip, x2 = op,
- * x3 = fregs. */
+ * x3 = fregs. Where no fprobe on ip has an entry handler it calls nothing and needs no frame.
+ * Below, x1 = fgraph's task state, x2 = the frame's index, x4 = the fprobes on ip, x5 = where the
+ * next exit's header goes (ftrace_caller restores x0-x8). */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
-    fprobe_frame_push
-    mov x19, x0                         // ip
-    mov x21, x3                         // fregs
     ldr x9, fp_control
-    ldr x23, [x9, #FPC_FGRAPH]          // fgraph's task state
-    ldr x24, [x23, #FG_CURR]            // where the frame goes
-    add x10, x24, #FG_FRAME_WORDS+1
+    ldr x1, [x9, #FPC_FGRAPH]           // fgraph's task state
+    ldr x2, [x1, #FG_CURR]              // where the frame goes
+    add x10, x2, #FG_FRAME_WORDS+1
     cmp x10, #FG_MAX_OFFSET
     b.hs fpe_overrun
     ldr x9, [x9, #FPC_GRAPH_IPS]
-    ip_table_find fpe_out, fpe_find
-    mov x25, x9                         // the fprobes on ip
-    ldr x10, [x23, #FG_STACK]
-    add x9, x10, x24, lsl #3            // the frame
-    ldr x11, [x21, #FREGS_LR]
-    stp x11, x19, [x9, #FG_FRAME_RET]   // ret, func
-    ldr x11, [x21, #FREGS_FP]
+    ip_table_find fpe_out, fpe_find     // keeps x0-x8
+    mov x4, x9                          // the fprobes on ip
+    ldr x10, [x1, #FG_STACK]
+    add x9, x10, x2, lsl #3             // the frame
+    ldr x11, [x3, #FREGS_LR]
+    stp x11, x0, [x9, #FG_FRAME_RET]    // ret, func
+    ldr x11, [x3, #FREGS_FP]
     stp x11, x11, [x9, #FG_FRAME_FP]    // fp, and retp (arm64 matches frames by fp)
     mov x11, #FG_FRAME_WORDS            // reserved, its offset to the frame
     str x11, [x9, #FG_PUSH_BITMAP]
-    add x26, x9, #FG_PUSH_BITMAP+8      // the exits' data: above the frame and that word
-    add x11, x24, #FG_FRAME_WORDS+1
-    str x11, [x23, #FG_CURR]
-    ldr x11, [x23, #FG_DEPTH]
+    add x5, x9, #FG_PUSH_BITMAP+8       // the exits' data: above the frame and that word
+    add x11, x2, #FG_FRAME_WORDS+1
+    str x11, [x1, #FG_CURR]
+    ldr x11, [x1, #FG_DEPTH]
     add x11, x11, #1
-    str x11, [x23, #FG_DEPTH]
-    mov x27, #0
-    ldr x9, [x25, #FPROBE_AT_NEED]
-    cbz x9, fpe_next
+    str x11, [x1, #FG_DEPTH]
+    ldr x9, [x4, #FPROBE_AT_NEED]
+    cbz x9, fpe_reserved
     cmp x9, #FGRAPH_MAX_DATA_SIZE
     b.hi fpe_missed                     // fgraph_reserve_data refuses it
-    add x10, x24, x9, lsr #3
+    add x10, x2, x9, lsr #3
     add x10, x10, #FG_FRAME_WORDS+2
     cmp x10, #FG_MAX_OFFSET
     b.hs fpe_missed                     // no room for it
-    str x10, [x23, #FG_CURR]            // reserved: the data, then its header
-    ldr x11, [x25, #FPROBE_AT_HEADER]
-    str x11, [x26, x9]
+    str x10, [x1, #FG_CURR]             // reserved: the data, then its header
+    ldr x11, [x4, #FPROBE_AT_HEADER]
+    str x11, [x5, x9]
+fpe_reserved:
+    ldr x9, [x4, #FPROBE_AT_ENTRIES]
+    cbnz x9, fpe_entries
+    mov x6, #0                          // no entry handler to call: each exit's header
+fpe_header:
+    add x9, x4, #FPROBE_AT_SIZE
+    ldr x9, [x9, x6, lsl #3]
+    fpe_exit_header x5
+    add x6, x6, #1
+    ldr x9, [x4, #FPROBE_AT_NR]
+    cmp x6, x9
+    b.lo fpe_header
+fpe_done:
+    ldr x10, [x1, #FG_STACK]
+    add x9, x2, #FG_FRAME_WORDS+1
+    add x9, x10, x9, lsl #3             // the data
+    cmp x5, x9
+    b.eq fpe_pop                        // no exit to run: the frame goes again
+    ldr x11, fp_control
+    ldr x11, [x11, #FPC_BITMAP]
+    stur x11, [x9, #-8]                 // the reserved word becomes the bitmap
+    ldr x11, [x1, #FG_RETURN_TO_HANDLER]
+    str x11, [x3, #FREGS_LR]            // hook the return: lr in fregs
+fpe_out:
+    ret
+fpe_missed:
+    mov x6, #0
+fpe_miss_next:
+    add x9, x4, #FPROBE_AT_SIZE
+    ldr x9, [x9, x6, lsl #3]
+    ldr x10, [x9, #GFP_NMISSED]
+    add x10, x10, #1
+    str x10, [x9, #GFP_NMISSED]
+    add x6, x6, #1
+    ldr x9, [x4, #FPROBE_AT_NR]
+    cmp x6, x9
+    b.lo fpe_miss_next
+fpe_pop:
+    str x2, [x1, #FG_CURR]
+    ldr x11, [x1, #FG_DEPTH]
+    sub x11, x11, #1
+    str x11, [x1, #FG_DEPTH]
+    ret
+fpe_overrun:
+    ldr x10, [x1, #FG_OVERRUN]
+    add x10, x10, #1
+    str x10, [x1, #FG_OVERRUN]
+    ret
+
+/* Each fprobe's entry handler, then its exit's header unless the handler returned non-zero; in a
+ * frame, as handlers may clobber every caller-saved register. Then fprobe_fgraph_entry's
+ * memset(fgraph_data + used, 0, reserved_words - used) of what a skipped exit left unused: it takes
+ * a count of words as bytes, clearing that many bytes. Back to fpe_done with its registers. */
+fpe_entries:
+    fprobe_frame_push
+    mov x19, x0                         // ip
+    mov x21, x3                         // fregs
+    mov x23, x1
+    mov x24, x2
+    mov x25, x4
+    mov x26, x5
+    mov x27, #0
 fpe_next:
-    ldr x9, [x25, #FPROBE_AT_NR]
-    cmp x27, x9
-    b.hs fpe_done
     add x9, x25, #FPROBE_AT_SIZE
     ldr x9, [x9, x27, lsl #3]           // the guest fprobe
     ldr x10, [x9, #GFP_ENTRY]
@@ -99,65 +170,32 @@ fpe_next:
     add x9, x25, #FPROBE_AT_SIZE
     ldr x9, [x9, x27, lsl #3]
 fpe_exit:
-    ldr x10, [x9, #GFP_EXIT]
-    cbz x10, fpe_skip
-    ldr x10, [x9, #GFP_WORDS]
-    ldr x11, [x9, #GFP_ID]
-    orr x11, x11, x10, lsl #60
-    str x11, [x26]                      // its header
-    add x26, x26, x10, lsl #3
-    add x26, x26, #8
+    fpe_exit_header x26
 fpe_skip:
     add x27, x27, #1
-    b fpe_next
-fpe_done:
+    ldr x9, [x25, #FPROBE_AT_NR]
+    cmp x27, x9
+    b.lo fpe_next
     ldr x10, [x23, #FG_STACK]
     add x9, x24, #FG_FRAME_WORDS+1
     add x9, x10, x9, lsl #3             // the data
-    // what a skipped exit left unused: fprobe_fgraph_entry's memset(fgraph_data + used, 0,
-    // reserved_words - used) takes a count of words as bytes, clearing that many bytes
     ldr x11, [x25, #FPROBE_AT_NEED]
     add x11, x11, x9
     sub x11, x11, x26
     lsr x11, x11, #3
-    cbnz x11, fpe_clear
-fpe_cleared:
-    cmp x26, x9
-    b.eq fpe_pop                        // no exit to run: the frame goes again
-    ldr x11, fp_control
-    ldr x11, [x11, #FPC_BITMAP]
-    stur x11, [x9, #-8]                 // the reserved word becomes the bitmap
-    ldr x11, [x23, #FG_RETURN_TO_HANDLER]
-    str x11, [x21, #FREGS_LR]           // hook the return: lr in fregs
-fpe_out:
-    fprobe_frame_pop
-    ret
+    cbz x11, fpe_cleared
 fpe_clear:
     sub x11, x11, #1
     strb wzr, [x26, x11]
     cbnz x11, fpe_clear
-    b fpe_cleared
-fpe_missed:
-    add x9, x25, #FPROBE_AT_SIZE
-    ldr x9, [x9, x27, lsl #3]
-    ldr x10, [x9, #GFP_NMISSED]
-    add x10, x10, #1
-    str x10, [x9, #GFP_NMISSED]
-    add x27, x27, #1
-    ldr x9, [x25, #FPROBE_AT_NR]
-    cmp x27, x9
-    b.lo fpe_missed
-fpe_pop:
-    str x24, [x23, #FG_CURR]
-    ldr x11, [x23, #FG_DEPTH]
-    sub x11, x11, #1
-    str x11, [x23, #FG_DEPTH]
-    b fpe_out
-fpe_overrun:
-    ldr x10, [x23, #FG_OVERRUN]
-    add x10, x10, #1
-    str x10, [x23, #FG_OVERRUN]
-    b fpe_out
+fpe_cleared:
+    mov x1, x23
+    mov x2, x24
+    mov x3, x21
+    mov x4, x25
+    mov x5, x26
+    fprobe_frame_pop
+    b fpe_done
 
 /* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
  * pop the frame, check the frame pointer (HAVE_FUNCTION_GRAPH_FP_TEST), put the real return

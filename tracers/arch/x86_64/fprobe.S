@@ -9,6 +9,20 @@
 
 .include "macros.S"
 
+/* The header of the exit of the guest fprobe at rax, if it has one, at \at, which moves past it
+ * and its data: id | words << 60. Clobbers \tmp. */
+.macro fpe_exit_header at, tmp
+    cmp qword ptr [rax+GFP_EXIT], 0
+    je fpe_exit_header_none_\at
+    mov \tmp, [rax+GFP_WORDS]
+    shl \tmp, 60
+    or \tmp, [rax+GFP_ID]
+    mov [\at], \tmp
+    mov \tmp, [rax+GFP_WORDS]
+    lea \at, [\at+\tmp*8+8]
+fpe_exit_header_none_\at:
+.endm
+
 /* fprobe_fgraph_entry: what function_graph_enter_regs and fprobe_fgraph_entry do together for the
  * lone user, in their order. No room for a frame: trace_overrun. Else the frame and its reserved
  * word are pushed; no room for the exits' data (more than FGRAPH_MAX_DATA_SIZE, or past
@@ -16,55 +30,104 @@
  * reserved, each entry handler runs, and each exit not skipped gets a header (id | words << 60)
  * and its data, packed; if any exit will run, the reserved word becomes the bitmap and the return
  * is hooked, else the frame is popped. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs.
- * As a C function, it keeps rbx, rbp, r12-r15 only; [rsp] keeps fregs, [rsp+8] ip. */
+ * As a C function, it keeps rbx, rbp, r12-r15; where no fprobe on ip has an entry handler it calls
+ * nothing and needs no frame. Below, rsi = fgraph's task state, rdx = the frame's index, r10 = the
+ * fprobes on ip, r11 = where the next exit's header goes. */
 .globl fprobe_fgraph_entry
 fprobe_fgraph_entry:
+    mov rax, [rip+fp_control]
+    mov rsi, [rax+FPC_FGRAPH]           // fgraph's task state
+    mov rdx, [rsi+FG_CURR]              // where the frame goes
+    lea r8, [rdx+FG_FRAME_WORDS+1]
+    cmp r8, FG_MAX_OFFSET
+    jae fpe_overrun
+    mov rax, [rax+FPC_GRAPH_IPS]
+    ip_table_find fpe_out, fpe_find     // keeps rcx, rdx, rsi, rdi
+    mov r10, rax                        // the fprobes on ip
+    mov rax, rdx
+    shl rax, 3
+    add rax, [rsi+FG_STACK]             // the frame
+    mov r9, [rcx+RSP]                   // the return slot
+    mov r8, [r9]
+    mov [rax+FG_FRAME_RET], r8
+    mov [rax+FG_FRAME_FUNC], rdi
+    mov [rax+FG_FRAME_RETP], r9
+    mov qword ptr [rax+FG_PUSH_BITMAP], FG_FRAME_WORDS      // reserved, its offset to the frame
+    lea r11, [rax+FG_PUSH_BITMAP+8]     // the exits' data: above the frame and that word
+    lea r8, [rdx+FG_FRAME_WORDS+1]
+    mov [rsi+FG_CURR], r8
+    add qword ptr [rsi+FG_DEPTH], 1
+    mov rax, [r10+FPROBE_AT_NEED]
+    test rax, rax
+    jz fpe_reserved
+    cmp rax, FGRAPH_MAX_DATA_SIZE
+    ja fpe_missed                       // fgraph_reserve_data refuses it
+    shr rax, 3
+    lea rax, [rdx+rax+FG_FRAME_WORDS+2]
+    cmp rax, FG_MAX_OFFSET
+    jae fpe_missed                      // no room for it
+    mov [rsi+FG_CURR], rax              // reserved: the data, then its header
+    mov rax, [r10+FPROBE_AT_NEED]
+    mov r8, [r10+FPROBE_AT_HEADER]
+    mov [r11+rax], r8
+fpe_reserved:
+    cmp qword ptr [r10+FPROBE_AT_ENTRIES], 0
+    jne fpe_entries
+    xor r9d, r9d                        // no entry handler to call: each exit's header
+fpe_header:
+    mov rax, [r10+r9*8+FPROBE_AT_SIZE]
+    fpe_exit_header r11, r8
+    add r9, 1
+    cmp r9, [r10+FPROBE_AT_NR]
+    jb fpe_header
+fpe_done:
+    lea rax, [rdx+FG_FRAME_WORDS+1]
+    shl rax, 3
+    add rax, [rsi+FG_STACK]             // the data
+    cmp r11, rax
+    je fpe_pop                          // no exit to run: the frame goes again
+    mov r8, [rip+fp_control]
+    mov r8, [r8+FPC_BITMAP]
+    mov [rax-8], r8                     // the reserved word becomes the bitmap
+    mov rdx, [rcx+RSP]
+    mov r8, [rsi+FG_RETURN_TO_HANDLER]
+    mov [rdx], r8                       // hook the return
+fpe_out:
+    ret
+fpe_missed:
+    xor r9d, r9d
+fpe_miss_next:
+    mov rax, [r10+r9*8+FPROBE_AT_SIZE]
+    add qword ptr [rax+GFP_NMISSED], 1
+    add r9, 1
+    cmp r9, [r10+FPROBE_AT_NR]
+    jb fpe_miss_next
+fpe_pop:
+    mov [rsi+FG_CURR], rdx
+    sub qword ptr [rsi+FG_DEPTH], 1
+    ret
+fpe_overrun:
+    add qword ptr [rsi+FG_OVERRUN], 1
+    ret
+
+/* Each fprobe's entry handler, then its exit's header unless the handler returned non-zero; in a
+ * frame, as handlers may clobber every caller-saved register. Then fprobe_fgraph_entry's
+ * memset(fgraph_data + used, 0, reserved_words - used) of what a skipped exit left unused: it takes
+ * a count of words as bytes, clearing that many bytes. Back to fpe_done with its registers. */
+fpe_entries:
     push rbx
     push rbp
     push r12
     push r13
     push r14
     push rdi
-    push rcx
-    mov rax, [rip+fp_control]
-    mov rbx, [rax+FPC_FGRAPH]           // fgraph's task state
-    mov r12, [rbx+FG_CURR]              // where the frame goes
-    lea r8, [r12+FG_FRAME_WORDS+1]
-    cmp r8, FG_MAX_OFFSET
-    jae fpe_overrun
-    mov rax, [rax+FPC_GRAPH_IPS]
-    ip_table_find fpe_out, fpe_find
-    mov r13, rax                        // the fprobes on ip
-    mov rax, r12
-    shl rax, 3
-    add rax, [rbx+FG_STACK]             // the frame
-    mov rdx, [rcx+RSP]                  // the return slot
-    mov r8, [rdx]
-    mov [rax+FG_FRAME_RET], r8
-    mov [rax+FG_FRAME_FUNC], rdi
-    mov [rax+FG_FRAME_RETP], rdx
-    mov qword ptr [rax+FG_PUSH_BITMAP], FG_FRAME_WORDS      // reserved, its offset to the frame
-    lea rbp, [rax+FG_PUSH_BITMAP+8]     // the exits' data: above the frame and that word
-    lea r8, [r12+FG_FRAME_WORDS+1]
-    mov [rbx+FG_CURR], r8
-    add qword ptr [rbx+FG_DEPTH], 1
+    push rcx                            // [rsp] fregs, [rsp+8] ip
+    mov rbx, rsi
+    mov r12, rdx
+    mov r13, r10
+    mov rbp, r11
     xor r14d, r14d
-    mov rax, [r13+FPROBE_AT_NEED]
-    test rax, rax
-    jz fpe_next
-    cmp rax, FGRAPH_MAX_DATA_SIZE
-    ja fpe_missed                       // fgraph_reserve_data refuses it
-    shr rax, 3
-    lea rax, [r12+rax+FG_FRAME_WORDS+2]
-    cmp rax, FG_MAX_OFFSET
-    jae fpe_missed                      // no room for it
-    mov [rbx+FG_CURR], rax              // reserved: the data, then its header
-    mov rax, [r13+FPROBE_AT_NEED]
-    mov r8, [r13+FPROBE_AT_HEADER]
-    mov [rbp+rax], r8
 fpe_next:
-    cmp r14, [r13+FPROBE_AT_NR]
-    jae fpe_done
     mov rax, [r13+r14*8+FPROBE_AT_SIZE] // the guest fprobe
     mov r9, [rax+GFP_ENTRY]
     test r9, r9
@@ -86,39 +149,27 @@ fpe_next:
     jnz fpe_skip                        // non-zero: skip the exit (not counted as missed)
     mov rax, [r13+r14*8+FPROBE_AT_SIZE]
 fpe_exit:
-    cmp qword ptr [rax+GFP_EXIT], 0
-    je fpe_skip
-    mov rdx, [rax+GFP_WORDS]
-    mov r8, rdx
-    shl r8, 60
-    or r8, [rax+GFP_ID]
-    mov [rbp], r8                       // its header
-    lea rbp, [rbp+rdx*8+8]
+    fpe_exit_header rbp, r8
 fpe_skip:
     add r14, 1
-    jmp fpe_next
-fpe_done:
+    cmp r14, [r13+FPROBE_AT_NR]
+    jb fpe_next
     lea rax, [r12+FG_FRAME_WORDS+1]
     shl rax, 3
     add rax, [rbx+FG_STACK]             // the data
-    // what a skipped exit left unused: fprobe_fgraph_entry's memset(fgraph_data + used, 0,
-    // reserved_words - used) takes a count of words as bytes, clearing that many bytes
     mov rdx, [r13+FPROBE_AT_NEED]
     add rdx, rax
     sub rdx, rbp
     shr rdx, 3
+    jz fpe_cleared
+fpe_clear:
+    mov byte ptr [rbp+rdx-1], 0
+    sub rdx, 1
     jnz fpe_clear
 fpe_cleared:
-    cmp rbp, rax
-    je fpe_pop                          // no exit to run: the frame goes again
-    mov r8, [rip+fp_control]
-    mov r8, [r8+FPC_BITMAP]
-    mov [rax-8], r8                     // the reserved word becomes the bitmap
-    mov rcx, [rsp]
-    mov rdx, [rcx+RSP]
-    mov r8, [rbx+FG_RETURN_TO_HANDLER]
-    mov [rdx], r8                       // hook the return
-fpe_out:
+    mov rsi, rbx
+    mov rdx, r12
+    mov r11, rbp
     pop rcx
     pop rdi
     pop r14
@@ -126,25 +177,7 @@ fpe_out:
     pop r12
     pop rbp
     pop rbx
-    ret
-fpe_clear:
-    mov byte ptr [rbp+rdx-1], 0
-    sub rdx, 1
-    jnz fpe_clear
-    jmp fpe_cleared
-fpe_missed:
-    mov rax, [r13+r14*8+FPROBE_AT_SIZE]
-    add qword ptr [rax+GFP_NMISSED], 1
-    add r14, 1
-    cmp r14, [r13+FPROBE_AT_NR]
-    jb fpe_missed
-fpe_pop:
-    mov [rbx+FG_CURR], r12
-    sub qword ptr [rbx+FG_DEPTH], 1
-    jmp fpe_out
-fpe_overrun:
-    add qword ptr [rbx+FG_OVERRUN], 1
-    jmp fpe_out
+    jmp fpe_done
 
 /* fprobe_return: what ftrace_return_to_handler and fprobe_return do together for the lone user:
  * pop the frame, put the real return address in fregs->ip, and call the exit handler of each
