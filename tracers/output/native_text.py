@@ -10,11 +10,12 @@ import ctypes
 import importlib.util
 
 from ..probe_events import TYPES
-from .probe_records import REC_PROBE_ENTRY, REC_PROBE_EXIT, WORDS
+from .probe_records import WORDS
 
 MISS_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_uint64)
 NO_BODY, NO_ROOM = -1, -2
 ARG_KINDS = {"u": 0, "s": 1, "x": 2, "symbol": 3}  # textlines.c's ARG_U ...: the guest path's fetch types
+ABI = 2  # textlines.c's ftlab_textlines_abi that these structs and calls match
 
 
 def _library():
@@ -22,6 +23,8 @@ def _library():
     if spec is None or spec.origin is None:
         return None
     lib = ctypes.CDLL(spec.origin)
+    if not hasattr(lib, "ftlab_textlines_abi") or ctypes.c_int.in_dll(lib, "ftlab_textlines_abi").value != ABI:
+        return None  # built from an older textlines.c, whose structs differ
     lib.textlines_new.restype = ctypes.c_void_p
     lib.textlines_new.argtypes = [MISS_CALLBACK, ctypes.c_char_p, ctypes.c_uint32]
     lib.textlines_free.argtypes = [ctypes.c_void_p]
@@ -79,12 +82,17 @@ def _library():
     return lib
 
 
+PROBE_TYPES = 16  # textlines.c's: the record types a probe layout can name
+
+
 class ProbeLayout(ctypes.Structure):
-    """textlines.c's struct probe_layout: a probe record's words, and where its fields are."""
+    """textlines.c's struct probe_layout: a probe record's words, where its fields are, and by
+    record type where its fetched words begin (0: none) and whether it is an exit (a bit each)."""
 
     _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in ("words", "event", "ip", "parent", "faults", "flags", "fetch_entry", "fetch_exit")
+        *((name, ctypes.c_uint64) for name in ("words", "event", "ip", "parent", "faults", "flags")),
+        ("fetch", ctypes.c_uint64 * PROBE_TYPES),
+        ("exits", ctypes.c_uint64),
     ]
 
 
@@ -221,11 +229,14 @@ class NativeProbeLines(NativeLines):
         super().__init__("", lambda flags, _: context(flags), per_line=256)
         self._symbols = self._table(lambda addr, _: symbol(addr))
         self._words = decoder.rec.size // 8
+        fetch = (ctypes.c_uint64 * PROBE_TYPES)()
+        for kind, at in decoder.fetch_at.items():
+            fetch[kind] = at
         layout = ProbeLayout(
             self._words,
             *(WORDS[name] for name in ("event", "ip", "parent", "faults", "flags")),
-            decoder.fetch_at[REC_PROBE_ENTRY],
-            decoder.fetch_at[REC_PROBE_EXIT],
+            fetch,
+            sum(1 << kind for kind in decoder.exit_types),
         )
         self._nevents = len(decoder.specs)
         self._p = LIB.probelines_new(self._t, self._symbols, ctypes.byref(layout), self._nevents)

@@ -121,6 +121,7 @@ class ProbeDecoder:
         }
         if self.kprobes:
             self.fetch_at[REC_PROBE_KPROBE] = _FIELDS + len(self.kprobe_saved)
+        self.exit_types = (REC_PROBE_EXIT,)  # the records whose head shows where the function returned
 
     def events(self, chunk: bytes, pending: dict):
         """The events of a chunk of records; a REC_EVENT record's is in `pending`, by its key (an

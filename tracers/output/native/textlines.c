@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* native_text.py uses a library with this number only (an older build: the Python lines) */
+const int ftlab_textlines_abi = 2;
+
 enum { REC_UNCOMMITTED, REC_ENTRY }; /* records.py; any other type is an exit, as GraphDecoder reads it */
 
 typedef void (*miss_fn)(uint64_t ip, uint64_t parent);
@@ -370,12 +373,16 @@ int64_t graphlines_format(struct textlines *t, const struct graph_options *o, st
  * (flags, 0)), the %pS texts of symbol values (keyed (addr, 0)) and per event the heads (keyed
  * (ip, 0) at an entry, (ip, parent) at an exit).
  */
-enum { REC_PROBE_ENTRY = 4, REC_PROBE_EXIT = 5 }; /* probe_records.py */
-enum { ARG_U, ARG_S, ARG_X, ARG_SYMBOL };         /* NativeProbeLines.KINDS */
+enum { ARG_U, ARG_S, ARG_X, ARG_SYMBOL }; /* NativeProbeLines.KINDS */
+#define PROBE_TYPES 16                    /* the record types a probe layout can name */
 
-/* Where a record's words are (ProbeDecoder's layout). */
+/* Where a record's words are (ProbeDecoder's layout): by record type, where its fetched words
+ * begin (0: not a probe record), and whether its head shows the parent (a return's) and it counts
+ * as an exit. */
 struct probe_layout {
-    uint64_t words, event, ip, parent, faults, flags, fetch_entry, fetch_exit;
+    uint64_t words, event, ip, parent, faults, flags;
+    uint64_t fetch[PROBE_TYPES];
+    uint64_t exits; /* a bit per record type */
 };
 
 struct probe_event {
@@ -456,8 +463,8 @@ static int faulted(uint64_t faults, uint32_t i)
 
 /*
  * Lines for records [start, n) of chunk (each layout.words words), into out (cap bytes), until a
- * record of a type other than an entry, an exit or uncommitted (skipped): *done is its index (n
- * when none). counts[e] gets event e's lines, counts[nevents] and [nevents + 1] the entries' and
+ * record of a type the layout does not name, other than uncommitted (skipped): *done is its index
+ * (n when none). counts[e] gets event e's lines, counts[nevents] and [nevents + 1] the entries' and
  * the exits'. Returns the bytes written, -1 or -2 as textlines_format.
  */
 int64_t probelines_format(struct probelines *p, const uint64_t *records, uint64_t start, uint64_t n, char *out,
@@ -471,9 +478,9 @@ int64_t probelines_format(struct probelines *p, const uint64_t *records, uint64_
         const uint64_t *rec = records + r * l->words;
         if (rec[0] == REC_UNCOMMITTED)
             continue;
-        int exit = rec[0] == REC_PROBE_EXIT;
-        if ((!exit && rec[0] != REC_PROBE_ENTRY) || rec[l->event] >= p->nevents)
+        if (rec[0] >= PROBE_TYPES || !l->fetch[rec[0]] || rec[l->event] >= p->nevents)
             break;
+        int exit = l->exits >> rec[0] & 1;
         const struct probe_event *ev = &p->events[rec[l->event]];
         const struct body *context = body_of(p->contexts, rec[l->flags], 0);
         const struct body *head = context ? body_of(ev->heads, rec[l->ip], exit ? rec[l->parent] : 0) : NULL;
@@ -481,7 +488,7 @@ int64_t probelines_format(struct probelines *p, const uint64_t *records, uint64_
             return -1;
         /* the room: the symbols' texts looked up first (their table moves on a miss, not the others) */
         uint64_t need = context->len + 14 + head->len + 1;
-        const uint64_t *fetch = rec + (exit ? l->fetch_exit : l->fetch_entry);
+        const uint64_t *fetch = rec + l->fetch[rec[0]];
         const uint8_t *a = ev->args;
         for (uint32_t i = 0; i < ev->nargs; i++) {
             uint32_t label = a[2] | (uint32_t)a[3] << 8;
