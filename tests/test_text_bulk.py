@@ -67,6 +67,14 @@ def test_bulk_lines_are_the_per_event_lines(arch):
 
 
 @needs_c
+def test_a_library_built_from_an_older_textlines_is_not_used(monkeypatch):
+    """Its structs differ: the lab writes the lines in Python, not from a misread layout."""
+    assert native_text._library() is not None
+    monkeypatch.setattr(native_text, "ABI", native_text.ABI + 1)
+    assert native_text._library() is None
+
+
+@needs_c
 def test_native_lines_grow_their_room_and_raise_what_python_raised():
     long_body = "x" * 500 + " <-y\n"
     lines = native_text.NativeLines("P ", lambda ip, parent: long_body if ip == 1 else "f <-g\n")
