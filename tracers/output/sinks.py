@@ -17,7 +17,7 @@ from ..kernel_version import MODELLED, KernelVersion
 from ..probe_events import ProbeSpec, format_args, format_value
 from . import native_text
 from .events import Event
-from .probe_records import REC_PROBE_EXIT
+from .probe_records import REC_PROBE_EXIT, REC_PROBE_KRETPROBE
 from .records import REC_ENTRY, REC_UNCOMMITTED
 
 COMM, PID, CPU = "ftlab", 1, 0
@@ -118,9 +118,9 @@ class TextSink:
         where that was built at install, else `probe_lines`: the text `event` writes, no Event
         each, but for a Python handler's event (a REC_EVENT record), which each(record) writes in
         its place. Counts each line's event in decoder.counts; returns the entries and exits. The C
-        formatter knows the entry and exit records only: a trace with kprobe records (p events on
-        ftrace sites) takes `probe_lines`, in bulk all the same."""
-        if native_text.LIB is None or decoder.kprobes:
+        formatter knows the entry and exit records only: a trace with kprobe or kretprobe records
+        (p and r events on ftrace sites) takes `probe_lines`, in bulk all the same."""
+        if native_text.LIB is None or decoder.kprobes or decoder.kretprobes:
             return self.probe_lines(chunk, decoder, each)
         if self._probe is None:
             contexts, heads = self._probe_texts(decoder)
@@ -154,7 +154,7 @@ class TextSink:
                     lines.clear()
                     each(chunk[i * size : (i + 1) * size])
                 continue
-            exit_, event = w[0] == REC_PROBE_EXIT, w[2]
+            exit_, event = w[0] in (REC_PROBE_EXIT, REC_PROBE_KRETPROBE), w[2]
             spec = specs[event]
             counts[event] += 1
             written["exit" if exit_ else "entry"] += 1
