@@ -36,6 +36,10 @@ class RethookCode:
         m.write_code(code["rh_task"], U64.pack(core.addr))
         m.write_code(syms["callback_guest"], U64.pack(code["rethook_guest_callback"]))
         self.pre_handler_kretprobe = code["pre_handler_kretprobe"]
+        # the stub and the guest callback's choice of a path are the lab's, not the kernel's code:
+        # the trampoline's cost stays the kernel's (the lab hook's block is counted, as before)
+        m.plumbing(syms[design.callback], syms["rethook_callback_lab"])
+        m.plumbing(code["rethook_guest_callback"], code["rgc_found"])
 
     @classmethod
     def load(cls, core, design, syms) -> RethookCode | None:
