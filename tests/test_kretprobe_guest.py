@@ -212,3 +212,21 @@ def test_a_trampoline_without_the_guest_word_keeps_python(tmp_path):
     python, _, _ = trace("x86_64", specs, calls, ring=False)
     assert lab.rethook.code is None and tracer._guest is None
     assert sink.events == python.events and sink.summary == python.summary
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_python_kretprobe_on_the_same_function(arch):
+    """A Python kretprobe on the r event's function: the kprobe point has a Python probe, so every
+    entry takes Python (Kprobes' point is guest only when all its probes are), and each frame holds
+    a guest node and a Python one, so every return takes Python's handler too; the events and
+    counts are the Python path's."""
+    returns = []
+
+    def setup(lab, tracer):
+        lab.kretprobes().register(Kretprobe("fib", lambda ri, regs: returns.append(regs.regs_return_value())))
+
+    guest, tracer, lab = trace(arch, ["r4:b fib $retval $arg1"], [FIB], setup=setup)
+    python, reference, _ = trace(arch, ["r4:b fib $retval $arg1"], [FIB], ring=False, setup=setup)
+    assert (tracer._guest is not None) == guest_r(lab)
+    assert guest.events == python.events and guest.summary == python.summary
+    assert kretprobes(tracer) == kretprobes(reference) == [(15, 94)] and len(returns) == 2 * 109
