@@ -134,7 +134,7 @@ class Machine:
         self._budget = native_budget(self.uc, arch, self.read) if budget else None
         self._call_hooks = CallHooks(self.uc, self._budget)
         self._abandoned: list = []  # callbacks for a top-level call ending in an error
-        self._plumbing: set[int] = set()  # mailbox stubs' blocks, left out of lab-code costs
+        self._plumbing: set[int] = set()  # mailbox stubs' blocks (and plumbing()'s), left out of lab-code costs
         self.mailboxes: dict[int, Layout] = {}  # mailbox address -> what the stub leaves there
         self.python_entries: set[int] = set()  # the blocks hook_call enters Python at
         self._lab_hook: int | None = None
@@ -372,6 +372,11 @@ class Machine:
         self._plumbing.add(stub)
         self.mailboxes[addr] = layout
         return self.view(addr, layout.size).cast("Q")
+
+    def plumbing(self, begin: int, end: int) -> None:
+        """The lab code in [begin, end) is plumbing too, as a mailbox's stub: a block starting in it
+        is left out of lab-code costs (the lab's own decision of a path, not the kernel's code)."""
+        self._plumbing.update(addr for addr, _, _ in asm.disassemble(self.arch, self.read(begin, end - begin), begin))
 
     def hook_call(self, callback, addr: int):
         """callback(addr) each time the guest branches to addr, the entry of a lab function that

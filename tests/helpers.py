@@ -3,6 +3,7 @@ every bundled fixture variant, and every example call of the catalog with its in
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 
@@ -11,9 +12,13 @@ import pytest
 from emulator import arch as arches
 from fixtures import catalog
 from tracers.arch import kernel_arch
+from tracers.builtin.probe import ProbeEventTracer
 from tracers.cli.main import main
 from tracers.core.fprobe import DESIGNS
 from tracers.kernel_version import MODELLED
+from tracers.lab import Lab
+from tracers.output import native_text
+from tracers.output.sinks import TextSink
 
 ARCHES = list(arches.ARCHES)
 # (arch, fprobe design) where the design existed: the rethook design only where the arch had rethook
@@ -85,3 +90,30 @@ def trace_file(capsys, *argv: str, kernel: str = str(MODELLED)) -> str:
     first, _, rest = ftlab(capsys, *argv).partition("\n")
     assert re.fullmatch(rf"# ftlab: Linux {re.escape(kernel)} model, (x86_64|arm64)", first), first
     return rest
+
+
+# the bulk text's two writers: the C formatter (where it was built at install) and Python's lines
+TEXT_PATHS = [
+    pytest.param(
+        "c", marks=pytest.mark.skipif(native_text.LIB is None, reason="the native text formatter was not built")
+    ),
+    "python",
+]
+
+
+def probe_texts(arch, specs, calls, path, monkeypatch):
+    """The trace file of probe events on the lab's path for them (its bulk text written by `path`)
+    and on the Python path (ring=False), and the first's tracer."""
+    texts, tracer = [], None
+    for ring in (None, False):
+        out = io.StringIO()
+        lab = Lab.open("funcs", arch)
+        with monkeypatch.context() as patch:
+            if path == "python":
+                patch.setattr(native_text, "LIB", None)
+            with ProbeEventTracer(lab, TextSink(out, lab.machine.symbols), specs(lab), ring=ring) as traced:
+                for call in calls:
+                    lab.call(*call)
+        texts.append(out.getvalue())
+        tracer = tracer or traced
+    return texts, tracer

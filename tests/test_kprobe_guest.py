@@ -9,23 +9,20 @@ decides by the lab's capability (ftrace.regs_caller), never by the arch's name."
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 
 import pytest
 
-from helpers import ARCHES
+from helpers import ARCHES, TEXT_PATHS, probe_texts
 from tracers.builtin.probe import ProbeEventTracer
 from tracers.core.kprobes import Kprobe
 from tracers.lab import Lab
-from tracers.output import native_text
-from tracers.output.sinks import ListSink, TextSink
+from tracers.output.sinks import ListSink
 
 FIB = ("fib", 9)
 CRC = ("crc32_bitwise", 0, b"123456789abcdefgh", 9)
 SUM10 = ("sum10", *range(1, 11))
 CHAIN = ("chain_a", 7)
-needs_c = pytest.mark.skipif(native_text.LIB is None, reason="the native text formatter was not built (no C compiler)")
 # each p spec in the arch's own register names ({a0}, {a1}: the first arguments; {sp}, {pc})
 CASES = {
     "argument": (["p:a fib $arg1"], [FIB]),
@@ -275,26 +272,15 @@ def test_a_p_event_off_the_ftrace_site_keeps_the_python_path(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("path", [pytest.param("c", marks=needs_c), "python"])
+@pytest.mark.parametrize("path", TEXT_PATHS)
 @pytest.mark.parametrize("case", CASES)
 def test_the_text_is_the_python_paths(arch, path, case, monkeypatch):
     """The trace file: on the guest path its lines are written in bulk from the records, kprobe
     records included, by the C formatter or TextSink.probe_lines; the same text as the Python path's."""
     specs, calls = CASES[case]
-    texts = []
-    for ring in (None, False):
-        out = io.StringIO()
-        lab = Lab.open("funcs", arch)
-        with monkeypatch.context() as patch:
-            if path == "python":
-                patch.setattr(native_text, "LIB", None)
-            with ProbeEventTracer(lab, TextSink(out, lab.machine.symbols), specs_of(lab, specs), ring=ring) as tracer:
-                for call in calls:
-                    lab.call(*call)
-        texts.append(out.getvalue())
-        if ring is None:
-            assert (tracer._guest is not None) == on_ftrace(lab)
-            assert tracer._guest is None or (tracer._bulk is not None and tracer._decoder.kprobes)
+    texts, tracer = probe_texts(arch, lambda lab: specs_of(lab, specs), calls, path, monkeypatch)
+    assert (tracer._guest is not None) == on_ftrace(tracer.lab)
+    assert tracer._guest is None or (tracer._bulk is not None and tracer._decoder.kprobes)
     assert texts[0] == texts[1] and texts[0].count("\n           ftlab-1 ") > 0
 
 

@@ -110,6 +110,9 @@ class ReturnTrampoline:
     # with its pt_regs. False: it builds a pt_regs itself and calls `callback` (lab plumbing).
     trap: bool = False
     callback: str = ""
+    # the lab's guest code for the callback and kretprobes' entry (rethook_guest.py), a .S beside
+    # it; "" where every return takes the lab's Python handler
+    guest: str = ""
 
 
 def by_release(entries, kernel):

@@ -11,12 +11,14 @@ capture reads as a fault, never as the emulator's value.
 
 Where every event is an fprobe's on the fgraph design, or a kprobe's on an ftrace site that is a
 kprobe on ftrace (KPROBES_ON_FTRACE: x86's ftrace_regs_caller; arm64's p events take the BRK
-exception, in Python), and its fetchargs compile to guest programs (probe_events/program.py: no
-string, no $comm), with the counter clock (or insns where the machine counts natively), no verify
-mode and a ring buffer that holds one of their records, the hits run no Python: the guest fprobe
-dispatch (core/fprobe_guest.py) and the guest kprobe_ftrace_handler (core/kprobe_guest.py) call
-guest handlers (probe_code.py) that fetch into ring-buffer records, and Python decodes them in bulk
-into the same events (output/probe_records.py).
+exception, in Python), or a kretprobe's whose kprobe is such and whose return trampoline has a guest
+callback (core/rethook_guest.py: x86's rethook; arm64's r events take Python), and its fetchargs
+compile to guest programs (probe_events/program.py: no string, no $comm), with the counter clock (or
+insns where the machine counts natively), no verify mode and a ring buffer that holds one of their
+records, the hits run no Python: the guest fprobe dispatch (core/fprobe_guest.py), the guest
+kprobe_ftrace_handler (core/kprobe_guest.py) and the guest kretprobe entry and rethook return
+(core/rethook_guest.py) call guest handlers (probe_code.py) that fetch into ring-buffer records, and
+Python decodes them in bulk into the same events (output/probe_records.py).
 """
 
 from __future__ import annotations
@@ -120,20 +122,20 @@ def _where(karch, saved: tuple[str, ...], entry_args: tuple[int, ...] | None) ->
     )
 
 
-def _pt_regs_where(karch) -> Where:
-    """Where fetch steps find a kprobe pre_handler's registers: ftrace_regs_caller's pt_regs (the
-    members it captures, by their pt_regs offsets); $argN as regs_get_kernel_argument reads them (a
-    kprobe at a function's entry: the argument registers, then the stack above the return address);
-    $stack off regs->sp."""
+def _pt_regs_where(karch, saved: tuple[str, ...], entry_args: tuple[int, ...] | None = None) -> Where:
+    """Where fetch steps find a pt_regs' registers: those `saved` (ftrace_regs_caller's for a kprobe
+    on ftrace, the rethook trampoline's at a kretprobe's return), by their pt_regs offsets; $argN
+    as regs_get_kernel_argument reads them (a kprobe at a function's entry: the argument registers,
+    then the stack above the return address), or at a return the word its entry saved; $stack off
+    regs->sp."""
     layout, cpu = karch.pt_regs, karch.cpu
-    assert karch.regs_caller is not None  # only a kprobe on ftrace has this snapshot
     return Where(
-        {m: layout.offsets[m] for m in karch.regs_caller.saved},
+        {m: layout.offsets[m] for m in saved},
         tuple(layout.offsets[r] for r in cpu.arg_regs),
         cpu.sp,
         cpu.ret_regs[0],
         karch.ftrace_regs_stack_args,
-        None,
+        entry_args,
     )
 
 
@@ -220,47 +222,58 @@ class ProbeEventTracer(Tracer):
         clock = self.clock_name == "counter" or (self.clock_name == GuestInsnsClock.name and m.counts_natively)
         partial = lab.ftrace.uncaptured()
         fevents = [s for s in self.specs if s.kind == "f"]
-        kprobes = [s for s in self.specs if s.kind == "p"]
+        kprobes = [s for s in self.specs if s.kind in "pr"]  # an r event's entry is a kprobe too
+        probes, rets = (any(s.kind == kind for s in self.specs) for kind in "pr")
+        nr_fetch = max(len(s.args) for s in self.specs)
         if (
             self.ring is False
             or self.verify
             or not clock
             or self.write != self.emit
-            or len(fevents) + len(kprobes) != len(self.specs)
             or (fevents and self.fprobes.code is None)
-            or lab.probe_code.records.size(max(len(s.args) for s in self.specs), bool(kprobes)) > lab.ring_buffer.bytes
+            or (rets and lab.rethook.code is None)
+            or lab.probe_code.records.size(nr_fetch, probes, rets) > lab.ring_buffer.bytes
         ):
             return None
         on_ftrace = {self._kprobe_site(s) for s in kprobes}
         if None in on_ftrace or any(self._fprobe_unrecordable(s, partial, on_ftrace) for s in fevents):
             return None
-        entry = _where(lab.karch, lab.karch.ftrace_regs_saved, None)
-        exit_saved = lab.karch.fgraph.exit_saved(lab.kernel)
+        karch = lab.karch
+        entry = _where(karch, karch.ftrace_regs_saved, None)
+        exit_saved = karch.fgraph.exit_saved(lab.kernel)
+        kprobe_saved = karch.regs_caller.saved if karch.regs_caller is not None else ()
         handlers: list[tuple[str, int, list[Step]]] = []
         for i, spec in enumerate(self.specs):
+            save = entry  # where a return event's entry reads the $argN it saves
             if spec.kind == "p":
-                where = _pt_regs_where(lab.karch)
+                kind, where = "kprobe", _pt_regs_where(karch, kprobe_saved)
+            elif spec.kind == "r":
+                kind, where = "kretprobe", _pt_regs_where(karch, karch.rethook.saved, spec.entry_args)
+                save = _pt_regs_where(karch, kprobe_saved)
+            elif spec.is_return:
+                kind, where = "exit", _where(karch, exit_saved, spec.entry_args)
             else:
-                where = _where(lab.karch, exit_saved, spec.entry_args) if spec.is_return else entry
+                kind, where = "entry", entry
             steps = compile_args(spec.args, where, m.address_of)
             if steps is None:
                 return None
-            handlers.append(("kprobe" if spec.kind == "p" else "exit" if spec.is_return else "entry", i, steps))
+            handlers.append((kind, i, steps))
             if spec.entry_args:
-                handlers.append(("save", i, entry_steps(spec.entry_args, entry)))
+                handlers.append(("save", i, entry_steps(spec.entry_args, save)))
         return handlers
 
     def _fprobe_unrecordable(self, spec: ProbeSpec, partial, kprobes: set) -> bool:
         """An f event the guest records cannot show: at a site whose trampoline does not capture
-        every member it stores (arm64 -pg), or an entry at a p event's site, where the kprobe makes
+        every member it stores (arm64 -pg), or an entry at a p or r event's site, where the kprobe makes
         the trampoline ftrace_regs_caller, whose pt_regs the Python path shows (the entry record
         holds ftrace_caller's fields)."""
         ip = self.lab.ftrace.site(spec.symbol).ip
         return ip in partial or (not spec.is_return and ip in kprobes)
 
     def _kprobe_site(self, spec: ProbeSpec) -> int | None:
-        """A p event's probe address if its kprobe is a kprobe on ftrace (the address is an ftrace
-        site and the lab has ftrace_regs_caller: Kprobes.register makes it an ftrace_ops), else None."""
+        """A p event's probe address (an r event's: its entry kprobe's) if its kprobe is a kprobe on
+        ftrace (the address is an ftrace site and the lab has ftrace_regs_caller: Kprobes.register
+        makes it an ftrace_ops), else None."""
         lab = self.lab
         if lab.ftrace.regs_caller is None:
             return None
@@ -288,6 +301,11 @@ class ProbeEventTracer(Tracer):
                     maxactive=spec.maxactive or 0,
                     data_size=8 * len(spec.entry_args),
                 )
+                if self._guest is not None:
+                    i = self.specs.index(spec)
+                    rp.guest_handler = (self._guest["kretprobe", i], 0)
+                    if spec.entry_args:
+                        rp.guest_entry = (self._guest["save", i], 0)
                 self.kretprobes.register(rp)
                 self._probes.append(rp)
             else:

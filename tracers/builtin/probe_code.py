@@ -5,7 +5,10 @@ record (output/probe_records.py) with the event's fetchargs compiled to straight
 saves those arguments (trace_fprobe_entry_handler). Where the arch has ftrace_regs_caller, a p event
 on an ftrace site has a kprobe pre_handler (kprobe_dispatcher, kprobe_trace_func) that the guest
 kprobe_ftrace_handler calls (core/kprobe_guest.py), writing a kprobe record: its macros are only in
-the probe_events.S of such an arch."""
+the probe_events.S of such an arch. Where the rethook trampoline has a guest callback
+(core/rethook_guest.py), an r event has a return handler (kretprobe_dispatcher,
+kretprobe_trace_func) writing a kretprobe record, and its $argN are saved by a save handler that the
+guest pre_handler_kretprobe calls (trace_kprobe_entry_handler)."""
 
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class ProbeCode:
         }
         if self.records.kprobe is not None:
             self._stores["kprobe"] = ("fetch_store", self.records.kprobe.offsets["fetch"])
+        if self.records.kretprobe is not None:
+            self._stores["kretprobe"] = ("fetch_store", self.records.kretprobe.offsets["fetch"])
         self._loaded: dict[str, dict[str, int]] = {}  # each handlers' text assembled, by the text
         self._table, self._table_size = 0, 0
 

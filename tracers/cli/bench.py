@@ -98,6 +98,10 @@ PROBE_SPECS = ("f:a fib $arg1", "f:b fib%return $retval")
 # the entry event as a kprobe's: on fib's ftrace site, a kprobe on ftrace where the lab has
 # ftrace_regs_caller (x86_64's KPROBES_ON_FTRACE, in guest code); arm64's is a BRK, not measured
 KPROBE_SPECS = ("p:a fib $arg1",)
+# the exit event as a kretprobe's: its entry that kprobe, its return through the rethook trampoline,
+# in guest code where the trampoline has a guest callback (x86_64); arm64's takes BRKs, not measured.
+# maxactive 32, over fib(23)'s depth: every call is hooked (the default 10 would miss most of them)
+KRETPROBE_SPECS = ("r32:b fib $retval",)
 
 
 def _probe_rates(lab, n, make_sink=None, specs=PROBE_SPECS) -> tuple[float, float]:
@@ -225,6 +229,10 @@ def measure(arch: str) -> dict:
     )
     if lab.ftrace.regs_caller is not None:  # no key where p SYM is a breakpoint (arm64)
         r["kprobe_events_per_s"], r["kprobe_events_record_vs_record"] = _probe_rates(lab, 23, specs=KPROBE_SPECS)
+    if lab.ftrace.regs_caller is not None and lab.rethook.code is not None:  # the same, and the return
+        r["kretprobe_events_per_s"], r["kretprobe_events_record_vs_record"] = _probe_rates(
+            lab, 23, specs=KRETPROBE_SPECS
+        )
     with FunctionGraphTracer(lab, CountSink(), ring=False):
         graph = _timed(lambda: lab.call("fib", 18))
     r["function_graph_python_events_per_s"] = 2 * (2 * 4181 - 1) / graph
@@ -337,7 +345,9 @@ def bench(out, json_file: OutputFile | None = None) -> list[dict]:
         "guest path's ring buffer (record_vs_record) and as the kernel's text (text_vs_record), over\n"
         "the function tracer's recording;\n"
         "kprobe_events: -e 'p:a fib $arg1' as probe_events, a kprobe on fib's ftrace site in guest code\n"
-        "(x86_64 only: arm64's p SYM is a BRK kprobe, in Python).\n\n"
+        "(x86_64 only: arm64's p SYM is a BRK kprobe, in Python);\n"
+        "kretprobe_events: -e 'r32:b fib $retval' as probe_events, that kprobe and the rethook trampoline's\n"
+        "return in guest code (x86_64 only: arm64's kretprobes take BRKs, in Python).\n\n"
     )
     out.write(markdown(results))
     if json_file is not None:

@@ -5,12 +5,13 @@ that turns them back into the events the Python path makes.
 
 Each record holds the event (the spec's index), the function (a kprobe's: its probe address,
 kprobe_trace_func's entry->ip = tk->rp.kp.addr) and where it returns (at an entry, the word at the
-stack pointer), which fetches faulted (a bit each), the CPU's flags word (for irqs-off), the
-ftrace_regs fields the handler was given (a kprobe's: the pt_regs fields ftrace_regs_caller
-captured, as the pre_handler saw them, regs->ip the probe + 1), then one word per fetcharg: as
-loaded, before the type's truncation, which decoding applies. The fetch words come last, so a trace's records are
-as long as its events need (RingBuffer.reset's record_size) and the guest code's offsets do not
-depend on how many there are."""
+stack pointer; a kretprobe's: kretprobe_trace_func's func and ret_ip), which fetches faulted (a bit
+each), the CPU's flags word (for irqs-off), the ftrace_regs fields the handler was given (a
+kprobe's: the pt_regs fields ftrace_regs_caller captured, as the pre_handler saw them, regs->ip the
+probe + 1; a kretprobe's: the pt_regs fields the rethook trampoline saved, as its handler saw them),
+then one word per fetcharg: as loaded, before the type's truncation, which decoding applies. The
+fetch words come last, so a trace's records are as long as its events need (RingBuffer.reset's
+record_size) and the guest code's offsets do not depend on how many there are."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..probe_events.spec import U64, _convert
 from .events import NR_ARGS, Event
 from .records import EVENT_RECORD, REC_EVENT, fields_macro
 
-REC_PROBE_ENTRY, REC_PROBE_EXIT, REC_PROBE_KPROBE = 4, 5, 6
+REC_PROBE_ENTRY, REC_PROBE_EXIT, REC_PROBE_KPROBE, REC_PROBE_KRETPROBE = 4, 5, 6, 7
 HEAD = ("event", "ip", "parent", "faults", "flags")
 _FIELDS = RECORD_HEADER.nr_words + len(HEAD)  # where the ftrace_regs fields begin
 WORDS = dict(zip(HEAD, range(RECORD_HEADER.nr_words, _FIELDS), strict=True))  # each HEAD field's word
@@ -43,12 +44,17 @@ class ProbeRecords:
     # has no ftrace_regs_caller (no KPROBES_ON_FTRACE: its kprobes keep the Python path)
     kprobe: Layout | None = None
     kprobe_saved: tuple[str, ...] = ()
+    # a kretprobe's return handler (the rethook trampoline's pt_regs): ..., those fields, fetch;
+    # None where the release's trampoline has no guest callback (its r events keep the Python path)
+    kretprobe: Layout | None = None
+    kretprobe_saved: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, karch, kernel: KernelVersion = MODELLED) -> ProbeRecords:
         saved, exit_saved = karch.ftrace_regs_saved, karch.fgraph.exit_saved(kernel)
         kprobe_saved = karch.regs_caller.saved if karch.regs_caller is not None else ()
-        regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved, kprobe_saved)]
+        kretprobe_saved = karch.rethook.saved if karch.rethook.trampoline(kernel).guest else ()
+        regs = [tuple(f"regs_{m}" for m in members) for members in (saved, exit_saved, kprobe_saved, kretprobe_saved)]
         return cls(
             RECORD_HEADER.extend("probe entry record", (*HEAD, *regs[0], "fetch")),
             RECORD_HEADER.extend("probe exit record", (*HEAD, *regs[1], "fetch")),
@@ -56,36 +62,45 @@ class ProbeRecords:
             exit_saved,
             RECORD_HEADER.extend("probe kprobe record", (*HEAD, *regs[2], "fetch")) if kprobe_saved else None,
             kprobe_saved,
+            RECORD_HEADER.extend("probe kretprobe record", (*HEAD, *regs[3], "fetch")) if kretprobe_saved else None,
+            kretprobe_saved,
         )
 
-    def size(self, nr_fetch: int, kprobes: bool = False) -> int:
-        """A record's bytes, with room for nr_fetch fetched words (and for a kprobe's pt_regs)."""
-        layouts = [self.entry, self.exit] + ([self.kprobe] if kprobes and self.kprobe is not None else [])
+    def size(self, nr_fetch: int, kprobes: bool = False, kretprobes: bool = False) -> int:
+        """A record's bytes, with room for nr_fetch fetched words (and for a kprobe's or a
+        kretprobe's pt_regs)."""
+        layouts = [self.entry, self.exit]
+        layouts += [self.kprobe] if kprobes and self.kprobe is not None else []
+        layouts += [self.kretprobe] if kretprobes and self.kretprobe is not None else []
         return max(layout.size for layout in layouts) + 8 * (nr_fetch - 1)
 
     def asm_constants(self) -> dict[str, int]:
-        kprobe = (
-            {}
-            if self.kprobe is None
-            else {**self.kprobe.asm_constants("PROBE_KP_"), "REC_PROBE_KPROBE": REC_PROBE_KPROBE}
-        )
-        return {
+        consts = {
             **self.entry.asm_constants("PROBE_ENT_"),
             **self.exit.asm_constants("PROBE_RET_"),
             "REC_PROBE_ENTRY": REC_PROBE_ENTRY,
             "REC_PROBE_EXIT": REC_PROBE_EXIT,
-            **kprobe,
         }
+        if self.kprobe is not None:
+            consts |= {**self.kprobe.asm_constants("PROBE_KP_"), "REC_PROBE_KPROBE": REC_PROBE_KPROBE}
+        if self.kretprobe is not None:
+            consts |= {**self.kretprobe.asm_constants("PROBE_KRP_"), "REC_PROBE_KRETPROBE": REC_PROBE_KRETPROBE}
+        return consts
 
     def asm_macros(self) -> str:
         """`probe_entry_fields fregs, rec` and `probe_exit_fields fregs, rec`: the copy of each
         record's ftrace_regs fields (records.fields_macro); `probe_kprobe_fields regs, rec`, the
-        pt_regs fields, where there is a kprobe record."""
+        pt_regs fields, where there is a kprobe record; `probe_kretprobe_fields regs, rec` where
+        there is a kretprobe record."""
         kprobe = "" if self.kprobe is None else fields_macro("probe_kprobe_fields", self.kprobe_saved, "PROBE_KP")
+        kretprobe = (
+            "" if self.kretprobe is None else fields_macro("probe_kretprobe_fields", self.kretprobe_saved, "PROBE_KRP")
+        )
         return (
             fields_macro("probe_entry_fields", self.saved, "PROBE_ENT")
             + fields_macro("probe_exit_fields", self.exit_saved, "PROBE_RET")
             + kprobe
+            + kretprobe
         )
 
 
@@ -113,15 +128,23 @@ class ProbeDecoder:
         self.kprobe_saved = self.layouts.kprobe_saved
         self.missing_kp = tuple(missing_registers(karch, self.kprobe_saved))
         self.kp_args = [self.kprobe_saved.index(r) for r in karch.cpu.arg_regs[:NR_ARGS] if r in self.kprobe_saved]
+        # kretprobe records (the rethook trampoline's pt_regs), when the trace has r events
+        self.kretprobes = any(s.kind == "r" for s in specs) and self.layouts.kretprobe is not None
+        self.kretprobe_saved = self.layouts.kretprobe_saved
+        self.missing_krp = tuple(missing_registers(karch, self.kretprobe_saved))
+        self.krp_ret = self.kretprobe_saved.index(karch.cpu.ret_regs[0]) if self.kretprobes else 0
         nr_fetch = max((len(s.args) for s in specs), default=0)
-        self.rec = struct.Struct(f"<{self.layouts.size(nr_fetch, self.kprobes) // 8}Q")
+        self.rec = struct.Struct(f"<{self.layouts.size(nr_fetch, self.kprobes, self.kretprobes) // 8}Q")
         self.fetch_at = {
             REC_PROBE_ENTRY: _FIELDS + len(self.saved),
             REC_PROBE_EXIT: _FIELDS + len(self.exit_saved),
         }
         if self.kprobes:
             self.fetch_at[REC_PROBE_KPROBE] = _FIELDS + len(self.kprobe_saved)
-        self.exit_types = (REC_PROBE_EXIT,)  # the records whose head shows where the function returned
+        if self.kretprobes:
+            self.fetch_at[REC_PROBE_KRETPROBE] = _FIELDS + len(self.kretprobe_saved)
+        # the records whose head shows where the function returned
+        self.exit_types = (REC_PROBE_EXIT, REC_PROBE_KRETPROBE)
 
     def events(self, chunk: bytes, pending: dict):
         """The events of a chunk of records; a REC_EVENT record's is in `pending`, by its key (an
@@ -157,6 +180,9 @@ class ProbeDecoder:
                     fetch=tuple(zip(spec.args, self.values(spec, w), strict=True)),
                     irqs_off=masked(w[6]),
                 )
+                continue
+            if kind == REC_PROBE_KRETPROBE:
+                yield self._kretprobe(w)
                 continue
             if kind == REC_PROBE_ENTRY:
                 fields = w[_FIELDS:fetch_in]
@@ -201,6 +227,29 @@ class ProbeDecoder:
                 fetch=tuple(zip(spec.args, self.values(spec, w), strict=True)),
                 irqs_off=masked(w[6]),
             )
+
+    def _kretprobe(self, w: tuple[int, ...]) -> Event:
+        """kretprobe_trace_func: a return handler's event, as the Python path's _exit makes it: the
+        function, where it returned (regs->ip), the trampoline's pt_regs, regs_return_value."""
+        fields = w[_FIELDS : self.fetch_at[REC_PROBE_KRETPROBE]]
+        spec = self.specs[w[2]]
+        self.counts[w[2]] += 1
+        return Event(
+            "kretprobe",
+            "exit",
+            w[3],
+            w[4],
+            0,
+            w[1],
+            None,
+            "pt_regs",
+            dict(zip(self.kretprobe_saved, fields, strict=True)),
+            self.missing_krp,
+            retval=fields[self.krp_ret],
+            probe=spec,
+            fetch=tuple(zip(spec.args, self.values(spec, w), strict=True)),
+            irqs_off=self.irqs_masked(w[6]),
+        )
 
     def values(self, spec: ProbeSpec, w: tuple[int, ...]) -> tuple[int | str, ...]:
         """An entry or exit record's (its words w) fetched values as its event's types read them."""

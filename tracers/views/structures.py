@@ -18,6 +18,7 @@ from ..arch import kernel_arch
 from ..arch.base import KernelArch, RegFixup
 from ..core.bpf_trampoline import trampoline_flags
 from ..core.fgraph import BITMAP_WORD, DATA_WORD, FTRACE_RET_STACK, GUEST_PUSH
+from ..core.rethook import RETHOOK_NODE
 from ..kernel_version import KernelVersion
 from ..output.records import records_of
 
@@ -331,40 +332,38 @@ def bpf_tramp_frame(karch: KernelArch, kernel: KernelVersion, nr_args: int = 2) 
 
 
 def rethook_node(karch: KernelArch, kernel: KernelVersion) -> Picture:
-    """tracers/core/rethook.py's RethookNode, as the kernel's node of each arch names its members:
+    """tracers/core/rethook.py's RETHOOK_NODE, as the kernel's node of each arch names its members:
     struct rethook_node (include/linux/rethook.h), or where the arch never had rethook, the
     kretprobe_instance of !KRETPROBE_ON_RETHOOK (include/linux/kprobes.h)."""
     kretprobe = karch.rethook.no_rethook_reason is not None
     frame = {"sp": "the entry sp: the return slot's address", "fp": "the frame pointer (x29) at entry"}
     hook = "arch_prepare_kretprobe" if kretprobe else "arch_rethook_prepare"
-    fields = (
-        Field(None, None, "rph" if kretprobe else "rethook", (Fill("H", "the pool it came from"),), "lab: .rethook"),
-        Field(None, None, "ret_addr", (Fill("H", "the real return address"),), "lab: .ret_addr"),
-        Field(None, None, "fp" if kretprobe else "frame", (Fill("H", frame[karch.fgraph.retp]),), "lab: .frame"),
-        Field(
-            None, None, "data[]", (Fill("H", "the user's private data, after the node"),), "lab: .data, a guest address"
+    names = {"rethook": "rph" if kretprobe else "rethook", "frame": "fp" if kretprobe else "frame"}
+    fills = {
+        "next": (Fill("H", "the task's list: the node hooked before it"), "llist; the free list's link too"),
+        "rethook": (Fill("H", "the pool it came from"), ""),
+        "ret_addr": (Fill("H", "the real return address"), ""),
+        "frame": (Fill("H", frame[karch.fgraph.retp]), ""),
+        "func": (
+            Fill("H", "the hooked function's entry"),
+            "the kernel's is the kretprobe's kp.addr" if kretprobe else "the kernel's is fprobe_rethook_node's",
         ),
-        Field(
-            None,
-            None,
-            "kp.addr" if kretprobe else "entry_ip",
-            (Fill("H", "the hooked function's entry"),),
-            "lab: .func; the kernel's is the kretprobe's, not the node's"
-            if kretprobe
-            else "lab: .func; the kernel's is fprobe_rethook_node's, not rethook_node's",
-        ),
+        "data": (Fill("H", "the private data's address"), "the kernel's data[] follows the node"),
+    }
+    fields = tuple(
+        Field(off, 8, names.get(name, name), (fills[name][0],), fills[name][1])
+        for name, off in sorted(RETHOOK_NODE.offsets.items(), key=lambda item: item[1])
     )
     why = [karch.rethook.no_rethook_reason] if karch.rethook.no_rethook_reason is not None else []
     return Picture(
         "rethook_node",
         "struct kretprobe_instance" if kretprobe else "struct rethook_node",
         karch.name,
-        None,
+        RETHOOK_NODE.size,
         fields,
         (Mechanism("H", hook, "at the hooked function's entry"),),
         (
-            "kept by the lab in Python: no guest layout, so no offsets",
-            "not modelled: the pool and list links (rcu, llist): the lab keeps Python lists",
+            "the lab's layout (guest code and Python share it), not the kernel's offsets: no rcu head",
             *why,
         ),
     )

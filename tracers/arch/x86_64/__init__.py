@@ -260,6 +260,7 @@ KERNEL = KernelArch(
                     "arch_rethook_trampoline",
                     "kretprobe return: the rethook trampoline's pt_regs",
                     callback="arch_rethook_trampoline_callback",
+                    guest="rethook.S",
                 ),
             ),
         ),

@@ -1,12 +1,14 @@
 /*
  * Probe events' handlers for x86_64 in guest code (kernel/trace/trace_fprobe.c fentry_trace_func,
- * fexit_trace_func, trace_fprobe_entry_handler; trace_kprobe.c kprobe_trace_func;
+ * fexit_trace_func, trace_fprobe_entry_handler; trace_kprobe.c kprobe_trace_func,
+ * kretprobe_trace_func, trace_kprobe_entry_handler;
  * trace_probe_tmpl.h process_fetch_insn): the
  * macros each event's handler is written in, and what they call. tracers/builtin/probe_code.py
  * writes one handler per event from its fetch steps (tracers/probe_events/program.py) and
  * assembles them after this file; each hit writes one record (tracers/output/probe_records.py).
  * The guest fprobe dispatch (fprobe.S) calls a handler as handler(data rdi, ip rsi, ret_ip rdx,
- * fregs rcx, entry_data r8); each returns rax = 0 and may clobber rcx, rdx, rsi, rdi, r8-r11.
+ * fregs rcx, entry_data r8), as do the guest kretprobe's entry and return (rethook.S) with a pt_regs;
+ * each returns rax = 0 and may clobber rcx, rdx, rsi, rdi, r8-r11.
  * In a handler: rax = the value being fetched, rdi = the record, r9 = the faulted arguments' bits.
  */
 
@@ -89,7 +91,34 @@
     ret
 .endm
 
-/* A return event's entry, when its fetchargs read $argN: those arguments into the entry data. */
+/* An r event's return handler (trace_kprobe.c kretprobe_dispatcher -> kretprobe_trace_func), which
+ * the guest rethook_trampoline_handler (rethook.S) calls as handler(data rdi, func rsi, ret_ip rdx,
+ * regs rcx, the node's data r8): regs is the rethook trampoline's pt_regs, regs->ip the real return
+ * address. The record's ip is the function, its parent where it returned, then the pt_regs fields. */
+.macro probe_kretprobe_begin event, done
+    call rb_reserve
+    test rax, rax
+    jz \done
+    mov rdi, rax
+    mov qword ptr [rdi+PROBE_KRP_EVENT], \event
+    mov [rdi+PROBE_KRP_IP], rsi
+    mov [rdi+PROBE_KRP_PARENT], rdx
+    pushfq
+    pop qword ptr [rdi+PROBE_KRP_FLAGS]
+    probe_kretprobe_fields rcx, rdi
+    xor r9d, r9d
+.endm
+
+.macro probe_kretprobe_end done
+    mov [rdi+PROBE_KRP_FAULTS], r9
+    mov qword ptr [rdi+PROBE_KRP_TYPE], REC_PROBE_KRETPROBE  // committed
+\done:
+    xor eax, eax
+    ret
+.endm
+
+/* A return event's entry, when its fetchargs read $argN: those arguments into the entry data
+ * (an f event's, trace_fprobe_entry_handler; an r event's, trace_kprobe_entry_handler). */
 .macro probe_save_begin
 .endm
 
