@@ -14,10 +14,11 @@ from __future__ import annotations
 import pytest
 
 from helpers import ARCHES, TEXT_PATHS, probe_texts
-from test_kprobe_guest import CHAIN, CRC, FIB, scratch_scrubbed, trace
+from test_kprobe_guest import CHAIN, CRC, FIB, _inside, scratch_scrubbed, trace
 from test_probe_guest import CRC_RETURN
 from test_task_state import fault
 from tracers.builtin.probe import ProbeEventTracer
+from tracers.core.kprobes import Kprobe
 from tracers.core.kretprobe import DEFAULT_MAXACTIVE, Kretprobe, Kretprobes
 from tracers.core.rethook import RethookCore
 from tracers.core.stacktrace import stack_trace
@@ -73,6 +74,26 @@ def test_maxactive_misses(arch):
     guest, tracer, _ = trace(arch, ["r2:b fib $retval"], [FIB])
     assert guest.summary["probes"]["kprobes/b"] == {"hits": 3, "nmissed": 106}
     assert kretprobes(tracer) == [(3, 106)]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kprobe_profile_adds_the_entry_kprobes_misses(arch):
+    """A return probe's nmissed in kprobe_profile is its kprobe's plus its kretprobe's
+    (probes_profile_seq_show, kernel/trace/trace_kprobe.c, since 5.17): a Python kprobe inside
+    crc32_bitwise calls fib(4), whose 9 entries the r event's kprobe misses (kprobe_running()),
+    and r2 misses 106 more calls of fib(9) for want of a node, on either path."""
+
+    def nested(lab, tracer):
+        def pre(p, regs):
+            lab.call("fib", 4)
+            return 0
+
+        lab.kprobes.register(Kprobe("crc32_bitwise", _inside(lab, "crc32_bitwise"), pre))
+
+    for ring in (None, False):
+        sink, tracer, _ = trace(arch, ["r2:b fib $retval"], [FIB, CRC], ring=ring, setup=nested)
+        assert kretprobes(tracer) == [(3, 106)] and tracer._probes[0].ops.nmissed == 9
+        assert sink.summary["probes"]["kprobes/b"] == {"hits": 3, "nmissed": 106 + 9}
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -390,13 +390,17 @@ class ProbeEventTracer(Tracer):
 
     def probe_counts(self) -> dict[str, dict[str, int]]:
         """kprobe_profile's columns: event, hits, misses. The kernel prints a line per probe; an
-        event with several probes (one per function) totals them here."""
+        event with several probes (one per function) totals them here. A return probe's misses are
+        its kprobe's and its kretprobe's (probes_profile_seq_show, kernel/trace/trace_kprobe.c,
+        since 5.17: rp.kp.nmissed + rp.nmissed)."""
         probes: dict[str, dict[str, int]] = {}
         guest = self._decoder.counts if self._decoder is not None else [0] * len(self.specs)
         for s, p, recorded in zip(self.specs, self._probes, guest, strict=True):
             counts = probes.setdefault(f"{s.group}/{s.event}", {"hits": 0, "nmissed": 0})
             counts["hits"] += self.hits[s] + recorded
             counts["nmissed"] += p.nmissed
+            if isinstance(p, Kretprobe) and isinstance(p.ops, Kprobe):
+                counts["nmissed"] += p.ops.nmissed
         return probes
 
     def _save_entry(self, spec: ProbeSpec, data: int, regs) -> int:
