@@ -33,6 +33,7 @@ from .core.ftrace import Ftrace
 from .core.kprobes import Kprobes
 from .core.kretprobe import Kretprobes
 from .core.rethook import RethookCore
+from .core.rethook_guest import RethookCode
 from .core.ring_buffer import DEFAULT_RECORDS, RingBuffer
 from .kernel_version import MODELLED, KernelVersion
 from .output.records import records_of
@@ -107,6 +108,7 @@ class Lab:
         self.fprobe_code = FprobeCode(self.ftrace, self.fgraph)
         self.probe_code = ProbeCode(self.ftrace, self.ring_buffer, kernel)
         self.fprobe_code.batch = FprobeBatch(self.ftrace, self.ring_buffer, kernel)
+        self.rethook.code = RethookCode.load(self.rethook)
         self.loaded = [self.machine.load(Path(path), stubs) for path in loads]
         self.obj = self.machine.load(target.path, stubs)
         self.sites = [site for obj in (*self.loaded, self.obj) for site in self.ftrace.add_object(obj)] if init else []

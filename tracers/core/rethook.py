@@ -16,6 +16,7 @@ returns in guest code, any other frame through Python (_handler)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from emulator import FtlabError
 from emulator.layout import Layout
@@ -144,11 +145,9 @@ class RethookCore:
     The trampoline is the kernel release's (RethookArch.trampolines): one that builds a pt_regs
     and calls the handler, or a breakpoint (arm64 since 6.9), whose handler kprobes' trap calls
     with the exception's pt_regs (`break_hooks`). Where the trampoline's callback has a guest
-    handler (rethook_guest.py), `code` is it."""
+    handler, `code` is it (rethook_guest.RethookCode, which the lab loads after its other code)."""
 
     def __init__(self, ftrace: Ftrace, kernel: KernelVersion = MODELLED):
-        from .rethook_guest import RethookCode
-
         self.ftrace, self.m = ftrace, ftrace.m
         self.karch = ftrace.karch
         self.nodes: dict[int, RethookNode] = {}  # every pool's nodes, by address
@@ -157,12 +156,11 @@ class RethookCore:
         self.state[FIRST] = self.state[VERIFY] = 0
         self.design = design = self.karch.rethook.trampoline(kernel)
         syms = self.karch.load(self.m, design.source, CALLBACK_ARGS.asm_constants("CALLBACK_ARGS_"))
-        self.trampoline = syms[design.symbol]
-        self.code: RethookCode | None = None
+        self.trampoline, self.syms = syms[design.symbol], syms
+        self.code: Any = None
         if not design.trap:
             self._regs_arg = self.m.mailbox(syms[design.callback], syms["callback_args"], CALLBACK_ARGS)
             self.m.hook_call(self._callback, syms["rethook_callback_lab"])
-            self.code = RethookCode.load(self, design, syms)
         self.verify = ftrace.verify  # the return's snapshot stands at the trampoline
         self.verify.add(self, "rethook", lambda: (self.trampoline,), self._verify_toggled)
         self.m.on_abandoned_call(self.flush_task)

@@ -20,8 +20,8 @@ U64 = struct.Struct("<Q")
 
 
 class RethookCode:
-    def __init__(self, core, design, syms):
-        m = core.m
+    def __init__(self, core):
+        m, design, syms = core.m, core.design, core.syms
         code = core.karch.load(
             m,
             design.guest,
@@ -42,7 +42,8 @@ class RethookCode:
         m.plumbing(code["rethook_guest_callback"], code["rgc_found"])
 
     @classmethod
-    def load(cls, core, design, syms) -> RethookCode | None:
-        """The guest code, where the design has it and the trampoline's file (the lab's, or a
-        user's copy of it) has the word its stub calls through."""
-        return cls(core, design, syms) if design.guest and "callback_guest" in syms else None
+    def load(cls, core) -> RethookCode | None:
+        """The guest code, where the design has it (its trampoline calls a callback, not a trap) and
+        the trampoline's file (the lab's, or a user's copy of it) has the word its stub calls through."""
+        design = core.design
+        return cls(core) if not design.trap and design.guest and "callback_guest" in core.syms else None
