@@ -261,9 +261,26 @@ fpr_pop:
     ret
 
 /* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
- * no entry data. In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
+ * no entry data; a lone fprobe's handler is branched to, as a compiler's tail call (through x16,
+ * which a BTI `c` landing pad accepts). In: x0 = ip, x1 = parent_ip, x2 = op, x3 = fregs. */
 .globl fprobe_ftrace_entry
 fprobe_ftrace_entry:
+    ldr x9, fp_control
+    ldr x9, [x9, #FPC_FTRACE_IPS]
+    ip_table_find ffe_ret, ffe_find     // keeps x0-x8
+    ldr x10, [x9, #FPROBE_AT_NR]
+    cmp x10, #1
+    b.ne ffe_several
+    ldr x10, [x9, #FPROBE_AT_SIZE]      // the one fprobe: its handler in this function's place
+    mov x2, x1
+    mov x1, x0
+    ldr x0, [x10, #GFP_ENTRY_DATA]
+    mov x4, #0
+    ldr x16, [x10, #GFP_ENTRY]
+    br x16
+ffe_ret:
+    ret
+ffe_several:
     stp x29, x30, [sp, #-64]!
     mov x29, sp
     stp x19, x20, [sp, #16]
@@ -272,12 +289,8 @@ fprobe_ftrace_entry:
     mov x19, x0
     mov x20, x1
     mov x21, x3
-    ldr x9, fp_control
-    ldr x9, [x9, #FPC_FTRACE_IPS]
-    ip_table_find ffe_out, ffe_find
     add x22, x9, #FPROBE_AT_SIZE        // its fprobes, then the end of the list
-    ldr x9, [x9, #FPROBE_AT_NR]
-    add x23, x22, x9, lsl #3
+    add x23, x22, x10, lsl #3
 ffe_next:
     ldr x9, [x22], #8
     ldr x0, [x9, #GFP_ENTRY_DATA]
@@ -289,7 +302,6 @@ ffe_next:
     blr x9
     cmp x22, x23
     b.lo ffe_next
-ffe_out:
     ldr x23, [sp, #48]
     ldp x21, x22, [sp, #32]
     ldp x19, x20, [sp, #16]

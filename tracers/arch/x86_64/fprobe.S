@@ -260,18 +260,30 @@ fpr_pop:
     ret
 
 /* fprobe_ftrace_entry (6.19+): each entry-only fprobe on ip, called with parent_ip as ret_ip and
- * no entry data. In: rdi = ip, rsi = parent_ip, rdx = op, rcx = fregs. As a C function, it keeps
- * rbx, rbp, r12-r15 only; [rsp] keeps fregs, [rsp+8] parent_ip, [rsp+16] ip. */
+ * no entry data; a lone fprobe's handler is jumped to, as a compiler's tail call. In: rdi = ip,
+ * rsi = parent_ip, rdx = op, rcx = fregs. As a C function, it keeps rbx, rbp, r12-r15 only; with
+ * several fprobes [rsp] keeps fregs, [rsp+8] parent_ip, [rsp+16] ip. */
 .globl fprobe_ftrace_entry
 fprobe_ftrace_entry:
+    mov rax, [rip+fp_control]
+    mov rax, [rax+FPC_FTRACE_IPS]
+    ip_table_find ffe_ret, ffe_find     // keeps rcx, rsi, rdi
+    cmp qword ptr [rax+FPROBE_AT_NR], 1
+    jne ffe_several
+    mov rax, [rax+FPROBE_AT_SIZE]       // the one fprobe: its handler in this function's place
+    mov rdx, rsi
+    mov rsi, rdi
+    mov rdi, [rax+GFP_ENTRY_DATA]
+    xor r8d, r8d
+    jmp qword ptr [rax+GFP_ENTRY]
+ffe_ret:
+    ret
+ffe_several:
     push rbx
     push r12
     push rdi
     push rsi
     push rcx
-    mov rax, [rip+fp_control]
-    mov rax, [rax+FPC_FTRACE_IPS]
-    ip_table_find ffe_out, ffe_find
     mov r12, rax
     xor ebx, ebx
 ffe_next:
@@ -285,7 +297,6 @@ ffe_next:
     call qword ptr [rax+GFP_ENTRY]
     cmp rbx, [r12+FPROBE_AT_NR]
     jb ffe_next
-ffe_out:
     pop rcx
     pop rsi
     pop rdi
