@@ -30,7 +30,7 @@ class ProbeCode:
             **self.records.asm_constants(),
             "STACK_BASE": base,
             "STACK_LAST": base + size - 8,  # regs_within_kernel_stack: the last whole word
-            "rb_reserve": ring_buffer.reserve,
+            **ring_buffer.writer_constants,
             "PE_REGIONS": self._regions,
         }
         self._stores = {

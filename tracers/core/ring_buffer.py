@@ -43,6 +43,8 @@ class RingBuffer:
         self.nr = nr_records
         syms = karch.load(m, "ring_buffer.S", ASM_CONSTANTS)
         self.reserve = syms["rb_reserve"]
+        # what a writer that inlines the reserve (macros.S rb_reserve_inline) is assembled with
+        self.writer_constants = {**ASM_CONSTANTS, **{name: syms[name] for name in ("rb_control", "rb_reserve_full")}}
         try:
             self.control = m.alloc("lab data", RB_CONTROL.size, 64)
             self.base = m.alloc("lab data", nr_records * self.rec.size, 4096)

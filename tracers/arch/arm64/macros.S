@@ -96,3 +96,27 @@
 \label\()_found:
     ldr x9, [x14, #IP_SLOT_VALUE]
 .endm
+
+/* rb_reserve's taking of the record at head x10 (ring_buffer.S): its timestamp (the clock in x14,
+ * plus one: trace_clock_counter) and type 0, not committed (the writer's type store commits it). */
+.macro rb_take
+    ldp x12, x13, [x9, #RB_BASE]        // base, record_size
+    madd x12, x10, x13, x12
+    add x14, x14, #1
+    str x14, [x9, #RB_CLOCK]
+    stp xzr, x14, [x12, #HDR_TYPE]      // type, ts
+    add x10, x10, #1
+    str x10, [x9, #RB_HEAD]             // the writer fills it before anything can read it
+.endm
+
+/* rb_reserve in the writer's own code, x9 = the ring buffer's control block: x12 = the next
+ * record, x14 its timestamp, or a branch to \full when the buffer is full (x9 and x14 = the clock,
+ * as rb_reserve_full takes them). The clock is read in the block this is in: an insns timestamp
+ * counts the instructions before that block. Clobbers x10, x11, x13. */
+.macro rb_reserve_inline full
+    ldr x14, [x9, #RB_CLOCK]
+    ldp x10, x11, [x9, #RB_HEAD]        // head, nr
+    cmp x10, x11
+    b.hs \full
+    rb_take
+.endm

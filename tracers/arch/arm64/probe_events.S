@@ -12,11 +12,20 @@
 
 .include "macros.S"
 
+/* A handler's record when the buffer was full: rb_reserve_full drains it, then on to \record, or
+ * to \done when the record was dropped (lr is in x17 already). */
+.macro probe_reserve_full record, done
+    bl rb_reserve_full
+    cbnz x12, \record
+    b \done
+.endm
+
 /* An f event's entry: its record (none if the buffer refused it: a branch to \done). */
 .macro probe_entry_begin event, done
     mov x17, x30
-    bl rb_reserve                       // x12 = the record (0: dropped)
-    cbz x12, \done
+    ldr x9, rb_control                  // the ring buffer's control block
+    rb_reserve_inline \done\()_full    // x12 = the record
+\done\()_record:
     mov x11, #\event
     str x11, [x12, #PROBE_ENT_EVENT]
     ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: hooked, if fgraph ran first
@@ -35,13 +44,16 @@
     mov x30, x17
     mov x0, #0
     ret
+\done\()_full:
+    probe_reserve_full \done\()_record, \done
 .endm
 
 /* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
 .macro probe_exit_begin event, done
     mov x17, x30
-    bl rb_reserve
-    cbz x12, \done
+    ldr x9, rb_control
+    rb_reserve_inline \done\()_full
+\done\()_record:
     mov x11, #\event
     str x11, [x12, #PROBE_RET_EVENT]
     stp x1, x2, [x12, #PROBE_RET_IP]    // the function, where it returned
@@ -59,6 +71,8 @@
     mov x30, x17
     mov x0, #0
     ret
+\done\()_full:
+    probe_reserve_full \done\()_record, \done
 .endm
 
 /* A return event's entry, when its fetchargs read $argN: those arguments into the entry data. */

@@ -5,31 +5,31 @@
  * overwrite/drop). Python reads the records in bulk.
  */
 
+.include "macros.S"
+
 /* rb_reserve: the next record, its timestamp written and its type 0 (reserved, not committed). Out: x12 = the record (0: dropped),
- * x14 = the timestamp. Clobbers x9-x11, x13; keeps every other register. */
+ * x14 = the timestamp. Clobbers x9-x11, x13; keeps every other register. Probe events' handlers
+ * inline it (rb_reserve_inline). */
 .globl rb_reserve
 rb_reserve:
     ldr x9, rb_control                  // the ring buffer's control block (lab data)
-    ldr x14, [x9, #RB_CLOCK]            // the clock, read in rb_reserve's first block (insns: counted to it)
-rb_retry:
-    ldp x10, x11, [x9, #RB_HEAD]        // head, nr
-    cmp x10, x11
-    b.hs rb_full
-    ldp x12, x13, [x9, #RB_BASE]        // base, record_size
-    madd x12, x10, x13, x12
-    add x14, x14, #1                    // trace_clock_counter
-    str x14, [x9, #RB_CLOCK]
-    stp xzr, x14, [x12, #HDR_TYPE]      // not committed (the caller's type store commits it), ts
-    add x10, x10, #1
-    str x10, [x9, #RB_HEAD]             // the caller fills it before anything can read it
+    rb_reserve_inline rb_reserve_full
     ret
-rb_full:
+
+/* The buffer is full (rb_reserve_inline branches or calls here, x9 and x14 as it loaded them): the
+ * consumer drains it, then the record is taken as rb_reserve takes it; in drop mode the buffer is
+ * still full, and x12 = 0. */
+.globl rb_reserve_full
+rb_reserve_full:
     stp x29, x30, [sp, #-16]!
-    bl ring_buffer_full                 // drained: room again; drop mode: still full
+    bl ring_buffer_full
     ldp x29, x30, [sp], #16
     ldp x10, x11, [x9, #RB_HEAD]
     cmp x10, x11
-    b.lo rb_retry
+    b.hs rb_dropped
+    rb_take
+    ret
+rb_dropped:
     mov x12, #0
     mov x14, #0
     ret
@@ -40,5 +40,6 @@ ring_buffer_full:
     ret
 
 .balign 8
+.globl rb_control
 rb_control:                             // set once, when the buffer is made
     .quad 0

@@ -173,3 +173,27 @@ return_args:                            // where ftrace_return_to_handler leaves
 \label\()_found:
     mov rax, [r11+IP_SLOT_VALUE]
 .endm
+
+/* rb_reserve's taking of the record at head rax (ring_buffer.S): its timestamp (the clock in r11,
+ * plus one: trace_clock_counter) and type 0, not committed (the writer's type store commits it). */
+.macro rb_take
+    imul rax, [r10+RB_RECORD_SIZE]
+    add rax, [r10+RB_BASE]
+    add r11, 1
+    mov [r10+RB_CLOCK], r11
+    mov [rax+HDR_TS], r11
+    mov qword ptr [rax+HDR_TYPE], 0
+    add qword ptr [r10+RB_HEAD], 1      // the writer fills it before anything can read it
+.endm
+
+/* rb_reserve in the writer's own code, r10 = the ring buffer's control block: rax = the next
+ * record, r11 its timestamp, or a jump to \full when the buffer is full (r10 and r11 = the clock,
+ * as rb_reserve_full takes them). The clock is read in the block this is in: an insns timestamp
+ * counts the instructions before that block. */
+.macro rb_reserve_inline full
+    mov r11, [r10+RB_CLOCK]
+    mov rax, [r10+RB_HEAD]
+    cmp rax, [r10+RB_NR]
+    jae \full
+    rb_take
+.endm

@@ -5,29 +5,28 @@
  * overwrite/drop). Python reads the records in bulk.
  */
 
+.include "macros.S"
+
 /* rb_reserve: the next record, its timestamp written and its type 0 (reserved, not committed). Out: rax = the record (0: dropped),
- * r11 = the timestamp. Clobbers r10. */
+ * r11 = the timestamp. Clobbers r10. Probe events' handlers inline it (rb_reserve_inline). */
 .globl rb_reserve
 rb_reserve:
     mov r10, [rip+rb_control]           // the ring buffer's control block (lab data)
-    mov r11, [r10+RB_CLOCK]             // the clock, read in rb_reserve's first block (insns: counted to it)
-rb_retry:
-    mov rax, [r10+RB_HEAD]
-    cmp rax, [r10+RB_NR]
-    jae rb_full
-    imul rax, [r10+RB_RECORD_SIZE]
-    add rax, [r10+RB_BASE]
-    add r11, 1                          // trace_clock_counter
-    mov [r10+RB_CLOCK], r11
-    mov [rax+HDR_TS], r11
-    mov qword ptr [rax+HDR_TYPE], 0     // not committed: the caller's type store commits it
-    add qword ptr [r10+RB_HEAD], 1      // the caller fills it before anything can read it
+    rb_reserve_inline rb_reserve_full
     ret
-rb_full:
-    call ring_buffer_full               // drained: room again; drop mode: still full
+
+/* The buffer is full (rb_reserve_inline jumps or calls here, r10 and r11 as it loaded them): the
+ * consumer drains it, then the record is taken as rb_reserve takes it; in drop mode the buffer is
+ * still full, and rax = 0. */
+.globl rb_reserve_full
+rb_reserve_full:
+    call ring_buffer_full
     mov rax, [r10+RB_HEAD]
     cmp rax, [r10+RB_NR]
-    jb rb_retry
+    jae rb_dropped
+    rb_take
+    ret
+rb_dropped:
     xor eax, eax
     xor r11d, r11d
     ret
@@ -38,5 +37,6 @@ ring_buffer_full:
     ret
 
 .balign 8
+.globl rb_control
 rb_control:                             // set once, when the buffer is made
     .quad 0
