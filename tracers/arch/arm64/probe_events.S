@@ -12,20 +12,27 @@
 
 .include "macros.S"
 
-/* A handler's record when the buffer was full: rb_reserve_full drains it, then on to \record, or
- * to \done when the record was dropped (lr is in x17 already). */
-.macro probe_reserve_full record, done
+/* A handler's record, reserved inline (rb_reserve_inline): x12 = it, on at \done\()_record;
+ * clobbers x9-x11, x13, x14. When the buffer is full, probe_reserve_full (after the handler's ret)
+ * has rb_reserve_full drain it (lr is in x17 already), then goes on to the record, or to \done
+ * when it was dropped. */
+.macro probe_reserve done
+    ldr x9, rb_control                  // the ring buffer's control block
+    rb_reserve_inline \done\()_full
+\done\()_record:
+.endm
+
+.macro probe_reserve_full done
+\done\()_full:
     bl rb_reserve_full
-    cbnz x12, \record
+    cbnz x12, \done\()_record
     b \done
 .endm
 
 /* An f event's entry: its record (none if the buffer refused it: a branch to \done). */
 .macro probe_entry_begin event, done
     mov x17, x30
-    ldr x9, rb_control                  // the ring buffer's control block
-    rb_reserve_inline \done\()_full    // x12 = the record
-\done\()_record:
+    probe_reserve \done
     mov x11, #\event
     str x11, [x12, #PROBE_ENT_EVENT]
     ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: hooked, if fgraph ran first
@@ -44,16 +51,13 @@
     mov x30, x17
     mov x0, #0
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
 .macro probe_exit_begin event, done
     mov x17, x30
-    ldr x9, rb_control
-    rb_reserve_inline \done\()_full
-\done\()_record:
+    probe_reserve \done
     mov x11, #\event
     str x11, [x12, #PROBE_RET_EVENT]
     stp x1, x2, [x12, #PROBE_RET_IP]    // the function, where it returned
@@ -71,8 +75,7 @@
     mov x30, x17
     mov x0, #0
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* A return event's entry, when its fetchargs read $argN: those arguments into the entry data. */

@@ -14,21 +14,27 @@
 
 .include "macros.S"
 
-/* A handler's record when the buffer was full: rb_reserve_full drains it, then on to \record, or
- * to \done when the record was dropped. */
-.macro probe_reserve_full record, done
+/* A handler's record, reserved inline (rb_reserve_inline): rax = it, on at \done\()_record;
+ * clobbers r10, r11. When the buffer is full, probe_reserve_full (after the handler's ret) has
+ * rb_reserve_full drain it, then goes on to the record, or to \done when it was dropped. */
+.macro probe_reserve done
+    mov r10, rb_control                 // the word holding the ring buffer's control block
+    mov r10, [r10]                      // (keystone makes `[address]` rip-relative)
+    rb_reserve_inline \done\()_full
+\done\()_record:
+.endm
+
+.macro probe_reserve_full done
+\done\()_full:
     call rb_reserve_full
     test rax, rax
-    jnz \record
+    jnz \done\()_record
     jmp \done
 .endm
 
 /* An f event's entry: its record (none if the buffer refused it: a jump to \done). */
 .macro probe_entry_begin event, done
-    mov r10, rb_control                 // the word holding the ring buffer's control block
-    mov r10, [r10]                      // (keystone makes `[address]` rip-relative)
-    rb_reserve_inline \done\()_full    // rax = the record; clobbers r11
-\done\()_record:
+    probe_reserve \done
     mov rdi, rax
     mov qword ptr [rdi+PROBE_ENT_EVENT], \event
     mov [rdi+PROBE_ENT_IP], rsi
@@ -47,16 +53,12 @@
 \done:
     xor eax, eax
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
 .macro probe_exit_begin event, done
-    mov r10, rb_control
-    mov r10, [r10]
-    rb_reserve_inline \done\()_full
-\done\()_record:
+    probe_reserve \done
     mov rdi, rax
     mov qword ptr [rdi+PROBE_RET_EVENT], \event
     mov [rdi+PROBE_RET_IP], rsi
@@ -73,8 +75,7 @@
 \done:
     xor eax, eax
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* A p event's pre_handler on an ftrace site (trace_kprobe.c kprobe_dispatcher -> kprobe_trace_func),
@@ -83,10 +84,7 @@
  * ip is the probe address (entry->ip = tk->rp.kp.addr), its parent the word at regs->sp (the
  * return address, which decoding keeps at offset 0 only), then the pt_regs fields. */
 .macro probe_kprobe_begin event, done
-    mov r10, rb_control
-    mov r10, [r10]
-    rb_reserve_inline \done\()_full
-\done\()_record:
+    probe_reserve \done
     mov rdi, rax
     mov qword ptr [rdi+PROBE_KP_EVENT], \event
     mov [rdi+PROBE_KP_IP], rsi
@@ -105,8 +103,7 @@
 \done:
     xor eax, eax                        // 0: kprobe_dispatcher's pre_handler never skips the step
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* An r event's return handler (trace_kprobe.c kretprobe_dispatcher -> kretprobe_trace_func), which
@@ -114,10 +111,7 @@
  * regs rcx, the node's data r8): regs is the rethook trampoline's pt_regs, regs->ip the real return
  * address. The record's ip is the function, its parent where it returned, then the pt_regs fields. */
 .macro probe_kretprobe_begin event, done
-    mov r10, rb_control
-    mov r10, [r10]
-    rb_reserve_inline \done\()_full
-\done\()_record:
+    probe_reserve \done
     mov rdi, rax
     mov qword ptr [rdi+PROBE_KRP_EVENT], \event
     mov [rdi+PROBE_KRP_IP], rsi
@@ -134,8 +128,7 @@
 \done:
     xor eax, eax
     ret
-\done\()_full:
-    probe_reserve_full \done\()_record, \done
+    probe_reserve_full \done
 .endm
 
 /* A return event's entry, when its fetchargs read $argN: those arguments into the entry data
