@@ -76,6 +76,7 @@ class ProbeRecords:
 
     def asm_constants(self) -> dict[str, int]:
         consts = {
+            **{f"PROBE_{name.upper()}": 8 * word for name, word in WORDS.items()},  # every record's head
             **self.entry.asm_constants("PROBE_ENT_"),
             **self.exit.asm_constants("PROBE_RET_"),
             "REC_PROBE_ENTRY": REC_PROBE_ENTRY,

@@ -29,53 +29,55 @@
     b \done
 .endm
 
-/* An f event's entry: its record (none if the buffer refused it: a branch to \done). */
-.macro probe_entry_begin event, done
+/* Every record's head (probe_records.py HEAD: the same words in each kind): lr into x17, the
+ * record reserved inline, its event, ip (x1) and the CPU's flags word; x9 = the faulted fetches'
+ * bits, none yet. Then the kind writes its parent and its register fields, the fetches fill the
+ * rest, and probe_record_end commits it. */
+.macro probe_record_begin event, done
     mov x17, x30
     probe_reserve \done
     mov x11, #\event
-    str x11, [x12, #PROBE_ENT_EVENT]
-    ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: hooked, if fgraph ran first
-    stp x1, x11, [x12, #PROBE_ENT_IP]   // ip, parent
+    str x11, [x12, #PROBE_EVENT]
+    str x1, [x12, #PROBE_IP]
     mrs x11, daif
-    str x11, [x12, #PROBE_ENT_FLAGS]
-    probe_entry_fields x3, x12
+    str x11, [x12, #PROBE_FLAGS]
     mov x9, #0
+.endm
+
+/* The faults, then the type, which commits the record; every handler returns 0. */
+.macro probe_record_end done, type
+    str x9, [x12, #PROBE_FAULTS]
+    mov x11, #\type
+    str x11, [x12, #HDR_TYPE]           // committed
+\done:
+    mov x30, x17
+    mov x0, #0
+    ret
+    probe_reserve_full \done
+.endm
+
+/* An f event's entry: its parent, fregs->lr (ftrace_regs_get_return_address: hooked, if fgraph
+ * ran first), then the ftrace_regs fields. */
+.macro probe_entry_begin event, done
+    probe_record_begin \event, \done
+    ldr x11, [x3, #FREGS_LR]
+    str x11, [x12, #PROBE_PARENT]
+    probe_entry_fields x3, x12
 .endm
 
 .macro probe_entry_end done
-    str x9, [x12, #PROBE_ENT_FAULTS]
-    mov x11, #REC_PROBE_ENTRY
-    str x11, [x12, #PROBE_ENT_TYPE]     // committed
-\done:
-    mov x30, x17
-    mov x0, #0
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_ENTRY
 .endm
 
-/* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
+/* An f SYM%return event's exit: ip = the function, its parent ret_ip = where it returned. */
 .macro probe_exit_begin event, done
-    mov x17, x30
-    probe_reserve \done
-    mov x11, #\event
-    str x11, [x12, #PROBE_RET_EVENT]
-    stp x1, x2, [x12, #PROBE_RET_IP]    // the function, where it returned
-    mrs x11, daif
-    str x11, [x12, #PROBE_RET_FLAGS]
+    probe_record_begin \event, \done
+    str x2, [x12, #PROBE_PARENT]
     probe_exit_fields x3, x12
-    mov x9, #0
 .endm
 
 .macro probe_exit_end done
-    str x9, [x12, #PROBE_RET_FAULTS]
-    mov x11, #REC_PROBE_EXIT
-    str x11, [x12, #PROBE_RET_TYPE]     // committed
-\done:
-    mov x30, x17
-    mov x0, #0
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_EXIT
 .endm
 
 /* A return event's entry, when its fetchargs read $argN: those arguments into the entry data. */

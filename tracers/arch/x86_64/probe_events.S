@@ -32,50 +32,54 @@
     jmp \done
 .endm
 
-/* An f event's entry: its record (none if the buffer refused it: a jump to \done). */
-.macro probe_entry_begin event, done
+/* Every record's head (probe_records.py HEAD: the same words in each kind): reserved inline, its
+ * event, ip (rsi) and the CPU's flags word; r9 = the faulted fetches' bits, none yet. Then the kind
+ * writes its parent and its register fields, the fetches fill the rest, and probe_record_end
+ * commits it. */
+.macro probe_record_begin event, done
     probe_reserve \done
     mov rdi, rax
-    mov qword ptr [rdi+PROBE_ENT_EVENT], \event
-    mov [rdi+PROBE_ENT_IP], rsi
-    mov r11, [rcx+FREGS_SP]
-    mov r11, [r11]                      // ftrace_regs_get_return_address: hooked, if fgraph ran first
-    mov [rdi+PROBE_ENT_PARENT], r11
+    mov qword ptr [rdi+PROBE_EVENT], \event
+    mov [rdi+PROBE_IP], rsi
     pushfq
-    pop qword ptr [rdi+PROBE_ENT_FLAGS]
-    probe_entry_fields rcx, rdi
+    pop qword ptr [rdi+PROBE_FLAGS]
     xor r9d, r9d
+.endm
+
+/* The faults, then the type, which commits the record; every handler returns 0 (a kprobe's
+ * pre_handler: kprobe_dispatcher never skips the single-step). */
+.macro probe_record_end done, type
+    mov [rdi+PROBE_FAULTS], r9
+    mov qword ptr [rdi+HDR_TYPE], \type    // committed
+\done:
+    xor eax, eax
+    ret
+    probe_reserve_full \done
+.endm
+
+/* An f event's entry: its parent, the word at sp (ftrace_regs_get_return_address: hooked, if
+ * fgraph ran first), then the ftrace_regs fields. */
+.macro probe_entry_begin event, done
+    probe_record_begin \event, \done
+    mov r11, [rcx+FREGS_SP]
+    mov r11, [r11]
+    mov [rdi+PROBE_PARENT], r11
+    probe_entry_fields rcx, rdi
 .endm
 
 .macro probe_entry_end done
-    mov [rdi+PROBE_ENT_FAULTS], r9
-    mov qword ptr [rdi+PROBE_ENT_TYPE], REC_PROBE_ENTRY      // committed
-\done:
-    xor eax, eax
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_ENTRY
 .endm
 
-/* An f SYM%return event's exit: ip = the function, ret_ip = where it returned. */
+/* An f SYM%return event's exit: ip = the function, its parent ret_ip = where it returned. */
 .macro probe_exit_begin event, done
-    probe_reserve \done
-    mov rdi, rax
-    mov qword ptr [rdi+PROBE_RET_EVENT], \event
-    mov [rdi+PROBE_RET_IP], rsi
-    mov [rdi+PROBE_RET_PARENT], rdx
-    pushfq
-    pop qword ptr [rdi+PROBE_RET_FLAGS]
+    probe_record_begin \event, \done
+    mov [rdi+PROBE_PARENT], rdx
     probe_exit_fields rcx, rdi
-    xor r9d, r9d
 .endm
 
 .macro probe_exit_end done
-    mov [rdi+PROBE_RET_FAULTS], r9
-    mov qword ptr [rdi+PROBE_RET_TYPE], REC_PROBE_EXIT        // committed
-\done:
-    xor eax, eax
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_EXIT
 .endm
 
 /* A p event's pre_handler on an ftrace site (trace_kprobe.c kprobe_dispatcher -> kprobe_trace_func),
@@ -84,26 +88,15 @@
  * ip is the probe address (entry->ip = tk->rp.kp.addr), its parent the word at regs->sp (the
  * return address, which decoding keeps at offset 0 only), then the pt_regs fields. */
 .macro probe_kprobe_begin event, done
-    probe_reserve \done
-    mov rdi, rax
-    mov qword ptr [rdi+PROBE_KP_EVENT], \event
-    mov [rdi+PROBE_KP_IP], rsi
+    probe_record_begin \event, \done
     mov r11, [rcx+RSP]
     mov r11, [r11]
-    mov [rdi+PROBE_KP_PARENT], r11
-    pushfq
-    pop qword ptr [rdi+PROBE_KP_FLAGS]
+    mov [rdi+PROBE_PARENT], r11
     probe_kprobe_fields rcx, rdi
-    xor r9d, r9d
 .endm
 
 .macro probe_kprobe_end done
-    mov [rdi+PROBE_KP_FAULTS], r9
-    mov qword ptr [rdi+PROBE_KP_TYPE], REC_PROBE_KPROBE    // committed
-\done:
-    xor eax, eax                        // 0: kprobe_dispatcher's pre_handler never skips the step
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_KPROBE
 .endm
 
 /* An r event's return handler (trace_kprobe.c kretprobe_dispatcher -> kretprobe_trace_func), which
@@ -111,24 +104,13 @@
  * regs rcx, the node's data r8): regs is the rethook trampoline's pt_regs, regs->ip the real return
  * address. The record's ip is the function, its parent where it returned, then the pt_regs fields. */
 .macro probe_kretprobe_begin event, done
-    probe_reserve \done
-    mov rdi, rax
-    mov qword ptr [rdi+PROBE_KRP_EVENT], \event
-    mov [rdi+PROBE_KRP_IP], rsi
-    mov [rdi+PROBE_KRP_PARENT], rdx
-    pushfq
-    pop qword ptr [rdi+PROBE_KRP_FLAGS]
+    probe_record_begin \event, \done
+    mov [rdi+PROBE_PARENT], rdx
     probe_kretprobe_fields rcx, rdi
-    xor r9d, r9d
 .endm
 
 .macro probe_kretprobe_end done
-    mov [rdi+PROBE_KRP_FAULTS], r9
-    mov qword ptr [rdi+PROBE_KRP_TYPE], REC_PROBE_KRETPROBE  // committed
-\done:
-    xor eax, eax
-    ret
-    probe_reserve_full \done
+    probe_record_end \done, REC_PROBE_KRETPROBE
 .endm
 
 /* A return event's entry, when its fetchargs read $argN: those arguments into the entry data
