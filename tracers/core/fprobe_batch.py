@@ -87,6 +87,8 @@ class BatchRecords:
 
     def asm_constants(self) -> dict[str, int]:
         return {
+            **RECORD_HEADER.asm_constants("HDR_"),
+            **{f"FBH_{name.upper()}": 8 * word for name, word in zip(HEAD, range(KEY, _FIELDS), strict=True)},
             **self.entry.asm_constants("FB_ENT_"),
             **self.exit.asm_constants("FB_RET_"),
             "REC_FPROBE_ENTRY": REC_FPROBE_ENTRY,

@@ -12,42 +12,40 @@
 
 .include "macros.S"
 
-.globl fprobe_batched_entry
-fprobe_batched_entry:
+/* A hit's record: lr into x17, the record reserved (none if the buffer refused it: a branch to
+ * \done), then its head, the same words in both kinds (HEAD: key, ip, ret_ip, entry data, flags). */
+.macro batched_head done
     mov x17, x30
     bl rb_reserve                       // x12 = the record (0: dropped); clobbers x9-x11, x13, x14
-    cbz x12, fbe_done
-    str x0, [x12, #FB_ENT_KEY]
-    str x1, [x12, #FB_ENT_IP]
-    str x2, [x12, #FB_ENT_RET_IP]
-    str x4, [x12, #FB_ENT_DATA]
-    ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: fregs->lr
-    str x11, [x12, #FB_ENT_RETADDR]
+    cbz x12, \done
+    str x0, [x12, #FBH_KEY]
+    str x1, [x12, #FBH_IP]
+    str x2, [x12, #FBH_RET_IP]
+    str x4, [x12, #FBH_DATA]
     mrs x11, daif
-    str x11, [x12, #FB_ENT_FLAGS]
-    batched_entry_fields x3, x12
-    mov x11, #REC_FPROBE_ENTRY
-    str x11, [x12, #FB_ENT_TYPE]        // committed
-fbe_done:
+    str x11, [x12, #FBH_FLAGS]
+.endm
+
+/* The type, which commits the record, and the handler's return: 0. */
+.macro batched_commit done, type
+    mov x11, #\type
+    str x11, [x12, #HDR_TYPE]           // committed
+\done:
     mov x30, x17
     mov x0, #0
     ret
+.endm
+
+.globl fprobe_batched_entry
+fprobe_batched_entry:
+    batched_head fbe_done
+    ldr x11, [x3, #FREGS_LR]            // ftrace_regs_get_return_address: fregs->lr
+    str x11, [x12, #FB_ENT_RETADDR]
+    batched_entry_fields x3, x12
+    batched_commit fbe_done, REC_FPROBE_ENTRY
 
 .globl fprobe_batched_exit
 fprobe_batched_exit:
-    mov x17, x30
-    bl rb_reserve
-    cbz x12, fbx_done
-    str x0, [x12, #FB_RET_KEY]
-    str x1, [x12, #FB_RET_IP]
-    str x2, [x12, #FB_RET_RET_IP]
-    str x4, [x12, #FB_RET_DATA]
-    mrs x11, daif
-    str x11, [x12, #FB_RET_FLAGS]
+    batched_head fbx_done
     batched_exit_fields x3, x12
-    mov x11, #REC_FPROBE_EXIT
-    str x11, [x12, #FB_RET_TYPE]        // committed
-fbx_done:
-    mov x30, x17
-    mov x0, #0
-    ret
+    batched_commit fbx_done, REC_FPROBE_EXIT

@@ -12,39 +12,39 @@
 
 .include "macros.S"
 
-.globl fprobe_batched_entry
-fprobe_batched_entry:
+/* A hit's record: reserved (none if the buffer refused it: a jump to \done), then its head, the
+ * same words in both kinds (HEAD: key, ip, ret_ip, entry data, flags). */
+.macro batched_head done
     call rb_reserve                     // rax = the record (0: dropped); clobbers r10, r11
     test rax, rax
-    jz fbe_done
-    mov [rax+FB_ENT_KEY], rdi
-    mov [rax+FB_ENT_IP], rsi
-    mov [rax+FB_ENT_RET_IP], rdx
-    mov [rax+FB_ENT_DATA], r8
+    jz \done
+    mov [rax+FBH_KEY], rdi
+    mov [rax+FBH_IP], rsi
+    mov [rax+FBH_RET_IP], rdx
+    mov [rax+FBH_DATA], r8
+    pushfq
+    pop qword ptr [rax+FBH_FLAGS]
+.endm
+
+/* The type, which commits the record, and the handler's return: 0. */
+.macro batched_commit done, type
+    mov qword ptr [rax+HDR_TYPE], \type     // committed
+\done:
+    xor eax, eax
+    ret
+.endm
+
+.globl fprobe_batched_entry
+fprobe_batched_entry:
+    batched_head fbe_done
     mov r11, [rcx+FREGS_SP]
     mov r11, [r11]                      // ftrace_regs_get_return_address: the word at sp
     mov [rax+FB_ENT_RETADDR], r11
-    pushfq
-    pop qword ptr [rax+FB_ENT_FLAGS]
     batched_entry_fields rcx, rax
-    mov qword ptr [rax+FB_ENT_TYPE], REC_FPROBE_ENTRY       // committed
-fbe_done:
-    xor eax, eax
-    ret
+    batched_commit fbe_done, REC_FPROBE_ENTRY
 
 .globl fprobe_batched_exit
 fprobe_batched_exit:
-    call rb_reserve
-    test rax, rax
-    jz fbx_done
-    mov [rax+FB_RET_KEY], rdi
-    mov [rax+FB_RET_IP], rsi
-    mov [rax+FB_RET_RET_IP], rdx
-    mov [rax+FB_RET_DATA], r8
-    pushfq
-    pop qword ptr [rax+FB_RET_FLAGS]
+    batched_head fbx_done
     batched_exit_fields rcx, rax
-    mov qword ptr [rax+FB_RET_TYPE], REC_FPROBE_EXIT        // committed
-fbx_done:
-    xor eax, eax
-    ret
+    batched_commit fbx_done, REC_FPROBE_EXIT
