@@ -97,15 +97,22 @@ def on_ftrace(lab) -> bool:
     return lab.ftrace.regs_caller is not None
 
 
+def guest_and_python(arch, specs, calls, on_guest):
+    """The trace on the lab's path for it and on the Python path (ring=False): the same events
+    (the scratch registers aside) and summary, the first on the guest path where on_guest(lab)."""
+    guest, tracer, lab = trace(arch, specs, calls)
+    python, reference, _ = trace(arch, specs, calls, ring=False)
+    assert (tracer._guest is not None) == on_guest(lab) and reference._guest is None
+    assert scratch_scrubbed(lab, guest.events, specs) == scratch_scrubbed(lab, python.events, specs)
+    assert guest.summary == python.summary
+    return guest, tracer, reference, lab
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("case", CASES)
 def test_guest_events_are_the_python_paths(arch, case):
     specs, calls = CASES[case]
-    guest, tracer, lab = trace(arch, specs, calls)
-    python, reference, _ = trace(arch, specs, calls, ring=False)
-    assert (tracer._guest is not None) == on_ftrace(lab) and reference._guest is None
-    assert scratch_scrubbed(lab, guest.events, specs) == scratch_scrubbed(lab, python.events, specs)
-    assert guest.summary == python.summary
+    guest, tracer, reference, _ = guest_and_python(arch, specs, calls, on_ftrace)
     assert {ev.tracer for ev in guest.events} >= {"kprobe"}
     for ev in guest.events:
         if ev.tracer == "kprobe":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import ARCHES, TEXT_PATHS, probe_texts
-from test_kprobe_guest import CHAIN, CRC, FIB, _inside, scratch_scrubbed, trace
+from test_kprobe_guest import CHAIN, CRC, FIB, _inside, guest_and_python, trace
 from test_probe_guest import CRC_RETURN
 from test_task_state import fault
 from tracers.builtin.probe import ProbeEventTracer
@@ -56,11 +56,7 @@ def kretprobes(tracer) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("case", CASES)
 def test_guest_events_are_the_python_paths(arch, case):
     specs, calls = CASES[case]
-    guest, tracer, lab = trace(arch, specs, calls)
-    python, reference, _ = trace(arch, specs, calls, ring=False)
-    assert (tracer._guest is not None) == guest_r(lab) and reference._guest is None
-    assert scratch_scrubbed(lab, guest.events, specs) == scratch_scrubbed(lab, python.events, specs)
-    assert guest.summary == python.summary
+    guest, tracer, reference, lab = guest_and_python(arch, specs, calls, guest_r)
     assert kretprobes(tracer) == kretprobes(reference) and all(hits for hits, _ in kretprobes(tracer))
     exits = [ev for ev in guest.events if ev.tracer == "kretprobe"]
     assert exits and all(ev.regs_kind == "pt_regs" and ev.type == "exit" for ev in exits)
