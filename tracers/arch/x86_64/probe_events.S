@@ -57,13 +57,18 @@
     probe_reserve_full \done
 .endm
 
+/* The record's parent: the word at the snapshot's sp (\sp: its offset in rcx's struct). */
+.macro probe_parent_at_sp sp
+    mov r11, [rcx+\sp]
+    mov r11, [r11]
+    mov [rdi+PROBE_PARENT], r11
+.endm
+
 /* An f event's entry: its parent, the word at sp (ftrace_regs_get_return_address: hooked, if
  * fgraph ran first), then the ftrace_regs fields. */
 .macro probe_entry_begin event, done
     probe_record_begin \event, \done
-    mov r11, [rcx+FREGS_SP]
-    mov r11, [r11]
-    mov [rdi+PROBE_PARENT], r11
+    probe_parent_at_sp FREGS_SP
     probe_entry_fields rcx, rdi
 .endm
 
@@ -89,9 +94,7 @@
  * return address, which decoding keeps at offset 0 only), then the pt_regs fields. */
 .macro probe_kprobe_begin event, done
     probe_record_begin \event, \done
-    mov r11, [rcx+RSP]
-    mov r11, [r11]
-    mov [rdi+PROBE_PARENT], r11
+    probe_parent_at_sp RSP
     probe_kprobe_fields rcx, rdi
 .endm
 
