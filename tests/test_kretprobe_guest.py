@@ -238,3 +238,25 @@ def test_a_python_kretprobe_on_the_same_function(arch):
     assert (tracer._guest is not None) == guest_r(lab)
     assert guest.events == python.events and guest.summary == python.summary
     assert kretprobes(tracer) == kretprobes(reference) == [(15, 94)] and len(returns) == 2 * 109
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_return_pending_at_unregister_runs_no_handler(arch):
+    """unregister_kretprobes' rethook_free (kernel/trace/rethook.c): chain_a's return, hooked
+    before its kretprobe went (a kprobe in chain_c, which chain_a reaches twice, unregisters it),
+    runs no handler and still returns where it should; chain_c's kretprobe runs at each return."""
+    expected = Lab.open("funcs", arch).call("chain_a", 7)
+    lab = Lab.open("funcs", arch)
+    kretprobes, seen = lab.kretprobes(), []
+    outer = Kretprobe("chain_a", lambda ri, regs: seen.append("chain_a"))
+    kretprobes.register(outer)
+    kretprobes.register(Kretprobe("chain_c", lambda ri, regs: seen.append("chain_c")))
+
+    def pre(p, regs):
+        if outer in kretprobes.probes:
+            kretprobes.unregister(outer)
+        return 0
+
+    lab.kprobes.register(Kprobe("chain_c", _inside(lab, "chain_c"), pre))
+    assert lab.call("chain_a", 7) == expected
+    assert seen == ["chain_c", "chain_c"] and outer.nhit == 1 and lab.rethook.task == []

@@ -136,6 +136,8 @@ class Fprobes:
         del self.probes[fp.id]
         self._by_ip.clear()
         self._leave_guest(fp)
+        if fp._rethook is not None:  # the rethook design's unregister_fprobe: rethook_free
+            fp._rethook.release()
         if fp._ops is not None:
             self.ftrace.unregister(fp._ops)
         self._update_graph()

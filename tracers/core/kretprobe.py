@@ -134,7 +134,7 @@ class Kretprobes:
             self.kprobes.unregister(rp.ops)
         self.probes.remove(rp)
         assert rp.rethook is not None
-        rp.rethook.drop_guest()
+        rp.rethook.release()  # unregister_kretprobes' rethook_free
 
     def _entry(self, rp: Kretprobe, ip: int, regs) -> None:
         """pre_handler_kretprobe (kernel/kprobes.c, v6.18); guest code's is rethook.S's."""

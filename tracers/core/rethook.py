@@ -87,7 +87,8 @@ class Rethook:
     ):
         if num <= 0:
             raise FtlabError(f"rethook: a pool needs at least one node, not {num}")
-        self.core, self.handler, m = core, handler, core.m
+        self.core, m = core, core.m
+        self.handler: Callable[[RethookNode, PtRegs], None] | None = handler
         self.addr = m.alloc("lab data", RETHOOK.size, 64)
         self.words = words(m, self.addr, RETHOOK)
         self.words[HANDLER], self.words[RETHOOK.index("data")] = guest or (0, 0)
@@ -100,8 +101,12 @@ class Rethook:
             core.nodes[node.addr] = node
             self.recycle(node)
 
-    def drop_guest(self) -> None:
-        """The returns still hooked run the Python handler, as they do for a Python user."""
+    def release(self) -> None:
+        """rethook_free (kernel/trace/rethook.c): the handler goes, so the returns still hooked run
+        none (rethook_trampoline_handler calls a handler only while there is one); they go back to
+        the real return address and their nodes to the pool all the same. Those returns take the
+        Python path, which knows."""
+        self.handler = None
         self.words[HANDLER] = 0
 
     @property
@@ -232,7 +237,8 @@ class RethookCore:
                         f"rethook: node for {self.m.symbols.name(node.func)} has frame "
                         f"{node.frame:#x}, the trampoline {frame:#x}"
                     )
-                node.rethook.handler(node, regs)
+                if node.rethook.handler is not None:
+                    node.rethook.handler(node, regs)
         finally:
             if self.design.trap:  # kretprobe_brk_handler: the exception returns to the real address
                 regs.instruction_pointer_set(correct)
