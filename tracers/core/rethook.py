@@ -103,9 +103,10 @@ class Rethook:
 
     def release(self) -> None:
         """rethook_free (kernel/trace/rethook.c): the handler goes, so the returns still hooked run
-        none (rethook_trampoline_handler calls a handler only while there is one); they go back to
-        the real return address and their nodes to the pool all the same. Those returns take the
-        Python path, which knows."""
+        none (rethook_trampoline_handler calls a handler only while there is one; arm64's
+        __kretprobe_trampoline_handler likewise, once unregister_kretprobes cleared the
+        holder's rp); they go back to the real return address and their nodes to the pool all
+        the same. Those returns take the Python path, which knows."""
         self.handler = None
         self.words[HANDLER] = 0
 
