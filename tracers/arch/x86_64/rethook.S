@@ -7,6 +7,14 @@
 
 .include "macros.S"
 
+/* The node at \node first on the list whose first node's address is the word at [\head] (the
+ * task's hooked nodes, a pool's free ones), through \tmp. */
+.macro node_push head, node, tmp
+    mov \tmp, [\head]
+    mov [\node+RHN_NEXT], \tmp
+    mov [\head], \node
+.endm
+
 /* pre_handler_kretprobe (kernel/kprobes.c, v6.18, KRETPROBE_ON_RETHOOK), the pre_handler of a
  * kretprobe's kprobe, which the guest kprobe_ftrace_handler (kprobe_ftrace.S) calls as
  * pre(rp rdi, ip rsi, 0 rdx, regs rcx): rethook_try_get(rp->rh) (objpool_pop: the free list's
@@ -52,16 +60,12 @@ pkr_hook:
     mov r9, RETHOOK_TRAMPOLINE
     mov [rdx], r9                       // the return goes to the trampoline
     mov r9, [rip+rh_task]
-    mov r10, [r9+RHT_FIRST]
-    mov [r8+RHN_NEXT], r10
-    mov [r9+RHT_FIRST], r8
+    node_push r9+RHT_FIRST, r8, r10     // __llist_add on current->rethooks
     xor eax, eax
     ret
 pkr_recycle:
     mov rax, [rdi+GKRP_RETHOOK]
-    mov r9, [rax+RH_FREE]
-    mov [r8+RHN_NEXT], r9
-    mov [rax+RH_FREE], r8
+    node_push rax+RH_FREE, r8, r9       // rethook_recycle
     xor eax, eax
     ret
 pkr_missed:
@@ -141,9 +145,7 @@ rgc_handled:
 rgc_recycle:
     mov rcx, [rdx+RHN_NEXT]
     mov rax, [rdx+RHN_RETHOOK]
-    mov r8, [rax+RH_FREE]
-    mov [rdx+RHN_NEXT], r8
-    mov [rax+RH_FREE], rdx
+    node_push rax+RH_FREE, rdx, r8
     mov rdx, rcx
     test rdx, rdx
     jnz rgc_recycle
